@@ -1,0 +1,155 @@
+"""Flannel/SkyDNS-style command-line flags: ``-flag`` or ``--flag``, with env fallbacks.
+
+flannel (Go's ``flag`` package) accepts one or two leading dashes and reads any
+flag from ``FLANNELD_<UPPER_SNAKE>``; SkyDNS does the same with ``SKYDNS_*``.
+``FlagParser`` wraps argparse so each daemon declares a flag once and gets both
+spellings, the environment fallback, and ``--help`` text that names the variable.
+Precedence: command line > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _truthy(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "f", "no", "n", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+class FlagParser:
+    """Declare flags once; parse argv with env fallbacks.
+
+    ``env_prefixes`` maps a flag to candidate variables: for prefix ``FLANNELD_``
+    the flag ``etcd-endpoints`` reads ``FLANNELD_ETCD_ENDPOINTS``. Extra explicit
+    names (SkyDNS's ``ETCD_MACHINES``) are passed per flag with ``env=``.
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        description: str,
+        env_prefixes: Sequence[str] = (),
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._parser = argparse.ArgumentParser(
+            prog=prog,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
+        )
+        self._prefixes = tuple(env_prefixes)
+        self._environ = os.environ if environ is None else environ
+        self._env_names: dict[str, tuple[str, ...]] = {}
+        self._kinds: dict[str, str] = {}
+
+    def _names(self, name: str, env: Sequence[str]) -> tuple[str, ...]:
+        snake = name.upper().replace("-", "_")
+        return tuple(p + snake for p in self._prefixes) + tuple(env)
+
+    def add(
+        self,
+        name: str,
+        help: str,
+        default: Any = None,
+        type: Any = str,
+        env: Sequence[str] = (),
+        repeat: bool = False,
+        metavar: str | None = None,
+    ) -> None:
+        """A valued flag. ``repeat`` collects every occurrence into a list."""
+        dest = name.replace("-", "_")
+        names = self._names(name, env)
+        self._env_names[dest] = names
+        self._kinds[dest] = "list" if repeat else "value"
+        shown = f" (env {', '.join(names)})" if names else ""
+        dflt = "" if default in (None, [], "") else f" [default {default}]"
+        self._parser.add_argument(
+            f"-{name}",
+            f"--{name}",
+            dest=dest,
+            type=type,
+            default=None,
+            action="append" if repeat else "store",
+            metavar=metavar or name.split("-")[-1].upper(),
+            help=f"{help}{dflt}{shown}",
+        )
+        self._parser.set_defaults(**{f"_default_{dest}": default})
+        self._types = getattr(self, "_types", {})
+        self._types[dest] = type
+
+    def add_bool(self, name: str, help: str, default: bool = False,
+                 env: Sequence[str] = ()) -> None:
+        """A boolean flag: ``-x``, ``-x=true``, ``-x=false`` (Go's flag syntax)."""
+        dest = name.replace("-", "_")
+        names = self._names(name, env)
+        self._env_names[dest] = names
+        self._kinds[dest] = "bool"
+        shown = f" (env {', '.join(names)})" if names else ""
+        self._parser.add_argument(
+            f"-{name}",
+            f"--{name}",
+            dest=dest,
+            nargs="?",
+            const="true",
+            default=None,
+            metavar="BOOL",
+            help=f"{help} [default {str(default).lower()}]{shown}",
+        )
+        self._parser.set_defaults(**{f"_default_{dest}": default})
+
+    def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
+        """Parse ``argv``; exits with status 2 and a message on bad input."""
+        ns = self._parser.parse_args(_split_equals(argv))
+        out = argparse.Namespace()
+        types = getattr(self, "_types", {})
+        for dest, kind in self._kinds.items():
+            value = getattr(ns, dest)
+            default = getattr(ns, f"_default_{dest}")
+            if value is None:
+                for var in self._env_names[dest]:
+                    raw = self._environ.get(var)
+                    if raw is None:
+                        continue
+                    try:
+                        if kind == "bool":
+                            value = _truthy(raw)
+                        elif kind == "list":
+                            value = [types[dest](v) for v in raw.split(",") if v]
+                        else:
+                            value = types[dest](raw)
+                    except ValueError as exc:
+                        self._parser.error(f"environment variable {var}: {exc}")
+                    break
+            elif kind == "bool":
+                try:
+                    value = _truthy(value)
+                except ValueError as exc:
+                    self._parser.error(f"-{dest.replace('_', '-')}: {exc}")
+            if value is None:
+                value = default
+            setattr(out, dest, value)
+        return out
+
+    def error(self, message: str) -> None:
+        self._parser.error(message)
+
+
+def _split_equals(argv: Sequence[str] | None) -> list[str] | None:
+    """Go accepts ``-flag=value`` with one dash; argparse only with two."""
+    if argv is None:
+        return None
+    out: list[str] = []
+    for arg in argv:
+        if arg.startswith("-") and not arg.startswith("--") and "=" in arg:
+            out.append("-" + arg)
+        else:
+            out.append(arg)
+    return out
