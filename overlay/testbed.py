@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 An *underlay* namespace holds a Linux bridge ``ul0`` standing in for the LAN
-(198.18.0.0/24 by default; RFC 2544 benchmark space, never routed). Each *host*
+(198.18.0.0/24 by default; RFC 2544 benchmark space, never routed), itself
+addressed ``198.18.0.1`` so a cluster store can listen there for every host. Each *host*
 is a namespace joined to that bridge by a veth pair whose host end is ``eth0``
 with address ``198.18.0.<10+i>/24``. Each *container* is a namespace that the
 caller wires up (the CNI plugin does it in the real flow; ``add_container``
@@ -125,6 +126,11 @@ class Testbed:
     def underlay_ns(self) -> str:
         return f"{self.tag}-ul"
 
+    @property
+    def underlay_ip(self) -> ipaddress.IPv4Address:
+        """Address of the underlay namespace itself (where a shared store listens)."""
+        return UNDERLAY[1]
+
     def build(self, n_hosts: int) -> Testbed:
         """Create the underlay and ``n_hosts`` hosts (h1..hN); undo all on failure."""
         atexit.register(self.destroy)
@@ -133,6 +139,8 @@ class Testbed:
             ul = self.underlay_ns
             run(["ip", "-n", ul, "link", "add", "ul0", "type", "bridge"])
             run(["ip", "-n", ul, "link", "set", "ul0", "mtu", str(self.mtu), "up"])
+            run(["ip", "-n", ul, "addr", "add", f"{self.underlay_ip}/{UNDERLAY.prefixlen}",
+                 "dev", "ul0"])
             for i in range(1, n_hosts + 1):
                 self.add_host(f"h{i}")
         except BaseException:

@@ -16,6 +16,7 @@ def test_hosts_reach_each_other_and_cleanup_is_total() -> None:
         names = tb.namespaces()
         h1, h2 = tb.hosts["h1"], tb.hosts["h2"]
         assert tb.ping(h1.netns, str(h2.ip))
+        assert tb.ping(h2.netns, str(tb.underlay_ip))
         c = tb.add_container("h1", "c1", ipaddress.IPv4Interface("10.99.1.2/24"))
         assert tb.ping(c.netns, "10.99.1.1")
         proc = tb.spawn(h2.netns, ["sleep", "600"])
