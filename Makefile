@@ -4,6 +4,8 @@
 
 SHELL := /bin/bash
 PY := .venv/bin/python
+# uv from PATH, else the one pip installs into python3 (its shim may not be on PATH yet)
+UV = $$(command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 APT_PACKAGES := etcd-server etcd-client iproute2 nftables bind9-dnsutils iperf3 dnsperf \
 	containernetworking-plugins knot tcpdump iputils-ping procps psmisc kmod \
 	shellcheck ruby systemd
@@ -22,21 +24,21 @@ apt:
 	fi
 
 python:
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
-	@uv sync --frozen --quiet
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
+	@$(UV) sync --frozen --quiet
 
 lint: python
-	uv run --frozen ruff check overlay dnsd cni tests bench
-	uv run --frozen mypy
+	$(PY) -m ruff check overlay dnsd cni tests bench
+	$(PY) -m mypy
 
 test: deps lint
-	uv run --frozen pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: deps
-	uv run --frozen weftctl sandbox up
+	.venv/bin/weftctl sandbox up
 
 bench: deps
-	@for b in bench/*.py; do echo "== $$b"; uv run --frozen python $$b || exit 1; done
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache
