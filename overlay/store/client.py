@@ -1,0 +1,418 @@
+"""EtcdStore: the store contract over etcd's v3 gRPC API (real etcd or weft's embedded server).
+
+This is the only module that imports aetcd. It uses aetcd's generated etcd
+stubs (``aetcd.rpc``) on a ``grpc.aio`` channel of its own, because aetcd's
+``Client`` offers no TLS and hides the watch stream's compaction response.
+
+Theory of operation:
+
+* Endpoints are tried in order. ``connect`` picks the first that answers a
+  Maintenance Status; any call failing with UNAVAILABLE moves to the next
+  endpoint and retries there, and ``StoreUnavailableError`` is raised once every
+  endpoint has been tried.
+* gRPC statuses map onto the api exception tree the way etcd reports them:
+  OUT_OF_RANGE "required revision has been compacted" -> ``CompactedError``
+  (the first available revision is learned from a watch at revision 1, since a
+  Range error does not carry it); NOT_FOUND "requested lease not found" ->
+  ``LeaseNotFoundError``; INVALID_ARGUMENT "request is too large" or gRPC's own
+  RESOURCE_EXHAUSTED -> ``ValueTooLargeError``.
+* ``watch`` opens one Watch stream per call with ``prev_kv`` and yields one
+  batch per revision, so batch boundaries match ``MemoryStore``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aetcd.rpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
+
+from overlay.store.api import (
+    CompactedError,
+    EventType,
+    KeyValue,
+    LeaseInfo,
+    LeaseNotFoundError,
+    Listing,
+    Store,
+    StoreConfig,
+    StoreError,
+    StoreUnavailableError,
+    ValueTooLargeError,
+    WatchEvent,
+)
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """Maintenance Status of the endpoint in use."""
+
+    endpoint: str
+    version: str
+    db_size: int
+    leader: int
+    member_id: int
+    cluster_id: int
+    raft_index: int
+    raft_term: int
+    revision: int
+
+
+def endpoint_target(url: str) -> tuple[str, bool]:
+    """``http://h:p`` / ``https://h:p`` / ``h:p`` -> (gRPC target ``h:p``, tls?)."""
+    tls = url.startswith("https://")
+    rest = url.split("://", 1)[1] if "://" in url else url
+    rest = rest.rstrip("/")
+    if not rest or "/" in rest:
+        raise ValueError(f"bad store endpoint {url!r}: want http(s)://host:port")
+    if ":" not in rest.rsplit("]", 1)[-1]:
+        rest += ":2379"
+    return rest, tls
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """etcd's range_end for "every key starting with prefix" (``\\0`` = to the end)."""
+    b = bytearray(prefix)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return b"\0"
+
+
+def _kv(m: Any) -> KeyValue:
+    return KeyValue(
+        key=bytes(m.key),
+        value=bytes(m.value),
+        create_revision=int(m.create_revision),
+        mod_revision=int(m.mod_revision),
+        version=int(m.version),
+        lease=int(m.lease),
+    )
+
+
+def _event(m: Any) -> WatchEvent:
+    prev = _kv(m.prev_kv) if m.HasField("prev_kv") else None
+    if m.type == kv_pb2.Event.DELETE:
+        tomb = KeyValue(bytes(m.kv.key), b"", 0, int(m.kv.mod_revision), 0)
+        return WatchEvent(EventType.DELETE, tomb, prev)
+    return WatchEvent(EventType.PUT, _kv(m.kv), prev)
+
+
+async def _hold(first: Any) -> AsyncIterator[Any]:
+    """A request stream that sends ``first`` and stays open (no half-close) until cancelled."""
+    yield first
+    await asyncio.Event().wait()
+
+
+def _is_unavailable(e: grpc.aio.AioRpcError) -> bool:
+    return bool(e.code() == grpc.StatusCode.UNAVAILABLE)
+
+
+class EtcdStore:
+    """The store contract over etcd v3 gRPC (see the module docstring)."""
+
+    def __init__(self, cfg: StoreConfig) -> None:
+        if not cfg.endpoints:
+            raise ValueError("StoreConfig: no endpoints")
+        self._cfg = cfg
+        self._targets = [endpoint_target(e) for e in cfg.endpoints]
+        self._creds = self._credentials(cfg)
+        self._idx = 0
+        self._channel: grpc.aio.Channel | None = None
+        self._kv: Any = None
+        self._lease: Any = None
+        self._watch: Any = None
+        self._maint: Any = None
+
+    @staticmethod
+    def _credentials(cfg: StoreConfig) -> grpc.ChannelCredentials | None:
+        wants_tls = cfg.cafile or cfg.certfile or any(
+            e.startswith("https://") for e in cfg.endpoints
+        )
+        if not wants_tls:
+            return None
+        if bool(cfg.certfile) != bool(cfg.keyfile):
+            raise ValueError("-etcd-certfile and -etcd-keyfile must be given together")
+        try:
+            ca = Path(cfg.cafile).read_bytes() if cfg.cafile else None
+            cert = Path(cfg.certfile).read_bytes() if cfg.certfile else None
+            key = Path(cfg.keyfile).read_bytes() if cfg.keyfile else None
+        except OSError as e:
+            raise ValueError(f"store TLS file {e.filename}: {e.strerror}") from e
+        return grpc.ssl_channel_credentials(ca, key, cert)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint currently in use."""
+        return self._cfg.endpoints[self._idx]
+
+    def _open(self) -> None:
+        target, _ = self._targets[self._idx]
+        if self._creds is not None:
+            ch = grpc.aio.secure_channel(target, self._creds, options=_CHANNEL_OPTIONS)
+        else:
+            ch = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._channel = ch
+        self._kv = rpc_pb2_grpc.KVStub(ch)
+        self._lease = rpc_pb2_grpc.LeaseStub(ch)
+        self._watch = rpc_pb2_grpc.WatchStub(ch)
+        self._maint = rpc_pb2_grpc.MaintenanceStub(ch)
+
+    async def _failover(self) -> None:
+        old = self._channel
+        self._idx = (self._idx + 1) % len(self._targets)
+        log.info("store: switching to endpoint %s", self.endpoint)
+        self._open()
+        if old is not None:
+            await old.close()
+
+    async def _call(self, service: str, method: str, req: Any, **ctx: Any) -> Any:
+        if self._channel is None:
+            self._open()
+        for attempt in range(len(self._targets)):
+            stub = getattr(self, service)
+            try:
+                return await getattr(stub, method)(req, timeout=self._cfg.timeout)
+            except grpc.aio.AioRpcError as e:
+                if _is_unavailable(e):
+                    log.debug("store: %s unavailable: %s", self.endpoint, e.details())
+                    if attempt + 1 < len(self._targets):
+                        await self._failover()
+                        continue
+                    raise StoreUnavailableError(
+                        f"no store endpoint answered ({', '.join(self._cfg.endpoints)}): "
+                        f"{e.details()}"
+                    ) from e
+                raise await self._map_error(e, **ctx) from e
+        raise AssertionError("unreachable")
+
+    async def _map_error(
+        self, e: grpc.aio.AioRpcError, key: bytes = b"", lease: int = 0
+    ) -> StoreError:
+        code, details = e.code(), e.details() or ""
+        if "required revision has been compacted" in details:
+            return CompactedError(await self.compact_revision())
+        if "requested lease not found" in details:
+            return LeaseNotFoundError(lease)
+        if "request is too large" in details or code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ValueTooLargeError(key)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return StoreUnavailableError(f"store {self.endpoint} timed out: {details}")
+        return StoreError(f"store {self.endpoint}: {code.name}: {details}")
+
+    async def check(self) -> StoreStatus:
+        """Find an endpoint that answers (in order); its status."""
+        return await self.status()
+
+    # -- KV -------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        r = await self._call("_kv", "Range", rpc_pb2.RangeRequest(key=key), key=key)
+        return _kv(r.kvs[0]) if r.kvs else None
+
+    async def list(self, prefix: bytes, revision: int = 0) -> Listing:
+        key = prefix or b"\0"
+        req = rpc_pb2.RangeRequest(key=key, range_end=prefix_end(prefix), revision=revision)
+        r = await self._call("_kv", "Range", req, key=prefix)
+        return Listing(tuple(_kv(m) for m in r.kvs), int(r.header.revision))
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        req = rpc_pb2.PutRequest(key=key, value=value, lease=lease)
+        r = await self._call("_kv", "Put", req, key=key, lease=lease)
+        return int(r.header.revision)
+
+    async def _put_if(
+        self, key: bytes, value: bytes, lease: int, target: int, expect: int
+    ) -> int | None:
+        cmp = rpc_pb2.Compare(result=rpc_pb2.Compare.EQUAL, target=target, key=key)
+        if target == rpc_pb2.Compare.CREATE:
+            cmp.create_revision = expect
+        else:
+            cmp.mod_revision = expect
+        put = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value, lease=lease))
+        req = rpc_pb2.TxnRequest(compare=[cmp], success=[put])
+        r = await self._call("_kv", "Txn", req, key=key, lease=lease)
+        return int(r.header.revision) if r.succeeded else None
+
+    async def create(self, key: bytes, value: bytes, lease: int = 0) -> int | None:
+        return await self._put_if(key, value, lease, rpc_pb2.Compare.CREATE, 0)
+
+    async def replace(
+        self, key: bytes, value: bytes, mod_revision: int, lease: int = 0
+    ) -> int | None:
+        return await self._put_if(key, value, lease, rpc_pb2.Compare.MOD, mod_revision)
+
+    async def delete(self, key: bytes, *, prefix: bool = False) -> int:
+        if prefix:
+            req = rpc_pb2.DeleteRangeRequest(key=key or b"\0", range_end=prefix_end(key))
+        else:
+            req = rpc_pb2.DeleteRangeRequest(key=key)
+        r = await self._call("_kv", "DeleteRange", req, key=key)
+        return int(r.deleted)
+
+    async def compact(self, revision: int) -> None:
+        """Compact history before ``revision`` (physically, so it is done on return)."""
+        await self._call("_kv", "Compact", rpc_pb2.CompactionRequest(revision=revision,
+                                                                       physical=True))
+
+    async def compact_revision(self) -> int:
+        """The store's compaction point (0 if never compacted), learned from a watch at 1."""
+        if self._channel is None:
+            self._open()
+        create = rpc_pb2.WatchCreateRequest(key=b"\0", range_end=b"\0", start_revision=1)
+        call = self._watch.Watch(_hold(rpc_pb2.WatchRequest(create_request=create)))
+        # etcd answers "created" first and then, if revision 1 is gone, a cancel
+        # carrying compact_revision; otherwise events from revision 1 follow.
+        try:
+            async with asyncio.timeout(self._cfg.timeout):
+                async for resp in call:
+                    if resp.compact_revision or resp.canceled:
+                        return int(resp.compact_revision)
+                    if resp.events or (resp.created and resp.header.revision <= 1):
+                        return 0
+        except TimeoutError:
+            return 0
+        finally:
+            call.cancel()
+        return 0
+
+    async def watch(
+        self, prefix: bytes, start_revision: int
+    ) -> AsyncIterator[builtins.list[WatchEvent]]:
+        if self._channel is None:
+            self._open()
+        next_rev = start_revision
+        failovers = 0
+        while True:
+            create = rpc_pb2.WatchCreateRequest(
+                key=prefix or b"\0", range_end=prefix_end(prefix),
+                start_revision=next_rev, prev_kv=True,
+            )
+            call = self._watch.Watch(_hold(rpc_pb2.WatchRequest(create_request=create)))
+            try:
+                async for resp in call:
+                    if resp.compact_revision:
+                        raise CompactedError(int(resp.compact_revision))
+                    if resp.canceled:
+                        raise StoreError(f"watch on {prefix!r} canceled: {resp.cancel_reason}")
+                    if resp.created and not next_rev:
+                        next_rev = int(resp.header.revision) + 1
+                    failovers = 0
+                    batch: builtins.list[WatchEvent] = []
+                    for m in resp.events:
+                        ev = _event(m)
+                        if batch and batch[-1].kv.mod_revision != ev.kv.mod_revision:
+                            yield batch
+                            batch = []
+                        batch.append(ev)
+                        next_rev = ev.kv.mod_revision + 1
+                    if batch:
+                        yield batch
+                raise StoreUnavailableError(f"watch stream from {self.endpoint} ended")
+            except grpc.aio.AioRpcError as e:
+                if not _is_unavailable(e):
+                    raise await self._map_error(e, key=prefix) from e
+                failovers += 1
+                if failovers > len(self._targets):
+                    raise StoreUnavailableError(
+                        f"watch: no store endpoint answered: {e.details()}") from e
+                log.info("store: watch stream lost (%s); resuming at %s", e.details(), next_rev)
+                await self._failover()
+            finally:
+                call.cancel()
+
+    # -- leases ---------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> int:
+        r = await self._call("_lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl))
+        if r.error:
+            raise StoreError(f"lease grant: {r.error}")
+        return int(r.ID)
+
+    async def keepalive(self, lease: int) -> int:
+        if self._channel is None:
+            self._open()
+        for attempt in range(len(self._targets)):
+            call = self._lease.LeaseKeepAlive(
+                _hold(rpc_pb2.LeaseKeepAliveRequest(ID=lease)), timeout=self._cfg.timeout
+            )
+            try:
+                async for r in call:
+                    if r.TTL <= 0:
+                        raise LeaseNotFoundError(lease)
+                    return int(r.TTL)
+                raise LeaseNotFoundError(lease)
+            except grpc.aio.AioRpcError as e:
+                if _is_unavailable(e) and attempt + 1 < len(self._targets):
+                    await self._failover()
+                    continue
+                if _is_unavailable(e):
+                    raise StoreUnavailableError(f"keepalive: {e.details()}") from e
+                raise await self._map_error(e, lease=lease) from e
+            finally:
+                call.cancel()
+        raise AssertionError("unreachable")
+
+    async def revoke(self, lease: int) -> None:
+        await self._call("_lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=lease),
+                         lease=lease)
+
+    async def time_to_live(self, lease: int) -> LeaseInfo:
+        req = rpc_pb2.LeaseTimeToLiveRequest(ID=lease, keys=True)
+        r = await self._call("_lease", "LeaseTimeToLive", req, lease=lease)
+        return LeaseInfo(int(r.ID), int(r.TTL), int(r.grantedTTL),
+                         tuple(sorted(bytes(k) for k in r.keys)))
+
+    async def leases(self) -> builtins.list[int]:
+        """Every live lease id."""
+        r = await self._call("_lease", "LeaseLeases", rpc_pb2.LeaseLeasesRequest())
+        return [int(x.ID) for x in r.leases]
+
+    # -- maintenance ----------------------------------------------------------
+
+    async def status(self) -> StoreStatus:
+        r = await self._call("_maint", "Status", rpc_pb2.StatusRequest())
+        h = r.header
+        return StoreStatus(self.endpoint, str(r.version), int(r.dbSize), int(r.leader),
+                           int(h.member_id), int(h.cluster_id), int(r.raftIndex),
+                           int(r.raftTerm), int(h.revision))
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
+async def connect(cfg: StoreConfig) -> EtcdStore:
+    """An ``EtcdStore`` on the first endpoint (in order) that answers.
+
+    Raises ``StoreUnavailableError`` when none does, ``ValueError`` for bad
+    endpoints or unreadable TLS files.
+    """
+    store = EtcdStore(cfg)
+    try:
+        await store.check()
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+_: Store = EtcdStore(StoreConfig())
