@@ -1,0 +1,132 @@
+"""``weftctl sandbox up|status|exec|logs|kill|down``: argument parsing; ``cluster`` works."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from overlay.sandbox import cluster
+from overlay.sandbox.model import (
+    BACKENDS,
+    DEFAULT_LEASE_TTL,
+    DEFAULT_STATE_DIR,
+    MAX_HOSTS,
+    NETWORK,
+    STORES,
+    AlreadyUpError,
+    Options,
+    SandboxError,
+)
+
+STATE_DIR_ENV = "WEFT_SANDBOX_DIR"
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir).absolute()
+
+
+def _guard(func: Any) -> Any:
+    """Boundary: sandbox errors become one clear line on stderr and exit status 1."""
+    def handler(args: argparse.Namespace) -> int:
+        if os.geteuid() != 0:
+            sys.stderr.write("weftctl sandbox: needs root (it creates network namespaces)\n")
+            return 1
+        try:
+            status: int = func(args)
+            return status
+        except AlreadyUpError as exc:
+            sys.stderr.write(f"weftctl sandbox: {exc}\n")
+            return 3
+        except SandboxError as exc:
+            sys.stderr.write(f"weftctl sandbox: {exc}\n")
+            return 1
+        except KeyboardInterrupt:
+            sys.stderr.write("weftctl sandbox: interrupted\n")
+            return 130
+    return handler
+
+
+def _up(args: argparse.Namespace) -> int:
+    options = Options(hosts=args.hosts, store=args.store, backend=args.backend,
+                      state_dir=_state_dir(args), lease_ttl=args.lease_ttl,
+                      network=ipaddress.IPv4Network(args.network))
+    return cluster.up(options, sys.stdout)
+
+
+def _status(args: argparse.Namespace) -> int:
+    return cluster.status(_state_dir(args), sys.stdout)
+
+
+def _exec(args: argparse.Namespace) -> int:
+    argv = list(args.cmd)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    return cluster.exec_in(_state_dir(args), args.target, argv)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    return cluster.logs(_state_dir(args), args.daemon, sys.stdout, args.lines)
+
+
+def _kill(args: argparse.Namespace) -> int:
+    return cluster.kill_host(_state_dir(args), args.host, sys.stdout)
+
+
+def _down(args: argparse.Namespace) -> int:
+    return cluster.down(_state_dir(args), sys.stdout)
+
+
+def register(subparsers: Any) -> None:
+    default_dir = os.environ.get(STATE_DIR_ENV, str(DEFAULT_STATE_DIR))
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=default_dir, metavar="DIR",
+                        help=f"where the sandbox keeps pids, logs and daemon state "
+                             f"(default ${STATE_DIR_ENV} or {DEFAULT_STATE_DIR})")
+    sandbox = subparsers.add_parser(
+        "sandbox", help="a whole weft cluster in network namespaces on this machine",
+        description="Run a whole weft cluster (store, flanneld, dnsd, CNI containers) in "
+                    "network namespaces. Needs root; never touches the root namespace.")
+    sub = sandbox.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("up", parents=[common], help="build and start the cluster, then prove it")
+    p.add_argument("--hosts", type=int, default=3, metavar="N",
+                   help=f"number of hosts, 1..{MAX_HOSTS} (default 3)")
+    p.add_argument("--store", choices=STORES, default="embedded",
+                   help="embedded `weftctl store serve` or Debian's etcd (default embedded)")
+    p.add_argument("--backend", choices=BACKENDS, default="vxlan",
+                   help="flannel backend (default vxlan)")
+    p.add_argument("--lease-ttl", type=int, default=DEFAULT_LEASE_TTL, metavar="S",
+                   help=f"flanneld subnet lease TTL in seconds (default {DEFAULT_LEASE_TTL}), "
+                        "so peers visibly drop a killed host")
+    p.add_argument("--network", default=str(NETWORK), metavar="CIDR",
+                   help=f"overlay network (default {NETWORK})")
+    p.set_defaults(func=_guard(_up))
+
+    p = sub.add_parser("status", parents=[common],
+                       help="the host table and the health of every daemon (exit 1 if unhealthy)")
+    p.set_defaults(func=_guard(_status))
+
+    p = sub.add_parser("exec", parents=[common], help="run a command in a host or container",
+                       description="TARGET: h1.., c1.h1 (or h1/c1, c1.h1.skydns.local), "
+                                   "underlay. Without CMD, a shell.")
+    p.add_argument("target", metavar="HOST|CONTAINER")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    p.set_defaults(func=_guard(_exec))
+
+    p = sub.add_parser("logs", parents=[common], help="print a daemon's log, e.g. flanneld@h2")
+    p.add_argument("daemon", metavar="DAEMON@HOST")
+    p.add_argument("-n", "--lines", type=int, default=None, help="only the last N lines")
+    p.set_defaults(func=_guard(_logs))
+
+    p = sub.add_parser("kill", parents=[common],
+                       help="kill a host's daemons (its lease then expires, peers drop it)")
+    p.add_argument("host", metavar="HOST")
+    p.set_defaults(func=_guard(_kill))
+
+    p = sub.add_parser("down", parents=[common],
+                       help="stop everything, delete the namespaces and the state dir")
+    p.set_defaults(func=_guard(_down))

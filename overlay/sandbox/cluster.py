@@ -1,0 +1,663 @@
+"""Sandbox shell: builds, inspects and tears down a weft cluster in network namespaces.
+
+Theory of operation
+-------------------
+``up`` builds a ``Testbed`` (underlay namespace with the store, host namespaces
+h1..hN), then walks ``model.DAEMONS``: each daemon is started *detached* (own
+session, stdin closed, output to ``<state-dir>/logs/<daemon>@<host>.log``) with
+``ip netns exec``, and ``up`` waits for its probes before moving on. Between the
+daemons come the one-shot steps: the network config after the store, then one
+container per host through the ``weft`` CNI plugin, its DNS name, and the proof
+(a cross-host ping and a ``dig`` from a container). A daemon or step whose code is
+not in this build yet is reported as skipped, never imitated.
+
+Everything is recorded in ``state.json`` before and while it is created, so a
+failure or Ctrl-C halfway is undone, and the later commands (``status``,
+``exec``, ``logs``, ``kill``, ``down``) work after ``up`` has returned. A flock on
+``<state-dir>/lock`` plus the recorded namespaces make a second ``up`` refuse.
+
+Every command that touches the network runs with ``ip -n NS`` or inside
+``ip netns exec NS``: the root namespace is never modified.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, TextIO
+
+from overlay.sandbox.model import (
+    CNI_NETWORK_NAME,
+    DAEMONS,
+    DOMAIN,
+    AlreadyUpError,
+    ContainerRecord,
+    Context,
+    DaemonRecord,
+    DaemonSpec,
+    HostRecord,
+    HostRow,
+    NotUpError,
+    Options,
+    Probe,
+    SandboxError,
+    Site,
+    State,
+    dns_name,
+    host_table,
+    parse_subnet_env,
+    render_table,
+    subnet_file,
+)
+from overlay.testbed import Testbed, delete_netns, list_netns, netns_exists, run
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+LOCK_FILE = "lock"
+
+
+def bin_dir() -> Path:
+    """Where weft's console scripts are: next to the interpreter running weftctl."""
+    return Path(sys.executable).parent
+
+
+def _module_present(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+# -- state dir ------------------------------------------------------------------
+
+
+def load_state(state_dir: Path) -> State | None:
+    path = state_dir / STATE_FILE
+    if not path.exists():
+        return None
+    return State.from_json(path.read_text(), str(path))
+
+
+def require_state(state_dir: Path) -> State:
+    state = load_state(state_dir)
+    if state is None:
+        raise NotUpError(str(state_dir), "no sandbox here (start one with `weftctl sandbox up`)")
+    return state
+
+
+def save_state(state_dir: Path, state: State) -> None:
+    tmp = state_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(state.to_json())
+    os.replace(tmp, state_dir / STATE_FILE)
+
+
+def is_up(state: State) -> bool:
+    """A recorded sandbox counts as up while any of its namespaces exists."""
+    return netns_exists(state.underlay_ns) or any(netns_exists(h.netns) for h in state.hosts)
+
+
+def remove_state_dir(state_dir: Path) -> None:
+    """Delete the state dir, but only if it is ours (holds our lock or state file)."""
+    if not state_dir.exists():
+        return
+    if not ((state_dir / STATE_FILE).exists() or (state_dir / LOCK_FILE).exists()):
+        raise SandboxError(str(state_dir), "not a sandbox state dir; refusing to delete it")
+    shutil.rmtree(state_dir)
+
+
+@contextlib.contextmanager
+def _up_lock(state_dir: Path) -> Iterator[None]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyUpError(str(state_dir), "another `weftctl sandbox up` is running "
+                                 "on this state dir right now") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- processes --------------------------------------------------------------------
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Kernel start time of ``pid`` (clock ticks since boot), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def alive(d: DaemonRecord) -> bool:
+    return proc_start_time(d.pid) == d.start_time
+
+
+def spawn_detached(netns: str, argv: Sequence[str], logfile: Path) -> tuple[int, int]:
+    """Start ``argv`` in ``netns`` in its own session, outliving us; return (pid, start)."""
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{bin_dir()}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, *argv], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, close_fds=True)
+    # ``ip netns exec`` execs the daemon in place, so this pid is the daemon's.
+    proc.returncode = 0  # we never wait for it: keep Popen.__del__ quiet
+    start = proc_start_time(proc.pid)
+    return proc.pid, start if start is not None else -1
+
+
+def stop_daemons(daemons: Sequence[DaemonRecord], sig: int = signal.SIGTERM,
+                 grace: float = 3.0) -> None:
+    """Signal each live daemon's process group; SIGKILL whatever outlives ``grace``."""
+    live = [d for d in daemons if alive(d)]
+    for d in live:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(d.pid, sig)
+    deadline = time.monotonic() + grace
+    while any(alive(d) for d in live) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for d in live:
+        if alive(d):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(d.pid, signal.SIGKILL)
+
+
+def run_probes(netns: str, probes: Sequence[Probe]) -> list[tuple[bool, str]]:
+    """Run probes inside ``netns`` (see ``overlay.sandbox.probe``)."""
+    if not probes:
+        return []
+    payload = json.dumps([asdict(p) for p in probes])
+    try:
+        proc = run(["ip", "netns", "exec", netns, sys.executable, "-m",
+                    "overlay.sandbox.probe"], check=False, input=payload, timeout=10)
+    except subprocess.TimeoutExpired:
+        return [(False, "probe timed out")] * len(probes)
+    if proc.returncode != 0:
+        return [(False, f"probe failed: {proc.stderr.strip()[-200:]}")] * len(probes)
+    return [(bool(ok), str(detail)) for ok, detail in json.loads(proc.stdout)]
+
+
+def log_tail(path: str, lines: int = 15) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+# -- the cluster ---------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Prints one line per step with the time since ``up`` started."""
+
+    out: TextIO
+    t0: float = field(default_factory=time.monotonic)
+
+    def line(self, text: str) -> None:
+        self.out.write(f"[{time.monotonic() - self.t0:5.1f}s] {text}\n")
+        self.out.flush()
+
+
+class Sandbox:
+    """A recorded sandbox and the operations on it."""
+
+    def __init__(self, state_dir: Path, state: State) -> None:
+        self.state_dir = state_dir
+        self.state = state
+
+    # -- sites and context --
+
+    @property
+    def options(self) -> Options:
+        o = self.state.options
+        return Options(hosts=int(str(o["hosts"])), store=str(o["store"]),
+                       backend=str(o["backend"]), state_dir=self.state_dir,
+                       lease_ttl=int(str(o["lease_ttl"])),
+                       network=ipaddress.IPv4Network(str(o["network"])))
+
+    @property
+    def context(self) -> Context:
+        return Context(self.options, bin_dir(), ipaddress.IPv4Address(self.state.store_ip),
+                       ipaddress.IPv4Address(self.state.dns_ip))
+
+    def underlay_site(self) -> Site:
+        return Site("underlay", self.state.underlay_ns,
+                    ipaddress.IPv4Address(self.state.store_ip), self.state_dir / "underlay")
+
+    def host_site(self, h: HostRecord) -> Site:
+        return Site(h.name, h.netns, ipaddress.IPv4Address(h.ip), Path(h.dir))
+
+    def sites_for(self, spec: DaemonSpec) -> list[Site]:
+        if spec.placement == "underlay":
+            return [self.underlay_site()]
+        hosts = self.state.hosts if spec.placement == "each-host" else self.state.hosts[:1]
+        return [self.host_site(h) for h in hosts]
+
+    def site_of(self, d: DaemonRecord) -> Site:
+        if d.host == "underlay":
+            return self.underlay_site()
+        return self.host_site(self.state.host(d.host))
+
+    def save(self) -> None:
+        save_state(self.state_dir, self.state)
+
+    # -- health --
+
+    def health(self, d: DaemonRecord) -> tuple[bool, str]:
+        if d.killed:
+            return False, "killed (weftctl sandbox kill)"
+        if not alive(d):
+            return False, f"process {d.pid} is gone (see weftctl sandbox logs {d.ident})"
+        spec = next((s for s in DAEMONS if s.name == d.name), None)
+        if spec is None:
+            return True, "running"
+        site = self.site_of(d)
+        results = run_probes(site.netns, spec.probes(self.context, site))
+        bad = [detail for ok, detail in results if not ok]
+        return (False, "; ".join(bad)) if bad else (True, "healthy")
+
+    def wait_healthy(self, records: Sequence[DaemonRecord], within: float) -> None:
+        deadline = time.monotonic() + within
+        pending = list(records)
+        last: dict[str, str] = {}
+        while pending:
+            for d in list(pending):
+                if not alive(d):
+                    raise SandboxError(d.ident, f"exited during start-up; log {d.log}:\n"
+                                       + log_tail(d.log))
+                ok, detail = self.health(d)
+                if ok:
+                    pending.remove(d)
+                else:
+                    last[d.ident] = detail
+            if pending and time.monotonic() > deadline:
+                d = pending[0]
+                raise SandboxError(d.ident, f"not healthy after {within:.0f} s "
+                                   f"({last.get(d.ident, '?')}); log {d.log}:\n"
+                                   + log_tail(d.log))
+            if pending:
+                time.sleep(0.1)
+
+    # -- daemons --
+
+    def start_daemon(self, spec: DaemonSpec, site: Site) -> DaemonRecord:
+        site.dir.mkdir(parents=True, exist_ok=True)
+        argv = spec.argv(self.context, site)
+        logfile = self.state_dir / "logs" / f"{spec.name}@{site.host}.log"
+        pid, start = spawn_detached(site.netns, argv, logfile)
+        record = DaemonRecord(spec.name, site.host, site.netns, pid, start, argv, str(logfile))
+        self.state.daemons.append(record)
+        self.save()
+        return record
+
+    # -- store-side one-shot steps (run inside the underlay namespace) --
+
+    def in_underlay(self, argv: Sequence[str], timeout: float = 15) -> str:
+        proc = run(["ip", "netns", "exec", self.state.underlay_ns, *argv], check=False,
+                   timeout=timeout)
+        if proc.returncode != 0:
+            raise SandboxError(" ".join(argv[:3]), (proc.stderr or proc.stdout).strip())
+        return proc.stdout
+
+    def write_network_config(self) -> str:
+        o = self.options
+        ctx = self.context
+        if _module_present("overlay.cli.network_cmd"):
+            self.in_underlay([str(ctx.bin_dir / "weftctl"), "network", "set",
+                              "--network", str(o.network), "--backend", o.backend,
+                              "-etcd-endpoints", ctx.endpoint])
+            return "weftctl network set"
+        config = json.dumps({"Network": str(o.network), "Backend": {"Type": o.backend}})
+        self.in_underlay(["etcdctl", "--endpoints", ctx.endpoint, "put",
+                          "/coreos.com/network/config", config])
+        return "etcdctl put (weftctl network set is not in this build yet)"
+
+    def register_dns(self, c: ContainerRecord) -> str:
+        ctx = self.context
+        ip = str(ipaddress.IPv4Interface(c.ip).ip)
+        if _module_present("dnsd.admin"):
+            self.in_underlay([str(ctx.bin_dir / "weftctl"), "dns", "set", c.dns, "--host", ip,
+                              "-etcd-endpoints", ctx.endpoint])
+            return "weftctl dns set"
+        labels = c.dns.rstrip(".").split(".")
+        key = "/skydns/" + "/".join(reversed(labels))
+        self.in_underlay(["etcdctl", "--endpoints", ctx.endpoint, "put", key,
+                          json.dumps({"host": ip})])
+        return "etcdctl put (weftctl dns is not in this build yet)"
+
+    # -- containers (CNI) --
+
+    def cni_conf(self, h: HostRecord) -> dict[str, object]:
+        return {
+            "cniVersion": "1.0.0",
+            "name": CNI_NETWORK_NAME,
+            "type": "weft",
+            "subnetFile": str(subnet_file(self.host_site(h))),
+            "dataDir": str(Path(h.dir) / "cni"),
+        }
+
+    def cni(self, command: str, h: HostRecord, c: ContainerRecord) -> dict[str, object]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": f"{self.state.tag}-{c.ident}",
+            "CNI_NETNS": f"/run/netns/{c.netns}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": f"{bin_dir()}:/usr/lib/cni",
+        }
+        argv = ["ip", "netns", "exec", h.netns, str(bin_dir() / "weft")]
+        proc = subprocess.run(argv, input=json.dumps(self.cni_conf(h)), capture_output=True,
+                              text=True, env=env, timeout=30)
+        if proc.returncode != 0:
+            raise SandboxError(f"CNI {command} {c.ident}",
+                               (proc.stdout + proc.stderr).strip()[-500:])
+        if not proc.stdout.strip():
+            return {}
+        result: dict[str, object] = json.loads(proc.stdout)
+        return result
+
+    # -- views --
+
+    def rows(self) -> list[HostRow]:
+        rows = []
+        for h in self.state.hosts:
+            env_path = subnet_file(self.host_site(h))
+            subnet = "-"
+            if env_path.exists():
+                subnet = parse_subnet_env(env_path.read_text()).get("FLANNEL_SUBNET", "-")
+            containers = " ".join(
+                f"{c.name} {c.ip.split('/')[0] or '-'} {c.dns}"
+                for c in self.state.containers if c.host == h.name) or "-"
+            rows.append(HostRow(h.name, h.ip, subnet, vtep_mac(h.netns), containers))
+        return rows
+
+    def daemon_table(self) -> tuple[str, bool]:
+        rows = []
+        all_ok = True
+        for d in self.state.daemons:
+            ok, detail = self.health(d)
+            if not ok and not d.killed:
+                all_ok = False
+            state = "killed" if d.killed else ("running" if alive(d) else "dead")
+            rows.append((d.name, d.host, str(d.pid), state, detail))
+        return render_table(("daemon", "host", "pid", "state", "health"), rows), all_ok
+
+
+def vtep_mac(netns: str) -> str:
+    """MAC of the host's flannel.<VNI> device, '-' when it has none (host-gw, not up)."""
+    if not netns_exists(netns):
+        return "-"
+    proc = run(["ip", "-j", "-n", netns, "link", "show"], check=False)
+    if proc.returncode != 0:
+        return "-"
+    for link in json.loads(proc.stdout or "[]"):
+        if str(link.get("ifname", "")).startswith("flannel."):
+            return str(link.get("address", "-"))
+    return "-"
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def up(options: Options, out: TextIO) -> int:
+    """``weftctl sandbox up``: build the cluster, print the table and the proof."""
+    options.check()
+    state_dir = options.state_dir
+    with _up_lock(state_dir):
+        existing = load_state(state_dir)
+        if existing is not None:
+            if is_up(existing):
+                raise AlreadyUpError(str(state_dir), f"a sandbox ({existing.tag}, "
+                                     f"{len(existing.hosts)} hosts) is already up; "
+                                     "see `weftctl sandbox status`, or `weftctl sandbox "
+                                     "down` first")
+            out.write(f"removing a stale sandbox record ({existing.tag}) from {state_dir}\n")
+            _teardown(Sandbox(state_dir, existing), quiet=True)
+            for child in state_dir.iterdir():
+                if child.name != LOCK_FILE:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        elif any(p.name != LOCK_FILE for p in state_dir.iterdir()):
+            raise SandboxError(str(state_dir), "exists and is not empty; choose another "
+                               "--state-dir")
+        return _build(options, out)
+
+
+def _build(options: Options, out: TextIO) -> int:
+    progress = Progress(out)
+    tb = Testbed()
+    state = State(
+        tag=tb.tag,
+        options={"hosts": options.hosts, "store": options.store, "backend": options.backend,
+                 "lease_ttl": options.lease_ttl, "network": str(options.network)},
+        underlay_ns=tb.underlay_ns, store_ip=str(tb.underlay_ip), dns_ip="",
+    )
+    sb = Sandbox(options.state_dir, state)
+    sb.save()  # recorded before anything exists, so a crash can always be cleaned up
+    progress.line(f"weft sandbox {tb.tag}: {options.hosts} hosts, {options.store} store, "
+                  f"{options.backend} backend, lease TTL {options.lease_ttl} s, "
+                  f"state in {options.state_dir}")
+    try:
+        tb.build(options.hosts)
+        atexit.unregister(tb.destroy)  # the sandbox outlives this command
+        for name, host in tb.hosts.items():
+            hdir = options.state_dir / name
+            hdir.mkdir(parents=True, exist_ok=True)
+            state.hosts.append(HostRecord(name, host.netns, str(host.ip), str(hdir)))
+        state.dns_ip = state.hosts[0].ip
+        sb.save()
+        progress.line(f"namespaces: underlay {tb.underlay_ns} (ul0 {tb.underlay_ip}/24), hosts "
+                      + ", ".join(f"{h.name} {h.ip}" for h in state.hosts))
+        started = _start_daemons(sb, progress)
+        if "flanneld" in started:
+            _containers(sb, progress)
+        state.complete = True
+        sb.save()
+        out.write("\n" + host_table(sb.rows()) + "\n\n")
+        _proof(sb, out, progress)
+        out.write("\nnext: weftctl sandbox status | exec c1.h1 -- ip addr | logs flanneld@h2 "
+                  "| kill h2 | down")
+        if options.state_dir != Path("/run/weft-sandbox"):
+            out.write(f"   (add --state-dir {options.state_dir})")
+        out.write("\n")
+        out.flush()
+        return 0
+    except BaseException:
+        progress.line("failed; tearing the sandbox down")
+        _teardown(sb, quiet=True)
+        tb.destroy()
+        with contextlib.suppress(SandboxError, OSError):
+            remove_state_dir(options.state_dir)
+        raise
+
+
+def _start_daemons(sb: Sandbox, progress: Progress) -> set[str]:
+    started: set[str] = set()
+    for spec in DAEMONS:
+        missing = spec.missing(sb.options)
+        if missing:
+            sb.state.skipped.append(f"{spec.name}: {missing}")
+            sb.save()
+            progress.line(f"{spec.name}: skipped, {missing}")
+            continue
+        sites = sb.sites_for(spec)
+        records = [sb.start_daemon(spec, site) for site in sites]
+        sb.wait_healthy(records, spec.ready_within)
+        where = ", ".join(f"{s.host} ({s.ip})" for s in sites)
+        progress.line(f"{spec.name} on {where}: healthy")
+        started.add(spec.name)
+        if spec.name == "store":
+            how = sb.write_network_config()
+            progress.line(f"network config {sb.options.network} backend {sb.options.backend} "
+                          f"written ({how})")
+    if "store" not in started:
+        raise SandboxError("store", "no store could be started: " + "; ".join(sb.state.skipped))
+    return started
+
+
+def _containers(sb: Sandbox, progress: Progress) -> None:
+    if not _module_present("cni.main"):
+        reason = "containers: skipped, cni.main (the weft CNI plugin) is not in this build yet"
+        sb.state.skipped.append(reason)
+        sb.save()
+        progress.line(reason)
+        return
+    for h in sb.state.hosts:
+        c = ContainerRecord("c1", h.name, f"{sb.state.tag}-{h.name}c1",
+                            dns=dns_name("c1", h.name, DOMAIN))
+        run(["ip", "netns", "add", c.netns])
+        sb.state.containers.append(c)
+        sb.save()
+        run(["ip", "-n", c.netns, "link", "set", "lo", "up"])
+        result = sb.cni("ADD", h, c)
+        ips = result.get("ips")
+        if isinstance(ips, list) and ips and isinstance(ips[0], dict):
+            c.ip = str(ips[0].get("address", ""))
+        sb.save()
+    progress.line("containers via the weft CNI plugin: " + ", ".join(
+        f"{c.ident} {c.ip}" for c in sb.state.containers))
+    if any(d.name == "store" for d in sb.state.daemons):
+        how = ""
+        for c in sb.state.containers:
+            if c.ip:
+                how = sb.register_dns(c)
+        sb.save()
+        progress.line("DNS names registered (" + how + "): "
+                      + ", ".join(c.dns for c in sb.state.containers if c.ip))
+
+
+def _proof(sb: Sandbox, out: TextIO, progress: Progress) -> None:
+    cs = [c for c in sb.state.containers if c.ip]
+    if len(cs) >= 2:
+        src, dst = cs[0], cs[1]
+        ip = dst.ip.split("/")[0]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # routes converge within a lease watch round
+            if run(["ip", "netns", "exec", src.netns, "ping", "-n", "-c", "1", "-W", "1", ip],
+                   check=False).returncode == 0:
+                break
+        proc = run(["ip", "netns", "exec", src.netns, "ping", "-n", "-c", "3", "-i", "0.2",
+                    "-W", "1", ip], check=False)
+        out.write(f"$ weftctl sandbox exec {src.ident} -- ping -c 3 {ip}   # {dst.dns}\n")
+        out.write(proc.stdout + proc.stderr + "\n")
+    else:
+        out.write("proof: cross-host ping skipped (needs flanneld and the CNI plugin on two "
+                  "hosts; skipped: " + "; ".join(sb.state.skipped) + ")\n")
+    dnsd_up = any(d.name == "dnsd" for d in sb.state.daemons)
+    if dnsd_up and cs:
+        src = cs[-1]
+        target = cs[0].dns
+        proc = run(["ip", "netns", "exec", src.netns, "dig", f"@{sb.state.dns_ip}", target,
+                    "A", "+time=2", "+tries=2", "+noall", "+answer", "+stats"], check=False)
+        out.write(f"$ weftctl sandbox exec {src.ident} -- dig @{sb.state.dns_ip} {target}\n")
+        out.write(proc.stdout + proc.stderr)
+    else:
+        out.write("proof: dig skipped (needs dnsd and a container)\n")
+    progress.line("proof done")
+
+
+def status(state_dir: Path, out: TextIO) -> int:
+    sb = Sandbox(state_dir, require_state(state_dir))
+    up_now = is_up(sb.state)
+    out.write(f"sandbox {sb.state.tag} ({'up' if up_now else 'namespaces gone'}), "
+              f"state in {state_dir}\n\n")
+    out.write(host_table(sb.rows()) + "\n\n")
+    table, all_ok = sb.daemon_table()
+    out.write(table + "\n")
+    for s in sb.state.skipped:
+        out.write(f"not in this build: {s}\n")
+    return 0 if all_ok and up_now else 1
+
+
+def exec_in(state_dir: Path, target: str, argv: Sequence[str]) -> int:
+    state = require_state(state_dir)
+    netns = state.namespace_of(target)
+    if not argv:
+        argv = [os.environ.get("SHELL", "/bin/sh")]
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], check=False).returncode
+
+
+def logs(state_dir: Path, ident: str, out: IO[str], lines: int | None = None) -> int:
+    state = require_state(state_dir)
+    d = state.daemon(ident)
+    text = Path(d.log).read_text(errors="replace") if Path(d.log).exists() else ""
+    body = text.splitlines()
+    if lines is not None:
+        body = body[-lines:]
+    out.write("\n".join(body) + ("\n" if body else ""))
+    return 0
+
+
+def kill_host(state_dir: Path, host: str, out: TextIO) -> int:
+    sb = Sandbox(state_dir, require_state(state_dir))
+    h = sb.state.host(host)
+    victims = sb.state.daemons_on(h.name)
+    stop_daemons(victims, signal.SIGKILL, grace=2)
+    for d in victims:
+        d.killed = True
+    sb.save()
+    ttl = sb.options.lease_ttl
+    out.write(f"killed {', '.join(d.ident for d in victims) or 'nothing'}; {h.name}'s namespace "
+              f"and data path stay, its lease expires within {ttl} s and peers then drop "
+              "its routes\n")
+    return 0
+
+
+def _teardown(sb: Sandbox, quiet: bool = False) -> list[str]:
+    """Kill every daemon and delete every namespace of the sandbox; return what is left."""
+    stop_daemons(sb.state.daemons)
+    for c in sb.state.containers:
+        delete_netns(c.netns)
+    for h in sb.state.hosts:
+        delete_netns(h.netns)
+    delete_netns(sb.state.underlay_ns)
+    for ns in list_netns():
+        if ns.startswith(sb.state.tag + "-"):
+            delete_netns(ns)
+    left = [ns for ns in list_netns() if ns.startswith(sb.state.tag + "-")]
+    left += [d.ident for d in sb.state.daemons if alive(d)]
+    return left
+
+
+def down(state_dir: Path, out: TextIO) -> int:
+    state = load_state(state_dir)
+    if state is None:
+        out.write(f"no sandbox in {state_dir}; nothing to do\n")
+        if state_dir.exists() and (state_dir / LOCK_FILE).exists():
+            remove_state_dir(state_dir)
+        return 0
+    sb = Sandbox(state_dir, state)
+    left = _teardown(sb)
+    if left:
+        out.write("could not remove: " + ", ".join(left) + "\n")
+        return 1
+    remove_state_dir(state_dir)
+    out.write(f"sandbox {state.tag} is down: {len(state.daemons)} daemons stopped, "
+              f"{len(state.hosts) + len(state.containers) + 1} namespaces and {state_dir} "
+              "removed\n")
+    return 0

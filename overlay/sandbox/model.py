@@ -1,0 +1,377 @@
+"""Sandbox model: options, the per-daemon table, the recorded state and the rendered tables (pure).
+
+Theory of operation
+-------------------
+A sandbox is a ``Testbed`` (underlay namespace + host namespaces) plus a set of
+*daemons*, each an entry of ``DAEMONS``: a name, where it runs (``underlay``,
+``each-host`` or ``first-host``), the Python module that must exist for it to be
+available in this build, an argv builder and a health probe. ``cluster`` walks the
+table in order; adding a per-host daemon (the scheduler agent is next) means
+adding one entry here and nothing else.
+
+Everything ``up`` creates is recorded in ``<state-dir>/state.json`` (namespace tag,
+hosts, containers, daemons with pid + kernel start time so a recycled pid is
+never mistaken for ours), which is how the later commands (``status``, ``kill``,
+``down``...) find the sandbox after ``up`` has returned.
+
+Nothing here runs a process or touches the network; probes are descriptions that
+``cluster`` executes inside the right namespace.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+STORE_PORT = 2379
+FLANNELD_HEALTHZ_PORT = 9101  # inside each host namespace, so a fixed port is safe
+DNSD_METRICS_PORT = 9153
+DNS_PORT = 53
+DOMAIN = "skydns.local."
+NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
+MAX_HOSTS = 16
+BACKENDS = ("vxlan", "host-gw", "udp")
+STORES = ("embedded", "etcd")
+DEFAULT_LEASE_TTL = 20
+DEFAULT_STATE_DIR = Path("/run/weft-sandbox")
+CNI_NETWORK_NAME = "weft"
+
+Placement = Literal["underlay", "each-host", "first-host"]
+
+
+class SandboxError(Exception):
+    """A sandbox operation failed; ``what`` names the step or object concerned."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.what = what
+        self.reason = reason
+
+
+class BadOptionError(SandboxError):
+    """An option given to ``weftctl sandbox`` is out of range."""
+
+
+class AlreadyUpError(SandboxError):
+    """``up`` found a sandbox already running in the state dir."""
+
+
+class NotUpError(SandboxError):
+    """A command needs a running sandbox and the state dir holds none."""
+
+
+class UnknownTargetError(SandboxError):
+    """``exec``/``logs``/``kill`` named a host, container or daemon that does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What ``weftctl sandbox up`` was asked for; checked by ``check``."""
+
+    hosts: int = 3
+    store: str = "embedded"
+    backend: str = "vxlan"
+    state_dir: Path = DEFAULT_STATE_DIR
+    lease_ttl: int = DEFAULT_LEASE_TTL
+    network: ipaddress.IPv4Network = NETWORK
+
+    def check(self) -> Options:
+        if not 1 <= self.hosts <= MAX_HOSTS:
+            raise BadOptionError("--hosts", f"must be 1..{MAX_HOSTS}, got {self.hosts}")
+        if self.store not in STORES:
+            raise BadOptionError("--store", f"must be one of {', '.join(STORES)}, "
+                                 f"got {self.store!r}")
+        if self.backend not in BACKENDS:
+            raise BadOptionError("--backend", f"must be one of {', '.join(BACKENDS)}, "
+                                 f"got {self.backend!r}")
+        if self.lease_ttl < 2:
+            raise BadOptionError("--lease-ttl", f"must be at least 2 s, got {self.lease_ttl}")
+        return self
+
+
+# -- the daemon table ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Where one daemon instance runs: a namespace, its address and its private dir."""
+
+    host: str  # "h1".. or "underlay"
+    netns: str
+    ip: ipaddress.IPv4Address
+    dir: Path  # <state-dir>/<host>
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Cluster-wide facts an argv builder or probe needs."""
+
+    options: Options
+    bin_dir: Path  # where weft's console scripts live (next to the Python running us)
+    store_ip: ipaddress.IPv4Address
+    dns_ip: ipaddress.IPv4Address
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.store_ip}:{STORE_PORT}"
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A health check to run inside ``Site.netns``.
+
+    ``http``: GET ``http://ip:port/path`` must answer 200. ``tcp``: connect.
+    ``dns``: an SOA query for ``name`` must get an answer. ``file``: ``path`` exists.
+    """
+
+    kind: Literal["http", "tcp", "dns", "file"]
+    ip: str = ""
+    port: int = 0
+    path: str = "/"
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSpec:
+    """One row of the daemon table."""
+
+    name: str
+    placement: Placement
+    missing: Callable[[Options], str | None]  # why it is absent from this build, or None
+    argv: Callable[[Context, Site], list[str]]
+    probes: Callable[[Context, Site], Sequence[Probe]]
+    ready_within: float = 15.0  # seconds ``up`` waits for its probes
+
+
+def _module_missing(module: str) -> Callable[[Options], str | None]:
+    def missing(options: Options) -> str | None:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        return None if found else f"{module} is not in this build yet"
+    return missing
+
+
+def _store_missing(options: Options) -> str | None:
+    if options.store == "etcd":
+        return None if shutil.which("etcd") else "etcd is not installed (apt install etcd-server)"
+    return _module_missing("overlay.cli.store_cmd")(options)
+
+
+def _store_argv(ctx: Context, site: Site) -> list[str]:
+    listen = f"{site.ip}:{STORE_PORT}"
+    data = site.dir / "store"
+    if ctx.options.store == "etcd":
+        client = f"http://{listen}"
+        peer = f"http://{site.ip}:{STORE_PORT + 1}"
+        return ["etcd", "--name", "sandbox", "--data-dir", str(data),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"sandbox={peer}", "--log-level", "warn"]
+    return [str(ctx.bin_dir / "weftctl"), "store", "serve", "--listen", listen,
+            "--data-dir", str(data)]
+
+
+def _store_probes(ctx: Context, site: Site) -> Sequence[Probe]:
+    return (Probe("tcp", str(site.ip), STORE_PORT),)
+
+
+def subnet_file(site: Site) -> Path:
+    return site.dir / "subnet.env"
+
+
+def _flanneld_argv(ctx: Context, site: Site) -> list[str]:
+    return [str(ctx.bin_dir / "flanneld"), "-etcd-endpoints", ctx.endpoint,
+            "-iface", "eth0", "-subnet-file", str(subnet_file(site)),
+            "-subnet-lease-ttl", str(ctx.options.lease_ttl),
+            "-healthz-ip", "127.0.0.1", "-healthz-port", str(FLANNELD_HEALTHZ_PORT)]
+
+
+def _flanneld_probes(ctx: Context, site: Site) -> Sequence[Probe]:
+    return (Probe("file", path=str(subnet_file(site))),
+            Probe("http", "127.0.0.1", FLANNELD_HEALTHZ_PORT, "/healthz"))
+
+
+def _dnsd_argv(ctx: Context, site: Site) -> list[str]:
+    return [str(ctx.bin_dir / "dnsd"), "-addr", f"{site.ip}:{DNS_PORT}", "-domain", DOMAIN,
+            "-etcd-endpoints", ctx.endpoint, "-metrics-port", str(DNSD_METRICS_PORT)]
+
+
+def _dnsd_probes(ctx: Context, site: Site) -> Sequence[Probe]:
+    return (Probe("dns", str(site.ip), DNS_PORT, name=DOMAIN),)
+
+
+# Order matters: ``up`` starts them top to bottom and waits for each to be healthy.
+# The store is first (everyone needs it); the network config is written right after it.
+DAEMONS: tuple[DaemonSpec, ...] = (
+    DaemonSpec("store", "underlay", _store_missing, _store_argv, _store_probes),
+    DaemonSpec("flanneld", "each-host", _module_missing("overlay.cli.flanneld"), _flanneld_argv,
+               _flanneld_probes, ready_within=20.0),
+    # dnsd sits on h1's underlay address: every container reaches it without NAT
+    # (h1 routes replies back over the overlay), and the root namespace stays untouched.
+    DaemonSpec("dnsd", "first-host", _module_missing("dnsd.cli"), _dnsd_argv, _dnsd_probes),
+)
+
+
+def daemon_spec(name: str) -> DaemonSpec:
+    for spec in DAEMONS:
+        if spec.name == name:
+            return spec
+    raise UnknownTargetError(name, f"no such daemon (known: {', '.join(d.name for d in DAEMONS)})")
+
+
+# -- recorded state -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DaemonRecord:
+    name: str
+    host: str  # "underlay" or "h1"..
+    netns: str
+    pid: int
+    start_time: int  # /proc/<pid>/stat field 22, guards against pid reuse
+    argv: list[str]
+    log: str
+    killed: bool = False
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}@{self.host}"
+
+
+@dataclass(slots=True)
+class HostRecord:
+    name: str
+    netns: str
+    ip: str
+    dir: str
+
+
+@dataclass(slots=True)
+class ContainerRecord:
+    name: str  # "c1"
+    host: str  # "h1"
+    netns: str
+    ip: str = ""  # CIDR as the plugin returned it, e.g. "10.244.3.2/24"
+    dns: str = ""  # "c1.h1.skydns.local"
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}.{self.host}"
+
+
+@dataclass(slots=True)
+class State:
+    """Everything ``up`` made; saved as JSON in the state dir."""
+
+    tag: str
+    options: dict[str, object]
+    underlay_ns: str
+    store_ip: str
+    dns_ip: str
+    hosts: list[HostRecord] = field(default_factory=list)
+    containers: list[ContainerRecord] = field(default_factory=list)
+    daemons: list[DaemonRecord] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # steps absent from this build
+    complete: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "state.json") -> State:
+        try:
+            raw = json.loads(text)
+            return cls(
+                tag=raw["tag"], options=raw["options"], underlay_ns=raw["underlay_ns"],
+                store_ip=raw["store_ip"], dns_ip=raw["dns_ip"],
+                hosts=[HostRecord(**h) for h in raw["hosts"]],
+                containers=[ContainerRecord(**c) for c in raw["containers"]],
+                daemons=[DaemonRecord(**d) for d in raw["daemons"]],
+                skipped=list(raw.get("skipped", [])), complete=bool(raw.get("complete")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SandboxError(where, f"unreadable sandbox state ({exc})") from exc
+
+    def host(self, name: str) -> HostRecord:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise UnknownTargetError(name, "no such host (hosts: "
+                                 + ", ".join(h.name for h in self.hosts) + ")")
+
+    def namespace_of(self, target: str) -> str:
+        """Resolve ``h2``, ``c1.h2``, ``h2/c1``, ``c1.h2.skydns.local`` or ``underlay``."""
+        if target in ("underlay", "ul"):
+            return self.underlay_ns
+        for h in self.hosts:
+            if h.name == target:
+                return h.netns
+        wanted = target.rstrip(".")
+        for c in self.containers:
+            if wanted in (c.ident, f"{c.host}/{c.name}", c.dns.rstrip(".")):
+                return c.netns
+        names = ["underlay", *(h.name for h in self.hosts),
+                 *(c.ident for c in self.containers)]
+        raise UnknownTargetError(target, "no such host or container (try: "
+                                 + ", ".join(names) + ")")
+
+    def daemon(self, ident: str) -> DaemonRecord:
+        name, _, host = ident.partition("@")
+        matches = [d for d in self.daemons if d.name == name and host in ("", d.host)]
+        if len(matches) == 1:
+            return matches[0]
+        raise UnknownTargetError(ident, "no such daemon (running: "
+                                 + ", ".join(d.ident for d in self.daemons) + ")")
+
+    def daemons_on(self, host: str) -> list[DaemonRecord]:
+        return [d for d in self.daemons if d.host == host]
+
+
+def dns_name(container: str, host: str, domain: str = DOMAIN) -> str:
+    return f"{container}.{host}.{domain.rstrip('.')}"
+
+
+# -- rendering ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HostRow:
+    host: str
+    ip: str
+    subnet: str
+    vtep_mac: str
+    containers: str
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain left-aligned text table."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def host_table(rows: Sequence[HostRow]) -> str:
+    return render_table(("host", "underlay ip", "subnet", "vtep mac", "containers"),
+                        [(r.host, r.ip, r.subnet, r.vtep_mac, r.containers) for r in rows])
+
+
+def parse_subnet_env(text: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines of flannel's subnet.env (blank lines and comments ignored)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
