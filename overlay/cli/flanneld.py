@@ -1,0 +1,222 @@
+"""The ``flanneld`` command: flannel's flags and FLANNELD_* env in, a running ``Flanneld`` out.
+
+Wiring only: parse flags once into ``DaemonConfig`` and a ``StoreConfig``, pick
+the external interface, connect to the store (retrying while it is down), hand
+``overlay.backend.registry.make_backend`` and ``overlay.masq`` to the daemon,
+serve health/metrics, and stop cleanly on SIGTERM/SIGINT (leaving the lease and
+kernel state in place, as flannel does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from overlay.backend.base import Backend, BackendError, ExternalInterface
+from overlay.cli.flags import FlagParser
+from overlay.config import (
+    DEFAULT_LEASE_TTL,
+    DEFAULT_RENEW_MARGIN,
+    DEFAULT_SUBNET_FILE,
+    DaemonConfig,
+    NetworkConfig,
+)
+from overlay.lease.model import DEFAULT_PREFIX, Lease
+from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
+
+log = logging.getLogger("flanneld")
+
+DESCRIPTION = """\
+flanneld: weft's flannel-compatible overlay daemon. It reads the network config
+from <etcd-prefix>/config, leases a subnet for this host under
+<etcd-prefix>/subnets/, programs the data path (vxlan, host-gw or udp) for every
+peer, and writes the subnet file for Docker and the CNI plugin.
+
+Every flag takes one or two dashes (-flag=value, --flag value) and can be set as
+FLANNELD_<UPPER_SNAKE> in the environment; the command line wins."""
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
+    p = FlagParser("flanneld", DESCRIPTION, env_prefixes=("FLANNELD_",), environ=environ)
+    p.add("etcd-endpoints", "comma-separated store endpoints (etcd or `weftctl store serve`)",
+          default=",".join(DEFAULT_ENDPOINTS), metavar="URLS")
+    p.add("etcd-prefix", "store key prefix of the network", default=DEFAULT_PREFIX,
+          metavar="PREFIX")
+    p.add("etcd-cafile", "TLS CA bundle to verify the store", metavar="FILE")
+    p.add("etcd-certfile", "TLS client certificate", metavar="FILE")
+    p.add("etcd-keyfile", "TLS client key", metavar="FILE")
+    p.add("iface", "interface (name or IP address) for inter-host traffic; repeatable, "
+          "first match wins [default: the default route's interface]", repeat=True,
+          metavar="IFACE")
+    p.add("iface-regex", "regex matched against interface names then addresses; repeatable; "
+          "used when -iface is not given", repeat=True, metavar="REGEX")
+    p.add("public-ip", "IP address other hosts reach this one at (NAT) [default: the "
+          "interface's address]", metavar="IP")
+    p.add("subnet-file", "file the leased subnet is written to", default=str(DEFAULT_SUBNET_FILE),
+          metavar="PATH")
+    p.add_bool("ip-masq", "masquerade traffic leaving the overlay network (nftables)")
+    p.add("subnet-lease-renew-margin", "renew the lease this many minutes before it expires "
+          "(1-1439)", default=DEFAULT_RENEW_MARGIN, type=int, metavar="MINUTES")
+    p.add("subnet-lease-ttl", "lifetime of the subnet lease in seconds (short values for tests)",
+          default=DEFAULT_LEASE_TTL, type=int, metavar="SECONDS")
+    p.add("healthz-ip", "address the health/metrics server listens on", default="0.0.0.0",
+          metavar="IP")
+    p.add("healthz-port", "port of /healthz, /readyz and /metrics (0 = off)", default=0,
+          type=int, metavar="PORT")
+    p.add("v", "log verbosity (0 = info, 1+ = debug)", default=0, type=int, metavar="LEVEL")
+    p.add_bool("version", "print the version and exit")
+    return p
+
+
+def program_version() -> str:
+    try:
+        return version("weft")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
+               ) -> tuple[Any, DaemonConfig, StoreConfig]:
+    """Flags and env into (raw namespace, DaemonConfig, StoreConfig); exits 2 on bad input."""
+    env = os.environ if environ is None else environ
+    parser = build_parser(env)
+    args = parser.parse(argv)
+    if args.version:
+        return args, DaemonConfig(), StoreConfig()
+    if not 1 <= args.subnet_lease_renew_margin <= 1439:
+        parser.error(f"-subnet-lease-renew-margin {args.subnet_lease_renew_margin}: must be "
+                     "1..1439 minutes")
+    if args.subnet_lease_ttl < 2:
+        parser.error(f"-subnet-lease-ttl {args.subnet_lease_ttl}: must be at least 2 seconds")
+    if not 0 <= args.healthz_port <= 65535:
+        parser.error(f"-healthz-port {args.healthz_port}: not a port")
+    if args.public_ip:
+        try:
+            ipaddress.IPv4Address(args.public_ip)
+        except ValueError:
+            parser.error(f"-public-ip {args.public_ip!r}: not an IPv4 address")
+    try:
+        store_cfg = StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile,
+                                          args.etcd_certfile, args.etcd_keyfile)
+    except ValueError as exc:
+        parser.error(str(exc))
+    cfg = DaemonConfig(
+        prefix=args.etcd_prefix,
+        subnet_file=Path(args.subnet_file),
+        ip_masq=bool(args.ip_masq),
+        lease_ttl=args.subnet_lease_ttl,
+        renew_margin=args.subnet_lease_renew_margin,
+        healthz_ip=args.healthz_ip,
+        healthz_port=args.healthz_port,
+        notify_socket=env.get("NOTIFY_SOCKET") or None,
+    )
+    return args, cfg, store_cfg
+
+
+def make_backend(config: NetworkConfig, ext: ExternalInterface) -> Backend:
+    """The data path named by ``Backend.Type`` (overlay.backend.registry)."""
+    try:
+        registry = importlib.import_module("overlay.backend.registry")
+    except ModuleNotFoundError as exc:
+        raise BackendError(f"no data path available ({exc})") from None
+    backend: Backend = registry.make_backend(config.backend_type, config.backend, ext)
+    return backend
+
+
+def make_masq(config: NetworkConfig, own: Lease) -> Any:
+    """flannel's -ip-masq rules for ``own`` in ``config.network`` (overlay.masq)."""
+    masq = importlib.import_module("overlay.masq")
+    return masq.Masquerade(config.network, own.subnet)
+
+
+async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterface) -> int:
+    from overlay.daemon import Flanneld
+    from overlay.health import HealthState, start_server
+    from overlay.store.api import StoreUnavailableError
+    from overlay.store.client import connect
+
+    health = HealthState()
+    server = None
+    if cfg.healthz_port:
+        server = await start_server(health, cfg.healthz_ip, cfg.healthz_port)
+    delay, logged = 0.1, False
+    while True:
+        try:
+            store = await connect(store_cfg)
+            break
+        except StoreUnavailableError as exc:
+            if not logged:
+                log.error("store unreachable (%s); retrying", exc)
+                logged = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    log.info("connected to the store at %s", ", ".join(store_cfg.endpoints))
+    daemon = Flanneld(cfg, store, ext, make_backend, make_masq if cfg.ip_masq else None,
+                      health=health)
+    try:
+        await daemon.run()
+    finally:
+        if server is not None:
+            server.close()
+        with contextlib.suppress(Exception):
+            await store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, cfg, store_cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.version:
+        sys.stdout.write(f"{program_version()}\n")
+        return 0
+    logging.basicConfig(
+        level=logging.DEBUG if args.v > 0 else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from overlay.iface import InterfaceError, discover
+
+    try:
+        ext = discover(args.iface or (), args.iface_regex or (),
+                       ipaddress.IPv4Address(args.public_ip) if args.public_ip else None)
+    except InterfaceError as exc:
+        log.error("cannot choose the external interface: %s", exc)
+        return 1
+    log.info("using interface %s (%s), public IP %s, MTU %d", ext.name, ext.ip, ext.public_ip,
+             ext.mtu)
+    return run_until_signalled(amain(cfg, store_cfg, ext))
+
+
+def run_until_signalled(coro: Any) -> int:
+    """Run ``coro``; SIGTERM/SIGINT cancel it and exit 0 (state is left in place)."""
+
+    async def runner() -> int:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            result: int = await task
+            return result
+        except asyncio.CancelledError:
+            log.info("stopping (signal); lease and data path stay in place")
+            return 0
+
+    try:
+        return asyncio.run(runner())
+    except Exception as exc:  # boundary: report, exit non-zero, no traceback spew on stdout
+        errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+        for err in errors:
+            log.error("flanneld failed: %s", err, exc_info=err)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

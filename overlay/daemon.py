@@ -1,0 +1,440 @@
+"""flanneld: one host's control loop (config, lease, data path, subnet.env, health) in a TaskGroup.
+
+Theory of operation
+-------------------
+``Flanneld.run`` follows flannel's start-up order, then runs its loops in one
+``asyncio.TaskGroup`` until cancelled (SIGTERM/SIGINT in the CLI):
+
+1. **config**: read ``<prefix>/config``; while it is absent or invalid (bad JSON,
+   a field out of range, a backend the data path refuses) log once per distinct
+   value and wait for a change (a watch on the key, with a periodic re-read).
+2. **data path**: ``backend_factory(config, ext)`` and ``prepare()`` give the
+   backend data to publish (e.g. the VTEP MAC).
+3. **lease**: acquire (reuse by PublicIP, else previous subnet, else random),
+   then ``attach`` the backend to it and, with ``-ip-masq``, ensure the rules.
+4. **peers**: snapshot the leases and ``reconcile`` the backend with all of
+   them at once — this is the start-up reconciliation that also removes
+   entries of peers that vanished while we were down.
+5. **subnet.env** written atomically; ready (``/readyz`` 200, ``READY=1``).
+6. loops: **renew** (keepalive at TTL - margin, retried; a lost lease is
+   re-acquired, the same subnet if still free), **watch** (lease events from
+   the snapshot revision; a compaction or a broken watch re-lists and diffs),
+   **resync** (periodic full reconcile, self-healing deleted kernel entries),
+   **masq** (periodic re-check of the masquerade rules).
+
+Nothing is torn down on exit: the lease stays (it expires unless we come back
+and reuse it) and so does the kernel state, so a restart does not blip traffic.
+
+Time and randomness are injected (``sleep``, ``rng``); unit tests drive this
+class with ``MemoryStore``, a fake clock and a fake backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from overlay import subnetfile
+from overlay.backend.base import Backend, BackendConfigError, BackendError, ExternalInterface
+from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
+from overlay.health import HealthState, sd_notify
+from overlay.lease.allocator import NetworkFullError
+from overlay.lease.manager import LeaseLostError, LeaseManager
+from overlay.lease.model import Lease, LeaseFormatError, config_key, subnets_prefix
+from overlay.lease.watcher import Update, apply_watch_events, resync, table_from_listing
+from overlay.store.api import CompactedError, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+BackendFactory = Callable[[NetworkConfig, ExternalInterface], Backend]
+
+
+class Masquerade(Protocol):
+    """The -ip-masq rules for one network and subnet (overlay.masq provides them)."""
+
+    async def ensure(self) -> bool:
+        """Install or restore the rules; True when something had to be (re)written."""
+        ...
+
+    async def remove(self) -> None: ...
+
+
+MasqFactory = Callable[[NetworkConfig, Lease], Masquerade]
+
+STORE_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # reconnect/retry delays (flannel: 100ms..5s)
+RENEW_RETRY = 60.0  # seconds between failed renewal attempts (flannel: 1 min)
+
+
+@dataclass
+class _State:
+    config: NetworkConfig
+    backend: Backend
+    own: Lease
+    backend_data: Mapping[str, Any]
+    table: dict[ipaddress.IPv4Network, Lease] = field(default_factory=dict)
+    masq: Masquerade | None = None
+
+
+class Flanneld:
+    """One flanneld (see the module docstring). ``run()`` until cancelled."""
+
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        store: Store,
+        ext: ExternalInterface,
+        backend_factory: BackendFactory,
+        masq_factory: MasqFactory | None = None,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+        health: HealthState | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.ext = ext
+        self.backend_factory = backend_factory
+        self.masq_factory = masq_factory
+        self.sleep = sleep
+        self.health = health or HealthState()
+        self.leases = LeaseManager(store, cfg.prefix, cfg.lease_ttl, rng or random.Random())
+        self._state: _State | None = None
+        self._lost = asyncio.Event()
+        self._lost_reason = ""
+        self._reconcile_lock = asyncio.Lock()
+        self._warned: set[tuple[str, str]] = set()
+        self._renew_delay = min(cfg.renew_interval(), RENEW_RETRY)
+
+    # -- public view -------------------------------------------------------
+
+    @property
+    def own(self) -> Lease | None:
+        return self._state.own if self._state else None
+
+    @property
+    def config(self) -> NetworkConfig | None:
+        return self._state.config if self._state else None
+
+    # -- start-up ----------------------------------------------------------
+
+    async def run(self) -> None:
+        config, backend = await self._wait_for_config()
+        data = await backend.prepare()
+        own = await self._acquire(config, backend, data)
+        self._state = _State(config, backend, own, data)
+        await self._attach(own)
+        listing = await self._retry(self.leases.list, "listing leases")
+        self._set_table(table_from_listing(listing.items))
+        await self.reconcile("start-up")
+        self._write_subnet_file()
+        self.health.datapath_ready = True
+        if sd_notify("READY=1", self.cfg.notify_socket):
+            log.info("notified systemd: READY=1")
+        log.info("ready: subnet %s, %d peers", own.subnet, len(self.peers()))
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._renew_loop(), name="renew")
+            tg.create_task(self._watch_loop(listing.revision + 1), name="watch")
+            tg.create_task(self._resync_loop(), name="resync")
+            if self.masq_factory is not None:
+                tg.create_task(self._masq_loop(), name="masq")
+
+    async def _retry(self, op: Callable[[], Awaitable[Any]], what: str) -> Any:
+        """Run ``op`` until the store answers (backoff up to 5 s)."""
+        attempt = 0
+        while True:
+            try:
+                return await op()
+            except StoreError as exc:
+                delay = STORE_BACKOFF[min(attempt, len(STORE_BACKOFF) - 1)]
+                if attempt == 0 or delay == STORE_BACKOFF[-1]:
+                    log.warning("%s failed (%s); retrying", what, exc)
+                attempt += 1
+                await self.sleep(delay)
+
+    async def _wait_for_config(self) -> tuple[NetworkConfig, Backend]:
+        """Block until the config is valid and the backend accepts it."""
+        key = config_key(self.cfg.prefix)
+        last_problem: str | None = None
+        while True:
+            problem: str
+            try:
+                raw, rev = await self.leases.read_config()
+            except StoreError as exc:
+                raw, rev, problem = None, 0, f"store unavailable: {exc}"
+            else:
+                problem = f"no network config at {key}; waiting for `weftctl network set`"
+            if raw is not None:
+                try:
+                    config = parse_network_config(raw)
+                    backend = self.backend_factory(config, self.ext)
+                    if last_problem is not None:
+                        log.info("network config is now valid: %s", config.network)
+                    return config, backend
+                except (ConfigError, BackendConfigError) as exc:
+                    problem = f"invalid network config at {key}: {exc}; waiting for a fix"
+                except BackendError as exc:
+                    problem = f"data path refused the config at {key}: {exc}; waiting"
+            if problem != last_problem:
+                log.error("%s", problem)
+                last_problem = problem
+            await self._wait_config_change(key, rev)
+
+    async def _wait_config_change(self, key: str, rev: int) -> None:
+        """Return on a change of the config key, or after ``config_retry`` seconds."""
+
+        async def changed() -> None:
+            async for _batch in self.store.watch(key.encode(), rev + 1 if rev else 0):
+                return
+
+        watch = asyncio.ensure_future(changed())
+        timer = asyncio.ensure_future(self.sleep(self.cfg.config_retry))
+        try:
+            await asyncio.wait({watch, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (watch, timer):
+                t.cancel()
+            for t in (watch, timer):
+                with contextlib.suppress(asyncio.CancelledError, StoreError):
+                    await t
+
+    async def _acquire(self, config: NetworkConfig, backend: Backend,
+                       data: Mapping[str, Any], previous: ipaddress.IPv4Network | None = None,
+                       ) -> Lease:
+        if previous is None:
+            previous = subnetfile.read_previous_subnet(self.cfg.subnet_file)
+        last_error = ""
+        attempt = 0
+        while True:
+            try:
+                got = await self.leases.acquire(config, self.ext.public_ip, backend.name, data,
+                                                previous)
+            except (NetworkFullError, StoreError) as exc:
+                if str(exc) != last_error:
+                    log.error("cannot acquire a lease: %s; retrying", exc)
+                    last_error = str(exc)
+                await self.sleep(STORE_BACKOFF[min(attempt, len(STORE_BACKOFF) - 1)])
+                attempt += 1
+                continue
+            self.health.lease_held = True
+            self.health.lease_acquisitions_total += 1
+            log.info("acquired lease %s for %s (%s)", got.lease.subnet, self.ext.public_ip,
+                     got.reason.value)
+            return got.lease
+
+    async def _attach(self, own: Lease) -> None:
+        state = self._require()
+        await state.backend.attach(own)
+        if self.masq_factory is not None:
+            if state.masq is not None:
+                await state.masq.remove()
+            state.masq = self.masq_factory(state.config, own)
+            await state.masq.ensure()
+
+    def _write_subnet_file(self) -> None:
+        state = self._require()
+        env = subnetfile.SubnetEnv(state.config.network, state.own.subnet, state.backend.mtu,
+                                   self.cfg.ip_masq)
+        subnetfile.write(self.cfg.subnet_file, env)
+        self.health.subnet_file_written = True
+        log.info("wrote %s (FLANNEL_SUBNET=%s)", self.cfg.subnet_file,
+                 env.render().splitlines()[1].split("=", 1)[1])
+
+    def _require(self) -> _State:
+        if self._state is None:
+            raise RuntimeError("flanneld has no lease yet")
+        return self._state
+
+    # -- peers ---------------------------------------------------------------
+
+    def peers(self) -> list[Lease]:
+        """Peer leases the backend should program: own lease and foreign types left out."""
+        state = self._require()
+        mine = state.backend.name
+        out: list[Lease] = []
+        for lease in state.table.values():
+            if lease.subnet == state.own.subnet:
+                continue
+            btype = lease.backend_type or ""
+            if btype != mine and not (btype == "" and mine == "udp"):
+                marker = (str(lease.subnet), btype)
+                if marker not in self._warned:
+                    self._warned.add(marker)
+                    log.warning("ignoring lease %s from %s: backend type %r, we run %r",
+                                lease.subnet, lease.public_ip, btype, mine)
+                continue
+            out.append(lease)
+        return out
+
+    def _set_table(self, update: Update) -> None:
+        state = self._require()
+        for err in update.errors:
+            self.health.malformed_leases_total += 1
+            log.warning("ignoring malformed lease: %s", err)
+        own = state.own.subnet
+        for ev in update.events:
+            if ev.lease.subnet == own:
+                continue
+            if ev.kind.value == "added":
+                log.info("peer %s via %s (%s) added", ev.lease.subnet, ev.lease.public_ip,
+                         ev.lease.backend_type or "-")
+            else:
+                log.info("peer %s via %s removed", ev.lease.subnet, ev.lease.public_ip)
+        state.table = update.table
+        self.health.leases_known = len(state.table)
+
+    async def reconcile(self, why: str) -> None:
+        """Program the backend with the complete peer set."""
+        state = self._require()
+        async with self._reconcile_lock:
+            peers = self.peers()
+            try:
+                report = await state.backend.reconcile(peers)
+            except BackendError as exc:
+                self.health.reconcile_errors_total += 1
+                log.error("reconcile (%s) failed: %s", why, exc)
+                return
+            self.health.reconciles_total += 1
+            self.health.peers_programmed = report.peers
+            if report.errors:
+                self.health.reconcile_errors_total += len(report.errors)
+                for err in report.errors:
+                    log.warning("reconcile (%s): %s", why, err)
+            if report.added or report.removed or report.changed:
+                log.info("reconciled (%s): %d peers, +%d -%d ~%d", why, report.peers,
+                         report.added, report.removed, report.changed)
+            else:
+                log.debug("reconciled (%s): %d peers, no change", why, report.peers)
+
+    # -- loops ----------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        interval = self.cfg.renew_interval()
+        while True:
+            lost = asyncio.ensure_future(self._lost.wait())
+            timer = asyncio.ensure_future(self.sleep(interval))
+            try:
+                await asyncio.wait({lost, timer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (lost, timer):
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+            state = self._require()
+            if self._lost.is_set():
+                self._lost.clear()
+                await self._reacquire(self._lost_reason)
+                continue
+            try:
+                ttl = await self.leases.renew(state.own)
+            except LeaseLostError as exc:
+                await self._reacquire(exc.reason)
+                continue
+            except StoreError as exc:
+                log.warning("renewing lease %s failed (%s); retrying in %.0f s",
+                            state.own.subnet, exc, self._renew_delay)
+                await self.sleep(self._renew_delay)
+                continue
+            self.health.lease_renewals_total += 1
+            log.debug("renewed lease %s (ttl %d s)", state.own.subnet, ttl)
+
+    async def _reacquire(self, reason: str) -> None:
+        state = self._require()
+        old = state.own
+        log.warning("lease %s lost (%s); re-acquiring, same subnet if still free",
+                    old.subnet, reason)
+        self.health.lease_held = False
+        await self.leases.release_quietly(old)
+        own = await self._acquire(state.config, state.backend, state.backend_data,
+                                  previous=old.subnet)
+        state.own = own
+        if own.subnet != old.subnet:
+            log.warning("lease moved from %s to %s: containers on the old subnet lose "
+                        "connectivity", old.subnet, own.subnet)
+            await self._attach(own)
+            self._write_subnet_file()
+        state.table[own.subnet] = own
+        await self.reconcile("re-acquired")
+
+    def _note_own(self, update: Update) -> None:
+        """Flag the lease as lost when a watch batch deleted or took over our key."""
+        state = self._require()
+        current = update.table.get(state.own.subnet)
+        if current is None:
+            self._lost_reason = "its key was deleted or expired"
+            self._lost.set()
+        elif current.public_ip != state.own.public_ip:
+            self._lost_reason = f"it now belongs to {current.public_ip}"
+            self._lost.set()
+
+    async def _watch_loop(self, start: int) -> None:
+        prefix = subnets_prefix(self.cfg.prefix).encode()
+        rev = start
+        attempt = 0
+        while True:
+            try:
+                async for batch in self.store.watch(prefix, rev):
+                    attempt = 0
+                    if not batch:
+                        continue
+                    rev = max(ev.kv.mod_revision for ev in batch) + 1
+                    state = self._require()
+                    update = apply_watch_events(state.table, batch)
+                    self._apply(update)
+                continue  # the stream ended: watch again from where we were
+            except CompactedError as exc:
+                log.warning("lease watch fell behind a compaction (%s); re-listing", exc)
+            except StoreError as exc:
+                delay = STORE_BACKOFF[min(attempt, len(STORE_BACKOFF) - 1)]
+                attempt += 1
+                log.warning("lease watch failed (%s); re-listing in %.1f s", exc, delay)
+                await self.sleep(delay)
+            listing = await self._retry(self.leases.list, "re-listing leases")
+            self.health.watch_resyncs_total += 1
+            state = self._require()
+            self._apply(resync(state.table, listing.items))
+            rev = listing.revision + 1
+
+    def _apply(self, update: Update) -> None:
+        state = self._require()
+        own_before = state.own.subnet
+        self._set_table(update)
+        self._note_own(update)
+        if any(ev.lease.subnet != own_before for ev in update.events):
+            task = asyncio.ensure_future(self.reconcile("lease events"))
+            task.add_done_callback(_log_failure)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await self.sleep(self.cfg.resync_interval)
+            await self.reconcile("periodic")
+
+    async def _masq_loop(self) -> None:
+        while True:
+            await self.sleep(self.cfg.masq_interval)
+            state = self._require()
+            if state.masq is None:
+                continue
+            try:
+                if await state.masq.ensure():
+                    log.warning("masquerade rules were missing or altered; restored")
+            except Exception as exc:  # boundary: a failed nft run must not kill the daemon
+                log.error("checking masquerade rules failed: %s", exc)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background reconcile failed: %s", task.exception())
+
+
+def peers_of(table: Mapping[ipaddress.IPv4Network, Lease], own: ipaddress.IPv4Network
+             ) -> Sequence[Lease]:
+    return [le for s, le in table.items() if s != own]
+
+
+__all__ = ["BackendFactory", "Flanneld", "LeaseFormatError", "MasqFactory", "Masquerade"]

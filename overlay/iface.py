@@ -1,0 +1,135 @@
+"""Choosing flanneld's external interface: -iface, -iface-regex, -public-ip, default route.
+
+flannel's order: each ``-iface`` (a name or an address, in the order given),
+else each ``-iface-regex`` (matched against names, then addresses), else the
+interface of the default route. ``-public-ip`` overrides the advertised
+address (NAT); without it the interface's first IPv4 address is advertised.
+
+``choose`` is pure over ``Interface`` records; ``read_interfaces`` and
+``default_route_interface`` read them from ``ip -j`` in the current network
+namespace (flanneld runs inside the host's namespace).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from overlay.backend.base import ExternalInterface
+
+
+class InterfaceError(RuntimeError):
+    """No usable external interface; says which flag asked for what."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    name: str
+    index: int
+    mtu: int
+    addresses: tuple[ipaddress.IPv4Address, ...]
+    up: bool = True
+
+
+def choose(
+    interfaces: Sequence[Interface],
+    default_dev: str | None,
+    iface: Sequence[str] = (),
+    iface_regex: Sequence[str] = (),
+    public_ip: ipaddress.IPv4Address | None = None,
+) -> ExternalInterface:
+    """The external interface by flannel's rules; ``InterfaceError`` names what failed."""
+    by_name = {i.name: i for i in interfaces}
+    chosen: Interface | None = None
+    ip: ipaddress.IPv4Address | None = None
+    if iface:
+        for spec in iface:
+            try:
+                want = ipaddress.IPv4Address(spec)
+            except ValueError:
+                cand = by_name.get(spec)
+                if cand is not None and cand.addresses:
+                    chosen, ip = cand, cand.addresses[0]
+                    break
+                continue
+            for cand in interfaces:
+                if want in cand.addresses:
+                    chosen, ip = cand, want
+                    break
+            if chosen:
+                break
+        if chosen is None:
+            raise InterfaceError(
+                f"-iface {', '.join(iface)}: no such interface with an IPv4 address "
+                f"(have: {', '.join(sorted(by_name)) or 'none'})")
+    elif iface_regex:
+        for pattern in iface_regex:
+            try:
+                rx = re.compile(pattern)
+            except re.error as exc:
+                raise InterfaceError(f"-iface-regex {pattern!r}: {exc}") from None
+            for cand in interfaces:
+                if not cand.addresses:
+                    continue
+                if rx.fullmatch(cand.name) or rx.search(cand.name):
+                    chosen, ip = cand, cand.addresses[0]
+                    break
+                hit = next((a for a in cand.addresses if rx.fullmatch(str(a))), None)
+                if hit is not None:
+                    chosen, ip = cand, hit
+                    break
+            if chosen:
+                break
+        if chosen is None:
+            raise InterfaceError(f"-iface-regex {', '.join(iface_regex)}: no interface matches")
+    else:
+        if default_dev is None:
+            raise InterfaceError("no default route; pick the interface with -iface")
+        chosen = by_name.get(default_dev)
+        if chosen is None or not chosen.addresses:
+            raise InterfaceError(f"default-route interface {default_dev} has no IPv4 address")
+        ip = chosen.addresses[0]
+    assert ip is not None
+    return ExternalInterface(chosen.name, chosen.index, ip, public_ip or ip, chosen.mtu)
+
+
+def parse_ip_addr_json(text: str) -> list[Interface]:
+    """``ip -j addr show`` output as ``Interface`` records (IPv4 addresses only)."""
+    out: list[Interface] = []
+    for link in json.loads(text or "[]"):
+        addrs = tuple(ipaddress.IPv4Address(a["local"]) for a in link.get("addr_info", ())
+                      if a.get("family") == "inet" and "local" in a)
+        out.append(Interface(link["ifname"], int(link["ifindex"]), int(link.get("mtu", 1500)),
+                             addrs, "UP" in link.get("flags", ())))
+    return out
+
+
+def read_interfaces() -> list[Interface]:
+    proc = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True,
+                          check=False, timeout=10)
+    if proc.returncode != 0:
+        raise InterfaceError(f"ip -j addr show: {proc.stderr.strip()}")
+    return parse_ip_addr_json(proc.stdout)
+
+
+def default_route_interface() -> str | None:
+    proc = subprocess.run(["ip", "-j", "-4", "route", "show", "default"], capture_output=True,
+                          text=True, check=False, timeout=10)
+    if proc.returncode != 0:
+        return None
+    routes = json.loads(proc.stdout or "[]")
+    for r in routes:
+        if r.get("dev"):
+            return str(r["dev"])
+    return None
+
+
+def discover(iface: Sequence[str] = (), iface_regex: Sequence[str] = (),
+             public_ip: ipaddress.IPv4Address | None = None) -> ExternalInterface:
+    """Read this namespace's interfaces and choose (the shell around ``choose``)."""
+    return choose(read_interfaces(), default_route_interface() if not (iface or iface_regex)
+                  else None, iface, iface_regex, public_ip)

@@ -1,0 +1,173 @@
+"""Our lease in the store: read the network config, acquire, renew and re-acquire a subnet.
+
+This is the store-facing half of lease handling; the decisions are pure
+(``allocator.choose_subnet``, ``watcher``) and this module only performs them:
+
+* **acquire**: list the leases, let the allocator choose, then write with a
+  transaction — ``replace`` (compare on mod_revision) when reusing our old key,
+  ``create`` (put only if absent) otherwise — under a fresh etcd lease of
+  ``ttl`` seconds. A lost race (someone else wrote first) re-lists and chooses
+  again, avoiding the subnet just lost; flannel exits there instead.
+* **renew**: an etcd ``keepalive`` of the lease, then a read of our key to check
+  it is still ours. We keep the same etcd lease rather than flannel's regrant
+  and re-put: a keepalive writes no key, so 1,000 hosts renewing do not fan out
+  1,000 watch events to every host each day, and the key's revision stays put.
+  ``LeaseLostError`` says the lease or key is gone (expired, deleted by an
+  admin, taken over); the daemon then re-acquires, preferring the same subnet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from overlay.config import NetworkConfig, parse_network_config
+from overlay.lease.allocator import Choice, Reason, choose_subnet
+from overlay.lease.model import (
+    Lease,
+    LeaseFormatError,
+    config_key,
+    decode_lease,
+    encode_lease,
+    parse_subnet_key,
+    subnet_key,
+    subnets_prefix,
+)
+from overlay.lease.watcher import table_from_listing
+from overlay.store.api import LeaseNotFoundError, Listing, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 20  # lost races in a row before giving up (each re-lists)
+
+
+class LeaseLostError(Exception):
+    """Our lease is gone; ``reason`` says how (expired, deleted, taken over)."""
+
+    def __init__(self, subnet: ipaddress.IPv4Network, reason: str) -> None:
+        super().__init__(f"lease for {subnet} lost: {reason}")
+        self.subnet = subnet
+        self.reason = reason
+
+
+class AcquireError(RuntimeError):
+    """No subnet could be written after ``MAX_ATTEMPTS`` lost races."""
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    lease: Lease
+    reason: Reason
+
+
+class LeaseManager:
+    """Acquires and renews this host's lease under ``prefix`` in ``store``."""
+
+    def __init__(self, store: Store, prefix: str, ttl: int, rng: random.Random) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.ttl = ttl
+        self.rng = rng
+
+    async def read_config(self) -> tuple[bytes | None, int]:
+        """The raw config value (None if absent) and the store revision it was read at."""
+        kv = await self.store.get(config_key(self.prefix).encode())
+        if kv is None:
+            return None, 0
+        return kv.value, kv.mod_revision
+
+    async def load_config(self) -> NetworkConfig | None:
+        """The parsed config, None when absent; ``ConfigError`` when invalid."""
+        raw, _ = await self.read_config()
+        return None if raw is None else parse_network_config(raw)
+
+    async def list(self) -> Listing:
+        return await self.store.list(subnets_prefix(self.prefix).encode())
+
+    async def acquire(
+        self,
+        config: NetworkConfig,
+        public_ip: ipaddress.IPv4Address,
+        backend_type: str,
+        backend_data: Mapping[str, Any],
+        previous: ipaddress.IPv4Network | None = None,
+    ) -> Acquired:
+        """Hold a subnet (see the module docstring); ``NetworkFullError`` if none is left."""
+        lost: set[ipaddress.IPv4Network] = set()
+        for _ in range(MAX_ATTEMPTS):
+            listing = await self.list()
+            table = table_from_listing(listing.items)
+            # keys whose values are malformed still occupy their subnet
+            occupied = set(lost)
+            for kv in listing.items:
+                with contextlib.suppress(LeaseFormatError):
+                    occupied.add(parse_subnet_key(kv.key.decode("utf-8", "replace")))
+            choice = choose_subnet(config, table.table.values(), public_ip, self.rng,
+                                   previous, occupied - set(table.table))
+            await self._delete_stale(choice)
+            lease = Lease(choice.subnet, public_ip, backend_type, dict(backend_data))
+            got = await self._write(choice, lease)
+            if got is not None:
+                return Acquired(got, choice.reason)
+            log.info("lost the race for %s to another host; choosing again", choice.subnet)
+            lost.add(choice.subnet)
+            previous = None if previous == choice.subnet else previous
+        raise AcquireError(f"no subnet could be written after {MAX_ATTEMPTS} attempts")
+
+    async def _delete_stale(self, choice: Choice) -> None:
+        for stale in choice.stale:
+            key = subnet_key(self.prefix, stale.subnet).encode()
+            log.info("deleting lease %s with our PublicIP: it no longer fits the config",
+                     stale.subnet)
+            await self.store.delete(key)
+
+    async def _write(self, choice: Choice, lease: Lease) -> Lease | None:
+        key = subnet_key(self.prefix, lease.subnet).encode()
+        value = encode_lease(lease)
+        lease_id = await self.store.grant(self.ttl)
+        if choice.existing is not None:
+            rev = await self.store.replace(key, value, choice.existing.mod_revision, lease_id)
+        else:
+            rev = await self.store.create(key, value, lease_id)
+        if rev is None:
+            with contextlib.suppress(StoreError):
+                await self.store.revoke(lease_id)
+            return None
+        if choice.existing is not None and choice.existing.lease_id:
+            # the key moved to the new etcd lease; the old one holds nothing now
+            with contextlib.suppress(StoreError):
+                await self.store.revoke(choice.existing.lease_id)
+        return replace(lease, lease_id=lease_id, mod_revision=rev)
+
+    async def renew(self, own: Lease) -> int:
+        """Keep ``own`` alive; the TTL granted. ``LeaseLostError`` when it is gone."""
+        try:
+            ttl = await self.store.keepalive(own.lease_id)
+        except LeaseNotFoundError:
+            raise LeaseLostError(own.subnet, "its etcd lease expired or was revoked") from None
+        if ttl <= 0:
+            raise LeaseLostError(own.subnet, "its etcd lease expired")
+        self.check_key(own, await self.store.get(subnet_key(self.prefix, own.subnet).encode()))
+        return ttl
+
+    def check_key(self, own: Lease, kv: Any) -> None:
+        """Raise ``LeaseLostError`` unless ``kv`` (a KeyValue or None) is still our lease."""
+        if kv is None:
+            raise LeaseLostError(own.subnet, "its key was deleted from the store")
+        try:
+            current = decode_lease(kv.key.decode("utf-8", "replace"), kv.value)
+        except LeaseFormatError as exc:
+            raise LeaseLostError(own.subnet, f"its value was overwritten ({exc})") from None
+        if current.public_ip != own.public_ip or kv.lease != own.lease_id:
+            raise LeaseLostError(own.subnet, f"it now belongs to {current.public_ip}")
+
+    async def release_quietly(self, own: Lease) -> None:
+        """Revoke an etcd lease we no longer use (errors ignored)."""
+        if own.lease_id:
+            with contextlib.suppress(StoreError):
+                await self.store.revoke(own.lease_id)

@@ -1,0 +1,117 @@
+"""The lease table: store listings and watch events turned into lease diffs. Pure.
+
+Theory of operation
+-------------------
+flanneld keeps an in-memory table ``subnet -> Lease`` of every valid lease under
+``<prefix>/subnets/``. It is built from a snapshot (``table_from_listing``) and
+then moved forward by watch events (``apply_watch_events``). When a watch falls
+behind a compaction, the daemon re-lists and ``diff``s the new snapshot
+against the table, so peers that came and went meanwhile are still seen.
+
+Malformed keys or values never enter the table: they come back as
+``LeaseFormatError``s for the shell to log, and a key whose value turns
+malformed is dropped from the table (a REMOVED event), so no route is ever
+built from data that cannot be trusted.
+
+Two leases are "the same" for routing when PublicIP, BackendType and
+BackendData agree; a changed revision alone (a renewal by re-put) yields no
+event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from overlay.lease.model import (
+    EventKind,
+    Lease,
+    LeaseEvent,
+    LeaseFormatError,
+    decode_lease,
+    parse_subnet_key,
+)
+from overlay.store.api import EventType, KeyValue, WatchEvent
+
+Table = Mapping[ipaddress.IPv4Network, Lease]
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """The outcome of feeding a listing or events to a table."""
+
+    table: dict[ipaddress.IPv4Network, Lease]
+    events: tuple[LeaseEvent, ...] = ()
+    errors: tuple[LeaseFormatError, ...] = ()
+
+
+def same_lease(a: Lease, b: Lease) -> bool:
+    """Equal as far as routing is concerned (ignores store revisions and lease ids)."""
+    return (a.subnet == b.subnet and a.public_ip == b.public_ip
+            and a.backend_type == b.backend_type
+            and dict(a.backend_data) == dict(b.backend_data))
+
+
+def _decode(kv: KeyValue) -> Lease:
+    key = kv.key.decode("utf-8", "replace")
+    return decode_lease(key, kv.value, kv.lease, kv.mod_revision)
+
+
+def table_from_listing(items: Iterable[KeyValue]) -> Update:
+    """A fresh table from a snapshot; malformed entries are reported, not kept."""
+    table: dict[ipaddress.IPv4Network, Lease] = {}
+    errors: list[LeaseFormatError] = []
+    for kv in items:
+        try:
+            lease = _decode(kv)
+        except LeaseFormatError as exc:
+            errors.append(exc)
+            continue
+        table[lease.subnet] = lease
+    return Update(table, (), tuple(errors))
+
+
+def diff(old: Table, new: Table) -> tuple[LeaseEvent, ...]:
+    """Events that turn ``old`` into ``new``: ADDED for new or changed, REMOVED for gone."""
+    events: list[LeaseEvent] = []
+    for subnet, lease in new.items():
+        before = old.get(subnet)
+        if before is None or not same_lease(before, lease):
+            events.append(LeaseEvent(EventKind.ADDED, lease))
+    for subnet, lease in old.items():
+        if subnet not in new:
+            events.append(LeaseEvent(EventKind.REMOVED, lease))
+    return tuple(events)
+
+
+def resync(old: Table, items: Iterable[KeyValue]) -> Update:
+    """Re-list after a compaction (or a reconnect): the new table and the diff to it."""
+    fresh = table_from_listing(items)
+    return Update(fresh.table, diff(old, fresh.table), fresh.errors)
+
+
+def apply_watch_events(old: Table, batch: Iterable[WatchEvent]) -> Update:
+    """Apply one batch of watch events; returns the new table and the lease events."""
+    table = dict(old)
+    errors: list[LeaseFormatError] = []
+    for ev in batch:
+        key = ev.kv.key.decode("utf-8", "replace")
+        if ev.type is EventType.DELETE:
+            try:
+                subnet = parse_subnet_key(key)
+            except LeaseFormatError as exc:
+                errors.append(exc)
+                continue
+            table.pop(subnet, None)
+            continue
+        try:
+            lease = _decode(ev.kv)
+        except LeaseFormatError as exc:
+            errors.append(exc)
+            with contextlib.suppress(LeaseFormatError):
+                table.pop(parse_subnet_key(key), None)  # never route on untrusted data
+            continue
+        table[lease.subnet] = lease
+    return Update(table, diff(old, table), tuple(errors))

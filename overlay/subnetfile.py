@@ -1,0 +1,136 @@
+"""subnet.env: flannel's hand-off file to Docker and the CNI plugin, written atomically.
+
+Format (flannel's, byte for byte)::
+
+    FLANNEL_NETWORK=10.244.0.0/16
+    FLANNEL_SUBNET=10.244.3.1/24
+    FLANNEL_MTU=1450
+    FLANNEL_IPMASQ=false
+
+``FLANNEL_SUBNET`` is the subnet's first host address with the subnet length.
+``write`` goes through a temporary file in the same directory, fsync and
+rename, so readers see the old file or the new one, never a torn one.
+``read`` parses any ``KEY=VALUE`` file (flannel's or mk-docker-opts style
+quoting) and is lenient: unknown lines are kept, malformed values raise
+``SubnetFileError`` naming the file and variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from overlay import ipnet
+
+
+class SubnetFileError(ValueError):
+    """A subnet file that cannot be read or parsed; names the file and variable."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class SubnetEnv:
+    network: ipaddress.IPv4Network
+    subnet: ipaddress.IPv4Network  # the lease (FLANNEL_SUBNET names its first host)
+    mtu: int
+    ip_masq: bool
+
+    def render(self) -> str:
+        return (f"FLANNEL_NETWORK={self.network}\n"
+                f"FLANNEL_SUBNET={ipnet.gateway(self.subnet)}\n"
+                f"FLANNEL_MTU={self.mtu}\n"
+                f"FLANNEL_IPMASQ={'true' if self.ip_masq else 'false'}\n")
+
+
+def parse_vars(text: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines (optional quotes, ``#`` comments, ``export``) into a dict."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def parse(text: str, path: Path = Path("subnet.env")) -> SubnetEnv:
+    """A subnet.env's content as a ``SubnetEnv``; ``SubnetFileError`` names what is wrong."""
+    env = parse_vars(text)
+    for name in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ"):
+        if name not in env:
+            raise SubnetFileError(path, f"{name} is missing")
+    try:
+        network = ipaddress.IPv4Network(env["FLANNEL_NETWORK"], strict=False)
+    except ValueError as exc:
+        raise SubnetFileError(path, f"FLANNEL_NETWORK: {exc}") from None
+    try:
+        subnet = ipaddress.IPv4Interface(env["FLANNEL_SUBNET"]).network
+    except ValueError as exc:
+        raise SubnetFileError(path, f"FLANNEL_SUBNET: {exc}") from None
+    try:
+        mtu = int(env["FLANNEL_MTU"])
+    except ValueError:
+        raise SubnetFileError(path, f"FLANNEL_MTU {env['FLANNEL_MTU']!r} is not a number"
+                              ) from None
+    masq = env["FLANNEL_IPMASQ"].strip().lower()
+    if masq not in ("true", "false"):
+        raise SubnetFileError(path, f"FLANNEL_IPMASQ {masq!r} is not true/false")
+    return SubnetEnv(network, subnet, mtu, masq == "true")
+
+
+def read(path: Path) -> SubnetEnv:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SubnetFileError(path, exc.strerror or str(exc)) from None
+    return parse(text, path)
+
+
+def read_previous_subnet(path: Path) -> ipaddress.IPv4Network | None:
+    """The subnet recorded in an old subnet file, or None (missing or unreadable)."""
+    try:
+        return read(path).subnet
+    except SubnetFileError:
+        return None
+
+
+def write_atomic(path: Path, content: str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``content`` atomically (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write(path: Path, env: SubnetEnv) -> None:
+    write_atomic(path, env.render())
