@@ -1,0 +1,81 @@
+"""The host-gw backend: one plain route per peer, ``<peer subnet> via <PublicIP> dev <ext>``.
+
+No encapsulation, so the MTU is the interface's own; it needs every peer on the
+same L2 segment and the public IP to be an address of the interface (no NAT),
+which ``prepare`` checks and refuses otherwise. Routes carry weft's route
+protocol number, so ``reconcile`` removes stale peers' routes and never touches
+routes it did not create.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
+from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel
+from overlay.backend.plan import desired_hostgw, diff
+from overlay.backend.vxlan import report_from
+from overlay.lease.model import Lease
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HostGwConfig:
+    pass
+
+
+class HostGwBackend:
+    """flannel's host-gw data path."""
+
+    name = "host-gw"
+
+    def __init__(self, config: HostGwConfig, ext: ExternalInterface,
+                 kernel: KernelThread | None = None) -> None:
+        self.config = config
+        self.ext = ext
+        self._k = kernel or KernelThread(NetlinkKernel)
+        self._own: Lease | None = None
+
+    @property
+    def mtu(self) -> int:
+        return self.ext.mtu
+
+    async def prepare(self) -> Mapping[str, Any]:
+        ext = self.ext
+        addrs = await self._k.run(lambda k: k.addresses(ext.index))
+        if ext.public_ip not in {a.ip for a in addrs}:
+            have = ", ".join(str(a) for a in addrs) or "none"
+            raise BackendError(
+                f"host-gw: public IP {ext.public_ip} is not an address of {ext.name} "
+                f"(it has: {have}); peers route to this host's public IP directly, so it "
+                "must be on the interface (no NAT) — use vxlan, or fix -public-ip/-iface")
+        return {}
+
+    async def attach(self, own: Lease) -> None:
+        self._own = own
+
+    def _reconcile(self, k: Kernel, peers: Sequence[Lease]) -> ReconcileReport:
+        plan = desired_hostgw(self._own, peers, self.ext.name)
+        ops = diff(plan.state, k.observe(None))
+        errors = k.apply(ops, None) if ops else []
+        for op in ops:
+            log.debug("host-gw: %s", op)
+        report = report_from([(o.kind, o.change) for o in ops], errors, plan.problems,
+                             plan.peers)
+        if ops or errors:
+            log.info("host-gw reconcile: %d peers, +%d -%d ~%d, %d errors", report.peers,
+                     report.added, report.removed, report.changed, len(report.errors))
+        for e in report.errors:
+            log.warning("host-gw: %s", e)
+        return report
+
+    async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+        snapshot = list(peers)
+        return await self._k.run(lambda k: self._reconcile(k, snapshot))
+
+    async def close(self) -> None:
+        self._k.close()

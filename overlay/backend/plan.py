@@ -1,0 +1,223 @@
+"""The route plan: desired kernel entries from leases, and the ordered diff to get there.
+
+Theory of operation
+-------------------
+A backend describes the kernel state it wants as a ``KernelState``: three sets
+keyed the way the kernel keys them —
+
+* neighbours on the VTEP (``<peer>.0 -> VtepMAC``), keyed by IP;
+* FDB entries on the VTEP (``VtepMAC -> PublicIP``), keyed by (MAC, dst);
+* routes *we own* (marked with ``ROUTE_PROTO`` so routes others created are
+  never touched), keyed by destination prefix.
+
+``desired_vxlan`` / ``desired_hostgw`` / ``desired_udp`` compute that state from
+the own lease, the peers and the backend settings. The shell observes the same
+three sets (one dump each, filtered to the device / our protocol) and
+``diff(desired, observed)`` returns the operations, ordered so traffic never
+blips and the kernel never ARPs for a peer on the VTEP:
+
+1. delete routes that are no longer wanted (a gone peer: route first);
+2. replace neighbours that are missing or differ;
+3. add FDB entries that are missing;
+4. replace routes that are missing or differ (last, so the path exists first);
+5. delete stale neighbours, then stale FDB entries (e.g. a peer's old MAC,
+   which flannel leaves behind).
+
+Everything here is pure: no netlink, no clock. ``Lease`` values whose backend
+data cannot be used are reported as ``PeerProblem`` instead of raising, so one
+bad lease never stops the others from being programmed.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from overlay.lease.model import Lease
+
+# Routes weft programs carry this rtnetlink protocol number ('W'), so reconcile
+# only ever deletes routes it created itself.
+ROUTE_PROTO = 0x57
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Neigh:
+    """A permanent neighbour on the VTEP device."""
+
+    ip: ipaddress.IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Fdb:
+    """A permanent FDB entry (self) on the VTEP: frames for ``mac`` go to ``dst``."""
+
+    mac: str
+    dst: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Route:
+    """``dst via gateway dev <dev> [onlink]`` (``gateway`` None = a device route)."""
+
+    dst: ipaddress.IPv4Network
+    dev: str
+    gateway: ipaddress.IPv4Address | None = None
+    onlink: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KernelState:
+    neighs: frozenset[Neigh] = frozenset()
+    fdbs: frozenset[Fdb] = frozenset()
+    routes: frozenset[Route] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProblem:
+    """A peer lease that could not be planned (bad VtepMAC etc.)."""
+
+    subnet: ipaddress.IPv4Network
+    reason: str
+
+    def __str__(self) -> str:
+        return f"peer {self.subnet}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a backend wants, plus the peers it had to skip."""
+
+    state: KernelState
+    problems: tuple[PeerProblem, ...] = ()
+    peers: int = 0  # peers that contributed entries
+
+
+class OpKind(enum.Enum):
+    ROUTE_DEL = "route-del"
+    NEIGH_SET = "neigh-set"
+    FDB_ADD = "fdb-add"
+    ROUTE_SET = "route-set"
+    NEIGH_DEL = "neigh-del"
+    FDB_DEL = "fdb-del"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    kind: OpKind
+    entry: Neigh | Fdb | Route
+    change: bool = False  # replaces an existing entry with different content
+
+    def __str__(self) -> str:
+        return f"{self.kind.value} {self.entry}"
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanSettings:
+    device: str  # flannel.<VNI>
+    ext_device: str
+    ext_networks: tuple[ipaddress.IPv4Network, ...] = ()  # connected nets of ext
+    direct_routing: bool = False
+
+
+def normalize_mac(value: object) -> str | None:
+    """``"0E:AA:…"`` -> ``"0e:aa:…"``; None when it is not a unicast MAC."""
+    if not isinstance(value, str):
+        return None
+    mac = value.strip().lower()
+    if not _MAC_RE.match(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+        return None
+    return mac
+
+
+def derive_vtep_mac(public_ip: ipaddress.IPv4Address, vni: int) -> str:
+    """A locally administered unicast MAC from (public IP, VNI): stable across reboots.
+
+    The same host with the same address always announces the same VtepMAC, so
+    peers never keep a stale neighbour or FDB entry after a reboot (flannel's
+    #1795), without any state on disk.
+    """
+    digest = hashlib.sha256(f"weft-vtep/{public_ip}/{vni}".encode()).digest()
+    first = (digest[0] & 0xFC) | 0x02  # locally administered, unicast
+    return ":".join(f"{b:02x}" for b in (first, *digest[1:6]))
+
+
+def is_direct(ip: ipaddress.IPv4Address, networks: Iterable[ipaddress.IPv4Network]) -> bool:
+    """True when ``ip`` is on a connected network of the external interface."""
+    return any(ip in net for net in networks)
+
+
+def _peers(own: Lease | None, peers: Sequence[Lease], types: tuple[str, ...]) -> list[Lease]:
+    """Peers of the wanted backend types, own subnet excluded, one lease per subnet."""
+    seen: dict[ipaddress.IPv4Network, Lease] = {}
+    for lease in peers:
+        if own is not None and lease.subnet == own.subnet:
+            continue
+        if lease.backend_type not in types:
+            continue
+        seen[lease.subnet] = lease
+    return [seen[k] for k in sorted(seen)]
+
+
+def desired_vxlan(own: Lease | None, peers: Sequence[Lease], s: VxlanSettings) -> Plan:
+    """Neighbour + FDB + onlink route per vxlan peer (or a direct route, see DirectRouting)."""
+    neighs: set[Neigh] = set()
+    fdbs: set[Fdb] = set()
+    routes: set[Route] = set()
+    problems: list[PeerProblem] = []
+    count = 0
+    for lease in _peers(own, peers, ("vxlan",)):
+        if s.direct_routing and is_direct(lease.public_ip, s.ext_networks):
+            routes.add(Route(lease.subnet, s.ext_device, lease.public_ip))
+            count += 1
+            continue
+        mac = normalize_mac(lease.backend_data.get("VtepMAC"))
+        if mac is None:
+            problems.append(PeerProblem(
+                lease.subnet, f"BackendData.VtepMAC {lease.backend_data.get('VtepMAC')!r} "
+                "is not a unicast MAC address"))
+            continue
+        gw = lease.subnet.network_address
+        neighs.add(Neigh(gw, mac))
+        fdbs.add(Fdb(mac, lease.public_ip))
+        routes.add(Route(lease.subnet, s.device, gw, onlink=True))
+        count += 1
+    return Plan(KernelState(frozenset(neighs), frozenset(fdbs), frozenset(routes)),
+                tuple(problems), count)
+
+
+def desired_hostgw(own: Lease | None, peers: Sequence[Lease], ext_device: str) -> Plan:
+    """``<peer subnet> via <peer PublicIP> dev <ext>`` per host-gw peer."""
+    routes = {Route(p.subnet, ext_device, p.public_ip)
+              for p in _peers(own, peers, ("host-gw",))}
+    return Plan(KernelState(routes=frozenset(routes)), (), len(routes))
+
+
+def desired_udp(network: ipaddress.IPv4Network, device: str) -> Plan:
+    """One route for the whole network via the TUN device; peers live in userspace."""
+    return Plan(KernelState(routes=frozenset({Route(network, device)})))
+
+
+def diff(desired: KernelState, observed: KernelState) -> tuple[Op, ...]:
+    """Ordered operations turning ``observed`` into ``desired`` (see module doc)."""
+    want_n = {n.ip: n for n in desired.neighs}
+    have_n = {n.ip: n for n in observed.neighs}
+    want_r = {r.dst: r for r in desired.routes}
+    have_r = {r.dst: r for r in observed.routes}
+
+    ops: list[Op] = []
+    ops += [Op(OpKind.ROUTE_DEL, have_r[d]) for d in sorted(have_r) if d not in want_r]
+    ops += [Op(OpKind.NEIGH_SET, want_n[ip], change=ip in have_n)
+            for ip in sorted(want_n) if have_n.get(ip) != want_n[ip]]
+    ops += [Op(OpKind.FDB_ADD, f) for f in sorted(desired.fdbs - observed.fdbs)]
+    ops += [Op(OpKind.ROUTE_SET, want_r[d], change=d in have_r)
+            for d in sorted(want_r) if have_r.get(d) != want_r[d]]
+    ops += [Op(OpKind.NEIGH_DEL, have_n[ip]) for ip in sorted(have_n) if ip not in want_n]
+    ops += [Op(OpKind.FDB_DEL, f) for f in sorted(observed.fdbs - desired.fdbs)]
+    return tuple(ops)
