@@ -1,0 +1,183 @@
+"""IPAM with host-local's on-disk layout: a pure round-robin allocator over a flock'd dir.
+
+Layout (compatible with the reference host-local plugin), in ``<dataDir>/<network>/``:
+
+* ``<ip>``: one file per allocated address, mode 0600, created O_EXCL, holding
+  ``<containerID>\\r\\n<ifname>`` (older host-local wrote the containerID only;
+  both are read).
+* ``last_reserved_ip.0``: the address handed out last (one range set).
+* ``lock``: every operation holds ``flock(LOCK_EX)`` on it.
+
+``choose`` is the pure allocator: round robin from last_reserved+1, wrapping,
+never the gateway; ``DiskStore`` is the I/O shell around the directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+
+from cni.errors import AttachmentExistsError, ConfigError, EnvError, IOFailure, TryAgainError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+LAST_RESERVED = "last_reserved_ip.0"
+LOCK = "lock"
+
+
+class Range:
+    """One IPv4 range: the subnet, first/last assignable address and the gateway."""
+
+    __slots__ = ("end", "gateway", "start", "subnet")
+
+    def __init__(self, subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address,
+                 start: ipaddress.IPv4Address | None = None,
+                 end: ipaddress.IPv4Address | None = None) -> None:
+        if subnet.prefixlen > 30:
+            raise ConfigError(f"subnet {subnet} is too small (/31 and /32 have no host range)")
+        self.subnet = subnet
+        self.gateway = gateway
+        self.start = start or subnet.network_address + 1
+        self.end = end or subnet.broadcast_address - 1
+        if not (self.start in subnet and self.end in subnet and self.start <= self.end):
+            raise ConfigError(f"range {self.start}-{self.end} does not fit subnet {subnet}")
+
+    def size(self) -> int:
+        return int(self.end) - int(self.start) + 1
+
+
+def check_requested(rng: Range, ip_text: str, source: str,
+                    taken: Iterable[ipaddress.IPv4Address]) -> ipaddress.IPv4Address:
+    """Validate a specifically requested IP; errors name the IP and where it came from."""
+    error = EnvError if source.startswith("CNI_ARGS") else ConfigError
+    try:
+        ip = ipaddress.IPv4Address(ip_text.split("/")[0])
+    except ValueError:
+        raise error(f"{source}: {ip_text!r} is not an IPv4 address") from None
+    if ip not in rng.subnet or not rng.start <= ip <= rng.end:
+        raise error(f"{source}: requested IP {ip} is outside this host's range "
+                    f"{rng.start}-{rng.end} (subnet {rng.subnet})")
+    if ip == rng.gateway:
+        raise error(f"{source}: requested IP {ip} is the gateway")
+    if ip in set(taken):
+        raise TryAgainError(f"{source}: requested IP {ip} is already allocated")
+    return ip
+
+
+def choose(rng: Range, last: ipaddress.IPv4Address | None,
+           taken: set[ipaddress.IPv4Address]) -> ipaddress.IPv4Address:
+    """Round robin: the first free address after ``last`` (wrapping), never the gateway."""
+    size = rng.size()
+    first = int(rng.start)
+    in_range = last is not None and rng.start <= last <= rng.end
+    offset = int(last) - first + 1 if last is not None and in_range else 0
+    for i in range(size):
+        ip = ipaddress.IPv4Address(first + (offset + i) % size)
+        if ip != rng.gateway and ip not in taken:
+            return ip
+    raise TryAgainError(f"no IP addresses available in range set {rng.start}-{rng.end}",
+                        f"all {size} addresses of {rng.subnet} are allocated; "
+                        "DEL or GC unused attachments")
+
+
+class DiskStore:
+    """host-local's directory for one network; use as a context manager (holds the lock)."""
+
+    def __init__(self, data_dir: str, network: str) -> None:
+        self.dir = os.path.join(data_dir, network)
+        self._lock_fd = -1
+
+    def __enter__(self) -> DiskStore:
+        try:
+            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(self.dir, LOCK),
+                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except OSError as e:
+            raise IOFailure(f"IPAM store {self.dir}: {e.strerror}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = -1
+
+    def allocations(self) -> dict[ipaddress.IPv4Address, tuple[str, str]]:
+        """Every allocated IP -> (containerID, ifname); unreadable owners are ("", "")."""
+        out: dict[ipaddress.IPv4Address, tuple[str, str]] = {}
+        for name in os.listdir(self.dir):
+            if name[0] not in "0123456789":
+                continue
+            try:
+                ip = ipaddress.IPv4Address(name)
+            except ValueError:
+                continue
+            try:
+                with open(os.path.join(self.dir, name), "rb") as f:
+                    text = f.read().decode("utf-8", "replace")
+            except FileNotFoundError:
+                continue
+            cid, _, ifname = text.partition("\r\n")
+            out[ip] = (cid.strip(), ifname.strip())
+        return out
+
+    def last_reserved(self) -> ipaddress.IPv4Address | None:
+        try:
+            with open(os.path.join(self.dir, LAST_RESERVED), encoding="ascii") as f:
+                return ipaddress.IPv4Address(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def reserve(self, ip: ipaddress.IPv4Address, cid: str, ifname: str,
+                update_last: bool = True) -> None:
+        path = os.path.join(self.dir, str(ip))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            raise TryAgainError(f"IP {ip} is already allocated") from None
+        try:
+            os.write(fd, f"{cid}\r\n{ifname}".encode())
+        finally:
+            os.close(fd)
+        if update_last:
+            tmp = os.path.join(self.dir, LAST_RESERVED + ".tmp")
+            with open(tmp, "w", encoding="ascii") as f:
+                f.write(str(ip))
+            os.replace(tmp, os.path.join(self.dir, LAST_RESERVED))
+
+    def release(self, ip: ipaddress.IPv4Address) -> None:
+        try:  # noqa: SIM105 - contextlib is an import the exec'd path avoids
+            os.unlink(os.path.join(self.dir, str(ip)))
+        except FileNotFoundError:
+            pass
+
+    def allocate(self, rng: Range, cid: str, ifname: str,
+                 requested: list[tuple[str, str]]) -> ipaddress.IPv4Address:
+        """Reserve one IP for (cid, ifname): the requested one or the next round robin."""
+        allocs = self.allocations()
+        for ip, owner in allocs.items():
+            if owner == (cid, ifname) and ip in rng.subnet:
+                raise AttachmentExistsError(
+                    f"container {cid} interface {ifname} already has IP {ip} "
+                    "(duplicate allocation)", "DEL the attachment before adding it again")
+        taken = set(allocs)
+        if requested:
+            if len(requested) > 1:
+                raise ConfigError("more than one specific IP requested for one IPv4 range: "
+                                  + ", ".join(f"{s} {ip}" for s, ip in requested))
+            source, text = requested[0]
+            ip = check_requested(rng, text, source, taken)
+            self.reserve(ip, cid, ifname, update_last=False)
+            return ip
+        ip = choose(rng, self.last_reserved(), taken)
+        self.reserve(ip, cid, ifname)
+        return ip
+
+    def find(self, cid: str, ifname: str) -> list[ipaddress.IPv4Address]:
+        """IPs held by (cid, ifname), falling back to files holding the cid alone."""
+        allocs = self.allocations()
+        exact = [ip for ip, owner in allocs.items() if owner == (cid, ifname)]
+        return exact or [ip for ip, owner in allocs.items() if owner == (cid, "")]

@@ -1,0 +1,87 @@
+"""Container masquerade (``ipMasq``) with nftables, in the namespace the plugin runs in.
+
+One table per network, ``ip weft-<network>``: a set ``masq`` of container IPs
+and a nat postrouting chain masquerading traffic from those IPs to anything
+outside the cluster network and not multicast. ADD adds an element (creating
+the table if needed, all in one ``nft -f`` transaction); DEL removes it, and
+removes the whole table with the network's last allocation, so nothing is left
+behind. ``render_*`` are pure; ``apply`` is the only place that execs nft.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from cni.errors import IOFailure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ipaddress
+    from collections.abc import Iterable
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def table_name(network: str) -> str:
+    if len(network) <= 24 and set(network) <= _SAFE:
+        return f"weft-{network}"
+    return f"weft-{zlib.crc32(network.encode()):08x}"
+
+
+def render_setup(network: str, cluster: ipaddress.IPv4Network,
+                 members: Iterable[tuple[ipaddress.IPv4Address, str]],
+                 flush_members: bool = False) -> str:
+    """Create or refresh the table, then add ``members`` (ip, containerID)."""
+    t = table_name(network)
+    lines = [
+        f"add table ip {t}",
+        f"add set ip {t} masq {{ type ipv4_addr; }}",
+        f"add chain ip {t} postrouting {{ type nat hook postrouting priority srcnat; "
+        "policy accept; }",
+        f"flush chain ip {t} postrouting",
+        f"add rule ip {t} postrouting ip saddr @masq ip daddr != {cluster} "
+        f'ip daddr != 224.0.0.0/4 masquerade comment "weft network {t[5:]}"',
+    ]
+    if flush_members:
+        lines.append(f"flush set ip {t} masq")
+    for ip, cid in members:
+        lines.append(f'add element ip {t} masq {{ {ip} comment "id: {cid[:100]}" }}')
+    return "\n".join(lines) + "\n"
+
+
+def render_remove(network: str, ip: ipaddress.IPv4Address | None, last: bool) -> str:
+    t = table_name(network)
+    if last:
+        return f"delete table ip {t}\n"
+    return f"delete element ip {t} masq {{ {ip} }}\n" if ip is not None else ""
+
+
+def apply(script: str, tolerate_missing: bool = False) -> None:
+    """Run ``nft -f -`` with ``script``; a missing table/element is fine on teardown."""
+    if not script:
+        return
+    import subprocess
+
+    try:
+        proc = subprocess.run(["nft", "-f", "-"], input=script.encode(), capture_output=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise IOFailure(f"ipMasq: running nft failed: {e}") from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip()
+        if tolerate_missing and ("No such file" in err or "does not exist" in err):
+            return
+        raise IOFailure(f"ipMasq: nft rejected the rules: {err}", script)
+
+
+def enable_forwarding() -> None:
+    """IPv4 forwarding in the current namespace (the host's), as the bridge plugin does."""
+    path = "/proc/sys/net/ipv4/ip_forward"
+    try:
+        with open(path, "rb") as f:
+            if f.read(1) == b"1":
+                return
+        with open(path, "wb") as f:
+            f.write(b"1")
+    except OSError as e:
+        raise IOFailure(f"cannot enable IPv4 forwarding: {e.strerror}") from None
