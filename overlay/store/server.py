@@ -1,0 +1,598 @@
+"""The embedded store server: etcd v3 gRPC (KV, Lease, Watch, Maintenance subset) over ``State``.
+
+Theory of operation:
+
+* One asyncio event loop owns the ``State``. Every handler runs to its write
+  synchronously (no await between check and apply), so requests are
+  serialised exactly as etcd's single apply loop would.
+* Group commit: a write handler applies its change in memory, then awaits
+  ``Committer.durable()``. The committer runs once per loop turn, writes every
+  change applied since the last turn in one SQLite transaction (one fsync),
+  publishes the committed events to watchers and only then releases the
+  waiting handlers, which acknowledge. Nothing is acknowledged or watched
+  before it is on disk.
+* Watches: each Watch stream keeps its watchers; creating one with a start
+  revision replays the committed events from that revision (synchronously, so
+  it cannot miss or duplicate an event committed concurrently) and then
+  follows live commits. A compacted start gets what etcd 3.4 sends: a
+  ``created`` response, then ``canceled`` with ``compact_revision``.
+* Errors are etcd's: the same gRPC status codes and ``etcdserver: ...``
+  messages, so etcdctl and clients written for etcd read them unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+from aetcd.rpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
+
+from overlay.store.api import (
+    CompactedError,
+    EventType,
+    KeyValue,
+    LeaseNotFoundError,
+    StoreError,
+    WatchEvent,
+)
+from overlay.store.state import (
+    Compare,
+    DeleteOp,
+    DeleteResult,
+    DuplicateKeyError,
+    FutureRevisionError,
+    KeyNotFoundError,
+    LeaseExistsError,
+    LeaseTTLTooLargeError,
+    Op,
+    OpResult,
+    PutOp,
+    PutResult,
+    RangeOp,
+    RangeResult,
+    Result,
+    State,
+    Target,
+    TxnOp,
+    TxnResult,
+    in_range,
+)
+
+log = logging.getLogger(__name__)
+
+VERSION = "3.4.23-weft"
+MAX_REQUEST_BYTES = 1_572_864  # etcd's default --max-request-bytes
+GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd allows this much gRPC framing on top
+RAFT_TERM = 2
+_LEASE_TICK_S = 0.5  # etcd checks lease expiry every 500 ms
+
+_ERR_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
+_ERR_FUTURE = "etcdserver: mvcc: required revision is a future revision"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFiles:
+    cert_file: Path
+    key_file: Path
+    trusted_ca_file: Path | None = None
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
+    code, msg = _status(err)
+    await context.abort(code, msg)
+    raise AssertionError("abort returned")
+
+
+def _status(err: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(err, CompactedError):
+        return grpc.StatusCode.OUT_OF_RANGE, _ERR_COMPACTED
+    if isinstance(err, FutureRevisionError):
+        return grpc.StatusCode.OUT_OF_RANGE, _ERR_FUTURE
+    if isinstance(err, LeaseNotFoundError):
+        return grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found"
+    if isinstance(err, LeaseExistsError):
+        return grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists"
+    if isinstance(err, LeaseTTLTooLargeError):
+        return grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL"
+    if isinstance(err, DuplicateKeyError):
+        return grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request"
+    if isinstance(err, KeyNotFoundError):
+        return grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key not found"
+    if isinstance(err, _BadRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(err)
+    return grpc.StatusCode.INTERNAL, f"etcdserver: {err}"
+
+
+class _BadRequest(StoreError):
+    """A request etcd rejects with INVALID_ARGUMENT (message is etcd's)."""
+
+
+def _check_size(request: Any) -> None:
+    if request.ByteSize() > MAX_REQUEST_BYTES:
+        raise _BadRequest("etcdserver: request is too large")
+
+
+# -- wire <-> state -------------------------------------------------------------
+
+
+def _pb_kv(kv: KeyValue) -> Any:
+    return kv_pb2.KeyValue(key=kv.key, value=kv.value, create_revision=kv.create_revision,
+                           mod_revision=kv.mod_revision, version=kv.version, lease=kv.lease)
+
+
+def _pb_event(ev: WatchEvent, prev_kv: bool) -> Any:
+    if ev.type is EventType.PUT:
+        m = kv_pb2.Event(type=kv_pb2.Event.PUT, kv=_pb_kv(ev.kv))
+    else:
+        m = kv_pb2.Event(type=kv_pb2.Event.DELETE,
+                         kv=kv_pb2.KeyValue(key=ev.kv.key, mod_revision=ev.kv.mod_revision))
+    if prev_kv and ev.prev is not None:
+        m.prev_kv.CopyFrom(_pb_kv(ev.prev))
+    return m
+
+
+def _range_op(r: Any) -> RangeOp:
+    if not r.key:
+        raise _BadRequest("etcdserver: key is not provided")
+    return RangeOp(bytes(r.key), bytes(r.range_end), r.revision, r.limit, r.keys_only,
+                   r.count_only, r.sort_order, r.sort_target, r.min_mod_revision,
+                   r.max_mod_revision, r.min_create_revision, r.max_create_revision)
+
+
+def _put_op(r: Any) -> PutOp:
+    if not r.key:
+        raise _BadRequest("etcdserver: key is not provided")
+    if r.ignore_value and r.value:
+        raise _BadRequest("etcdserver: value is provided")
+    if r.ignore_lease and r.lease:
+        raise _BadRequest("etcdserver: lease is provided")
+    return PutOp(bytes(r.key), bytes(r.value), r.lease, r.prev_kv, r.ignore_value,
+                 r.ignore_lease)
+
+
+def _delete_op(r: Any) -> DeleteOp:
+    if not r.key:
+        raise _BadRequest("etcdserver: key is not provided")
+    return DeleteOp(bytes(r.key), bytes(r.range_end), r.prev_kv)
+
+
+def _compare(c: Any) -> Compare:
+    target = Target(c.target)
+    operand: int | bytes
+    if target == Target.VALUE:
+        operand = bytes(c.value)
+    elif target == Target.VERSION:
+        operand = c.version
+    elif target == Target.CREATE:
+        operand = c.create_revision
+    elif target == Target.MOD:
+        operand = c.mod_revision
+    else:
+        operand = c.lease
+    return Compare(bytes(c.key), target, Result(c.result), operand, bytes(c.range_end))
+
+
+def _txn_op(r: Any) -> TxnOp:
+    def ops(reqs: Any) -> tuple[Op, ...]:
+        out: list[Op] = []
+        for o in reqs:
+            which = o.WhichOneof("request")
+            if which == "request_range":
+                out.append(_range_op(o.request_range))
+            elif which == "request_put":
+                out.append(_put_op(o.request_put))
+            elif which == "request_delete_range":
+                out.append(_delete_op(o.request_delete_range))
+            elif which == "request_txn":
+                out.append(_txn_op(o.request_txn))
+            else:
+                raise _BadRequest("etcdserver: request is empty")
+        return tuple(out)
+
+    return TxnOp(tuple(_compare(c) for c in r.compare), ops(r.success), ops(r.failure))
+
+
+# -- commit and watch fan-out ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Watcher:
+    id: int
+    key: bytes
+    range_end: bytes
+    prev_kv: bool
+    no_put: bool
+    no_delete: bool
+    out: asyncio.Queue[Any]
+
+    def select(self, events: list[WatchEvent]) -> list[Any]:
+        return [
+            _pb_event(e, self.prev_kv) for e in events
+            if in_range(e.kv.key, self.key, self.range_end)
+            and not (self.no_put and e.type is EventType.PUT)
+            and not (self.no_delete and e.type is EventType.DELETE)
+        ]
+
+
+class Committer:
+    """Group commit: one fsync per loop turn for every write applied during it."""
+
+    def __init__(self, state: State, header: Any) -> None:
+        self._state = state
+        self._header = header
+        self._waiters: list[asyncio.Future[None]] = []
+        self._scheduled = False
+        self.watchers: dict[int, _Watcher] = {}
+        self.broken: Exception | None = None
+
+    def durable(self) -> Awaitable[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self.kick()
+        return fut
+
+    def kick(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        waiters, self._waiters = self._waiters, []
+        try:
+            if self.broken is not None:
+                raise self.broken
+            done = self._state.commit()
+        except Exception as e:  # disk full, I/O error: stop accepting writes
+            log.error("store: commit failed, refusing writes from now on: %s", e)
+            self.broken = e
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(StoreError(f"commit failed: {e}"))
+            return
+        for rev, events in done:
+            header = self._header(rev)
+            for watcher in list(self.watchers.values()):
+                selected = watcher.select(events)
+                if selected:
+                    watcher.out.put_nowait(rpc_pb2.WatchResponse(
+                        header=header, watch_id=watcher.id, events=selected))
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+        if self._state.auto_compact():
+            log.info("store: compacted history before revision %d",
+                     self._state.compact_revision)
+            self.kick()
+
+
+# -- servicers ------------------------------------------------------------------
+
+
+class StoreService(
+    rpc_pb2_grpc.KVServicer,  # type: ignore[misc]
+    rpc_pb2_grpc.LeaseServicer,  # type: ignore[misc]
+    rpc_pb2_grpc.WatchServicer,  # type: ignore[misc]
+    rpc_pb2_grpc.MaintenanceServicer,  # type: ignore[misc]
+    rpc_pb2_grpc.ClusterServicer,  # type: ignore[misc]
+):
+    """etcd's KV, Lease, Watch, Maintenance and (read-only) Cluster services."""
+
+    def __init__(self, state: State, client_urls: list[str]) -> None:
+        self.state = state
+        self.committer = Committer(state, self.header)
+        self.client_urls = client_urls
+        self._next_watch_id = 1
+
+    def header(self, revision: int = 0) -> Any:
+        s = self.state
+        return rpc_pb2.ResponseHeader(cluster_id=s.cluster_id, member_id=s.member_id,
+                                      revision=revision or s.revision, raft_term=RAFT_TERM)
+
+    async def _durable(self, context: grpc.aio.ServicerContext) -> None:
+        try:
+            await self.committer.durable()
+        except StoreError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcdserver: {e}")
+
+    # KV
+
+    async def Range(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            res = self.state.range(_range_op(request))
+        except StoreError as e:
+            await _abort(context, e)
+        return _range_response(self.header(), res)
+
+    async def Put(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            _check_size(request)
+            rev, res = self.state.put(_put_op(request))
+        except StoreError as e:
+            await _abort(context, e)
+        await self._durable(context)
+        return _put_response(self.header(rev), res)
+
+    async def DeleteRange(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            rev, res = self.state.delete(_delete_op(request))
+        except StoreError as e:
+            await _abort(context, e)
+        await self._durable(context)
+        return _delete_response(self.header(rev), res)
+
+    async def Txn(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            _check_size(request)
+            rev, res = self.state.txn(_txn_op(request))
+        except StoreError as e:
+            await _abort(context, e)
+        await self._durable(context)
+        return _txn_response(self.header(rev), res)
+
+    async def Compact(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self.state.compact(request.revision)
+        except StoreError as e:
+            await _abort(context, e)
+        log.info("store: compacted history before revision %d", request.revision)
+        await self._durable(context)
+        return rpc_pb2.CompactionResponse(header=self.header())
+
+    # Lease
+
+    async def LeaseGrant(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            lease, ttl = self.state.grant(request.TTL, request.ID)
+        except StoreError as e:
+            await _abort(context, e)
+        await self._durable(context)
+        return rpc_pb2.LeaseGrantResponse(header=self.header(), ID=lease, TTL=ttl)
+
+    async def LeaseRevoke(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            rev = self.state.revoke(request.ID)
+        except StoreError as e:
+            await _abort(context, e)
+        await self._durable(context)
+        return rpc_pb2.LeaseRevokeResponse(header=self.header(rev))
+
+    async def LeaseKeepAlive(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for req in request_iterator:
+            try:
+                ttl = self.state.keepalive(req.ID)
+            except LeaseNotFoundError:
+                ttl = 0
+            else:
+                await self._durable(context)
+            yield rpc_pb2.LeaseKeepAliveResponse(header=self.header(), ID=req.ID, TTL=ttl)
+
+    async def LeaseTimeToLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ttl, granted, keys = self.state.time_to_live(request.ID)
+        return rpc_pb2.LeaseTimeToLiveResponse(
+            header=self.header(), ID=request.ID, TTL=ttl, grantedTTL=granted,
+            keys=list(keys) if request.keys else [])
+
+    async def LeaseLeases(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return rpc_pb2.LeaseLeasesResponse(
+            header=self.header(),
+            leases=[rpc_pb2.LeaseStatus(ID=i) for i in sorted(self.state.leases)])
+
+    # Watch
+
+    async def Watch(
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        out: asyncio.Queue[Any] = asyncio.Queue()
+        mine: set[int] = set()
+
+        async def read() -> None:
+            try:
+                async for req in request_iterator:
+                    self._watch_request(req, out, mine)
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                resp = await out.get()
+                if resp is None:
+                    break
+                yield resp
+        finally:
+            reader.cancel()
+            for wid in mine:
+                self.committer.watchers.pop(wid, None)
+
+    def _watch_request(self, req: Any, out: asyncio.Queue[Any], mine: set[int]) -> None:
+        which = req.WhichOneof("request_union")
+        if which == "create_request":
+            self._watch_create(req.create_request, out, mine)
+        elif which == "cancel_request":
+            wid = req.cancel_request.watch_id
+            if wid in mine:
+                mine.discard(wid)
+                self.committer.watchers.pop(wid, None)
+                out.put_nowait(rpc_pb2.WatchResponse(header=self.header(), watch_id=wid,
+                                                     canceled=True))
+        elif which == "progress_request":
+            out.put_nowait(rpc_pb2.WatchResponse(header=self.header(), watch_id=-1))
+
+    def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: set[int]) -> None:
+        wid = c.watch_id or self._next_watch_id
+        while wid in self.committer.watchers:
+            wid += 1
+        self._next_watch_id = max(self._next_watch_id, wid + 1)
+        header = self.header()
+        out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=wid, created=True))
+        start = c.start_revision
+        if start and start < self.state.compact_revision:
+            out.put_nowait(rpc_pb2.WatchResponse(
+                header=header, watch_id=wid, canceled=True,
+                compact_revision=self.state.compact_revision, cancel_reason=_ERR_COMPACTED))
+            return
+        filters = set(c.filters)
+        w = _Watcher(wid, bytes(c.key), bytes(c.range_end), c.prev_kv,
+                     rpc_pb2.WatchCreateRequest.NOPUT in filters,
+                     rpc_pb2.WatchCreateRequest.NODELETE in filters, out)
+        if start:
+            for rev, events in self.state.events_since(start):
+                selected = w.select(events)
+                if selected:
+                    out.put_nowait(rpc_pb2.WatchResponse(header=self.header(rev),
+                                                         watch_id=wid, events=selected))
+        self.committer.watchers[wid] = w
+        mine.add(wid)
+
+    # Maintenance and Cluster
+
+    async def Status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        s = self.state
+        size = s.db_size()
+        return rpc_pb2.StatusResponse(
+            header=self.header(), version=VERSION, dbSize=size, dbSizeInUse=size,
+            leader=s.member_id, raftIndex=s.revision, raftTerm=RAFT_TERM,
+            raftAppliedIndex=s.revision)
+
+    async def MemberList(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        member = rpc_pb2.Member(ID=self.state.member_id, name="weft",
+                                clientURLs=self.client_urls, peerURLs=self.client_urls)
+        return rpc_pb2.MemberListResponse(header=self.header(), members=[member])
+
+
+def _range_response(header: Any, res: RangeResult) -> Any:
+    return rpc_pb2.RangeResponse(header=header, kvs=[_pb_kv(kv) for kv in res.kvs],
+                                 more=res.more, count=res.count)
+
+
+def _put_response(header: Any, res: PutResult) -> Any:
+    r = rpc_pb2.PutResponse(header=header)
+    if res.prev is not None:
+        r.prev_kv.CopyFrom(_pb_kv(res.prev))
+    return r
+
+
+def _delete_response(header: Any, res: DeleteResult) -> Any:
+    return rpc_pb2.DeleteRangeResponse(header=header, deleted=res.deleted,
+                                       prev_kvs=[_pb_kv(kv) for kv in res.prevs])
+
+
+def _txn_response(header: Any, res: TxnResult) -> Any:
+    def op(r: OpResult) -> Any:
+        if isinstance(r, RangeResult):
+            return rpc_pb2.ResponseOp(response_range=_range_response(header, r))
+        if isinstance(r, PutResult):
+            return rpc_pb2.ResponseOp(response_put=_put_response(header, r))
+        if isinstance(r, DeleteResult):
+            return rpc_pb2.ResponseOp(response_delete_range=_delete_response(header, r))
+        return rpc_pb2.ResponseOp(response_txn=_txn_response(header, r))
+
+    return rpc_pb2.TxnResponse(header=header, succeeded=res.succeeded,
+                               responses=[op(r) for r in res.results])
+
+
+# -- the server -------------------------------------------------------------------
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``http://HOST:PORT`` or ``https://HOST:PORT`` -> (host, port)."""
+    rest = listen.split("://", 1)[1] if "://" in listen else listen
+    rest = rest.rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"--listen {listen!r}: want HOST:PORT or http://HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+class EmbeddedServer:
+    """The store server: open the data dir, serve gRPC, expire leases, stop cleanly."""
+
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 2379,
+                 tls: TLSFiles | None = None, retain: int = 10_000) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.retain = retain
+        self.state: State | None = None
+        self.service: StoreService | None = None
+        self._server: grpc.aio.Server | None = None
+        self._expiry: asyncio.Task[None] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.state = State(self.data_dir / "store.db", retain=self.retain)
+        self.service = StoreService(self.state, [])
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.so_reuseport", 0),
+        ])
+        for add in (rpc_pb2_grpc.add_KVServicer_to_server,
+                    rpc_pb2_grpc.add_LeaseServicer_to_server,
+                    rpc_pb2_grpc.add_WatchServicer_to_server,
+                    rpc_pb2_grpc.add_MaintenanceServicer_to_server,
+                    rpc_pb2_grpc.add_ClusterServicer_to_server):
+            add(self.service, server)
+        addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        if self.tls:
+            ca = self.tls.trusted_ca_file.read_bytes() if self.tls.trusted_ca_file else None
+            creds = grpc.ssl_server_credentials(
+                [(self.tls.key_file.read_bytes(), self.tls.cert_file.read_bytes())],
+                root_certificates=ca, require_client_auth=ca is not None)
+            port = server.add_secure_port(addr, creds)
+        else:
+            port = server.add_insecure_port(addr)
+        if not port:
+            self.state.close()
+            raise OSError(f"store: cannot listen on {addr}")
+        self.port = port
+        self.service.client_urls = [self.endpoint]
+        await server.start()
+        self._server = server
+        self._expiry = asyncio.create_task(self._expire_loop())
+        log.info("store: serving %s, data dir %s, revision %d", self.endpoint,
+                 self.data_dir, self.state.revision)
+
+    async def _expire_loop(self) -> None:
+        assert self.state is not None and self.service is not None
+        while True:
+            deadline = self.state.next_deadline()
+            delay = _LEASE_TICK_S if deadline is None else min(
+                _LEASE_TICK_S, max(0.0, deadline - time.time()) + 0.01)
+            await asyncio.sleep(delay)
+            if self.state.expire_leases():
+                self.service.committer.kick()
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        if self._server is not None:
+            await self._server.stop(0.5)
+            self._server = None
+        if self.state is not None:
+            self.state.commit()
+            self.state.close()
+            self.state = None
