@@ -92,7 +92,10 @@ def decode_lease(key: str, value: bytes, lease_id: int = 0, mod_revision: int = 
     if not isinstance(obj, dict):
         raise LeaseFormatError(key, "value is not a JSON object")
     try:
-        public_ip = ipaddress.IPv4Address(obj.get("PublicIP"))
+        raw_ip = obj.get("PublicIP")
+        if not isinstance(raw_ip, str):  # IPv4Address(5) would accept an integer
+            raise TypeError(raw_ip)
+        public_ip = ipaddress.IPv4Address(raw_ip)
     except (ValueError, TypeError):
         raise LeaseFormatError(key, f"PublicIP {obj.get('PublicIP')!r} is not IPv4") from None
     btype = obj.get("BackendType") or ""
