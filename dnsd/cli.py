@@ -1,0 +1,216 @@
+"""dnsd's entry point: SkyDNS-style flags -> config, then wire index, feed, server and HTTP.
+
+Flags take one or two dashes and fall back to ``SKYDNS_*`` (and SkyDNS's
+``ETCD_*`` / ``PROMETHEUS_PORT``) environment variables. Nothing below this
+module reads the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from overlay.cli.flags import FlagParser
+from overlay.store.api import DEFAULT_ENDPOINTS, Store, StoreConfig
+
+from .engine import Engine, EngineConfig
+from .feed import Feed
+from .forward import DEFAULT_ALLOW, Forwarder, make_forwarder, parse_hostport
+from .index import Index
+from .server import DnsServer, ServerConfig
+
+log = logging.getLogger("dnsd")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsdConfig:
+    host: str
+    port: int
+    engine: EngineConfig
+    prefix: str
+    store: StoreConfig
+    forwarder: Forwarder | None
+    round_robin: bool
+    metrics_port: int
+    verbose: bool
+
+
+def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
+    p = FlagParser("dnsd", "SkyDNS-compatible DNS answering from the cluster store.",
+                   env_prefixes=("SKYDNS_",), environ=environ)
+    p.add("addr", "address to serve DNS on (UDP and TCP)", "127.0.0.1:53")
+    p.add("domain", "zone(s) to be authoritative for, comma separated", "skydns.local.")
+    p.add("path-prefix", "store key prefix of the records", "/skydns")
+    p.add("etcd-endpoints", "store endpoints, comma separated",
+          ",".join(DEFAULT_ENDPOINTS), env=("ETCD_MACHINES", "ETCD_ENDPOINTS"))
+    p.add("machines", "alias of -etcd-endpoints (SkyDNS)", None)
+    p.add("etcd-cafile", "CA certificate for the store (alias -ca-cert)", None,
+          env=("ETCD_CACERT",))
+    p.add("etcd-certfile", "client certificate for the store (alias -tls-pem)", None,
+          env=("ETCD_TLSPEM",))
+    p.add("etcd-keyfile", "client key for the store (alias -tls-key)", None,
+          env=("ETCD_TLSKEY",))
+    p.add("ca-cert", "alias of -etcd-cafile (SkyDNS)", None)
+    p.add("tls-pem", "alias of -etcd-certfile (SkyDNS)", None)
+    p.add("tls-key", "alias of -etcd-keyfile (SkyDNS)", None)
+    p.add("nameservers", "upstreams for out-of-zone queries, comma separated host[:port]; "
+          "forwarding is OFF unless given", "")
+    p.add("forward-allow", "client networks allowed to use forwarding, comma separated",
+          DEFAULT_ALLOW)
+    p.add("ttl", "default TTL of records without ttl or lease", 3600, type=int)
+    p.add("min-ttl", "TTL of negative answers (and the SOA minimum)", 60, type=int)
+    p.add_bool("round-robin", "rotate A/AAAA answers", True)
+    p.add("metrics-port", "port for /metrics and /healthz on the -addr host (0 = off)", 0,
+          type=int, env=("PROMETHEUS_PORT",))
+    p.add_bool("verbose", "debug logging", False)
+    return p
+
+
+def parse_config(argv: Sequence[str] | None,
+                 environ: Mapping[str, str] | None = None) -> DnsdConfig:
+    parser = flag_parser(environ)
+    a = parser.parse(argv)
+    try:
+        host, port = parse_hostport(a.addr, 53)
+        host = host or "0.0.0.0"
+        domains = [d for d in a.domain.split(",") if d.strip()]
+        engine = EngineConfig.from_domains(domains, ttl=a.ttl, min_ttl=a.min_ttl)
+        if a.ttl < 1 or a.min_ttl < 0:
+            raise ValueError("-ttl must be >= 1 and -min-ttl >= 0")
+        store = StoreConfig.from_flag(
+            a.machines or a.etcd_endpoints, a.etcd_cafile or a.ca_cert,
+            a.etcd_certfile or a.tls_pem, a.etcd_keyfile or a.tls_key)
+        forwarder = make_forwarder(a.nameservers.split(","), a.forward_allow)
+        if not 0 <= a.metrics_port <= 65535:
+            raise ValueError(f"-metrics-port {a.metrics_port} out of range")
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # parser.error exits; this keeps the type checker informed
+    prefix = "/" + a.path_prefix.strip("/")
+    return DnsdConfig(host, port, engine, prefix, store, forwarder, a.round_robin,
+                      a.metrics_port, a.verbose)
+
+
+class Daemon:
+    """The running pieces, for main() and for tests that run dnsd in-process."""
+
+    def __init__(self, cfg: DnsdConfig) -> None:
+        self.cfg = cfg
+        self.index = Index(cfg.prefix)
+        self.lock = threading.Lock()
+        self.server = DnsServer(Engine(cfg.engine), self.index, self.lock,
+                                ServerConfig(cfg.host, cfg.port, cfg.round_robin),
+                                cfg.forwarder)
+        self.feed = Feed(self._connect, self.index, self.lock, self.server.invalidate)
+        self.started = time.monotonic()
+
+    async def _connect(self) -> Store:
+        from overlay.store.client import connect  # aetcd: imported only when needed
+
+        return await connect(self.cfg.store)
+
+    def health(self) -> tuple[bool, str]:
+        st = self.feed.status
+        if not st.synced:
+            return False, f"index not loaded yet: {st.error}"
+        if not st.connected:
+            since = time.monotonic() - st.down_since
+            return False, (f"store unreachable for {since:.0f}s ({st.error}); answering "
+                           f"{self.index.size} records from the index at revision "
+                           f"{self.index.revision}")
+        return True, f"ok: {self.index.size} records at revision {self.index.revision}"
+
+    def metrics_text(self) -> str:
+        st = self.feed.status
+        gauges = {
+            "dnsd_index_records": float(self.index.size),
+            "dnsd_index_bad_values": float(self.index.bad_values),
+            "dnsd_index_revision": float(self.index.revision),
+            "dnsd_store_up": 1.0 if st.connected else 0.0,
+            "dnsd_watch_lag_seconds": st.watch_lag,
+            "dnsd_watch_events_total": float(st.events),
+            "dnsd_watch_relists_total": float(st.relists),
+            "dnsd_answer_cache_entries": float(self.server.cache_size),
+        }
+        return self.server.metrics.render(gauges)
+
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = line.decode("latin-1").split()
+            path = parts[1] if len(parts) > 1 else "/"
+            if path.startswith("/metrics"):
+                status, body = "200 OK", self.metrics_text()
+            elif path.startswith("/healthz") or path.startswith("/health"):
+                ok, text = self.health()
+                status, body = ("200 OK" if ok else "503 Service Unavailable"), text + "\n"
+            else:
+                status, body = "404 Not Found", "try /metrics or /healthz\n"
+            data = body.encode()
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+                         .encode() + data)
+            await writer.drain()
+        except (OSError, TimeoutError, UnicodeError):
+            pass
+        finally:
+            writer.close()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.server.start()
+        http = None
+        if self.cfg.metrics_port:
+            http = await asyncio.start_server(self._http, self.cfg.host, self.cfg.metrics_port)
+            log.info("metrics and health on http://%s:%s/", self.cfg.host, self.cfg.metrics_port)
+        feed = asyncio.create_task(self.feed.run())
+        ready = asyncio.create_task(self._mark_ready())
+        try:
+            await stop.wait()
+        finally:
+            for task in (feed, ready):
+                task.cancel()
+            await asyncio.gather(feed, ready, return_exceptions=True)
+            if http is not None:
+                http.close()
+            self.server.stop()
+
+    async def _mark_ready(self) -> None:
+        await self.feed.synced_event.wait()
+        self.server.ready = True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if cfg.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        daemon = Daemon(cfg)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", cfg.host, cfg.port, exc)
+        return 1
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await daemon.run(stop)
+
+    asyncio.run(amain())
+    log.info("dnsd stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

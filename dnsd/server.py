@@ -1,0 +1,363 @@
+"""The DNS front end: UDP and TCP sockets on one address, the fast path and the slow path.
+
+Theory of operation. One thread runs a blocking ``recvfrom``/``sendto`` loop on
+the UDP socket (measured faster than asyncio's datagram protocol: no event-loop
+hop per packet). For each datagram it first tries the *fast path*: a hand parse
+of the common query shape (``wire.fast_key``) and a dict lookup in the answer
+cache; a hit is answered by concatenating the query's ID and question with the
+precomputed bytes. Anything else takes the *slow path*: the strict parser, the
+engine under the index lock, encoding, truncation, and (when cacheable) a new
+cache entry. Any change to the index swaps in an empty cache (``invalidate``),
+so a hit is never older than the last applied watch event. Answers whose TTL
+comes from a lease are cached for one second only, since their TTL ages.
+
+TCP: an accept thread and one thread per connection (bounded), each reading
+length-prefixed messages through the same handler. Out-of-zone queries from
+allowed clients go to the forwarder on a small worker pool. Failures become
+FORMERR (bad packet), SERVFAIL (handler error) or silence (unparseable header)
+at this boundary; nothing a client sends can stop the loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .engine import Engine
+from .forward import Forwarder
+from .index import Index
+from .message import Answer, Rcode
+from .metrics import Metrics
+from .wire import (
+    TCP_LIMIT,
+    CachedAnswer,
+    DropError,
+    EncodeError,
+    FormError,
+    Query,
+    error_response,
+    fast_key,
+    parse_query,
+    plain_response,
+    prepare,
+    rotations,
+    udp_limit,
+)
+
+log = logging.getLogger(__name__)
+
+LEASED_CACHE_SECONDS = 1.0
+CACHE_LIMIT = 50_000
+MAX_TCP_CONNECTIONS = 128
+TCP_IDLE_SECONDS = 10.0
+ROTATIONS = 8
+
+Reply = Callable[[bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 53
+    round_robin: bool = True
+
+
+class DnsServer:
+    """Answers DNS over UDP and TCP from ``index`` through ``engine``."""
+
+    def __init__(self, engine: Engine, index: Index, lock: threading.Lock,
+                 config: ServerConfig, forwarder: Forwarder | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.index = index
+        self.lock = lock
+        self.config = config
+        self.forwarder = forwarder
+        self.metrics = metrics or Metrics()
+        self.ready = False  # set once the index holds a first listing
+        self._cache: dict[bytes, CachedAnswer] = {}
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._tcp_conns: set[socket.socket] = set()
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        self.tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.udp.bind((config.host, config.port))
+            port = self.udp.getsockname()[1]
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.tcp.bind((config.host, port))
+            self.tcp.listen(128)
+        except OSError:
+            self.udp.close()
+            self.tcp.close()
+            raise
+        self.port: int = port
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if forwarder_on := self.forwarder is not None:
+            self._pool = ThreadPoolExecutor(8, thread_name_prefix="dnsd-forward")
+        log.info("dnsd listening on %s:%s (udp+tcp), forwarding %s", self.config.host,
+                 self.port, "on" if forwarder_on else "off")
+        for name, target in (("dnsd-udp", self._udp_loop), ("dnsd-tcp", self._tcp_accept)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for s in (self.udp, self.tcp):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for conn in list(self._tcp_conns):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for t in self._threads:
+            t.join(5)
+        self.udp.close()
+        self.tcp.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def invalidate(self) -> None:
+        """Forget every precomputed answer (call with ``lock`` held, after an index change)."""
+        self._cache = {}
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    # -- UDP ---------------------------------------------------------------------
+
+    def _udp_loop(self) -> None:
+        sock = self.udp
+        recv = sock.recvfrom
+        send = sock.sendto
+        metrics = self.metrics
+        monotonic = time.monotonic
+        perf = time.perf_counter
+        tick = 0
+        while not self._stopping.is_set():
+            try:
+                data, addr = recv(65535)
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            if not data:
+                if self._stopping.is_set():
+                    return
+                continue
+            try:
+                key = fast_key(data)
+                if key is not None:
+                    entry = self._cache.get(key[0])
+                    if entry is not None and entry.limit_needed <= key[2] \
+                            and entry.expires > monotonic():
+                        tick += 1
+                        if tick & 15:
+                            send(data[:2] + entry.hdr[data[2] & 1] + data[12:key[1]]
+                                 + next(entry.tails), addr)
+                        else:
+                            t0 = perf()
+                            send(data[:2] + entry.hdr[data[2] & 1] + data[12:key[1]]
+                                 + next(entry.tails), addr)
+                            metrics.observe(perf() - t0)
+                        metrics.cache_hits += 1
+                        rkey = (entry.rtype, entry.rcode)
+                        metrics.requests[rkey] = metrics.requests.get(rkey, 0) + 1
+                        continue
+                self._slow(data, addr, False, _udp_reply(send, addr))
+            except Exception:  # the boundary: never let one packet stop the loop
+                metrics.errors += 1
+                log.exception("udp: failed to answer a packet from %s", addr)
+
+    # -- TCP ---------------------------------------------------------------------
+
+    def _tcp_accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, addr = self.tcp.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.01)
+                continue
+            if len(self._tcp_conns) >= MAX_TCP_CONNECTIONS:
+                conn.close()
+                self.metrics.dropped += 1
+                continue
+            self._tcp_conns.add(conn)
+            threading.Thread(target=self._tcp_conn, args=(conn, addr),
+                             name="dnsd-tcp-conn", daemon=True).start()
+
+    def _tcp_conn(self, conn: socket.socket, addr: tuple[str, int]) -> None:
+        conn.settimeout(TCP_IDLE_SECONDS)
+        write_lock = threading.Lock()
+
+        def reply(data: bytes) -> None:
+            with write_lock, contextlib.suppress(OSError):
+                conn.sendall(struct.pack("!H", len(data)) + data)
+
+        try:
+            while not self._stopping.is_set():
+                head = _recv_exact(conn, 2)
+                if head is None:
+                    return
+                (length,) = struct.unpack("!H", head)
+                data = _recv_exact(conn, length) if length else b""
+                if data is None:
+                    return
+                try:
+                    self._slow(data, addr, True, reply)
+                except Exception:
+                    self.metrics.errors += 1
+                    log.exception("tcp: failed to answer a message from %s", addr)
+        except OSError:
+            return
+        finally:
+            self._tcp_conns.discard(conn)
+            conn.close()
+
+    # -- the slow path -----------------------------------------------------------
+
+    def _slow(self, data: bytes, addr: tuple[str, int], tcp: bool, reply: Reply) -> None:
+        t0 = time.perf_counter()
+        metrics = self.metrics
+        ra = self.forwarder is not None
+        try:
+            query = parse_query(data)
+        except DropError:
+            metrics.dropped += 1
+            return
+        except FormError as err:
+            metrics.count(0, int(err.rcode))
+            reply(error_response(err, ra))
+            return
+        metrics.cache_misses += 1
+        qtype = query.question.qtype
+        try:
+            out = self._answer(query, addr, tcp, reply)
+        except Exception:
+            metrics.errors += 1
+            log.exception("answering %s %s failed", query.question.name, qtype)
+            out = plain_response(query, Rcode.SERVFAIL, ra)
+            metrics.count(qtype, int(Rcode.SERVFAIL))
+        if out is not None:
+            reply(out)
+            metrics.observe(time.perf_counter() - t0)
+
+    def _answer(self, query: Query, addr: tuple[str, int], tcp: bool,
+                reply: Reply) -> bytes | None:
+        metrics = self.metrics
+        ra = self.forwarder is not None
+        qtype = query.question.qtype
+        limit = TCP_LIMIT if tcp else udp_limit(query)
+        rd = query.flags & 0x0100
+        ident = query.ident.to_bytes(2, "big")
+        if not self.ready:
+            metrics.count(qtype, int(Rcode.SERVFAIL))
+            return plain_response(query, Rcode.SERVFAIL, ra)
+        key = query.cache_key
+        entry = self._cache.get(key)
+        if entry is not None and entry.expires > time.monotonic() and \
+                entry.limit_needed <= limit:
+            metrics.count(entry.rtype, entry.rcode)
+            return ident + entry.hdr[1 if rd else 0] + query.question_wire + next(entry.tails)
+        with self.lock:
+            now = time.monotonic()
+            answer = self.engine.resolve(self.index, query.question, now,
+                                         serial=self.index.revision)
+            if answer.forward:
+                return self._forward(query, addr, tcp, reply, answer)
+            try:
+                prepared = prepare(answer, query, ra)
+            except EncodeError as exc:
+                log.warning("cannot encode the answer to %s: %s", query.question.name, exc)
+                metrics.count(qtype, int(Rcode.SERVFAIL))
+                return plain_response(query, Rcode.SERVFAIL, ra)
+            variants = rotations(prepared, ROTATIONS) if self.config.round_robin \
+                else [prepared]
+            cached = CachedAnswer(variants, now + LEASED_CACHE_SECONDS if answer.leased
+                                  else float("inf"), qtype, int(answer.rcode),
+                                  len(query.question_wire))
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache = {}
+            self._cache[key] = cached
+        metrics.count(qtype, int(answer.rcode))
+        first = variants[0] if len(variants) == 1 else None
+        if first is not None:
+            if cached.limit_needed > limit:
+                metrics.truncated += 1
+            return first.render(ident, rd, query.question_wire, limit)
+        tail = next(cached.tails)
+        if cached.limit_needed <= limit:
+            return ident + cached.hdr[1 if rd else 0] + query.question_wire + tail
+        metrics.truncated += 1
+        return prepared.render(ident, rd, query.question_wire, limit)
+
+    def _forward(self, query: Query, addr: tuple[str, int], tcp: bool, reply: Reply,
+                 answer: Answer) -> bytes | None:
+        ra = self.forwarder is not None
+        qtype = query.question.qtype
+        fwd = self.forwarder
+        if fwd is None or self._pool is None or not fwd.allowed(addr[0]):
+            self.metrics.count(qtype, int(answer.rcode))
+            return plain_response(query, answer.rcode, ra)
+        raw = _requery(query)
+        self.metrics.forwarded += 1
+
+        def work() -> None:
+            try:
+                got = fwd.relay(raw, tcp)
+                if got is None:
+                    self.metrics.count(qtype, int(Rcode.SERVFAIL))
+                    reply(plain_response(query, Rcode.SERVFAIL, ra))
+                else:
+                    self.metrics.count(qtype, got[3] & 0xF)
+                    reply(got)
+            except Exception:
+                self.metrics.errors += 1
+                log.exception("forwarding %s failed", query.question.name)
+
+        self._pool.submit(work)
+        return None
+
+
+def _udp_reply(send: Callable[[bytes, tuple[str, int]], int],
+               addr: tuple[str, int]) -> Reply:
+    def reply(data: bytes) -> None:
+        send(data, addr)
+    return reply
+
+
+def _requery(query: Query) -> bytes:
+    """The query as dnsd relays it: same ID, RD, question and EDNS shape."""
+    flags = query.flags & 0x0110  # RD and CD
+    opt = b""
+    if query.edns is not None:
+        opt = b"\x00" + struct.pack("!HHBBHH", 41, 1232, 0, 0,
+                                    0x8000 if query.edns.do else 0, 0)
+    return struct.pack("!HHHHHH", query.ident, flags, 1, 0, 0, 1 if opt else 0) + \
+        query.question_wire + opt
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
