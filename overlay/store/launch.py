@@ -1,8 +1,8 @@
 """Start a store process for tests, benchmarks and the sandbox: Debian's etcd.
 
 ``start_etcd`` runs a single-member etcd on loopback with its own data dir and
-waits until it answers. The embedded server's launcher lives beside it
-(``start_embedded``, added with the server). Both return a ``StoreProcess`` whose
+waits until it answers; ``start_embedded`` does the same for weft's embedded
+server (``weftctl store serve``). Both return a ``StoreProcess`` whose
 ``stop()`` kills it and whose ``endpoint`` is the client URL.
 """
 
@@ -12,6 +12,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,9 @@ class StoreProcess:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    tls: bool = False
 
     def stop(self, kill: bool = False) -> None:
         if self.proc.poll() is None:
@@ -84,4 +87,36 @@ def start_etcd(data_dir: Path, host: str = "127.0.0.1", port: int = 0,
     if netns is None and not wait_tcp(host, port, 15):
         sp.stop(kill=True)
         raise RuntimeError(f"etcd did not start on {client_url} (log: {log})")
+    return sp
+
+
+def start_embedded(data_dir: Path, host: str = "127.0.0.1", port: int = 0,
+                   log: Path | None = None, netns: str | None = None,
+                   tls: tuple[Path, Path, Path | None] | None = None,
+                   extra: tuple[str, ...] = ()) -> StoreProcess:
+    """Run ``weftctl store serve`` (this interpreter) and wait until its port answers.
+
+    ``tls`` is (cert, key, trusted CA or None); ``extra`` adds serve flags.
+    In a netns the caller waits for readiness (loopback here cannot see it).
+    """
+    port = port or free_port(host)
+    argv = [sys.executable, "-m", "overlay.cli.weftctl", "store", "serve",
+            "--listen", f"{host}:{port}", "--data-dir", str(data_dir), *extra]
+    if tls:
+        argv += ["--cert-file", str(tls[0]), "--key-file", str(tls[1])]
+        if tls[2]:
+            argv += ["--trusted-ca-file", str(tls[2])]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=Path(__file__).resolve().parents[2])
+    finally:
+        if not isinstance(out, int):
+            out.close()
+    sp = StoreProcess(proc, host, port, data_dir, tls=tls is not None)
+    if netns is None and not wait_tcp(host, port, 15):
+        sp.stop(kill=True)
+        raise RuntimeError(f"embedded store did not start on {host}:{port} (log: {log})")
     return sp

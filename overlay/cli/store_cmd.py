@@ -1,0 +1,122 @@
+"""weftctl store: run the embedded etcd-compatible store (``serve``) and query a store (``status``).
+
+``weftctl store serve --listen 127.0.0.1:2379 --data-dir DIR`` serves etcd's v3
+gRPC API subset weft uses; with ``--cert-file/--key-file`` it serves TLS and
+with ``--trusted-ca-file`` it also requires client certificates (etcd's flag
+names and rules). ``weftctl store status`` prints Maintenance Status of the
+first answering endpoint, for the embedded server and real etcd alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    store = subparsers.add_parser("store", help="the cluster store (embedded etcd v3 server)")
+    sub = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
+    store.set_defaults(func=lambda _a: (store.print_help(), 2)[1])
+
+    serve = sub.add_parser("serve", help="run the embedded etcd-v3-compatible store")
+    serve.add_argument("--listen", "-listen", "--listen-client-urls", default="127.0.0.1:2379",
+                       help="HOST:PORT or http(s)://HOST:PORT to serve on "
+                            "[default 127.0.0.1:2379; loopback unless told otherwise]")
+    serve.add_argument("--data-dir", "-data-dir", required=True, type=Path,
+                       help="directory for the store's SQLite database (created if missing)")
+    serve.add_argument("--cert-file", "-cert-file", type=Path, help="TLS server certificate")
+    serve.add_argument("--key-file", "-key-file", type=Path, help="TLS server key")
+    serve.add_argument("--trusted-ca-file", "-trusted-ca-file", type=Path,
+                       help="CA for client certificates; when given, clients must present one")
+    serve.add_argument("--retain-revisions", "-retain-revisions", type=int, default=10_000,
+                       help="history kept for watches; older revisions are compacted "
+                            "[default 10000]")
+    serve.set_defaults(func=serve_main)
+
+    status = sub.add_parser("status", help="Maintenance Status of a store (embedded or etcd)")
+    status.add_argument("--etcd-endpoints", "-etcd-endpoints", default="http://127.0.0.1:2379",
+                        help="comma list of store URLs [default http://127.0.0.1:2379]")
+    status.add_argument("--etcd-cafile", "-etcd-cafile", default=None)
+    status.add_argument("--etcd-certfile", "-etcd-certfile", default=None)
+    status.add_argument("--etcd-keyfile", "-etcd-keyfile", default=None)
+    status.set_defaults(func=status_main)
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    from overlay.store.server import EmbeddedServer, TLSFiles, parse_listen
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as e:
+        print(f"weftctl store serve: {e}", file=sys.stderr)
+        return 2
+    tls = None
+    if args.cert_file or args.key_file:
+        if not (args.cert_file and args.key_file):
+            print("weftctl store serve: --cert-file and --key-file go together", file=sys.stderr)
+            return 2
+        tls = TLSFiles(args.cert_file, args.key_file, args.trusted_ca_file)
+    elif args.trusted_ca_file:
+        print("weftctl store serve: --trusted-ca-file needs --cert-file/--key-file",
+              file=sys.stderr)
+        return 2
+    if args.retain_revisions < 1:
+        print("weftctl store serve: --retain-revisions must be >= 1", file=sys.stderr)
+        return 2
+    server = EmbeddedServer(args.data_dir, host, port, tls, retain=args.retain_revisions)
+    try:
+        asyncio.run(_serve(server))
+    except OSError as e:
+        print(f"weftctl store serve: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(server: Any) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+        log.info("store: stopping (revision %d)", server.state.revision)
+    finally:
+        await server.stop()
+
+
+def status_main(args: argparse.Namespace) -> int:
+    from overlay.store.api import StoreConfig, StoreError
+
+    try:
+        cfg = StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
+                                    args.etcd_keyfile)
+        st = asyncio.run(_status(cfg))
+    except (StoreError, ValueError) as e:
+        print(f"weftctl store status: {e}", file=sys.stderr)
+        return 1
+    print(f"endpoint:   {st.endpoint}")
+    print(f"version:    {st.version}")
+    print(f"revision:   {st.revision}")
+    print(f"db size:    {st.db_size}")
+    print(f"member id:  {st.member_id:x}")
+    print(f"leader:     {st.leader:x}")
+    print(f"raft index: {st.raft_index}  term: {st.raft_term}")
+    return 0
+
+
+async def _status(cfg: Any) -> Any:
+    from overlay.store.client import connect
+
+    store = await connect(cfg)
+    try:
+        return await store.status()
+    finally:
+        await store.close()
