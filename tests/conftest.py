@@ -40,3 +40,23 @@ def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
         yield proc.endpoint
     finally:
         proc.stop(kill=True)
+
+
+@pytest.fixture(scope="session")
+def embedded_endpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """weft's embedded store (`weftctl store serve`) as a process on a random loopback port."""
+    from overlay.store.launch import start_embedded
+
+    tmp = tmp_path_factory.mktemp("embedded")
+    proc = start_embedded(tmp / "data", log=tmp / "store.log")
+    try:
+        yield proc.endpoint
+    finally:
+        proc.stop(kill=True)
+
+
+@pytest.fixture(params=["embedded", "etcd"])
+def store_endpoint(request: pytest.FixtureRequest) -> str:
+    """URL of a store, once per kind: the embedded server, then a real etcd (session-wide)."""
+    url: str = request.getfixturevalue(f"{request.param}_endpoint")
+    return url
