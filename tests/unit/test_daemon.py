@@ -1,0 +1,339 @@
+"""flanneld's control loop on MemoryStore + fake clock + fake backend: no sleeps, no root."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import ipaddress
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlay import subnetfile
+from overlay.backend.base import Backend, ExternalInterface, ReconcileReport
+from overlay.config import DaemonConfig, NetworkConfig
+from overlay.daemon import Flanneld
+from overlay.health import respond
+from overlay.lease.model import Lease, decode_lease, encode_lease, subnet_key
+from overlay.store.clock import FakeClock
+from overlay.store.memory import MemoryStore
+
+A = ipaddress.IPv4Address
+N = ipaddress.IPv4Network
+PREFIX = "/coreos.com/network"
+CONFIG = f"{PREFIX}/config".encode()
+GOOD = b'{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
+
+
+class FakeTimer:
+    """``sleep`` for the daemon: wakes only when the test ``advance``s the fake clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    async def sleep(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._heap, (self.clock.monotonic() + seconds, self._seq, fut))
+        await fut
+
+    async def advance(self, seconds: float) -> None:
+        target = self.clock.monotonic() + seconds
+        while True:
+            await settle()
+            while self._heap and self._heap[0][2].done():
+                heapq.heappop(self._heap)
+            if not self._heap or self._heap[0][0] > target:
+                break
+            when, _, fut = heapq.heappop(self._heap)
+            self.clock.advance(max(0.0, when - self.clock.monotonic()))
+            fut.set_result(None)
+        self.clock.advance(max(0.0, target - self.clock.monotonic()))
+        await settle()
+
+
+async def settle() -> None:
+    for _ in range(30):
+        await asyncio.sleep(0)
+
+
+async def until(pred: Callable[[], bool], what: str, within: float = 3.0) -> None:
+    deadline = time.monotonic() + within
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+class FakeBackend:
+    """Records what the daemon asks of a data path."""
+
+    def __init__(self, name: str = "vxlan") -> None:
+        self.name = name
+        self.attached: list[Lease] = []
+        self.programmed: dict[N, Lease] = {}
+        self.reconciles = 0
+
+    @property
+    def mtu(self) -> int:
+        return 1450
+
+    async def prepare(self) -> Mapping[str, Any]:
+        return {"VNI": 1, "VtepMAC": "0e:00:00:00:00:aa"}
+
+    async def attach(self, own: Lease) -> None:
+        self.attached.append(own)
+
+    async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+        new = {p.subnet: p for p in peers}
+        added = len(set(new) - set(self.programmed))
+        removed = len(set(self.programmed) - set(new))
+        self.programmed = new
+        self.reconciles += 1
+        return ReconcileReport(added, removed, 0, (), len(new))
+
+    async def close(self) -> None:
+        pass
+
+
+_: Backend = FakeBackend()
+
+
+def ext(ip: str = "198.18.0.11") -> ExternalInterface:
+    return ExternalInterface("eth0", 2, A(ip), A(ip), 1500)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.clock = FakeClock()
+        self.timer = FakeTimer(self.clock)
+        self.store = MemoryStore(self.clock)
+        self.tmp = tmp_path
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def daemon(self, ip: str = "198.18.0.11", seed: int = 1, ttl: int = 30,
+               backend: FakeBackend | None = None, name: str = "h") -> tuple[Flanneld,
+                                                                             FakeBackend]:
+        be = backend or FakeBackend()
+
+        def factory(cfg: NetworkConfig, e: ExternalInterface) -> Backend:
+            return be
+
+        cfg = DaemonConfig(subnet_file=self.tmp / name / "subnet.env", lease_ttl=ttl)
+        d = Flanneld(cfg, self.store, ext(ip), factory, rng=random.Random(seed),
+                     sleep=self.timer.sleep)
+        return d, be
+
+    def start(self, d: Flanneld) -> asyncio.Task[None]:
+        task = asyncio.create_task(d.run())
+        self.tasks.append(task)
+        return task
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def key(self, subnet: N) -> Lease | None:
+        kv = await self.store.get(subnet_key(PREFIX, subnet).encode())
+        if kv is None:
+            return None
+        return decode_lease(kv.key.decode(), kv.value, kv.lease, kv.mod_revision)
+
+    async def put_peer(self, subnet: str, ip: str, btype: str = "vxlan",
+                       raw: bytes | None = None) -> None:
+        value = raw if raw is not None else encode_lease(
+            Lease(N(subnet), A(ip), btype, {"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"}))
+        await self.store.put(subnet_key(PREFIX, N(subnet)).encode(), value)
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    for task in harness.tasks:
+        await harness.stop(task)
+
+
+async def ready(h: Harness, d: Flanneld) -> None:
+    await until(lambda: d.health.ready, "flanneld ready")
+
+
+async def test_waits_for_config_then_picks_it_up(h: Harness,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "overlay.daemon")
+    d, be = h.daemon()
+    h.start(d)
+    await h.timer.advance(5)
+    assert not d.health.ready and respond(d.health, "/readyz")[0] == 503
+    await h.store.put(CONFIG, b"{not json")
+    await until(lambda: "invalid network config" in caplog.text, "invalid-config log")
+    await h.store.put(CONFIG, b'{"Network":"10.244.0.0/30"}')
+    await until(lambda: "too small" in caplog.text, "too-small log")
+    await h.store.put(CONFIG, b'{"Network":"10.244.0.0/16","Backend":{"Type":"nope"}}')
+    await until(lambda: "unknown backend type" in caplog.text, "unknown-backend log")
+    await h.timer.advance(10)  # ten retries: still one message per distinct problem
+    assert caplog.text.count("unknown backend type") == 1
+    assert caplog.text.count("no network config") == 1
+    assert not d.health.ready
+    await h.store.put(CONFIG, GOOD)
+    await ready(h, d)
+    own = d.own
+    assert own is not None and own.subnet.subnet_of(N("10.244.0.0/16"))
+    env = subnetfile.read(h.tmp / "h" / "subnet.env")
+    assert (env.subnet, env.mtu, env.network) == (own.subnet, 1450, N("10.244.0.0/16"))
+    stored = await h.key(own.subnet)
+    assert stored is not None and stored.public_ip == A("198.18.0.11")
+    assert stored.backend_type == "vxlan" and stored.backend_data["VtepMAC"] == \
+        "0e:00:00:00:00:aa"
+    assert be.attached == [own]
+    assert respond(d.health, "/readyz")[0] == 200
+
+
+async def test_renewal_keeps_the_same_lease(h: Harness) -> None:
+    await h.store.put(CONFIG, GOOD)
+    d, _ = h.daemon(ttl=30)
+    h.start(d)
+    await ready(h, d)
+    own = d.own
+    assert own is not None
+    await h.timer.advance(300)  # ten lease lifetimes
+    stored = await h.key(own.subnet)
+    assert stored is not None and stored.lease_id == own.lease_id
+    assert d.health.lease_renewals_total >= 25
+    assert (await h.store.time_to_live(own.lease_id)).ttl > 0
+
+
+async def test_lease_expires_without_flanneld(h: Harness) -> None:
+    await h.store.put(CONFIG, GOOD)
+    d, _ = h.daemon(ttl=30)
+    task = h.start(d)
+    await ready(h, d)
+    own = d.own
+    assert own is not None
+    await h.stop(task)
+    h.clock.advance(31)
+    h.store.expire_leases()
+    assert await h.key(own.subnet) is None
+
+
+@pytest.mark.parametrize("how", ["delete-key", "revoke-lease"])
+async def test_vanished_lease_is_reacquired_same_subnet(
+        h: Harness, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "overlay.daemon")
+    await h.store.put(CONFIG, GOOD)
+    d, _be = h.daemon()
+    h.start(d)
+    await ready(h, d)
+    own = d.own
+    assert own is not None
+    if how == "delete-key":
+        await h.store.delete(subnet_key(PREFIX, own.subnet).encode())
+    else:
+        await h.store.revoke(own.lease_id)
+    await until(lambda: "lost" in caplog.text, "the lost-lease log")
+    await h.timer.advance(11)  # the renew loop may notice on its next tick
+    await until(lambda: d.own is not None and d.own.lease_id != own.lease_id, "re-acquired")
+    stored = await h.key(own.subnet)
+    assert stored is not None and stored.public_ip == own.public_ip
+    assert d.own is not None and d.own.subnet == own.subnet
+    assert d.health.lease_acquisitions_total == 2
+    await h.timer.advance(60)  # and it is renewed from then on
+    assert await h.key(own.subnet) is not None
+
+
+async def test_peers_programmed_and_bad_leases_ignored(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "overlay.daemon")
+    await h.store.put(CONFIG, GOOD)
+    await h.put_peer("10.244.50.0/24", "198.18.0.12")  # present before start
+    d, be = h.daemon()
+    h.start(d)
+    await ready(h, d)
+    assert set(be.programmed) == {N("10.244.50.0/24")}
+    await h.put_peer("10.244.51.0/24", "198.18.0.13")
+    await h.put_peer("10.244.52.0/24", "198.18.0.14", raw=b"this is not json")
+    await h.put_peer("10.244.53.0/24", "198.18.0.15", btype="ipsec")
+    await h.put_peer("10.244.54.0/24", "", raw=json.dumps({"PublicIP": "x"}).encode())
+    await until(lambda: N("10.244.51.0/24") in be.programmed, "peer 51 programmed")
+    await until(lambda: d.health.malformed_leases_total == 2, "malformed counted")
+    await settle()
+    assert set(be.programmed) == {N("10.244.50.0/24"), N("10.244.51.0/24")}
+    assert "not JSON" in caplog.text and "backend type 'ipsec'" in caplog.text
+    await h.store.delete(subnet_key(PREFIX, N("10.244.50.0/24")).encode())
+    await until(lambda: N("10.244.50.0/24") not in be.programmed, "peer 50 removed")
+    assert d.health.leases_known == 3  # own, 51, 53 (ipsec is valid, just not ours)
+
+
+async def test_restart_reuses_lease_by_public_ip(h: Harness) -> None:
+    await h.store.put(CONFIG, GOOD)
+    d1, _ = h.daemon(seed=1)
+    t1 = h.start(d1)
+    await ready(h, d1)
+    first = d1.own
+    await h.stop(t1)
+    d2, _ = h.daemon(seed=99)
+    h.start(d2)
+    await ready(h, d2)
+    assert first is not None and d2.own is not None and d2.own.subnet == first.subnet
+
+
+async def test_previous_subnet_from_subnet_file(h: Harness) -> None:
+    await h.store.put(CONFIG, GOOD)
+    path = h.tmp / "h" / "subnet.env"
+    subnetfile.write(path, subnetfile.SubnetEnv(N("10.244.0.0/16"), N("10.244.77.0/24"),
+                                                1450, False))
+    d, _ = h.daemon(ip="198.18.0.99")
+    h.start(d)
+    await ready(h, d)
+    assert d.own is not None and d.own.subnet == N("10.244.77.0/24")
+
+
+async def test_network_full_waits_then_acquires(h: Harness,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    await h.store.put(CONFIG, b'{"Network":"10.9.0.0/28"}')  # /30s: .4 .8 .12
+    for i, sub in enumerate(("10.9.0.4/30", "10.9.0.8/30", "10.9.0.12/30")):
+        await h.put_peer(sub, f"198.18.0.{20 + i}")
+    d, _ = h.daemon()
+    h.start(d)
+    await until(lambda: "network full" in caplog.text, "network-full log")
+    await h.timer.advance(10)
+    assert not d.health.ready and caplog.text.count("network full") == 1
+    await h.store.delete(subnet_key(PREFIX, N("10.9.0.8/30")).encode())
+    await h.timer.advance(10)
+    await ready(h, d)
+    assert d.own is not None and d.own.subnet == N("10.9.0.8/30")
+
+
+async def test_concurrent_daemons_with_same_seed_get_distinct_subnets(h: Harness) -> None:
+    await h.store.put(CONFIG, b'{"Network":"10.9.0.0/24"}')  # 3 free /26s
+    daemons = [h.daemon(ip=f"198.18.0.{11 + i}", seed=7, name=f"h{i}")[0] for i in range(3)]
+    for d in daemons:
+        h.start(d)
+    for d in daemons:
+        await ready(h, d)
+    subnets = {d.own.subnet for d in daemons if d.own}
+    assert len(subnets) == 3
+
+
+async def test_metrics_exposed(h: Harness) -> None:
+    await h.store.put(CONFIG, GOOD)
+    await h.put_peer("10.244.50.0/24", "198.18.0.12")
+    d, _ = h.daemon()
+    h.start(d)
+    await ready(h, d)
+    status, _, body = respond(d.health, "/metrics")
+    assert status == 200
+    for line in ("weft_leases_known 2", "weft_peers_programmed 1",
+                 "weft_reconcile_errors_total 0", "weft_lease_renewals_total 0", "weft_ready 1"):
+        assert line in body.splitlines()
+    assert respond(d.health, "/healthz")[0] == 200
