@@ -1,0 +1,110 @@
+"""vxlan backend on the netns testbed: kernel state as flannel's, traffic, capture, restart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from overlay.backend.plan import derive_vtep_mac
+from overlay.testbed import Testbed, open_testbed
+from tests.integration.test_backend_harness import cluster, ip_show, ping_matrix
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(150)]
+
+HOSTS = ["h1", "h2", "h3"]
+
+SNIFFER = """
+import json, sys
+from scapy.all import sniff
+from scapy.layers.inet import IP, UDP
+from scapy.layers.vxlan import VXLAN
+pkts = sniff(iface="ul0", filter="udp", timeout=float(sys.argv[1]), count=int(sys.argv[2]),
+             started_callback=lambda: print("ready", flush=True))
+out = [[p[IP].src, p[IP].dst, p[UDP].dport, p[VXLAN].vni if VXLAN in p else None,
+        p[VXLAN].payload.payload.src if VXLAN in p and IP in p[VXLAN].payload else None]
+       for p in pkts if UDP in p]
+print(json.dumps(out), flush=True)
+"""
+
+
+def start_sniffer(tb: Testbed, timeout: float, count: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(["ip", "netns", "exec", tb.underlay_ns, sys.executable, "-c",
+                             SNIFFER, str(timeout), str(count)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        raise AssertionError(f"sniffer did not start: {line!r} {proc.stderr.read()!r}")  # type: ignore[union-attr]
+    return proc
+
+
+def test_vxlan_three_hosts(tmp_path: Path) -> None:
+    with open_testbed(3) as tb, cluster(tb, "vxlan", log_dir=tmp_path) as c:
+        for name in HOSTS:
+            c.start(name)
+        reports = c.reconcile_all()
+        for name, r in reports.items():
+            assert (r["added"], r["peers"], r["errors"]) == (2, 2, []), (name, r)
+
+        # -- kernel state exactly as DESIGN.md §4 / flannel --------------------
+        mac1 = derive_vtep_mac(tb.hosts["h1"].ip, 1)
+        mac2 = derive_vtep_mac(tb.hosts["h2"].ip, 1)
+        assert c.hosts["h1"].lease.backend_data == {"VNI": 1, "VtepMAC": mac1}
+        link = ip_show(tb, "h1", "ip", "-d", "link", "show", "flannel.1")
+        for needle in ("mtu 1450", f"link/ether {mac1}", "vxlan id 1 local 198.18.0.11 dev eth0",
+                       "dstport 8472", "nolearning"):
+            assert needle in link, (needle, link)
+        assert "inet 10.244.1.0/32" in ip_show(tb, "h1", "ip", "-4", "addr", "show", "flannel.1")
+        routes = ip_show(tb, "h1", "ip", "route")
+        assert "10.244.2.0/24 via 10.244.2.0 dev flannel.1 proto 87 onlink" in routes
+        assert "10.244.3.0/24 via 10.244.3.0 dev flannel.1 proto 87 onlink" in routes
+        assert f"10.244.2.0 lladdr {mac2} PERMANENT" in ip_show(
+            tb, "h1", "ip", "neigh", "show", "dev", "flannel.1")
+        assert f"{mac2} dst 198.18.0.12 self permanent" in ip_show(
+            tb, "h1", "bridge", "fdb", "show", "dev", "flannel.1")
+
+        # -- traffic, captured on the underlay ----------------------------------
+        sniffer = start_sniffer(tb, timeout=10, count=12)
+        try:
+            assert ping_matrix(tb, HOSTS) == []
+            out, err = sniffer.communicate(timeout=20)
+        finally:
+            if sniffer.poll() is None:
+                sniffer.kill()
+                sniffer.wait()
+        pkts = json.loads(out.strip().splitlines()[-1])
+        vx = [p for p in pkts if p[2] == 8472]
+        assert vx, f"no VXLAN on UDP 8472 seen on the underlay: {pkts} {err}"
+        assert {p[3] for p in vx} == {1}
+        assert {p[0] for p in vx} <= {"198.18.0.11", "198.18.0.12", "198.18.0.13"}
+        assert any(p[4] and p[4].startswith("10.244.") for p in vx)
+
+        # -- restart: same MAC, nothing reprogrammed, no blip --------------------
+        c.stop("h1")
+        again = c.start("h1")
+        assert again.lease.backend_data["VtepMAC"] == mac1
+        r = c.reconcile("h1")
+        assert (r["added"], r["removed"], r["changed"], r["errors"]) == (0, 0, 0, [])
+
+        # -- flannel.1 deleted behind our back: the next pass recreates it ------------
+        tb.exec(tb.hosts["h2"].netns, ["ip", "link", "del", "flannel.1"])
+        r = c.reconcile("h2")
+        assert r["added"] == 2 and r["errors"] == []
+        assert f"link/ether {mac2}" in ip_show(tb, "h2", "ip", "link", "show", "flannel.1")
+        assert ping_matrix(tb, HOSTS) == []
+
+
+def test_vxlan_direct_routing(tmp_path: Path) -> None:
+    with open_testbed(2) as tb, cluster(tb, "vxlan", {"DirectRouting": True}, tmp_path) as c:
+        for name in ("h1", "h2"):
+            c.start(name)
+        c.reconcile_all()
+        routes = ip_show(tb, "h1", "ip", "route")
+        assert "10.244.2.0/24 via 198.18.0.12 dev eth0 proto 87" in routes, routes
+        assert ip_show(tb, "h1", "bridge", "fdb", "show", "dev", "flannel.1").strip() == ""
+        assert ping_matrix(tb, ["h1", "h2"]) == []
