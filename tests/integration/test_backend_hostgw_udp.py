@@ -1,0 +1,65 @@
+"""host-gw and udp backends on the netns testbed: pings across three hosts, cleanup, refusal."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from overlay.backend.base import BackendError
+from overlay.backend.registry import DriverProcess
+from overlay.testbed import open_testbed
+from tests.integration.test_backend_harness import cluster, ip_show, ping_matrix
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+HOSTS = ["h1", "h2", "h3"]
+
+
+def test_hostgw_three_hosts(tmp_path: Path) -> None:
+    with open_testbed(3) as tb, cluster(tb, "host-gw", log_dir=tmp_path) as c:
+        for name in HOSTS:
+            c.start(name)
+        for name, r in c.reconcile_all().items():
+            assert (r["added"], r["errors"]) == (2, []), (name, r)
+        assert c.hosts["h1"].mtu == 1500
+        routes = ip_show(tb, "h1", "ip", "route")
+        assert "10.244.2.0/24 via 198.18.0.12 dev eth0 proto 87" in routes
+        assert "10.244.3.0/24 via 198.18.0.13 dev eth0 proto 87" in routes
+        assert ping_matrix(tb, HOSTS) == []
+        # a route someone else made is never touched; a gone peer's route is removed
+        tb.exec(tb.hosts["h1"].netns, ["ip", "route", "add", "10.99.0.0/24", "via", "198.18.0.1"])
+        c.stop("h3")
+        r = c.reconcile("h1")
+        assert r["removed"] == 1 and r["errors"] == []
+        routes = ip_show(tb, "h1", "ip", "route")
+        assert "10.244.3.0/24" not in routes and "10.99.0.0/24 via 198.18.0.1" in routes
+
+
+def test_hostgw_refuses_public_ip_not_on_interface() -> None:
+    with open_testbed(1) as tb:
+        d = DriverProcess(tb.hosts["h1"].netns, "host-gw", "eth0", public_ip="203.0.113.7",
+                          python=sys.executable)
+        try:
+            with pytest.raises(BackendError, match=r"203\.0\.113\.7 is not an address of eth0"):
+                d.call({"op": "prepare"})
+        finally:
+            d.stop()
+
+
+def test_udp_three_hosts(tmp_path: Path) -> None:
+    with open_testbed(3) as tb, cluster(tb, "udp", log_dir=tmp_path) as c:
+        for name in HOSTS:
+            c.start(name)
+        assert c.hosts["h1"].lease.backend_type == ""  # as flannel publishes udp leases
+        for name, r in c.reconcile_all().items():
+            assert (r["peers"], r["errors"]) == (2, []), (name, r)
+        assert c.hosts["h1"].mtu == 1472
+        assert "10.244.0.0/16 dev flannel0 proto 87" in ip_show(tb, "h1", "ip", "route")
+        assert "inet 10.244.1.0/32" in ip_show(tb, "h1", "ip", "-4", "addr", "show", "flannel0")
+        assert ping_matrix(tb, HOSTS) == []
+        # a large packet (MTU-sized) goes through whole
+        h1c = tb.containers["h1/c"].netns
+        assert tb.exec(h1c, ["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1444",
+                             "10.244.2.2"], check=False).returncode == 0
