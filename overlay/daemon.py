@@ -212,7 +212,8 @@ class Flanneld:
         attempt = 0
         while True:
             try:
-                got = await self.leases.acquire(config, self.ext.public_ip, backend.name, data,
+                got = await self.leases.acquire(config, self.ext.public_ip,
+                                                lease_backend_type(backend.name), data,
                                                 previous)
             except (NetworkFullError, StoreError) as exc:
                 if str(exc) != last_error:
@@ -425,6 +426,11 @@ class Flanneld:
                     log.warning("masquerade rules were missing or altered; restored")
             except Exception as exc:  # boundary: a failed nft run must not kill the daemon
                 log.error("checking masquerade rules failed: %s", exc)
+
+
+def lease_backend_type(name: str) -> str:
+    """The BackendType a lease of backend ``name`` carries: flannel's udp leaves it empty."""
+    return "" if name == "udp" else name
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:

@@ -129,7 +129,8 @@ def make_backend(config: NetworkConfig, ext: ExternalInterface) -> Backend:
         registry = importlib.import_module("overlay.backend.registry")
     except ModuleNotFoundError as exc:
         raise BackendError(f"no data path available ({exc})") from None
-    backend: Backend = registry.make_backend(config.backend_type, config.backend, ext)
+    backend: Backend = registry.make_backend(config.backend_type, config.backend, ext,
+                                             network=config.network)
     return backend
 
 
