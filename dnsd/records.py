@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_HOST_LABEL = re.compile(r"[a-z0-9_*]([a-z0-9_*-]{0,61}[a-z0-9_*])?")
 
 
 class RecordError(ValueError):
@@ -96,7 +99,8 @@ def decode(key: str, raw: bytes) -> Service:
     ip = parse_ip(host) if host else None
     if host and ip is None:
         host = host.rstrip(".").lower()
-        if not host or any(not 0 < len(lab) < 64 for lab in host.split(".")):
+        if not host or len(host) > 253 or \
+                any(not _HOST_LABEL.fullmatch(lab) for lab in host.split(".")):
             raise RecordError(key, f"host {data.get('host')!r} is neither an IP nor a name")
     return Service(key=key, host=str(ip) if ip else host, text=text, mail=mail,
                    group=group, ip=ip, **ints)
