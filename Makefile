@@ -8,7 +8,7 @@ PY := .venv/bin/python
 UV = $$(command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
 APT_PACKAGES := etcd-server etcd-client iproute2 nftables bind9-dnsutils iperf3 dnsperf \
 	containernetworking-plugins knot tcpdump iputils-ping procps psmisc kmod \
-	shellcheck ruby systemd
+	shellcheck ruby systemd vagrant make
 PYTEST_ARGS ?=
 
 .PHONY: deps apt python lint test demo bench clean
