@@ -105,6 +105,17 @@ class CniDriver:
         proc.stdin.close()
         return proc
 
+    @staticmethod
+    def collect(proc: subprocess.Popen[bytes], timeout: float = 120) -> Exec:
+        """Wait for a ``popen``'d plugin; its stdin is already closed."""
+        assert proc.stdout is not None and proc.stderr is not None
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        proc.wait(timeout)
+        proc.stdout.close()
+        proc.stderr.close()
+        return Exec(proc.returncode, out.decode(), err.decode())
+
     def plugin_conf(self, plugin: dict[str, Any], cap_args: dict[str, Any] | None,
                     prev: dict[str, Any] | None, extra: dict[str, Any] | None = None,
                     ) -> dict[str, Any]:

@@ -1,0 +1,150 @@
+"""Many ADDs at once, and kill -9 in the middle of ADD followed by GC."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from overlay.testbed import Testbed, open_testbed
+from tests.cnidriver import (
+    CniDriver,
+    host_links,
+    install_weft,
+    ipam_files,
+    nft_ruleset,
+    weft_conflist,
+    write_subnet_env,
+)
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[tuple[Testbed, CniDriver, Path]]:
+    with open_testbed(1) as tb:
+        bin_dir = tmp_path / "bin"
+        install_weft(bin_dir)
+        write_subnet_env(tmp_path / "subnet.env", subnet="10.244.5.1/24")
+        conf = weft_conflist(tmp_path, ipMasq=True)
+        d = CniDriver(conf, [str(bin_dir)], tb.hosts["h1"].netns, tmp_path / "cache",
+                      timeout=120)
+        yield tb, d, tmp_path
+
+
+def _env(cmd: str, cid: str, netns: str) -> dict[str, str]:
+    return {"CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_NETNS": netns,
+            "CNI_IFNAME": "eth0"}
+
+
+def _veths(netns: str) -> list[str]:
+    return sorted(n for n in host_links(netns) if n.startswith("veth"))
+
+
+def test_100_parallel_adds_then_dels_leave_nothing(bed: tuple[Testbed, CniDriver, Path]
+                                                   ) -> None:
+    tb, d, tmp = bed
+    host = tb.hosts["h1"].netns
+    n = 100
+    nss = [tb.add_container("h1", f"p{i}").netns_path for i in range(n)]
+    conf = d.plugin_conf(d.conflist["plugins"][0], None, None)
+    procs = [d.popen("weft", _env("ADD", f"par{i}", nss[i]), conf) for i in range(n)]
+    results = []
+    for i, p in enumerate(procs):
+        res = d.collect(p)
+        assert res.rc == 0, (i, res)
+        results.append(json.loads(res.stdout))
+    addrs = [r["ips"][0]["address"] for r in results]
+    assert len(set(addrs)) == n, "duplicate addresses handed out"
+    assert "10.244.5.1/24" not in addrs
+    assert len(ipam_files(tmp)) == n
+    assert len(_veths(host)) == n
+    masq = nft_ruleset(host)
+    assert all(a.split("/")[0] in masq for a in addrs)
+    # every container really has its address
+    for ns, a in zip(nss[:5], addrs[:5], strict=True):
+        out = subprocess.run(["ip", "-n", ns.rsplit("/", 1)[1], "-4", "addr", "show", "eth0"],
+                             capture_output=True, text=True).stdout
+        assert a in out
+    procs = [d.popen("weft", _env("DEL", f"par{i}", nss[i]), conf) for i in range(n)]
+    for i, p in enumerate(procs):
+        res = d.collect(p)
+        assert res.rc == 0, (i, res)
+    assert ipam_files(tmp) == []
+    assert _veths(host) == []
+    assert "weft-" not in nft_ruleset(host), "masquerade rules left behind"
+
+
+STEPS = [
+    # step, what must be visible before the kill
+    ("allocated", "file"),
+    ("veth", "veth"),
+    ("addressed", "addr"),
+]
+
+
+def _wait(cond: object, what: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {within}s waiting for {what}")
+
+
+def test_kill_9_mid_add_then_gc_keeps_exactly_survivors(
+        bed: tuple[Testbed, CniDriver, Path]) -> None:
+    tb, d, tmp = bed
+    host = tb.hosts["h1"].netns
+    survivors = []
+    for i in range(3):
+        ns = tb.add_container("h1", f"s{i}").netns_path
+        res = d.add(f"keep{i}", ns)
+        survivors.append((f"keep{i}", ns, res))
+    conf = d.plugin_conf(d.conflist["plugins"][0], None, None)
+    crashed_ns = []
+    for step, _ in STEPS:
+        ns = tb.add_container("h1", f"k{step}").netns_path
+        crashed_ns.append(ns)
+        before_files = len(ipam_files(tmp))
+        before_veths = len(_veths(host))
+        env = {**_env("ADD", f"crash-{step}", ns), "WEFT_CNI_TESTING": "1",
+               "WEFT_CNI_TEST_PAUSE_AT": f"{step}:60"}
+        p = d.popen("weft", env, conf)
+        if step == "allocated":
+            _wait(lambda b=before_files: len(ipam_files(tmp)) > b, "the allocation")
+            time.sleep(0.05)
+        elif step == "veth":
+            _wait(lambda b=before_veths: len(_veths(host)) > b, "the host veth")
+            time.sleep(0.05)
+        else:
+            nsname = ns.rsplit("/", 1)[1]
+            _wait(lambda n=nsname: "10.244.5." in subprocess.run(
+                ["ip", "-n", n, "-4", "addr"], capture_output=True, text=True).stdout,
+                "the container address")
+            # routes are added right after the address; give them a moment
+            time.sleep(0.2)
+        p.kill()
+        assert d.collect(p, timeout=10).rc == -9
+    assert len(ipam_files(tmp)) == 6  # 3 survivors + 3 leaked by the crashes
+    errors = d.gc([(cid, "eth0") for cid, _, _ in survivors])
+    assert errors == []
+    keep_ips = sorted(r["ips"][0]["address"].split("/")[0] for _, _, r in survivors)
+    assert ipam_files(tmp) == keep_ips
+    assert _veths(host) == sorted(r["interfaces"][1]["name"] for _, _, r in survivors)
+    for ns in crashed_ns:
+        links = host_links(ns.rsplit("/", 1)[1])
+        assert "eth0" not in links, ns
+    masq = nft_ruleset(host)
+    assert all(ip in masq for ip in keep_ips)
+    # the survivors still work
+    for cid, ns, _ in survivors:
+        d.check(cid, ns)
+    # a GC with no valid attachments frees everything, rules included
+    assert d.gc([]) == []
+    assert ipam_files(tmp) == [] and _veths(host) == []
+    assert "weft-" not in nft_ruleset(host)
