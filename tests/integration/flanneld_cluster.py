@@ -1,0 +1,141 @@
+"""A test cluster of real flanneld processes on the netns testbed, with the store in the underlay.
+
+Shared by tests/integration/test_flanneld*.py and bench/overlay.py. The store
+(real etcd or weft's embedded server) listens on the underlay namespace's
+address 198.18.0.1, which every host reaches over the testbed bridge; nothing
+binds in the root namespace. Every process runs inside a testbed namespace and
+dies with it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from overlay import subnetfile
+from overlay.store.launch import StoreProcess, start_embedded, start_etcd
+from overlay.testbed import Container, Testbed
+
+BIN = Path(sys.executable).parent
+FLANNELD = str(BIN / "flanneld")
+WEFTCTL = str(BIN / "weftctl")
+STORE_PORT = 2379  # inside the underlay namespace only
+
+
+class Cluster:
+    """Store + flanneld per host on ``tb``; ``close()`` (or the testbed) cleans up."""
+
+    def __init__(self, tb: Testbed, store: str, tmp: Path) -> None:
+        self.tb = tb
+        self.tmp = tmp
+        self.kind = store
+        self.host_ip = str(tb.underlay_ip)
+        self.endpoint = f"http://{self.host_ip}:{STORE_PORT}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        data = tmp / f"store-{store}"
+        if store == "etcd":
+            self.store: StoreProcess = start_etcd(data, self.host_ip, STORE_PORT,
+                                                  log=tmp / "etcd.log", netns=tb.underlay_ns)
+        else:
+            self.store = start_embedded(data, self.host_ip, STORE_PORT, log=tmp / "store.log",
+                                        netns=tb.underlay_ns)
+        self._wait_store()
+
+    def _wait_store(self, within: float = 20) -> None:
+        deadline = time.monotonic() + within
+        probe = ["bash", "-c", f"exec 3<>/dev/tcp/{self.host_ip}/{STORE_PORT}"]
+        while time.monotonic() < deadline:
+            if self.tb.exec(self.tb.underlay_ns, probe, check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{self.kind} store did not listen on {self.endpoint} "
+                             f"within {within}s")
+
+    # -- store access (from the underlay namespace) ---------------------------
+
+    def etcdctl(self, *args: str, check: bool = True) -> str:
+        env_cmd = ["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", self.endpoint, *args]
+        return self.tb.exec(self.tb.underlay_ns, env_cmd, check=check).stdout
+
+    def weftctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.tb.exec(self.tb.underlay_ns, [WEFTCTL, *args, "-etcd-endpoints",
+                                                  self.endpoint], check=False)
+
+    def network_set(self, backend: str = "vxlan", network: str = "10.244.0.0/16") -> None:
+        proc = self.weftctl("network", "set", "--network", network, "--backend", backend)
+        assert proc.returncode == 0, proc.stderr
+
+    def put_raw(self, key: str, value: str) -> None:
+        self.etcdctl("put", key, value)
+
+    # -- flanneld ---------------------------------------------------------------
+
+    def subnet_file(self, host: str) -> Path:
+        return self.tmp / host / "subnet.env"
+
+    def log(self, host: str) -> Path:
+        return self.tmp / f"flanneld-{host}.log"
+
+    def start(self, host: str, ttl: int = 30, extra: Sequence[str] = (),
+              iface: str = "eth0") -> subprocess.Popen[bytes]:
+        h = self.tb.hosts[host]
+        argv = [FLANNELD, "-etcd-endpoints", self.endpoint, "-iface", iface,
+                "-subnet-file", str(self.subnet_file(host)), "-subnet-lease-ttl", str(ttl),
+                *extra]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = self.tb.spawn(h.netns, argv, log=self.log(host), env=env)
+        self.procs[host] = proc
+        return proc
+
+    def ready_count(self, host: str) -> int:
+        try:
+            return self.log(host).read_text(errors="replace").count(" ready: subnet ")
+        except FileNotFoundError:
+            return 0
+
+    def wait_ready(self, host: str, count: int = 1, within: float = 30) -> None:
+        deadline = time.monotonic() + within
+        while self.ready_count(host) < count:
+            proc = self.procs.get(host)
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"flanneld on {host} exited ({proc.returncode}):\n"
+                                     + self.log(host).read_text(errors="replace")[-3000:])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"flanneld on {host} not ready within {within}s:\n"
+                                     + self.log(host).read_text(errors="replace")[-3000:])
+            time.sleep(0.05)
+
+    def stop(self, host: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(host)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+        proc.wait(10)
+
+    def subnet(self, host: str) -> ipaddress.IPv4Network:
+        return subnetfile.read(self.subnet_file(host)).subnet
+
+    def env(self, host: str) -> subnetfile.SubnetEnv:
+        return subnetfile.read(self.subnet_file(host))
+
+    def routes(self, host: str) -> set[str]:
+        """Destinations of the host's IPv4 routes (``ip -j route``)."""
+        out = self.tb.exec(self.tb.hosts[host].netns, ["ip", "-j", "route", "show"]).stdout
+        return {r["dst"] for r in json.loads(out or "[]")}
+
+    def container(self, host: str) -> Container:
+        env = self.env(host)
+        gw = next(env.subnet.hosts())
+        addr = ipaddress.IPv4Interface(f"{gw + 1}/{env.subnet.prefixlen}")
+        return self.tb.add_container(host, "c", addr, gateway=gw, mtu=env.mtu)
+
+    def close(self) -> None:
+        for host in list(self.procs):
+            self.stop(host, signal.SIGKILL)
+        self.store.stop(kill=True)
