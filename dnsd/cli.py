@@ -128,6 +128,8 @@ class Daemon:
         return True, f"ok: {self.index.size} records at revision {self.index.revision}"
 
     def metrics_text(self) -> str:
+        with self.lock:
+            self.server.sync_metrics()
         st = self.feed.status
         gauges = {
             "dnsd_index_records": float(self.index.size),

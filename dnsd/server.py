@@ -26,7 +26,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -40,6 +40,7 @@ from .wire import (
     CachedAnswer,
     DropError,
     EncodeError,
+    ExactAnswer,
     FormError,
     Query,
     error_response,
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 LEASED_CACHE_SECONDS = 1.0
 CACHE_LIMIT = 50_000
+EXACT_LIMIT = 20_000
+INF = float("inf")
 MAX_TCP_CONNECTIONS = 128
 TCP_IDLE_SECONDS = 10.0
 ROTATIONS = 8
@@ -83,6 +86,7 @@ class DnsServer:
         self.metrics = metrics or Metrics()
         self.ready = False  # set once the index holds a first listing
         self._cache: dict[bytes, CachedAnswer] = {}
+        self._exact: dict[bytes, ExactAnswer] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -132,7 +136,25 @@ class DnsServer:
 
     def invalidate(self) -> None:
         """Forget every precomputed answer (call with ``lock`` held, after an index change)."""
+        old_cache, old_exact = self._cache, self._exact
         self._cache = {}
+        self._exact = {}
+        self._fold(old_cache.values(), old_exact.values())
+
+    def _fold(self, cached: Iterable[CachedAnswer], exact: Iterable[ExactAnswer]) -> None:
+        """Move the per-entry hit counters of dropped entries into the metrics."""
+        m = self.metrics
+        entries: list[CachedAnswer | ExactAnswer] = [*cached, *exact]
+        for entry in entries:
+            if entry.hits:
+                key = (entry.rtype, entry.rcode)
+                m.requests[key] = m.requests.get(key, 0) + entry.hits
+                m.cache_hits += entry.hits
+                entry.hits = 0
+
+    def sync_metrics(self) -> None:
+        """Fold live entries' hit counters into the metrics (before rendering them)."""
+        self._fold(list(self._cache.values()), list(self._exact.values()))
 
     @property
     def cache_size(self) -> int:
@@ -155,29 +177,35 @@ class DnsServer:
                 if self._stopping.is_set():
                     return
                 continue
-            if not data:
-                if self._stopping.is_set():
-                    return
-                continue
             try:
+                # 1. the exact packet was answered before: patch the ID in
+                exact = self._exact.get(data[2:])
+                if exact is not None:
+                    send(data[:2] + next(exact.responses), addr)
+                    exact.hits += 1
+                    continue
+                # 2. same question (any case/ID/RD): echo it before the cached records
                 key = fast_key(data)
                 if key is not None:
                     entry = self._cache.get(key[0])
                     if entry is not None and entry.limit_needed <= key[2] \
                             and entry.expires > monotonic():
                         tick += 1
-                        if tick & 15:
-                            send(data[:2] + entry.hdr[data[2] & 1] + data[12:key[1]]
-                                 + next(entry.tails), addr)
-                        else:
-                            t0 = perf()
-                            send(data[:2] + entry.hdr[data[2] & 1] + data[12:key[1]]
-                                 + next(entry.tails), addr)
+                        t0 = perf()
+                        head = entry.hdr[data[2] & 1]
+                        question = data[12:key[1]]
+                        send(data[:2] + head + question + next(entry.tails), addr)
+                        if not tick & 15:
                             metrics.observe(perf() - t0)
-                        metrics.cache_hits += 1
-                        rkey = (entry.rtype, entry.rcode)
-                        metrics.requests[rkey] = metrics.requests.get(rkey, 0) + 1
+                        entry.hits += 1
+                        if entry.expires == INF:
+                            if len(self._exact) >= EXACT_LIMIT:
+                                self._exact = {}
+                            self._exact[data[2:]] = ExactAnswer(
+                                [head + question + tail for tail in entry.tail_list],
+                                entry.rtype, entry.rcode)
                         continue
+                # 3. everything else: parse, resolve, encode
                 self._slow(data, addr, False, _udp_reply(send, addr))
             except Exception:  # the boundary: never let one packet stop the loop
                 metrics.errors += 1
@@ -274,6 +302,7 @@ class DnsServer:
         if entry is not None and entry.expires > time.monotonic() and \
                 entry.limit_needed <= limit:
             metrics.count(entry.rtype, entry.rcode)
+            entry.hits += 1
             return ident + entry.hdr[1 if rd else 0] + query.question_wire + next(entry.tails)
         with self.lock:
             now = time.monotonic()
@@ -290,10 +319,10 @@ class DnsServer:
             variants = rotations(prepared, ROTATIONS) if self.config.round_robin \
                 else [prepared]
             cached = CachedAnswer(variants, now + LEASED_CACHE_SECONDS if answer.leased
-                                  else float("inf"), qtype, int(answer.rcode),
+                                  else INF, qtype, int(answer.rcode),
                                   len(query.question_wire))
             if len(self._cache) >= CACHE_LIMIT:
-                self._cache = {}
+                self.invalidate()
             self._cache[key] = cached
         metrics.count(qtype, int(answer.rcode))
         first = variants[0] if len(variants) == 1 else None

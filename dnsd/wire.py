@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import cycle
+from itertools import cycle, repeat
 
 from .message import HINFO, MX, RR, SOA, SRV, Answer, Question, Rcode, RType
 
@@ -367,7 +367,8 @@ def rotations(prepared: Prepared, count: int) -> list[Prepared]:
 class CachedAnswer:
     """Everything the fast path needs for one cache key."""
 
-    __slots__ = ("expires", "hdr", "limit_needed", "rcode", "rtype", "tails")
+    __slots__ = ("expires", "hdr", "hits", "limit_needed", "rcode", "rtype", "tail_list",
+                 "tails")
 
     def __init__(self, variants: Sequence[Prepared], expires: float, rtype: int,
                  rcode: int, question_len: int) -> None:
@@ -375,10 +376,25 @@ class CachedAnswer:
         self.hdr = (first.header10(0), first.header10(1))
         self.limit_needed = 12 + question_len + first.size_after_question
         tails = [b"".join((*p.answer, *p.authority, *p.additional, p.opt)) for p in variants]
+        self.tail_list = tails
         self.tails: Iterator[bytes] = cycle(tails)
+        self.hits = 0
         self.expires = expires
         self.rtype = rtype
         self.rcode = rcode
+
+
+class ExactAnswer:
+    """A whole response minus the ID, for a byte-identical repeat of a query."""
+
+    __slots__ = ("hits", "rcode", "responses", "rtype")
+
+    def __init__(self, responses: Sequence[bytes], rtype: int, rcode: int) -> None:
+        self.responses: Iterator[bytes] = cycle(responses) if len(responses) > 1 \
+            else repeat(responses[0])
+        self.rtype = rtype
+        self.rcode = rcode
+        self.hits = 0
 
 
 def fast_key(data: bytes) -> tuple[bytes, int, int, int] | None:
