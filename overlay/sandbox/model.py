@@ -205,7 +205,8 @@ def _dnsd_argv(ctx: Context, site: Site) -> list[str]:
 
 
 def _dnsd_probes(ctx: Context, site: Site) -> Sequence[Probe]:
-    return (Probe("dns", str(site.ip), DNS_PORT, name=DOMAIN),)
+    return (Probe("dns", str(site.ip), DNS_PORT, name=DOMAIN),
+            Probe("http", str(site.ip), DNSD_METRICS_PORT, "/healthz"))
 
 
 # Order matters: ``up`` starts them top to bottom and waits for each to be healthy.
