@@ -202,7 +202,7 @@ def _txn_op(r: Any) -> TxnOp:
 # -- commit and watch fan-out ---------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Watcher:
     id: int
     key: bytes
@@ -229,7 +229,7 @@ class Committer:
         self._header = header
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
-        self.watchers: dict[int, _Watcher] = {}
+        self.watchers: set[_Watcher] = set()
         self.broken: Exception | None = None
 
     def durable(self) -> Awaitable[None]:
@@ -259,7 +259,7 @@ class Committer:
             return
         for rev, events in done:
             header = self._header(rev)
-            for watcher in list(self.watchers.values()):
+            for watcher in list(self.watchers):
                 selected = watcher.select(events)
                 if selected:
                     watcher.out.put_nowait(rpc_pb2.WatchResponse(
@@ -289,7 +289,6 @@ class StoreService(
         self.state = state
         self.committer = Committer(state, self.header)
         self.client_urls = client_urls
-        self._next_watch_id = 1
 
     def header(self, revision: int = 0) -> Any:
         s = self.state
@@ -392,8 +391,9 @@ class StoreService(
     async def Watch(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        # watch ids are per stream and start at 0, as in etcd
         out: asyncio.Queue[Any] = asyncio.Queue()
-        mine: set[int] = set()
+        mine: dict[int, _Watcher] = {}
 
         async def read() -> None:
             try:
@@ -411,28 +411,30 @@ class StoreService(
                 yield resp
         finally:
             reader.cancel()
-            for wid in mine:
-                self.committer.watchers.pop(wid, None)
+            for w in mine.values():
+                self.committer.watchers.discard(w)
 
-    def _watch_request(self, req: Any, out: asyncio.Queue[Any], mine: set[int]) -> None:
+    def _watch_request(self, req: Any, out: asyncio.Queue[Any],
+                       mine: dict[int, _Watcher]) -> None:
         which = req.WhichOneof("request_union")
         if which == "create_request":
             self._watch_create(req.create_request, out, mine)
         elif which == "cancel_request":
             wid = req.cancel_request.watch_id
-            if wid in mine:
-                mine.discard(wid)
-                self.committer.watchers.pop(wid, None)
+            w = mine.pop(wid, None)
+            if w is not None:
+                self.committer.watchers.discard(w)
                 out.put_nowait(rpc_pb2.WatchResponse(header=self.header(), watch_id=wid,
                                                      canceled=True))
         elif which == "progress_request":
             out.put_nowait(rpc_pb2.WatchResponse(header=self.header(), watch_id=-1))
 
-    def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: set[int]) -> None:
-        wid = c.watch_id or self._next_watch_id
-        while wid in self.committer.watchers:
-            wid += 1
-        self._next_watch_id = max(self._next_watch_id, wid + 1)
+    def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: dict[int, _Watcher]) -> None:
+        wid = c.watch_id
+        if wid in mine or not wid:
+            wid = 0
+            while wid in mine:
+                wid += 1
         header = self.header()
         out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=wid, created=True))
         start = c.start_revision
@@ -451,8 +453,8 @@ class StoreService(
                 if selected:
                     out.put_nowait(rpc_pb2.WatchResponse(header=self.header(rev),
                                                          watch_id=wid, events=selected))
-        self.committer.watchers[wid] = w
-        mine.add(wid)
+        self.committer.watchers.add(w)
+        mine[wid] = w
 
     # Maintenance and Cluster
 
