@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
@@ -67,6 +68,7 @@ from overlay.testbed import Testbed, delete_netns, list_netns, netns_exists, run
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+PARALLEL = 4  # concurrent one-shot commands (CNI ADD, DNS writes) on a small machine
 LOCK_FILE = "lock"
 
 
@@ -527,6 +529,7 @@ def _containers(sb: Sandbox, progress: Progress) -> None:
         sb.save()
         progress.line(reason)
         return
+    pairs = []
     for h in sb.state.hosts:
         c = ContainerRecord("c1", h.name, f"{sb.state.tag}-{h.name}c1",
                             dns=dns_name("c1", h.name, DOMAIN))
@@ -534,21 +537,25 @@ def _containers(sb: Sandbox, progress: Progress) -> None:
         sb.state.containers.append(c)
         sb.save()
         run(["ip", "-n", c.netns, "link", "set", "lo", "up"])
-        result = sb.cni("ADD", h, c)
-        ips = result.get("ips")
+        pairs.append((h, c))
+
+    # hosts are independent: one CNI ADD (and one DNS write) per host, in parallel
+    def add(pair: tuple[HostRecord, ContainerRecord]) -> None:
+        h, c = pair
+        ips = sb.cni("ADD", h, c).get("ips")
         if isinstance(ips, list) and ips and isinstance(ips[0], dict):
             c.ip = str(ips[0].get("address", ""))
-        sb.save()
+
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        list(pool.map(add, pairs))
+    sb.save()
     progress.line("containers via the weft CNI plugin: " + ", ".join(
         f"{c.ident} {c.ip}" for c in sb.state.containers))
-    if any(d.name == "store" for d in sb.state.daemons):
-        how = ""
-        for c in sb.state.containers:
-            if c.ip:
-                how = sb.register_dns(c)
-        sb.save()
-        progress.line("DNS names registered (" + how + "): "
-                      + ", ".join(c.dns for c in sb.state.containers if c.ip))
+    named = [c for c in sb.state.containers if c.ip]
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        hows = set(pool.map(sb.register_dns, named))
+    progress.line("DNS names registered (" + ", ".join(sorted(hows)) + "): "
+                  + ", ".join(c.dns for c in named))
 
 
 def _proof(sb: Sandbox, out: TextIO, progress: Progress) -> None:
