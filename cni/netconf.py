@@ -9,8 +9,8 @@ the ADD latency budget). Nothing below this module reads ``os.environ``.
 from __future__ import annotations
 
 import ipaddress
-import json
 
+from cni import wire
 from cni.errors import ConfigError, DecodeError, EnvError, TryAgainError, VersionError
 
 TYPE_CHECKING = False
@@ -113,7 +113,7 @@ def decode_stdin(data: bytes) -> dict[str, Any]:
     if not data.strip():
         raise DecodeError("stdin is empty: expected the network configuration as JSON")
     try:
-        obj = json.loads(data)
+        obj = wire.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise DecodeError(f"stdin is not valid JSON: {e}") from None
     if not isinstance(obj, dict):

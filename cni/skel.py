@@ -9,9 +9,9 @@ traceback on stdout.
 
 from __future__ import annotations
 
-import json
 import time
 
+from cni import wire
 from cni.errors import CniError, DecodeError
 from cni.log import Log
 from cni.netconf import SUPPORTED_VERSIONS, NetConf, decode_stdin, parse_env
@@ -43,7 +43,7 @@ def _pauser(environ: Mapping[str, str]) -> Any:
 
 
 def _write(stdout: BinaryIO, obj: dict[str, Any]) -> None:
-    stdout.write(json.dumps(obj).encode() + b"\n")
+    stdout.write(wire.dumps(obj).encode() + b"\n")
     stdout.flush()
 
 
