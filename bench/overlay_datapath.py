@@ -26,9 +26,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
-from overlay.backend.registry import DriverProcess, lease_backend_type, lease_from_json
-from overlay.testbed import Testbed, open_testbed
+_ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0] or ".").resolve() == _ROOT / "bench":
+    sys.path[0] = str(_ROOT)  # run as a script: bench/overlay.py must not shadow the package
+
+from overlay.backend.registry import (  # noqa: E402
+    DriverProcess,
+    lease_backend_type,
+    lease_from_json,
+)
+from overlay.testbed import Testbed, open_testbed  # noqa: E402
 
 SCENARIOS = ("underlay", "hand-vxlan", "weft-vxlan", "hand-host-gw", "weft-host-gw", "weft-udp")
 HOSTS = ("h1", "h2")

@@ -33,6 +33,7 @@ import json
 import logging
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from overlay.backend.base import Backend, BackendConfigError, BackendError, ExternalInterface
@@ -202,8 +203,12 @@ class DriverProcess:
             argv += ["--public-ip", public_ip]
         err = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
+            # run from the project root so no stray module (e.g. bench/overlay.py)
+            # shadows the overlay package
+            root = Path(__file__).resolve().parent.parent.parent
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=err, text=True, start_new_session=True)
+                                         stderr=err, text=True, start_new_session=True,
+                                         cwd=root)
         finally:
             if not isinstance(err, int):
                 err.close()
