@@ -4,7 +4,7 @@
 the ADD budget. The C scanner and encoder that ``json`` itself uses are built
 here directly with the same settings as ``json.loads``/``json.dumps`` (strict,
 ASCII, ``, ``/``: `` separators), so the bytes are identical. Only the error
-path lets ``_json`` import ``json.decoder`` for its exception type.
+path imports ``json``, to raise its exact ``JSONDecodeError``.
 """
 
 from __future__ import annotations
@@ -51,12 +51,18 @@ def loads(data: bytes | str) -> Any:
         i += 1
     try:
         obj, end = _scan(text, i)
-    except StopIteration as e:
-        raise ValueError(f"expecting value: char {e.value}") from None
+    except (StopIteration, SystemError, ValueError):
+        # the error path only: _json cannot build its JSONDecodeError unless json.decoder
+        # is loaded, so let the json package produce the real message
+        import json
+
+        return json.loads(text)
     while end < n and text[end] in _WS:
         end += 1
     if end != n:
-        raise ValueError(f"extra data: char {end}")
+        import json
+
+        return json.loads(text)
     return obj
 
 
