@@ -30,6 +30,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from overlay.backend.base import BackendError
+
 log = logging.getLogger(__name__)
 
 TABLE = "weft"
@@ -38,7 +40,7 @@ KUBE_PROXY_MARK = 0x4000
 MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
 
 
-class MasqError(RuntimeError):
+class MasqError(BackendError):
     """``nft`` failed; carries the command's exit status and stderr."""
 
     def __init__(self, what: str, returncode: int, stderr: str) -> None:
@@ -96,9 +98,12 @@ class Masquerade:
 
     async def _nft(self, args: Sequence[str], stdin: str | None = None,
                    check: bool = True) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *self.nft, *args, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.nft, *args, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except OSError as exc:  # nft not installed, not executable
+            raise MasqError(" ".join(args), -1, f"cannot run {self.nft[0]}: {exc}") from None
         out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
         rc = proc.returncode or 0
         if check and rc != 0:

@@ -489,8 +489,25 @@ class KernelThread:
         return self._kernel
 
     async def run(self, fn: Callable[[Kernel], T]) -> T:
+        """Run ``fn(kernel)`` on the netlink thread.
+
+        This is the boundary: whatever goes wrong underneath (a netlink error, a
+        closed socket, a bug) reaches the caller as ``BackendError``, so the
+        daemon logs it and retries on its next pass instead of dying.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(self._get()))
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(self._get()))
+        except BackendError:
+            raise
+        except OSError as exc:
+            raise KernelError("netlink", exc.errno or 0, str(exc)) from exc
+        except Exception as exc:
+            code = getattr(exc, "code", 0)
+            if type(exc).__name__ == "NetlinkError":
+                raise KernelError("netlink", int(code or 0), str(exc)) from exc
+            log.exception("unexpected failure programming the kernel")
+            raise BackendError(f"unexpected {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         def _close() -> None:

@@ -223,3 +223,64 @@ def test_external_interface_errors() -> None:
     with pytest.raises(BackendError, match="no interface has the address"):
         external_interface("192.0.2.1", kernel=k)
     assert ROUTE_PROTO == 0x57
+
+
+async def test_kernel_thread_turns_failures_into_backend_errors() -> None:
+    from overlay.backend.netlink import KernelError
+
+    kt = KernelThread(FakeKernel)
+
+    def oserror(k: object) -> None:
+        raise OSError(9, "Bad file descriptor")
+
+    def bug(k: object) -> None:
+        raise KeyError("oops")
+
+    with pytest.raises(KernelError, match="Bad file descriptor"):
+        await kt.run(oserror)
+    with pytest.raises(BackendError, match="unexpected KeyError"):
+        await kt.run(bug)
+    assert await kt.run(lambda k: 42) == 42
+    kt.close()
+
+
+def test_udp_forwarder_routes_by_subnet_and_drops_unknown() -> None:
+    """The udp pump over a datagram socketpair standing in for the TUN, on loopback."""
+    import socket
+    import struct
+
+    from overlay.backend.udp import Forwarder, build_table
+
+    def ipv4(dst: str) -> bytes:
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0,
+                          socket.inet_aton("10.244.1.2"), socket.inet_aton(dst))
+        return hdr + b"payload!"
+
+    tun_app, tun_fwd = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (sock, peer):
+        s.bind(("127.0.0.1", 0))
+    peer.settimeout(5)
+    tun_app.settimeout(5)
+    sock.setblocking(False)
+    tun_fwd.setblocking(False)
+    fwd = Forwarder(tun_fwd.fileno(), sock)
+    port = peer.getsockname()[1]
+    leases = [Lease(N("10.244.2.0/24"), A("127.0.0.1"), ""),
+              Lease(N("10.244.3.0/24"), A("127.0.0.1"), "vxlan")]  # other type: ignored
+    fwd.table = build_table(leases, OWN, port)
+    assert fwd.table == {24: {int(A("10.244.2.0")): ("127.0.0.1", port)}}
+    fwd.start()
+    try:
+        tun_app.send(ipv4("10.244.3.9"))  # no udp peer: dropped
+        tun_app.send(ipv4("10.244.2.7"))
+        got = peer.recv(2048)
+        assert got == ipv4("10.244.2.7")  # the raw IP packet is the whole UDP payload
+        peer.sendto(ipv4("10.244.1.2"), sock.getsockname())
+        assert tun_app.recv(2048) == ipv4("10.244.1.2")
+        assert fwd.dropped == 1 and fwd.sent == 1 and fwd.received == 1
+    finally:
+        fwd.stop()
+        for s in (tun_app, tun_fwd, sock, peer):
+            s.close()

@@ -51,3 +51,13 @@ def test_script_replaces_only_weft_table_atomically() -> None:
     assert head == ["table ip weft {}", "delete table ip weft", "table ip weft {"]
     assert "flush ruleset" not in text
     assert text.count("table ip ") == 3
+
+
+async def test_missing_nft_is_a_backend_error_not_a_crash() -> None:
+    from overlay.backend.base import BackendError
+    from overlay.masq import MasqError, Masquerade
+
+    m = Masquerade(NET, POD, nft=("/nonexistent/nft",))
+    with pytest.raises(MasqError, match="cannot run /nonexistent/nft") as ei:
+        await m.ensure()
+    assert isinstance(ei.value, BackendError)
