@@ -36,7 +36,7 @@ import contextlib
 import ipaddress
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,7 +46,7 @@ from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_netwo
 from overlay.health import HealthState, sd_notify
 from overlay.lease.allocator import NetworkFullError
 from overlay.lease.manager import LeaseLostError, LeaseManager
-from overlay.lease.model import Lease, LeaseFormatError, config_key, subnets_prefix
+from overlay.lease.model import Lease, config_key, subnets_prefix
 from overlay.lease.watcher import Update, apply_watch_events, resync, table_from_listing
 from overlay.store.api import CompactedError, Store, StoreError
 
@@ -68,7 +68,12 @@ class Masquerade(Protocol):
 
 MasqFactory = Callable[[NetworkConfig, Lease], Masquerade]
 
+class FatalError(RuntimeError):
+    """flanneld cannot run with this host/config combination (e.g. host-gw behind NAT)."""
+
+
 STORE_BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # reconnect/retry delays (flannel: 100ms..5s)
+CONFIG_REREAD = 60.0  # seconds between config re-reads once running (the watch is primary)
 RENEW_RETRY = 60.0  # seconds between failed renewal attempts (flannel: 1 min)
 
 
@@ -125,7 +130,10 @@ class Flanneld:
 
     async def run(self) -> None:
         config, backend = await self._wait_for_config()
-        data = await backend.prepare()
+        try:
+            data = await backend.prepare()
+        except (BackendError, BackendConfigError) as exc:
+            raise FatalError(f"the {backend.name} data path cannot start: {exc}") from exc
         own = await self._acquire(config, backend, data)
         self._state = _State(config, backend, own, data)
         await self._attach(own)
@@ -141,7 +149,8 @@ class Flanneld:
             tg.create_task(self._renew_loop(), name="renew")
             tg.create_task(self._watch_loop(listing.revision + 1), name="watch")
             tg.create_task(self._resync_loop(), name="resync")
-            if self.masq_factory is not None:
+            tg.create_task(self._config_watch(), name="config-watch")
+            if self.masq_factory is not None and self.cfg.ip_masq:
                 tg.create_task(self._masq_loop(), name="masq")
 
     async def _retry(self, op: Callable[[], Awaitable[Any]], what: str) -> Any:
@@ -185,15 +194,16 @@ class Flanneld:
                 last_problem = problem
             await self._wait_config_change(key, rev)
 
-    async def _wait_config_change(self, key: str, rev: int) -> None:
-        """Return on a change of the config key, or after ``config_retry`` seconds."""
+    async def _wait_config_change(self, key: str, rev: int, timeout: float | None = None
+                                  ) -> None:
+        """Return on a change of the config key, or after ``timeout`` (``config_retry``) s."""
 
         async def changed() -> None:
             async for _batch in self.store.watch(key.encode(), rev + 1 if rev else 0):
                 return
 
         watch = asyncio.ensure_future(changed())
-        timer = asyncio.ensure_future(self.sleep(self.cfg.config_retry))
+        timer = asyncio.ensure_future(self.sleep(timeout or self.cfg.config_retry))
         try:
             await asyncio.wait({watch, timer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -231,11 +241,20 @@ class Flanneld:
     async def _attach(self, own: Lease) -> None:
         state = self._require()
         await state.backend.attach(own)
-        if self.masq_factory is not None:
-            if state.masq is not None:
-                await state.masq.remove()
-            state.masq = self.masq_factory(state.config, own)
+        if self.masq_factory is None:
+            return
+        if state.masq is not None:  # the subnet changed: rules for the old one go
+            await state.masq.remove()
+        state.masq = self.masq_factory(state.config, own)
+        if self.cfg.ip_masq:
             await state.masq.ensure()
+            return
+        # -ip-masq is off: remove rules a previous run with -ip-masq may have left
+        try:
+            await state.masq.remove()
+        except Exception as exc:  # boundary: e.g. no nft binary; nothing to clean then
+            log.debug("no masquerade rules to clean up: %s", exc)
+        state.masq = None
 
     def _write_subnet_file(self) -> None:
         state = self._require()
@@ -410,6 +429,31 @@ class Flanneld:
             task = asyncio.ensure_future(self.reconcile("lease events"))
             task.add_done_callback(_log_failure)
 
+    async def _config_watch(self) -> None:
+        """Warn when the network config changes under a running flanneld (as flannel,
+        it is applied on the next start: a new Network means new subnets for everyone)."""
+        key = config_key(self.cfg.prefix)
+        last: bytes | None = None
+        while True:
+            try:
+                raw, rev = await self.leases.read_config()
+                if raw != last and last is not None and raw is not None:
+                    try:
+                        new = parse_network_config(raw)
+                    except ConfigError as exc:
+                        log.warning("network config at %s changed and is invalid (%s); "
+                                    "keeping the running one", key, exc)
+                    else:
+                        if new != self._require().config:
+                            log.warning("network config at %s changed (Network %s, backend "
+                                        "%s); restart flanneld to apply it", key, new.network,
+                                        new.backend_type)
+                last = raw if raw is not None else last
+                await self._wait_config_change(key, rev, CONFIG_REREAD)
+            except StoreError as exc:
+                log.debug("config watch: %s", exc)
+                await self.sleep(STORE_BACKOFF[-1])
+
     async def _resync_loop(self) -> None:
         while True:
             await self.sleep(self.cfg.resync_interval)
@@ -436,11 +480,3 @@ def lease_backend_type(name: str) -> str:
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background reconcile failed: %s", task.exception())
-
-
-def peers_of(table: Mapping[ipaddress.IPv4Network, Lease], own: ipaddress.IPv4Network
-             ) -> Sequence[Lease]:
-    return [le for s, le in table.items() if s != own]
-
-
-__all__ = ["BackendFactory", "Flanneld", "LeaseFormatError", "MasqFactory", "Masquerade"]

@@ -162,8 +162,7 @@ async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterfac
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
     log.info("connected to the store at %s", ", ".join(store_cfg.endpoints))
-    daemon = Flanneld(cfg, store, ext, make_backend, make_masq if cfg.ip_masq else None,
-                      health=health)
+    daemon = Flanneld(cfg, store, ext, make_backend, make_masq, health=health)
     try:
         await daemon.run()
     finally:
@@ -212,10 +211,15 @@ def run_until_signalled(coro: Any) -> int:
 
     try:
         return asyncio.run(runner())
-    except Exception as exc:  # boundary: report, exit non-zero, no traceback spew on stdout
+    except Exception as exc:  # boundary: report, exit non-zero
+        from overlay.daemon import FatalError
+
         errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
         for err in errors:
-            log.error("flanneld failed: %s", err, exc_info=err)
+            if isinstance(err, FatalError):
+                log.error("%s", err)  # a clear refusal, not a bug: no traceback
+            else:
+                log.error("flanneld failed: %s", err, exc_info=err)
         return 1
 
 

@@ -35,7 +35,9 @@ def test_three_hosts_containers_ping_each_other(cluster3: Cluster, backend: str)
     c = cluster3
     c.network_set(backend)
     hosts = ["h1", "h2", "h3"]
-    for h in hosts:
+    # h1 also masquerades and serves health/metrics (inside its namespace's loopback)
+    c.start("h1", extra=["-ip-masq", "-healthz-ip", "127.0.0.1", "-healthz-port", "9101"])
+    for h in hosts[1:]:
         c.start(h)
     for h in hosts:
         c.wait_ready(h)
@@ -51,6 +53,17 @@ def test_three_hosts_containers_ping_each_other(cluster3: Cluster, backend: str)
     for h in hosts:  # each host routes exactly its peers' subnets
         peers = {str(subnets[o]) for o in hosts if o != h}
         assert peers <= c.routes(h)
+    h1 = c.tb.hosts["h1"].netns
+    assert c.env("h1").ip_masq and not c.env("h2").ip_masq
+    table = c.tb.exec(h1, ["nft", "list", "table", "ip", "weft"]).stdout
+    assert "masquerade" in table and "10.244.0.0/16" in table
+    assert c.tb.exec(c.tb.hosts["h2"].netns, ["nft", "list", "table", "ip", "weft"],
+                     check=False).returncode != 0
+    for path, want in (("/healthz", "200"), ("/readyz", "200"), ("/metrics", "200")):
+        out = c.tb.exec(h1, ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9101; printf "
+                             f"'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"]).stdout
+        assert out.split()[1] == want, out
+    assert "weft_peers_programmed 2" in out and "weft_leases_known 3" in out
     leases = c.weftctl("leases")
     assert leases.returncode == 0
     for h in hosts:

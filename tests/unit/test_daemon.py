@@ -337,3 +337,70 @@ async def test_metrics_exposed(h: Harness) -> None:
                  "weft_reconcile_errors_total 0", "weft_lease_renewals_total 0", "weft_ready 1"):
         assert line in body.splitlines()
     assert respond(d.health, "/healthz")[0] == 200
+
+
+class FlakyWatchStore(MemoryStore):
+    """The next lease-watch batch is replaced by an error (a dropped stream, a compaction)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.fail_with: Exception | None = None
+
+    async def watch(self, prefix: bytes, start_revision: int
+                    ) -> AsyncIterator[list[Any]]:  # type: ignore[override]
+        async for batch in super().watch(prefix, start_revision):
+            if self.fail_with is not None and prefix.endswith(b"/subnets/"):
+                exc, self.fail_with = self.fail_with, None
+                raise exc
+            yield batch
+
+
+@pytest.mark.parametrize("error", ["unavailable", "compacted"])
+async def test_watch_failure_relists_and_diffs(h: Harness, error: str) -> None:
+    from overlay.store.api import CompactedError, StoreUnavailableError
+
+    h.store = FlakyWatchStore(h.clock)
+    await h.store.put(CONFIG, GOOD)
+    await h.put_peer("10.244.60.0/24", "198.18.0.60")
+    d, be = h.daemon()
+    h.start(d)
+    await ready(h, d)
+    assert set(be.programmed) == {N("10.244.60.0/24")}
+    h.store.fail_with = (StoreUnavailableError("stream reset") if error == "unavailable"
+                         else CompactedError(3))
+    await h.put_peer("10.244.61.0/24", "198.18.0.61")  # this batch is lost with the stream
+    await h.store.delete(subnet_key(PREFIX, N("10.244.60.0/24")).encode())
+    await until(lambda: d.health.watch_resyncs_total == 1 or bool(h.timer._heap),
+                "the watch to fail")
+    await h.timer.advance(1)
+    await until(lambda: set(be.programmed) == {N("10.244.61.0/24")}, "re-list diff applied")
+    assert d.health.watch_resyncs_total == 1
+    await h.put_peer("10.244.62.0/24", "198.18.0.62")  # and the new watch works
+    await until(lambda: N("10.244.62.0/24") in be.programmed, "watch resumed")
+
+
+async def test_config_change_while_running_is_logged(h: Harness,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "overlay.daemon")
+    await h.store.put(CONFIG, GOOD)
+    d, _ = h.daemon()
+    h.start(d)
+    await ready(h, d)
+    await h.store.put(CONFIG, b'{"Network":"10.50.0.0/16"}')
+    await until(lambda: "restart flanneld to apply" in caplog.text, "config-change warning")
+    assert d.config is not None and d.config.network == N("10.244.0.0/16")
+
+
+async def test_data_path_refusal_is_fatal_and_clear(h: Harness) -> None:
+    from overlay.backend.base import BackendError
+    from overlay.daemon import FatalError
+
+    class NatBackend(FakeBackend):
+        async def prepare(self) -> Mapping[str, Any]:
+            raise BackendError("host-gw: public IP is not on eth0")
+
+    await h.store.put(CONFIG, GOOD)
+    d, _ = h.daemon(backend=NatBackend("host-gw"))
+    with pytest.raises(FatalError, match="host-gw data path cannot start"):
+        await asyncio.wait_for(d.run(), 5)
+    assert not (await h.store.list(f"{PREFIX}/subnets/".encode())).items  # no lease taken
