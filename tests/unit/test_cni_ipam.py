@@ -1,0 +1,107 @@
+"""host-local-compatible IPAM: the pure round-robin allocator and the on-disk layout."""
+
+from __future__ import annotations
+
+import os
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from cni.errors import AttachmentExistsError, ConfigError, EnvError, TryAgainError
+from cni.ipam import DiskStore, Range, check_requested, choose
+
+NET = IPv4Network("10.244.5.0/24")
+GW = IPv4Address("10.244.5.1")
+A = IPv4Address
+
+
+@pytest.mark.parametrize(("last", "taken", "want"), [
+    (None, set(), "10.244.5.2"),
+    ("10.244.5.2", set(), "10.244.5.3"),
+    ("10.244.5.254", set(), "10.244.5.2"),  # wraps, skips the gateway
+    ("10.244.5.9", {A("10.244.5.10"), A("10.244.5.11")}, "10.244.5.12"),
+    ("10.244.9.9", set(), "10.244.5.2"),  # last from another subnet is ignored
+], ids=["first", "next", "wrap-skips-gateway", "skips-taken", "foreign-last"])
+def test_choose_round_robin(last: str | None, taken: set[IPv4Address], want: str) -> None:
+    assert choose(Range(NET, GW), A(last) if last else None, taken) == A(want)
+
+
+def test_choose_exhausted_is_try_again() -> None:
+    rng = Range(IPv4Network("10.0.0.0/29"), A("10.0.0.1"))
+    taken = {A(f"10.0.0.{i}") for i in range(2, 7)}
+    with pytest.raises(TryAgainError, match="no IP addresses available"):
+        choose(rng, None, taken)
+
+
+@pytest.mark.parametrize(("text", "source", "err", "words"), [
+    ("10.9.9.9", "CNI_ARGS IP", EnvError, "outside"),
+    ("10.9.9.9", "runtimeConfig.ips", ConfigError, "outside"),
+    ("10.244.5.1", "args.cni.ips", ConfigError, "gateway"),
+    ("nonsense", "runtimeConfig.ips", ConfigError, "not an IPv4"),
+    ("10.244.5.0", "runtimeConfig.ips", ConfigError, "outside"),
+    ("10.244.5.7", "runtimeConfig.ips", TryAgainError, "already allocated"),
+], ids=["outside-args", "outside-runtime", "gateway", "garbage", "network-address", "taken"])
+def test_check_requested_errors(text: str, source: str, err: type[Exception],
+                                words: str) -> None:
+    with pytest.raises(err, match=words):
+        check_requested(Range(NET, GW), text, source, {A("10.244.5.7")})
+
+
+def test_check_requested_accepts_cidr_form() -> None:
+    assert check_requested(Range(NET, GW), "10.244.5.9/24", "x", set()) == A("10.244.5.9")
+
+
+@pytest.mark.parametrize("subnet", ["10.0.0.0/31", "10.0.0.0/32"])
+def test_tiny_subnets_rejected(subnet: str) -> None:
+    net = IPv4Network(subnet)
+    with pytest.raises(ConfigError):
+        Range(net, net.network_address)
+
+
+def test_disk_layout_matches_host_local(tmp_path: Path) -> None:
+    rng = Range(NET, GW)
+    with DiskStore(str(tmp_path), "net1") as s:
+        ip = s.allocate(rng, "cid1", "eth0", [])
+    d = tmp_path / "net1"
+    assert ip == A("10.244.5.2")
+    assert (d / "10.244.5.2").read_bytes() == b"cid1\r\neth0"
+    assert oct((d / "10.244.5.2").stat().st_mode & 0o777) == "0o600"
+    assert (d / "last_reserved_ip.0").read_text() == "10.244.5.2"
+    assert (d / "lock").exists()
+    with DiskStore(str(tmp_path), "net1") as s:
+        assert s.allocate(rng, "cid2", "eth0", []) == A("10.244.5.3")
+        with pytest.raises(AttachmentExistsError, match="duplicate"):
+            s.allocate(rng, "cid1", "eth0", [])
+        assert s.allocate(rng, "cid1", "eth1", []) == A("10.244.5.4")  # other ifname ok
+        assert s.find("cid1", "eth0") == [A("10.244.5.2")]
+        s.release(A("10.244.5.2"))
+        s.release(A("10.244.5.2"))  # idempotent
+        assert s.find("cid1", "eth0") == []
+        # a requested IP does not move last_reserved (as host-local)
+        assert s.allocate(rng, "cid3", "eth0", [("runtimeConfig.ips", "10.244.5.100")]) \
+            == A("10.244.5.100")
+        assert s.last_reserved() == A("10.244.5.4")
+        assert s.allocate(rng, "cid4", "eth0", []) == A("10.244.5.5")
+
+
+def test_reads_old_host_local_files_with_cid_only(tmp_path: Path) -> None:
+    d = tmp_path / "net1"
+    d.mkdir()
+    (d / "10.244.5.9").write_text("oldcid")
+    (d / "not-an-ip").write_text("x")
+    with DiskStore(str(tmp_path), "net1") as s:
+        assert s.allocations() == {A("10.244.5.9"): ("oldcid", "")}
+        assert s.find("oldcid", "eth0") == [A("10.244.5.9")]  # falls back to the cid
+
+
+def test_lock_is_held_while_open(tmp_path: Path) -> None:
+    import fcntl
+
+    with DiskStore(str(tmp_path), "n"):
+        fd = os.open(tmp_path / "n" / "lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)

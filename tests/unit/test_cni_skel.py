@@ -1,0 +1,186 @@
+"""The CNI skel in-process: environment, CNI_ARGS, config, subnet.env, results and errors."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni import wire
+from cni.errors import ConfigError, EnvError, TryAgainError
+from cni.install import install, render_conflist, render_launcher
+from cni.netconf import parse_cni_args, parse_env, parse_subnet_env, read_subnet_env
+from cni.result import shape
+from cni.skel import dispatch
+from tests.cnidriver import validate_error, validate_result
+
+VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+
+
+def run(env: dict[str, str], stdin: bytes | dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    out = io.BytesIO()
+    data = stdin if isinstance(stdin, bytes) else json.dumps(stdin).encode()
+    rc = dispatch(env, data, out)
+    text = out.getvalue().decode()
+    return rc, (json.loads(text) if text.strip() else {})
+
+
+BASE = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x",
+        "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+
+
+@pytest.mark.parametrize(("drop", "words"), [
+    ("CNI_COMMAND", "CNI_COMMAND"), ("CNI_CONTAINERID", "CNI_CONTAINERID"),
+    ("CNI_NETNS", "CNI_NETNS"), ("CNI_IFNAME", "CNI_IFNAME"), ("CNI_PATH", "CNI_PATH"),
+])
+def test_missing_env_is_code_4(drop: str, words: str) -> None:
+    env = {k: v for k, v in BASE.items() if k != drop}
+    with pytest.raises(EnvError, match=words):
+        parse_env(env)
+
+
+@pytest.mark.parametrize(("command", "needs"), [
+    ("DEL", {"CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"}),  # CNI_NETNS optional on DEL
+    ("GC", {"CNI_PATH"}), ("STATUS", {"CNI_PATH"}), ("VERSION", set()),
+])
+def test_required_env_per_command(command: str, needs: set[str]) -> None:
+    env = {"CNI_COMMAND": command, **{k: BASE[k] for k in needs}}
+    assert parse_env(env).command == command
+
+
+@pytest.mark.parametrize(("raw", "want"), [
+    ("", {}),
+    ("IgnoreUnknown=1;FOO=bar", {"IgnoreUnknown": "1", "FOO": "bar"}),
+    ("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID=u",
+     {"K8S_POD_NAMESPACE": "ns", "K8S_POD_NAME": "p", "K8S_POD_INFRA_CONTAINER_ID": "x",
+      "K8S_POD_UID": "u"}),
+    ("IP=10.1.2.3;", {"IP": "10.1.2.3"}),
+], ids=["empty", "ignore-unknown", "k8s", "ip-trailing-semicolon"])
+def test_cni_args_accepted(raw: str, want: dict[str, str]) -> None:
+    assert parse_cni_args(raw) == want
+
+
+@pytest.mark.parametrize("raw", ["FOO=bar", "IgnoreUnknown=0;FOO=1", "novalue"])
+def test_cni_args_rejected(raw: str) -> None:
+    with pytest.raises(EnvError):
+        parse_cni_args(raw)
+
+
+def test_subnet_env_parsing() -> None:
+    s = parse_subnet_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n"
+                         "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n", "f")
+    assert (str(s.network), str(s.subnet), str(s.gateway), s.mtu, s.ipmasq) == \
+        ("10.244.0.0/16", "10.244.7.0/24", "10.244.7.1", 1450, True)
+
+
+def test_subnet_env_names_missing_keys() -> None:
+    with pytest.raises(TryAgainError, match="FLANNEL_MTU, FLANNEL_IPMASQ"):
+        parse_subnet_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n", "f")
+    with pytest.raises(ConfigError, match="f:"):
+        parse_subnet_env("FLANNEL_NETWORK=x\nFLANNEL_SUBNET=y\nFLANNEL_MTU=1\n"
+                         "FLANNEL_IPMASQ=false\n", "f")
+
+
+def test_missing_subnet_file_says_no_lease(tmp_path: Path) -> None:
+    with pytest.raises(TryAgainError, match="no lease yet"):
+        read_subnet_env(str(tmp_path / "subnet.env"))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_result_shape_per_version(version: str) -> None:
+    r = shape(version, [{"name": "cni0", "mac": "02:00:00:00:00:01"},
+                        {"name": "eth0", "mac": "02:00:00:00:00:02", "sandbox": "/x",
+                         "mtu": 1450}],
+              [{"address": "10.0.0.2/24", "gateway": "10.0.0.1", "interface": 1}],
+              [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}])
+    validate_result(version, r)
+    assert ("mtu" in r["interfaces"][1]) == (version == "1.1.0")
+    assert ("version" in r["ips"][0]) == version.startswith("0.")
+
+
+@pytest.mark.parametrize(("stdin", "code"), [
+    (b"", 6), (b"   \n", 6), (b"{oops", 6), (b"[]", 6),
+    ({"cniVersion": "0.2.0", "name": "n"}, 1), ({"name": "n"}, 1),
+    ({"cniVersion": "1.0.0"}, 7), ({"cniVersion": "1.0.0", "name": "n", "mtu": "big"}, 7),
+    ({"cniVersion": "1.0.0", "name": "n", "hairpinMode": "yes"}, 7),
+], ids=["empty", "blank", "bad-json", "array", "old-version", "no-version", "no-name",
+        "bad-mtu", "bad-bool"])
+def test_skel_errors_are_spec_json(stdin: bytes | dict[str, Any], code: int) -> None:
+    rc, err = run({**BASE, "CNI_COMMAND": "STATUS"}, stdin)
+    assert rc == 1
+    validate_error(err, code)
+
+
+def test_error_reply_uses_config_version() -> None:
+    rc, err = run({**BASE, "CNI_COMMAND": "STATUS"},
+                  {"cniVersion": "0.4.0", "name": "n", "subnetFile": "/nonexistent/x"})
+    assert rc == 1 and err["cniVersion"] == "0.4.0" and err["code"] == 50
+    assert "/nonexistent/x" in err["msg"]
+
+
+def test_version_command() -> None:
+    rc, info = run({"CNI_COMMAND": "VERSION"}, {"cniVersion": "0.4.0"})
+    assert rc == 0 and info == {"cniVersion": "0.4.0", "supportedVersions": VERSIONS}
+    rc, info = run({"CNI_COMMAND": "VERSION"}, b"")
+    assert rc == 0 and info["cniVersion"] == "1.1.0"
+
+
+def test_status_ok_with_subnet_env(tmp_path: Path) -> None:
+    (tmp_path / "s.env").write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24"
+                                    "\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+    rc, out = run({"CNI_COMMAND": "STATUS", "CNI_PATH": "/x"},
+                  {"cniVersion": "1.1.0", "name": "n", "subnetFile": str(tmp_path / "s.env"),
+                   "dataDir": str(tmp_path / "d")})
+    assert (rc, out) == (0, {})
+
+
+def test_gc_requires_valid_attachments(tmp_path: Path) -> None:
+    rc, err = run({"CNI_COMMAND": "GC", "CNI_PATH": "/x"},
+                  {"cniVersion": "1.1.0", "name": "n", "dataDir": str(tmp_path)})
+    assert rc == 1 and err["code"] == 7 and "valid-attachments" in err["msg"]
+
+
+@pytest.mark.parametrize("obj", [
+    {"a": [1, 2.5, None, True, False, "é\"\\"], "b": {}}, [], "x", 10**20, {"k": 1e-9},
+])
+def test_wire_matches_json(obj: Any) -> None:
+    assert wire.dumps(obj) == json.dumps(obj)
+    assert wire.loads(json.dumps(obj).encode()) == obj
+    assert wire.loads(" \n" + json.dumps(obj) + "\n ") == obj
+
+
+@pytest.mark.parametrize("bad", [b"", b"{x", b"[1] 2", b'{"a":}', b"\xff", b"nul"])
+def test_wire_rejects_bad_json(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        wire.loads(bad)
+
+
+def test_install_writes_launcher_and_conflist(tmp_path: Path) -> None:
+    paths = install(str(tmp_path / "bin"), str(tmp_path / "conf"), python="/usr/bin/python3")
+    plugin, conf = paths
+    assert plugin.read_text() == render_launcher("/usr/bin/python3")
+    assert plugin.read_text().startswith("#!/usr/bin/python3 -IS\n")
+    assert plugin.stat().st_mode & 0o111
+    data = json.loads(conf.read_text())
+    assert conf.name == "10-weft.conflist"
+    assert data["cniVersion"] == "1.1.0" and data["plugins"][0]["type"] == "weft"
+    conf.write_text("{}")
+    assert install(str(tmp_path / "bin"), str(tmp_path / "conf")) == [plugin]  # kept
+    assert conf.read_text() == "{}"
+    with_pm = json.loads(render_conflist(portmap=True, cni_version="1.0.0"))
+    assert [p["type"] for p in with_pm["plugins"]] == ["weft", "portmap"]
+
+
+def test_weftctl_cni_install(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from overlay.cli.weftctl import main
+
+    rc = main(["cni", "install", "--bin-dir", str(tmp_path / "b"), "--conf-dir",
+               str(tmp_path / "c"), "--portmap", "--cni-version", "1.0.0"])
+    assert rc == 0
+    assert (tmp_path / "b" / "weft").exists()
+    data = json.loads((tmp_path / "c" / "10-weft.conflist").read_text())
+    assert data["cniVersion"] == "1.0.0" and len(data["plugins"]) == 2
+    assert "wrote" in capsys.readouterr().out
