@@ -113,6 +113,7 @@ class Flanneld:
         self._lost = asyncio.Event()
         self._lost_reason = ""
         self._reconcile_lock = asyncio.Lock()
+        self._dirty = asyncio.Event()
         self._warned: set[tuple[str, str]] = set()
         self._renew_delay = min(cfg.renew_interval(), RENEW_RETRY)
 
@@ -148,6 +149,7 @@ class Flanneld:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._renew_loop(), name="renew")
             tg.create_task(self._watch_loop(listing.revision + 1), name="watch")
+            tg.create_task(self._reconcile_loop(), name="reconcile")
             tg.create_task(self._resync_loop(), name="resync")
             tg.create_task(self._config_watch(), name="config-watch")
             if self.masq_factory is not None and self.cfg.ip_masq:
@@ -426,8 +428,13 @@ class Flanneld:
         self._set_table(update)
         self._note_own(update)
         if any(ev.lease.subnet != own_before for ev in update.events):
-            task = asyncio.ensure_future(self.reconcile("lease events"))
-            task.add_done_callback(_log_failure)
+            self._dirty.set()  # the reconciler coalesces bursts into one pass
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self.reconcile("lease events")
 
     async def _config_watch(self) -> None:
         """Warn when the network config changes under a running flanneld (as flannel,
@@ -475,8 +482,3 @@ class Flanneld:
 def lease_backend_type(name: str) -> str:
     """The BackendType a lease of backend ``name`` carries: flannel's udp leaves it empty."""
     return "" if name == "udp" else name
-
-
-def _log_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background reconcile failed: %s", task.exception())

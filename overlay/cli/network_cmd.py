@@ -123,6 +123,14 @@ def cmd_set(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"weftctl network set: {exc}\n")
         return 2
+    from overlay.backend.base import BackendConfigError
+    from overlay.backend.registry import parse_backend
+
+    try:  # the data path's own checks (VNI and port ranges...), so flanneld won't refuse it
+        parse_backend(args.backend, obj["Backend"])
+    except BackendConfigError as exc:
+        sys.stderr.write(f"weftctl network set: {exc}\n")
+        return 2
 
     async def go() -> int:
         store = await _store(args)

@@ -1,0 +1,60 @@
+"""weftctl network set|get and leases against both stores (loopback, no root needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from overlay.cli.weftctl import main as weftctl
+from overlay.store.api import StoreConfig
+from overlay.store.client import connect
+
+pytestmark = pytest.mark.etcd
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = weftctl(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+async def put_lease(endpoint: str, key: str, value: str, ttl: int) -> None:
+    store = await connect(StoreConfig((endpoint,)))
+    try:
+        lease = await store.grant(ttl) if ttl else 0
+        await store.put(key.encode(), value.encode(), lease)
+    finally:
+        await store.close()
+
+
+def test_network_set_get_and_leases(store_endpoint: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    prefix = f"/test-{id(capsys)}/network"
+    flags = ["-etcd-endpoints", store_endpoint, "-etcd-prefix", prefix]
+    rc, _, err = run(capsys, "network", "set", "--network", "10.30.0.0/16", "--backend",
+                     "vxlan", "--vni", "7", "--direct-routing", *flags)
+    assert rc == 0, err
+    rc, out, _ = run(capsys, "network", "get", *flags)
+    assert rc == 0
+    assert json.loads(out) == {"Network": "10.30.0.0/16",
+                               "Backend": {"Type": "vxlan", "VNI": 7, "DirectRouting": True}}
+    rc, _, err = run(capsys, "network", "set", "--network", "10.30.0.0/16", "--subnet-len",
+                     "12", *flags)
+    assert rc == 2 and "SubnetLen" in err
+    asyncio.run(put_lease(store_endpoint, f"{prefix}/subnets/10.30.5.0-24",
+                          '{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"vxlan",'
+                          '"BackendData":{"VNI":7,"VtepMAC":"0e:11:22:33:44:55"}}', 600))
+    asyncio.run(put_lease(store_endpoint, f"{prefix}/subnets/10.30.6.0-24", "junk", 0))
+    rc, out, _ = run(capsys, "leases", *flags)
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["SUBNET", "PUBLIC"]
+    row = lines[1].split()
+    assert row[:4] == ["10.30.5.0/24", "198.18.0.11", "vxlan", "0e:11:22:33:44:55"]
+    assert row[4].startswith(("9m", "10m"))
+    assert "(malformed)" in lines[2]
+    rc, out, _ = run(capsys, "leases", "--json", *flags)
+    first = json.loads(out.splitlines()[0])
+    assert 590 <= first["ttl_seconds"] <= 600
