@@ -139,7 +139,8 @@ class DnsServer:
         old_cache, old_exact = self._cache, self._exact
         self._cache = {}
         self._exact = {}
-        self._fold(old_cache.values(), old_exact.values())
+        # list() copies in one C call, safe against the UDP thread still adding to old_exact
+        self._fold(list(old_cache.values()), list(old_exact.values()))
 
     def _fold(self, cached: Iterable[CachedAnswer], exact: Iterable[ExactAnswer]) -> None:
         """Move the per-entry hit counters of dropped entries into the metrics."""
@@ -178,8 +179,13 @@ class DnsServer:
                     return
                 continue
             try:
+                # Read the exact map before the question cache: invalidate() swaps the
+                # cache first, so an entry taken from an old cache is only ever copied
+                # into an exact map that is old too (and already discarded).
+                exact_map = self._exact
+                cache = self._cache
                 # 1. the exact packet was answered before: patch the ID in
-                exact = self._exact.get(data[2:])
+                exact = exact_map.get(data[2:])
                 if exact is not None:
                     send(data[:2] + next(exact.responses), addr)
                     exact.hits += 1
@@ -187,7 +193,7 @@ class DnsServer:
                 # 2. same question (any case/ID/RD): echo it before the cached records
                 key = fast_key(data)
                 if key is not None:
-                    entry = self._cache.get(key[0])
+                    entry = cache.get(key[0])
                     if entry is not None and entry.limit_needed <= key[2] \
                             and entry.expires > monotonic():
                         tick += 1
@@ -199,9 +205,10 @@ class DnsServer:
                             metrics.observe(perf() - t0)
                         entry.hits += 1
                         if entry.expires == INF:
-                            if len(self._exact) >= EXACT_LIMIT:
-                                self._exact = {}
-                            self._exact[data[2:]] = ExactAnswer(
+                            if len(exact_map) >= EXACT_LIMIT:
+                                self._fold((), list(exact_map.values()))
+                                exact_map.clear()
+                            exact_map[data[2:]] = ExactAnswer(
                                 [head + question + tail for tail in entry.tail_list],
                                 entry.rtype, entry.rcode)
                         continue
