@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 import grpc
 from aetcd.rpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from google.protobuf.message import DecodeError
 
 from overlay.store.api import (
     CompactedError,
@@ -503,6 +504,80 @@ def _txn_response(header: Any, res: TxnResult) -> Any:
                                responses=[op(r) for r in res.results])
 
 
+# -- registration: undecodable requests get etcd's INTERNAL, not grpc-python's UNKNOWN --
+
+
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    error: str
+
+
+def _safe_deserializer(parse: Any) -> Any:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as e:
+            return _Undecodable(str(e))
+
+    return deserialize
+
+
+def _unmarshal_error(req: _Undecodable) -> str:
+    return f"grpc: error unmarshalling request: {req.error}"
+
+
+def _strict_handler(h: Any) -> Any:
+    if h.unary_unary is not None:
+        inner = h.unary_unary
+
+        async def unary(req: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(req, _Undecodable):
+                await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(req))
+            return await inner(req, context)
+
+        return h._replace(unary_unary=unary,
+                          request_deserializer=_safe_deserializer(h.request_deserializer))
+    if h.stream_stream is not None:
+        inner_stream = h.stream_stream
+
+        async def stream(requests: AsyncIterator[Any],
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def checked() -> AsyncIterator[Any]:
+                async for req in requests:
+                    if isinstance(req, _Undecodable):
+                        await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(req))
+                    yield req
+
+            async for resp in inner_stream(checked(), context):
+                yield resp
+
+        return h._replace(stream_stream=stream,
+                          request_deserializer=_safe_deserializer(h.request_deserializer))
+    return h
+
+
+class _Capture:
+    """Stands in for the server so a generated ``add_*_to_server`` hands over its table."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, table: dict[str, Any]) -> None:
+        self.tables[service] = table
+
+
+def _add_strict(add: Any, servicer: Any, server: grpc.aio.Server) -> None:
+    cap = _Capture()
+    add(servicer, cap)
+    for service, table in cap.tables.items():
+        strict = {name: _strict_handler(h) for name, h in table.items()}
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, strict),))
+
+
 # -- the server -------------------------------------------------------------------
 
 
@@ -551,7 +626,7 @@ class EmbeddedServer:
                     rpc_pb2_grpc.add_WatchServicer_to_server,
                     rpc_pb2_grpc.add_MaintenanceServicer_to_server,
                     rpc_pb2_grpc.add_ClusterServicer_to_server):
-            add(self.service, server)
+            _add_strict(add, self.service, server)
         addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         if self.tls:
             ca = self.tls.trusted_ca_file.read_bytes() if self.tls.trusted_ca_file else None
