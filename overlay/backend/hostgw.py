@@ -9,6 +9,7 @@ routes it did not create.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
 from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel
-from overlay.backend.plan import desired_hostgw, diff
+from overlay.backend.plan import desired_hostgw, diff, within
 from overlay.backend.vxlan import report_from
 from overlay.lease.model import Lease
 
@@ -34,9 +35,11 @@ class HostGwBackend:
     name = "host-gw"
 
     def __init__(self, config: HostGwConfig, ext: ExternalInterface,
-                 kernel: KernelThread | None = None) -> None:
+                 kernel: KernelThread | None = None, *,
+                 network: ipaddress.IPv4Network | None = None) -> None:
         self.config = config
         self.ext = ext
+        self.network = network  # routes outside it are never touched
         self._k = kernel or KernelThread(NetlinkKernel)
         self._own: Lease | None = None
 
@@ -60,7 +63,7 @@ class HostGwBackend:
 
     def _reconcile(self, k: Kernel, peers: Sequence[Lease]) -> ReconcileReport:
         plan = desired_hostgw(self._own, peers, self.ext.name)
-        ops = diff(plan.state, k.observe(None))
+        ops = diff(plan.state, within(k.observe(None), self.network))
         errors = k.apply(ops, None) if ops else []
         for op in ops:
             log.debug("host-gw: %s", op)

@@ -204,6 +204,19 @@ def desired_udp(network: ipaddress.IPv4Network, device: str) -> Plan:
     return Plan(KernelState(routes=frozenset({Route(network, device)})))
 
 
+def within(observed: KernelState, network: ipaddress.IPv4Network | None) -> KernelState:
+    """Only the routes inside the cluster network (None: all of them).
+
+    Two daemons in one namespace serving different networks (one per
+    ``-etcd-prefix``, flannel's multi-network answer) thus never remove each
+    other's routes although both mark them with ``ROUTE_PROTO``.
+    """
+    if network is None:
+        return observed
+    return KernelState(observed.neighs, observed.fdbs,
+                       frozenset(r for r in observed.routes if r.dst.subnet_of(network)))
+
+
 def diff(desired: KernelState, observed: KernelState) -> tuple[Op, ...]:
     """Ordered operations turning ``observed`` into ``desired`` (see module doc)."""
     want_n = {n.ip: n for n in desired.neighs}

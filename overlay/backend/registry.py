@@ -105,16 +105,17 @@ def make_backend(type_: str | None, config: Mapping[str, Any] | None, ext: Exter
                  kernel: KernelThread | None = None) -> Backend:
     """Build the backend named ``type_`` (None/"" = vxlan) for ``ext``.
 
-    ``network`` is the cluster network (``Network``); the udp backend routes all
-    of it into its TUN device when given (else one route per peer).
+    ``network`` is the cluster network (``Network``): backends only ever touch
+    routes inside it (so daemons for different networks coexist), and the udp
+    backend routes all of it into its TUN device (else one route per peer).
     ``kernel`` defaults to netlink in the calling process's namespace.
     """
     settings = parse_backend(type_, config)
     if isinstance(settings, VxlanConfig):
-        return VxlanBackend(settings, ext, kernel)
+        return VxlanBackend(settings, ext, kernel, network=network)
     if isinstance(settings, UdpConfig):
         return UdpBackend(settings, ext, network=network, kernel=kernel)
-    return HostGwBackend(settings, ext, kernel)
+    return HostGwBackend(settings, ext, kernel, network=network)
 
 
 # ---------------------------------------------------------------------------

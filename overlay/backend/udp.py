@@ -34,7 +34,7 @@ from typing import Any
 
 from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
 from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel
-from overlay.backend.plan import KernelState, Route, desired_udp, diff
+from overlay.backend.plan import KernelState, Route, desired_udp, diff, within
 from overlay.backend.vxlan import report_from
 from overlay.lease.model import Lease
 
@@ -248,7 +248,7 @@ class UdpBackend:
             state = KernelState(routes=frozenset(
                 Route(ipaddress.IPv4Network((n, pl)), self.device)
                 for pl, nets in table.items() for n in nets))
-        ops = diff(state, k.observe(None))
+        ops = diff(state, within(k.observe(None), self.network))
         errors = k.apply(ops, None) if ops else []
         report = report_from([(o.kind, o.change) for o in ops], errors, (), count)
         if ops or errors:

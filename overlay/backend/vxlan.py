@@ -34,6 +34,7 @@ from overlay.backend.plan import (
     derive_vtep_mac,
     desired_vxlan,
     diff,
+    within,
 )
 from overlay.lease.model import Lease
 
@@ -68,9 +69,11 @@ class VxlanBackend:
     name = "vxlan"
 
     def __init__(self, config: VxlanConfig, ext: ExternalInterface,
-                 kernel: KernelThread | None = None) -> None:
+                 kernel: KernelThread | None = None, *,
+                 network: ipaddress.IPv4Network | None = None) -> None:
         self.config = config
         self.ext = ext
+        self.network = network  # routes outside it are never touched
         self.device = f"flannel.{config.vni}"
         self._k = kernel or KernelThread(NetlinkKernel)
         self._own: Lease | None = None
@@ -136,7 +139,7 @@ class VxlanBackend:
             nets = tuple(a.network for a in k.addresses(self.ext.index))
         settings = VxlanSettings(self.device, self.ext.name, nets, self.config.direct_routing)
         plan = desired_vxlan(self._own, peers, settings)
-        ops = diff(plan.state, k.observe(self.device))
+        ops = diff(plan.state, within(k.observe(self.device), self.network))
         errors = k.apply(ops, self.device) if ops else []
         for op in ops:
             log.debug("vxlan: %s", op)

@@ -284,3 +284,15 @@ def test_udp_forwarder_routes_by_subnet_and_drops_unknown() -> None:
         fwd.stop()
         for s in (tun_app, tun_fwd, sock, peer):
             s.close()
+
+
+async def test_routes_of_another_network_are_left_alone() -> None:
+    k, kt = fake()
+    other = Route(N("10.99.1.0/24"), "eth0", A("198.18.0.9"))  # another daemon's, same proto
+    k.state = k.state.__class__(routes=frozenset({other}))
+    b = make_backend("host-gw", {}, ext_for(k), network=N("10.244.0.0/16"), kernel=kt)
+    await b.prepare()
+    await b.attach(OWN)
+    r = await b.reconcile([Lease(N("10.244.2.0/24"), A("198.18.0.12"), "host-gw")])
+    assert r.removed == 0 and other in k.state.routes and len(k.state.routes) == 2
+    await b.close()

@@ -174,3 +174,16 @@ def test_vtep_mac_is_stable_local_unicast_and_distinct() -> None:
     first = int(a[:2], 16)
     assert first & 0x02 and not first & 0x01
     assert normalize_mac(a) == a
+
+
+@pytest.mark.parametrize("network,kept", [
+    pytest.param(None, 2, id="no-network-all-routes"),
+    pytest.param(N("10.244.0.0/16"), 1, id="only-inside-network"),
+    pytest.param(N("10.99.0.0/16"), 1, id="other-daemons-network"),
+])
+def test_within_scopes_owned_routes_to_the_network(network: N | None, kept: int) -> None:
+    from overlay.backend.plan import within
+
+    observed = KernelState(routes=frozenset({P2[2], FOREIGN.__class__(N("10.99.1.0/24"), "eth0",
+                                                                      A("198.18.0.9"))}))
+    assert len(within(observed, network).routes) == kept
