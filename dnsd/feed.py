@@ -86,7 +86,7 @@ class Feed:
         self.status.error = ""
 
     def _down(self, why: str) -> None:
-        if self.status.connected or not self.status.error:
+        if self.status.connected or why != self.status.error:
             log.warning("store unreachable (%s); answering from the index (revision %s)",
                         why, self.index.revision)
             self.status.down_since = self.clock.monotonic()

@@ -307,9 +307,6 @@ class DnsServer:
         limit = TCP_LIMIT if tcp else udp_limit(query)
         rd = query.flags & 0x0100
         ident = query.ident.to_bytes(2, "big")
-        if not self.ready:
-            metrics.count(qtype, int(Rcode.SERVFAIL))
-            return plain_response(query, Rcode.SERVFAIL, ra)
         key = query.cache_key
         entry = self._cache.get(key)
         if entry is not None and entry.expires > time.monotonic() and \
@@ -323,6 +320,9 @@ class DnsServer:
                                          serial=self.index.revision)
             if answer.forward:
                 return self._forward(query, addr, tcp, reply, answer)
+            if not self.ready:  # in-zone, but the index has not been loaded yet
+                metrics.count(qtype, int(Rcode.SERVFAIL))
+                return plain_response(query, Rcode.SERVFAIL, ra)
             try:
                 prepared = prepare(answer, query, ra)
             except EncodeError as exc:
