@@ -154,8 +154,11 @@ def add(env: Env, conf: NetConf, log: Log, pause: Pause) -> dict[str, Any]:
     host_name = host_veth_name(conf.name, env.container_id, env.ifname)
     nsfd = open_netns(env.netns)
     undo: list[Callable[[], object]] = []
+    # undo runs in reverse: the release comes last, after the masq element is gone
     try:
-        with DiskStore(conf.data_dir, conf.name) as store:
+        store = DiskStore(conf.data_dir, conf.name).ensure_dir()
+        store.check_duplicate(rng, env.container_id, env.ifname)
+        with store:
             ip = store.allocate(rng, env.container_id, env.ifname, requested)
         undo.append(lambda: _release(conf, ip))
         log.debug("reserved %s for %s/%s", ip, env.container_id, env.ifname)
@@ -198,10 +201,10 @@ def add(env: Env, conf: NetConf, log: Log, pause: Pause) -> dict[str, Any]:
                 cnl.add_route(dst.network_address.packed, dst.prefixlen, gw.packed, c.index)
         pause("addressed")
         if _masq_on(conf, senv):
-            with DiskStore(conf.data_dir, conf.name):
+            with masq.MasqLock(conf.data_dir, conf.name, exclusive=False):
                 masq.apply(masq.render_setup(conf.name, senv.network,
                                              [(ip, env.container_id)]))
-            undo.append(lambda: _masq_remove(conf, ip))
+            undo.append(lambda: _release_and_unmasq(conf, ip))
         masq.enable_forwarding()
     except BaseException:
         for step in reversed(undo):
@@ -232,15 +235,31 @@ def _release(conf: NetConf, ip: ipaddress.IPv4Address) -> None:
         store.release(ip)
 
 
+def _release_and_unmasq(conf: NetConf, ip: ipaddress.IPv4Address) -> None:
+    """Release first, so that removing the element can see it was the last one."""
+    _release(conf, ip)
+    _masq_remove(conf, [ip])
+
+
 def _delete_host_veth(name: str) -> None:
     with Netlink.open() as nl:
         nl.delete_link(name)
 
 
-def _masq_remove(conf: NetConf, ip: ipaddress.IPv4Address) -> None:
-    with DiskStore(conf.data_dir, conf.name) as store:
-        last = not store.allocations()
-        masq.apply(masq.render_remove(conf.name, ip, last), tolerate_missing=True)
+def _masq_remove(conf: NetConf, ips: list[ipaddress.IPv4Address]) -> None:
+    """Drop ``ips`` from the masquerade set; the table goes with the last allocation."""
+    store = DiskStore(conf.data_dir, conf.name)
+    if store.taken():
+        with masq.MasqLock(conf.data_dir, conf.name, exclusive=False):
+            script = "".join(masq.render_remove(conf.name, ip, False) for ip in ips)
+            masq.apply(script, tolerate_missing=True)
+        return
+    with masq.MasqLock(conf.data_dir, conf.name, exclusive=True):
+        if not store.taken():
+            masq.apply(masq.render_remove(conf.name, None, True), tolerate_missing=True)
+        else:
+            script = "".join(masq.render_remove(conf.name, ip, False) for ip in ips)
+            masq.apply(script, tolerate_missing=True)
 
 
 def _try_subnet_env(conf: NetConf) -> SubnetEnv | None:
@@ -269,14 +288,14 @@ def delete(env: Env, conf: NetConf, log: Log) -> None:
             finally:
                 os.close(nsfd)
     masq_on = _masq_on(conf, _try_subnet_env(conf))
-    with DiskStore(conf.data_dir, conf.name) as store:
-        ips = store.find(env.container_id, env.ifname)
-        for ip in ips:
-            store.release(ip)
-        if masq_on is not False and ips:
-            last = not store.allocations()
+    store = DiskStore(conf.data_dir, conf.name)
+    ips = store.find(env.container_id, env.ifname)  # unlocked: see check_duplicate
+    if ips:
+        with store:
             for ip in ips:
-                masq.apply(masq.render_remove(conf.name, ip, last), tolerate_missing=True)
+                store.release(ip)
+        if masq_on is not False:
+            _masq_remove(conf, ips)
     log.info("DEL %s/%s: released %s", env.container_id, env.ifname,
              ", ".join(map(str, ips)) or "nothing")
 
@@ -307,8 +326,7 @@ def check(env: Env, conf: NetConf, log: Log) -> None:
     if conf.prev_result is None:
         raise ConfigError("CHECK needs prevResult in the network config")
     want, want_mac = _prev_container_ip(conf.prev_result, env.ifname)
-    with DiskStore(conf.data_dir, conf.name) as store:
-        held = store.find(env.container_id, env.ifname)
+    held = DiskStore(conf.data_dir, conf.name).find(env.container_id, env.ifname)
     if not held:
         raise CheckFailedError(f"no IP is allocated to {env.container_id}/{env.ifname}")
     if want is not None and want.ip not in held:
@@ -360,7 +378,8 @@ def gc(conf: NetConf, log: Log) -> None:
     keep_veths = {host_veth_name(conf.name, cid, ifn) for cid, ifn in valid}
     errors: list[str] = []
     senv = _try_subnet_env(conf)
-    with DiskStore(conf.data_dir, conf.name) as store, Netlink.open() as nl:
+    with DiskStore(conf.data_dir, conf.name) as store, Netlink.open() as nl, \
+            masq.MasqLock(conf.data_dir, conf.name, exclusive=True):
         for ip, (cid, ifname) in store.allocations().items():
             if (cid, ifname) in valid or (not ifname and cid in valid_cids):
                 continue

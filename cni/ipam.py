@@ -90,9 +90,16 @@ class DiskStore:
         self.dir = os.path.join(data_dir, network)
         self._lock_fd = -1
 
-    def __enter__(self) -> DiskStore:
+    def ensure_dir(self) -> DiskStore:
         try:
             os.makedirs(self.dir, mode=0o755, exist_ok=True)
+        except OSError as e:
+            raise IOFailure(f"IPAM store {self.dir}: {e.strerror}") from None
+        return self
+
+    def __enter__(self) -> DiskStore:
+        self.ensure_dir()
+        try:
             self._lock_fd = os.open(os.path.join(self.dir, LOCK),
                                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
@@ -108,6 +115,8 @@ class DiskStore:
     def allocations(self) -> dict[ipaddress.IPv4Address, tuple[str, str]]:
         """Every allocated IP -> (containerID, ifname); unreadable owners are ("", "")."""
         out: dict[ipaddress.IPv4Address, tuple[str, str]] = {}
+        if not os.path.isdir(self.dir):
+            return out
         for name in os.listdir(self.dir):
             if name[0] not in "0123456789":
                 continue
@@ -142,11 +151,13 @@ class DiskStore:
             os.write(fd, f"{cid}\r\n{ifname}".encode())
         finally:
             os.close(fd)
-        if update_last:
-            tmp = os.path.join(self.dir, LAST_RESERVED + ".tmp")
-            with open(tmp, "w", encoding="ascii") as f:
-                f.write(str(ip))
-            os.replace(tmp, os.path.join(self.dir, LAST_RESERVED))
+        if update_last:  # rewritten in place, as host-local does (we hold the lock)
+            fd = os.open(os.path.join(self.dir, LAST_RESERVED),
+                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, str(ip).encode())
+            finally:
+                os.close(fd)
 
     def release(self, ip: ipaddress.IPv4Address) -> None:
         try:  # noqa: SIM105 - contextlib is an import the exec'd path avoids
@@ -154,16 +165,38 @@ class DiskStore:
         except FileNotFoundError:
             pass
 
-    def allocate(self, rng: Range, cid: str, ifname: str,
-                 requested: list[tuple[str, str]]) -> ipaddress.IPv4Address:
-        """Reserve one IP for (cid, ifname): the requested one or the next round robin."""
-        allocs = self.allocations()
-        for ip, owner in allocs.items():
+    def taken(self) -> set[ipaddress.IPv4Address]:
+        """Allocated IPs from the file names alone (one listdir: cheap under the lock)."""
+        out = set()
+        for name in os.listdir(self.dir):
+            if name[0] in "0123456789":
+                try:
+                    out.add(ipaddress.IPv4Address(name))
+                except ValueError:
+                    continue
+        return out
+
+    def check_duplicate(self, rng: Range, cid: str, ifname: str) -> None:
+        """ADD for a (cid, ifname) that already holds an IP in ``rng`` is an error.
+
+        Safe without the lock: the runtime never works on one container in
+        parallel, so only this process could create that file meanwhile.
+        """
+        for ip, owner in self.allocations().items():
             if owner == (cid, ifname) and ip in rng.subnet:
                 raise AttachmentExistsError(
                     f"container {cid} interface {ifname} already has IP {ip} "
                     "(duplicate allocation)", "DEL the attachment before adding it again")
-        taken = set(allocs)
+
+    def allocate(self, rng: Range, cid: str, ifname: str,
+                 requested: list[tuple[str, str]]) -> ipaddress.IPv4Address:
+        """Reserve one IP for (cid, ifname): the requested one or the next round robin.
+
+        Call with the lock held, after ``check_duplicate``. The critical section
+        is a listdir and two small writes: with a hundred ADDs racing for two
+        CPUs, whatever runs under the lock is multiplied by the convoy behind it.
+        """
+        taken = self.taken()
         if requested:
             if len(requested) > 1:
                 raise ConfigError("more than one specific IP requested for one IPv4 range: "

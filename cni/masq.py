@@ -10,6 +10,8 @@ behind. ``render_*`` are pure; ``apply`` is the only place that execs nft.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import zlib
 
 from cni.errors import IOFailure
@@ -26,6 +28,30 @@ def table_name(network: str) -> str:
     if len(network) <= 24 and set(network) <= _SAFE:
         return f"weft-{network}"
     return f"weft-{zlib.crc32(network.encode()):08x}"
+
+
+class MasqLock:
+    """flock on ``<dataDir>/.weft-masq-<network>.lock``: shared to add or remove one
+    element (ADDs run nft in parallel), exclusive to delete the table with the
+    network's last allocation, so a concurrent ADD cannot lose its element."""
+
+    def __init__(self, data_dir: str, network: str, exclusive: bool) -> None:
+        self.path = os.path.join(data_dir, f".weft-masq-{network}.lock")
+        self.mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        self.fd = -1
+
+    def __enter__(self) -> MasqLock:
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self.fd, self.mode)
+        except OSError as e:
+            raise IOFailure(f"ipMasq lock {self.path}: {e.strerror}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def render_setup(network: str, cluster: ipaddress.IPv4Network,

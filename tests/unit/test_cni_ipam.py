@@ -72,7 +72,8 @@ def test_disk_layout_matches_host_local(tmp_path: Path) -> None:
     with DiskStore(str(tmp_path), "net1") as s:
         assert s.allocate(rng, "cid2", "eth0", []) == A("10.244.5.3")
         with pytest.raises(AttachmentExistsError, match="duplicate"):
-            s.allocate(rng, "cid1", "eth0", [])
+            s.check_duplicate(rng, "cid1", "eth0")
+        s.check_duplicate(rng, "cid1", "eth1")
         assert s.allocate(rng, "cid1", "eth1", []) == A("10.244.5.4")  # other ifname ok
         assert s.find("cid1", "eth0") == [A("10.244.5.2")]
         s.release(A("10.244.5.2"))
