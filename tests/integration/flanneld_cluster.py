@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from pathlib import Path
 
 from overlay import subnetfile
@@ -128,6 +128,19 @@ class Cluster:
         """Destinations of the host's IPv4 routes (``ip -j route``)."""
         out = self.tb.exec(self.tb.hosts[host].netns, ["ip", "-j", "route", "show"]).stdout
         return {r["dst"] for r in json.loads(out or "[]")}
+
+    def wait_routes(self, host: str, present: Set[str] = frozenset(),
+                    absent: Set[str] = frozenset(), within: float = 10) -> float:
+        """Wait until ``host`` routes every subnet in ``present`` and none in ``absent``."""
+        start = time.monotonic()
+        while True:
+            routes = self.routes(host)
+            if present <= routes and not (absent & routes):
+                return time.monotonic() - start
+            if time.monotonic() - start > within:
+                raise AssertionError(f"{host}: routes {sorted(routes)} after {within}s; wanted "
+                                     f"{sorted(present)} present, {sorted(absent)} absent")
+            time.sleep(0.05)
 
     def container(self, host: str) -> Container:
         env = self.env(host)

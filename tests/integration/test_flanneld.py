@@ -113,7 +113,8 @@ def test_dead_peer_expires_and_stale_peer_cleaned_on_start(cluster3: Cluster) ->
     for h in ("h1", "h2", "h3"):
         c.wait_ready(h)
     s3 = str(c.subnet("h3"))
-    assert s3 in c.routes("h1") and s3 in c.routes("h2")
+    c.wait_routes("h1", {s3})
+    c.wait_routes("h2", {s3})
     c.stop("h3", signal.SIGKILL)
     killed = time.monotonic()
     while s3 in c.routes("h1") or s3 in c.routes("h2"):
