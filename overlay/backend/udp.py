@@ -86,12 +86,17 @@ class Forwarder:
         self.tun = tun
         self.sock = sock
         self.table: PeerTable = {}
-        self.dropped = 0
         self.sent = 0
         self.received = 0
+        self.tx_dropped = 0  # no peer for the destination, bad packet, send failed
+        self.rx_dropped = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._tun_to_udp, name="udp-tx", daemon=True),
                          threading.Thread(target=self._udp_to_tun, name="udp-rx", daemon=True)]
+
+    @property
+    def dropped(self) -> int:
+        return self.tx_dropped + self.rx_dropped
 
     def start(self) -> None:
         for t in self._threads:
@@ -106,13 +111,22 @@ class Forwarder:
     def _tun_to_udp(self) -> None:
         poller = select.poll()
         poller.register(self.tun, select.POLLIN)
-        read, sendto, tun = os.read, self.sock.sendto, self.tun
+        readv, sendto, tun = os.readv, self.sock.sendto, self.tun
+        buf = bytearray(65536)  # reused: no allocation per packet
+        view = memoryview(buf)
+        bufs = [buf]
+        sent = dropped = 0
         while not self._stop.is_set():
+            self.sent, self.tx_dropped = self.sent + sent, self.tx_dropped + dropped
+            sent = dropped = 0
             if not poller.poll(_POLL_MS):
                 continue
+            table = self.table
+            masks = [((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, nets)
+                     for plen, nets in table.items()]
             for _ in range(_BATCH):
                 try:
-                    pkt = read(tun, 65535)
+                    n = readv(tun, bufs)
                 except BlockingIOError:
                     break
                 except OSError as exc:
@@ -120,35 +134,40 @@ class Forwarder:
                         return
                     log.debug("udp: tun read: %s", exc)
                     break
-                if len(pkt) < 20 or pkt[0] >> 4 != 4:
-                    self.dropped += 1
+                if n < 20 or buf[0] >> 4 != 4:
+                    dropped += 1
                     continue
-                dst = int.from_bytes(pkt[16:20], "big")
+                dst = int.from_bytes(buf[16:20], "big")
                 addr = None
-                for plen, nets in self.table.items():
-                    addr = nets.get(dst & ((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF))
+                for mask, nets in masks:
+                    addr = nets.get(dst & mask)
                     if addr is not None:
                         break
                 if addr is None:
-                    self.dropped += 1
+                    dropped += 1
                     continue
                 try:
-                    sendto(pkt, addr)
-                    self.sent += 1
+                    sendto(view[:n], addr)
+                    sent += 1
                 except OSError as exc:
-                    self.dropped += 1
+                    dropped += 1
                     log.debug("udp: send to %s: %s", addr, exc)
 
     def _udp_to_tun(self) -> None:
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
-        recv, write, tun = self.sock.recv, os.write, self.tun
+        recv_into, write, tun = self.sock.recv_into, os.write, self.tun
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        received = dropped = 0
         while not self._stop.is_set():
+            self.received, self.rx_dropped = self.received + received, self.rx_dropped + dropped
+            received = dropped = 0
             if not poller.poll(_POLL_MS):
                 continue
             for _ in range(_BATCH):
                 try:
-                    pkt = recv(65535)
+                    n = recv_into(buf)
                 except BlockingIOError:
                     break
                 except OSError as exc:
@@ -156,14 +175,14 @@ class Forwarder:
                         return
                     log.debug("udp: recv: %s", exc)
                     break
-                if len(pkt) < 20 or pkt[0] >> 4 != 4:
-                    self.dropped += 1
+                if n < 20 or buf[0] >> 4 != 4:
+                    dropped += 1
                     continue
                 try:
-                    write(tun, pkt)
-                    self.received += 1
+                    write(tun, view[:n])
+                    received += 1
                 except OSError as exc:
-                    self.dropped += 1
+                    dropped += 1
                     log.debug("udp: tun write: %s", exc)
 
 

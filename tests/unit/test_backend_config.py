@@ -248,6 +248,7 @@ def test_udp_forwarder_routes_by_subnet_and_drops_unknown() -> None:
     """The udp pump over a datagram socketpair standing in for the TUN, on loopback."""
     import socket
     import struct
+    import time
 
     from overlay.backend.udp import Forwarder, build_table
 
@@ -279,7 +280,11 @@ def test_udp_forwarder_routes_by_subnet_and_drops_unknown() -> None:
         assert got == ipv4("10.244.2.7")  # the raw IP packet is the whole UDP payload
         peer.sendto(ipv4("10.244.1.2"), sock.getsockname())
         assert tun_app.recv(2048) == ipv4("10.244.1.2")
-        assert fwd.dropped == 1 and fwd.sent == 1 and fwd.received == 1
+        deadline = time.monotonic() + 5  # counters are published after each batch
+        while (fwd.dropped, fwd.sent, fwd.received) != (1, 1, 1) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (fwd.tx_dropped, fwd.sent, fwd.received) == (1, 1, 1)
     finally:
         fwd.stop()
         for s in (tun_app, tun_fwd, sock, peer):
