@@ -34,7 +34,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -481,14 +481,14 @@ def _build(options: Options, out: TextIO) -> int:
         state.complete = True
         sb.save()
         out.write("\n" + host_table(sb.rows()) + "\n\n")
-        _proof(sb, out, progress)
+        proven = _proof(sb, out, progress)
         out.write("\nnext: weftctl sandbox status | exec c1.h1 -- ip addr | logs flanneld@h2 "
                   "| kill h2 | down")
         if options.state_dir != Path("/run/weft-sandbox"):
             out.write(f"   (add --state-dir {options.state_dir})")
         out.write("\n")
         out.flush()
-        return 0
+        return 0 if proven else 1
     except BaseException:
         progress.line("failed; tearing the sandbox down")
         _teardown(sb, quiet=True)
@@ -558,34 +558,48 @@ def _containers(sb: Sandbox, progress: Progress) -> None:
                   + ", ".join(c.dns for c in named))
 
 
-def _proof(sb: Sandbox, out: TextIO, progress: Progress) -> None:
+def _until(argv: Sequence[str], ok: Callable[[subprocess.CompletedProcess[str]], bool],
+           within: float) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` until ``ok`` says yes or ``within`` s pass; return the last run."""
+    deadline = time.monotonic() + within
+    while True:
+        proc = run(argv, check=False)
+        if ok(proc) or time.monotonic() > deadline:
+            return proc
+        time.sleep(0.1)
+
+
+def _proof(sb: Sandbox, out: TextIO, progress: Progress) -> bool:
+    """Print a cross-host ping and a dig from containers; False if either failed."""
+    good = True
     cs = [c for c in sb.state.containers if c.ip]
     if len(cs) >= 2:
         src, dst = cs[0], cs[1]
         ip = dst.ip.split("/")[0]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # routes converge within a lease watch round
-            if run(["ip", "netns", "exec", src.netns, "ping", "-n", "-c", "1", "-W", "1", ip],
-                   check=False).returncode == 0:
-                break
+        # routes appear within one lease-watch round; give them a few seconds
+        _until(["ip", "netns", "exec", src.netns, "ping", "-n", "-c", "1", "-W", "1", ip],
+               lambda p: p.returncode == 0, 10)
         proc = run(["ip", "netns", "exec", src.netns, "ping", "-n", "-c", "3", "-i", "0.2",
                     "-W", "1", ip], check=False)
+        good = good and proc.returncode == 0
         out.write(f"$ weftctl sandbox exec {src.ident} -- ping -c 3 {ip}   # {dst.dns}\n")
         out.write(proc.stdout + proc.stderr + "\n")
     else:
         out.write("proof: cross-host ping skipped (needs flanneld and the CNI plugin on two "
                   "hosts; skipped: " + "; ".join(sb.state.skipped) + ")\n")
-    dnsd_up = any(d.name == "dnsd" for d in sb.state.daemons)
-    if dnsd_up and cs:
-        src = cs[-1]
-        target = cs[0].dns
-        proc = run(["ip", "netns", "exec", src.netns, "dig", f"@{sb.state.dns_ip}", target,
-                    "A", "+time=2", "+tries=2", "+noall", "+answer", "+stats"], check=False)
-        out.write(f"$ weftctl sandbox exec {src.ident} -- dig @{sb.state.dns_ip} {target}\n")
+    if any(d.name == "dnsd" for d in sb.state.daemons) and cs:
+        src, target = cs[-1], cs[0]
+        proc = _until(["ip", "netns", "exec", src.netns, "dig", f"@{sb.state.dns_ip}",
+                       target.dns, "A", "+time=2", "+tries=2", "+noall", "+answer", "+stats"],
+                      lambda p: target.ip.split("/")[0] in p.stdout, 5)
+        good = good and target.ip.split("/")[0] in proc.stdout
+        out.write(f"$ weftctl sandbox exec {src.ident} -- dig @{sb.state.dns_ip} {target.dns}\n")
         out.write(proc.stdout + proc.stderr)
     else:
         out.write("proof: dig skipped (needs dnsd and a container)\n")
-    progress.line("proof done")
+    progress.line("proof done" if good else "proof FAILED: the sandbox is left up for "
+                  "inspection (status, logs, exec; then down)")
+    return good
 
 
 def status(state_dir: Path, out: TextIO) -> int:

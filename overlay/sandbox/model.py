@@ -146,7 +146,7 @@ class DaemonSpec:
     missing: Callable[[Options], str | None]  # why it is absent from this build, or None
     argv: Callable[[Context, Site], list[str]]
     probes: Callable[[Context, Site], Sequence[Probe]]
-    ready_within: float = 15.0  # seconds ``up`` waits for its probes
+    ready_within: float = 20.0  # seconds ``up`` waits for its probes
 
 
 def _module_missing(module: str) -> Callable[[Options], str | None]:
@@ -214,7 +214,7 @@ def _dnsd_probes(ctx: Context, site: Site) -> Sequence[Probe]:
 DAEMONS: tuple[DaemonSpec, ...] = (
     DaemonSpec("store", "underlay", _store_missing, _store_argv, _store_probes),
     DaemonSpec("flanneld", "each-host", _module_missing("overlay.cli.flanneld"), _flanneld_argv,
-               _flanneld_probes, ready_within=20.0),
+               _flanneld_probes, ready_within=30.0),
     # dnsd sits on h1's underlay address: every container reaches it without NAT
     # (h1 routes replies back over the overlay), and the root namespace stays untouched.
     DaemonSpec("dnsd", "first-host", _module_missing("dnsd.cli"), _dnsd_argv, _dnsd_probes),

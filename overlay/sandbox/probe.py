@@ -24,10 +24,12 @@ def _http(ip: str, port: int, path: str) -> tuple[bool, str]:
     conn = http.client.HTTPConnection(ip, port, timeout=TIMEOUT)
     try:
         conn.request("GET", path)
-        status = conn.getresponse().status
+        resp = conn.getresponse()
+        status = resp.status
+        body = resp.read(200).decode("utf-8", "replace").strip().replace("\n", " ")
     finally:
         conn.close()
-    return status == 200, f"GET {path} -> {status}"
+    return status == 200, f"GET {path} -> {status}" + (f" ({body})" if status != 200 else "")
 
 
 def _tcp(ip: str, port: int) -> tuple[bool, str]:

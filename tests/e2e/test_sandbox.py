@@ -99,6 +99,25 @@ def assert_nothing_left(state: State, state_dir: Path) -> None:
     assert not state_dir.exists(), f"state dir left behind: {list(state_dir.rglob('*'))}"
 
 
+def healthy_status(state_dir: Path, within: float = 20) -> str:
+    """`sandbox status` until it exits 0 (health is re-probed each time); its output.
+
+    A daemon may report itself unhealthy for a moment on a loaded machine (dnsd does
+    when its store probe times out); a sandbox that stays unhealthy fails.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        status = weftctl(state_dir, "status")
+        if status.returncode == 0:
+            return status.stdout
+        if time.monotonic() > deadline:
+            logs = "".join(weftctl(state_dir, "logs", d, "-n", "20").stdout
+                           for d in ("dnsd", "store"))
+            raise AssertionError(f"sandbox not healthy within {within:.0f} s:\n"
+                                 f"{status.stdout}{status.stderr}\n{logs}")
+        time.sleep(0.5)
+
+
 def routes(state_dir: Path, host: str) -> str:
     return exec_in(state_dir, host, "ip", "route").stdout
 
@@ -145,9 +164,8 @@ def test_sandbox_lifecycle(state_dir: Path, backend: str, store: str) -> None:
     assert re.search(r"c1\.h1\.skydns\.local\.\s+\d+\s+IN\s+A\s+" + re.escape(
         ip_of(state, "c1.h1")), up.stdout), up.stdout
 
-    status = weftctl(state_dir, "status")
-    assert status.returncode == 0, status.stdout + status.stderr
-    assert status.stdout.count("healthy") >= 1 + 3 + 1, status.stdout
+    status = healthy_status(state_dir)
+    assert status.count("healthy") >= 1 + 3 + 1, status
 
     # every container reaches every other one, and names resolve from any container
     for src in ("c1.h1", "c1.h2", "c1.h3"):
@@ -169,12 +187,11 @@ def test_sandbox_lifecycle(state_dir: Path, backend: str, store: str) -> None:
     for peer in ("h1", "h3"):
         wait_for(lambda p=peer: h2_subnet not in routes(state_dir, p),  # type: ignore[misc]
                  SHORT_TTL + 10, f"{peer} dropping h2's route {h2_subnet}")
-    status = weftctl(state_dir, "status")
-    assert status.returncode == 0, status.stdout + status.stderr  # killed ones are excused
-    assert re.search(r"flanneld\s+h2\s+\d+\s+killed", status.stdout), status.stdout
+    status = healthy_status(state_dir)  # the killed ones are excused, not the others
+    assert re.search(r"flanneld\s+h2\s+\d+\s+killed", status), status
     for alive_host in ("h1", "h3"):
         assert re.search(rf"flanneld\s+{alive_host}\s+\d+\s+running\s+healthy",
-                         status.stdout), status.stdout
+                         status), status
     survivors = exec_in(state_dir, "c1.h1", "ping", "-n", "-c", "1", "-W", "2",
                         ip_of(state, "c1.h3"))
     assert survivors.returncode == 0, survivors.stdout
@@ -211,23 +228,24 @@ def test_make_demo_twice_and_while_up(state_dir: Path) -> None:
         assert state is not None
         if cycle == 1:
             recorded = (state_dir / "state.json").read_text()
-            netns = list_netns()
+            ours = {ns for ns in list_netns() if ns.startswith(state.tag + "-")}
             again = make_demo(state_dir)
             assert again.returncode != 0
             assert "already up" in again.stderr, again.stdout + again.stderr
             assert (state_dir / "state.json").read_text() == recorded
-            assert list_netns() == netns or set(netns) >= {
-                ns for ns in list_netns() if ns.startswith(state.tag)}
-            status = weftctl(state_dir, "status")
-            assert status.returncode == 0, status.stdout + status.stderr
+            assert {ns for ns in list_netns() if ns.startswith(state.tag + "-")} == ours
+            assert len(ours) == 1 + 3 + 3  # underlay, hosts, containers
+            healthy_status(state_dir)
         down = weftctl(state_dir, "down")
         assert down.returncode == 0, down.stdout + down.stderr
         assert_nothing_left(state, state_dir)
-    assert root_snapshot() == before
+    after = root_snapshot()
+    for key in before:
+        assert after[key] == before[key], f"root namespace {key} changed"
 
 
 def test_state_file_is_json_with_every_pid(state_dir: Path) -> None:
-    """`up` with only the store (hosts=1) still records what it made; `down` undoes it."""
+    """A one-host sandbox on etcd records every pid as JSON; bad targets get clear errors."""
     if shutil.which("etcd") is None:
         pytest.skip("needs Debian's etcd")
     up = weftctl(state_dir, "up", "--hosts", "1", "--store", "etcd")
