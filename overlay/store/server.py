@@ -27,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -44,6 +45,7 @@ from overlay.store.api import (
     WatchEvent,
 )
 from overlay.store.state import (
+    Batch,
     Compare,
     DeleteOp,
     DeleteResult,
@@ -223,13 +225,16 @@ class _Watcher:
 
 
 class Committer:
-    """Group commit: one fsync per loop turn for every write applied during it."""
+    """Group commit: while one batch is being fsync'd (in a worker thread), every write
+    applied meanwhile joins the next batch; a write is acknowledged after its batch."""
 
     def __init__(self, state: State, header: Any) -> None:
         self._state = state
         self._header = header
         self._waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
+        self._writing = False
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
         self.watchers: set[_Watcher] = set()
         self.broken: Exception | None = None
 
@@ -240,25 +245,45 @@ class Committer:
         return fut
 
     def kick(self) -> None:
-        if not self._scheduled:
+        if not self._scheduled and not self._writing:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._start)
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        waiters, self._waiters = self._waiters, []
-        try:
-            if self.broken is not None:
-                raise self.broken
-            done = self._state.commit()
-        except Exception as e:  # disk full, I/O error: stop accepting writes
+    def _fail(self, waiters: list[asyncio.Future[None]], e: Exception) -> None:
+        if self.broken is None:
             log.error("store: commit failed, refusing writes from now on: %s", e)
             self.broken = e
+        for w in waiters:
+            if not w.done():
+                w.set_exception(StoreError(f"commit failed: {e}"))
+
+    def _start(self) -> None:
+        self._scheduled = False
+        waiters, self._waiters = self._waiters, []
+        if self.broken is not None:
+            self._fail(waiters, self.broken)
+            return
+        batch = self._state.take()
+        if batch is None:
             for w in waiters:
                 if not w.done():
-                    w.set_exception(StoreError(f"commit failed: {e}"))
+                    w.set_result(None)
             return
-        for rev, events in done:
+        self._writing = True
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, self._state.write, batch)
+        fut.add_done_callback(lambda f: self._done(f, batch, waiters))
+
+    def _done(self, f: asyncio.Future[None], batch: Batch,
+              waiters: list[asyncio.Future[None]]) -> None:
+        self._writing = False
+        exc = f.exception()
+        if exc is not None:
+            self._fail(waiters + self._waiters, exc if isinstance(exc, Exception)
+                       else RuntimeError(str(exc)))
+            self._waiters = []
+            return
+        for rev, events in self._state.finish(batch):
             header = self._header(rev)
             for watcher in list(self.watchers):
                 selected = watcher.select(events)
@@ -271,7 +296,14 @@ class Committer:
         if self._state.auto_compact():
             log.info("store: compacted history before revision %d",
                      self._state.compact_revision)
+        if self._waiters or self._state.dirty:
             self.kick()
+
+    async def drain(self) -> None:
+        """Wait until nothing is being written (before closing the state)."""
+        while self._writing or self._scheduled:
+            await asyncio.sleep(0.005)
+        self._pool.shutdown(wait=True)
 
 
 # -- servicers ------------------------------------------------------------------
@@ -669,6 +701,8 @@ class EmbeddedServer:
         if self._server is not None:
             await self._server.stop(0.5)
             self._server = None
+        if self.service is not None:
+            await self.service.committer.drain()
         if self.state is not None:
             self.state.commit()
             self.state.close()

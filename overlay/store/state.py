@@ -184,6 +184,18 @@ class TxnResult:
 OpResult = RangeResult | PutResult | DeleteResult | TxnResult
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Writes detached for one commit."""
+
+    rows: list[tuple[int, int, bytes, bytes | None, int, int, int]]
+    lease_rows: list[tuple[int, int, float]]
+    lease_dels: list[int]
+    compact_to: int
+    revision: int
+    events: list[tuple[int, list[WatchEvent]]]
+
+
 @dataclass(slots=True)
 class LeaseState:
     id: int
@@ -227,7 +239,9 @@ class State:
         self._now = now
         self._rng = rng or random.Random()
         self.retain = retain
-        self._db = sqlite3.connect(str(self.path), isolation_level=None)
+        # the committer writes from one worker thread while this thread applies
+        self._db = sqlite3.connect(str(self.path), isolation_level=None,
+                                   check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -244,7 +258,8 @@ class State:
         self._lease_rows: list[tuple[int, int, float]] = []
         self._lease_dels: list[int] = []
         self._compact_to = 0
-        self._uncommitted: list[int] = []  # revisions not yet durable
+        self._uncommitted: list[int] = []  # revisions not yet taken for a commit
+        self._inflight: set[int] = set()  # revisions taken, being written
         self._sub = 0
         self._load()
 
@@ -368,7 +383,7 @@ class State:
         """Every durable revision's events from ``start`` (CompactedError if gone)."""
         if start < self.compact_revision:
             raise CompactedError(self.compact_revision)
-        pending = set(self._uncommitted)
+        pending = set(self._uncommitted) | self._inflight
         return [(r, self._events[r]) for r in sorted(self._events)
                 if r >= start and r not in pending]
 
@@ -584,38 +599,56 @@ class State:
 
     def commit(self) -> list[tuple[int, list[WatchEvent]]]:
         """Write everything queued in one transaction (fsync); the events made durable."""
-        if not self.dirty:
+        batch = self.take()
+        if batch is None:
             return []
+        self.write(batch)
+        return self.finish(batch)
+
+    def take(self) -> Batch | None:
+        """Detach everything queued so far as one batch (the owner's thread)."""
+        if not self.dirty:
+            return None
+        revs = list(self._uncommitted)
+        batch = Batch(self._rows, self._lease_rows, self._lease_dels, self._compact_to,
+                      self.revision, [(r, self._events[r]) for r in revs if r in self._events])
+        self._rows, self._lease_rows, self._lease_dels = [], [], []
+        self._compact_to = 0
+        self._uncommitted = []
+        self._inflight.update(revs)
+        return batch
+
+    def write(self, batch: Batch) -> None:
+        """Make ``batch`` durable: one SQLite transaction, fsync'd. Safe in a worker thread
+        while the owner keeps applying (and taking) later writes."""
         db = self._db
         db.execute("BEGIN")
         try:
-            if self._rows:
-                db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?)", self._rows)
-            if self._lease_rows:
+            if batch.rows:
+                db.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?, ?, ?)", batch.rows)
+            if batch.lease_rows:
                 db.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)",
-                               self._lease_rows)
-            if self._lease_dels:
+                               batch.lease_rows)
+            if batch.lease_dels:
                 db.executemany("DELETE FROM leases WHERE id = ?",
-                               [(x,) for x in self._lease_dels])
-            if self._compact_to:
-                c = self._compact_to
+                               [(x,) for x in batch.lease_dels])
+            if batch.compact_to:
+                c = batch.compact_to
                 db.execute(
                     "DELETE FROM log WHERE rev < :c AND rev < (SELECT MAX(l2.rev) FROM log l2"
                     " WHERE l2.key = log.key AND l2.rev <= :c)", {"c": c})
                 db.execute("DELETE FROM log WHERE rev < :c AND value IS NULL", {"c": c})
                 db.execute("UPDATE meta SET v = ? WHERE k = 'compact_revision'", (c,))
-            db.execute("UPDATE meta SET v = ? WHERE k = 'revision'", (self.revision,))
+            db.execute("UPDATE meta SET v = ? WHERE k = 'revision'", (batch.revision,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        done = [(r, self._events[r]) for r in self._uncommitted if r in self._events]
-        self._rows.clear()
-        self._lease_rows.clear()
-        self._lease_dels.clear()
-        self._compact_to = 0
-        self._uncommitted.clear()
-        return done
+
+    def finish(self, batch: Batch) -> list[tuple[int, list[WatchEvent]]]:
+        """After ``write``: the batch's events, now durable (the owner's thread)."""
+        self._inflight.difference_update(r for r, _ in batch.events)
+        return batch.events
 
     def db_size(self) -> int:
         total = 0
