@@ -63,13 +63,22 @@ def _status(args: argparse.Namespace) -> int:
 
 def _exec(args: argparse.Namespace) -> int:
     argv = list(args.cmd)
+    # REMAINDER swallows options given after the target: take ours back before "--"
+    while argv and argv[0].startswith("--state-dir"):
+        if "=" in argv[0]:
+            args.state_dir = argv.pop(0).partition("=")[2]
+        elif len(argv) > 1:
+            argv.pop(0)
+            args.state_dir = argv.pop(0)
+        else:
+            break
     if argv and argv[0] == "--":
         argv = argv[1:]
     return cluster.exec_in(_state_dir(args), args.target, argv)
 
 
 def _logs(args: argparse.Namespace) -> int:
-    return cluster.logs(_state_dir(args), args.daemon, sys.stdout, args.lines)
+    return cluster.logs(_state_dir(args), args.daemon, sys.stdout, args.lines, args.follow)
 
 
 def _kill(args: argparse.Namespace) -> int:
@@ -120,6 +129,8 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("logs", parents=[common], help="print a daemon's log, e.g. flanneld@h2")
     p.add_argument("daemon", metavar="DAEMON@HOST")
     p.add_argument("-n", "--lines", type=int, default=None, help="only the last N lines")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new lines until interrupted")
     p.set_defaults(func=_guard(_logs))
 
     p = sub.add_parser("kill", parents=[common],

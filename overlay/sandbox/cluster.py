@@ -623,14 +623,28 @@ def exec_in(state_dir: Path, target: str, argv: Sequence[str]) -> int:
     return subprocess.run(["ip", "netns", "exec", netns, *argv], check=False).returncode
 
 
-def logs(state_dir: Path, ident: str, out: IO[str], lines: int | None = None) -> int:
+def logs(state_dir: Path, ident: str, out: IO[str], lines: int | None = None,
+         follow: bool = False) -> int:
+    """Print a daemon's log (the last ``lines``); with ``follow``, keep going until ^C."""
     state = require_state(state_dir)
     d = state.daemon(ident)
-    text = Path(d.log).read_text(errors="replace") if Path(d.log).exists() else ""
-    body = text.splitlines()
-    if lines is not None:
-        body = body[-lines:]
-    out.write("\n".join(body) + ("\n" if body else ""))
+    path = Path(d.log)
+    if not path.exists():
+        raise SandboxError(d.ident, f"no log at {path}")
+    with open(path, errors="replace") as f:
+        body = f.read().splitlines()
+        if lines is not None:
+            body = body[-lines:] if lines > 0 else []
+        out.write("\n".join(body) + ("\n" if body else ""))
+        out.flush()
+        with contextlib.suppress(KeyboardInterrupt):  # ^C is how one stops following
+            while follow:
+                chunk = f.read()
+                if chunk:
+                    out.write(chunk)
+                    out.flush()
+                else:
+                    time.sleep(0.2)
     return 0
 
 
