@@ -10,7 +10,8 @@ Theory of operation:
   change applied since the last turn in one SQLite transaction (one fsync),
   publishes the committed events to watchers and only then releases the
   waiting handlers, which acknowledge. Nothing is acknowledged or watched
-  before it is on disk.
+  before it is on disk. A read that saw writes still in flight waits for
+  their commit before answering, so no reader observes an undoable write.
 * Watches: each Watch stream keeps its watchers; creating one with a start
   revision replays the committed events from that revision (synchronously, so
   it cannot miss or duplicate an event committed concurrently) and then
@@ -238,6 +239,11 @@ class Committer:
         self.watchers: set[_Watcher] = set()
         self.broken: Exception | None = None
 
+    @property
+    def busy(self) -> bool:
+        """Writes are applied in memory but not yet durable."""
+        return self._writing or self._scheduled or self._state.dirty
+
     def durable(self) -> Awaitable[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
@@ -339,9 +345,14 @@ class StoreService(
     async def Range(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             res = self.state.range(_range_op(request))
+            header = self.header()
         except StoreError as e:
             await _abort(context, e)
-        return _range_response(self.header(), res)
+        if self.committer.busy:
+            # what this read saw may include writes not yet on disk: answer only once
+            # they are, so no reader observes a write that a crash could still undo
+            await self._durable(context)
+        return _range_response(header, res)
 
     async def Put(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
