@@ -103,8 +103,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="weft-bench-cni-") as tmpd, \
             open_testbed(1) as tb:
         tmp = Path(tmpd)
-        weft_bin = install(str(tmp / "bin"), None,
-                           python=str(ROOT / ".venv/bin/python"))[0]
+        weft_bin = install(str(tmp / "bin"), None)[0]  # as `weftctl cni install` does
         (tmp / "subnet.env").write_text(
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\n"
             "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")

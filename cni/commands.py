@@ -22,7 +22,6 @@ reserves before any link exists, so GC sees every crashed ADD through its file.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import zlib
 
@@ -39,6 +38,7 @@ from cni.errors import (
     TryAgainError,
     VersionError,
 )
+from cni.ip4 import IPv4, Net4, parse_interface
 from cni.ipam import DiskStore, Range
 from cni.netconf import (
     SUPPORTED_VERSIONS,
@@ -99,7 +99,7 @@ def ensure_bridge(nl: Netlink, name: str, senv: SubnetEnv, mtu: int, log: Log) -
         return link
     stale = [(a, p) for a, p in addrs if (a, p) != (gw, plen)]
     if stale:
-        old = ", ".join(f"{ipaddress.IPv4Address(a)}/{p}" for a, p in stale)
+        old = ", ".join(f"{IPv4.from_packed(a)}/{p}" for a, p in stale)
         ports = [lk.name for lk in nl.links() if lk.master == link.index]
         if ports:
             raise BridgeConflictError(
@@ -117,11 +117,10 @@ def ensure_bridge(nl: Netlink, name: str, senv: SubnetEnv, mtu: int, log: Log) -
     return link
 
 
-def _routes(conf: NetConf, senv: SubnetEnv) -> list[tuple[ipaddress.IPv4Network,
-                                                          ipaddress.IPv4Address]]:
-    routes: list[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address]] = []
+def _routes(conf: NetConf, senv: SubnetEnv) -> list[tuple[Net4, IPv4]]:
+    routes: list[tuple[Net4, IPv4]] = []
     if conf.is_default_gateway:
-        routes.append((ipaddress.IPv4Network("0.0.0.0/0"), senv.gateway))
+        routes.append((Net4(IPv4(0), 0), senv.gateway))
     if senv.network != senv.subnet:
         routes.append((senv.network, senv.gateway))
     extra = conf.raw.get("routes", [])
@@ -129,8 +128,8 @@ def _routes(conf: NetConf, senv: SubnetEnv) -> list[tuple[ipaddress.IPv4Network,
         raise ConfigError("config field 'routes' must be a list of {dst, gw}")
     for r in extra:
         try:
-            dst = ipaddress.IPv4Network(r["dst"])
-            gw = ipaddress.IPv4Address(r.get("gw") or senv.gateway)
+            dst = Net4.parse(r["dst"])
+            gw = IPv4.parse(r["gw"]) if r.get("gw") else senv.gateway
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ConfigError(f"config 'routes' entry {r!r} is not {{dst, gw}}") from None
         if (dst, gw) not in routes:
@@ -230,12 +229,12 @@ def add(env: Env, conf: NetConf, log: Log, pause: Pause) -> dict[str, Any]:
     return shape(conf.cni_version, interfaces, ips, route_list, dns)
 
 
-def _release(conf: NetConf, ip: ipaddress.IPv4Address) -> None:
+def _release(conf: NetConf, ip: IPv4) -> None:
     with DiskStore(conf.data_dir, conf.name) as store:
         store.release(ip)
 
 
-def _release_and_unmasq(conf: NetConf, ip: ipaddress.IPv4Address) -> None:
+def _release_and_unmasq(conf: NetConf, ip: IPv4) -> None:
     """Release first, so that removing the element can see it was the last one."""
     _release(conf, ip)
     _masq_remove(conf, [ip])
@@ -246,7 +245,7 @@ def _delete_host_veth(name: str) -> None:
         nl.delete_link(name)
 
 
-def _masq_remove(conf: NetConf, ips: list[ipaddress.IPv4Address]) -> None:
+def _masq_remove(conf: NetConf, ips: list[IPv4]) -> None:
     """Drop ``ips`` from the masquerade set; the table goes with the last allocation."""
     store = DiskStore(conf.data_dir, conf.name)
     if store.taken():
@@ -301,7 +300,7 @@ def delete(env: Env, conf: NetConf, log: Log) -> None:
 
 
 def _prev_container_ip(prev: dict[str, Any], ifname: str,
-                       ) -> tuple[ipaddress.IPv4Interface | None, str | None]:
+                       ) -> tuple[IPv4 | None, str | None]:
     ifs = prev.get("interfaces") or []
     mac = None
     index = None
@@ -313,7 +312,7 @@ def _prev_container_ip(prev: dict[str, Any], ifname: str,
             continue
         if index is None or ipd.get("interface") in (None, index):
             try:
-                return ipaddress.IPv4Interface(ipd["address"]), mac
+                return parse_interface(ipd["address"])[0], mac
             except (KeyError, ValueError):
                 continue
     return None, mac
@@ -329,8 +328,8 @@ def check(env: Env, conf: NetConf, log: Log) -> None:
     held = DiskStore(conf.data_dir, conf.name).find(env.container_id, env.ifname)
     if not held:
         raise CheckFailedError(f"no IP is allocated to {env.container_id}/{env.ifname}")
-    if want is not None and want.ip not in held:
-        raise CheckFailedError(f"prevResult IP {want.ip} is not the allocated "
+    if want is not None and want not in held:
+        raise CheckFailedError(f"prevResult IP {want} is not the allocated "
                                f"{', '.join(map(str, held))}")
     host_name = host_veth_name(conf.name, env.container_id, env.ifname)
     with Netlink.open() as nl:
@@ -354,7 +353,7 @@ def check(env: Env, conf: NetConf, log: Log) -> None:
     if want_mac and format_mac(c.mac) != want_mac.lower():
         raise CheckFailedError(f"{env.ifname} has MAC {format_mac(c.mac)}, "
                                f"prevResult says {want_mac}")
-    ips = [ipaddress.IPv4Address(a) for a, _ in addrs]
+    ips = [IPv4.from_packed(a) for a, _ in addrs]
     for ip in held:
         if ip not in ips:
             raise CheckFailedError(f"{env.ifname} in {env.netns} lacks address {ip}")

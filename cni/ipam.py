@@ -15,10 +15,10 @@ never the gateway; ``DiskStore`` is the I/O shell around the directory.
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
 
 from cni.errors import AttachmentExistsError, ConfigError, EnvError, IOFailure, TryAgainError
+from cni.ip4 import IPv4, Net4
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,9 +33,9 @@ class Range:
 
     __slots__ = ("end", "gateway", "start", "subnet")
 
-    def __init__(self, subnet: ipaddress.IPv4Network, gateway: ipaddress.IPv4Address,
-                 start: ipaddress.IPv4Address | None = None,
-                 end: ipaddress.IPv4Address | None = None) -> None:
+    def __init__(self, subnet: Net4, gateway: IPv4,
+                 start: IPv4 | None = None,
+                 end: IPv4 | None = None) -> None:
         if subnet.prefixlen > 30:
             raise ConfigError(f"subnet {subnet} is too small (/31 and /32 have no host range)")
         self.subnet = subnet
@@ -50,11 +50,11 @@ class Range:
 
 
 def check_requested(rng: Range, ip_text: str, source: str,
-                    taken: Iterable[ipaddress.IPv4Address]) -> ipaddress.IPv4Address:
+                    taken: Iterable[IPv4]) -> IPv4:
     """Validate a specifically requested IP; errors name the IP and where it came from."""
     error = EnvError if source.startswith("CNI_ARGS") else ConfigError
     try:
-        ip = ipaddress.IPv4Address(ip_text.split("/")[0])
+        ip = IPv4.parse(ip_text.split("/")[0])
     except ValueError:
         raise error(f"{source}: {ip_text!r} is not an IPv4 address") from None
     if ip not in rng.subnet or not rng.start <= ip <= rng.end:
@@ -67,15 +67,15 @@ def check_requested(rng: Range, ip_text: str, source: str,
     return ip
 
 
-def choose(rng: Range, last: ipaddress.IPv4Address | None,
-           taken: set[ipaddress.IPv4Address]) -> ipaddress.IPv4Address:
+def choose(rng: Range, last: IPv4 | None,
+           taken: set[IPv4]) -> IPv4:
     """Round robin: the first free address after ``last`` (wrapping), never the gateway."""
     size = rng.size()
     first = int(rng.start)
     in_range = last is not None and rng.start <= last <= rng.end
     offset = int(last) - first + 1 if last is not None and in_range else 0
     for i in range(size):
-        ip = ipaddress.IPv4Address(first + (offset + i) % size)
+        ip = IPv4(first + (offset + i) % size)
         if ip != rng.gateway and ip not in taken:
             return ip
     raise TryAgainError(f"no IP addresses available in range set {rng.start}-{rng.end}",
@@ -112,16 +112,16 @@ class DiskStore:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = -1
 
-    def allocations(self) -> dict[ipaddress.IPv4Address, tuple[str, str]]:
+    def allocations(self) -> dict[IPv4, tuple[str, str]]:
         """Every allocated IP -> (containerID, ifname); unreadable owners are ("", "")."""
-        out: dict[ipaddress.IPv4Address, tuple[str, str]] = {}
+        out: dict[IPv4, tuple[str, str]] = {}
         if not os.path.isdir(self.dir):
             return out
         for name in os.listdir(self.dir):
             if name[0] not in "0123456789":
                 continue
             try:
-                ip = ipaddress.IPv4Address(name)
+                ip = IPv4.parse(name)
             except ValueError:
                 continue
             try:
@@ -133,14 +133,14 @@ class DiskStore:
             out[ip] = (cid.strip(), ifname.strip())
         return out
 
-    def last_reserved(self) -> ipaddress.IPv4Address | None:
+    def last_reserved(self) -> IPv4 | None:
         try:
             with open(os.path.join(self.dir, LAST_RESERVED), encoding="ascii") as f:
-                return ipaddress.IPv4Address(f.read().strip())
+                return IPv4.parse(f.read().strip())
         except (OSError, ValueError):
             return None
 
-    def reserve(self, ip: ipaddress.IPv4Address, cid: str, ifname: str,
+    def reserve(self, ip: IPv4, cid: str, ifname: str,
                 update_last: bool = True) -> None:
         path = os.path.join(self.dir, str(ip))
         try:
@@ -159,19 +159,19 @@ class DiskStore:
             finally:
                 os.close(fd)
 
-    def release(self, ip: ipaddress.IPv4Address) -> None:
+    def release(self, ip: IPv4) -> None:
         try:  # noqa: SIM105 - contextlib is an import the exec'd path avoids
             os.unlink(os.path.join(self.dir, str(ip)))
         except FileNotFoundError:
             pass
 
-    def taken(self) -> set[ipaddress.IPv4Address]:
+    def taken(self) -> set[IPv4]:
         """Allocated IPs from the file names alone (one listdir: cheap under the lock)."""
         out = set()
         for name in os.listdir(self.dir):
             if name[0] in "0123456789":
                 try:
-                    out.add(ipaddress.IPv4Address(name))
+                    out.add(IPv4.parse(name))
                 except ValueError:
                     continue
         return out
@@ -189,7 +189,7 @@ class DiskStore:
                     "(duplicate allocation)", "DEL the attachment before adding it again")
 
     def allocate(self, rng: Range, cid: str, ifname: str,
-                 requested: list[tuple[str, str]]) -> ipaddress.IPv4Address:
+                 requested: list[tuple[str, str]]) -> IPv4:
         """Reserve one IP for (cid, ifname): the requested one or the next round robin.
 
         Call with the lock held, after ``check_duplicate``. The critical section
@@ -209,7 +209,7 @@ class DiskStore:
         self.reserve(ip, cid, ifname)
         return ip
 
-    def find(self, cid: str, ifname: str) -> list[ipaddress.IPv4Address]:
+    def find(self, cid: str, ifname: str) -> list[IPv4]:
         """IPs held by (cid, ifname), falling back to files holding the cid alone."""
         allocs = self.allocations()
         exact = [ip for ip, owner in allocs.items() if owner == (cid, ifname)]

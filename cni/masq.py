@@ -18,8 +18,9 @@ from cni.errors import IOFailure
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import ipaddress
     from collections.abc import Iterable
+
+    from cni.ip4 import IPv4, Net4
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -54,8 +55,8 @@ class MasqLock:
             self.fd = -1
 
 
-def render_setup(network: str, cluster: ipaddress.IPv4Network,
-                 members: Iterable[tuple[ipaddress.IPv4Address, str]],
+def render_setup(network: str, cluster: Net4,
+                 members: Iterable[tuple[IPv4, str]],
                  flush_members: bool = False) -> str:
     """Create or refresh the table, then add ``members`` (ip, containerID)."""
     t = table_name(network)
@@ -75,7 +76,7 @@ def render_setup(network: str, cluster: ipaddress.IPv4Network,
     return "\n".join(lines) + "\n"
 
 
-def render_remove(network: str, ip: ipaddress.IPv4Address | None, last: bool) -> str:
+def render_remove(network: str, ip: IPv4 | None, last: bool) -> str:
     t = table_name(network)
     if last:
         return f"delete table ip {t}\n"

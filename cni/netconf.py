@@ -8,10 +8,9 @@ the ADD latency budget). Nothing below this module reads ``os.environ``.
 
 from __future__ import annotations
 
-import ipaddress
-
 from cni import wire
 from cni.errors import ConfigError, DecodeError, EnvError, TryAgainError, VersionError
+from cni.ip4 import IPv4, Net4, parse_interface
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -232,8 +231,8 @@ class SubnetEnv:
 
     __slots__ = ("gateway", "ipmasq", "mtu", "network", "subnet")
 
-    def __init__(self, network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network,
-                 gateway: ipaddress.IPv4Address, mtu: int, ipmasq: bool) -> None:
+    def __init__(self, network: Net4, subnet: Net4, gateway: IPv4, mtu: int,
+                 ipmasq: bool) -> None:
         self.network = network
         self.subnet = subnet
         self.gateway = gateway
@@ -256,15 +255,15 @@ def parse_subnet_env(text: str, where: str) -> SubnetEnv:
         raise TryAgainError(f"{where} lacks {', '.join(missing)}",
                             "flanneld writes this file once it holds a lease")
     try:
-        network = ipaddress.IPv4Network(values["FLANNEL_NETWORK"].split(",")[0], strict=False)
-        iface = ipaddress.IPv4Interface(values["FLANNEL_SUBNET"])
+        network = Net4.parse(values["FLANNEL_NETWORK"].split(",")[0], strict=False)
+        ip, subnet = parse_interface(values["FLANNEL_SUBNET"])
         mtu = int(values["FLANNEL_MTU"])
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
-    subnet = iface.network
     if subnet.prefixlen > 30:
-        raise ConfigError(f"{where}: FLANNEL_SUBNET {iface} is too small for containers")
-    gateway = iface.ip if iface.ip != subnet.network_address else subnet.network_address + 1
+        raise ConfigError(f"{where}: FLANNEL_SUBNET {values['FLANNEL_SUBNET']} is too small "
+                          "for containers")
+    gateway = ip if ip != subnet.network_address else subnet.network_address + 1
     return SubnetEnv(network, subnet, gateway, mtu,
                      values["FLANNEL_IPMASQ"].lower() in ("true", "1"))
 

@@ -311,7 +311,7 @@ def install_weft(bin_dir: Path) -> Path:
     sys.path.insert(0, str(WEFT_ROOT))
     from cni.install import install
 
-    return install(str(bin_dir), None, python=str(WEFT_ROOT / ".venv/bin/python"))[0]
+    return install(str(bin_dir), None)[0]
 
 
 def weft_conflist(tmp: Path, version: str = "1.1.0", name: str = "weftnet",

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
 from cni.errors import AttachmentExistsError, ConfigError, EnvError, TryAgainError
+from cni.ip4 import IPv4, Net4
 from cni.ipam import DiskStore, Range, check_requested, choose
 
-NET = IPv4Network("10.244.5.0/24")
-GW = IPv4Address("10.244.5.1")
-A = IPv4Address
+NET = Net4.parse("10.244.5.0/24")
+GW = IPv4.parse("10.244.5.1")
+A = IPv4.parse
 
 
 @pytest.mark.parametrize(("last", "taken", "want"), [
@@ -23,12 +23,12 @@ A = IPv4Address
     ("10.244.5.9", {A("10.244.5.10"), A("10.244.5.11")}, "10.244.5.12"),
     ("10.244.9.9", set(), "10.244.5.2"),  # last from another subnet is ignored
 ], ids=["first", "next", "wrap-skips-gateway", "skips-taken", "foreign-last"])
-def test_choose_round_robin(last: str | None, taken: set[IPv4Address], want: str) -> None:
+def test_choose_round_robin(last: str | None, taken: set[IPv4], want: str) -> None:
     assert choose(Range(NET, GW), A(last) if last else None, taken) == A(want)
 
 
 def test_choose_exhausted_is_try_again() -> None:
-    rng = Range(IPv4Network("10.0.0.0/29"), A("10.0.0.1"))
+    rng = Range(Net4.parse("10.0.0.0/29"), A("10.0.0.1"))
     taken = {A(f"10.0.0.{i}") for i in range(2, 7)}
     with pytest.raises(TryAgainError, match="no IP addresses available"):
         choose(rng, None, taken)
@@ -54,7 +54,7 @@ def test_check_requested_accepts_cidr_form() -> None:
 
 @pytest.mark.parametrize("subnet", ["10.0.0.0/31", "10.0.0.0/32"])
 def test_tiny_subnets_rejected(subnet: str) -> None:
-    net = IPv4Network(subnet)
+    net = Net4.parse(subnet)
     with pytest.raises(ConfigError):
         Range(net, net.network_address)
 
