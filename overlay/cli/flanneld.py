@@ -141,7 +141,7 @@ def make_masq(config: NetworkConfig, own: Lease) -> Any:
 
 
 async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterface) -> int:
-    from overlay.daemon import Flanneld
+    from overlay.daemon import FatalError, Flanneld
     from overlay.health import HealthState, start_server
     from overlay.store.api import StoreUnavailableError
     from overlay.store.client import connect
@@ -155,6 +155,8 @@ async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterfac
         try:
             store = await connect(store_cfg)
             break
+        except ValueError as exc:  # unreadable TLS files, malformed endpoints
+            raise FatalError(f"cannot use the store settings: {exc}") from exc
         except StoreUnavailableError as exc:
             if not logged:
                 log.error("store unreachable (%s); retrying", exc)
