@@ -137,7 +137,11 @@ class Flanneld:
             raise FatalError(f"the {backend.name} data path cannot start: {exc}") from exc
         own = await self._acquire(config, backend, data)
         self._state = _State(config, backend, own, data)
-        await self._attach(own)
+        try:
+            await self._attach(own)
+        except (BackendError, BackendConfigError) as exc:
+            raise FatalError(f"the {backend.name} data path cannot use lease {own.subnet}: "
+                             f"{exc}") from exc
         listing = await self._retry(self.leases.list, "listing leases")
         self._set_table(table_from_listing(listing.items))
         await self.reconcile("start-up")
@@ -249,7 +253,11 @@ class Flanneld:
             await state.masq.remove()
         state.masq = self.masq_factory(state.config, own)
         if self.cfg.ip_masq:
-            await state.masq.ensure()
+            try:
+                await state.masq.ensure()
+            except Exception as exc:  # boundary: nft failing must not stop the overlay
+                log.error("installing masquerade rules failed (%s); retrying every %.0f s",
+                          exc, self.cfg.masq_interval)
             return
         # -ip-masq is off: remove rules a previous run with -ip-masq may have left
         try:
@@ -320,6 +328,10 @@ class Flanneld:
             except BackendError as exc:
                 self.health.reconcile_errors_total += 1
                 log.error("reconcile (%s) failed: %s", why, exc)
+                return
+            except Exception as exc:  # boundary with the data path: keep the daemon up
+                self.health.reconcile_errors_total += 1
+                log.error("reconcile (%s) failed unexpectedly: %s", why, exc, exc_info=exc)
                 return
             self.health.reconciles_total += 1
             self.health.peers_programmed = report.peers

@@ -404,3 +404,68 @@ async def test_data_path_refusal_is_fatal_and_clear(h: Harness) -> None:
     with pytest.raises(FatalError, match="host-gw data path cannot start"):
         await asyncio.wait_for(d.run(), 5)
     assert not (await h.store.list(f"{PREFIX}/subnets/".encode())).items  # no lease taken
+
+
+async def test_reconcile_failure_is_counted_and_retried(h: Harness) -> None:
+    class Flaky(FakeBackend):
+        fail = 1
+
+        async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+            if self.fail:
+                self.fail -= 1
+                raise OSError("netlink: device busy")
+            return await super().reconcile(peers)
+
+    await h.store.put(CONFIG, GOOD)
+    await h.put_peer("10.244.50.0/24", "198.18.0.12")
+    be = Flaky()
+    d, _ = h.daemon(backend=be)
+    h.start(d)
+    await ready(h, d)
+    assert d.health.reconcile_errors_total == 1 and not be.programmed
+    await h.timer.advance(10)  # the periodic resync repairs it
+    await until(lambda: N("10.244.50.0/24") in be.programmed, "resync after failure")
+
+
+class FakeMasq:
+    def __init__(self, log: list[str], subnet: N) -> None:
+        self.log = log
+        self.subnet = subnet
+        self.present = False
+
+    async def ensure(self) -> bool:
+        self.log.append(f"ensure {self.subnet}")
+        changed = not self.present
+        self.present = True
+        return changed
+
+    async def remove(self) -> None:
+        self.log.append(f"remove {self.subnet}")
+        self.present = False
+
+
+@pytest.mark.parametrize("ip_masq", [True, False], ids=["ip-masq", "no-ip-masq"])
+async def test_masquerade_ensured_and_restored(h: Harness, ip_masq: bool) -> None:
+    calls: list[str] = []
+    masqs: list[FakeMasq] = []
+
+    def factory(cfg: NetworkConfig, own: Lease) -> FakeMasq:
+        masqs.append(FakeMasq(calls, own.subnet))
+        return masqs[-1]
+
+    await h.store.put(CONFIG, GOOD)
+    be = FakeBackend()
+    cfg = DaemonConfig(subnet_file=h.tmp / "s.env", lease_ttl=30, ip_masq=ip_masq)
+    d = Flanneld(cfg, h.store, ext(), lambda c, e: be, factory, random.Random(1),
+                 sleep=h.timer.sleep)
+    h.start(d)
+    await ready(h, d)
+    assert d.own is not None
+    if not ip_masq:  # leftovers of an earlier -ip-masq run are cleaned, nothing installed
+        assert calls == [f"remove {d.own.subnet}"]
+        return
+    assert calls == [f"ensure {d.own.subnet}"]
+    masqs[0].present = False  # someone flushed the table
+    await h.timer.advance(5)
+    assert calls.count(f"ensure {d.own.subnet}") >= 2 and masqs[0].present
+    assert subnetfile.read(h.tmp / "s.env").ip_masq
