@@ -52,6 +52,9 @@ RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 CLONE_NEWNET = 0x40000000
 ENODEV, EEXIST, ESRCH, EADDRNOTAVAIL = 19, 17, 3, 99
 
+# the kernel caps one dump datagram at ~32 KiB; a bigger buffer only costs an
+# mmap/mremap per recv
+_RECV_SIZE = 65536
 _HDR = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
@@ -157,7 +160,6 @@ class Netlink:
         """A socket in the calling thread's current network namespace."""
         sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
                               NETLINK_ROUTE)
-        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1 << 20)
         sock.bind((0, 0))
         return cls(sock)
 
@@ -202,7 +204,7 @@ class Netlink:
 
     def _replies(self, seq: int, what: str) -> Iterator[bytes]:
         while True:
-            data = self.sock.recv(1 << 20)
+            data = self.sock.recv(_RECV_SIZE)
             offset = 0
             while offset + _HDR.size <= len(data):
                 length, msg_type, _, mseq, _ = _HDR.unpack_from(data, offset)
