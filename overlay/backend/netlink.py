@@ -336,30 +336,37 @@ def external_interface(name_or_ip: str, public_ip: ipaddress.IPv4Address | None 
     Raises ``BackendError`` naming the interface when it does not exist or has
     no IPv4 address.
     """
-    own = kernel is None
-    k: Kernel = kernel if kernel is not None else NetlinkKernel()
+    if kernel is None:
+        # pyroute2's synchronous IPRoute cannot start inside a running event loop:
+        # open it on a thread of its own, so this works from async code as well
+        def fresh() -> ExternalInterface:
+            k = NetlinkKernel()
+            try:
+                return external_interface(name_or_ip, public_ip, k)
+            finally:
+                k.close()
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink-iface") as pool:
+            return pool.submit(fresh).result()
+    k = kernel
     try:
-        try:
-            wanted: ipaddress.IPv4Address | None = ipaddress.IPv4Address(name_or_ip)
-        except ValueError:
-            wanted = None
-        if wanted is None:
-            link = k.link(name_or_ip)
-            if link is None:
-                raise BackendError(f"interface {name_or_ip!r} does not exist")
-            addrs = k.addresses(link.index)
-            if not addrs:
-                raise BackendError(f"interface {name_or_ip!r} has no IPv4 address")
-            ip = addrs[0].ip
-        else:
-            link = _link_with_address(k, wanted)
-            if link is None:
-                raise BackendError(f"no interface has the address {wanted}")
-            ip = wanted
-        return ExternalInterface(link.name, link.index, ip, public_ip or ip, link.mtu)
-    finally:
-        if own and isinstance(k, NetlinkKernel):
-            k.close()
+        wanted: ipaddress.IPv4Address | None = ipaddress.IPv4Address(name_or_ip)
+    except ValueError:
+        wanted = None
+    if wanted is None:
+        link = k.link(name_or_ip)
+        if link is None:
+            raise BackendError(f"interface {name_or_ip!r} does not exist")
+        addrs = k.addresses(link.index)
+        if not addrs:
+            raise BackendError(f"interface {name_or_ip!r} has no IPv4 address")
+        ip = addrs[0].ip
+    else:
+        link = _link_with_address(k, wanted)
+        if link is None:
+            raise BackendError(f"no interface has the address {wanted}")
+        ip = wanted
+    return ExternalInterface(link.name, link.index, ip, public_ip or ip, link.mtu)
 
 
 def _link_with_address(k: Kernel, ip: ipaddress.IPv4Address) -> Link | None:
