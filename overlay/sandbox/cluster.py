@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, Protocol, TextIO
 
 from overlay.sandbox.model import (
     CNI_NETWORK_NAME,
@@ -214,11 +214,39 @@ def log_tail(path: str, lines: int = 15) -> str:
 # -- the cluster ---------------------------------------------------------------------
 
 
+class Writer(Protocol):
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+
+
+@dataclass
+class Unbreakable:
+    """Output that outlives its reader: ``up | head`` must not abort a half-built sandbox."""
+
+    out: Writer
+    closed: bool = False
+
+    def write(self, text: str, /) -> int:
+        if not self.closed:
+            try:
+                self.out.write(text)
+            except OSError:  # BrokenPipeError and friends: stop writing, keep working
+                self.closed = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed:
+            try:
+                self.out.flush()
+            except OSError:
+                self.closed = True
+
+
 @dataclass
 class Progress:
     """Prints one line per step with the time since ``up`` started."""
 
-    out: TextIO
+    out: Writer
     t0: float = field(default_factory=time.monotonic)
 
     def line(self, text: str) -> None:
@@ -433,9 +461,10 @@ def vtep_mac(netns: str) -> str:
 # -- commands ---------------------------------------------------------------------------
 
 
-def up(options: Options, out: TextIO) -> int:
+def up(options: Options, stdout: Writer) -> int:
     """``weftctl sandbox up``: build the cluster, print the table and the proof."""
     options.check()
+    out = Unbreakable(stdout)
     state_dir = options.state_dir
     with _up_lock(state_dir):
         existing = load_state(state_dir)
@@ -456,7 +485,7 @@ def up(options: Options, out: TextIO) -> int:
         return _build(options, out)
 
 
-def _build(options: Options, out: TextIO) -> int:
+def _build(options: Options, out: Writer) -> int:
     progress = Progress(out)
     tb = Testbed()
     state = State(
@@ -496,8 +525,8 @@ def _build(options: Options, out: TextIO) -> int:
         out.flush()
         return 0 if proven else 1
     except BaseException:
-        progress.line("failed; tearing the sandbox down")
         _teardown(sb, quiet=True)
+        progress.line("failed; the sandbox was torn down")
         tb.destroy()
         with contextlib.suppress(SandboxError, OSError):
             remove_state_dir(options.state_dir)
@@ -575,7 +604,7 @@ def _until(argv: Sequence[str], ok: Callable[[subprocess.CompletedProcess[str]],
         time.sleep(0.1)
 
 
-def _proof(sb: Sandbox, out: TextIO, progress: Progress) -> bool:
+def _proof(sb: Sandbox, out: Writer, progress: Progress) -> bool:
     """Print a cross-host ping and a dig from containers; False if either failed."""
     good = True
     cs = [c for c in sb.state.containers if c.ip]

@@ -253,6 +253,9 @@ def test_state_file_is_json_with_every_pid(state_dir: Path) -> None:
     raw = json.loads((state_dir / "state.json").read_text())
     assert {d["name"] for d in raw["daemons"]} >= {"store"}
     assert all(isinstance(d["pid"], int) and d["pid"] > 1 for d in raw["daemons"])
+    over = weftctl(state_dir.parent / "other", "up", "--hosts", "17")
+    assert over.returncode == 1 and "--hosts: must be 1..16" in over.stderr, over.stderr
+    assert not (state_dir.parent / "other").exists()
     bad = weftctl(state_dir, "logs", "nosuch@h9")
     assert bad.returncode == 1 and "no such daemon" in bad.stderr
     bad = weftctl(state_dir, "exec", "h9", "--", "true")
