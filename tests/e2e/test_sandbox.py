@@ -264,3 +264,24 @@ def test_state_file_is_json_with_every_pid(state_dir: Path) -> None:
     assert state is not None
     assert weftctl(state_dir, "down").returncode == 0
     assert_nothing_left(state, state_dir)
+
+
+def test_failed_up_removes_everything_it_made(state_dir: Path, tmp_path: Path) -> None:
+    """A store dying at start-up (an `etcd` exiting 1, first on PATH): clear error, no trace."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "etcd").write_text("#!/bin/sh\necho 'etcd: simulated start-up failure' >&2\nexit 1\n")
+    (fake / "etcd").chmod(0o755)
+    env = dict(os.environ, WEFT_SANDBOX_DIR=str(state_dir),
+               PATH=f"{fake}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    before = root_snapshot()
+    proc = subprocess.run([WEFTCTL, "sandbox", "up", "--hosts", "2", "--store", "etcd"],
+                          capture_output=True, text=True, env=env, timeout=90)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "store@underlay: exited during start-up" in proc.stderr, proc.stderr
+    assert "simulated start-up failure" in proc.stderr, proc.stderr  # the log tail is shown
+    tag = re.search(r"weft sandbox (w[0-9a-f]+):", proc.stdout)
+    assert tag, proc.stdout
+    assert [ns for ns in list_netns() if ns.startswith(tag.group(1) + "-")] == []
+    assert not state_dir.exists()
+    assert root_snapshot() == before
