@@ -147,3 +147,15 @@ def test_vxlan_programs_a_thousand_peers_quickly(tmp_path: Path) -> None:
         assert r["removed"] == 1000 and r["errors"] == []
         assert tb.exec(ns, ["ip", "route", "show", "proto", "87"]).stdout.strip() == ""
         assert " dst " not in ip_show(tb, "h1", "bridge", "fdb", "show", "dev", "flannel.1")
+
+
+def test_vxlan_custom_vni_and_port(tmp_path: Path) -> None:
+    with open_testbed(2) as tb, cluster(tb, "vxlan", {"VNI": 42, "Port": 4789}, tmp_path) as c:
+        for name in ("h1", "h2"):
+            c.start(name)
+        c.reconcile_all()
+        assert c.hosts["h1"].lease.backend_data["VNI"] == 42
+        link = ip_show(tb, "h1", "ip", "-d", "link", "show", "flannel.42")
+        assert "vxlan id 42" in link and "dstport 4789" in link, link
+        assert "dev flannel.42 proto 87 onlink" in ip_show(tb, "h1", "ip", "route")
+        assert ping_matrix(tb, ["h1", "h2"]) == []
