@@ -120,8 +120,13 @@ def test_dead_peer_expires_and_stale_peer_cleaned_on_start(cluster3: Cluster) ->
     while s3 in c.routes("h1") or s3 in c.routes("h2"):
         assert time.monotonic() - killed < ttl + 2, "dead peer's route outlived TTL + 2 s"
         time.sleep(0.05)
+    # the live hosts kept renewing their 3 s leases all along
+    time.sleep(ttl)
+    keys = c.etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets/")
+    s1, s2 = str(c.subnet("h1")), str(c.subnet("h2"))
+    assert s1.replace("/", "-") in keys and s2.replace("/", "-") in keys, keys
+    assert s3.replace("/", "-") not in keys
     # a peer removed while h1's flanneld is down is cleaned when h1 starts again
-    s2 = str(c.subnet("h2"))
     c.stop("h1", signal.SIGTERM)
     c.stop("h2", signal.SIGKILL)
     c.etcdctl("del", f"/coreos.com/network/subnets/{s2.replace('/', '-')}")
