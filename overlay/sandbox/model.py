@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 A sandbox is a ``Testbed`` (underlay namespace + host namespaces) plus a set of
 *daemons*, each an entry of ``DAEMONS``: a name, where it runs (``underlay``,
-``each-host`` or ``first-host``), the Python module that must exist for it to be
-available in this build, an argv builder and a health probe. ``cluster`` walks the
+``each-host`` or ``first-host``), a check saying why it is absent from this build
+(its module or binary missing) or None, an argv builder and its health probes. ``cluster`` walks the
 table in order; adding a per-host daemon (the scheduler agent is next) means
 adding one entry here and nothing else.
 
