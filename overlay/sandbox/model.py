@@ -4,10 +4,10 @@ Theory of operation
 -------------------
 A sandbox is a ``Testbed`` (underlay namespace + host namespaces) plus a set of
 *daemons*, each an entry of ``DAEMONS``: a name, where it runs (``underlay``,
-``each-host`` or ``first-host``), a check saying why it is absent from this build
-(its module or binary missing) or None, an argv builder and its health probes. ``cluster`` walks the
-table in order; adding a per-host daemon (the scheduler agent is next) means
-adding one entry here and nothing else.
+``each-host`` or ``first-host``), a check saying why it is absent from this
+build (its module or binary missing) or None, an argv builder and its health
+probes. ``cluster`` walks the table in order; adding a per-host daemon (the
+scheduler agent is next) means adding one entry here and nothing else.
 
 Everything ``up`` creates is recorded in ``<state-dir>/state.json`` (namespace tag,
 hosts, containers, daemons with pid + kernel start time so a recycled pid is
