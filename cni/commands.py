@@ -78,6 +78,14 @@ def open_netns(path: str) -> int:
         raise EnvError(f"CNI_NETNS {path} cannot be opened: {e.strerror}") from None
 
 
+def container_netlink(nsfd: int, path: str) -> Netlink:
+    """A netlink socket inside the container netns; EnvError if ``path`` is not one."""
+    try:
+        return Netlink.open_in(nsfd)
+    except KernelError as e:
+        raise EnvError(f"CNI_NETNS {path} is not a network namespace ({e.msg})") from None
+
+
 def ensure_bridge(nl: Netlink, name: str, senv: SubnetEnv, mtu: int, log: Log) -> Link:
     """Bridge ``name`` up with the gateway address of the current lease."""
     link = nl.get_link(name)
@@ -152,8 +160,13 @@ def add(env: Env, conf: NetConf, log: Log, pause: Pause) -> dict[str, Any]:
     mtu = conf.mtu or senv.mtu
     host_name = host_veth_name(conf.name, env.container_id, env.ifname)
     nsfd = open_netns(env.netns)
+    try:
+        # opened first: proves CNI_NETNS is a network namespace before anything changes
+        cnl = container_netlink(nsfd, env.netns)
+    except BaseException:
+        os.close(nsfd)
+        raise
     undo: list[Callable[[], object]] = []
-    # undo runs in reverse: the release comes last, after the masq element is gone
     try:
         store = DiskStore(conf.data_dir, conf.name).ensure_dir()
         store.check_duplicate(rng, env.container_id, env.ifname)
@@ -188,16 +201,15 @@ def add(env: Env, conf: NetConf, log: Log, pause: Pause) -> dict[str, Any]:
                 nl.set_hairpin(hv.index, True)
         finally:
             nl.close()
-        with Netlink.open_in(nsfd) as cnl:
-            c = cnl.get_link(env.ifname)
-            if c is None:
-                raise KernelError(f"{env.ifname} not found in {env.netns} after creation", 19)
-            cnl.set_up(c.index)
-            cnl.add_address(c.index, ip.packed, rng.subnet.prefixlen,
-                            rng.subnet.broadcast_address.packed)
-            routes = _routes(conf, senv)
-            for dst, gw in routes:
-                cnl.add_route(dst.network_address.packed, dst.prefixlen, gw.packed, c.index)
+        c = cnl.get_link(env.ifname)
+        if c is None:
+            raise KernelError(f"{env.ifname} not found in {env.netns} after creation", 19)
+        cnl.set_up(c.index)
+        cnl.add_address(c.index, ip.packed, rng.subnet.prefixlen,
+                        rng.subnet.broadcast_address.packed)
+        routes = _routes(conf, senv)
+        for dst, gw in routes:
+            cnl.add_route(dst.network_address.packed, dst.prefixlen, gw.packed, c.index)
         pause("addressed")
         if _masq_on(conf, senv):
             with masq.MasqLock(conf.data_dir, conf.name, exclusive=False):
@@ -213,6 +225,7 @@ def add(env: Env, conf: NetConf, log: Log, pause: Pause) -> dict[str, Any]:
                 log.warning("undo after failed ADD: %s", e)
         raise
     finally:
+        cnl.close()
         os.close(nsfd)
     log.info("ADD %s/%s: %s on %s via %s", env.container_id, env.ifname, ip, host_name,
              conf.bridge)
@@ -342,7 +355,7 @@ def check(env: Env, conf: NetConf, log: Log) -> None:
                                f"{conf.bridge}")
     nsfd = open_netns(env.netns)
     try:
-        with Netlink.open_in(nsfd) as cnl:
+        with container_netlink(nsfd, env.netns) as cnl:
             c = cnl.get_link(env.ifname)
             if c is None:
                 raise CheckFailedError(f"interface {env.ifname} is missing in {env.netns}")

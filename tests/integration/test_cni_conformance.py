@@ -155,6 +155,8 @@ BAD_INPUT = [
     ("no-containerid", {"CNI_CONTAINERID": None}, None, 4, "CNI_CONTAINERID"),
     ("netns-does-not-exist", {"CNI_NETNS": "/run/netns/weft-no-such-ns"}, None, 4,
      "/run/netns/weft-no-such-ns"),
+    ("netns-not-a-netns", {"CNI_NETNS": "/proc/self/status"}, None, 4,
+     "not a network namespace"),
     ("ifname-too-long", {"CNI_IFNAME": "eth0123456789abc"}, None, 4, "longer than 15"),
     ("ifname-slash", {"CNI_IFNAME": "eth/0"}, None, 4, "not a valid interface name"),
     ("unknown-cni-arg", {"CNI_ARGS": "FOO=bar"}, None, 4, "FOO"),
