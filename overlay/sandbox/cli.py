@@ -50,10 +50,17 @@ def _guard(func: Any) -> Any:
     return handler
 
 
+def _network(text: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IPv4 network CIDR: {exc}") from None
+
+
 def _up(args: argparse.Namespace) -> int:
     options = Options(hosts=args.hosts, store=args.store, backend=args.backend,
                       state_dir=_state_dir(args), lease_ttl=args.lease_ttl,
-                      network=ipaddress.IPv4Network(args.network))
+                      network=args.network)
     return cluster.up(options, sys.stdout)
 
 
@@ -111,7 +118,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lease-ttl", type=int, default=DEFAULT_LEASE_TTL, metavar="S",
                    help=f"flanneld subnet lease TTL in seconds (default {DEFAULT_LEASE_TTL}), "
                         "so peers visibly drop a killed host")
-    p.add_argument("--network", default=str(NETWORK), metavar="CIDR",
+    p.add_argument("--network", type=_network, default=NETWORK, metavar="CIDR",
                    help=f"overlay network (default {NETWORK})")
     p.set_defaults(func=_guard(_up))
 

@@ -35,6 +35,7 @@ DNSD_METRICS_PORT = 9153
 DNS_PORT = 53
 DOMAIN = "skydns.local."
 NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
+UNDERLAY_NET = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmark space
 MAX_HOSTS = 16
 BACKENDS = ("vxlan", "host-gw", "udp")
 STORES = ("embedded", "etcd")
@@ -90,6 +91,12 @@ class Options:
         if self.backend not in BACKENDS:
             raise BadOptionError("--backend", f"must be one of {', '.join(BACKENDS)}, "
                                  f"got {self.backend!r}")
+        if self.network.overlaps(UNDERLAY_NET):
+            raise BadOptionError("--network", f"{self.network} overlaps the sandbox underlay "
+                                 f"{UNDERLAY_NET}")
+        if self.network.prefixlen > 28:
+            raise BadOptionError("--network", f"{self.network} is too small (flannel needs /28 "
+                                 "or larger)")
         if self.lease_ttl < 2:
             raise BadOptionError("--lease-ttl", f"must be at least 2 s, got {self.lease_ttl}")
         return self

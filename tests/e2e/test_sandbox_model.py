@@ -33,6 +33,10 @@ from overlay.sandbox.model import (
         pytest.param(Options(store="consul"), "--store", id="unknown-store"),
         pytest.param(Options(backend="ipsec"), "--backend", id="unknown-backend"),
         pytest.param(Options(lease_ttl=1), "--lease-ttl", id="ttl-too-short"),
+        pytest.param(Options(network=ipaddress.IPv4Network("198.18.0.0/16")), "--network",
+                     id="network-on-underlay"),
+        pytest.param(Options(network=ipaddress.IPv4Network("10.0.0.0/29")), "--network",
+                     id="network-too-small"),
     ],
 )
 def test_bad_options_name_the_flag(options: Options, flag: str) -> None:
