@@ -38,6 +38,7 @@ class DnsdConfig:
     store: StoreConfig
     forwarder: Forwarder | None
     round_robin: bool
+    udp_batch: bool
     metrics_port: int
     verbose: bool
 
@@ -67,6 +68,7 @@ def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("ttl", "default TTL of records without ttl or lease", 3600, type=int)
     p.add("min-ttl", "TTL of negative answers (and the SOA minimum)", 60, type=int)
     p.add_bool("round-robin", "rotate A/AAAA answers", True)
+    p.add_bool("udp-batch", "receive and send UDP in batches (recvmmsg/sendmmsg, Linux)", True)
     p.add("metrics-port", "port for /metrics and /healthz on the -addr host (0 = off)", 0,
           type=int, env=("PROMETHEUS_PORT",))
     p.add_bool("verbose", "debug logging", False)
@@ -95,7 +97,7 @@ def parse_config(argv: Sequence[str] | None,
         raise  # parser.error exits; this keeps the type checker informed
     prefix = "/" + a.path_prefix.strip("/")
     return DnsdConfig(host, port, engine, prefix, store, forwarder, a.round_robin,
-                      a.metrics_port, a.verbose)
+                      a.udp_batch, a.metrics_port, a.verbose)
 
 
 class Daemon:
@@ -106,7 +108,8 @@ class Daemon:
         self.index = Index(cfg.prefix)
         self.lock = threading.Lock()
         self.server = DnsServer(Engine(cfg.engine), self.index, self.lock,
-                                ServerConfig(cfg.host, cfg.port, cfg.round_robin),
+                                ServerConfig(cfg.host, cfg.port, cfg.round_robin,
+                                             cfg.udp_batch),
                                 cfg.forwarder)
         self.feed = Feed(self._connect, self.index, self.lock, self.server.invalidate)
         self.started = time.monotonic()

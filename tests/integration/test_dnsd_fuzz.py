@@ -109,8 +109,9 @@ def _tcp(port: int, name: str, conns: int = 4) -> int:
     return answered
 
 
-def test_fuzz_udp_and_tcp(etcd_endpoint: str, tmp_path: Path) -> None:
-    with run_dnsd(etcd_endpoint, tmp_path) as d:
+@pytest.mark.parametrize("udp_batch", ["true", "false"], ids=["recvmmsg", "recvfrom"])
+def test_fuzz_udp_and_tcp(etcd_endpoint: str, tmp_path: Path, udp_batch: str) -> None:
+    with run_dnsd(etcd_endpoint, tmp_path, f"-udp-batch={udp_batch}") as d:
         asyncio.run(_register(etcd_endpoint, d.key("probe")))
         name = d.name("probe")
         deadline = time.monotonic() + 3
