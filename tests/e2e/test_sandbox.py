@@ -171,7 +171,7 @@ def test_sandbox_lifecycle(state_dir: Path, backend: str, store: str) -> None:
     for src in ("c1.h1", "c1.h2", "c1.h3"):
         for dst in ("c1.h1", "c1.h2", "c1.h3"):
             if src != dst:
-                ping = exec_in(state_dir, src, "ping", "-n", "-c", "1", "-W", "2",
+                ping = exec_in(state_dir, src, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2",
                                ip_of(state, dst))
                 assert ping.returncode == 0, f"{src} -> {dst}: {ping.stdout}{ping.stderr}"
     dig = exec_in(state_dir, "c1.h3", "dig", f"@{state.dns_ip}", "c1.h2.skydns.local",
@@ -192,7 +192,7 @@ def test_sandbox_lifecycle(state_dir: Path, backend: str, store: str) -> None:
     for alive_host in ("h1", "h3"):
         assert re.search(rf"flanneld\s+{alive_host}\s+\d+\s+running\s+healthy",
                          status), status
-    survivors = exec_in(state_dir, "c1.h1", "ping", "-n", "-c", "1", "-W", "2",
+    survivors = exec_in(state_dir, "c1.h1", "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2",
                         ip_of(state, "c1.h3"))
     assert survivors.returncode == 0, survivors.stdout
 
