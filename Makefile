@@ -10,6 +10,7 @@ APT_PACKAGES := etcd-server etcd-client iproute2 nftables bind9-dnsutils iperf3 
 	containernetworking-plugins knot tcpdump iputils-ping procps psmisc kmod \
 	shellcheck ruby systemd vagrant make
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: deps apt python lint test demo bench clean
 
@@ -34,8 +35,9 @@ lint: python
 test: deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# make demo DEMO_ARGS="--hosts 5 --backend host-gw"; the state dir follows $WEFT_SANDBOX_DIR
 demo: deps
-	.venv/bin/weftctl sandbox up
+	.venv/bin/weftctl sandbox up $(DEMO_ARGS)
 
 bench: deps
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
