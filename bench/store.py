@@ -5,7 +5,8 @@
 Starts both servers on free loopback ports with temporary data dirs (removed at
 the end), then measures for each: sequential put/s, get/s, txn-create/s, watch
 event latency p50/p99 (put sent -> event received by a watcher on another
-connection) and put/s from 50 concurrent clients. Prints each figure and the
+connection) and put/s from 50 concurrent clients, alternating the servers over
+``--rounds`` rounds and keeping each one's best figure. Prints each figure and the
 embedded/etcd ratio (for latencies: etcd/embedded, so > 1 means embedded is
 faster everywhere). Goals: every ratio >= 0.5 and embedded watch p99 < 20 ms.
 """
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer operations (smoke run)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating rounds per server; best figure kept [default 3]")
     args = ap.parse_args(argv)
     if shutil.which("etcd") is None:
         print("bench/store.py: needs Debian's etcd-server (make deps)", file=sys.stderr)
@@ -160,10 +163,18 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(emb)
         etcd = start_etcd(tmp / "etcd", log=tmp / "etcd.log")
         procs.append(etcd)
+        servers = (("embedded", emb.endpoint), ("etcd", etcd.endpoint))
+        for _, ep in servers:
+            asyncio.run(measure(ep, True))  # warm-up: page cache, connections
+        # Other work shares this machine: alternate the servers for several rounds and
+        # keep each one's best figure, so a burst of load does not decide a ratio.
         results: dict[str, dict[str, float]] = {}
-        for name, ep in (("embedded", emb.endpoint), ("etcd", etcd.endpoint)):
-            asyncio.run(measure(ep, True))  # warm-up (connections, JIT-free but caches)
-            results[name] = asyncio.run(measure(ep, args.quick))
+        for _ in range(args.rounds):
+            for name, ep in servers:
+                got = asyncio.run(measure(ep, args.quick))
+                best = results.setdefault(name, got)
+                for fig, v in got.items():
+                    best[fig] = min(best[fig], v) if "ms" in fig else max(best[fig], v)
         print(f"{'figure':<18}{'embedded':>12}{'etcd':>12}{'ratio':>8}")
         worst = float("inf")
         for fig in results["embedded"]:

@@ -275,15 +275,25 @@ class Committer:
                 if not w.done():
                     w.set_result(None)
             return
-        self._writing = True
         loop = asyncio.get_running_loop()
+        if len(waiters) <= 1:
+            # a lone writer: an inline fsync is cheaper than two thread wake-ups, and
+            # requests arriving meanwhile queue up to form the next, larger batch
+            try:
+                self._state.write(batch)
+            except Exception as e:
+                self._done(None, e, batch, waiters)
+            else:
+                self._done(None, None, batch, waiters)
+            return
+        self._writing = True
         fut = loop.run_in_executor(self._pool, self._state.write, batch)
-        fut.add_done_callback(lambda f: self._done(f, batch, waiters))
+        fut.add_done_callback(lambda f: self._done(f, None, batch, waiters))
 
-    def _done(self, f: asyncio.Future[None], batch: Batch,
+    def _done(self, f: asyncio.Future[None] | None, error: BaseException | None, batch: Batch,
               waiters: list[asyncio.Future[None]]) -> None:
         self._writing = False
-        exc = f.exception()
+        exc = f.exception() if f is not None else error
         if exc is not None:
             self._fail(waiters + self._waiters, exc if isinstance(exc, Exception)
                        else RuntimeError(str(exc)))
