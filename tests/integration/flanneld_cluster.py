@@ -84,11 +84,12 @@ class Cluster:
         return self.tmp / f"flanneld-{host}.log"
 
     def start(self, host: str, ttl: int = 30, extra: Sequence[str] = (),
-              iface: str = "eth0") -> subprocess.Popen[bytes]:
+              iface: str | None = "eth0") -> subprocess.Popen[bytes]:
+        """Spawn flanneld on ``host`` (``iface=None``: let it pick the default route's)."""
         h = self.tb.hosts[host]
-        argv = [FLANNELD, "-etcd-endpoints", self.endpoint, "-iface", iface,
+        argv = [FLANNELD, "-etcd-endpoints", self.endpoint,
                 "-subnet-file", str(self.subnet_file(host)), "-subnet-lease-ttl", str(ttl),
-                *extra]
+                *(["-iface", iface] if iface else []), *extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = self.tb.spawn(h.netns, argv, log=self.log(host), env=env)
         self.procs[host] = proc
