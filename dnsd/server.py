@@ -443,7 +443,9 @@ def _requery(query: Query) -> bytes:
     flags = query.flags & 0x0110  # RD and CD
     opt = b""
     if query.edns is not None:
-        opt = b"\x00" + struct.pack("!HHBBHH", 41, 1232, 0, 0,
+        # ask for no more than the client can take, so the reply can be relayed as is
+        size = min(query.edns.udp_size, 1232)
+        opt = b"\x00" + struct.pack("!HHBBHH", 41, size, 0, 0,
                                     0x8000 if query.edns.do else 0, 0)
     return struct.pack("!HHHHHH", query.ident, flags, 1, 0, 0, 1 if opt else 0) + \
         query.question_wire + opt
