@@ -38,7 +38,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from overlay import subnetfile
 from overlay.backend.base import Backend, BackendConfigError, BackendError, ExternalInterface
@@ -52,6 +52,7 @@ from overlay.store.api import CompactedError, Store, StoreError
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 BackendFactory = Callable[[NetworkConfig, ExternalInterface], Backend]
 
@@ -63,7 +64,9 @@ class Masquerade(Protocol):
         """Install or restore the rules; True when something had to be (re)written."""
         ...
 
-    async def remove(self) -> None: ...
+    async def remove(self) -> object:
+        """Delete the rules (network change, -ip-masq turned off)."""
+        ...
 
 
 MasqFactory = Callable[[NetworkConfig, Lease], Masquerade]
@@ -159,7 +162,7 @@ class Flanneld:
             if self.masq_factory is not None and self.cfg.ip_masq:
                 tg.create_task(self._masq_loop(), name="masq")
 
-    async def _retry(self, op: Callable[[], Awaitable[Any]], what: str) -> Any:
+    async def _retry(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Run ``op`` until the store answers (backoff up to 5 s)."""
         attempt = 0
         while True:

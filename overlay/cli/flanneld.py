@@ -9,6 +9,7 @@ kernel state in place, as flannel does).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import importlib
@@ -17,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from overlay.config import (
     DaemonConfig,
     NetworkConfig,
 )
+from overlay.daemon import Masquerade
 from overlay.lease.model import DEFAULT_PREFIX, Lease
 from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
 
@@ -86,7 +88,7 @@ def program_version() -> str:
 
 
 def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
-               ) -> tuple[Any, DaemonConfig, StoreConfig]:
+               ) -> tuple[argparse.Namespace, DaemonConfig, StoreConfig]:
     """Flags and env into (raw namespace, DaemonConfig, StoreConfig); exits 2 on bad input."""
     env = os.environ if environ is None else environ
     parser = build_parser(env)
@@ -134,10 +136,11 @@ def make_backend(config: NetworkConfig, ext: ExternalInterface) -> Backend:
     return backend
 
 
-def make_masq(config: NetworkConfig, own: Lease) -> Any:
+def make_masq(config: NetworkConfig, own: Lease) -> Masquerade:
     """flannel's -ip-masq rules for ``own`` in ``config.network`` (overlay.masq)."""
-    masq = importlib.import_module("overlay.masq")
-    return masq.Masquerade(config.network, own.subnet)
+    from overlay.masq import Masquerade as NftMasquerade
+
+    return NftMasquerade(config.network, own.subnet)
 
 
 async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterface) -> int:
@@ -196,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_until_signalled(amain(cfg, store_cfg, ext))
 
 
-def run_until_signalled(coro: Any) -> int:
+def run_until_signalled(coro: Coroutine[Any, Any, int]) -> int:
     """Run ``coro``; SIGTERM/SIGINT cancel it and exit 0 (state is left in place)."""
 
     async def runner() -> int:

@@ -20,7 +20,7 @@ import ipaddress
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -57,7 +57,7 @@ def store_config(args: argparse.Namespace) -> StoreConfig:
                                  args.etcd_keyfile)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     net = subparsers.add_parser("network", help="set or show the overlay network config")
     nsub = net.add_subparsers(dest="network_command", metavar="ACTION")
     s = nsub.add_parser("set", help="write the network config (flannel JSON)")
@@ -76,7 +76,12 @@ def register(subparsers: Any) -> None:
     g = nsub.add_parser("get", help="print the stored network config")
     add_store_flags(g)
     g.set_defaults(func=cmd_get)
-    net.set_defaults(func=lambda args: (net.print_help(), 2)[1])
+
+    def network_help(args: argparse.Namespace) -> int:
+        net.print_help()
+        return 2
+
+    net.set_defaults(func=network_help)
 
     le = subparsers.add_parser("leases", help="list subnet leases (subnet, public IP, backend, "
                                "VTEP MAC, TTL left)")
@@ -100,7 +105,7 @@ def register(subparsers: Any) -> None:
     d.set_defaults(func=cmd_docker_opts)
 
 
-def _run(coro: Any) -> int:
+def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         result: int = asyncio.run(coro)
         return result

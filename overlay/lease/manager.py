@@ -39,7 +39,7 @@ from overlay.lease.model import (
     subnets_prefix,
 )
 from overlay.lease.watcher import table_from_listing
-from overlay.store.api import LeaseNotFoundError, Listing, Store, StoreError
+from overlay.store.api import KeyValue, LeaseNotFoundError, Listing, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,8 @@ class LeaseManager:
         self.check_key(own, await self.store.get(subnet_key(self.prefix, own.subnet).encode()))
         return ttl
 
-    def check_key(self, own: Lease, kv: Any) -> None:
-        """Raise ``LeaseLostError`` unless ``kv`` (a KeyValue or None) is still our lease."""
+    def check_key(self, own: Lease, kv: KeyValue | None) -> None:
+        """Raise ``LeaseLostError`` unless ``kv`` is still our lease."""
         if kv is None:
             raise LeaseLostError(own.subnet, "its key was deleted from the store")
         try:
