@@ -10,7 +10,7 @@ negative errno in ``NLMSG_ERROR`` and are raised as ``KernelError``.
 
 A netlink socket is bound to the network namespace that was current when it
 was created, so ``Netlink.open_in(netns_path)`` switches the calling thread
-into the container's namespace with ``setns(2)`` (ctypes: ``os.setns`` only
+into the container's namespace with ``setns(2)`` (via _ctypes: ``os.setns`` only
 exists from Python 3.12), creates the socket and switches straight back. The
 plugin itself never runs in the container namespace.
 
@@ -30,7 +30,7 @@ from cni.errors import KernelError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 NETLINK_ROUTE = 0
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 1, 2, 4
@@ -130,21 +130,40 @@ def random_mac() -> bytes:
     return bytes(raw)
 
 
-_libc_setns = None
+_libc_setns: Callable[[int, int], int] | None = None
+
+
+def _load_setns() -> Callable[[int, int], int]:
+    """libc's setns(2) through ``_ctypes`` directly.
+
+    ``import ctypes`` builds its whole type zoo (~3 ms of CPU per exec); one
+    function pointer needs only a C int class and a CFuncPtr subclass.
+    """
+    import _ctypes
+
+    class CInt(_ctypes._SimpleCData if not TYPE_CHECKING  # type: ignore[misc]
+               else _ctypes._SimpleCData[int]):
+        _type_ = "i"
+
+    class SetnsFn(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = CInt
+        _argtypes_ = (CInt, CInt)
+
+    handle = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]  # NULL: the program
+    fn: Callable[[int, int], int] = SetnsFn(_ctypes.dlsym(handle, "setns"))
+    return fn
 
 
 def setns(fd: int) -> None:
     """Move the calling thread into the network namespace open on ``fd``."""
     global _libc_setns
     if _libc_setns is None:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        _libc_setns = libc.setns
+        _libc_setns = _load_setns()
     if _libc_setns(fd, CLONE_NEWNET) != 0:
-        import ctypes
+        import _ctypes
 
-        err = ctypes.get_errno()
+        err = _ctypes.get_errno()
         raise KernelError(f"setns into a network namespace failed: {os.strerror(err)}", err)
 
 
