@@ -21,6 +21,7 @@ at this boundary; nothing a client sends can stop the loops.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import struct
@@ -119,8 +120,15 @@ class DnsServer:
             self._pool = ThreadPoolExecutor(8, thread_name_prefix="dnsd-forward")
         log.info("dnsd listening on %s:%s (udp+tcp), forwarding %s", self.config.host,
                  self.port, "on" if forwarder_on else "off")
-        udp_loop = self._udp_batch_loop if self.config.batch and batchio.available() \
-            else self._udp_loop
+        udp_loop: Callable[[], None] = self._udp_loop
+        if self.config.batch and batchio.available():
+            try:
+                batch = BatchSocket(self.udp, slots=BATCH, bufsize=RECV_BUFFER)
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("UDP batching unavailable (%s); using recvfrom/sendto", exc)
+            else:
+                udp_loop = functools.partial(self._udp_batch_loop, batch)
+        log.debug("UDP loop: %s", getattr(udp_loop, "func", udp_loop).__name__)
         for name, target in (("dnsd-udp", udp_loop), ("dnsd-tcp", self._tcp_accept)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -235,9 +243,8 @@ class DnsServer:
                 metrics.errors += 1
                 log.exception("udp: failed to answer a packet from %s", addr)
 
-    def _udp_batch_loop(self) -> None:
+    def _udp_batch_loop(self, batch: BatchSocket) -> None:
         """recvmmsg/sendmmsg: up to BATCH datagrams per system call (Linux)."""
-        batch = BatchSocket(self.udp, slots=BATCH, bufsize=RECV_BUFFER)
         send = self.udp.sendto
         fast = self._fast
         metrics = self.metrics
