@@ -286,6 +286,32 @@ CASES = [
          authority=["inner.skydns.local. 60 SOA ns.dns.inner.skydns.local. "
                     f"hostmaster.inner.skydns.local. {REV} 28800 7200 604800 60"],
          domains=(Z, "inner.skydns.local.")),
+    Case("aaaa-through-cname-chain",
+         {"v6web.skydns.local.": {"host": "a.ipv6.west.skydns.local"},
+          "a.ipv6.west.skydns.local.": {"host": "2001::1"}},
+         "v6web.skydns.local.", RType.AAAA,
+         answer=["v6web.skydns.local. 3600 CNAME a.ipv6.west.skydns.local.",
+                 "a.ipv6.west.skydns.local. 3600 AAAA 2001::1"]),
+    Case("srv-v6-glue", RAILS, "ipv6.west.skydns.local.", RType.SRV,
+         answer=["ipv6.west.skydns.local. 3600 SRV 10 100 53 a.ipv6.west.skydns.local."],
+         additional=["a.ipv6.west.skydns.local. 3600 AAAA 2001::8:8:8:8"]),
+    Case("ptr-v6-from-arpa",
+         {"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.2.ip6.arpa.":
+          {"host": "v6.example.com"}},  # key /skydns/arpa/ip6/2/0/0/1/0/...
+         "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.2.ip6.arpa.", RType.PTR,
+         answer=["1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.2.ip6.arpa. "
+                 "3600 PTR v6.example.com."], aa=False),
+    Case("mx-name-host-in-zone-glue",
+         {**RAILS, "mx.m.skydns.local.": {"host": "1.rails.production.east.skydns.local",
+                                          "mail": True}},
+         "m.skydns.local.", RType.MX,
+         answer=["m.skydns.local. 3600 MX 10 1.rails.production.east.skydns.local."],
+         additional=["1.rails.production.east.skydns.local. 3600 A 10.0.0.1"]),
+    Case("txt-through-wildcard", {"a.t.skydns.local.": {"text": "one"},
+                                  "b.u.skydns.local.": {"text": "two"}},
+         "a.*.skydns.local.", RType.TXT, answer=['a.*.skydns.local. 3600 TXT "one"']),
+    Case("any-at-apex", {}, "skydns.local.", RType.ANY,
+         answer=["skydns.local. 3600 HINFO RFC8482 "]),
     Case("axfr-refused", RAILS, "skydns.local.", RType.AXFR, Rcode.REFUSED, authority=[],
          aa=False),
 ]
