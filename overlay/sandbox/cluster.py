@@ -43,6 +43,7 @@ from typing import IO, Protocol, TextIO
 from overlay.sandbox.model import (
     CNI_NETWORK_NAME,
     DAEMONS,
+    DEFAULT_STATE_DIR,
     DOMAIN,
     AlreadyUpError,
     ContainerRecord,
@@ -475,7 +476,7 @@ def up(options: Options, stdout: Writer) -> int:
                                      "see `weftctl sandbox status`, or `weftctl sandbox "
                                      "down` first")
             out.write(f"removing a stale sandbox record ({existing.tag}) from {state_dir}\n")
-            _teardown(Sandbox(state_dir, existing), quiet=True)
+            _teardown(Sandbox(state_dir, existing))
             for child in state_dir.iterdir():
                 if child.name != LOCK_FILE:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -519,13 +520,13 @@ def _build(options: Options, out: Writer) -> int:
         proven = _proof(sb, out, progress)
         out.write("\nnext: weftctl sandbox status | exec c1.h1 -- ip addr | logs flanneld@h2 "
                   "| kill h2 | down")
-        if options.state_dir != Path("/run/weft-sandbox"):
+        if options.state_dir != DEFAULT_STATE_DIR:
             out.write(f"   (add --state-dir {options.state_dir})")
         out.write("\n")
         out.flush()
         return 0 if proven else 1
     except BaseException:
-        _teardown(sb, quiet=True)
+        _teardown(sb)
         progress.line("failed; the sandbox was torn down")
         tb.destroy()
         with contextlib.suppress(SandboxError, OSError):
@@ -537,6 +538,9 @@ def _start_daemons(sb: Sandbox, progress: Progress) -> set[str]:
     started: set[str] = set()
     for spec in DAEMONS:
         missing = spec.missing(sb.options)
+        if missing and spec.name == "store":
+            raise SandboxError("store", f"cannot start ({missing}); try --store "
+                               + ("etcd" if sb.options.store == "embedded" else "embedded"))
         if missing:
             sb.state.skipped.append(f"{spec.name}: {missing}")
             sb.save()
@@ -552,8 +556,6 @@ def _start_daemons(sb: Sandbox, progress: Progress) -> set[str]:
             how = sb.write_network_config()
             progress.line(f"network config {sb.options.network} backend {sb.options.backend} "
                           f"written ({how})")
-    if "store" not in started:
-        raise SandboxError("store", "no store could be started: " + "; ".join(sb.state.skipped))
     return started
 
 
@@ -698,7 +700,7 @@ def kill_host(state_dir: Path, host: str, out: TextIO) -> int:
     return 0
 
 
-def _teardown(sb: Sandbox, quiet: bool = False) -> list[str]:
+def _teardown(sb: Sandbox) -> list[str]:
     """Kill every daemon and delete every namespace of the sandbox; return what is left."""
     stop_daemons(sb.state.daemons)
     for c in sb.state.containers:
