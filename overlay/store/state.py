@@ -639,7 +639,9 @@ class State:
                     " WHERE l2.key = log.key AND l2.rev <= :c)", {"c": c})
                 db.execute("DELETE FROM log WHERE rev < :c AND value IS NULL", {"c": c})
                 db.execute("UPDATE meta SET v = ? WHERE k = 'compact_revision'", (c,))
-            db.execute("UPDATE meta SET v = ? WHERE k = 'revision'", (batch.revision,))
+                # every revision writes a log row and compaction keeps rows >= c, so the
+                # log's newest row carries the revision; meta holds it only as a floor
+                db.execute("UPDATE meta SET v = ? WHERE k = 'revision'", (batch.revision,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
