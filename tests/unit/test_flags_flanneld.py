@@ -48,6 +48,9 @@ def test_daemon_config_from_flags() -> None:
     assert (cfg.prefix, cfg.subnet_file, cfg.lease_ttl, cfg.ip_masq, cfg.notify_socket) == (
         "/x/net", Path("/tmp/s.env"), 9, True, "@sd")
     assert store.endpoints == ("http://198.18.0.1:2379", "http://198.18.0.2:2379")
+    _, _, tls = parse_args(["-etcd-endpoints=https://198.18.0.1:2379", "-etcd-cafile=/ca.pem"],
+                           {"FLANNELD_ETCD_CERTFILE": "/c.pem", "FLANNELD_ETCD_KEYFILE": "/k.pem"})
+    assert (tls.cafile, tls.certfile, tls.keyfile) == ("/ca.pem", "/c.pem", "/k.pem")
 
 
 @pytest.mark.parametrize("argv", [
