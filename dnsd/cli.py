@@ -171,11 +171,16 @@ class Daemon:
             writer.close()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.server.start()
         http = None
         if self.cfg.metrics_port:
-            http = await asyncio.start_server(self._http, self.cfg.host, self.cfg.metrics_port)
+            try:
+                http = await asyncio.start_server(self._http, self.cfg.host,
+                                                  self.cfg.metrics_port)
+            except OSError:
+                self.server.stop()
+                raise
             log.info("metrics and health on http://%s:%s/", self.cfg.host, self.cfg.metrics_port)
+        self.server.start()
         feed = asyncio.create_task(self.feed.run())
         ready = asyncio.create_task(self._mark_ready())
         try:
@@ -212,7 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 loop.add_signal_handler(sig, stop.set)
         await daemon.run(stop)
 
-    asyncio.run(amain())
+    try:
+        asyncio.run(amain())
+    except OSError as exc:  # e.g. the metrics port is taken
+        log.error("dnsd failed: %s", exc)
+        return 1
     log.info("dnsd stopped")
     return 0
 
