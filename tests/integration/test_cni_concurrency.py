@@ -148,3 +148,28 @@ def test_kill_9_mid_add_then_gc_keeps_exactly_survivors(
     assert d.gc([]) == []
     assert ipam_files(tmp) == [] and _veths(host) == []
     assert "weft-" not in nft_ruleset(host)
+
+
+def test_kill_9_at_random_points_then_gc_leaves_nothing(
+        bed: tuple[Testbed, CniDriver, Path]) -> None:
+    import random
+
+    tb, d, tmp = bed
+    host = tb.hosts["h1"].netns
+    rnd = random.Random(4)  # fixed seed: reproducible kill points
+    conf = d.plugin_conf(d.conflist["plugins"][0], None, None)
+    nss = [tb.add_container("h1", f"r{i}").netns_path for i in range(12)]
+    procs = []
+    for i, ns in enumerate(nss):
+        procs.append(d.popen("weft", _env("ADD", f"rand{i}", ns), conf))
+        time.sleep(rnd.uniform(0, 0.03))
+    time.sleep(rnd.uniform(0, 0.03))
+    for p in procs:
+        p.kill()
+        d.collect(p, timeout=10)  # some finished, some died mid-way
+    assert d.gc([]) == []
+    assert ipam_files(tmp) == []
+    assert _veths(host) == []
+    assert "weft-" not in nft_ruleset(host)
+    for ns in nss:
+        assert "eth0" not in host_links(ns.rsplit("/", 1)[1])
