@@ -25,6 +25,8 @@ from .index import Index
 
 log = logging.getLogger(__name__)
 
+PROBE_FAILURES = 2
+
 
 @dataclass(slots=True)
 class FeedStatus:
@@ -153,8 +155,22 @@ class Feed:
                     self.on_change()
 
     async def _probe(self, store: Store) -> None:
+        """Check the store and refresh lease TTLs; give up after ``PROBE_FAILURES`` in a row.
+
+        One slow answer on a loaded machine is not an outage (a dead connection is
+        noticed sooner anyway: the watch stream fails).
+        """
+        failures = 0
         while True:
             await asyncio.sleep(self.probe_interval)
-            await store.get(self.prefix)  # raises when the store is gone
+            try:
+                await store.get(self.prefix)
+                await self._fetch_leases(store, self.index.leases())
+            except StoreError as exc:
+                failures += 1
+                log.info("store probe failed (%s of %s): %s", failures, PROBE_FAILURES, exc)
+                if failures >= PROBE_FAILURES:
+                    raise
+                continue
+            failures = 0
             self._up()
-            await self._fetch_leases(store, self.index.leases())
