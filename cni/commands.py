@@ -69,6 +69,11 @@ def host_veth_name(network: str, cid: str, ifname: str) -> str:
     return f"veth{zlib.crc32(key):08x}"
 
 
+def host_veth_alias(network: str, cid: str, ifname: str) -> str:
+    """Marks a host veth as weft's for ``network``, so GC never sweeps others' links."""
+    return f"weft:{network}:{cid}:{ifname}"
+
+
 def open_netns(path: str) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -197,6 +202,7 @@ def add(env: Env, conf: NetConf, log: Log, pause: Pause) -> dict[str, Any]:
             hv = nl.get_link(host_name)
             if hv is None:
                 raise KernelError(f"{host_name} vanished right after creation", 19)
+            nl.set_alias(hv.index, host_veth_alias(conf.name, env.container_id, env.ifname))
             if conf.hairpin:
                 nl.set_hairpin(hv.index, True)
         finally:
@@ -402,16 +408,15 @@ def gc(conf: NetConf, log: Log) -> None:
                 log.info("GC: freed %s (%s/%s)", ip, cid, ifname)
             except (CniError, OSError) as e:
                 errors.append(f"{ip}: {e}")
-        bridge = nl.get_link(conf.bridge)
-        if bridge is not None:
-            for link in nl.links():
-                if (link.master == bridge.index and link.name.startswith("veth")
-                        and link.name not in keep_veths):
-                    try:
-                        nl.delete_link(link.name)
-                        log.info("GC: removed stray interface %s", link.name)
-                    except CniError as e:
-                        errors.append(f"{link.name}: {e.msg}")
+        # host veths of this network with no allocation left (marked by their alias)
+        ours = f"weft:{conf.name}:"
+        for link in nl.links():
+            if link.alias.startswith(ours) and link.name not in keep_veths:
+                try:
+                    nl.delete_link(link.name)
+                    log.info("GC: removed stray interface %s (%s)", link.name, link.alias)
+                except CniError as e:
+                    errors.append(f"{link.name}: {e.msg}")
         survivors = store.allocations()
         masq_on = _masq_on(conf, senv)
         try:

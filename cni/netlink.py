@@ -40,7 +40,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
-IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 12, 18, 28
+IFLA_PROTINFO, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 12, 18, 20, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFLA_BRPORT_MODE = 4  # hairpin
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
@@ -92,10 +92,11 @@ def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
 class Link:
     """What the plugin needs to know about a network interface."""
 
-    __slots__ = ("flags", "index", "kind", "mac", "master", "mtu", "name")
+    __slots__ = ("alias", "flags", "index", "kind", "mac", "master", "mtu", "name")
 
     def __init__(self, index: int, name: str, flags: int, mac: bytes, mtu: int,
-                 master: int, kind: str) -> None:
+                 master: int, kind: str, alias: str = "") -> None:
+        self.alias = alias
         self.index = index
         self.name = name
         self.flags = flags
@@ -116,7 +117,7 @@ def _parse_link(body: bytes) -> Link:
                 attrs.get(IFLA_ADDRESS, b""),
                 struct.unpack("=I", attrs[IFLA_MTU])[0] if IFLA_MTU in attrs else 0,
                 struct.unpack("=I", attrs[IFLA_MASTER])[0] if IFLA_MASTER in attrs else 0,
-                kind)
+                kind, attrs.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode(errors="replace"))
 
 
 def format_mac(mac: bytes) -> str:
@@ -287,6 +288,11 @@ class Netlink:
                 + attr_u32(IFLA_MASTER, master) + attr(IFLA_LINKINFO | NLA_F_NESTED, info))
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body,
                      f"create veth {host_name} / {peer_name}")
+
+    def set_alias(self, index: int, alias: str) -> None:
+        """The interface alias (``ip link show`` prints it); the kernel ignores it on create."""
+        body = _IFINFO.pack(AF_UNSPEC, 0, index, 0, 0) + attr_str(IFLA_IFALIAS, alias[:255])
+        self.request(RTM_NEWLINK, 0, body, f"set alias on link {index}")
 
     def set_hairpin(self, index: int, on: bool) -> None:
         protinfo = attr(IFLA_BRPORT_MODE, bytes([1 if on else 0]))

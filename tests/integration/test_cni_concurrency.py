@@ -106,6 +106,8 @@ def test_kill_9_mid_add_then_gc_keeps_exactly_survivors(
         res = d.add(f"keep{i}", ns)
         survivors.append((f"keep{i}", ns, res))
     conf = d.plugin_conf(d.conflist["plugins"][0], None, None)
+    tb.exec(host, ["ip", "link", "add", "vother", "type", "veth", "peer", "name", "vother1"])
+    tb.exec(host, ["ip", "link", "set", "vother", "master", "cni0"])
     crashed_ns = []
     for step, _ in STEPS:
         ns = tb.add_container("h1", f"k{step}").netns_path
@@ -131,8 +133,14 @@ def test_kill_9_mid_add_then_gc_keeps_exactly_survivors(
         p.kill()
         assert d.collect(p, timeout=10).rc == -9
     assert len(ipam_files(tmp)) == 6  # 3 survivors + 3 leaked by the crashes
+    # a crash after the IPAM file went but before the veth did: swept by its alias
+    tb.exec(host, ["ip", "link", "add", "veth0bad0bad", "type", "veth", "peer", "name", "vb1"])
+    tb.exec(host, ["ip", "link", "set", "veth0bad0bad", "master", "cni0", "alias",
+                   "weft:weftnet:ghost:eth0"])
     errors = d.gc([(cid, "eth0") for cid, _, _ in survivors])
     assert errors == []
+    # a veth of another network on the same bridge is not weft's business
+    assert "vother" in host_links(host)
     keep_ips = sorted(r["ips"][0]["address"].split("/")[0] for _, _, r in survivors)
     assert ipam_files(tmp) == keep_ips
     assert _veths(host) == sorted(r["interfaces"][1]["name"] for _, _, r in survivors)
