@@ -18,7 +18,7 @@ it falls in (longest of the configured zones) decides authority. Inside a zone:
 * NXDOMAIN only when nothing exists at or below the name, otherwise NODATA; both
   carry the synthesised SOA with TTL ``min_ttl``;
 * TTL: the smaller of the record's ``ttl`` and the lease's remaining seconds, the
-  default ``ttl`` when neither is set.
+  default ``ttl`` when neither is set; then every RRset gets its smallest TTL.
 
 Outside every zone: PTR questions under in-addr.arpa/ip6.arpa are answered from
 exact keys when present (non-authoritative, as SkyDNS); anything else is
@@ -181,7 +181,8 @@ class Engine:
                               entry.service.host + ".")]
         if not records:
             return Answer(Rcode.NOERROR, authority=(soa_neg,))
-        return Answer(Rcode.NOERROR, tuple(records), (), tuple(_dedup(extra)))
+        return Answer(Rcode.NOERROR, tuple(_uniform_ttl(records)), (),
+                      tuple(_uniform_ttl(_dedup(extra))))
 
     # -- pieces ------------------------------------------------------------------
 
@@ -332,6 +333,16 @@ def group_filter(entries: Sequence[Entry]) -> list[Entry]:
 def _txt(text: str) -> tuple[bytes, ...]:
     raw = text.encode()
     return tuple(raw[i:i + 255] for i in range(0, len(raw), 255)) or (b"",)
+
+
+def _uniform_ttl(rrs: Sequence[RR]) -> list[RR]:
+    """One TTL per RRset (RFC 2181 5.2, as SkyDNS does): the smallest of the set."""
+    low: dict[tuple[str, RType], int] = {}
+    for rr in rrs:
+        key = (rr.name, rr.rtype)
+        low[key] = min(low.get(key, rr.ttl), rr.ttl)
+    return [rr if rr.ttl == low[(rr.name, rr.rtype)] else
+            RR(rr.name, rr.rtype, low[(rr.name, rr.rtype)], rr.rdata) for rr in rrs]
 
 
 def _dedup(rrs: Sequence[RR]) -> list[RR]:

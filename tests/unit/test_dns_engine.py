@@ -272,6 +272,11 @@ CASES = [
     Case("ttl-from-lease-alone-not-lease-id", {"t.skydns.local.": ({"host": "10.0.0.1"}, 0x7A)},
          "t.skydns.local.", RType.A, answer=["t.skydns.local. 90 A 10.0.0.1"],
          leases={0x7A: 90}),
+    Case("ttl-one-per-rrset",
+         {"a.r.skydns.local.": {"host": "10.0.0.1", "ttl": 30},
+          "b.r.skydns.local.": {"host": "10.0.0.2"}},
+         "r.skydns.local.", RType.A,
+         answer=["r.skydns.local. 30 A 10.0.0.1", "r.skydns.local. 30 A 10.0.0.2"]),
     Case("ttl-default-from-config", {"t.skydns.local.": {"host": "10.0.0.1"}},
          "t.skydns.local.", RType.A, answer=["t.skydns.local. 300 A 10.0.0.1"], ttl=300),
     # --- zones, forwarding, ANY, classes
