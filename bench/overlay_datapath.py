@@ -1,16 +1,25 @@
 """Data-path throughput: weft's backends vs the same topology configured by hand as flannel does.
 
-Each scenario builds a fresh two-host netns testbed with one container per host,
-programs it (by weft's backend harness, or by hand with ip/bridge commands the
-way flannel configures it), and runs iperf3 container-to-container with the
-client and server pinned to different cores. weft/hand pairs are interleaved
-over several rounds and the median taken, so load from other processes hits
-both sides alike. Prints each figure and the ratio against its reference.
+A scenario is a pair of netns hosts with one container each, programmed either
+by weft's backend (the backend harness, ``python -m overlay.backend.registry``)
+or by hand with the ip/bridge commands flannel's code issues; iperf3 runs
+container-to-container with the client and the server pinned to different
+cores. Prints each figure and the ratio against its reference.
 
-    .venv/bin/python bench/overlay_datapath.py [--seconds 5] [--rounds 3] [--streams 1]
+Comparisons (weft vs hand, same backend) run **concurrently** by default: one
+testbed holds both pairs (h1-h2 and h3-h4) and both iperf3 flows run at the
+same time on the same cores, so whatever else loads the machine hits both
+alike and the ratio compares equal data paths under equal contention (the
+absolute figures are then per flow, roughly half a lone flow's). ``--mode
+sequential`` measures each scenario alone on its own testbed instead, pairs
+back to back in alternating order, ratio = median of the per-round ratios.
 
-Importable without side effects: ``measure(kind, seconds)`` returns Gbit/s for
-one of ``SCENARIOS``; ``run(seconds, rounds)`` returns all figures and ratios.
+    .venv/bin/python bench/overlay_datapath.py [--seconds 4] [--rounds 3]
+        [--mode concurrent|sequential] [--streams 1]
+
+Importable without side effects: ``measure(kind, seconds)`` returns Gbit/s of
+one scenario from ``SCENARIOS`` alone; ``measure_pair(a, b, seconds)`` runs two
+concurrently; ``run(...)`` returns every figure and ratio as a dict.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +49,11 @@ from overlay.backend.registry import (  # noqa: E402
 from overlay.testbed import Testbed, open_testbed  # noqa: E402
 
 SCENARIOS = ("underlay", "hand-vxlan", "weft-vxlan", "hand-host-gw", "weft-host-gw", "weft-udp")
-HOSTS = ("h1", "h2")
+PAIRS = (("weft-vxlan", "hand-vxlan"), ("weft-host-gw", "hand-host-gw"))
 NETWORK = "10.244.0.0/16"
 PORT = 5201
+
+Pair = tuple[str, str]  # (client host, server host)
 
 
 def _subnet(i: int) -> ipaddress.IPv4Network:
@@ -50,8 +61,7 @@ def _subnet(i: int) -> ipaddress.IPv4Network:
 
 
 def _cores() -> tuple[str, str]:
-    n = os.cpu_count() or 1
-    return ("0", "1") if n >= 2 else ("0", "0")
+    return ("0", "1") if (os.cpu_count() or 1) >= 2 else ("0", "0")
 
 
 def _random_mac() -> str:
@@ -60,20 +70,19 @@ def _random_mac() -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def _hand_vxlan(tb: Testbed) -> int:
+def _hand_vxlan(tb: Testbed, pair: Pair) -> int:
     """flannel's vxlan state, by hand: device, address, per-peer neigh/FDB/onlink route."""
-    macs = {name: _random_mac() for name in HOSTS}
-    for i, name in enumerate(HOSTS, 1):
+    macs = {name: _random_mac() for name in pair}
+    for i, name in enumerate(pair, 1):
         h = tb.hosts[name]
-        ns = h.netns
-        tb.exec(ns, ["ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local",
-                     str(h.ip), "dev", "eth0", "dstport", "8472", "nolearning"])
-        tb.exec(ns, ["ip", "link", "set", "flannel.1", "address", macs[name], "mtu", "1450",
-                     "up"])
-        tb.exec(ns, ["ip", "addr", "add", f"{_subnet(i).network_address}/32", "dev",
-                     "flannel.1"])
-    for name in HOSTS:
-        for j, peer in enumerate(HOSTS, 1):
+        tb.exec(h.netns, ["ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local",
+                          str(h.ip), "dev", "eth0", "dstport", "8472", "nolearning"])
+        tb.exec(h.netns, ["ip", "link", "set", "flannel.1", "address", macs[name], "mtu",
+                          "1450", "up"])
+        tb.exec(h.netns, ["ip", "addr", "add", f"{_subnet(i).network_address}/32", "dev",
+                          "flannel.1"])
+    for name in pair:
+        for j, peer in enumerate(pair, 1):
             if peer == name:
                 continue
             ns, gw = tb.hosts[name].netns, str(_subnet(j).network_address)
@@ -86,9 +95,9 @@ def _hand_vxlan(tb: Testbed) -> int:
     return 1450
 
 
-def _hand_hostgw(tb: Testbed) -> int:
-    for name in HOSTS:
-        for j, peer in enumerate(HOSTS, 1):
+def _hand_hostgw(tb: Testbed, pair: Pair) -> int:
+    for name in pair:
+        for j, peer in enumerate(pair, 1):
             if peer != name:
                 tb.exec(tb.hosts[name].netns, ["ip", "route", "replace", str(_subnet(j)),
                                                "via", str(tb.hosts[peer].ip), "dev", "eth0"])
@@ -96,13 +105,13 @@ def _hand_hostgw(tb: Testbed) -> int:
 
 
 @contextlib.contextmanager
-def _weft(tb: Testbed, btype: str) -> Iterator[int]:
-    """Run weft's backend on both hosts for the duration of the block."""
+def _weft(tb: Testbed, btype: str, pair: Pair) -> Iterator[int]:
+    """Run weft's backend on both hosts of ``pair`` for the duration of the block."""
     drivers: list[DriverProcess] = []
     leases: list[dict[str, object]] = []
     mtu = 1500
     try:
-        for i, name in enumerate(HOSTS, 1):
+        for i, name in enumerate(pair, 1):
             d = DriverProcess(tb.hosts[name].netns, btype, "eth0", network=NETWORK,
                               python=sys.executable)
             drivers.append(d)
@@ -121,69 +130,113 @@ def _weft(tb: Testbed, btype: str) -> Iterator[int]:
             d.stop()
 
 
-def _iperf(tb: Testbed, server_ns: str, client_ns: str, target: str, seconds: float,
-           streams: int) -> float:
-    """Gbit/s received, client and server pinned to different cores."""
+def _flow(tb: Testbed, kind: str, pair: Pair, stack: contextlib.ExitStack) -> tuple[str, str, str]:
+    """Program ``kind`` on ``pair``; return (server netns, client netns, target address)."""
+    a, b = pair
+    if kind == "underlay":
+        return tb.hosts[b].netns, tb.hosts[a].netns, str(tb.hosts[b].ip)
+    if kind == "hand-vxlan":
+        mtu = _hand_vxlan(tb, pair)
+    elif kind == "hand-host-gw":
+        mtu = _hand_hostgw(tb, pair)
+    else:
+        mtu = stack.enter_context(_weft(tb, kind.removeprefix("weft-"), pair))
+    for i, name in enumerate(pair, 1):
+        tb.add_container(name, "c", ipaddress.IPv4Interface(f"10.244.{i}.2/24"), mtu=mtu)
+    c1, c2 = tb.containers[f"{a}/c"], tb.containers[f"{b}/c"]
+    if not tb.wait_ping(c1.netns, "10.244.2.2", within=10):
+        raise RuntimeError(f"{kind}: containers on {a} and {b} cannot reach each other")
+    return c2.netns, c1.netns, "10.244.2.2"
+
+
+def _iperf(tb: Testbed, flows: Sequence[tuple[str, str, str]], seconds: float,
+           streams: int) -> list[float]:
+    """Gbit/s received per flow; all flows at once, clients and servers on different cores."""
     cs, cc = _cores()
-    srv = subprocess.Popen(["ip", "netns", "exec", server_ns, "taskset", "-c", cs, "iperf3",
-                            "-s", "-1", "-p", str(PORT)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+    servers = [subprocess.Popen(["ip", "netns", "exec", srv, "taskset", "-c", cs, "iperf3",
+                                 "-s", "-1", "-p", str(PORT)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+               for srv, _, _ in flows]
+    clients: list[subprocess.Popen[str]] = []
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # wait for the listener
-            ss = tb.exec(server_ns, ["ss", "-ltn", f"sport = :{PORT}"], check=False).stdout
-            if f":{PORT}" in ss:
-                break
-            time.sleep(0.05)
-        out = tb.exec(client_ns, ["taskset", "-c", cc, "iperf3", "-c", target, "-p", str(PORT),
-                                  "-t", str(seconds), "-P", str(streams), "-J"],
-                      timeout=seconds + 30).stdout
-        result = json.loads(out)
-        return float(result["end"]["sum_received"]["bits_per_second"]) / 1e9
+        for srv, _, _ in flows:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # wait for the listener
+                ss = tb.exec(srv, ["ss", "-ltn", f"sport = :{PORT}"], check=False).stdout
+                if f":{PORT}" in ss:
+                    break
+                time.sleep(0.05)
+        clients = [subprocess.Popen(["ip", "netns", "exec", cli, "taskset", "-c", cc, "iperf3",
+                                     "-c", target, "-p", str(PORT), "-t", str(seconds), "-P",
+                                     str(streams), "-J"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+                   for _, cli, target in flows]
+        out = []
+        for c in clients:
+            stdout, _ = c.communicate(timeout=seconds + 30)
+            result = json.loads(stdout)
+            out.append(float(result["end"]["sum_received"]["bits_per_second"]) / 1e9)
+        return out
     finally:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            srv.wait(timeout=5)
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
+        for p in [*clients, *servers]:
+            if p.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=5)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
-def measure(kind: str, seconds: float = 5, streams: int = 1) -> float:
-    """Throughput in Gbit/s of one scenario from ``SCENARIOS`` on a fresh testbed."""
+def measure(kind: str, seconds: float = 4, streams: int = 1) -> float:
+    """Throughput in Gbit/s of one scenario from ``SCENARIOS``, alone on a fresh testbed."""
     if kind not in SCENARIOS:
         raise ValueError(f"unknown scenario {kind!r}; one of {SCENARIOS}")
-    with open_testbed(len(HOSTS)) as tb:
-        if kind == "underlay":
-            return _iperf(tb, tb.hosts["h2"].netns, tb.hosts["h1"].netns, str(tb.hosts["h2"].ip),
-                          seconds, streams)
-        with contextlib.ExitStack() as stack:
-            if kind == "hand-vxlan":
-                mtu = _hand_vxlan(tb)
-            elif kind == "hand-host-gw":
-                mtu = _hand_hostgw(tb)
-            else:
-                mtu = stack.enter_context(_weft(tb, kind.removeprefix("weft-")))
-            for i, name in enumerate(HOSTS, 1):
-                tb.add_container(name, "c", ipaddress.IPv4Interface(f"10.244.{i}.2/24"),
-                                 mtu=mtu)
-            c1, c2 = tb.containers["h1/c"], tb.containers["h2/c"]
-            if not tb.wait_ping(c1.netns, "10.244.2.2", within=10):
-                raise RuntimeError(f"{kind}: containers cannot reach each other")
-            return _iperf(tb, c2.netns, c1.netns, "10.244.2.2", seconds, streams)
+    with open_testbed(2) as tb, contextlib.ExitStack() as stack:
+        flow = _flow(tb, kind, ("h1", "h2"), stack)
+        return _iperf(tb, [flow], seconds, streams)[0]
 
 
-def run(seconds: float = 5, rounds: int = 3, streams: int = 1,
-        kinds: tuple[str, ...] = SCENARIOS) -> dict[str, float]:
-    """Median Gbit/s per scenario (pairs interleaved per round) plus ``ratio:*`` entries."""
+def measure_pair(a: str, b: str, seconds: float = 4, streams: int = 1) -> tuple[float, float]:
+    """Gbit/s of scenarios ``a`` (on h1-h2) and ``b`` (on h3-h4) running at the same time."""
+    for k in (a, b):
+        if k not in SCENARIOS:
+            raise ValueError(f"unknown scenario {k!r}; one of {SCENARIOS}")
+    with open_testbed(4) as tb, contextlib.ExitStack() as stack:
+        flows = [_flow(tb, a, ("h1", "h2"), stack), _flow(tb, b, ("h3", "h4"), stack)]
+        ga, gb = _iperf(tb, flows, seconds, streams)
+        return ga, gb
+
+
+def run(seconds: float = 4, rounds: int = 3, streams: int = 1,
+        kinds: tuple[str, ...] = SCENARIOS, mode: str = "concurrent") -> dict[str, float]:
+    """Median Gbit/s per scenario plus ``ratio:*`` entries (median of per-round ratios)."""
     samples: dict[str, list[float]] = {k: [] for k in kinds}
-    for _ in range(rounds):
-        for k in kinds:
-            if k in ("underlay", "weft-udp") and samples[k]:
-                continue  # one sample of the informational figures is enough
+    paired: dict[str, list[float]] = {}
+    for rnd in range(rounds):
+        for a, b in PAIRS:
+            if a not in kinds or b not in kinds:
+                continue
+            # alternate which side goes first (sequential) / which hosts it gets (concurrent)
+            first, second = (a, b) if rnd % 2 == 0 else (b, a)
+            if mode == "concurrent":
+                g1, g2 = measure_pair(first, second, seconds, streams)
+            else:
+                g1, g2 = measure(first, seconds, streams), measure(second, seconds, streams)
+            got = {first: g1, second: g2}
+            samples[a].append(got[a])
+            samples[b].append(got[b])
+            if got[b] > 0:
+                paired.setdefault(f"ratio:{a}/{b}", []).append(got[a] / got[b])
+    for k in kinds:  # underlay and udp (informational), or half a pair: one sample each, alone
+        if not samples[k]:
             samples[k].append(measure(k, seconds, streams))
     out = {k: statistics.median(v) for k, v in samples.items() if v}
-    for a, b in (("weft-vxlan", "hand-vxlan"), ("weft-host-gw", "hand-host-gw"),
-                 ("weft-udp", "weft-vxlan"), ("hand-vxlan", "underlay")):
+    out.update({k: statistics.median(v) for k, v in paired.items()})
+    vx = "weft-vxlan"
+    if mode == "concurrent" and vx in kinds and ({"underlay", "weft-udp"} & set(kinds)):
+        vx = "weft-vxlan-alone"  # the informational ratios compare flows measured alone
+        out[vx] = measure("weft-vxlan", seconds, streams)
+    for a, b in (("weft-udp", vx), (vx, "underlay")):
         if a in out and b in out and out[b] > 0:
             out[f"ratio:{a}/{b}"] = out[a] / out[b]
     return out
@@ -191,24 +244,28 @@ def run(seconds: float = 5, rounds: int = 3, streams: int = 1,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--streams", type=int, default=1)
+    ap.add_argument("--mode", choices=("concurrent", "sequential"), default="concurrent")
     ap.add_argument("--only", nargs="*", choices=SCENARIOS, default=list(SCENARIOS))
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     started = time.monotonic()
-    res = run(args.seconds, args.rounds, args.streams, tuple(args.only))
+    res = run(args.seconds, args.rounds, args.streams, tuple(args.only), args.mode)
+    alone = {"underlay", "weft-udp", "weft-vxlan-alone"}
     for k, v in res.items():
         if k.startswith("ratio:"):
             goal = "  (goal >= 0.95)" if "hand" in k.split("/")[1] and "weft" in k else ""
             print(f"{k:36s} {v:6.3f}x{goal}")
         else:
-            print(f"{k:36s} {v:6.2f} Gbit/s")
-    print(f"(iperf3 {args.seconds:g} s x {args.streams} stream(s), median of {args.rounds} "
-          f"rounds, {time.monotonic() - started:.0f} s total)")
+            note = "  (alone)" if args.mode == "sequential" or k in alone else \
+                "  (per flow, two flows at once)"
+            print(f"{k:36s} {v:6.2f} Gbit/s{note}")
+    print(f"(iperf3 {args.seconds:g} s x {args.streams} stream(s), {args.mode}, medians over "
+          f"{args.rounds} rounds, {time.monotonic() - started:.0f} s total)")
     return 0
 
 
