@@ -139,7 +139,7 @@ class Engine:
         qtype = q.qtype
         wild = any(lab in WILDCARDS for lab in labels[: len(labels) - len(ctx.zone)])
         if wild:
-            entries, found = ctx.index.match(path)
+            entries, found = ctx.index.match(path, literal=len(ctx.zone))
         else:
             entries = ctx.index.subtree(path)
             found = bool(entries) or ctx.index.exists(path)

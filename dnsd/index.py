@@ -191,16 +191,17 @@ class Index:
         node = self._find(path)
         return [] if node is None else list(_walk(node))
 
-    def match(self, path: Labels) -> tuple[list[Entry], bool]:
+    def match(self, path: Labels, literal: int = 0) -> tuple[list[Entry], bool]:
         """Records at or below ``path`` where ``*``/``any`` labels match any one label.
 
-        Returns the records and whether any key matched the pattern at all.
+        The first ``literal`` labels (the zone's) are matched literally. Returns the
+        records and whether any key matched the pattern at all.
         """
         nodes = [self._root]
-        for label in path:
+        for depth, label in enumerate(path):
             nxt: list[_Node] = []
             for node in nodes:
-                if label in WILDCARDS:
+                if depth >= literal and label in WILDCARDS:
                     nxt.extend(node.children[k] for k in sorted(node.children))
                 else:
                     child = node.children.get(label)

@@ -246,6 +246,10 @@ CASES = [
          answer=["4.rails.*.*.skydns.local. 3600 A 10.0.1.4"]),
     Case("wildcard-no-match-is-nxdomain", RAILS, "*.nowhere.skydns.local.", RType.A,
          Rcode.NXDOMAIN),
+    Case("zone-label-any-is-literal",
+         {"a.any.local.": {"host": "10.0.0.1"}, "a.other.local.": {"host": "10.0.0.2"}},
+         "*.any.local.", RType.A, answer=["*.any.local. 3600 A 10.0.0.1"],
+         domains=("any.local.",)),
     # --- groups
     Case("group-of-shallowest-entry",
          {"g.skydns.local.": {"host": "10.0.0.10", "group": "g1"},
