@@ -49,6 +49,7 @@ def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("addr", "address to serve DNS on (UDP and TCP)", "127.0.0.1:53")
     p.add("domain", "zone(s) to be authoritative for, comma separated", "skydns.local.")
     p.add("path-prefix", "store key prefix of the records", "/skydns")
+    p.add("etcd-prefix", "alias of -path-prefix (weft's common flag name)", None)
     p.add("etcd-endpoints", "store endpoints, comma separated",
           ",".join(DEFAULT_ENDPOINTS), env=("ETCD_MACHINES", "ETCD_ENDPOINTS"))
     p.add("machines", "alias of -etcd-endpoints (SkyDNS)", None)
@@ -95,7 +96,7 @@ def parse_config(argv: Sequence[str] | None,
     except ValueError as exc:
         parser.error(str(exc))
         raise  # parser.error exits; this keeps the type checker informed
-    prefix = "/" + a.path_prefix.strip("/")
+    prefix = "/" + (a.etcd_prefix or a.path_prefix).strip("/")
     return DnsdConfig(host, port, engine, prefix, store, forwarder, a.round_robin,
                       a.udp_batch, a.metrics_port, a.verbose)
 

@@ -48,6 +48,7 @@ CASES = [
      lambda c: (c.engine.ttl, c.engine.min_ttl) == (300, 30)),
     ("prometheus-port-env", [], {"PROMETHEUS_PORT": "9153"}, lambda c: c.metrics_port == 9153),
     ("path-prefix", ["-path-prefix", "skydns2/"], {}, lambda c: c.prefix == "/skydns2"),
+    ("etcd-prefix-alias", ["-etcd-prefix", "/dns"], {}, lambda c: c.prefix == "/dns"),
 ]
 
 
