@@ -153,14 +153,21 @@ class Flanneld:
         if sd_notify("READY=1", self.cfg.notify_socket):
             log.info("notified systemd: READY=1")
         log.info("ready: subnet %s, %d peers", own.subnet, len(self.peers()))
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._renew_loop(), name="renew")
-            tg.create_task(self._watch_loop(listing.revision + 1), name="watch")
-            tg.create_task(self._reconcile_loop(), name="reconcile")
-            tg.create_task(self._resync_loop(), name="resync")
-            tg.create_task(self._config_watch(), name="config-watch")
-            if self.masq_factory is not None and self.cfg.ip_masq:
-                tg.create_task(self._masq_loop(), name="masq")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._renew_loop(), name="renew")
+                tg.create_task(self._watch_loop(listing.revision + 1), name="watch")
+                tg.create_task(self._reconcile_loop(), name="reconcile")
+                tg.create_task(self._resync_loop(), name="resync")
+                tg.create_task(self._config_watch(), name="config-watch")
+                if self.masq_factory is not None and self.cfg.ip_masq:
+                    tg.create_task(self._masq_loop(), name="masq")
+        finally:
+            # handles only: the lease, devices, routes and rules all stay for the next start
+            try:
+                await backend.close()
+            except Exception as exc:  # boundary: closing must not mask why we stop
+                log.debug("closing the data path: %s", exc)
 
     async def _retry(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Run ``op`` until the store answers (backoff up to 5 s)."""

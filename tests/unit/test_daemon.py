@@ -82,6 +82,7 @@ class FakeBackend:
         self.attached: list[Lease] = []
         self.programmed: dict[N, Lease] = {}
         self.reconciles = 0
+        self.closed = False
 
     @property
     def mtu(self) -> int:
@@ -102,7 +103,7 @@ class FakeBackend:
         return ReconcileReport(added, removed, 0, (), len(new))
 
     async def close(self) -> None:
-        pass
+        self.closed = True
 
 
 _: Backend = FakeBackend()
@@ -211,6 +212,16 @@ async def test_renewal_keeps_the_same_lease(h: Harness) -> None:
     assert stored is not None and stored.lease_id == own.lease_id
     assert d.health.lease_renewals_total >= 25
     assert (await h.store.time_to_live(own.lease_id)).ttl > 0
+
+
+async def test_stop_closes_handles_and_keeps_the_lease(h: Harness) -> None:
+    await h.store.put(CONFIG, GOOD)
+    d, be = h.daemon()
+    task = h.start(d)
+    await ready(h, d)
+    await h.stop(task)
+    assert be.closed and d.own is not None
+    assert await h.key(d.own.subnet) is not None  # flannel leaves its lease on shutdown
 
 
 async def test_lease_expires_without_flanneld(h: Harness) -> None:
