@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 
 from cni import wire
-from cni.errors import CniError, DecodeError
+from cni.errors import CniError, DecodeError, VersionError
 from cni.log import Log
-from cni.netconf import SUPPORTED_VERSIONS, NetConf, decode_stdin, parse_env
+from cni.netconf import SUPPORTED_VERSIONS, NetConf, decode_stdin, parse_env, version_key
 from cni.result import error
 
 TYPE_CHECKING = False
@@ -52,22 +52,29 @@ def dispatch(environ: Mapping[str, str], stdin: bytes, stdout: BinaryIO) -> int:
     version = SUPPORTED_VERSIONS[-1]
     log = Log()
     try:
-        env = parse_env(environ)
-        if env.command == "VERSION":
-            from cni.commands import version as version_cmd
-
-            try:
-                conf_obj = decode_stdin(stdin)
-            except DecodeError:
-                conf_obj = None
-            _write(stdout, version_cmd(conf_obj))
-            return 0
-        raw = decode_stdin(stdin)
+        # decoded first so that every error, env errors too, answers in the config's version
+        raw: dict[str, Any] | None = decode_stdin(stdin)
+        decode_error = None
+    except DecodeError as e:
+        raw, decode_error = None, e
+    if raw is not None:
         if isinstance(raw.get("cniVersion"), str) and raw["cniVersion"] in SUPPORTED_VERSIONS:
             version = raw["cniVersion"]
         if isinstance(raw.get("logLevel"), str):
             log = Log(raw["logLevel"])
+    try:
+        env = parse_env(environ)
+        if env.command == "VERSION":
+            from cni.commands import version as version_cmd
+
+            _write(stdout, version_cmd(raw))
+            return 0
+        if raw is None:
+            raise decode_error or DecodeError("stdin is not a JSON object")
         conf = NetConf(raw)
+        if env.command in ("GC", "STATUS") and version_key(conf.cni_version) < (1, 1, 0):
+            raise VersionError(f"{env.command} is not defined for cniVersion "
+                               f"{conf.cni_version}", f"{env.command} needs cniVersion 1.1.0")
         from cni import commands
 
         if env.command == "ADD":

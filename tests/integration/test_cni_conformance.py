@@ -108,9 +108,16 @@ def test_add_check_del_each_version(env: Env, version: str) -> None:
         with pytest.raises(CniFailure) as err:
             d.invoke(d.conflist["plugins"][0], "CHECK", conf, "ctr1", ns, "eth0")
         validate_error(err.value.error, 1)
+    weft = d.conflist["plugins"][0]
     if version == "1.1.0":
         d.status()
         assert d.gc([("ctr1", "eth0")]) == []
+        assert ipam_files(env.tmp) == [address.split("/")[0]]
+    else:  # GC and STATUS exist from 1.1.0 on
+        for command, extra in (("GC", {"cni.dev/valid-attachments": []}), ("STATUS", {})):
+            with pytest.raises(CniFailure) as err:
+                d.invoke(weft, command, d.plugin_conf(weft, None, None, extra))
+            validate_error(err.value.error, 1)
         assert ipam_files(env.tmp) == [address.split("/")[0]]
     d.delete("ctr1", ns)
     assert ipam_files(env.tmp) == []

@@ -115,9 +115,12 @@ def test_skel_errors_are_spec_json(stdin: bytes | dict[str, Any], code: int) -> 
 
 
 def test_error_reply_uses_config_version() -> None:
+    rc, err = run({**BASE, "CNI_COMMAND": "DEL", "CNI_CONTAINERID": "bad/id"},
+                  {"cniVersion": "0.4.0", "name": "n"})
+    assert rc == 1 and err["cniVersion"] == "0.4.0" and err["code"] == 4
     rc, err = run({**BASE, "CNI_COMMAND": "STATUS"},
-                  {"cniVersion": "0.4.0", "name": "n", "subnetFile": "/nonexistent/x"})
-    assert rc == 1 and err["cniVersion"] == "0.4.0" and err["code"] == 50
+                  {"cniVersion": "1.1.0", "name": "n", "subnetFile": "/nonexistent/x"})
+    assert rc == 1 and err["code"] == 50
     assert "/nonexistent/x" in err["msg"]
 
 
