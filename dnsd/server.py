@@ -372,8 +372,8 @@ class DnsServer:
         entry = self._cache.get(key)
         if entry is not None and entry.expires > time.monotonic() and \
                 entry.limit_needed <= limit:
-            metrics.count(entry.rtype, entry.rcode)
-            entry.hits += 1
+            entry.hits += 1  # folded into the request counters later
+            metrics.cache_misses -= 1  # it was a hit after all, just not on the fast path
             return ident + entry.hdr[1 if rd else 0] + query.question_wire + next(entry.tails)
         with self.lock:
             now = time.monotonic()
