@@ -344,6 +344,12 @@ class StoreService(
         return rpc_pb2.ResponseHeader(cluster_id=s.cluster_id, member_id=s.member_id,
                                       revision=revision or s.revision, raft_term=RAFT_TERM)
 
+    async def _settled(self, context: grpc.aio.ServicerContext) -> None:
+        """Before answering a read: what it saw may include writes not yet on disk, so
+        wait for them; no reader observes a revision a crash could still undo."""
+        if self.committer.busy:
+            await self._durable(context)
+
     async def _durable(self, context: grpc.aio.ServicerContext) -> None:
         try:
             await self.committer.durable()
@@ -358,10 +364,7 @@ class StoreService(
             header = self.header()
         except StoreError as e:
             await _abort(context, e)
-        if self.committer.busy:
-            # what this read saw may include writes not yet on disk: answer only once
-            # they are, so no reader observes a write that a crash could still undo
-            await self._durable(context)
+        await self._settled(context)
         return _range_response(header, res)
 
     async def Put(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -431,14 +434,18 @@ class StoreService(
 
     async def LeaseTimeToLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         ttl, granted, keys = self.state.time_to_live(request.ID)
+        header = self.header()
+        await self._settled(context)
         return rpc_pb2.LeaseTimeToLiveResponse(
-            header=self.header(), ID=request.ID, TTL=ttl, grantedTTL=granted,
+            header=header, ID=request.ID, TTL=ttl, grantedTTL=granted,
             keys=list(keys) if request.keys else [])
 
     async def LeaseLeases(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return rpc_pb2.LeaseLeasesResponse(
+        resp = rpc_pb2.LeaseLeasesResponse(
             header=self.header(),
             leases=[rpc_pb2.LeaseStatus(ID=i) for i in sorted(self.state.leases)])
+        await self._settled(context)
+        return resp
 
     # Watch
 
@@ -515,10 +522,12 @@ class StoreService(
     async def Status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         s = self.state
         size = s.db_size()
+        header, revision = self.header(), s.revision
+        await self._settled(context)
         return rpc_pb2.StatusResponse(
-            header=self.header(), version=VERSION, dbSize=size, dbSizeInUse=size,
-            leader=s.member_id, raftIndex=s.revision, raftTerm=RAFT_TERM,
-            raftAppliedIndex=s.revision)
+            header=header, version=VERSION, dbSize=size, dbSizeInUse=size,
+            leader=s.member_id, raftIndex=revision, raftTerm=RAFT_TERM,
+            raftAppliedIndex=revision)
 
     async def MemberList(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         member = rpc_pb2.Member(ID=self.state.member_id, name="weft",
