@@ -1,4 +1,4 @@
-"""The six CNI commands: ADD, DEL, CHECK, GC, STATUS, VERSION over IPAM, netlink and nft.
+"""Five of the six CNI commands: ADD, DEL, CHECK, GC, STATUS (VERSION is answered by the skel).
 
 Theory of operation (ADD)
 -------------------------
@@ -41,7 +41,6 @@ from cni.errors import (
 from cni.ip4 import IPv4, Net4, parse_interface
 from cni.ipam import DiskStore, Range
 from cni.netconf import (
-    SUPPORTED_VERSIONS,
     Env,
     NetConf,
     SubnetEnv,
@@ -444,9 +443,3 @@ def status(conf: NetConf) -> None:
             os.path.dirname(conf.data_dir.rstrip("/")) or "/", os.W_OK):
         raise NotAvailableError(f"IPAM dataDir {conf.data_dir} cannot be created")
     del rng
-
-
-def version(stdin_conf: dict[str, Any] | None) -> dict[str, Any]:
-    asked = (stdin_conf or {}).get("cniVersion")
-    return {"cniVersion": asked if asked in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1],
-            "supportedVersions": list(SUPPORTED_VERSIONS)}

@@ -124,11 +124,14 @@ class DiskStore:
                 ip = IPv4.parse(name)
             except ValueError:
                 continue
-            try:
-                with open(os.path.join(self.dir, name), "rb") as f:
-                    text = f.read().decode("utf-8", "replace")
+            try:  # raw os calls: this loop runs over every allocation on each ADD and DEL
+                fd = os.open(os.path.join(self.dir, name), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
+            try:
+                text = os.read(fd, 4096).decode("utf-8", "replace")
+            finally:
+                os.close(fd)
             cid, _, ifname = text.partition("\r\n")
             out[ip] = (cid.strip(), ifname.strip())
         return out

@@ -65,9 +65,10 @@ def dispatch(environ: Mapping[str, str], stdin: bytes, stdout: BinaryIO) -> int:
     try:
         env = parse_env(environ)
         if env.command == "VERSION":
-            from cni.commands import version as version_cmd
-
-            _write(stdout, version_cmd(raw))
+            asked = (raw or {}).get("cniVersion")
+            _write(stdout, {"cniVersion": asked if asked in SUPPORTED_VERSIONS else
+                            SUPPORTED_VERSIONS[-1],
+                            "supportedVersions": list(SUPPORTED_VERSIONS)})
             return 0
         if raw is None:
             raise decode_error or DecodeError("stdin is not a JSON object")
