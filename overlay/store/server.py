@@ -6,12 +6,14 @@ Theory of operation:
   synchronously (no await between check and apply), so requests are
   serialised exactly as etcd's single apply loop would.
 * Group commit: a write handler applies its change in memory, then awaits
-  ``Committer.durable()``. The committer runs once per loop turn, writes every
-  change applied since the last turn in one SQLite transaction (one fsync),
-  publishes the committed events to watchers and only then releases the
-  waiting handlers, which acknowledge. Nothing is acknowledged or watched
-  before it is on disk. A read that saw writes still in flight waits for
-  their commit before answering, so no reader observes an undoable write.
+  ``Committer.durable()``. The committer writes every change applied so far in
+  one SQLite transaction (one fsync), publishes the committed events to
+  watchers and only then releases the waiting handlers, which acknowledge.
+  A lone writer is committed inline (cheapest); when several wait, the fsync
+  runs in a worker thread and writes arriving meanwhile form the next batch.
+  Nothing is acknowledged or watched before it is on disk. A read that saw
+  writes still in flight waits for their commit before answering, so no
+  reader observes an undoable write.
 * Watches: each Watch stream keeps its watchers; creating one with a start
   revision replays the committed events from that revision (synchronously, so
   it cannot miss or duplicate an event committed concurrently) and then
