@@ -16,6 +16,15 @@ refused in the question (they can only point into the header) and followed
 nowhere; anything malformed raises ``FormError`` (answer FORMERR) when the
 header was readable, ``DropError`` (send nothing) when it was not or when the
 packet is itself a response.
+
+Errors (the server's boundary maps each to its reply)::
+
+    WireError
+    ├── DropError      unanswerable: no header, or QR set      -> no reply
+    ├── FormError      .ident .flags .reason .rcode .edns       -> FORMERR/NOTIMP/BADVERS
+    └── EncodeError    an answer record cannot be encoded       -> SERVFAIL
+
+(``records.RecordError`` and ``keys.BadNameError`` cover stored values and names.)
 """
 
 from __future__ import annotations
