@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -126,3 +129,65 @@ def ping_matrix(tb: Testbed, names: list[str], within: float = 5) -> list[str]:
 
 def ip_show(tb: Testbed, host: str, *argv: str) -> str:
     return tb.exec(tb.hosts[host].netns, argv).stdout
+
+
+# -- underlay capture (scapy runs in a child inside the underlay namespace) -------
+
+SNIFFER = """
+import json, sys
+from scapy.all import sniff
+from scapy.layers.inet import IP, UDP
+from scapy.layers.vxlan import VXLAN
+pkts = sniff(iface="ul0", filter="udp", timeout=float(sys.argv[1]), count=int(sys.argv[2]),
+             started_callback=lambda: print("ready", flush=True))
+out = []
+for p in pkts:
+    if UDP not in p:
+        continue
+    row = {"src": p[IP].src, "dst": p[IP].dst, "dport": p[UDP].dport, "vni": None,
+           "inner_src": None, "inner_dst": None}
+    if VXLAN in p:
+        row["vni"] = p[VXLAN].vni
+        inner = p[VXLAN].payload.getlayer(IP)
+    else:
+        raw = bytes(p[UDP].payload)
+        inner = IP(raw) if raw and raw[0] >> 4 == 4 else None
+    if inner is not None:
+        row["inner_src"], row["inner_dst"] = inner.src, inner.dst
+    out.append(row)
+print(json.dumps(out), flush=True)
+"""
+
+
+def start_sniffer(tb: Testbed, timeout: float, count: int) -> subprocess.Popen[str]:
+    """Capture UDP on the underlay bridge until ``count`` packets or ``timeout`` s."""
+    proc = subprocess.Popen(["ip", "netns", "exec", tb.underlay_ns, sys.executable, "-c",
+                             SNIFFER, str(timeout), str(count)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"sniffer did not start: {line!r} {proc.stderr.read()!r}")
+    return proc
+
+
+def collect(proc: subprocess.Popen[str], timeout: float = 20) -> list[dict[str, Any]]:
+    """The captured packets (the sniffer is killed if it outlives ``timeout``)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = out.strip().splitlines()
+    assert lines, f"sniffer printed nothing: {err}"
+    rows: list[dict[str, Any]] = json.loads(lines[-1])
+    return rows
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -10,7 +10,13 @@ import pytest
 from overlay.backend.base import BackendError
 from overlay.backend.registry import DriverProcess
 from overlay.testbed import open_testbed
-from tests.integration.test_backend_harness import cluster, ip_show, ping_matrix
+from tests.integration.test_backend_harness import (
+    cluster,
+    collect,
+    ip_show,
+    ping_matrix,
+    start_sniffer,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -58,7 +64,16 @@ def test_udp_three_hosts(tmp_path: Path) -> None:
         assert c.hosts["h1"].mtu == 1472
         assert "10.244.0.0/16 dev flannel0 proto 87" in ip_show(tb, "h1", "ip", "route")
         assert "inet 10.244.1.0/32" in ip_show(tb, "h1", "ip", "-4", "addr", "show", "flannel0")
-        assert ping_matrix(tb, HOSTS) == []
+        sniffer = start_sniffer(tb, timeout=10, count=8)
+        try:
+            assert ping_matrix(tb, HOSTS) == []
+        finally:
+            pkts = collect(sniffer)
+        # flannel's wire format: the container's IP packet is the whole UDP payload
+        enc = [p for p in pkts if p["dport"] == 8285]
+        assert enc, f"no UDP 8285 on the underlay: {pkts}"
+        assert all(p["vni"] is None for p in enc)
+        assert {(p["inner_src"] or "")[:7] for p in enc} == {"10.244."}, enc
         # a large packet (MTU-sized) goes through whole
         h1c = tb.containers["h1/c"].netns
         assert tb.exec(h1c, ["ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1444",

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,43 +10,19 @@ import pytest
 
 from overlay.backend.plan import derive_vtep_mac
 from overlay.lease.model import Lease
-from overlay.testbed import Testbed, open_testbed
-from tests.integration.test_backend_harness import cluster, ip_show, ping_matrix
+from overlay.testbed import open_testbed
+from tests.integration.test_backend_harness import (
+    cluster,
+    collect,
+    cpu_seconds,
+    ip_show,
+    ping_matrix,
+    start_sniffer,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(150)]
 
 HOSTS = ["h1", "h2", "h3"]
-
-SNIFFER = """
-import json, sys
-from scapy.all import sniff
-from scapy.layers.inet import IP, UDP
-from scapy.layers.vxlan import VXLAN
-pkts = sniff(iface="ul0", filter="udp", timeout=float(sys.argv[1]), count=int(sys.argv[2]),
-             started_callback=lambda: print("ready", flush=True))
-out = [[p[IP].src, p[IP].dst, p[UDP].dport, p[VXLAN].vni if VXLAN in p else None,
-        p[VXLAN].payload.payload.src if VXLAN in p and IP in p[VXLAN].payload else None]
-       for p in pkts if UDP in p]
-print(json.dumps(out), flush=True)
-"""
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def start_sniffer(tb: Testbed, timeout: float, count: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(["ip", "netns", "exec", tb.underlay_ns, sys.executable, "-c",
-                             SNIFFER, str(timeout), str(count)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line.strip() != "ready":
-        proc.kill()
-        raise AssertionError(f"sniffer did not start: {line!r} {proc.stderr.read()!r}")  # type: ignore[union-attr]
-    return proc
-
 
 def test_vxlan_three_hosts(tmp_path: Path) -> None:
     with open_testbed(3) as tb, cluster(tb, "vxlan", log_dir=tmp_path) as c:
@@ -81,17 +53,13 @@ def test_vxlan_three_hosts(tmp_path: Path) -> None:
         sniffer = start_sniffer(tb, timeout=10, count=12)
         try:
             assert ping_matrix(tb, HOSTS) == []
-            out, err = sniffer.communicate(timeout=20)
         finally:
-            if sniffer.poll() is None:
-                sniffer.kill()
-                sniffer.wait()
-        pkts = json.loads(out.strip().splitlines()[-1])
-        vx = [p for p in pkts if p[2] == 8472]
-        assert vx, f"no VXLAN on UDP 8472 seen on the underlay: {pkts} {err}"
-        assert {p[3] for p in vx} == {1}
-        assert {p[0] for p in vx} <= {"198.18.0.11", "198.18.0.12", "198.18.0.13"}
-        assert any(p[4] and p[4].startswith("10.244.") for p in vx)
+            pkts = collect(sniffer)
+        vx = [p for p in pkts if p["dport"] == 8472]
+        assert vx, f"no VXLAN on UDP 8472 seen on the underlay: {pkts}"
+        assert {p["vni"] for p in vx} == {1}
+        assert {p["src"] for p in vx} <= {"198.18.0.11", "198.18.0.12", "198.18.0.13"}
+        assert any((p["inner_src"] or "").startswith("10.244.") for p in vx), vx
 
         # -- restart: same MAC, nothing reprogrammed, no blip --------------------
         c.stop("h1")
