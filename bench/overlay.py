@@ -185,6 +185,15 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+IDLE_WINDOW = 30.0  # seconds: spans periodic resyncs (10 s, stretched on big clusters)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_convergence(store: str, joins: int, tmp: Path) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from overlay.testbed import open_testbed
@@ -245,6 +254,7 @@ def bench_scale(store: str, peers: int, tmp: Path, rounds: int = 3) -> dict[str,
             for start in range(0, peers, 250):
                 inj.call({"op": "putmany", "items": items[start:start + 250]}, timeout=120)
             times: list[float] = []
+            idle_cpu = 0.0
             rss: list[int] = []
             hwm: list[int] = []
             for r in range(1, rounds + 1):
@@ -268,6 +278,10 @@ def bench_scale(store: str, peers: int, tmp: Path, rounds: int = 3) -> dict[str,
                 now, peak = rss_kib(proc.pid)
                 rss.append(now)
                 hwm.append(peak)
+                if r == 1:  # idle cost with 1,000 peers: watch + the 10 s periodic resync
+                    cpu0, w0 = cpu_seconds(proc.pid), time.monotonic()
+                    time.sleep(IDLE_WINDOW)
+                    idle_cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - w0)
                 c.stop(host)
             # references: the same routes by hand in one ip -batch, and a bare interpreter
             ref = tb.hosts[f"h{rounds + 1}"].netns
@@ -294,7 +308,7 @@ def bench_scale(store: str, peers: int, tmp: Path, rounds: int = 3) -> dict[str,
             c.close()
     return {"t_all": statistics.median(times), "t_min": min(times), "t_max": max(times),
             "rss_mib": statistics.median(rss) / 1024, "hwm_mib": max(hwm) / 1024,
-            "t_hand": t_hand, "bare_mib": bare_rss / 1024}
+            "t_hand": t_hand, "bare_mib": bare_rss / 1024, "idle_cpu": idle_cpu}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(flanneld/hand {sc['t_all'] / sc['t_hand']:.1f}x); bare interpreter with the "
               f"same imports {sc['bare_mib']:.1f} MiB (flanneld/bare "
               f"{sc['rss_mib'] / sc['bare_mib']:.2f}x)")
+        print(f"  idle with {args.peers} peers: {sc['idle_cpu'] * 100:.1f}% of one core "
+              f"(over {IDLE_WINDOW:.0f} s of periodic resyncs)")
     if not args.skip_datapath and (ROOT / "bench" / "overlay_datapath.py").exists():
         remaining = max(30.0, 170 - (time.monotonic() - started))
         print("data path (bench/overlay_datapath.py --seconds 3 --rounds 1):", flush=True)
