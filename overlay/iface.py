@@ -1,7 +1,7 @@
 """Choosing flanneld's external interface: -iface, -iface-regex, -public-ip, default route.
 
 flannel's order: each ``-iface`` (a name or an address, in the order given),
-else each ``-iface-regex`` (matched against names, then addresses), else the
+else each ``-iface-regex`` (matched against addresses, then names), else the
 interface of the default route. ``-public-ip`` overrides the advertised
 address (NAT); without it the interface's first IPv4 address is advertised.
 
@@ -72,16 +72,17 @@ def choose(
                 rx = re.compile(pattern)
             except re.error as exc:
                 raise InterfaceError(f"-iface-regex {pattern!r}: {exc}") from None
+            # flannel tries the addresses of every interface first, then the names
             for cand in interfaces:
-                if not cand.addresses:
-                    continue
-                if rx.fullmatch(cand.name) or rx.search(cand.name):
-                    chosen, ip = cand, cand.addresses[0]
-                    break
-                hit = next((a for a in cand.addresses if rx.fullmatch(str(a))), None)
+                hit = next((a for a in cand.addresses if rx.search(str(a))), None)
                 if hit is not None:
                     chosen, ip = cand, hit
                     break
+            else:
+                for cand in interfaces:
+                    if cand.addresses and rx.search(cand.name):
+                        chosen, ip = cand, cand.addresses[0]
+                        break
             if chosen:
                 break
         if chosen is None:

@@ -60,7 +60,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("iface", "interface (name or IP address) for inter-host traffic; repeatable, "
           "first match wins [default: the default route's interface]", repeat=True,
           metavar="IFACE")
-    p.add("iface-regex", "regex matched against interface names then addresses; repeatable; "
+    p.add("iface-regex", "regex matched against interface addresses, then names; repeatable; "
           "used when -iface is not given", repeat=True, metavar="REGEX")
     p.add("public-ip", "IP address other hosts reach this one at (NAT) [default: the "
           "interface's address]", metavar="IP")

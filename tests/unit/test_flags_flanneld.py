@@ -93,8 +93,9 @@ IFACES = [Interface("lo", 1, 65536, (A("127.0.0.1"),)),
     ([], ["^eth1$"], None, None, ("eth1", "10.9.0.5", "10.9.0.5", 9000)),
     ([], [r"10\.9\.0\.6"], None, None, ("eth1", "10.9.0.6", "10.9.0.6", 9000)),
     ([], [], "eth0", "203.0.113.9", ("eth0", "198.18.0.11", "203.0.113.9", 1500)),
+    ([], ["^(eth0|10\\.9\\.0\\.5)$"], None, None, ("eth1", "10.9.0.5", "10.9.0.5", 9000)),
 ], ids=["default-route", "by-name", "by-ip", "first-match-wins", "regex-name", "regex-ip",
-        "public-ip-override"])
+        "public-ip-override", "regex-addresses-before-names"])
 def test_choose_interface(iface: list[str], regex: list[str], default: str | None,
                           public: str | None, want: tuple[str, str, str, int]) -> None:
     ext = choose(IFACES, default, iface, regex, A(public) if public else None)
