@@ -5,7 +5,8 @@ built from the lease JSON weft published (flannel.1 with a random MAC, address
 ``<subnet>.0/32``, per peer neighbour, FDB, onlink route), and its own lease
 JSON — flannel's format — is what the weft hosts reconcile with. Traffic must
 flow both ways; then h4 changes its VTEP MAC (as flannel did on every reboot
-before #1795) and finally leaves: weft fixes, then removes, its entries.
+before #1795), then migrates from flannel to weft in place, and finally leaves:
+weft fixes, takes over, then removes its entries.
 """
 
 from __future__ import annotations
@@ -105,8 +106,21 @@ def test_flannel_host_interop(tmp_path: Path) -> None:
             tb, "h1", "ip", "neigh", "show", "dev", "flannel.1")
         assert ping_matrix(tb, ["h1", "h4"]) == []
 
-        # -- the flannel host leaves: weft removes every entry (flannel never does) ---
+        # -- h4 switches from flannel to weft: its device and MAC are kept, so no
+        # peer has to change anything, and its routes are taken over in place
         del c.foreign["h4"]
+        migrated = c.start("h4", container=False)
+        assert migrated.lease.backend_data["VtepMAC"] == new_mac
+        for name, r in c.reconcile_all().items():
+            want = 3 if name == "h4" else 0  # h4's flannel routes are replaced by weft's
+            assert (r["added"], r["changed"], r["removed"], r["errors"]) == (want, 0, 0, []), \
+                (name, r)
+        assert "10.244.1.0/24 via 10.244.1.0 dev flannel.1 proto 87 onlink" in ip_show(
+            tb, "h4", "ip", "route")
+        assert ping_matrix(tb, [*WEFT, "h4"]) == []
+
+        # -- h4 leaves: weft removes every entry (flannel never does) ---------------
+        c.stop("h4")
         for name, r in c.reconcile_all().items():
             assert (r["removed"], r["peers"]) == (1, 2), (name, r)
         assert "10.244.4.0" not in ip_show(tb, "h1", "ip", "route")
