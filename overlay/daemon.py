@@ -46,7 +46,7 @@ from overlay.backend.base import Backend, BackendConfigError, BackendError, Exte
 from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
 from overlay.health import HealthState, sd_notify
 from overlay.lease.allocator import NetworkFullError
-from overlay.lease.manager import LeaseLostError, LeaseManager
+from overlay.lease.manager import AcquireError, LeaseLostError, LeaseManager
 from overlay.lease.model import Lease, config_key, subnets_prefix
 from overlay.lease.watcher import Update, apply_watch_events, resync, table_from_listing
 from overlay.store.api import CompactedError, Store, StoreError
@@ -152,7 +152,10 @@ class Flanneld:
         listing = await self._retry(self.leases.list, "listing leases")
         self._set_table(table_from_listing(listing.items))
         await self.reconcile("start-up")
-        self._write_subnet_file()
+        try:
+            self._write_subnet_file()
+        except OSError as exc:
+            raise FatalError(f"cannot write {self.cfg.subnet_file}: {exc}") from exc
         self.health.datapath_ready = True
         if sd_notify("READY=1", self.cfg.notify_socket):
             log.info("notified systemd: READY=1")
@@ -245,7 +248,7 @@ class Flanneld:
                 got = await self.leases.acquire(config, self.ext.public_ip,
                                                 lease_backend_type(backend.name), data,
                                                 previous)
-            except (NetworkFullError, StoreError) as exc:
+            except (NetworkFullError, AcquireError, StoreError) as exc:
                 if str(exc) != last_error:
                     log.error("cannot acquire a lease: %s; retrying", exc)
                     last_error = str(exc)
@@ -264,7 +267,10 @@ class Flanneld:
         if self.masq_factory is None:
             return
         if state.masq is not None:  # the subnet changed: rules for the old one go
-            await state.masq.remove()
+            try:
+                await state.masq.remove()
+            except Exception as exc:  # boundary: nft failing must not stop the overlay
+                log.error("removing the old masquerade rules failed: %s", exc)
         state.masq = self.masq_factory(state.config, own)
         if self.cfg.ip_masq:
             try:
@@ -404,8 +410,11 @@ class Flanneld:
         if own.subnet != old.subnet:
             log.warning("lease moved from %s to %s: containers on the old subnet lose "
                         "connectivity", old.subnet, own.subnet)
-            await self._attach(own)
-            self._write_subnet_file()
+            try:
+                await self._attach(own)
+                self._write_subnet_file()
+            except (BackendError, OSError) as exc:
+                log.error("moving the data path to %s failed: %s", own.subnet, exc)
         state.table[own.subnet] = own
         await self.reconcile("re-acquired")
 
