@@ -480,3 +480,21 @@ async def test_masquerade_ensured_and_restored(h: Harness, ip_masq: bool) -> Non
     await h.timer.advance(5)
     assert calls.count(f"ensure {d.own.subnet}") >= 2 and masqs[0].present
     assert subnetfile.read(h.tmp / "s.env").ip_masq
+
+
+async def test_subnet_taken_over_moves_to_a_new_one(h: Harness,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "overlay.daemon")
+    await h.store.put(CONFIG, GOOD)
+    d, be = h.daemon()
+    h.start(d)
+    await ready(h, d)
+    old = d.own
+    assert old is not None
+    await h.put_peer(str(old.subnet), "198.18.0.77")  # an admin gave our subnet away
+    await until(lambda: d.own is not None and d.own.subnet != old.subnet, "moved")
+    assert d.own is not None
+    assert "now belongs to 198.18.0.77" in caplog.text and "lease moved" in caplog.text
+    assert be.attached[-1].subnet == d.own.subnet
+    assert subnetfile.read(h.tmp / "h" / "subnet.env").subnet == d.own.subnet
+    await until(lambda: old.subnet in be.programmed, "the new owner programmed as a peer")
