@@ -489,6 +489,7 @@ class KernelThread:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._factory = kernel_factory
         self._kernel: Kernel | None = None
+        self._closed = False
 
     def _get(self) -> Kernel:
         if self._kernel is None:
@@ -502,6 +503,8 @@ class KernelThread:
         closed socket, a bug) reaches the caller as ``BackendError``, so the
         daemon logs it and retries on its next pass instead of dying.
         """
+        if self._closed:
+            raise BackendError("the backend is closed")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, lambda: fn(self._get()))
@@ -517,6 +520,11 @@ class KernelThread:
             raise BackendError(f"unexpected {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
+        """Close the kernel handle and stop the thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+
         def _close() -> None:
             k = self._kernel
             closer = getattr(k, "close", None)

@@ -242,6 +242,9 @@ async def test_kernel_thread_turns_failures_into_backend_errors() -> None:
         await kt.run(bug)
     assert await kt.run(lambda k: 42) == 42
     kt.close()
+    kt.close()  # idempotent
+    with pytest.raises(BackendError, match="closed"):
+        await kt.run(lambda k: 42)
 
 
 def test_udp_forwarder_routes_by_subnet_and_drops_unknown() -> None:
