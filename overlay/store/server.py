@@ -240,6 +240,7 @@ class Committer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
         self.watchers: set[_Watcher] = set()
         self.broken: Exception | None = None
+        self.active_calls = 0  # unary RPCs being handled (kept by the registration shim)
 
     @property
     def busy(self) -> bool:
@@ -278,9 +279,9 @@ class Committer:
                     w.set_result(None)
             return
         loop = asyncio.get_running_loop()
-        if len(waiters) <= 1:
-            # a lone writer: an inline fsync is cheaper than two thread wake-ups, and
-            # requests arriving meanwhile queue up to form the next, larger batch
+        if len(waiters) <= 1 and self.active_calls <= 1:
+            # a lone writer and nobody else in flight: an inline fsync is cheaper than
+            # two thread wake-ups (with company, the loop must keep serving instead)
             try:
                 self._state.write(batch)
             except Exception as e:
@@ -590,14 +591,18 @@ def _unmarshal_error(req: _Undecodable) -> str:
     return f"grpc: error unmarshalling request: {req.error}"
 
 
-def _strict_handler(h: Any) -> Any:
+def _strict_handler(h: Any, load: Committer) -> Any:
     if h.unary_unary is not None:
         inner = h.unary_unary
 
         async def unary(req: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(req, _Undecodable):
                 await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(req))
-            return await inner(req, context)
+            load.active_calls += 1
+            try:
+                return await inner(req, context)
+            finally:
+                load.active_calls -= 1
 
         return h._replace(unary_unary=unary,
                           request_deserializer=_safe_deserializer(h.request_deserializer))
@@ -633,11 +638,11 @@ class _Capture:
         self.tables[service] = table
 
 
-def _add_strict(add: Any, servicer: Any, server: grpc.aio.Server) -> None:
+def _add_strict(add: Any, servicer: StoreService, server: grpc.aio.Server) -> None:
     cap = _Capture()
     add(servicer, cap)
     for service, table in cap.tables.items():
-        strict = {name: _strict_handler(h) for name, h in table.items()}
+        strict = {name: _strict_handler(h, servicer.committer) for name, h in table.items()}
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service, strict),))
 
