@@ -17,8 +17,7 @@ from typing import Any
 
 from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
 from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel
-from overlay.backend.plan import desired_hostgw, diff, within
-from overlay.backend.vxlan import report_from
+from overlay.backend.plan import desired_hostgw, diff, summarize, within
 from overlay.lease.model import Lease
 
 log = logging.getLogger(__name__)
@@ -67,8 +66,7 @@ class HostGwBackend:
         errors = k.apply(ops, None) if ops else []
         for op in ops:
             log.debug("host-gw: %s", op)
-        report = report_from([(o.kind, o.change) for o in ops], errors, plan.problems,
-                             plan.peers)
+        report = summarize(ops, errors, plan.problems, plan.peers)
         if ops or errors:
             log.info("host-gw reconcile: %d peers, +%d -%d ~%d, %d errors", report.peers,
                      report.added, report.removed, report.changed, len(report.errors))

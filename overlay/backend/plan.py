@@ -37,6 +37,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from overlay.backend.base import ReconcileReport
 from overlay.lease.model import Lease
 
 # Routes weft programs carry this rtnetlink protocol number ('W'), so reconcile
@@ -234,3 +235,17 @@ def diff(desired: KernelState, observed: KernelState) -> tuple[Op, ...]:
     ops += [Op(OpKind.NEIGH_DEL, have_n[ip]) for ip in sorted(have_n) if ip not in want_n]
     ops += [Op(OpKind.FDB_DEL, f) for f in sorted(observed.fdbs - desired.fdbs)]
     return tuple(ops)
+
+
+def summarize(ops: Sequence[Op], errors: Sequence[str], problems: Sequence[PeerProblem],
+              peers: int) -> ReconcileReport:
+    """A pass's report: routes (one per peer) added/removed, entries changed, all errors.
+
+    Failed operations are still counted as attempted; their messages are in
+    ``errors`` together with the peers that could not be planned.
+    """
+    added = sum(1 for o in ops if o.kind is OpKind.ROUTE_SET and not o.change)
+    changed = sum(1 for o in ops if o.kind in (OpKind.ROUTE_SET, OpKind.NEIGH_SET) and o.change)
+    removed = sum(1 for o in ops if o.kind is OpKind.ROUTE_DEL)
+    return ReconcileReport(added=added, removed=removed, changed=changed,
+                           errors=(*errors, *(str(p) for p in problems)), peers=peers)

@@ -34,8 +34,7 @@ from typing import Any
 
 from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
 from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel
-from overlay.backend.plan import KernelState, Route, desired_udp, diff, within
-from overlay.backend.vxlan import report_from
+from overlay.backend.plan import KernelState, Route, desired_udp, diff, summarize, within
 from overlay.lease.model import Lease
 
 log = logging.getLogger(__name__)
@@ -269,7 +268,7 @@ class UdpBackend:
                 for pl, nets in table.items() for n in nets))
         ops = diff(state, within(k.observe(None), self.network))
         errors = k.apply(ops, None) if ops else []
-        report = report_from([(o.kind, o.change) for o in ops], errors, (), count)
+        report = summarize(ops, errors, (), count)
         if ops or errors:
             log.info("udp reconcile: %d peers, %d route ops, %d errors", count, len(ops),
                      len(errors))

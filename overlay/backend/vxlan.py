@@ -29,11 +29,11 @@ from typing import Any
 from overlay.backend.base import ExternalInterface, ReconcileReport
 from overlay.backend.netlink import Kernel, KernelThread, Link, NetlinkKernel, VxlanSpec
 from overlay.backend.plan import (
-    OpKind,
     VxlanSettings,
     derive_vtep_mac,
     desired_vxlan,
     diff,
+    summarize,
     within,
 )
 from overlay.lease.model import Lease
@@ -51,16 +51,6 @@ class VxlanConfig:
     learning: bool = False
     direct_routing: bool = False
     mtu: int | None = None  # underlay MTU override (flannel's Backend.MTU)
-
-
-def report_from(ops_kinds: Sequence[tuple[OpKind, bool]], errors: list[str],
-                problems: Sequence[object], peers: int) -> ReconcileReport:
-    """Count route operations (one per peer) for the report; errors include bad peers."""
-    added = sum(1 for k, ch in ops_kinds if k is OpKind.ROUTE_SET and not ch)
-    changed = sum(1 for k, ch in ops_kinds if k in (OpKind.ROUTE_SET, OpKind.NEIGH_SET) and ch)
-    removed = sum(1 for k, _ in ops_kinds if k is OpKind.ROUTE_DEL)
-    return ReconcileReport(added=added, removed=removed, changed=changed,
-                           errors=tuple(errors) + tuple(str(p) for p in problems), peers=peers)
 
 
 class VxlanBackend:
@@ -143,8 +133,7 @@ class VxlanBackend:
         errors = k.apply(ops, self.device) if ops else []
         for op in ops:
             log.debug("vxlan: %s", op)
-        report = report_from([(o.kind, o.change) for o in ops], errors, plan.problems,
-                             plan.peers)
+        report = summarize(ops, errors, plan.problems, plan.peers)
         if ops or errors or plan.problems:
             log.info("vxlan reconcile: %d peers, +%d -%d ~%d, %d errors", report.peers,
                      report.added, report.removed, report.changed, len(report.errors))
