@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
@@ -683,7 +684,10 @@ class EmbeddedServer:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.state = State(self.data_dir / "store.db", retain=self.retain)
+        try:
+            self.state = State(self.data_dir / "store.db", retain=self.retain)
+        except sqlite3.Error as e:
+            raise OSError(f"store: cannot open {self.data_dir / 'store.db'}: {e}") from e
         self.service = StoreService(self.state, [])
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES),
@@ -702,12 +706,16 @@ class EmbeddedServer:
             creds = grpc.ssl_server_credentials(
                 [(self.tls.key_file.read_bytes(), self.tls.cert_file.read_bytes())],
                 root_certificates=ca, require_client_auth=ca is not None)
-            port = server.add_secure_port(addr, creds)
         else:
-            port = server.add_insecure_port(addr)
+            creds = None
+        try:
+            port = (server.add_secure_port(addr, creds) if creds is not None
+                    else server.add_insecure_port(addr))
+        except RuntimeError:  # grpc's "Failed to bind"
+            port = 0
         if not port:
             self.state.close()
-            raise OSError(f"store: cannot listen on {addr}")
+            raise OSError(f"store: cannot listen on {addr} (address in use or not local?)")
         self.port = port
         self.service.client_urls = [self.endpoint]
         await server.start()

@@ -102,3 +102,14 @@ def test_serve_logs_start_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     assert f"data dir {tmp_path / 'data'}, revision 1" in lines[0]
     assert "stopping" in lines[-1]
+
+
+def test_serve_on_a_busy_port_fails_cleanly(embedded_endpoint: str, tmp_path: Path) -> None:
+    r = weftctl("store", "serve", "--listen", embedded_endpoint, "--data-dir", str(tmp_path))
+    assert r.returncode == 1 and "cannot listen on" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_with_missing_tls_files_fails_cleanly(tmp_path: Path) -> None:
+    r = weftctl("store", "serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir",
+                str(tmp_path), "--cert-file", "nope.crt", "--key-file", "nope.key")
+    assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
