@@ -37,7 +37,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -222,8 +222,12 @@ class Flanneld:
         """Return on a change of the config key, or after ``timeout`` (``config_retry``) s."""
 
         async def changed() -> None:
-            async for _batch in self.store.watch(key.encode(), rev + 1 if rev else 0):
-                return
+            stream = self.store.watch(key.encode(), rev + 1 if rev else 0)
+            try:
+                async for _batch in stream:
+                    return
+            finally:
+                await close_stream(stream)
 
         watch = asyncio.ensure_future(changed())
         timer = asyncio.ensure_future(self.sleep(timeout or self.cfg.config_retry))
@@ -434,8 +438,9 @@ class Flanneld:
         rev = start
         attempt = 0
         while True:
+            stream = self.store.watch(prefix, rev)
             try:
-                async for batch in self.store.watch(prefix, rev):
+                async for batch in stream:
                     attempt = 0
                     if not batch:
                         continue
@@ -443,7 +448,8 @@ class Flanneld:
                     state = self._require()
                     update = apply_watch_events(state.table, batch)
                     self._apply(update)
-                continue  # the stream ended: watch again from where we were
+                await self.sleep(STORE_BACKOFF[0])  # the stream ended: watch again from rev
+                continue
             except CompactedError as exc:
                 log.warning("lease watch fell behind a compaction (%s); re-listing", exc)
             except StoreError as exc:
@@ -451,6 +457,8 @@ class Flanneld:
                 attempt += 1
                 log.warning("lease watch failed (%s); re-listing in %.1f s", exc, delay)
                 await self.sleep(delay)
+            finally:
+                await close_stream(stream)
             listing = await self._retry(self.leases.list, "re-listing leases")
             self.health.watch_resyncs_total += 1
             state = self._require()
@@ -522,6 +530,14 @@ class Flanneld:
                     log.warning("masquerade rules were missing or altered; restored")
             except Exception as exc:  # boundary: a failed nft run must not kill the daemon
                 log.error("checking masquerade rules failed: %s", exc)
+
+
+async def close_stream(stream: AsyncIterator[Any]) -> None:
+    """Close a watch stream now (its gRPC call with it) rather than at garbage collection."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 def lease_backend_type(name: str) -> str:

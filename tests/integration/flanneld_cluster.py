@@ -39,14 +39,8 @@ class Cluster:
         self.host_ip = str(tb.underlay_ip)
         self.endpoint = f"http://{self.host_ip}:{STORE_PORT}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        data = tmp / f"store-{store}"
-        if store == "etcd":
-            self.store: StoreProcess = start_etcd(data, self.host_ip, STORE_PORT,
-                                                  log=tmp / "etcd.log", netns=tb.underlay_ns)
-        else:
-            self.store = start_embedded(data, self.host_ip, STORE_PORT, log=tmp / "store.log",
-                                        netns=tb.underlay_ns)
-        self._wait_store()
+        self.store: StoreProcess
+        self._start_store()
 
     def _wait_store(self, within: float = 20) -> None:
         deadline = time.monotonic() + within
@@ -57,6 +51,22 @@ class Cluster:
             time.sleep(0.05)
         raise AssertionError(f"{self.kind} store did not listen on {self.endpoint} "
                              f"within {within}s")
+
+    def _start_store(self) -> None:
+        data = self.tmp / f"store-{self.kind}"
+        if self.kind == "etcd":
+            self.store = start_etcd(data, self.host_ip, STORE_PORT, log=self.tmp / "etcd.log",
+                                    netns=self.tb.underlay_ns)
+        else:
+            self.store = start_embedded(data, self.host_ip, STORE_PORT,
+                                        log=self.tmp / "store.log", netns=self.tb.underlay_ns)
+        self._wait_store()
+
+    def restart_store(self, down_for: float = 1.0) -> None:
+        """Kill the store, keep it down ``down_for`` s, start it again on the same data."""
+        self.store.stop(kill=True)
+        time.sleep(down_for)
+        self._start_store()
 
     # -- store access (from the underlay namespace) ---------------------------
 
