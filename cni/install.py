@@ -34,12 +34,12 @@ def preferred_python() -> str:
     return sys.executable
 
 
-def render_launcher(python: str, root: str = PROJECT_ROOT) -> str:
+def render_launcher(python: str, root: str = PROJECT_ROOT, helper: bool = True) -> str:
     """The plugin executable: one exec of ``python`` straight into ``cni.main``."""
     return (f"#!{python} -IS\n"
             "# weft CNI plugin, installed by `weftctl cni install`\n"
             f"import sys; sys.path.insert(0, {root!r})\n"
-            "from cni.main import main; sys.exit(main())\n")
+            f"from cni.main import main; sys.exit(main(use_helper={helper}))\n")
 
 
 def render_conflist(name: str = "weft", subnet_file: str = "/run/flannel/subnet.env",
@@ -74,13 +74,13 @@ def _write_atomic(path: Path, text: str, mode: int) -> None:
 def install(bin_dir: str, conf_dir: str | None, *, python: str | None = None,
             force: bool = False, subnet_file: str = "/run/flannel/subnet.env",
             data_dir: str = "/var/lib/cni/networks", portmap: bool = False,
-            cni_version: str = "1.1.0") -> list[Path]:
+            cni_version: str = "1.1.0", helper: bool = True) -> list[Path]:
     """Write ``<bin_dir>/weft`` and (unless present, or with ``force``) the conflist."""
     written = []
     bdir = Path(bin_dir)
     bdir.mkdir(parents=True, exist_ok=True)
     plugin = bdir / "weft"
-    _write_atomic(plugin, render_launcher(python or preferred_python()), 0o755)
+    _write_atomic(plugin, render_launcher(python or preferred_python(), helper=helper), 0o755)
     written.append(plugin)
     if conf_dir is not None:
         cdir = Path(conf_dir)
@@ -97,7 +97,8 @@ def install(bin_dir: str, conf_dir: str | None, *, python: str | None = None,
 def _cmd_install(args: argparse.Namespace) -> int:
     try:
         paths = install(args.bin_dir, None if args.no_conflist else args.conf_dir,
-                        python=args.python, force=args.force, subnet_file=args.subnet_file,
+                        python=args.python, force=args.force, helper=not args.no_helper,
+                        subnet_file=args.subnet_file,
                         data_dir=args.data_dir, portmap=args.portmap,
                         cni_version=args.cni_version)
     except OSError as e:
@@ -126,6 +127,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="interpreter for the plugin (default: the system python of this "
                         "version if present, else the current one)")
     p.add_argument("--no-conflist", action="store_true", help="install the binary only")
+    p.add_argument("--no-helper", action="store_true",
+                   help="always run in-process; never start the resident helper")
     p.add_argument("--portmap", action="store_true",
                    help="chain the reference portmap plugin after weft")
     p.add_argument("--cni-version", default="1.1.0",

@@ -10,20 +10,26 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
+
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 class Log:
-    def __init__(self, level: str = "warning") -> None:
+    def __init__(self, level: str = "warning", stream: TextIO | None = None) -> None:
         self.threshold = LEVELS.get(level.lower(), 30)
+        self.stream = stream
 
     def _emit(self, level: int, name: str, fmt: str, args: tuple[object, ...]) -> None:
         if level < self.threshold:
             return
         msg = fmt % args if args else fmt
+        stream = self.stream or sys.stderr
         try:
-            sys.stderr.write(f"weft[{os.getpid()}]: {name}: {msg}\n")
-            sys.stderr.flush()
+            stream.write(f"weft[{os.getpid()}]: {name}: {msg}\n")
+            stream.flush()
         except (OSError, ValueError):
             pass
 

@@ -20,7 +20,7 @@ from cni.result import error
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any, BinaryIO
+    from typing import Any, BinaryIO, TextIO
 
 # Tests only: ``WEFT_CNI_TEST_PAUSE_AT=<step>[:seconds]`` makes ADD sleep after
 # <step> (allocated, veth, addressed) so a test can kill -9 it mid-way. Ignored
@@ -47,10 +47,11 @@ def _write(stdout: BinaryIO, obj: dict[str, Any]) -> None:
     stdout.flush()
 
 
-def dispatch(environ: Mapping[str, str], stdin: bytes, stdout: BinaryIO) -> int:
-    """Run one CNI invocation; returns the process exit code."""
+def dispatch(environ: Mapping[str, str], stdin: bytes, stdout: BinaryIO,
+             stderr: TextIO | None = None) -> int:
+    """Run one CNI invocation; returns the process exit code. Logs go to ``stderr``."""
     version = SUPPORTED_VERSIONS[-1]
-    log = Log()
+    log = Log(stream=stderr)
     try:
         # decoded first so that every error, env errors too, answers in the config's version
         raw: dict[str, Any] | None = decode_stdin(stdin)
@@ -61,7 +62,7 @@ def dispatch(environ: Mapping[str, str], stdin: bytes, stdout: BinaryIO) -> int:
         if isinstance(raw.get("cniVersion"), str) and raw["cniVersion"] in SUPPORTED_VERSIONS:
             version = raw["cniVersion"]
         if isinstance(raw.get("logLevel"), str):
-            log = Log(raw["logLevel"])
+            log = Log(raw["logLevel"], stderr)
     try:
         env = parse_env(environ)
         if env.command == "VERSION":

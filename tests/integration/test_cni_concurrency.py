@@ -41,6 +41,31 @@ def _env(cmd: str, cid: str, netns: str) -> dict[str, str]:
             "CNI_IFNAME": "eth0"}
 
 
+def helper_pids(netns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout
+    pids = []
+    for pid in out.split():
+        try:
+            if b"cni.helper" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_helpers(netns: str) -> None:
+    """kill -9 the resident helper too: a crash of the plugin is a crash of both."""
+    import os
+    import signal
+
+    for pid in helper_pids(netns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    _wait(lambda: not helper_pids(netns), "the helper to die")
+
+
 def _veths(netns: str) -> list[str]:
     return sorted(n for n in host_links(netns) if n.startswith("veth"))
 
@@ -105,6 +130,7 @@ def test_kill_9_mid_add_then_gc_keeps_exactly_survivors(
         ns = tb.add_container("h1", f"s{i}").netns_path
         res = d.add(f"keep{i}", ns)
         survivors.append((f"keep{i}", ns, res))
+    _wait(lambda: bool(helper_pids(host)), "the resident helper")  # first crash goes via it
     conf = d.plugin_conf(d.conflist["plugins"][0], None, None)
     tb.exec(host, ["ip", "link", "add", "vother", "type", "veth", "peer", "name", "vother1"])
     tb.exec(host, ["ip", "link", "set", "vother", "master", "cni0"])
@@ -132,6 +158,7 @@ def test_kill_9_mid_add_then_gc_keeps_exactly_survivors(
             time.sleep(0.2)
         p.kill()
         assert d.collect(p, timeout=10).rc == -9
+        kill_helpers(host)
     assert len(ipam_files(tmp)) == 6  # 3 survivors + 3 leaked by the crashes
     # a crash after the IPAM file went but before the veth did: swept by its alias
     tb.exec(host, ["ip", "link", "add", "veth0bad0bad", "type", "veth", "peer", "name", "vb1"])
@@ -174,6 +201,8 @@ def test_kill_9_at_random_points_then_gc_leaves_nothing(
     time.sleep(rnd.uniform(0, 0.03))
     for p in procs:
         p.kill()
+    kill_helpers(host)
+    for p in procs:
         d.collect(p, timeout=10)  # some finished, some died mid-way
     assert d.gc([]) == []
     assert ipam_files(tmp) == []

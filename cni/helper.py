@@ -1,0 +1,173 @@
+"""The resident helper: one warm weft process per host network namespace serving plugin execs.
+
+Theory of operation
+-------------------
+Every CNI exec pays for a fresh interpreter (~7 ms of CPU) plus weft's imports
+and set-up (~5 ms). The exec'd ``weft`` (``cni.main``) therefore first tries
+to hand its invocation to a helper over an *abstract* unix socket: abstract
+names live in the network namespace, so each host namespace gets its own
+helper without any file to clean up. The helper runs the very same
+``cni.skel.dispatch`` in a thread per request and sends back exit code, stderr
+and stdout; the client just relays them. With no helper listening, the client
+runs the invocation in-process (the result is the same) and starts one in the
+background for the next exec.
+
+Safety: only peers with the helper's uid (root) are served (SO_PEERCRED); the
+socket name carries a fingerprint of the code (``code_tag``) so an upgraded
+plugin never talks to an old helper; the helper exits after ``IDLE_SECONDS``
+without requests. A killed helper is the same as a plugin killed mid-ADD:
+the next exec runs in-process, and GC clears what the interrupted ADD left.
+
+Wire format (both ways over one stream connection, client half-closes):
+request  ``b"WEFT1\\n" + u32 len + b"\\0".join(b"K=V") + stdin``
+response ``u32 exit code + u32 len + stderr + stdout``
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+MAGIC = b"WEFT1\n"
+IDLE_SECONDS = 60.0
+MAX_REQUEST = 16 << 20
+_U32 = struct.Struct("=I")
+_HEAD = struct.Struct("=II")
+ENV_PREFIXES = ("CNI_", "WEFT_CNI_")
+
+
+def code_tag(package_dir: str) -> str:
+    """Fingerprint of the plugin's code: newest mtime of its modules, in hex."""
+    newest = 0
+    with os.scandir(package_dir) as it:
+        for entry in it:
+            if entry.name.endswith(".py"):
+                newest = max(newest, entry.stat().st_mtime_ns)
+    return f"{newest:x}"
+
+
+def socket_name(package_dir: str) -> bytes:
+    return b"\0weft-cni-" + code_tag(package_dir).encode()
+
+
+def encode_request(environ: Mapping[str, str], stdin: bytes) -> bytes:
+    env = b"\0".join(f"{k}={v}".encode() for k, v in environ.items()
+                     if k.startswith(ENV_PREFIXES))
+    return MAGIC + _U32.pack(len(env)) + env + stdin
+
+
+def decode_request(data: bytes) -> tuple[dict[str, str], bytes]:
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
+        raise ValueError("not a weft helper request")
+    (n,) = _U32.unpack_from(data, len(MAGIC))
+    start = len(MAGIC) + 4
+    env_blob, stdin = data[start:start + n], data[start + n:]
+    environ: dict[str, str] = {}
+    for item in env_blob.split(b"\0") if env_blob else []:
+        key, _, value = item.decode().partition("=")
+        if key.startswith(ENV_PREFIXES):
+            environ[key] = value
+    return environ, stdin
+
+
+def encode_response(rc: int, stderr: bytes, stdout: bytes) -> bytes:
+    return _HEAD.pack(rc, len(stderr)) + stderr + stdout
+
+
+def decode_response(data: bytes) -> tuple[int, bytes, bytes]:
+    rc, n = _HEAD.unpack_from(data)
+    return rc, data[_HEAD.size:_HEAD.size + n], data[_HEAD.size + n:]
+
+
+def recv_all(conn: _socket.socket, limit: int = MAX_REQUEST) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise ValueError("request too large")
+
+
+def _handle(conn: _socket.socket) -> None:
+    import io
+
+    from cni.skel import dispatch
+
+    try:
+        creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+        _, uid, _ = struct.unpack("=iII", creds)
+        if uid not in (0, os.geteuid()):
+            return
+        environ, stdin = decode_request(recv_all(conn))
+        out = io.BytesIO()
+        err = io.StringIO()
+        rc = dispatch(environ, stdin, out, err)
+        conn.sendall(encode_response(rc, err.getvalue().encode(), out.getvalue()))
+    except (OSError, ValueError):
+        pass  # the client went away or spoke nonsense; it falls back or reports
+    finally:
+        conn.close()
+
+
+def serve(package_dir: str, idle: float = IDLE_SECONDS) -> None:
+    """Bind the helper socket of this network namespace and serve until idle."""
+    import socket  # the full module (accept()); import cost does not matter here
+    import threading
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(socket_name(package_dir))
+    except OSError:
+        return  # another helper of this code already serves this namespace
+    sock.listen(512)
+    sock.settimeout(idle)
+    workers: list[threading.Thread] = []
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except TimeoutError:
+            workers = [t for t in workers if t.is_alive()]
+            if not workers:
+                sock.close()
+                return
+            continue
+        conn.settimeout(None)
+        t = threading.Thread(target=_handle, args=(conn,), daemon=True)
+        t.start()
+        workers.append(t)
+        if len(workers) > 64:
+            workers = [w for w in workers if w.is_alive()]
+
+
+def spawn(python: str, root: str) -> None:
+    """Start a helper in the background, fully detached (double fork, stdio on /dev/null).
+
+    A runtime reads the plugin's stdout until EOF, so the helper must not keep
+    any of the plugin's descriptors open.
+    """
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 1024)
+        code = (f"import sys; sys.path.insert(0, {root!r}); from cni.helper import serve; "
+                f"serve({os.path.join(root, 'cni')!r})")
+        os.execv(python, [python, "-IS", "-c", code])
+    finally:
+        os._exit(0)
