@@ -136,6 +136,7 @@ class EtcdStore:
         self._creds = self._credentials(cfg)
         self._idx = 0
         self._channel: grpc.aio.Channel | None = None
+        self._channels: dict[int, grpc.aio.Channel] = {}
         self._kv: Any = None
         self._lease: Any = None
         self._watch: Any = None
@@ -164,37 +165,47 @@ class EtcdStore:
         return self._cfg.endpoints[self._idx]
 
     def _open(self) -> None:
-        target, _ = self._targets[self._idx]
-        if self._creds is not None:
-            ch = grpc.aio.secure_channel(target, self._creds, options=_CHANNEL_OPTIONS)
-        else:
-            ch = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        # one channel per endpoint, kept until close(): a channel reconnects by itself
+        # once its endpoint is back, and closing one would cancel other callers' calls
+        ch = self._channels.get(self._idx)
+        if ch is None:
+            target, _ = self._targets[self._idx]
+            if self._creds is not None:
+                ch = grpc.aio.secure_channel(target, self._creds, options=_CHANNEL_OPTIONS)
+            else:
+                ch = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            self._channels[self._idx] = ch
         self._channel = ch
         self._kv = rpc_pb2_grpc.KVStub(ch)
         self._lease = rpc_pb2_grpc.LeaseStub(ch)
         self._watch = rpc_pb2_grpc.WatchStub(ch)
         self._maint = rpc_pb2_grpc.MaintenanceStub(ch)
 
-    async def _failover(self) -> None:
-        old = self._channel
-        self._idx = (self._idx + 1) % len(self._targets)
-        log.info("store: switching to endpoint %s", self.endpoint)
+    async def _failover(self, failed: grpc.aio.Channel | None) -> None:
+        """Move to the next endpoint, unless another caller already moved off ``failed``."""
+        if failed is not self._channel:
+            return
+        if len(self._targets) > 1:
+            self._idx = (self._idx + 1) % len(self._targets)
+            log.info("store: switching to endpoint %s", self.endpoint)
         self._open()
-        if old is not None:
-            await old.close()
+
+    def _retryable(self, e: grpc.aio.AioRpcError, used: grpc.aio.Channel | None) -> bool:
+        # UNAVAILABLE: the endpoint is down (or its connection just broke)
+        return _is_unavailable(e)
 
     async def _call(self, service: str, method: str, req: Any, **ctx: Any) -> Any:
         if self._channel is None:
             self._open()
         for attempt in range(len(self._targets)):
-            stub = getattr(self, service)
+            stub, used = getattr(self, service), self._channel
             try:
                 return await getattr(stub, method)(req, timeout=self._cfg.timeout)
             except grpc.aio.AioRpcError as e:
-                if _is_unavailable(e):
+                if self._retryable(e, used):
                     log.debug("store: %s unavailable: %s", self.endpoint, e.details())
                     if attempt + 1 < len(self._targets):
-                        await self._failover()
+                        await self._failover(used)
                         continue
                     raise StoreUnavailableError(
                         f"no store endpoint answered ({', '.join(self._cfg.endpoints)}): "
@@ -299,12 +310,14 @@ class EtcdStore:
         if self._channel is None:
             self._open()
         next_rev = start_revision
-        failovers = 0
+        lost_since: float | None = None  # when the stream was lost (None: healthy)
+        delay = 0.05
         while True:
             create = rpc_pb2.WatchCreateRequest(
                 key=prefix or b"\0", range_end=prefix_end(prefix),
                 start_revision=next_rev, prev_kv=True,
             )
+            used = self._channel
             call = self._watch.Watch(_hold(rpc_pb2.WatchRequest(create_request=create)))
             try:
                 async for resp in call:
@@ -314,7 +327,7 @@ class EtcdStore:
                         raise StoreError(f"watch on {prefix!r} canceled: {resp.cancel_reason}")
                     if resp.created and not next_rev:
                         next_rev = int(resp.header.revision) + 1
-                    failovers = 0
+                    lost_since, delay = None, 0.05
                     batch: builtins.list[WatchEvent] = []
                     for m in resp.events:
                         ev = _event(m)
@@ -327,14 +340,22 @@ class EtcdStore:
                         yield batch
                 raise StoreUnavailableError(f"watch stream from {self.endpoint} ended")
             except grpc.aio.AioRpcError as e:
-                if not _is_unavailable(e):
+                if not self._retryable(e, used):
                     raise await self._map_error(e, key=prefix) from e
-                failovers += 1
-                if failovers > len(self._targets):
+                # Resume from the next revision on the next endpoint (or the same one
+                # once it is back), for up to ``timeout`` seconds, then give up.
+                now = asyncio.get_running_loop().time()
+                if lost_since is None:
+                    lost_since = now
+                    log.info("store: watch stream lost (%s); resuming at %s",
+                             e.details(), next_rev)
+                elif now - lost_since > self._cfg.timeout:
                     raise StoreUnavailableError(
-                        f"watch: no store endpoint answered: {e.details()}") from e
-                log.info("store: watch stream lost (%s); resuming at %s", e.details(), next_rev)
-                await self._failover()
+                        f"watch: no store endpoint answered for {self._cfg.timeout:g}s: "
+                        f"{e.details()}") from e
+                await self._failover(used)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
             finally:
                 call.cancel()
 
@@ -350,6 +371,7 @@ class EtcdStore:
         if self._channel is None:
             self._open()
         for attempt in range(len(self._targets)):
+            used = self._channel
             call = self._lease.LeaseKeepAlive(
                 _hold(rpc_pb2.LeaseKeepAliveRequest(ID=lease)), timeout=self._cfg.timeout
             )
@@ -360,8 +382,8 @@ class EtcdStore:
                     return int(r.TTL)
                 raise LeaseNotFoundError(lease)
             except grpc.aio.AioRpcError as e:
-                if _is_unavailable(e) and attempt + 1 < len(self._targets):
-                    await self._failover()
+                if self._retryable(e, used) and attempt + 1 < len(self._targets):
+                    await self._failover(used)
                     continue
                 if _is_unavailable(e):
                     raise StoreUnavailableError(f"keepalive: {e.details()}") from e
@@ -395,9 +417,9 @@ class EtcdStore:
                            int(r.raftTerm), int(h.revision))
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        channels, self._channels, self._channel = list(self._channels.values()), {}, None
+        for ch in channels:
+            await ch.close()
 
 
 async def connect(cfg: StoreConfig) -> EtcdStore:

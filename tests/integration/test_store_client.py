@@ -113,3 +113,33 @@ def test_serve_with_missing_tls_files_fails_cleanly(tmp_path: Path) -> None:
     r = weftctl("store", "serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir",
                 str(tmp_path), "--cert-file", "nope.crt", "--key-file", "nope.key")
     assert r.returncode == 1 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+async def test_watch_resumes_across_a_server_restart(tmp_path: Path, how: str) -> None:
+    import asyncio
+
+    port = free_port()
+    server = start_embedded(tmp_path / "data", port=port, log=tmp_path / "store.log")
+    store = await connect(StoreConfig((server.endpoint,), timeout=10))
+    try:
+        first = await store.put(b"/resume/a", b"1")
+        got: list[tuple[bytes, int]] = []
+
+        async def follow() -> None:
+            async for batch in store.watch(b"/resume/", first):
+                got.extend((e.kv.key, e.kv.mod_revision) for e in batch)
+                if len(got) == 3:
+                    return
+
+        watcher = asyncio.create_task(follow())
+        second = await store.put(b"/resume/b", b"2")
+        await asyncio.sleep(0.2)
+        server.stop(kill=how == "sigkill")
+        server = start_embedded(tmp_path / "data", port=port, log=tmp_path / "store.log")
+        third = await store.put(b"/resume/c", b"3")
+        await asyncio.wait_for(watcher, 15)
+        assert got == [(b"/resume/a", first), (b"/resume/b", second), (b"/resume/c", third)]
+    finally:
+        await store.close()
+        server.stop(kill=True)
