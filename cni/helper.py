@@ -162,6 +162,7 @@ def spawn(python: str, root: str) -> None:
         os.setsid()
         if os.fork():
             os._exit(0)
+        os.chdir("/")  # never pin a caller's (possibly temporary) directory
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
