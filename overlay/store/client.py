@@ -9,7 +9,8 @@ Theory of operation:
 * Endpoints are tried in order. ``connect`` picks the first that answers a
   Maintenance Status; any call failing with UNAVAILABLE moves to the next
   endpoint and retries there, and ``StoreUnavailableError`` is raised once every
-  endpoint has been tried.
+  endpoint has been tried. Each endpoint has one channel for the store's life
+  (gRPC reconnects it), so one caller's failover never cancels another's call.
 * gRPC statuses map onto the api exception tree the way etcd reports them:
   OUT_OF_RANGE "required revision has been compacted" -> ``CompactedError``
   (the first available revision is learned from a watch at revision 1, since a
@@ -17,7 +18,10 @@ Theory of operation:
   ``LeaseNotFoundError``; INVALID_ARGUMENT "request is too large" or gRPC's own
   RESOURCE_EXHAUSTED -> ``ValueTooLargeError``.
 * ``watch`` opens one Watch stream per call with ``prev_kv`` and yields one
-  batch per revision, so batch boundaries match ``MemoryStore``'s.
+  batch per revision, so batch boundaries match ``MemoryStore``'s. A lost
+  stream is re-created from the next revision (next endpoint, or the same one
+  once it is back) with backoff for up to ``timeout`` seconds, so a store
+  restart costs no events; after that ``StoreUnavailableError`` is raised.
 """
 
 from __future__ import annotations
