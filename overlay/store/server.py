@@ -79,6 +79,7 @@ MAX_REQUEST_BYTES = 1_572_864  # etcd's default --max-request-bytes
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd allows this much gRPC framing on top
 RAFT_TERM = 2
 _LEASE_TICK_S = 0.5  # etcd checks lease expiry every 500 ms
+_BUSY_GAP_S = 0.00025  # a write this soon after the last commit means concurrent writers
 
 _ERR_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 _ERR_FUTURE = "etcdserver: mvcc: required revision is a future revision"
@@ -242,6 +243,8 @@ class Committer:
         self.watchers: set[_Watcher] = set()
         self.broken: Exception | None = None
         self.active_calls = 0  # unary RPCs being handled (kept by the registration shim)
+        self._started = 0.0
+        self._last_end = 0.0  # when the last commit finished
 
     @property
     def busy(self) -> bool:
@@ -280,9 +283,13 @@ class Committer:
                     w.set_result(None)
             return
         loop = asyncio.get_running_loop()
-        if len(waiters) <= 1 and self.active_calls <= 1:
-            # a lone writer and nobody else in flight: an inline fsync is cheaper than
-            # two thread wake-ups (with company, the loop must keep serving instead)
+        now = time.monotonic()
+        idle = now - self._last_end > _BUSY_GAP_S
+        if len(waiters) <= 1 and self.active_calls <= 1 and idle:
+            # a lone writer on an idle store (a sequential client needs far longer than
+            # _BUSY_GAP_S to answer an ack with its next write): an inline fsync is
+            # cheaper than two thread wake-ups. With company, the loop must keep
+            # serving during the fsync so the next batch can form.
             try:
                 self._state.write(batch)
             except Exception as e:
@@ -291,12 +298,18 @@ class Committer:
                 self._done(None, None, batch, waiters)
             return
         self._writing = True
+        self._started = time.monotonic()
         fut = loop.run_in_executor(self._pool, self._state.write, batch)
         fut.add_done_callback(lambda f: self._done(f, None, batch, waiters))
 
     def _done(self, f: asyncio.Future[None] | None, error: BaseException | None, batch: Batch,
               waiters: list[asyncio.Future[None]]) -> None:
         self._writing = False
+        self._last_end = time.monotonic()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("store: commit of %d write(s) (%s) in %.2f ms", len(waiters),
+                      "thread" if f is not None else "inline",
+                      (time.monotonic() - self._started) * 1000 if f is not None else 0)
         exc = f.exception() if f is not None else error
         if exc is not None:
             self._fail(waiters + self._waiters, exc if isinstance(exc, Exception)
