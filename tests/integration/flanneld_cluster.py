@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 
 from overlay import subnetfile
@@ -94,14 +94,15 @@ class Cluster:
         return self.tmp / f"flanneld-{host}.log"
 
     def start(self, host: str, ttl: int = 30, extra: Sequence[str] = (),
-              iface: str | None = "eth0") -> subprocess.Popen[bytes]:
+              iface: str | None = "eth0", env: Mapping[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
         """Spawn flanneld on ``host`` (``iface=None``: let it pick the default route's)."""
         h = self.tb.hosts[host]
         argv = [FLANNELD, "-etcd-endpoints", self.endpoint,
                 "-subnet-file", str(self.subnet_file(host)), "-subnet-lease-ttl", str(ttl),
                 *(["-iface", iface] if iface else []), *extra]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = self.tb.spawn(h.netns, argv, log=self.log(host), env=env)
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = self.tb.spawn(h.netns, argv, log=self.log(host), env=full_env)
         self.procs[host] = proc
         return proc
 

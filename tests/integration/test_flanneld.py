@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,10 +76,14 @@ def test_three_hosts_containers_ping_each_other(cluster3: Cluster, backend: str)
 def test_restart_loses_no_packets_and_keeps_subnet(cluster3: Cluster) -> None:
     c = cluster3
     c.network_set("vxlan")
-    for h in ("h1", "h2"):
-        c.start(h)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # systemd's side of Type=notify
+    notify.bind(str(c.tmp / "notify.sock"))
+    notify.settimeout(10)
+    c.start("h1")
+    c.start("h2", env={"NOTIFY_SOCKET": str(c.tmp / "notify.sock")})
     for h in ("h1", "h2"):
         c.wait_ready(h)
+    assert notify.recv(64) == b"READY=1"
     c1, c2 = c.container("h1"), c.container("h2")
     assert c2.ip is not None
     assert c.tb.wait_ping(c1.netns, str(c2.ip.ip), within=10)
@@ -89,7 +94,7 @@ def test_restart_loses_no_packets_and_keeps_subnet(cluster3: Cluster) -> None:
     started = time.monotonic()
     time.sleep(0.5)
     c.stop("h2", signal.SIGTERM)
-    c.start("h2")
+    c.start("h2", env={"NOTIFY_SOCKET": str(c.tmp / "notify.sock")})
     c.wait_ready("h2", count=2)  # the log is appended to: the second "ready"
     time.sleep(max(0.5, 2.0 - (time.monotonic() - started)))
     elapsed = time.monotonic() - started
@@ -102,6 +107,8 @@ def test_restart_loses_no_packets_and_keeps_subnet(cluster3: Cluster) -> None:
     assert received == sent, f"lost {sent - received} of {sent} packets across the restart"
     assert c.subnet("h2") == before
     assert "reusing the lease with our PublicIP" in c.log("h2").read_text()
+    assert notify.recv(64) == b"READY=1"  # the restarted flanneld told systemd too
+    notify.close()
 
 
 @pytest.mark.parametrize("cluster3", ["etcd"], indirect=True)
