@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("subnet-file", "file the leased subnet is written to", default=str(DEFAULT_SUBNET_FILE),
           metavar="PATH")
     p.add_bool("ip-masq", "masquerade traffic leaving the overlay network (nftables)")
+    p.add_bool("ip-masq-fully-random-disable", "masquerade without the fully-random port "
+               "mapping")
+    p.add("iptables-resync", "seconds between checks that the masquerade rules are intact "
+          "(kept under flannel's name)", default=5, type=int, metavar="SECONDS")
     p.add("subnet-lease-renew-margin", "renew the lease this many minutes before it expires "
           "(1-1439)", default=DEFAULT_RENEW_MARGIN, type=int, metavar="MINUTES")
     p.add("subnet-lease-ttl", "lifetime of the subnet lease in seconds (short values for tests)",
@@ -100,6 +104,8 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
                      "1..1439 minutes")
     if args.subnet_lease_ttl < 2:
         parser.error(f"-subnet-lease-ttl {args.subnet_lease_ttl}: must be at least 2 seconds")
+    if args.iptables_resync < 1:
+        parser.error(f"-iptables-resync {args.iptables_resync}: must be at least 1 second")
     if not 0 <= args.healthz_port <= 65535:
         parser.error(f"-healthz-port {args.healthz_port}: not a port")
     if args.public_ip:
@@ -116,6 +122,8 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         prefix=args.etcd_prefix,
         subnet_file=Path(args.subnet_file),
         ip_masq=bool(args.ip_masq),
+        masq_interval=float(args.iptables_resync),
+        masq_fully_random=not args.ip_masq_fully_random_disable,
         lease_ttl=args.subnet_lease_ttl,
         renew_margin=args.subnet_lease_renew_margin,
         healthz_ip=args.healthz_ip,
@@ -136,11 +144,14 @@ def make_backend(config: NetworkConfig, ext: ExternalInterface) -> Backend:
     return backend
 
 
-def make_masq(config: NetworkConfig, own: Lease) -> Masquerade:
-    """flannel's -ip-masq rules for ``own`` in ``config.network`` (overlay.masq)."""
+def masq_factory(cfg: DaemonConfig) -> Callable[[NetworkConfig, Lease], Masquerade]:
+    """flannel's -ip-masq rules for the own subnet in the network (overlay.masq)."""
     from overlay.masq import Masquerade as NftMasquerade
 
-    return NftMasquerade(config.network, own.subnet)
+    def make(config: NetworkConfig, own: Lease) -> Masquerade:
+        return NftMasquerade(config.network, own.subnet, fully_random=cfg.masq_fully_random)
+
+    return make
 
 
 async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterface) -> int:
@@ -167,7 +178,7 @@ async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterfac
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
     log.info("connected to the store at %s", ", ".join(store_cfg.endpoints))
-    daemon = Flanneld(cfg, store, ext, make_backend, make_masq, health=health)
+    daemon = Flanneld(cfg, store, ext, make_backend, masq_factory(cfg), health=health)
     try:
         await daemon.run()
     finally:

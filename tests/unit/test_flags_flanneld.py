@@ -48,6 +48,9 @@ def test_daemon_config_from_flags() -> None:
     assert (cfg.prefix, cfg.subnet_file, cfg.lease_ttl, cfg.ip_masq, cfg.notify_socket) == (
         "/x/net", Path("/tmp/s.env"), 9, True, "@sd")
     assert store.endpoints == ("http://198.18.0.1:2379", "http://198.18.0.2:2379")
+    assert (cfg.masq_interval, cfg.masq_fully_random) == (5.0, True)
+    _, cfg2, _ = parse_args(["-iptables-resync=2", "-ip-masq-fully-random-disable"], {})
+    assert (cfg2.masq_interval, cfg2.masq_fully_random) == (2.0, False)
     _, _, tls = parse_args(["-etcd-endpoints=https://198.18.0.1:2379", "-etcd-cafile=/ca.pem"],
                            {"FLANNELD_ETCD_CERTFILE": "/c.pem", "FLANNELD_ETCD_KEYFILE": "/k.pem"})
     assert (tls.cafile, tls.certfile, tls.keyfile) == ("/ca.pem", "/c.pem", "/k.pem")
@@ -56,8 +59,9 @@ def test_daemon_config_from_flags() -> None:
 @pytest.mark.parametrize("argv", [
     ["-subnet-lease-renew-margin", "0"], ["-subnet-lease-renew-margin", "1440"],
     ["-subnet-lease-ttl", "1"], ["-public-ip", "nope"], ["-healthz-port", "70000"],
-    ["-subnet-lease-ttl", "abc"], ["-ip-masq=perhaps"],
-], ids=["margin-0", "margin-1440", "ttl-1", "public-ip", "port", "ttl-not-int", "bool"])
+    ["-subnet-lease-ttl", "abc"], ["-ip-masq=perhaps"], ["-iptables-resync=0"],
+], ids=["margin-0", "margin-1440", "ttl-1", "public-ip", "port", "ttl-not-int", "bool",
+        "resync-0"])
 def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         parse_args(argv, {})
