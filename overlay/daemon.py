@@ -311,19 +311,29 @@ class Flanneld:
         state = self._require()
         mine = state.backend.name
         out: list[Lease] = []
+        network, own = state.config.network, state.own.subnet
         for lease in state.table.values():
-            if lease.subnet == state.own.subnet:
+            if lease.subnet == own:
                 continue
             btype = lease.backend_type or ""
             if btype != mine and not (btype == "" and mine == "udp"):
-                marker = (str(lease.subnet), btype)
-                if marker not in self._warned:
-                    self._warned.add(marker)
-                    log.warning("ignoring lease %s from %s: backend type %r, we run %r",
-                                lease.subnet, lease.public_ip, btype, mine)
+                self._warn_once(lease, f"backend type {btype!r}, we run {mine!r}")
+                continue
+            # never route outside the cluster network or over our own containers
+            if not lease.subnet.subnet_of(network):
+                self._warn_once(lease, f"subnet outside the network {network}")
+                continue
+            if lease.subnet.overlaps(own):
+                self._warn_once(lease, f"subnet overlaps our own {own}")
                 continue
             out.append(lease)
         return out
+
+    def _warn_once(self, lease: Lease, why: str) -> None:
+        marker = (str(lease.subnet), why)
+        if marker not in self._warned:
+            self._warned.add(marker)
+            log.warning("ignoring lease %s from %s: %s", lease.subnet, lease.public_ip, why)
 
     def _set_table(self, update: Update) -> None:
         state = self._require()

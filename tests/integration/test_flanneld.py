@@ -161,6 +161,9 @@ def test_bad_input_is_logged_never_routed(cluster3: Cluster) -> None:
     c.put_raw("/coreos.com/network/subnets/10.244.200.0-24", "not json at all")
     c.put_raw("/coreos.com/network/subnets/10.244.201.0-24",
               '{"PublicIP":"198.18.0.99","BackendType":"quantum","BackendData":{}}')
+    c.put_raw("/coreos.com/network/subnets/203.0.113.0-24",  # outside the network
+              '{"PublicIP":"198.18.0.97","BackendType":"vxlan","BackendData":{"VNI":1,'
+              '"VtepMAC":"0e:00:00:00:02:03"}}')
     c.put_raw("/coreos.com/network/subnets/10.244.202.0-24",
               '{"PublicIP":"198.18.0.98","BackendType":"vxlan","BackendData":{"VNI":1,'
               '"VtepMAC":"0e:00:00:00:02:02"}}')
@@ -169,10 +172,10 @@ def test_bad_input_is_logged_never_routed(cluster3: Cluster) -> None:
         assert time.monotonic() < deadline, "valid lease after bad ones not programmed"
         time.sleep(0.05)
     routes = c.routes("h1")
-    assert "10.244.200.0/24" not in routes and "10.244.201.0/24" not in routes
+    assert not {"10.244.200.0/24", "10.244.201.0/24", "203.0.113.0/24"} & routes
     text = c.log("h1").read_text(errors="replace")
     assert "10.244.200.0-24: value is not JSON" in text
-    assert "backend type 'quantum'" in text
+    assert "backend type 'quantum'" in text and "outside the network" in text
     assert c.procs["h1"].poll() is None and c.procs["h2"].poll() is None
     assert "using interface eth0 (198.18.0.12)" in c.log("h2").read_text()
     assert "Traceback" not in text
