@@ -326,6 +326,9 @@ class Flanneld:
             if lease.subnet.overlaps(own):
                 self._warn_once(lease, f"subnet overlaps our own {own}")
                 continue
+            if lease.public_ip == self.ext.public_ip:
+                self._warn_once(lease, "it names our own public IP (a stale lease of ours?)")
+                continue
             out.append(lease)
         return out
 

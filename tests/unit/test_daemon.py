@@ -277,15 +277,17 @@ async def test_peers_programmed_and_bad_leases_ignored(
     await h.put_peer("10.244.54.0/24", "", raw=json.dumps({"PublicIP": "x"}).encode())
     await h.put_peer("8.8.8.0/24", "198.18.0.16")  # would hijack traffic to the outside
     await h.put_peer("10.244.0.0/16", "198.18.0.17")  # would cover our own containers
+    await h.put_peer("10.244.55.0/24", "198.18.0.11")  # our own IP: would loop to ourselves
     await until(lambda: N("10.244.51.0/24") in be.programmed, "peer 51 programmed")
     await until(lambda: d.health.malformed_leases_total == 2, "malformed counted")
     await settle()
     assert set(be.programmed) == {N("10.244.50.0/24"), N("10.244.51.0/24")}
     assert "not JSON" in caplog.text and "backend type 'ipsec'" in caplog.text
     assert "outside the network" in caplog.text and "overlaps our own" in caplog.text
+    assert "names our own public IP" in caplog.text
     await h.store.delete(subnet_key(PREFIX, N("10.244.50.0/24")).encode())
     await until(lambda: N("10.244.50.0/24") not in be.programmed, "peer 50 removed")
-    assert d.health.leases_known == 5  # own, 51, 53 (ipsec), 8.8.8/24, /16: valid, not routed
+    assert d.health.leases_known == 6  # own, 51, 53, 55, 8.8.8/24, /16: valid, 51 routed
 
 
 async def test_restart_reuses_lease_by_public_ip(h: Harness) -> None:
