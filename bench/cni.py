@@ -3,9 +3,13 @@
 Measures, exec'ing each plugin as a runtime does (env + stdin, result on stdout)
 from a driver process that itself runs inside one scratch host namespace:
 
-* ADD and DEL latency, p50/p99 over 50 containers (weft and reference
+* ADD and DEL latency (DEL with the ADD result as prevResult, as libcni sends it),
+  p50/p99 over 50 containers (weft and reference
   interleaved container by container, so machine load hits both alike);
-* wall time of 100 ADDs started at once (then 100 DELs, also timed).
+* wall time of 100 ADDs started at once, then 100 DELs (median of 3 rounds);
+
+for weft as installed (a resident helper serves every exec after the first)
+and weft installed with ``--no-helper`` (each exec does all the work itself).
 
 Goals (issue 4): weft ADD p50 <= 2x the reference; 100 parallel ADDs <= 1x.
 Run: ``.venv/bin/python bench/cni.py`` (root; about a minute). Everything lives
@@ -26,6 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 REF_DIR = "/usr/lib/cni"
 N_SEQ = 50
 N_PAR = 100
+PAR_ROUNDS = 3  # parallel figures are the median of this many rounds, order rotated
+# ref: Debian bridge + host-local; weft: as installed (resident helper after the first
+# exec); weft-inproc: installed with --no-helper (every exec does all the work itself)
+KINDS = ("ref", "weft", "weft-inproc")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -43,16 +51,30 @@ def _inner(spec_path: str) -> int:
         return {**base_env, "CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_NETNS": ns,
                 "CNI_PATH": spec[kind]["path"]}
 
+    results: dict[tuple[str, str], bytes] = {}
+
+    def conf_for(kind: str, cmd: str, cid: str) -> bytes:
+        """As libcni: DEL carries the ADD's result as prevResult."""
+        if cmd == "DEL" and (kind, cid) in results:
+            conf = json.loads(spec[kind]["conf"])
+            conf["prevResult"] = json.loads(results.pop((kind, cid)))
+            return json.dumps(conf).encode()
+        return str(spec[kind]["conf"]).encode()
+
     def run(kind: str, cmd: str, cid: str, ns: str) -> float:
+        stdin = conf_for(kind, cmd, cid)
         t0 = time.perf_counter()
-        p = subprocess.run([spec[kind]["bin"]], input=spec[kind]["conf"].encode(),
+        p = subprocess.run([spec[kind]["bin"]], input=stdin,
                            env=env(kind, cmd, cid, ns), capture_output=True)
         dt = time.perf_counter() - t0
         if p.returncode != 0:
             raise SystemExit(f"{kind} {cmd} {cid} failed: {p.stdout!r} {p.stderr!r}")
+        if cmd == "ADD":
+            results[(kind, cid)] = p.stdout
         return dt
 
     def parallel(kind: str, cmd: str, nss: list[str]) -> float:
+        stdins = [conf_for(kind, cmd, f"par{i}") for i in range(len(nss))]
         t0 = time.perf_counter()
         procs = []
         for i, ns in enumerate(nss):
@@ -60,32 +82,43 @@ def _inner(spec_path: str) -> int:
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  env=env(kind, cmd, f"par{i}", ns))
             procs.append(p)
-        for p in procs:
+        for p, stdin in zip(procs, stdins, strict=True):
             assert p.stdin is not None
-            p.stdin.write(spec[kind]["conf"].encode())
+            p.stdin.write(stdin)
             p.stdin.close()
+        outs = []
         for p in procs:
             out, err = p.stdout.read(), p.stderr.read()  # type: ignore[union-attr]
             if p.wait() != 0:
                 raise SystemExit(f"{kind} parallel {cmd} failed: {out!r} {err!r}")
-        return time.perf_counter() - t0
+            outs.append(out)
+        dt = time.perf_counter() - t0
+        if cmd == "ADD":
+            results.update(((kind, f"par{i}"), out) for i, out in enumerate(outs))
+        return dt
 
-    res: dict[str, dict[str, list[float] | float]] = {"weft": {}, "ref": {}}
+    res: dict[str, dict[str, list[float] | float]] = {k: {} for k in KINDS}
     seq = spec["seq"]
-    for kind in ("weft", "ref"):  # warm page cache / pyc, not measured
+    for kind in KINDS:  # warm page cache / pyc and start weft's helper; not measured
         run(kind, "ADD", "warm", seq[kind][0])
         run(kind, "DEL", "warm", seq[kind][0])
+    time.sleep(0.5)
     for cmd in ("ADD", "DEL"):
-        lat: dict[str, list[float]] = {"weft": [], "ref": []}
+        lat: dict[str, list[float]] = {k: [] for k in KINDS}
         for i in range(len(seq["weft"])):
-            order = ("weft", "ref") if i % 2 == 0 else ("ref", "weft")
-            for kind in order:
+            shift = i % len(KINDS)  # rotate the order so load hits every kind alike
+            for kind in KINDS[shift:] + KINDS[:shift]:
                 lat[kind].append(run(kind, cmd, f"seq{i}", seq[kind][i]))
-        for kind in ("weft", "ref"):
+        for kind in KINDS:
             res[kind][cmd] = lat[kind]
-    for kind in ("ref", "weft"):
-        res[kind]["par_add"] = parallel(kind, "ADD", spec["par"][kind])
-        res[kind]["par_del"] = parallel(kind, "DEL", spec["par"][kind])
+    rounds: dict[str, dict[str, list[float]]] = {k: {"ADD": [], "DEL": []} for k in KINDS}
+    for rnd in range(PAR_ROUNDS):  # the same namespaces each round: DEL leaves them clean
+        for kind in KINDS[rnd % len(KINDS):] + KINDS[:rnd % len(KINDS)]:
+            for cmd in ("ADD", "DEL"):
+                rounds[kind][cmd].append(parallel(kind, cmd, spec["par"][kind]))
+    for kind in KINDS:
+        res[kind]["par_add"] = sorted(rounds[kind]["ADD"])[PAR_ROUNDS // 2]
+        res[kind]["par_del"] = sorted(rounds[kind]["DEL"])[PAR_ROUNDS // 2]
     print(json.dumps(res))
     return 0
 
@@ -104,6 +137,13 @@ def main() -> int:
             open_testbed(1) as tb:
         tmp = Path(tmpd)
         weft_bin = install(str(tmp / "bin"), None)[0]  # as `weftctl cni install` does
+        inproc_bin = install(str(tmp / "bin-inproc"), None, helper=False)[0]
+        (tmp / "subnet2.env").write_text(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.6.1/24\n"
+            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+        inproc_conf = {"cniVersion": "1.0.0", "name": "weftnet2", "type": "weft",
+                       "bridge": "cni2", "subnetFile": str(tmp / "subnet2.env"),
+                       "dataDir": str(tmp / "weft2-ipam")}
         (tmp / "subnet.env").write_text(
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\n"
             "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
@@ -116,14 +156,16 @@ def main() -> int:
                              "routes": [{"dst": "10.244.0.0/16"}],
                              "dataDir": str(tmp / "ref-ipam")}}
         t0 = time.monotonic()
-        seq = {k: [tb.add_container("h1", f"{k[0]}s{i}").netns_path for i in range(N_SEQ)]
-               for k in ("weft", "ref")}
-        par = {k: [tb.add_container("h1", f"{k[0]}p{i}").netns_path for i in range(N_PAR)]
-               for k in ("weft", "ref")}
-        print(f"setup: {2 * (N_SEQ + N_PAR)} container namespaces in "
+        seq = {k: [tb.add_container("h1", f"{j}s{i}").netns_path for i in range(N_SEQ)]
+               for j, k in enumerate(KINDS)}
+        par = {k: [tb.add_container("h1", f"{j}p{i}").netns_path for i in range(N_PAR)]
+               for j, k in enumerate(KINDS)}
+        print(f"setup: {len(KINDS) * (N_SEQ + N_PAR)} container namespaces in "
               f"{time.monotonic() - t0:.1f} s", flush=True)
         spec = {"weft": {"bin": str(weft_bin), "path": str(weft_bin.parent),
                          "conf": json.dumps(weft_conf)},
+                "weft-inproc": {"bin": str(inproc_bin), "path": str(inproc_bin.parent),
+                                "conf": json.dumps(inproc_conf)},
                 "ref": {"bin": f"{REF_DIR}/bridge", "path": REF_DIR,
                         "conf": json.dumps(ref_conf)},
                 "seq": seq, "par": par}
@@ -132,16 +174,18 @@ def main() -> int:
                                                "--inner", str(tmp / "spec.json")], timeout=170)
         res = json.loads(proc.stdout)
     ms = 1000.0
-    w, r = res["weft"], res["ref"]
-    print(f"{'figure':32} {'weft':>10} {'reference':>10} {'ratio':>7}")
+    r = res["ref"]
+    print(f"{'figure':36} {'reference':>10} {'weft':>16} {'weft --no-helper':>18}")
     for cmd in ("ADD", "DEL"):
         for p in (50, 99):
-            wv, rv = pct(w[cmd], p) * ms, pct(r[cmd], p) * ms
-            print(f"{cmd + f' latency p{p} (ms, n={N_SEQ})':32} {wv:10.1f} {rv:10.1f} "
-                  f"{wv / rv:6.2f}x")
-    for key, label in (("par_add", f"{N_PAR} parallel ADDs wall (s)"),
-                       ("par_del", f"{N_PAR} parallel DELs wall (s)")):
-        print(f"{label:32} {w[key]:10.2f} {r[key]:10.2f} {w[key] / r[key]:6.2f}x")
+            rv = pct(r[cmd], p) * ms
+            vals = [pct(res[k][cmd], p) * ms for k in KINDS[1:]]  # type: ignore[arg-type]
+            cells = "".join(f"{v:9.1f} ({v / rv:4.2f}x)" for v in vals)
+            print(f"{cmd + f' latency p{p} (ms, n={N_SEQ})':36} {rv:10.1f} {cells}")
+    for key, label in (("par_add", f"{N_PAR} parallel ADDs wall (s, median)"),
+                       ("par_del", f"{N_PAR} parallel DELs wall (s, median)")):
+        cells = "".join(f"{res[k][key]:9.2f} ({res[k][key] / r[key]:4.2f}x)" for k in KINDS[1:])
+        print(f"{label:36} {r[key]:10.2f} {cells}")
     print("reference = Debian containernetworking-plugins bridge + host-local "
           "(/usr/lib/cni), same host namespace, same run")
     return 0

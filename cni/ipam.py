@@ -212,6 +212,24 @@ class DiskStore:
         self.reserve(ip, cid, ifname)
         return ip
 
+    def owner(self, ip: IPv4) -> tuple[str, str] | None:
+        """(containerID, ifname) holding ``ip``, or None if it is free."""
+        try:
+            fd = os.open(os.path.join(self.dir, str(ip)), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            text = os.read(fd, 4096).decode("utf-8", "replace")
+        finally:
+            os.close(fd)
+        cid, _, ifname = text.partition("\r\n")
+        return cid.strip(), ifname.strip()
+
+    def find_hinted(self, cid: str, ifname: str, hints: list[IPv4]) -> list[IPv4]:
+        """Like ``find``, but first reads only the files of ``hints`` (prevResult's IPs)."""
+        hit = [ip for ip in hints if self.owner(ip) == (cid, ifname)]
+        return hit or self.find(cid, ifname)
+
     def find(self, cid: str, ifname: str) -> list[IPv4]:
         """IPs held by (cid, ifname), falling back to files holding the cid alone."""
         allocs = self.allocations()

@@ -106,3 +106,15 @@ def test_lock_is_held_while_open(tmp_path: Path) -> None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         finally:
             os.close(fd)
+
+
+def test_find_hinted_reads_prev_result_ips_first(tmp_path: Path) -> None:
+    rng = Range(NET, GW)
+    with DiskStore(str(tmp_path), "n") as s:
+        ip = s.allocate(rng, "c1", "eth0", [])
+        s.allocate(rng, "c2", "eth0", [])
+        assert s.owner(ip) == ("c1", "eth0") and s.owner(A("10.244.5.200")) is None
+        assert s.find_hinted("c1", "eth0", [ip]) == [ip]
+        # a stale or wrong hint falls back to the full scan
+        assert s.find_hinted("c1", "eth0", [A("10.244.5.3")]) == [ip]
+        assert s.find_hinted("c9", "eth0", [ip]) == []
