@@ -8,7 +8,9 @@ library, so the interpreter may be any CPython of the running minor version;
 ``preferred_python`` picks the distribution's build when there is one: Debian's
 python3.11 is built with PGO/LTO and links _socket, fcntl, _struct, zlib into
 the binary, which measured ~6 ms less CPU per ADD than a pyenv build that
-dlopens each of them.
+dlopens each of them. By default the launcher lets ``cni.main`` hand each exec
+to the host namespace's resident helper (``cni.helper``); ``--no-helper``
+writes a launcher that always works in-process.
 """
 
 from __future__ import annotations
