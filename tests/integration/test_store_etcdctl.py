@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -46,11 +45,12 @@ def test_put_get_del(store_endpoint: str, p: str) -> None:
 
 def test_watch(store_endpoint: str, p: str) -> None:
     env = dict(os.environ, ETCDCTL_API="3")
+    # watch from the next revision: no race with etcdctl's (silent) subscription
+    now = json.loads(ctl(store_endpoint, "get", f"{p}/", "-w", "json"))["header"]["revision"]
     w = subprocess.Popen(["etcdctl", "--endpoints", store_endpoint.split("://", 1)[-1],
-                          "watch", "--prefix", f"{p}/"],
+                          "watch", "--prefix", f"--rev={now + 1}", f"{p}/"],
                          stdout=subprocess.PIPE, text=True, env=env)
     try:
-        time.sleep(0.5)  # etcdctl has no "watching" signal; give it time to subscribe
         ctl(store_endpoint, "put", f"{p}/x", "1")
         ctl(store_endpoint, "del", f"{p}/x")
         assert w.stdout is not None
