@@ -11,6 +11,7 @@ import os
 import sys
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+HELPER_TIMEOUT = 300.0  # a helper that has not answered by then is stuck
 
 
 def _via_helper(stdin: bytes) -> int | None:
@@ -25,10 +26,18 @@ def _via_helper(stdin: bytes) -> int | None:
             sock.connect(helper.socket_name(PACKAGE_DIR))
         except OSError:
             return None
+        sock.settimeout(HELPER_TIMEOUT)
         try:
             sock.sendall(helper.encode_request(os.environ, stdin))
             sock.shutdown(_socket.SHUT_WR)
             reply = helper.recv_all(sock)
+        except TimeoutError:
+            # it may still be working on this request: running it here as well could
+            # race with it, so ask the runtime to retry instead
+            sys.stdout.write('{"cniVersion": "1.1.0", "code": 11, "msg": "the weft helper '
+                             f'did not answer within {HELPER_TIMEOUT:.0f} s"}}\n')
+            sys.stdout.flush()
+            return 1
         except OSError:
             reply = b""
         if len(reply) < 8:
