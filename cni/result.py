@@ -29,7 +29,4 @@ def shape(version: str, interfaces: list[dict[str, Any]], ips: list[dict[str, An
 
 
 def error(version: str, code: int, msg: str, details: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {"cniVersion": version, "code": code, "msg": msg}
-    if details:
-        out["details"] = details
-    return out
+    return {"cniVersion": version, "code": code, "msg": msg, "details": details}

@@ -287,7 +287,7 @@ def validate_result(version: str, result: dict[str, Any]) -> None:
 
 
 def validate_error(error: dict[str, Any], code: int) -> None:
-    assert set(error) <= {"cniVersion", "code", "msg", "details"}, error
+    assert set(error) == {"cniVersion", "code", "msg", "details"}, error
     assert error.get("code") == code, error
     assert isinstance(error.get("msg"), str) and error["msg"], error
 
