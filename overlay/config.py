@@ -60,16 +60,6 @@ class NetworkConfig:
             and self.subnet_min <= subnet.network_address <= self.subnet_max
         )
 
-    def to_json(self) -> dict[str, Any]:
-        """flannel's JSON form (what ``weftctl network set`` writes)."""
-        return {
-            "Network": str(self.network),
-            "SubnetLen": self.subnet_len,
-            "SubnetMin": str(self.subnet_min),
-            "SubnetMax": str(self.subnet_max),
-            "Backend": dict(self.backend) or {"Type": self.backend_type},
-        }
-
 
 def default_subnet_len(network: ipaddress.IPv4Network) -> int:
     return 24 if network.prefixlen <= 22 else network.prefixlen + 2

@@ -26,8 +26,6 @@ from pathlib import Path
 
 from overlay import ipnet
 
-DEFAULT_PATH = Path("/run/flannel/subnet.env")
-
 
 class SubnetFileError(ValueError):
     """A subnet file that cannot be read or parsed; names the file and variable."""

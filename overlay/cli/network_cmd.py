@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from overlay import subnetfile
-from overlay.config import ConfigError, build_network_json, parse_network_config
+from overlay.config import (
+    DEFAULT_SUBNET_FILE,
+    ConfigError,
+    build_network_json,
+    parse_network_config,
+)
 from overlay.lease.model import (
     DEFAULT_PREFIX,
     LeaseFormatError,
@@ -91,8 +96,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     d = subparsers.add_parser("docker-opts", help="Docker options from subnet.env "
                               "(like flannel's mk-docker-opts.sh)")
-    d.add_argument("-f", dest="subnet_file", default=str(subnetfile.DEFAULT_PATH),
-                   help=f"subnet file to read [{subnetfile.DEFAULT_PATH}]")
+    d.add_argument("-f", dest="subnet_file", default=str(DEFAULT_SUBNET_FILE),
+                   help=f"subnet file to read [{DEFAULT_SUBNET_FILE}]")
     d.add_argument("-d", dest="output", default=str(DEFAULT_DOCKER_ENV),
                    help=f"file to write, '-' for stdout [{DEFAULT_DOCKER_ENV}]")
     d.add_argument("-i", dest="individual", action="store_true",
