@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 MAGIC = b"WEFT1\n"
-IDLE_SECONDS = 60.0
+IDLE_SECONDS = 300.0
 MAX_REQUEST = 16 << 20
 _U32 = struct.Struct("=I")
 _HEAD = struct.Struct("=II")
@@ -118,17 +118,21 @@ def _handle(conn: _socket.socket) -> None:
         conn.close()
 
 
-def serve(package_dir: str, idle: float = IDLE_SECONDS) -> None:
-    """Bind the helper socket of this network namespace and serve until idle."""
+def serve(package_dir: str, idle: float = IDLE_SECONDS, listen_fd: int = -1) -> None:
+    """Serve until idle on ``listen_fd`` (bound by ``claim``), else bind the socket here."""
     import socket  # the full module (accept()); import cost does not matter here
     import threading
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(socket_name(package_dir))
-    except OSError:
-        return  # another helper of this code already serves this namespace
-    sock.listen(512)
+    if listen_fd >= 0:
+        sock = socket.socket(fileno=listen_fd)
+        os.set_inheritable(listen_fd, False)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(socket_name(package_dir))
+        except OSError:
+            return  # another helper of this code already serves this namespace
+        sock.listen(512)
     sock.settimeout(idle)
     workers: list[threading.Thread] = []
     while True:
@@ -148,11 +152,27 @@ def serve(package_dir: str, idle: float = IDLE_SECONDS) -> None:
             workers = [w for w in workers if w.is_alive()]
 
 
-def spawn(python: str, root: str) -> None:
-    """Start a helper in the background, fully detached (double fork, stdio on /dev/null).
+def claim(package_dir: str) -> _socket.socket | None:
+    """Bind and listen on the helper socket, or None if a helper has it already.
+
+    Binding is the election: of a burst of in-process execs only the one that
+    binds starts a helper, and execs arriving meanwhile queue in the backlog.
+    """
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.bind(socket_name(package_dir))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def spawn(python: str, root: str, listener: _socket.socket) -> None:
+    """Start a helper serving ``listener``, fully detached (double fork, stdio on /dev/null).
 
     A runtime reads the plugin's stdout until EOF, so the helper must not keep
-    any of the plugin's descriptors open.
+    any of the plugin's other descriptors open.
     """
     pid = os.fork()
     if pid:
@@ -166,9 +186,13 @@ def spawn(python: str, root: str) -> None:
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        os.closerange(3, 1024)
+        fd = listener.fileno()
+        if fd != 3:
+            os.dup2(fd, 3)  # an inheritable copy where the helper expects it
+        os.set_inheritable(3, True)
+        os.closerange(4, 1024)
         code = (f"import sys; sys.path.insert(0, {root!r}); from cni.helper import serve; "
-                f"serve({os.path.join(root, 'cni')!r})")
+                f"serve({os.path.join(root, 'cni')!r}, listen_fd=3)")
         os.execv(python, [python, "-IS", "-c", code])
     finally:
         os._exit(0)

@@ -66,10 +66,14 @@ def main(use_helper: bool = False) -> int:
         sys.stdout.flush()
         from cni import helper
 
-        try:  # noqa: SIM105 - contextlib is an import the exec'd path avoids
-            helper.spawn(sys.executable, os.path.dirname(PACKAGE_DIR))
-        except OSError:
-            pass  # no helper: every exec keeps running in-process
+        listener = helper.claim(PACKAGE_DIR)
+        if listener is not None:
+            try:
+                helper.spawn(sys.executable, os.path.dirname(PACKAGE_DIR), listener)
+            except OSError:
+                pass  # no helper: the next exec runs in-process (and tries again)
+            finally:
+                listener.close()
     return rc
 
 
