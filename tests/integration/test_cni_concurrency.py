@@ -85,6 +85,7 @@ def test_100_parallel_adds_then_dels_leave_nothing(bed: tuple[Testbed, CniDriver
         results.append(json.loads(res.stdout))
     addrs = [r["ips"][0]["address"] for r in results]
     assert len(set(addrs)) == n, "duplicate addresses handed out"
+    _wait(lambda: len(helper_pids(host)) >= 1, "the resident helper")
     assert len(helper_pids(host)) == 1, "a burst must elect exactly one resident helper"
     assert "10.244.5.1/24" not in addrs
     assert len(ipam_files(tmp)) == n
