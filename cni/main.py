@@ -1,48 +1,49 @@
 """Process entry point of the ``weft`` CNI plugin: hand the exec to the helper, else run it here.
 
-The exec'd path imports only ``os``, ``sys``, ``_socket`` and ``struct`` before
-it knows whether a resident helper (``cni.helper``) will do the work; the
-full plugin is imported only when it runs in-process.
+Until it knows whether the host namespace's resident helper (``cni.helper``)
+will do the work, the exec'd path touches only builtins (``posix``, ``_socket``,
+``_struct``): every import here is paid on every container ADD and DEL. The
+full plugin is imported only when the invocation runs in-process.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = __file__.rpartition("/")[0]  # absolute: the launcher puts an absolute root
 HELPER_TIMEOUT = 300.0  # a helper that has not answered by then is stuck
 
 
 def _via_helper(stdin: bytes) -> int | None:
     """Relay the invocation to this namespace's helper; None if there is none."""
     import _socket
+    import posix
 
-    from cni import helper
+    from cni import relay
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         try:
-            sock.connect(helper.socket_name(PACKAGE_DIR))
+            sock.connect(relay.socket_name(PACKAGE_DIR))
         except OSError:
             return None
         sock.settimeout(HELPER_TIMEOUT)
         try:
-            sock.sendall(helper.encode_request(os.environ, stdin))
+            sock.sendall(relay.encode_request_raw(posix.environ, stdin))
             sock.shutdown(_socket.SHUT_WR)
-            reply = helper.recv_all(sock)
+            reply = relay.recv_all(sock)
         except TimeoutError:
             # it may still be working on this request: running it here as well could
             # race with it, so ask the runtime to retry instead
             sys.stdout.write('{"cniVersion": "1.1.0", "code": 11, "msg": "the weft helper '
-                             f'did not answer within {HELPER_TIMEOUT:.0f} s"}}\n')
+                             f'did not answer within {HELPER_TIMEOUT:.0f} s", "details": ""}}\n')
             sys.stdout.flush()
             return 1
         except OSError:
             reply = b""
         if len(reply) < 8:
             return None  # the helper went away before answering (idle exit, killed)
-        rc, err, out = helper.decode_response(reply)
+        rc, err, out = relay.decode_response(reply)
     finally:
         sock.close()
     if err:
@@ -59,6 +60,8 @@ def main(use_helper: bool = False) -> int:
         rc = _via_helper(stdin)
         if rc is not None:
             return rc
+    import os
+
     from cni.skel import dispatch
 
     rc = dispatch(os.environ, stdin, sys.stdout.buffer)
