@@ -34,7 +34,9 @@ def code_tag(package_dir: str) -> str:
 
 
 def socket_name(package_dir: str) -> bytes:
-    return b"\0weft-cni-" + code_tag(package_dir).encode()
+    """Abstract name: code fingerprint plus install path (two installs never cross-talk)."""
+    name = f"weft-cni-{code_tag(package_dir)}:{package_dir}".encode()
+    return b"\0" + name[:100]
 
 
 def encode_request(environ: Mapping[str, str], stdin: bytes) -> bytes:
