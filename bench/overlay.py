@@ -159,10 +159,14 @@ def lease_json(ip: str, mac: str) -> str:
                        "BackendData": {"VNI": 1, "VtepMAC": mac}}, separators=(",", ":"))
 
 
-def fake_peer(i: int) -> tuple[str, str, str]:
-    """(subnet, key, value) of fake peer ``i`` (subnets from 10.244.100.0 on, /24)."""
-    net = ipaddress.IPv4Network((int(ipaddress.IPv4Address("10.244.0.0")) + (100 + i) * 256,
-                                 24))
+CONV_NETWORK = "10.244.0.0/16"  # convergence: 50 joins fit
+SCALE_NETWORK = "10.0.0.0/8"  # scale: 1,000 peers do not fit a /16 of /24s
+SCALE_BASE = "10.100.0.0"
+
+
+def fake_peer(i: int, base: str = "10.244.100.0") -> tuple[str, str, str]:
+    """(subnet, key, value) of fake peer ``i``: the ``i``-th /24 from ``base``."""
+    net = ipaddress.IPv4Network((int(ipaddress.IPv4Address(base)) + i * 256, 24))
     ip = str(ipaddress.IPv4Address("198.19.0.0") + i)  # never a live host
     mac = f"0e:5e:00:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}"
     key = f"{PREFIX}/subnets/{net.network_address}-{net.prefixlen}"
@@ -204,7 +208,7 @@ def bench_convergence(store: str, joins: int, tmp: Path) -> dict[str, float]:
         inj = None
         monitors: list[RouteMonitor] = []
         try:
-            c.network_set("vxlan")
+            c.network_set("vxlan", CONV_NETWORK)
             for h in tb.hosts:
                 c.start(h)
             for h in tb.hosts:
@@ -248,9 +252,9 @@ def bench_scale(store: str, peers: int, tmp: Path, rounds: int = 3) -> dict[str,
         c = Cluster(tb, store, tmp)
         inj = None
         try:
-            c.network_set("vxlan")
+            c.network_set("vxlan", SCALE_NETWORK)
             inj = Injector(tb.underlay_ns, c.endpoint)
-            items = [fake_peer(i)[1:] for i in range(peers)]
+            items = [fake_peer(i, SCALE_BASE)[1:] for i in range(peers)]
             for start in range(0, peers, 250):
                 inj.call({"op": "putmany", "items": items[start:start + 250]}, timeout=120)
             times: list[float] = []
@@ -289,8 +293,8 @@ def bench_scale(store: str, peers: int, tmp: Path, rounds: int = 3) -> dict[str,
             tb.exec(ref, ["ip", "link", "set", "br9", "up"])
             tb.exec(ref, ["ip", "addr", "add", "10.244.1.0/32", "dev", "br9"])
             batch = "".join(
-                f"route add {fake_peer(i)[0]} via {ipaddress.IPv4Network(fake_peer(i)[0])[0]} "
-                "dev br9 onlink\n" for i in range(peers))
+                f"route add {net} via {ipaddress.IPv4Network(net)[0]} dev br9 onlink\n"
+                for net in (fake_peer(i, SCALE_BASE)[0] for i in range(peers)))
             t1 = time.monotonic()
             tb.exec(ref, ["ip", "-batch", "-"], input=batch)
             t_hand = time.monotonic() - t1
