@@ -2,7 +2,8 @@
 
 flannel's order: each ``-iface`` (a name or an address, in the order given),
 else each ``-iface-regex`` (matched against addresses, then names), else the
-interface of the default route. ``-public-ip`` overrides the advertised
+interface routing to ``-iface-can-reach``, else the interface of the default
+route. ``-public-ip`` overrides the advertised
 address (NAT); without it the interface's first IPv4 address is advertised.
 
 ``choose`` is pure over ``Interface`` records; ``read_interfaces`` and
@@ -129,8 +130,32 @@ def default_route_interface() -> str | None:
     return None
 
 
+def route_interface(dest: ipaddress.IPv4Address) -> str | None:
+    """The interface the kernel would use to reach ``dest`` (``ip route get``), or None."""
+    proc = subprocess.run(["ip", "-j", "-4", "route", "get", str(dest)], capture_output=True,
+                          text=True, check=False, timeout=10)
+    if proc.returncode != 0:
+        return None
+    for r in json.loads(proc.stdout or "[]"):
+        if r.get("dev"):
+            return str(r["dev"])
+    return None
+
+
 def discover(iface: Sequence[str] = (), iface_regex: Sequence[str] = (),
-             public_ip: ipaddress.IPv4Address | None = None) -> ExternalInterface:
-    """Read this namespace's interfaces and choose (the shell around ``choose``)."""
-    return choose(read_interfaces(), default_route_interface() if not (iface or iface_regex)
-                  else None, iface, iface_regex, public_ip)
+             public_ip: ipaddress.IPv4Address | None = None,
+             can_reach: ipaddress.IPv4Address | None = None) -> ExternalInterface:
+    """Read this namespace's interfaces and choose (the shell around ``choose``).
+
+    Without -iface/-iface-regex the interface is the one routing to ``can_reach``
+    (flannel's -iface-can-reach) or, failing that flag, the default route's.
+    """
+    default_dev = None
+    if not (iface or iface_regex):
+        if can_reach is not None:
+            default_dev = route_interface(can_reach)
+            if default_dev is None:
+                raise InterfaceError(f"-iface-can-reach {can_reach}: no route to it")
+        else:
+            default_dev = default_route_interface()
+    return choose(read_interfaces(), default_dev, iface, iface_regex, public_ip)

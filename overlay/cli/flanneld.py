@@ -62,6 +62,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           metavar="IFACE")
     p.add("iface-regex", "regex matched against interface addresses, then names; repeatable; "
           "used when -iface is not given", repeat=True, metavar="REGEX")
+    p.add("iface-can-reach", "use the interface that routes to this address (when neither "
+          "-iface nor -iface-regex is given)", metavar="IP")
     p.add("public-ip", "IP address other hosts reach this one at (NAT) [default: the "
           "interface's address]", metavar="IP")
     p.add("subnet-file", "file the leased subnet is written to", default=str(DEFAULT_SUBNET_FILE),
@@ -108,11 +110,13 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         parser.error(f"-iptables-resync {args.iptables_resync}: must be at least 1 second")
     if not 0 <= args.healthz_port <= 65535:
         parser.error(f"-healthz-port {args.healthz_port}: not a port")
-    if args.public_ip:
-        try:
-            ipaddress.IPv4Address(args.public_ip)
-        except ValueError:
-            parser.error(f"-public-ip {args.public_ip!r}: not an IPv4 address")
+    for flag in ("public_ip", "iface_can_reach"):
+        value = getattr(args, flag)
+        if value:
+            try:
+                ipaddress.IPv4Address(value)
+            except ValueError:
+                parser.error(f"-{flag.replace('_', '-')} {value!r}: not an IPv4 address")
     try:
         store_cfg = StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile,
                                           args.etcd_certfile, args.etcd_keyfile)
@@ -201,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         ext = discover(args.iface or (), args.iface_regex or (),
-                       ipaddress.IPv4Address(args.public_ip) if args.public_ip else None)
+                       ipaddress.IPv4Address(args.public_ip) if args.public_ip else None,
+                       ipaddress.IPv4Address(args.iface_can_reach) if args.iface_can_reach
+                       else None)
     except InterfaceError as exc:
         log.error("cannot choose the external interface: %s", exc)
         return 1

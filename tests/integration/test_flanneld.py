@@ -147,7 +147,7 @@ def test_dead_peer_expires_and_stale_peer_cleaned_on_start(cluster3: Cluster) ->
 def test_bad_input_is_logged_never_routed(cluster3: Cluster) -> None:
     c = cluster3
     c.put_raw("/coreos.com/network/config", "{this is not json")
-    c.start("h1")
+    c.start("h1", iface=None, extra=["-iface-can-reach", c.host_ip])  # the store's route
     # h2 finds its interface the flannel way: the default route's
     c.tb.exec(c.tb.hosts["h2"].netns, ["ip", "route", "add", "default", "via", c.host_ip])
     c.start("h2", iface=None)
@@ -178,6 +178,7 @@ def test_bad_input_is_logged_never_routed(cluster3: Cluster) -> None:
     assert "backend type 'quantum'" in text and "outside the network" in text
     assert c.procs["h1"].poll() is None and c.procs["h2"].poll() is None
     assert "using interface eth0 (198.18.0.12)" in c.log("h2").read_text()
+    assert "using interface eth0 (198.18.0.11)" in c.log("h1").read_text()
     assert "Traceback" not in text
     # a nonexistent interface: a clear error and exit status 1, no traceback
     proc = c.start("h3", iface="nosuch0")

@@ -60,8 +60,9 @@ def test_daemon_config_from_flags() -> None:
     ["-subnet-lease-renew-margin", "0"], ["-subnet-lease-renew-margin", "1440"],
     ["-subnet-lease-ttl", "1"], ["-public-ip", "nope"], ["-healthz-port", "70000"],
     ["-subnet-lease-ttl", "abc"], ["-ip-masq=perhaps"], ["-iptables-resync=0"],
+    ["-iface-can-reach", "host.example"],
 ], ids=["margin-0", "margin-1440", "ttl-1", "public-ip", "port", "ttl-not-int", "bool",
-        "resync-0"])
+        "resync-0", "can-reach"])
 def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         parse_args(argv, {})
@@ -75,7 +76,7 @@ def test_help_documents_every_flag_and_env(capsys: pytest.CaptureFixture[str]) -
     text = capsys.readouterr().out
     for flag in ("etcd-endpoints", "etcd-prefix", "etcd-cafile", "etcd-certfile",
                  "etcd-keyfile", "iface", "iface-regex", "public-ip", "subnet-file", "ip-masq",
-                 "subnet-lease-renew-margin", "subnet-lease-ttl", "healthz-ip",
+                 "subnet-lease-renew-margin", "subnet-lease-ttl", "healthz-ip", "iface-can-reach",
                  "healthz-port", "version"):
         assert f"-{flag}" in text
         assert "FLANNELD_" + flag.upper().replace("-", "_") in text.replace("\n", "").replace(
