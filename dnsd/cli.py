@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from overlay.cli.flags import FlagParser
+from overlay.statushttp import start_status_server
 from overlay.store.api import DEFAULT_ENDPOINTS, Store, StoreConfig
 
 from .engine import Engine, EngineConfig
@@ -147,40 +148,24 @@ class Daemon:
         }
         return self.server.metrics.render(gauges)
 
-    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = line.decode("latin-1").split()
-            path = parts[1] if len(parts) > 1 else "/"
-            if path.startswith("/metrics"):
-                status, body = "200 OK", self.metrics_text()
-            elif path.startswith("/healthz") or path.startswith("/health"):
-                ok, text = self.health()
-                status, body = ("200 OK" if ok else "503 Service Unavailable"), text + "\n"
-            else:
-                status, body = "404 Not Found", "try /metrics or /healthz\n"
-            data = body.encode()
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
-                         .encode() + data)
-            await writer.drain()
-        except (OSError, TimeoutError, UnicodeError):
-            pass
-        finally:
-            writer.close()
+    def route(self, path: str) -> tuple[int, str, str]:
+        """(status, content type, body) for a GET of ``path`` on the metrics port."""
+        if path == "/metrics":
+            return 200, "text/plain; version=0.0.4", self.metrics_text()
+        if path in ("/healthz", "/health"):
+            ok, text = self.health()
+            return (200 if ok else 503), "text/plain", text + "\n"
+        return 404, "text/plain", "try /metrics or /healthz\n"
 
     async def run(self, stop: asyncio.Event) -> None:
         http = None
         if self.cfg.metrics_port:
             try:
-                http = await asyncio.start_server(self._http, self.cfg.host,
-                                                  self.cfg.metrics_port)
+                http = await start_status_server(self.route, self.cfg.host,
+                                                 self.cfg.metrics_port)
             except OSError:
                 self.server.stop()
                 raise
-            log.info("metrics and health on http://%s:%s/", self.cfg.host, self.cfg.metrics_port)
         self.server.start()
         feed = asyncio.create_task(self.feed.run())
         ready = asyncio.create_task(self._mark_ready())

@@ -2,7 +2,7 @@
 
 ``HealthState`` is the daemon's mutable scoreboard (readiness conditions and
 counters); ``render_metrics`` turns it into the Prometheus text format (pure);
-``serve`` answers HTTP/1.0-style GETs on it; ``sd_notify`` sends ``READY=1``
+``start_server`` answers GETs on it (via ``overlay.statushttp``); ``sd_notify`` sends ``READY=1``
 to systemd's ``$NOTIFY_SOCKET`` (path or ``@abstract``), a no-op without one.
 
 ``/healthz`` is 200 while the process runs; ``/readyz`` is 503 until the lease
@@ -12,10 +12,11 @@ is held, the data path attached and subnet.env written, then 200.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from dataclasses import dataclass
+
+from overlay.statushttp import start_status_server
 
 log = logging.getLogger(__name__)
 
@@ -86,44 +87,9 @@ def respond(state: HealthState, path: str) -> tuple[int, str, str]:
     return 404, "text/plain", "not found\n"
 
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable",
-            400: "Bad Request"}
-
-
-async def _handle(state: HealthState, reader: asyncio.StreamReader,
-                  writer: asyncio.StreamWriter) -> None:
-    try:
-        async with asyncio.timeout(5):
-            request = await reader.readline()
-            while await reader.readline() not in (b"\r\n", b"\n", b""):
-                pass
-        parts = request.decode("latin-1").split()
-        if len(parts) < 2:
-            status, ctype, body = 400, "text/plain", "bad request\n"
-        elif parts[0] not in ("GET", "HEAD"):
-            status, ctype, body = 405, "text/plain", "method not allowed\n"
-        else:
-            status, ctype, body = respond(state, parts[1])
-        data = body.encode()
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
-        writer.write(head + (b"" if parts and parts[0] == "HEAD" else data))
-        await writer.drain()
-    except (TimeoutError, OSError, UnicodeDecodeError) as exc:
-        log.debug("health request failed: %s", exc)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
 async def start_server(state: HealthState, host: str, port: int) -> asyncio.Server:
     """Listen on ``host:port`` (port 0 = any) and answer health requests until closed."""
-    server = await asyncio.start_server(
-        lambda r, w: _handle(state, r, w), host or "0.0.0.0", port)
-    addr = server.sockets[0].getsockname()
-    log.info("health/metrics listening on http://%s:%s", addr[0], addr[1])
-    return server
+    return await start_status_server(lambda path: respond(state, path), host, port)
 
 
 def sd_notify(message: str, notify_socket: str | None) -> bool:
