@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
-from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel
-from overlay.backend.plan import desired_hostgw, diff, summarize, within
+from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel, converge
+from overlay.backend.plan import desired_hostgw
 from overlay.lease.model import Lease
 
 log = logging.getLogger(__name__)
@@ -62,17 +62,7 @@ class HostGwBackend:
 
     def _reconcile(self, k: Kernel, peers: Sequence[Lease]) -> ReconcileReport:
         plan = desired_hostgw(self._own, peers, self.ext.name)
-        ops = diff(plan.state, within(k.observe(None), self.network))
-        errors = k.apply(ops, None) if ops else []
-        for op in ops:
-            log.debug("host-gw: %s", op)
-        report = summarize(ops, errors, plan.problems, plan.peers)
-        if ops or errors:
-            log.info("host-gw reconcile: %d peers, +%d -%d ~%d, %d errors", report.peers,
-                     report.added, report.removed, report.changed, len(report.errors))
-        for e in report.errors:
-            log.warning("host-gw: %s", e)
-        return report
+        return converge(k, plan, None, self.network, "host-gw")
 
     async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
         snapshot = list(peers)

@@ -28,8 +28,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
-from overlay.backend.base import BackendError, ExternalInterface
-from overlay.backend.plan import ROUTE_PROTO, Fdb, KernelState, Neigh, Op, OpKind, Route
+from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
+from overlay.backend.plan import (
+    ROUTE_PROTO,
+    Fdb,
+    KernelState,
+    Neigh,
+    Op,
+    OpKind,
+    Plan,
+    Route,
+    diff,
+    summarize,
+    within,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +134,26 @@ class Kernel(Protocol):
         Returns one message per failed operation; the others still run.
         """
         ...
+
+
+def converge(k: Kernel, plan: Plan, vtep: str | None, network: ipaddress.IPv4Network | None,
+             label: str) -> ReconcileReport:
+    """Make the kernel match ``plan`` (within ``network``), log what changed, report it.
+
+    The one apply step every backend shares: observe once, diff against the plan
+    (pure), run the operations, summarise. ``label`` prefixes the log lines.
+    """
+    ops = diff(plan.state, within(k.observe(vtep), network))
+    errors = k.apply(ops, vtep) if ops else []
+    for op in ops:
+        log.debug("%s: %s", label, op)
+    report = summarize(ops, errors, plan.problems, plan.peers)
+    if ops or errors or plan.problems:
+        log.info("%s reconcile: %d peers, +%d -%d ~%d, %d errors", label, report.peers,
+                 report.added, report.removed, report.changed, len(report.errors))
+    for e in report.errors:
+        log.warning("%s: %s", label, e)
+    return report
 
 
 # ---------------------------------------------------------------------------

@@ -29,12 +29,12 @@ import socket
 import struct
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
-from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel
-from overlay.backend.plan import KernelState, Route, desired_udp, diff, summarize, within
+from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel, converge
+from overlay.backend.plan import KernelState, Plan, Route, desired_udp
 from overlay.lease.model import Lease
 
 log = logging.getLogger(__name__)
@@ -260,19 +260,12 @@ class UdpBackend:
             self._fwd.table = table
         count = sum(len(v) for v in table.values())
         if self.network is not None:
-            plan = desired_udp(self.network, self.device)
-            state = plan.state
+            plan = replace(desired_udp(self.network, self.device), peers=count)
         else:
-            state = KernelState(routes=frozenset(
+            plan = Plan(KernelState(routes=frozenset(
                 Route(ipaddress.IPv4Network((n, pl)), self.device)
-                for pl, nets in table.items() for n in nets))
-        ops = diff(state, within(k.observe(None), self.network))
-        errors = k.apply(ops, None) if ops else []
-        report = summarize(ops, errors, (), count)
-        if ops or errors:
-            log.info("udp reconcile: %d peers, %d route ops, %d errors", count, len(ops),
-                     len(errors))
-        return report
+                for pl, nets in table.items() for n in nets)), peers=count)
+        return converge(k, plan, None, self.network, "udp")
 
     async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
         snapshot = list(peers)

@@ -27,14 +27,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlay.backend.base import ExternalInterface, ReconcileReport
-from overlay.backend.netlink import Kernel, KernelThread, Link, NetlinkKernel, VxlanSpec
+from overlay.backend.netlink import (
+    Kernel,
+    KernelThread,
+    Link,
+    NetlinkKernel,
+    VxlanSpec,
+    converge,
+)
 from overlay.backend.plan import (
     VxlanSettings,
     derive_vtep_mac,
     desired_vxlan,
-    diff,
-    summarize,
-    within,
 )
 from overlay.lease.model import Lease
 
@@ -129,17 +133,7 @@ class VxlanBackend:
             nets = tuple(a.network for a in k.addresses(self.ext.index))
         settings = VxlanSettings(self.device, self.ext.name, nets, self.config.direct_routing)
         plan = desired_vxlan(self._own, peers, settings)
-        ops = diff(plan.state, within(k.observe(self.device), self.network))
-        errors = k.apply(ops, self.device) if ops else []
-        for op in ops:
-            log.debug("vxlan: %s", op)
-        report = summarize(ops, errors, plan.problems, plan.peers)
-        if ops or errors or plan.problems:
-            log.info("vxlan reconcile: %d peers, +%d -%d ~%d, %d errors", report.peers,
-                     report.added, report.removed, report.changed, len(report.errors))
-        for e in report.errors:
-            log.warning("vxlan: %s", e)
-        return report
+        return converge(k, plan, self.device, self.network, "vxlan")
 
     async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
         snapshot = list(peers)
