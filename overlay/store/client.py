@@ -22,12 +22,17 @@ Theory of operation:
   stream is re-created from the next revision (next endpoint, or the same one
   once it is back) with backoff for up to ``timeout`` seconds, so a store
   restart costs no events; after that ``StoreUnavailableError`` is raised.
+* Watch and LeaseKeepAlive calls are written to directly (never fed from a
+  request generator, whose grpc.aio consumer task outlives a failed call) and
+  are owned by the store: cancelled when left and by ``close()``, so a store
+  restart leaves no pending task or generator behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -59,6 +64,9 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", -1),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # a restarted store is found again within ~1 s rather than gRPC's default 1-120 s
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
 )
 
 
@@ -119,10 +127,12 @@ def _event(m: Any) -> WatchEvent:
     return WatchEvent(EventType.PUT, _kv(m.kv), prev)
 
 
-async def _hold(first: Any) -> AsyncIterator[Any]:
-    """A request stream that sends ``first`` and stays open (no half-close) until cancelled."""
-    yield first
-    await asyncio.Event().wait()
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """An open bidirectional call and the channel it runs on."""
+
+    call: Any
+    channel: grpc.aio.Channel | None
 
 
 def _is_unavailable(e: grpc.aio.AioRpcError) -> bool:
@@ -145,6 +155,8 @@ class EtcdStore:
         self._lease: Any = None
         self._watch: Any = None
         self._maint: Any = None
+        self._streams: set[Any] = set()  # open Watch / LeaseKeepAlive calls
+        self._closed = False
 
     @staticmethod
     def _credentials(cfg: StoreConfig) -> grpc.ChannelCredentials | None:
@@ -193,6 +205,43 @@ class EtcdStore:
             self._idx = (self._idx + 1) % len(self._targets)
             log.info("store: switching to endpoint %s", self.endpoint)
         self._open()
+
+    @contextlib.asynccontextmanager
+    async def _stream(self, service: str, method: str, first: Any,
+                      timeout: float | None = None) -> AsyncIterator[_Stream]:
+        """A bidirectional call that has sent ``first`` and stays open (never
+        half-closed, as etcd wants for Watch and LeaseKeepAlive).
+
+        The call is written to directly rather than fed from a request generator:
+        grpc.aio consumes such a generator in a task of its own that a call ending in
+        an error (a store restart) never cancels, leaving it pending forever. The
+        store owns every open stream: it is cancelled on leaving this block and by
+        ``close()``.
+        """
+        if self._channel is None:
+            self._open()
+        channel = self._channel
+        call = getattr(getattr(self, service), method)(timeout=timeout)
+        self._streams.add(call)
+        try:
+            # a call already over (store gone) refuses the write; the read says why
+            with contextlib.suppress(asyncio.InvalidStateError):
+                await call.write(first)
+            yield _Stream(call, channel)
+        finally:
+            self._streams.discard(call)
+            call.cancel()
+
+    async def _next(self, stream: _Stream) -> Any:
+        """The stream's next response, None once the server ended it."""
+        try:
+            resp = await stream.call.read()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and (task is None or not task.cancelling()):
+                raise StoreUnavailableError("store closed") from None
+            raise
+        return None if resp is grpc.aio.EOF else resp
 
     def _retryable(self, e: grpc.aio.AioRpcError, used: grpc.aio.Channel | None) -> bool:
         # UNAVAILABLE: the endpoint is down (or its connection just broke)
@@ -289,30 +338,25 @@ class EtcdStore:
 
     async def compact_revision(self) -> int:
         """The store's compaction point (0 if never compacted), learned from a watch at 1."""
-        if self._channel is None:
-            self._open()
         create = rpc_pb2.WatchCreateRequest(key=b"\0", range_end=b"\0", start_revision=1)
-        call = self._watch.Watch(_hold(rpc_pb2.WatchRequest(create_request=create)))
         # etcd answers "created" first and then, if revision 1 is gone, a cancel
         # carrying compact_revision; otherwise events from revision 1 follow.
         try:
-            async with asyncio.timeout(self._cfg.timeout):
-                async for resp in call:
+            async with (asyncio.timeout(self._cfg.timeout),
+                        self._stream("_watch", "Watch",
+                                     rpc_pb2.WatchRequest(create_request=create)) as stream):
+                while (resp := await self._next(stream)) is not None:
                     if resp.compact_revision or resp.canceled:
                         return int(resp.compact_revision)
                     if resp.events or (resp.created and resp.header.revision <= 1):
                         return 0
         except TimeoutError:
             return 0
-        finally:
-            call.cancel()
         return 0
 
     async def watch(
         self, prefix: bytes, start_revision: int
     ) -> AsyncIterator[builtins.list[WatchEvent]]:
-        if self._channel is None:
-            self._open()
         next_rev = start_revision
         lost_since: float | None = None  # when the stream was lost (None: healthy)
         delay = 0.05
@@ -322,26 +366,29 @@ class EtcdStore:
                 start_revision=next_rev, prev_kv=True,
             )
             used = self._channel
-            call = self._watch.Watch(_hold(rpc_pb2.WatchRequest(create_request=create)))
             try:
-                async for resp in call:
-                    if resp.compact_revision:
-                        raise CompactedError(int(resp.compact_revision))
-                    if resp.canceled:
-                        raise StoreError(f"watch on {prefix!r} canceled: {resp.cancel_reason}")
-                    if resp.created and not next_rev:
-                        next_rev = int(resp.header.revision) + 1
-                    lost_since, delay = None, 0.05
-                    batch: builtins.list[WatchEvent] = []
-                    for m in resp.events:
-                        ev = _event(m)
-                        if batch and batch[-1].kv.mod_revision != ev.kv.mod_revision:
+                async with self._stream("_watch", "Watch",
+                                        rpc_pb2.WatchRequest(create_request=create)) as stream:
+                    used = stream.channel
+                    while (resp := await self._next(stream)) is not None:
+                        if resp.compact_revision:
+                            raise CompactedError(int(resp.compact_revision))
+                        if resp.canceled:
+                            raise StoreError(
+                                f"watch on {prefix!r} canceled: {resp.cancel_reason}")
+                        if resp.created and not next_rev:
+                            next_rev = int(resp.header.revision) + 1
+                        lost_since, delay = None, 0.05
+                        batch: builtins.list[WatchEvent] = []
+                        for m in resp.events:
+                            ev = _event(m)
+                            if batch and batch[-1].kv.mod_revision != ev.kv.mod_revision:
+                                yield batch
+                                batch = []
+                            batch.append(ev)
+                            next_rev = ev.kv.mod_revision + 1
+                        if batch:
                             yield batch
-                            batch = []
-                        batch.append(ev)
-                        next_rev = ev.kv.mod_revision + 1
-                    if batch:
-                        yield batch
                 raise StoreUnavailableError(f"watch stream from {self.endpoint} ended")
             except grpc.aio.AioRpcError as e:
                 if not self._retryable(e, used):
@@ -360,8 +407,6 @@ class EtcdStore:
                 await self._failover(used)
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
-            finally:
-                call.cancel()
 
     # -- leases ---------------------------------------------------------------
 
@@ -372,19 +417,17 @@ class EtcdStore:
         return int(r.ID)
 
     async def keepalive(self, lease: int) -> int:
-        if self._channel is None:
-            self._open()
         for attempt in range(len(self._targets)):
             used = self._channel
-            call = self._lease.LeaseKeepAlive(
-                _hold(rpc_pb2.LeaseKeepAliveRequest(ID=lease)), timeout=self._cfg.timeout
-            )
             try:
-                async for r in call:
-                    if r.TTL <= 0:
-                        raise LeaseNotFoundError(lease)
-                    return int(r.TTL)
-                raise LeaseNotFoundError(lease)
+                async with self._stream("_lease", "LeaseKeepAlive",
+                                        rpc_pb2.LeaseKeepAliveRequest(ID=lease),
+                                        timeout=self._cfg.timeout) as stream:
+                    used = stream.channel
+                    r = await self._next(stream)
+                if r is None or r.TTL <= 0:
+                    raise LeaseNotFoundError(lease)
+                return int(r.TTL)
             except grpc.aio.AioRpcError as e:
                 if self._retryable(e, used) and attempt + 1 < len(self._targets):
                     await self._failover(used)
@@ -392,8 +435,6 @@ class EtcdStore:
                 if _is_unavailable(e):
                     raise StoreUnavailableError(f"keepalive: {e.details()}") from e
                 raise await self._map_error(e, lease=lease) from e
-            finally:
-                call.cancel()
         raise AssertionError("unreachable")
 
     async def revoke(self, lease: int) -> None:
@@ -421,6 +462,9 @@ class EtcdStore:
                            int(r.raftTerm), int(h.revision))
 
     async def close(self) -> None:
+        self._closed = True
+        for call in list(self._streams):
+            call.cancel()
         channels, self._channels, self._channel = list(self._channels.values()), {}, None
         for ch in channels:
             await ch.close()

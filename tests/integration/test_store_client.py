@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -143,3 +144,76 @@ async def test_watch_resumes_across_a_server_restart(tmp_path: Path, how: str) -
     finally:
         await store.close()
         server.stop(kill=True)
+
+
+async def test_restart_under_a_watch_and_keepalive_leaves_no_asyncio_noise(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store restart under a live watch and lease keepalives: the watch resumes, and
+    no request stream or task is abandoned (asyncio would log "Task was destroyed but it
+    is pending" / "aclose(): asynchronous generator is already running" once collected)."""
+    import asyncio
+    import gc
+
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook",
+                        lambda u: unraisable.append(f"{u.exc_value!r} in {u.object!r}"))
+    caplog.set_level(logging.WARNING)
+    port = free_port()
+    server = start_embedded(tmp_path / "data", port=port, log=tmp_path / "store.log")
+    store = await connect(StoreConfig((server.endpoint,), timeout=10))
+    try:
+        lease = await store.grant(30)
+        first = await store.put(b"/noise/a", b"1", lease)
+        got: list[bytes] = []
+        resumed = asyncio.Event()
+
+        async def follow() -> None:
+            async for batch in store.watch(b"/noise/", first):
+                got.extend(e.kv.key for e in batch)
+                if b"/noise/after" in got:
+                    resumed.set()
+
+        kept: list[int] = []
+        lost: list[str] = []
+
+        async def keep() -> None:
+            while True:
+                try:
+                    kept.append(await store.keepalive(lease))
+                except StoreUnavailableError as e:
+                    lost.append(str(e))
+                await asyncio.sleep(0.05)
+
+        tasks = [asyncio.create_task(follow()), asyncio.create_task(keep())]
+        await asyncio.sleep(0.3)
+        server.stop()
+        await asyncio.sleep(0.5)  # watch and keepalives see the store gone
+        server = start_embedded(tmp_path / "data", port=port, log=tmp_path / "store.log")
+        before = len(kept)
+        for _ in range(50):  # the client's channel reconnects within ~1 s
+            try:
+                await store.put(b"/noise/after", b"2")
+                break
+            except StoreUnavailableError:
+                await asyncio.sleep(0.1)
+        await asyncio.wait_for(resumed.wait(), 15)
+        for _ in range(100):  # keepalives answered again after the restart
+            if len(kept) > before:
+                break
+            await asyncio.sleep(0.05)
+        assert len(kept) > before, f"no keepalive answered after the restart ({lost[-1:]})"
+        assert got[0] == b"/noise/a" and got[-1] == b"/noise/after"
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await store.close()
+        server.stop(kill=True)
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0.01)
+    noise = [f"{r.name}: {r.getMessage()}" for r in caplog.records
+             if r.levelno >= logging.ERROR or "destroyed" in r.getMessage()]
+    assert not noise, noise
+    assert not unraisable, unraisable
