@@ -11,6 +11,9 @@ Theory of operation:
   watchers and only then releases the waiting handlers, which acknowledge.
   A lone writer is committed inline (cheapest); when several wait, the fsync
   runs in a worker thread and writes arriving meanwhile form the next batch.
+  A write arriving right after a commit (concurrent writers) waits a 2 ms
+  batching window before its commit starts, so batches are ~20 writes rather
+  than ~1.5 and the per-commit cost (transaction, thread hop) is shared.
   Nothing is acknowledged or watched before it is on disk. A read that saw
   writes still in flight waits for their commit before answering, so no
   reader observes an undoable write.
@@ -80,6 +83,10 @@ GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd allows this much gRPC framing on top
 RAFT_TERM = 2
 _LEASE_TICK_S = 0.5  # etcd checks lease expiry every 500 ms
 _BUSY_GAP_S = 0.00025  # a write this soon after the last commit means concurrent writers
+# under concurrent writers a commit waits this long for company: one fsync and one
+# thread hop then serve ~20 writes instead of ~1.5 (50-client put/s about 2x), while
+# each of those writers already waits several ms in gRPC's queue
+_BATCH_WINDOW_S = 0.002
 
 _ERR_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 _ERR_FUTURE = "etcdserver: mvcc: required revision is a future revision"
@@ -260,7 +267,11 @@ class Committer:
     def kick(self) -> None:
         if not self._scheduled and not self._writing:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._start)
+            loop = asyncio.get_running_loop()
+            if time.monotonic() - self._last_end < _BUSY_GAP_S:
+                loop.call_later(_BATCH_WINDOW_S, self._start)
+            else:
+                loop.call_soon(self._start)
 
     def _fail(self, waiters: list[asyncio.Future[None]], e: Exception) -> None:
         if self.broken is None:
