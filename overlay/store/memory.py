@@ -16,7 +16,6 @@ watches, by a short poll; tests advance a ``FakeClock`` and then call
 from __future__ import annotations
 
 import asyncio
-import bisect
 import builtins
 import math
 import random
@@ -36,10 +35,18 @@ from overlay.store.api import (
     WatchEvent,
 )
 from overlay.store.clock import Clock, SystemClock
+from overlay.store.state import (
+    MAX_LEASE_TTL,
+    MAX_REQUEST_BYTES,
+    MIN_LEASE_TTL,
+    FutureRevisionError,
+    History,
+    compact_image,
+    next_kv,
+    tombstone,
+    value_at,
+)
 
-MAX_REQUEST_BYTES = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
-MIN_LEASE_TTL = 2  # etcd: ceil(1.5 * election timeout of 1 s)
-MAX_LEASE_TTL = 9_000_000_000
 _WATCH_POLL_S = 0.05
 
 
@@ -60,7 +67,7 @@ class MemoryStore:
         self._revision = 1
         self._compact_revision = 0
         # key -> [(revision, kv or None for a deletion)], oldest first
-        self._history: dict[bytes, list[tuple[int, KeyValue | None]]] = {}
+        self._history: dict[bytes, History] = {}
         # revision -> events of that revision, for watch replay
         self._events: dict[int, list[WatchEvent]] = {}
         self._leases: dict[int, _Lease] = {}
@@ -92,14 +99,7 @@ class MemoryStore:
             old = self._leases.get(prev.lease)
             if old:
                 old.keys.discard(key)
-        kv = KeyValue(
-            key=key,
-            value=value,
-            create_revision=prev.create_revision if prev else rev,
-            mod_revision=rev,
-            version=prev.version + 1 if prev else 1,
-            lease=lease,
-        )
+        kv = next_kv(prev, key, value, rev, lease)
         self._history.setdefault(key, []).append((rev, kv))
         if lease:
             self._leases[lease].keys.add(key)
@@ -112,8 +112,7 @@ class MemoryStore:
         if prev.lease and prev.lease in self._leases:
             self._leases[prev.lease].keys.discard(key)
         self._history[key].append((rev, None))
-        tomb = KeyValue(key=key, value=b"", create_revision=0, mod_revision=rev, version=0)
-        return WatchEvent(EventType.DELETE, tomb, prev)
+        return WatchEvent(EventType.DELETE, tombstone(key, rev), prev)
 
     def _commit(self, rev: int, events: builtins.list[WatchEvent]) -> None:
         if not events:
@@ -156,13 +155,11 @@ class MemoryStore:
         if revision and revision < self._compact_revision:
             raise CompactedError(self._compact_revision)
         if revision > self._revision:
-            raise StoreError(f"revision {revision} is a future revision (now {self._revision})")
+            raise FutureRevisionError(revision, self._revision)
         at = revision or self._revision
         items: builtins.list[KeyValue] = []
         for k in self._prefix_keys(prefix):
-            hist = self._history[k]
-            i = bisect.bisect_right([r for r, _ in hist], at)
-            if i and (kv := hist[i - 1][1]) is not None:
+            if (kv := value_at(self._history[k], at)) is not None:
                 items.append(kv)
         return Listing(tuple(items), self._revision)
 
@@ -208,23 +205,9 @@ class MemoryStore:
     async def compact(self, revision: int) -> None:
         """Forget history before ``revision`` (etcd's Compact)."""
         self._enter()
-        if revision > self._revision:
-            raise StoreError(f"revision {revision} is a future revision (now {self._revision})")
-        if revision <= self._compact_revision:
-            raise CompactedError(self._compact_revision)
+        compact_image(self._history, self._events, revision, self._revision,
+                      self._compact_revision)
         self._compact_revision = revision
-        for rev in [r for r in self._events if r < revision]:
-            del self._events[rev]
-        for k in list(self._history):
-            hist = self._history[k]
-            i = bisect.bisect_right([r for r, _ in hist], revision)
-            keep = hist[i - 1:] if i else hist
-            if keep and keep[0][1] is None and keep[0][0] <= revision:
-                keep = keep[1:]
-            if keep:
-                self._history[k] = keep
-            else:
-                del self._history[k]
 
     async def watch(
         self, prefix: bytes, start_revision: int

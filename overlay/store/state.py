@@ -48,6 +48,7 @@ from overlay.store.api import (
 
 log = logging.getLogger(__name__)
 
+MAX_REQUEST_BYTES = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
 MIN_LEASE_TTL = 2  # etcd: ceil(1.5 x election timeout of 1 s)
 MAX_LEASE_TTL = 9_000_000_000
 DEFAULT_RETAIN = 10_000
@@ -214,6 +215,69 @@ def in_range(key: bytes, start: bytes, end: bytes) -> bool:
     return start <= key < end
 
 
+History = list[tuple[int, KeyValue | None]]  # one key's (revision, kv or None = deleted)
+
+
+def next_kv(prev: KeyValue | None, key: bytes, value: bytes, rev: int, lease: int) -> KeyValue:
+    """The key-value a put at ``rev`` makes of ``prev`` (None: the key is created)."""
+    if prev is None:
+        return KeyValue(key, value, rev, rev, 1, lease)
+    return KeyValue(key, value, prev.create_revision, rev, prev.version + 1, lease)
+
+
+def tombstone(key: bytes, rev: int) -> KeyValue:
+    """What a delete event at ``rev`` carries as its kv."""
+    return KeyValue(key, b"", 0, rev, 0)
+
+
+def value_at(hist: History, rev: int) -> KeyValue | None:
+    """A key's value as of revision ``rev`` (None: absent or deleted then)."""
+    i = bisect.bisect_right(hist, rev, key=lambda h: h[0])
+    return hist[i - 1][1] if i else None
+
+
+def _compact_history(hist: History, revision: int) -> tuple[History, History]:
+    """Split a key's history at a compaction to ``revision``: (kept, dropped).
+
+    Kept: the entry in force at ``revision`` and every later one, except that an
+    entry in force which is a deletion older than ``revision`` goes too (nothing
+    can read it any more). A deletion exactly at ``revision`` stays, so the
+    revision's events can still be rebuilt from a log that keeps what this keeps.
+    """
+    i = bisect.bisect_right(hist, revision, key=lambda h: h[0])
+    keep = hist[i - 1:] if i else hist
+    dropped = hist[: i - 1] if i else []
+    if keep and keep[0][1] is None and keep[0][0] < revision:
+        dropped.append(keep[0])
+        keep = keep[1:]
+    return keep, dropped
+
+
+def compact_image(history: dict[bytes, History], events: dict[int, list[WatchEvent]],
+                  revision: int, current: int, compacted: int) -> list[tuple[int, bytes]]:
+    """Compact a memory image (history per key, events per revision) to ``revision``,
+    in place; the (revision, key) of every history entry dropped.
+
+    Raises ``FutureRevisionError`` beyond ``current`` and ``CompactedError`` at or
+    before ``compacted`` (the compaction point so far), as etcd does.
+    """
+    if revision > current:
+        raise FutureRevisionError(revision, current)
+    if revision <= compacted:
+        raise CompactedError(compacted)
+    for r in [r for r in events if r < revision]:
+        del events[r]
+    gone: list[tuple[int, bytes]] = []
+    for k in list(history):
+        keep, dropped = _compact_history(history[k], revision)
+        gone.extend((r, k) for r, _ in dropped)
+        if keep:
+            history[k] = keep
+        else:
+            del history[k]
+    return gone
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
@@ -251,7 +315,7 @@ class State:
         self.cluster_id = 0
         self._keys: list[bytes] = []  # sorted live keys
         self._current: dict[bytes, KeyValue] = {}
-        self._history: dict[bytes, list[tuple[int, KeyValue | None]]] = {}
+        self._history: dict[bytes, History] = {}
         self._events: dict[int, list[WatchEvent]] = {}
         self.leases: dict[int, LeaseState] = {}
         self._rows: list[tuple[int, int, bytes, bytes | None, int, int, int]] = []
@@ -293,8 +357,7 @@ class State:
             if value is None:
                 if prev is not None:
                     self._drop_current(key)
-                tomb = KeyValue(key, b"", 0, rev, 0)
-                ev = WatchEvent(EventType.DELETE, tomb, prev)
+                ev = WatchEvent(EventType.DELETE, tombstone(key, rev), prev)
                 self._history.setdefault(key, []).append((rev, None))
             else:
                 kv = KeyValue(key, bytes(value), create_rev, rev, version, lease)
@@ -345,9 +408,7 @@ class State:
         else:
             keys = sorted(k for k in self._history if in_range(k, start, end))
         for k in keys:
-            hist = self._history[k]
-            i = bisect.bisect_right(hist, rev, key=lambda h: h[0])
-            if i and (kv := hist[i - 1][1]) is not None:
+            if (kv := value_at(self._history[k], rev)) is not None:
                 out.append(kv)
         return out
 
@@ -404,8 +465,7 @@ class State:
             old = self.leases.get(prev.lease)
             if old:
                 old.keys.discard(op.key)
-        kv = KeyValue(op.key, value, prev.create_revision if prev else rev, rev,
-                      prev.version + 1 if prev else 1, lease)
+        kv = next_kv(prev, op.key, value, rev, lease)
         self._set_current(kv)
         self._history.setdefault(op.key, []).append((rev, kv))
         if lease:
@@ -423,8 +483,7 @@ class State:
                 self.leases[prev.lease].keys.discard(k)
             self._drop_current(k)
             self._history.setdefault(k, []).append((rev, None))
-            tomb = KeyValue(k, b"", 0, rev, 0)
-            self._record(rev, WatchEvent(EventType.DELETE, tomb, prev),
+            self._record(rev, WatchEvent(EventType.DELETE, tombstone(k, rev), prev),
                          (rev, self._sub, k, None, 0, 0, 0))
             prevs.append(prev)
         return DeleteResult(len(keys), tuple(prevs) if op.prev_kv else ())
@@ -506,26 +565,9 @@ class State:
         return all(_compare_kv(c, kv) for kv in kvs)
 
     def compact(self, revision: int) -> None:
-        if revision > self.revision:
-            raise FutureRevisionError(revision, self.revision)
-        if revision <= self.compact_revision:
-            raise CompactedError(self.compact_revision)
+        self._compact_dels.extend(compact_image(self._history, self._events, revision,
+                                                self.revision, self.compact_revision))
         self.compact_revision = revision
-        for r in [r for r in self._events if r < revision]:
-            del self._events[r]
-        for k in list(self._history):
-            hist = self._history[k]
-            i = bisect.bisect_right(hist, revision, key=lambda h: h[0])
-            keep = hist[i - 1:] if i else hist
-            dropped = hist[: i - 1] if i else []
-            if keep and keep[0][1] is None and keep[0][0] < revision:
-                dropped.append(keep[0])
-                keep = keep[1:]
-            self._compact_dels.extend((r, k) for r, _ in dropped)
-            if keep:
-                self._history[k] = keep
-            else:
-                del self._history[k]
         self._compact_to = revision
 
     def auto_compact(self) -> int:
