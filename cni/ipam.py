@@ -22,7 +22,7 @@ from cni.ip4 import IPv4, Net4
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Container, Iterable
 
 LAST_RESERVED = "last_reserved_ip.0"
 LOCK = "lock"
@@ -50,7 +50,7 @@ class Range:
 
 
 def check_requested(rng: Range, ip_text: str, source: str,
-                    taken: Iterable[IPv4]) -> IPv4:
+                    taken: Container[IPv4]) -> IPv4:
     """Validate a specifically requested IP; errors name the IP and where it came from."""
     error = EnvError if source.startswith("CNI_ARGS") else ConfigError
     try:
@@ -62,13 +62,13 @@ def check_requested(rng: Range, ip_text: str, source: str,
                     f"{rng.start}-{rng.end} (subnet {rng.subnet})")
     if ip == rng.gateway:
         raise error(f"{source}: requested IP {ip} is the gateway")
-    if ip in set(taken):
+    if ip in taken:
         raise TryAgainError(f"{source}: requested IP {ip} is already allocated")
     return ip
 
 
 def choose(rng: Range, last: IPv4 | None,
-           taken: set[IPv4]) -> IPv4:
+           taken: Container[IPv4]) -> IPv4:
     """Round robin: the first free address after ``last`` (wrapping), never the gateway."""
     size = rng.size()
     first = int(rng.start)
@@ -81,6 +81,27 @@ def choose(rng: Range, last: IPv4 | None,
     raise TryAgainError(f"no IP addresses available in range set {rng.start}-{rng.end}",
                         f"all {size} addresses of {rng.subnet} are allocated; "
                         "DEL or GC unused attachments")
+
+
+class _Names:
+    """IPs held, as the set of their file names (``ip in names`` formats ``ip``)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = {n.strip() for n in names}
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, IPv4) and str(ip) in self.names
+
+    def __bool__(self) -> bool:
+        for n in self.names:
+            try:
+                IPv4.parse(n)
+            except ValueError:
+                continue
+            return True
+        return False
 
 
 class DiskStore:
@@ -168,28 +189,56 @@ class DiskStore:
         except FileNotFoundError:
             pass
 
-    def taken(self) -> set[IPv4]:
-        """Allocated IPs from the file names alone (one listdir: cheap under the lock)."""
-        out = set()
-        for name in os.listdir(self.dir):
-            if name[0] in "0123456789":
-                try:
-                    out.add(IPv4.parse(name))
-                except ValueError:
-                    continue
-        return out
+    def taken(self) -> Container[IPv4]:
+        """Allocated IPs from the file names alone (one listdir: cheap under the lock).
+
+        A membership test formats the address rather than parsing every name:
+        ``IPv4.parse`` accepts only the canonical dotted quad that ``str``
+        produces, so the answers are the same.
+        """
+        return _Names(name for name in os.listdir(self.dir) if name[0] in "0123456789")
 
     def check_duplicate(self, rng: Range, cid: str, ifname: str) -> None:
         """ADD for a (cid, ifname) that already holds an IP in ``rng`` is an error.
 
         Safe without the lock: the runtime never works on one container in
-        parallel, so only this process could create that file meanwhile.
+        parallel, so only this process could create that file meanwhile. This
+        reads every allocation on each ADD (as host-local does), so a file is
+        parsed only when its raw bytes contain the container ID.
         """
-        for ip, owner in self.allocations().items():
-            if owner == (cid, ifname) and ip in rng.subnet:
-                raise AttachmentExistsError(
-                    f"container {cid} interface {ifname} already has IP {ip} "
-                    "(duplicate allocation)", "DEL the attachment before adding it again")
+        needle = cid.encode()
+        exact = "\ufffd" not in cid  # else only the decoded text can tell
+        try:
+            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            for name in os.listdir(dfd):
+                if name[0] not in "0123456789":
+                    continue
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dfd)
+                except FileNotFoundError:
+                    continue
+                try:
+                    data = os.read(fd, 4096)
+                finally:
+                    os.close(fd)
+                if exact and needle not in data:
+                    continue
+                owner, _, owner_if = data.decode("utf-8", "replace").partition("\r\n")
+                if (owner.strip(), owner_if.strip()) != (cid, ifname):
+                    continue
+                try:
+                    ip = IPv4.parse(name)
+                except ValueError:
+                    continue
+                if ip in rng.subnet:
+                    raise AttachmentExistsError(
+                        f"container {cid} interface {ifname} already has IP {ip} "
+                        "(duplicate allocation)", "DEL the attachment before adding it again")
+        finally:
+            os.close(dfd)
 
     def allocate(self, rng: Range, cid: str, ifname: str,
                  requested: list[tuple[str, str]]) -> IPv4:
