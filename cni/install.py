@@ -41,7 +41,7 @@ def render_launcher(python: str, root: str = PROJECT_ROOT, helper: bool = True) 
     return (f"#!{python} -IS\n"
             "# weft CNI plugin, installed by `weftctl cni install`\n"
             f"import sys; sys.path.insert(0, {root!r})\n"
-            f"from cni.main import main; sys.exit(main(use_helper={helper}))\n")
+            f"from cni.main import run; run(use_helper={helper})\n")
 
 
 def render_conflist(name: str = "weft", subnet_file: str = "/run/flannel/subnet.env",

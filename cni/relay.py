@@ -5,11 +5,8 @@ nothing but builtins (``posix`` rather than ``os``: ~1 ms of CPU per exec);
 see ``cni.helper`` for the theory of operation.
 """
 
-from __future__ import annotations
-
 import _socket
 import posix
-import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -18,8 +15,7 @@ if TYPE_CHECKING:
 MAGIC = b"WEFT1\n"
 IDLE_SECONDS = 300.0
 MAX_REQUEST = 16 << 20
-_U32 = struct.Struct("=I")
-_HEAD = struct.Struct("=II")
+# u32 fields are little-endian, packed with int.to_bytes (no struct import per exec)
 ENV_PREFIXES = ("CNI_", "WEFT_CNI_")
 
 
@@ -39,23 +35,23 @@ def socket_name(package_dir: str) -> bytes:
     return b"\0" + name[:100]
 
 
-def encode_request(environ: Mapping[str, str], stdin: bytes) -> bytes:
+def encode_request(environ: "Mapping[str, str]", stdin: bytes) -> bytes:
     env = b"\0".join(f"{k}={v}".encode() for k, v in environ.items()
                      if k.startswith(ENV_PREFIXES))
-    return MAGIC + _U32.pack(len(env)) + env + stdin
+    return MAGIC + len(env).to_bytes(4, "little") + env + stdin
 
 
-def encode_request_raw(environ: Mapping[bytes, bytes], stdin: bytes) -> bytes:
+def encode_request_raw(environ: "Mapping[bytes, bytes]", stdin: bytes) -> bytes:
     """``encode_request`` from ``posix.environ`` (bytes), without importing ``os``."""
     prefixes = tuple(p.encode() for p in ENV_PREFIXES)
     env = b"\0".join(k + b"=" + v for k, v in environ.items() if k.startswith(prefixes))
-    return MAGIC + _U32.pack(len(env)) + env + stdin
+    return MAGIC + len(env).to_bytes(4, "little") + env + stdin
 
 
 def decode_request(data: bytes) -> tuple[dict[str, str], bytes]:
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
         raise ValueError("not a weft helper request")
-    (n,) = _U32.unpack_from(data, len(MAGIC))
+    n = int.from_bytes(data[len(MAGIC):len(MAGIC) + 4], "little")
     start = len(MAGIC) + 4
     env_blob, stdin = data[start:start + n], data[start + n:]
     environ: dict[str, str] = {}
@@ -67,12 +63,13 @@ def decode_request(data: bytes) -> tuple[dict[str, str], bytes]:
 
 
 def encode_response(rc: int, stderr: bytes, stdout: bytes) -> bytes:
-    return _HEAD.pack(rc, len(stderr)) + stderr + stdout
+    return rc.to_bytes(4, "little") + len(stderr).to_bytes(4, "little") + stderr + stdout
 
 
 def decode_response(data: bytes) -> tuple[int, bytes, bytes]:
-    rc, n = _HEAD.unpack_from(data)
-    return rc, data[_HEAD.size:_HEAD.size + n], data[_HEAD.size + n:]
+    rc = int.from_bytes(data[:4], "little")
+    n = int.from_bytes(data[4:8], "little")
+    return rc, data[8:8 + n], data[8 + n:]
 
 
 def recv_all(conn: _socket.socket, limit: int = MAX_REQUEST) -> bytes:
