@@ -6,7 +6,8 @@ Layout (compatible with the reference host-local plugin), in ``<dataDir>/<networ
   ``<containerID>\\r\\n<ifname>`` (older host-local wrote the containerID only;
   both are read).
 * ``last_reserved_ip.0``: the address handed out last (one range set).
-* ``lock``: every operation holds ``flock(LOCK_EX)`` on it.
+* ``lock``: every operation holds ``flock(LOCK_EX)`` on it (after a per-directory
+  in-process lock, so the helper's threads queue on that instead).
 
 ``choose`` is the pure allocator: round robin from last_reserved+1, wrapping,
 never the gateway; ``DiskStore`` is the I/O shell around the directory.
@@ -14,6 +15,7 @@ never the gateway; ``DiskStore`` is the I/O shell around the directory.
 
 from __future__ import annotations
 
+import _thread
 import fcntl
 import os
 
@@ -26,6 +28,20 @@ if TYPE_CHECKING:
 
 LAST_RESERVED = "last_reserved_ip.0"
 LOCK = "lock"
+
+# One in-process lock per store directory, taken before the flock: the resident
+# helper serves a burst of ADDs/DELs in as many threads, and a flock convoy
+# wakes every waiter on each release, where this lock hands over to one.
+_DIR_LOCKS: dict[str, _thread.LockType] = {}
+_DIR_LOCKS_GUARD = _thread.allocate_lock()
+
+
+def _dir_lock(path: str) -> _thread.LockType:
+    with _DIR_LOCKS_GUARD:
+        lock = _DIR_LOCKS.get(path)
+        if lock is None:
+            lock = _DIR_LOCKS[path] = _thread.allocate_lock()
+        return lock
 
 
 class Range:
@@ -110,6 +126,7 @@ class DiskStore:
     def __init__(self, data_dir: str, network: str) -> None:
         self.dir = os.path.join(data_dir, network)
         self._lock_fd = -1
+        self._held: _thread.LockType | None = None
 
     def ensure_dir(self) -> DiskStore:
         try:
@@ -119,19 +136,32 @@ class DiskStore:
         return self
 
     def __enter__(self) -> DiskStore:
+        """Hold this process's lock of the directory, then host-local's flock on ``lock``."""
         self.ensure_dir()
+        held = _dir_lock(self.dir)
+        held.acquire()
         try:
             self._lock_fd = os.open(os.path.join(self.dir, LOCK),
                                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        except OSError as e:
-            raise IOFailure(f"IPAM store {self.dir}: {e.strerror}") from None
+        except BaseException as e:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+            held.release()
+            if isinstance(e, OSError):
+                raise IOFailure(f"IPAM store {self.dir}: {e.strerror}") from None
+            raise
+        self._held = held
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = -1
+        if self._held is not None:
+            self._held.release()
+            self._held = None
 
     def allocations(self) -> dict[IPv4, tuple[str, str]]:
         """Every allocated IP -> (containerID, ifname); unreadable owners are ("", "")."""
@@ -198,20 +228,19 @@ class DiskStore:
         """
         return _Names(name for name in os.listdir(self.dir) if name[0] in "0123456789")
 
-    def check_duplicate(self, rng: Range, cid: str, ifname: str) -> None:
-        """ADD for a (cid, ifname) that already holds an IP in ``rng`` is an error.
+    def _held_by(self, cid: str) -> list[tuple[IPv4, tuple[str, str]]]:
+        """``allocations()`` restricted to files naming ``cid`` (as owner, any ifname).
 
-        Safe without the lock: the runtime never works on one container in
-        parallel, so only this process could create that file meanwhile. This
-        reads every allocation on each ADD (as host-local does), so a file is
-        parsed only when its raw bytes contain the container ID.
+        Every file is still read (as host-local's GetByID does), but parsed only
+        when its raw bytes contain the container ID.
         """
         needle = cid.encode()
         exact = "\ufffd" not in cid  # else only the decoded text can tell
+        out: list[tuple[IPv4, tuple[str, str]]] = []
         try:
             dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return
+            return out
         try:
             for name in os.listdir(dfd):
                 if name[0] not in "0123456789":
@@ -227,18 +256,28 @@ class DiskStore:
                 if exact and needle not in data:
                     continue
                 owner, _, owner_if = data.decode("utf-8", "replace").partition("\r\n")
-                if (owner.strip(), owner_if.strip()) != (cid, ifname):
+                if owner.strip() != cid:
                     continue
                 try:
                     ip = IPv4.parse(name)
                 except ValueError:
                     continue
-                if ip in rng.subnet:
-                    raise AttachmentExistsError(
-                        f"container {cid} interface {ifname} already has IP {ip} "
-                        "(duplicate allocation)", "DEL the attachment before adding it again")
+                out.append((ip, (cid, owner_if.strip())))
         finally:
             os.close(dfd)
+        return out
+
+    def check_duplicate(self, rng: Range, cid: str, ifname: str) -> None:
+        """ADD for a (cid, ifname) that already holds an IP in ``rng`` is an error.
+
+        Safe without the lock: the runtime never works on one container in
+        parallel, so only this process could create that file meanwhile.
+        """
+        for ip, owner in self._held_by(cid):
+            if owner == (cid, ifname) and ip in rng.subnet:
+                raise AttachmentExistsError(
+                    f"container {cid} interface {ifname} already has IP {ip} "
+                    "(duplicate allocation)", "DEL the attachment before adding it again")
 
     def allocate(self, rng: Range, cid: str, ifname: str,
                  requested: list[tuple[str, str]]) -> IPv4:
@@ -281,6 +320,6 @@ class DiskStore:
 
     def find(self, cid: str, ifname: str) -> list[IPv4]:
         """IPs held by (cid, ifname), falling back to files holding the cid alone."""
-        allocs = self.allocations()
-        exact = [ip for ip, owner in allocs.items() if owner == (cid, ifname)]
-        return exact or [ip for ip, owner in allocs.items() if owner == (cid, "")]
+        held = self._held_by(cid)
+        exact = [ip for ip, owner in held if owner == (cid, ifname)]
+        return exact or [ip for ip, owner in held if owner == (cid, "")]
