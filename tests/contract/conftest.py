@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import pytest
 
 from overlay.store.api import Store, StoreConfig
 from overlay.store.clock import FakeClock
+from overlay.store.launch import StoreProcess, start_embedded, start_etcd
 from overlay.store.memory import MemoryStore
 
 KINDS = ["memory", "inproc", "process", "etcd"]
@@ -50,30 +51,25 @@ class Subject:
         return (await self.store.list(self.prefix)).revision
 
 
-@pytest.fixture(scope="module")
-def process_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from overlay.store.launch import start_embedded
-
-    tmp = tmp_path_factory.mktemp("contract-embedded")
-    proc = start_embedded(tmp / "data", log=tmp / "store.log")
+def _served(start: Callable[..., StoreProcess], tmp: Path, log: str) -> Iterator[str]:
+    """A store process from ``start`` on a random loopback port: its URL, then stopped."""
+    proc = start(tmp / "data", log=tmp / log)
     try:
         yield proc.endpoint
     finally:
         proc.stop(kill=True)
+
+
+@pytest.fixture(scope="module")
+def process_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _served(start_embedded, tmp_path_factory.mktemp("contract-embedded"), "store.log")
 
 
 @pytest.fixture(scope="module")
 def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if shutil.which("etcd") is None:
         pytest.skip("needs Debian's etcd-server (make deps installs it)")
-    from overlay.store.launch import start_etcd
-
-    tmp = tmp_path_factory.mktemp("contract-etcd")
-    proc = start_etcd(tmp / "data", log=tmp / "etcd.log")
-    try:
-        yield proc.endpoint
-    finally:
-        proc.stop(kill=True)
+    yield from _served(start_etcd, tmp_path_factory.mktemp("contract-etcd"), "etcd.log")
 
 
 async def open_subject(kind: str, request: pytest.FixtureRequest,
