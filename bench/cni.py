@@ -6,7 +6,9 @@ from a driver process that itself runs inside one scratch host namespace:
 * ADD and DEL latency (DEL with the ADD result as prevResult, as libcni sends it),
   p50/p99 over 50 containers (weft and reference
   interleaved container by container, so machine load hits both alike);
-* wall time of 100 ADDs started at once, then 100 DELs (median of 3 rounds);
+* wall time of 100 ADDs started at once, then 100 DELs (median of 3 rounds,
+  each round running every kind back to back in rotated order; the per-round
+  ratios are printed too, since the machine's load hits both sides of one round alike);
 
 for weft as installed (a resident helper serves every exec after the first)
 and weft installed with ``--no-helper`` (each exec does all the work itself).
@@ -117,6 +119,7 @@ def _inner(spec_path: str) -> int:
             for cmd in ("ADD", "DEL"):
                 rounds[kind][cmd].append(parallel(kind, cmd, spec["par"][kind]))
     for kind in KINDS:
+        res[kind]["rounds"] = rounds[kind]  # type: ignore[assignment]
         res[kind]["par_add"] = sorted(rounds[kind]["ADD"])[PAR_ROUNDS // 2]
         res[kind]["par_del"] = sorted(rounds[kind]["DEL"])[PAR_ROUNDS // 2]
     print(json.dumps(res))
@@ -179,13 +182,20 @@ def main() -> int:
     for cmd in ("ADD", "DEL"):
         for p in (50, 99):
             rv = pct(r[cmd], p) * ms
-            vals = [pct(res[k][cmd], p) * ms for k in KINDS[1:]]  # type: ignore[arg-type]
+            vals = [pct(res[k][cmd], p) * ms for k in KINDS[1:]]
             cells = "".join(f"{v:9.1f} ({v / rv:4.2f}x)" for v in vals)
             print(f"{cmd + f' latency p{p} (ms, n={N_SEQ})':36} {rv:10.1f} {cells}")
     for key, label in (("par_add", f"{N_PAR} parallel ADDs wall (s, median)"),
                        ("par_del", f"{N_PAR} parallel DELs wall (s, median)")):
         cells = "".join(f"{res[k][key]:9.2f} ({res[k][key] / r[key]:4.2f}x)" for k in KINDS[1:])
         print(f"{label:36} {r[key]:10.2f} {cells}")
+    for cmd in ("ADD", "DEL"):  # rounds are same-time comparisons: load hits both alike
+        cells = ""
+        for k in KINDS[1:]:
+            ratios = [w / f for w, f in zip(res[k]["rounds"][cmd], r["rounds"][cmd],
+                                            strict=True)]
+            cells += f"{'/'.join(f'{x:.2f}' for x in ratios):>18}"
+        print(f"{f'  per-round {cmd} ratio (x)':36} {'':>10}{cells}")
     print("reference = Debian containernetworking-plugins bridge + host-local "
           "(/usr/lib/cni), same host namespace, same run")
     return 0
