@@ -118,3 +118,55 @@ def test_find_hinted_reads_prev_result_ips_first(tmp_path: Path) -> None:
         # a stale or wrong hint falls back to the full scan
         assert s.find_hinted("c1", "eth0", [A("10.244.5.3")]) == [ip]
         assert s.find_hinted("c9", "eth0", [ip]) == []
+
+
+def test_threads_of_one_process_allocate_distinct_ips(tmp_path: Path) -> None:
+    """The helper's request threads: the in-process lock serialises them, the flock stays."""
+    import threading
+
+    rng = Range(NET, GW)
+    got: list[IPv4] = []
+    errors: list[BaseException] = []
+
+    def add(i: int) -> None:
+        try:
+            s = DiskStore(str(tmp_path), "net1").ensure_dir()
+            s.check_duplicate(rng, f"cid{i}", "eth0")
+            with s:
+                got.append(s.allocate(rng, f"cid{i}", "eth0", []))
+        except BaseException as e:  # reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert sorted(got) == [A(f"10.244.5.{i}") for i in range(2, 42)]
+    with DiskStore(str(tmp_path), "net1") as s:
+        assert {owner for owner in s.allocations().values()} == {
+            (f"cid{i}", "eth0") for i in range(40)}
+
+
+@pytest.mark.parametrize(("content", "cid", "ifname", "want"), [
+    (b"cid1\r\neth0", "cid1", "eth0", ["10.244.5.9"]),
+    (b"cid1\r\neth1", "cid1", "eth0", []),
+    (b"cid12\r\neth0", "cid1", "eth0", []),
+    (b" cid1 \r\n eth0 \n", "cid1", "eth0", ["10.244.5.9"]),
+    (b"cid1", "cid1", "eth0", ["10.244.5.9"]),
+    (b"\xff\r\neth0", "\ufffd", "eth0", ["10.244.5.9"]),
+], ids=["exact", "other-ifname", "cid-prefix", "whitespace", "old-cid-only", "undecodable"])
+def test_find_reads_owners_like_allocations(tmp_path: Path, content: bytes, cid: str,
+                                             ifname: str, want: list[str]) -> None:
+    d = tmp_path / "net1"
+    d.mkdir()
+    (d / "10.244.5.9").write_bytes(content)
+    s = DiskStore(str(tmp_path), "net1")
+    assert s.find(cid, ifname) == [A(w) for w in want]
+    dup = bool(want) and s.allocations()[A("10.244.5.9")] == (cid, ifname)
+    if dup:
+        with pytest.raises(AttachmentExistsError):
+            s.check_duplicate(Range(NET, GW), cid, ifname)
+    else:
+        s.check_duplicate(Range(NET, GW), cid, ifname)
