@@ -2,13 +2,15 @@
 
 Theory of operation
 -------------------
-Every CNI exec pays for a fresh interpreter (~7 ms of CPU) plus weft's imports
+Every CNI exec pays for a fresh interpreter (~5 ms of CPU) plus weft's imports
 and set-up (~5 ms). The exec'd ``weft`` (``cni.main``) therefore first tries
 to hand its invocation to a helper over an *abstract* unix socket: abstract
 names live in the network namespace, so each host namespace gets its own
 helper without any file to clean up. The helper runs the very same
 ``cni.skel.dispatch`` in a thread per request and sends back exit code, stderr
-and stdout; the client just relays them. With no helper listening, the client
+and stdout; the client just relays them. The threads share host-local's
+directory under one in-process lock per directory (``cni.ipam``), taken before
+the flock that still guards it against other processes. With no helper listening, the client
 runs the invocation in-process (the result is the same) and starts one in the
 background for the next exec.
 

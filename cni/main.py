@@ -1,9 +1,11 @@
 """Process entry point of the ``weft`` CNI plugin: hand the exec to the helper, else run it here.
 
 Until it knows whether the host namespace's resident helper (``cni.helper``)
-will do the work, the exec'd path touches only builtins (``posix``, ``_socket``,
-``_struct``): every import here is paid on every container ADD and DEL. The
-full plugin is imported only when the invocation runs in-process.
+will do the work, the exec'd path touches only builtins (``posix``, ``_socket``):
+every import here is paid on every container ADD and DEL. The full plugin is
+imported only when the invocation runs in-process. The launcher calls ``run``,
+which ends the process with ``posix._exit`` once the output is flushed: a
+relayed exec is then little more than the interpreter's start-up.
 """
 
 import sys
