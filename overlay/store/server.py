@@ -379,6 +379,10 @@ class Committer:
 
     async def drain(self) -> None:
         """Wait until nothing is being written (before closing the state)."""
+        if self._window is not None:  # no more company is coming
+            self._window.cancel()
+            self._window = None
+            asyncio.get_running_loop().call_soon(self._start)
         while self._writing or self._scheduled:
             await asyncio.sleep(0.005)
         self._pool.shutdown(wait=True)

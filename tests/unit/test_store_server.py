@@ -1,13 +1,18 @@
-"""The embedded server's pure edges: --listen parsing and etcd's status mapping."""
+"""The embedded server's pure edges: --listen parsing, etcd's status mapping and when
+the group committer starts a commit."""
 
 from __future__ import annotations
+
+import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
 
+from overlay.store import server
 from overlay.store.api import CompactedError, LeaseNotFoundError
 from overlay.store.server import _status, parse_listen
-from overlay.store.state import DuplicateKeyError, FutureRevisionError
+from overlay.store.state import DuplicateKeyError, FutureRevisionError, PutOp, State
 
 
 @pytest.mark.parametrize(("listen", "want"), [
@@ -39,3 +44,42 @@ def test_parse_listen_rejects(listen: str) -> None:
 ], ids=["compacted", "future", "lease", "duplicate"])
 def test_status_mapping(err: Exception, code: grpc.StatusCode, msg: str) -> None:
     assert _status(err) == (code, msg)
+
+
+async def _settle(futs: list[asyncio.Future[None]]) -> None:
+    await asyncio.wait_for(asyncio.gather(*futs), 5)
+
+
+async def test_commit_waits_for_company_only_under_a_crowd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a window this long would time the test out: every commit here must start at once
+    # (no crowd) or as soon as the crowd is in (early end of the window)
+    monkeypatch.setattr(server, "_BATCH_WINDOW_S", 60.0)
+    monkeypatch.setattr(server, "_BUSY_GAP_S", 60.0)  # every write counts as "right after"
+    state = State(tmp_path / "store.db")
+    c = server.Committer(state, lambda rev=0: None)
+    try:
+        c.active_calls = 3  # a few writers: never a window
+        for i in range(3):
+            state.put(PutOp(b"/few/%d" % i, b"v"))
+            await _settle([asyncio.ensure_future(c.durable())])
+        c.active_calls = 30  # a crowd in flight: a commit waits for 30 writers
+        futs = []
+        for i in range(30):
+            state.put(PutOp(b"/crowd/%d" % i, b"v"))
+            futs.append(asyncio.ensure_future(c.durable()))
+            await asyncio.sleep(0)
+            if i < 29:
+                assert not futs[0].done(), f"committed with {i + 1} of 30 writers in"
+        await _settle(futs)
+        assert state.get(b"/crowd/29") is not None and not state.dirty
+        state.put(PutOp(b"/crowd/last", b"v"))  # opens a window no one else joins
+        last = asyncio.ensure_future(c.durable())
+        await asyncio.sleep(0)
+        assert not last.done()
+        await c.drain()  # stopping: the pending commit goes now
+        await _settle([last])
+    finally:
+        await c.drain()
+        state.close()
