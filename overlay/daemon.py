@@ -41,13 +41,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from overlay import subnetfile
+from overlay import ipnet, subnetfile
 from overlay.backend.base import Backend, BackendConfigError, BackendError, ExternalInterface
 from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
 from overlay.health import HealthState, sd_notify
 from overlay.lease.allocator import NetworkFullError
 from overlay.lease.manager import AcquireError, LeaseLostError, LeaseManager
-from overlay.lease.model import Lease, config_key, subnets_prefix
+from overlay.lease.model import EventKind, Lease, config_key, subnets_prefix
 from overlay.lease.watcher import Update, apply_watch_events, resync, table_from_listing
 from overlay.store.api import CompactedError, Store, StoreError
 
@@ -297,7 +297,7 @@ class Flanneld:
         subnetfile.write(self.cfg.subnet_file, env)
         self.health.subnet_file_written = True
         log.info("wrote %s (FLANNEL_SUBNET=%s)", self.cfg.subnet_file,
-                 env.render().splitlines()[1].split("=", 1)[1])
+                 ipnet.gateway(env.subnet))
 
     def _require(self) -> _State:
         if self._state is None:
@@ -347,7 +347,7 @@ class Flanneld:
         for ev in update.events:
             if ev.lease.subnet == own:
                 continue
-            if ev.kind.value == "added":
+            if ev.kind is EventKind.ADDED:
                 log.info("peer %s via %s (%s) added", ev.lease.subnet, ev.lease.public_ip,
                          ev.lease.backend_type or "-")
             else:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import ipaddress
 import logging
 import os
@@ -23,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from overlay.backend.base import Backend, BackendError, ExternalInterface
+from overlay.backend.base import Backend, ExternalInterface
 from overlay.cli.flags import FlagParser
 from overlay.config import (
     DEFAULT_LEASE_TTL,
@@ -139,13 +138,9 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
 
 def make_backend(config: NetworkConfig, ext: ExternalInterface) -> Backend:
     """The data path named by ``Backend.Type`` (overlay.backend.registry)."""
-    try:
-        registry = importlib.import_module("overlay.backend.registry")
-    except ModuleNotFoundError as exc:
-        raise BackendError(f"no data path available ({exc})") from None
-    backend: Backend = registry.make_backend(config.backend_type, config.backend, ext,
-                                             network=config.network)
-    return backend
+    from overlay.backend.registry import make_backend as from_registry  # pyroute2: load late
+
+    return from_registry(config.backend_type, config.backend, ext, network=config.network)
 
 
 def masq_factory(cfg: DaemonConfig) -> Callable[[NetworkConfig, Lease], Masquerade]:
