@@ -4,8 +4,9 @@ flanneld (/healthz, /readyz, /metrics) and dnsd (/healthz, /metrics) each pass a
 pure ``Route``: path -> (status, content type, body). This module owns the
 socket side only: one request per connection, GET and HEAD, a 5 s deadline for
 the request head, ``Connection: close``. A malformed request gets 400, another
-method 405; a client that stalls or vanishes is dropped without a trace beyond
-a DEBUG line, so a scraper can never disturb the daemon.
+method 405; a client that stalls, vanishes or sends a line over asyncio's 64 KiB
+limit is dropped without a trace beyond a DEBUG line, so a scraper can never
+disturb the daemon.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ async def _handle(route: Route, reader: asyncio.StreamReader,
                 f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()
         writer.write(head if head_only else head + data)
         await writer.drain()
-    except (TimeoutError, OSError, UnicodeDecodeError) as exc:
+    except (TimeoutError, OSError, ValueError) as exc:  # ValueError: a line over the limit
         log.debug("status request failed: %s", exc)
     finally:
         writer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from pathlib import Path
 
@@ -40,6 +41,28 @@ async def test_http_endpoints() -> None:
         assert (await http_get(port, "/nope"))[0] == 404
         assert (await http_get(port, "/healthz", "POST"))[0] == 405
     finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_overlong_request_line_is_dropped_quietly() -> None:
+    loop = asyncio.get_running_loop()
+    unhandled: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: unhandled.append(str(ctx.get("message"))))
+    server = await start_server(HealthState(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n")  # > 64 KiB limit
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        assert await http_get(port, "/healthz") == (200, "ok\n")  # still serving
+        await asyncio.sleep(0.05)  # let the dropped handler's task finish
+        gc.collect()
+        assert unhandled == []
+    finally:
+        loop.set_exception_handler(None)
         server.close()
         await server.wait_closed()
 
