@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig, StoreError
@@ -164,10 +165,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return _run(run())
 
 
-def _run(coro: Any) -> int:
+def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
-        status: int = asyncio.run(coro)
-        return status
+        return asyncio.run(coro)
     except StoreError as exc:
         return _fail(f"store: {exc}")
     except ValueError as exc:

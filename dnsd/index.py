@@ -8,8 +8,8 @@ asks the store for each new lease's remaining TTL once (``unknown_leases`` ->
 ``set_lease``) and refreshes them periodically, and the engine derives the
 remaining TTL from the injected clock instead of an RPC per query.
 
-Every change bumps ``generation`` so caches built from the index (precomputed
-wire answers) know when they are stale. The index itself is not thread-safe:
+The index keeps no cache state of its own: the feed calls the server's
+``invalidate`` after each change it applies. The index itself is not thread-safe:
 the server serialises writers and the slow-path readers with one lock.
 """
 
@@ -54,7 +54,6 @@ class Index:
         self.prefix = prefix.rstrip("/") or "/skydns"
         self._root = _Node()
         self.revision = 0
-        self.generation = 0
         self.size = 0
         self.bad_values = 0
         self._lease_deadline: dict[int, float] = {}
@@ -73,7 +72,6 @@ class Index:
         self._lease_deadline = {k: v for k, v in self._lease_deadline.items()
                                 if k in self._lease_refs}
         self.revision = listing.revision
-        self.generation += 1
 
     def apply(self, events: Iterable[WatchEvent]) -> int:
         """Apply one watch batch; returns how many events changed the tree."""
@@ -87,15 +85,12 @@ class Index:
                 self._delete(ev.kv.key)
             self.revision = max(self.revision, ev.kv.mod_revision)
             changed += 1
-        if changed:
-            self.generation += 1
         return changed
 
     def set_lease(self, lease: int, remaining: float, now: float) -> None:
         """Record that ``lease`` has ``remaining`` seconds left as of ``now``."""
         if lease in self._lease_refs:
             self._lease_deadline[lease] = now + max(remaining, 0.0)
-            self.generation += 1
 
     def unknown_leases(self) -> list[int]:
         """Leases held by some key whose remaining TTL has not been fetched yet."""
