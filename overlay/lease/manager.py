@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from overlay.config import NetworkConfig, parse_network_config
+from overlay.config import NetworkConfig
 from overlay.lease.allocator import Choice, Reason, choose_subnet
 from overlay.lease.model import (
     Lease,
@@ -80,11 +80,6 @@ class LeaseManager:
         if kv is None:
             return None, 0
         return kv.value, kv.mod_revision
-
-    async def load_config(self) -> NetworkConfig | None:
-        """The parsed config, None when absent; ``ConfigError`` when invalid."""
-        raw, _ = await self.read_config()
-        return None if raw is None else parse_network_config(raw)
 
     async def list(self) -> Listing:
         return await self.store.list(subnets_prefix(self.prefix).encode())
