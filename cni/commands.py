@@ -318,32 +318,41 @@ def delete(env: Env, conf: NetConf, log: Log) -> None:
              ", ".join(map(str, ips)) or "nothing")
 
 
+def _prev_list(prev: dict[str, Any], field: str) -> list[Any]:
+    """prevResult's ``field`` list; empty when missing or not a list (DEL is best effort)."""
+    items = prev.get(field)
+    return items if isinstance(items, list) else []
+
+
+def _prev_address(ipd: object) -> IPv4 | None:
+    """The address of one prevResult ``ips`` entry; None when the entry is malformed."""
+    if not isinstance(ipd, dict) or not isinstance(ipd.get("address"), str):
+        return None
+    try:
+        return parse_interface(ipd["address"])[0]
+    except ValueError:
+        return None
+
+
 def _prev_ips(prev: dict[str, Any] | None) -> list[IPv4]:
-    out = []
-    for ipd in (prev or {}).get("ips") or []:
-        try:
-            out.append(parse_interface(ipd["address"])[0])
-        except (KeyError, TypeError, ValueError):
-            continue
-    return out
+    addrs = (_prev_address(ipd) for ipd in _prev_list(prev or {}, "ips"))
+    return [ip for ip in addrs if ip is not None]
 
 
 def _prev_container_ip(prev: dict[str, Any], ifname: str,
                        ) -> tuple[IPv4 | None, str | None]:
-    ifs = prev.get("interfaces") or []
     mac = None
     index = None
-    for i, itf in enumerate(ifs):
+    for i, itf in enumerate(_prev_list(prev, "interfaces")):
         if isinstance(itf, dict) and itf.get("name") == ifname and itf.get("sandbox"):
-            index, mac = i, itf.get("mac")
-    for ipd in prev.get("ips") or []:
+            index, mac = i, itf["mac"] if isinstance(itf.get("mac"), str) else None
+    for ipd in _prev_list(prev, "ips"):
         if not isinstance(ipd, dict):
             continue
         if index is None or ipd.get("interface") in (None, index):
-            try:
-                return parse_interface(ipd["address"])[0], mac
-            except (KeyError, ValueError):
-                continue
+            ip = _prev_address(ipd)
+            if ip is not None:
+                return ip, mac
     return None, mac
 
 

@@ -214,3 +214,31 @@ def test_helper_socket_name_follows_code(tmp_path: Path) -> None:
     assert before.startswith(b"\0weft-cni-")
     os.utime(tmp_path / "a.py", ns=(1, 10**18))
     assert helper.socket_name(str(tmp_path)) != before
+
+
+MALFORMED_PREV = [
+    {"ips": 5}, {"ips": {"address": "10.0.0.2/24"}}, {"ips": [5, "x", None]},
+    {"ips": [{"address": 5}]}, {"ips": [{"address": None}]}, {"ips": [{"address": "nope"}]},
+    {"interfaces": 3, "ips": [{"address": ["10.0.0.2/24"]}]},
+    {"interfaces": [{"name": "eth0", "sandbox": "/x", "mac": 7}], "ips": []},
+]
+MALFORMED_IDS = ["ips-int", "ips-object", "entries-not-objects", "address-int",
+                 "address-null", "address-garbage", "interfaces-int", "mac-int"]
+
+
+@pytest.mark.parametrize("prev", MALFORMED_PREV, ids=MALFORMED_IDS)
+def test_prev_result_garbage_yields_no_ips(prev: dict[str, Any]) -> None:
+    from cni.commands import _prev_container_ip, _prev_ips
+
+    assert _prev_ips(prev) == []
+    assert _prev_container_ip(prev, "eth0") == (None, None)
+
+
+@pytest.mark.parametrize("prev", MALFORMED_PREV, ids=MALFORMED_IDS)
+def test_check_with_garbage_prev_result_is_code_103_not_internal(
+        prev: dict[str, Any], tmp_path: Path) -> None:
+    rc, err = run({**BASE, "CNI_COMMAND": "CHECK"},
+                  {"cniVersion": "1.0.0", "name": "n", "dataDir": str(tmp_path),
+                   "prevResult": prev})
+    assert rc == 1
+    validate_error(err, 103)
