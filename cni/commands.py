@@ -264,19 +264,19 @@ def _delete_host_veth(name: str) -> None:
 
 
 def _masq_remove(conf: NetConf, ips: list[IPv4]) -> None:
-    """Drop ``ips`` from the masquerade set; the table goes with the last allocation."""
+    """Drop ``ips`` from the masquerade set; the table goes with the last allocation.
+
+    A shared lock suffices while other allocations remain; the table is removed
+    only under the exclusive lock, after checking again that none appeared.
+    """
     store = DiskStore(conf.data_dir, conf.name)
-    if store.taken():
-        with masq.MasqLock(conf.data_dir, conf.name, exclusive=False):
-            script = "".join(masq.render_remove(conf.name, ip, False) for ip in ips)
-            masq.apply(script, tolerate_missing=True)
-        return
-    with masq.MasqLock(conf.data_dir, conf.name, exclusive=True):
-        if not store.taken():
-            masq.apply(masq.render_remove(conf.name, None, True), tolerate_missing=True)
+    last = not store.taken()
+    with masq.MasqLock(conf.data_dir, conf.name, exclusive=last):
+        if last and not store.taken():
+            script = masq.render_remove(conf.name, None, True)
         else:
             script = "".join(masq.render_remove(conf.name, ip, False) for ip in ips)
-            masq.apply(script, tolerate_missing=True)
+        masq.apply(script, tolerate_missing=True)
 
 
 def _try_subnet_env(conf: NetConf) -> SubnetEnv | None:
@@ -406,6 +406,9 @@ def gc(conf: NetConf, log: Log) -> None:
     raw = conf.raw.get("cni.dev/valid-attachments", conf.raw.get("cni.dev/attachments", ...))
     if raw is ...:
         raise ConfigError("GC needs cni.dev/valid-attachments in the network config")
+    if raw is not None and not isinstance(raw, list):
+        raise ConfigError("cni.dev/valid-attachments must be a list of "
+                          "{containerID, ifname}")
     valid: set[tuple[str, str]] = set()
     for item in raw or []:
         if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
@@ -458,8 +461,7 @@ def status(conf: NetConf) -> None:
         raise NotAvailableError(f"weft is not ready: {e.msg}", e.details) from None
     except ConfigError as e:
         raise NotAvailableError(f"weft is not ready: {e.msg}") from None
-    rng = Range(senv.subnet, senv.gateway)
+    Range(senv.subnet, senv.gateway)  # ConfigError when the lease has no host range
     if not os.path.isdir(conf.data_dir) and not os.access(
             os.path.dirname(conf.data_dir.rstrip("/")) or "/", os.W_OK):
         raise NotAvailableError(f"IPAM dataDir {conf.data_dir} cannot be created")
-    del rng

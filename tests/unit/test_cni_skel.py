@@ -242,3 +242,14 @@ def test_check_with_garbage_prev_result_is_code_103_not_internal(
                    "prevResult": prev})
     assert rc == 1
     validate_error(err, 103)
+
+
+@pytest.mark.parametrize("attachments", [5, {"containerID": "c1"}, "c1", True],
+                         ids=["number", "object", "string", "bool"])
+def test_gc_valid_attachments_not_a_list_is_code_7(attachments: Any, tmp_path: Path) -> None:
+    rc, err = run({"CNI_COMMAND": "GC", "CNI_PATH": "/x"},
+                  {"cniVersion": "1.1.0", "name": "n", "dataDir": str(tmp_path),
+                   "cni.dev/valid-attachments": attachments})
+    assert rc == 1
+    validate_error(err, 7)
+    assert "valid-attachments" in err["msg"]
