@@ -16,7 +16,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
+
+if TYPE_CHECKING:
+    from overlay.store.client import StoreStatus
+    from overlay.store.server import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +48,8 @@ def register(subparsers: Any) -> None:
     serve.set_defaults(func=serve_main)
 
     status = sub.add_parser("status", help="Maintenance Status of a store (embedded or etcd)")
-    status.add_argument("--etcd-endpoints", "-etcd-endpoints", default="http://127.0.0.1:2379",
-                        help="comma list of store URLs [default http://127.0.0.1:2379]")
+    status.add_argument("--etcd-endpoints", "-etcd-endpoints", default=",".join(DEFAULT_ENDPOINTS),
+                        help=f"comma list of store URLs [default {','.join(DEFAULT_ENDPOINTS)}]")
     status.add_argument("--etcd-cafile", "-etcd-cafile", default=None)
     status.add_argument("--etcd-certfile", "-etcd-certfile", default=None)
     status.add_argument("--etcd-keyfile", "-etcd-keyfile", default=None)
@@ -80,25 +86,27 @@ def serve_main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(server: Any) -> None:
+async def _serve(server: EmbeddedServer) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    state = server.state
+    assert state is not None  # start() opened it
     # the store keeps many small long-lived objects (history); fewer, cheaper collections
     # keep watch latency tails short
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
     try:
         await stop.wait()
-        log.info("store: stopping (revision %d)", server.state.revision)
+        log.info("store: stopping (revision %d)", state.revision)
     finally:
         await server.stop()
 
 
 def status_main(args: argparse.Namespace) -> int:
-    from overlay.store.api import StoreConfig, StoreError
+    from overlay.store.api import StoreError
 
     try:
         cfg = StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
@@ -117,7 +125,7 @@ def status_main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _status(cfg: Any) -> Any:
+async def _status(cfg: StoreConfig) -> StoreStatus:
     from overlay.store.client import connect
 
     store = await connect(cfg)
