@@ -31,19 +31,7 @@ import _socket
 import os
 import struct
 
-from cni.relay import (  # noqa: F401 - the protocol, re-exported for the helper's users
-    ENV_PREFIXES,
-    IDLE_SECONDS,
-    MAGIC,
-    MAX_REQUEST,
-    code_tag,
-    decode_request,
-    decode_response,
-    encode_request,
-    encode_response,
-    recv_all,
-    socket_name,
-)
+from cni.relay import IDLE_SECONDS, decode_request, encode_response, recv_all, socket_name
 
 
 def _handle(conn: _socket.socket) -> None:

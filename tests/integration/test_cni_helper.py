@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cni.helper import socket_name
+from cni.relay import socket_name
 from overlay.testbed import Testbed, open_testbed
 from tests.cnidriver import WEFT_ROOT, CniDriver, weft_conflist, write_subnet_env
 from tests.integration.test_cni_concurrency import helper_pids, kill_helpers

@@ -190,30 +190,30 @@ def test_weftctl_cni_install(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_helper_wire_round_trip_keeps_only_cni_env() -> None:
-    from cni import helper
+    from cni import relay
 
     env = {"CNI_COMMAND": "ADD", "CNI_ARGS": "A=b=c;X=1", "WEFT_CNI_TESTING": "1",
            "HOME": "/root", "PATH": "/bin"}
-    data = helper.encode_request(env, b'{"x": 1}')
-    got_env, stdin = helper.decode_request(data)
+    data = relay.encode_request(env, b'{"x": 1}')
+    got_env, stdin = relay.decode_request(data)
     assert got_env == {"CNI_COMMAND": "ADD", "CNI_ARGS": "A=b=c;X=1", "WEFT_CNI_TESTING": "1"}
     assert stdin == b'{"x": 1}'
-    assert helper.decode_response(helper.encode_response(7, b"err", b"out")) == \
+    assert relay.decode_response(relay.encode_response(7, b"err", b"out")) == \
         (7, b"err", b"out")
     with pytest.raises(ValueError):
-        helper.decode_request(b"GET / HTTP/1.0\r\n\r\n")
+        relay.decode_request(b"GET / HTTP/1.0\r\n\r\n")
 
 
 def test_helper_socket_name_follows_code(tmp_path: Path) -> None:
     import os
 
-    from cni import helper
+    from cni import relay
 
     (tmp_path / "a.py").write_text("x = 1\n")
-    before = helper.socket_name(str(tmp_path))
+    before = relay.socket_name(str(tmp_path))
     assert before.startswith(b"\0weft-cni-")
     os.utime(tmp_path / "a.py", ns=(1, 10**18))
-    assert helper.socket_name(str(tmp_path)) != before
+    assert relay.socket_name(str(tmp_path)) != before
 
 
 MALFORMED_PREV = [
