@@ -183,7 +183,7 @@ class Flanneld:
             try:
                 return await op()
             except StoreError as exc:
-                delay = STORE_BACKOFF[min(attempt, len(STORE_BACKOFF) - 1)]
+                delay = backoff(attempt)
                 if attempt == 0 or delay == STORE_BACKOFF[-1]:
                     log.warning("%s failed (%s); retrying", what, exc)
                 attempt += 1
@@ -256,7 +256,7 @@ class Flanneld:
                 if str(exc) != last_error:
                     log.error("cannot acquire a lease: %s; retrying", exc)
                     last_error = str(exc)
-                await self.sleep(STORE_BACKOFF[min(attempt, len(STORE_BACKOFF) - 1)])
+                await self.sleep(backoff(attempt))
                 attempt += 1
                 continue
             self.health.lease_held = True
@@ -466,7 +466,7 @@ class Flanneld:
             except CompactedError as exc:
                 log.warning("lease watch fell behind a compaction (%s); re-listing", exc)
             except StoreError as exc:
-                delay = STORE_BACKOFF[min(attempt, len(STORE_BACKOFF) - 1)]
+                delay = backoff(attempt)
                 attempt += 1
                 log.warning("lease watch failed (%s); re-listing in %.1f s", exc, delay)
                 await self.sleep(delay)
@@ -543,6 +543,11 @@ class Flanneld:
                     log.warning("masquerade rules were missing or altered; restored")
             except Exception as exc:  # boundary: a failed nft run must not kill the daemon
                 log.error("checking masquerade rules failed: %s", exc)
+
+
+def backoff(attempt: int) -> float:
+    """The delay before retry number ``attempt`` (0-based): STORE_BACKOFF, then its last."""
+    return STORE_BACKOFF[min(attempt, len(STORE_BACKOFF) - 1)]
 
 
 async def close_stream(stream: AsyncIterator[Any]) -> None:
