@@ -7,8 +7,8 @@ Value: ``{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"vxlan",
 ``encode_lease`` emits flannel's field order and spacing-free JSON so a flannel
 host reading our value (and vice versa) sees exactly what it would write itself.
 Decoding is strict about what routing depends on (PublicIP must be an IPv4
-address) and lenient about everything else (unknown fields are kept in
-``extra`` and ignored).
+address) and lenient about everything else (unknown fields, such as
+``PublicIPv6``, are ignored).
 """
 
 from __future__ import annotations
