@@ -202,10 +202,9 @@ class Engine:
             serial=serial & 0xFFFFFFFF, refresh=28800, retry=7200, expire=604800,
             minimum=self.config.min_ttl))
 
-    def _lookup(self, ctx: _Ctx, labels: Sequence[str]) -> tuple[list[Entry], bool]:
-        path = tuple(reversed(labels))
-        entries = ctx.index.subtree(path)
-        return group_filter(entries), bool(entries)
+    def _lookup(self, ctx: _Ctx, labels: Sequence[str]) -> list[Entry]:
+        """The group-filtered records at and below the name ``labels`` (written order)."""
+        return group_filter(ctx.index.subtree(tuple(reversed(labels))))
 
     def _addresses(self, ctx: _Ctx, owner: str, entries: Sequence[Entry], qtype: RType,
                    depth: int, seen: frozenset[str]) -> list[RR]:
@@ -229,7 +228,7 @@ class Engine:
             if self.zone_of(tlabels) is None:
                 out.append(RR(owner, RType.CNAME, self._ttl(ctx, entry), target))
                 continue
-            sub, _ = self._lookup(ctx, tlabels)
+            sub = self._lookup(ctx, tlabels)
             chained = self._addresses(ctx, target, sub, qtype, depth + 1, seen | {target})
             if chained:
                 out.append(RR(owner, RType.CNAME, self._ttl(ctx, entry), target))
@@ -240,7 +239,7 @@ class Engine:
         labels = tuple(target.rstrip(".").split("."))
         if self.zone_of(labels) is None:
             return []
-        sub, _ = self._lookup(ctx, labels)
+        sub = self._lookup(ctx, labels)
         out: list[RR] = []
         for qtype in (RType.A, RType.AAAA):
             out.extend(rr for rr in self._addresses(ctx, target, sub, qtype, 1,
