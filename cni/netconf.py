@@ -115,6 +115,8 @@ def decode_stdin(data: bytes) -> dict[str, Any]:
         obj = wire.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise DecodeError(f"stdin is not valid JSON: {e}") from None
+    except RecursionError:
+        raise DecodeError("stdin JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise DecodeError("stdin JSON is not an object")
     return obj

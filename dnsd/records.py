@@ -73,6 +73,8 @@ def decode(key: str, raw: bytes) -> Service:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RecordError(key, f"not JSON ({exc})") from None
+    except RecursionError:
+        raise RecordError(key, "JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise RecordError(key, "not a JSON object")
     host = data.get("host", "")

@@ -253,3 +253,10 @@ def test_gc_valid_attachments_not_a_list_is_code_7(attachments: Any, tmp_path: P
     assert rc == 1
     validate_error(err, 7)
     assert "valid-attachments" in err["msg"]
+
+
+@pytest.mark.parametrize("command", ["ADD", "DEL", "STATUS"])
+def test_deeply_nested_stdin_is_code_6(command: str) -> None:
+    rc, err = run({**BASE, "CNI_COMMAND": command}, b"[" * 100_000)
+    assert rc == 1
+    validate_error(err, 6)

@@ -153,3 +153,12 @@ def test_bad_values_are_counted_not_fatal() -> None:
     index.load(Listing((KeyValue(b"/skydns/local/skydns/x", b"{", 2, 2, 1),
                         KeyValue(b"/skydns/local/skydns/y", b'{"host":"10.0.0.1"}', 3, 3, 1)), 3))
     assert index.bad_values == 1 and index.size == 1
+
+
+def test_deeply_nested_value_is_a_bad_value_not_a_feed_failure() -> None:
+    from overlay.store.api import KeyValue, Listing
+
+    index = Index()
+    index.load(Listing((KeyValue(b"/skydns/local/skydns/x", b"[" * 100_000, 2, 2, 1),
+                        KeyValue(b"/skydns/local/skydns/y", b'{"host":"10.0.0.1"}', 3, 3, 1)), 3))
+    assert index.bad_values == 1 and index.size == 1
