@@ -7,8 +7,6 @@ reversed labels) so the index can walk them directly.
 
 from __future__ import annotations
 
-import ipaddress
-
 Labels = tuple[str, ...]  # reversed, lower-case: ("local", "skydns", "east")
 
 
@@ -59,8 +57,3 @@ def key_to_path(key: str, prefix: str = "/skydns") -> Labels | None:
 def path_to_name(path: Labels) -> str:
     """Absolute dotted name of a reversed-label path."""
     return ".".join(reversed(path)) + "." if path else "."
-
-
-def reverse_name(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """The PTR name of an address (``1.0.0.10.in-addr.arpa.``)."""
-    return addr.reverse_pointer + "."
