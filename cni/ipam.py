@@ -164,7 +164,7 @@ class DiskStore:
             self._held = None
 
     def allocations(self) -> dict[IPv4, tuple[str, str]]:
-        """Every allocated IP -> (containerID, ifname); unreadable owners are ("", "")."""
+        """Every allocated IP -> (containerID, ifname), as ``owner`` reads each (GC's view)."""
         out: dict[IPv4, tuple[str, str]] = {}
         if not os.path.isdir(self.dir):
             return out
@@ -175,16 +175,9 @@ class DiskStore:
                 ip = IPv4.parse(name)
             except ValueError:
                 continue
-            try:  # raw os calls: this loop runs over every allocation on each ADD and DEL
-                fd = os.open(os.path.join(self.dir, name), os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                text = os.read(fd, 4096).decode("utf-8", "replace")
-            finally:
-                os.close(fd)
-            cid, _, ifname = text.partition("\r\n")
-            out[ip] = (cid.strip(), ifname.strip())
+            owner = self.owner(ip)  # None: released meanwhile
+            if owner is not None:
+                out[ip] = owner
         return out
 
     def last_reserved(self) -> IPv4 | None:
