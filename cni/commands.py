@@ -455,13 +455,13 @@ def gc(conf: NetConf, log: Log) -> None:
 
 
 def status(conf: NetConf) -> None:
+    """Ready when subnet.env parses (it is checked to leave a host range) and dataDir is usable."""
     try:
-        senv = read_subnet_env(conf.subnet_file)
+        read_subnet_env(conf.subnet_file)
     except TryAgainError as e:
         raise NotAvailableError(f"weft is not ready: {e.msg}", e.details) from None
     except ConfigError as e:
         raise NotAvailableError(f"weft is not ready: {e.msg}") from None
-    Range(senv.subnet, senv.gateway)  # ConfigError when the lease has no host range
     if not os.path.isdir(conf.data_dir) and not os.access(
             os.path.dirname(conf.data_dir.rstrip("/")) or "/", os.W_OK):
         raise NotAvailableError(f"IPAM dataDir {conf.data_dir} cannot be created")
