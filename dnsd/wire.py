@@ -8,8 +8,9 @@ name). So the bytes after the question do not depend on the query's ID, its RD
 bit or the case of its name: they can be built once per (lower-case name, type,
 class, EDNS shape) and reused. ``Prepared`` holds those bytes per record;
 ``Prepared.render`` trims them to the client's buffer (additional section first,
-then authority, then answers, with TC set) and ``fast_answer`` serves a cached
-answer with nothing but slicing and concatenation.
+then authority, then answers, with TC set); ``fast_key`` with ``CachedAnswer`` /
+``ExactAnswer`` let the server's fast path answer with nothing but slicing and
+concatenation.
 
 Parsing is strict: every length is bounds-checked; compression pointers are
 refused in the question (they can only point into the header) and followed
