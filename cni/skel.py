@@ -19,7 +19,7 @@ from cni.result import error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any, BinaryIO, TextIO
 
 # Tests only: ``WEFT_CNI_TEST_PAUSE_AT=<step>[:seconds]`` makes ADD sleep after
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 PAUSE_VAR = "WEFT_CNI_TEST_PAUSE_AT"
 
 
-def _pauser(environ: Mapping[str, str]) -> Any:
+def _pauser(environ: Mapping[str, str]) -> Callable[[str], None]:
     spec = environ.get(PAUSE_VAR, "")
     if not spec or environ.get("WEFT_CNI_TESTING") != "1":
         return lambda step: None
