@@ -9,7 +9,7 @@ is read until the ACK (or ``NLMSG_DONE`` for dumps). Errors come back as
 negative errno in ``NLMSG_ERROR`` and are raised as ``KernelError``.
 
 A netlink socket is bound to the network namespace that was current when it
-was created, so ``Netlink.open_in(netns_path)`` switches the calling thread
+was created, so ``Netlink.open_in(netns_fd)`` switches the calling thread
 into the container's namespace with ``setns(2)`` (via _ctypes: ``os.setns`` only
 exists from Python 3.12), creates the socket and switches straight back. The
 plugin itself never runs in the container namespace.
