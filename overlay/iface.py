@@ -118,21 +118,9 @@ def read_interfaces() -> list[Interface]:
     return parse_ip_addr_json(proc.stdout)
 
 
-def default_route_interface() -> str | None:
-    proc = subprocess.run(["ip", "-j", "-4", "route", "show", "default"], capture_output=True,
-                          text=True, check=False, timeout=10)
-    if proc.returncode != 0:
-        return None
-    routes = json.loads(proc.stdout or "[]")
-    for r in routes:
-        if r.get("dev"):
-            return str(r["dev"])
-    return None
-
-
-def route_interface(dest: ipaddress.IPv4Address) -> str | None:
-    """The interface the kernel would use to reach ``dest`` (``ip route get``), or None."""
-    proc = subprocess.run(["ip", "-j", "-4", "route", "get", str(dest)], capture_output=True,
+def _route_dev(*args: str) -> str | None:
+    """The first ``dev`` in ``ip -j -4 route <args>``, or None (no route, ip failed)."""
+    proc = subprocess.run(["ip", "-j", "-4", "route", *args], capture_output=True,
                           text=True, check=False, timeout=10)
     if proc.returncode != 0:
         return None
@@ -140,6 +128,16 @@ def route_interface(dest: ipaddress.IPv4Address) -> str | None:
         if r.get("dev"):
             return str(r["dev"])
     return None
+
+
+def default_route_interface() -> str | None:
+    """The default route's interface, or None."""
+    return _route_dev("show", "default")
+
+
+def route_interface(dest: ipaddress.IPv4Address) -> str | None:
+    """The interface the kernel would use to reach ``dest`` (``ip route get``), or None."""
+    return _route_dev("get", str(dest))
 
 
 def discover(iface: Sequence[str] = (), iface_regex: Sequence[str] = (),
