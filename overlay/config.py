@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from overlay import ipnet
+from overlay.lease.model import DEFAULT_PREFIX
 
 DEFAULT_BACKEND = "vxlan"
 KNOWN_BACKENDS = ("vxlan", "host-gw", "udp")
@@ -188,7 +189,7 @@ DEFAULT_RENEW_MARGIN = 60  # minutes
 class DaemonConfig:
     """flanneld's settings, parsed once from flags/env at the edge."""
 
-    prefix: str = "/coreos.com/network"
+    prefix: str = DEFAULT_PREFIX
     subnet_file: Path = DEFAULT_SUBNET_FILE
     ip_masq: bool = False
     lease_ttl: int = DEFAULT_LEASE_TTL
