@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
 
@@ -27,10 +27,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     store = subparsers.add_parser("store", help="the cluster store (embedded etcd v3 server)")
     sub = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
-    store.set_defaults(func=lambda _a: (store.print_help(), 2)[1])
+
+    def store_help(_args: argparse.Namespace) -> int:
+        store.print_help()
+        return 2
+
+    store.set_defaults(func=store_help)
 
     serve = sub.add_parser("serve", help="run the embedded etcd-v3-compatible store")
     serve.add_argument("--listen", "-listen", "--listen-client-urls", default="127.0.0.1:2379",

@@ -14,7 +14,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 DEFAULT_BIN = "/usr/local/bin/"
 DEFAULT_DEST = Path("/etc/systemd/system")
@@ -84,7 +83,7 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "install-units", help="write weft's systemd units (store, flanneld, dnsd)",
         description="Render weft's systemd units with this installation's absolute paths "

@@ -6,8 +6,8 @@ import argparse
 import ipaddress
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from overlay.sandbox import cluster
 from overlay.sandbox.model import (
@@ -24,12 +24,14 @@ from overlay.sandbox.model import (
 
 STATE_DIR_ENV = "WEFT_SANDBOX_DIR"
 
+Handler = Callable[[argparse.Namespace], int]
+
 
 def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir).absolute()
 
 
-def _guard(func: Any) -> Any:
+def _guard(func: Handler) -> Handler:
     """Boundary: sandbox errors become one clear line on stderr and exit status 1."""
     def handler(args: argparse.Namespace) -> int:
         if os.geteuid() != 0:
@@ -96,7 +98,7 @@ def _down(args: argparse.Namespace) -> int:
     return cluster.down(_state_dir(args), sys.stdout)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     default_dir = os.environ.get(STATE_DIR_ENV, str(DEFAULT_STATE_DIR))
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state-dir", default=default_dir, metavar="DIR",
