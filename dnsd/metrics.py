@@ -31,9 +31,9 @@ class Metrics:
     latency_sum: float = 0.0
     latency_n: int = 0
 
-    def count(self, qtype: int, rcode: int) -> None:
+    def count(self, qtype: int, rcode: int, n: int = 1) -> None:
         key = (qtype, rcode)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        self.requests[key] = self.requests.get(key, 0) + n
 
     def observe(self, seconds: float) -> None:
         self.latency_counts[bisect.bisect_left(BUCKETS, seconds)] += 1

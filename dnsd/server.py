@@ -163,8 +163,7 @@ class DnsServer:
         entries: list[CachedAnswer | ExactAnswer] = [*cached, *exact]
         for entry in entries:
             if entry.hits:
-                key = (entry.rtype, entry.rcode)
-                m.requests[key] = m.requests.get(key, 0) + entry.hits
+                m.count(entry.rtype, entry.rcode, entry.hits)
                 m.cache_hits += entry.hits
                 entry.hits = 0
 
