@@ -139,6 +139,13 @@ class Harness:
         self.tasks.append(task)
         return task
 
+    async def running(self, **kw: Any) -> tuple[Flanneld, FakeBackend, asyncio.Task[None]]:
+        """A daemon built with ``daemon(**kw)``, started, and ready."""
+        d, be = self.daemon(**kw)
+        task = self.start(d)
+        await until(lambda: d.health.ready, "flanneld ready")
+        return d, be, task
+
     async def stop(self, task: asyncio.Task[None]) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -202,9 +209,7 @@ async def test_waits_for_config_then_picks_it_up(h: Harness,
 
 async def test_renewal_keeps_the_same_lease(h: Harness) -> None:
     await h.store.put(CONFIG, GOOD)
-    d, _ = h.daemon(ttl=30)
-    h.start(d)
-    await ready(h, d)
+    d, _, _ = await h.running(ttl=30)
     own = d.own
     assert own is not None
     await h.timer.advance(300)  # ten lease lifetimes
@@ -216,9 +221,7 @@ async def test_renewal_keeps_the_same_lease(h: Harness) -> None:
 
 async def test_stop_closes_handles_and_keeps_the_lease(h: Harness) -> None:
     await h.store.put(CONFIG, GOOD)
-    d, be = h.daemon()
-    task = h.start(d)
-    await ready(h, d)
+    d, be, task = await h.running()
     await h.stop(task)
     assert be.closed and d.own is not None
     assert await h.key(d.own.subnet) is not None  # flannel leaves its lease on shutdown
@@ -226,9 +229,7 @@ async def test_stop_closes_handles_and_keeps_the_lease(h: Harness) -> None:
 
 async def test_lease_expires_without_flanneld(h: Harness) -> None:
     await h.store.put(CONFIG, GOOD)
-    d, _ = h.daemon(ttl=30)
-    task = h.start(d)
-    await ready(h, d)
+    d, _, task = await h.running(ttl=30)
     own = d.own
     assert own is not None
     await h.stop(task)
@@ -242,9 +243,7 @@ async def test_vanished_lease_is_reacquired_same_subnet(
         h: Harness, how: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "overlay.daemon")
     await h.store.put(CONFIG, GOOD)
-    d, _be = h.daemon()
-    h.start(d)
-    await ready(h, d)
+    d, _be, _ = await h.running()
     own = d.own
     assert own is not None
     if how == "delete-key":
@@ -267,9 +266,7 @@ async def test_peers_programmed_and_bad_leases_ignored(
     caplog.set_level(logging.INFO, "overlay.daemon")
     await h.store.put(CONFIG, GOOD)
     await h.put_peer("10.244.50.0/24", "198.18.0.12")  # present before start
-    d, be = h.daemon()
-    h.start(d)
-    await ready(h, d)
+    d, be, _ = await h.running()
     assert set(be.programmed) == {N("10.244.50.0/24")}
     await h.put_peer("10.244.51.0/24", "198.18.0.13")
     await h.put_peer("10.244.52.0/24", "198.18.0.14", raw=b"this is not json")
@@ -292,14 +289,10 @@ async def test_peers_programmed_and_bad_leases_ignored(
 
 async def test_restart_reuses_lease_by_public_ip(h: Harness) -> None:
     await h.store.put(CONFIG, GOOD)
-    d1, _ = h.daemon(seed=1)
-    t1 = h.start(d1)
-    await ready(h, d1)
+    d1, _, t1 = await h.running(seed=1)
     first = d1.own
     await h.stop(t1)
-    d2, _ = h.daemon(seed=99)
-    h.start(d2)
-    await ready(h, d2)
+    d2, _, _ = await h.running(seed=99)
     assert first is not None and d2.own is not None and d2.own.subnet == first.subnet
 
 
@@ -308,9 +301,7 @@ async def test_previous_subnet_from_subnet_file(h: Harness) -> None:
     path = h.tmp / "h" / "subnet.env"
     subnetfile.write(path, subnetfile.SubnetEnv(N("10.244.0.0/16"), N("10.244.77.0/24"),
                                                 1450, False))
-    d, _ = h.daemon(ip="198.18.0.99")
-    h.start(d)
-    await ready(h, d)
+    d, _, _ = await h.running(ip="198.18.0.99")
     assert d.own is not None and d.own.subnet == N("10.244.77.0/24")
 
 
@@ -344,9 +335,7 @@ async def test_concurrent_daemons_with_same_seed_get_distinct_subnets(h: Harness
 async def test_metrics_exposed(h: Harness) -> None:
     await h.store.put(CONFIG, GOOD)
     await h.put_peer("10.244.50.0/24", "198.18.0.12")
-    d, _ = h.daemon()
-    h.start(d)
-    await ready(h, d)
+    d, _, _ = await h.running()
     status, _, body = respond(d.health, "/metrics")
     assert status == 200
     for line in ("weft_leases_known 2", "weft_peers_programmed 1",
@@ -378,9 +367,7 @@ async def test_watch_failure_relists_and_diffs(h: Harness, error: str) -> None:
     h.store = FlakyWatchStore(h.clock)
     await h.store.put(CONFIG, GOOD)
     await h.put_peer("10.244.60.0/24", "198.18.0.60")
-    d, be = h.daemon()
-    h.start(d)
-    await ready(h, d)
+    d, be, _ = await h.running()
     assert set(be.programmed) == {N("10.244.60.0/24")}
     h.store.fail_with = (StoreUnavailableError("stream reset") if error == "unavailable"
                          else CompactedError(3))
@@ -399,9 +386,7 @@ async def test_config_change_while_running_is_logged(h: Harness,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "overlay.daemon")
     await h.store.put(CONFIG, GOOD)
-    d, _ = h.daemon()
-    h.start(d)
-    await ready(h, d)
+    d, _, _ = await h.running()
     await h.store.put(CONFIG, b'{"Network":"10.50.0.0/16"}')
     await until(lambda: "restart flanneld to apply" in caplog.text, "config-change warning")
     assert d.config is not None and d.config.network == N("10.244.0.0/16")
@@ -435,9 +420,7 @@ async def test_reconcile_failure_is_counted_and_retried(h: Harness) -> None:
     await h.store.put(CONFIG, GOOD)
     await h.put_peer("10.244.50.0/24", "198.18.0.12")
     be = Flaky()
-    d, _ = h.daemon(backend=be)
-    h.start(d)
-    await ready(h, d)
+    d, _, _ = await h.running(backend=be)
     assert d.health.reconcile_errors_total == 1 and not be.programmed
     await h.timer.advance(10)  # the periodic resync repairs it
     await until(lambda: N("10.244.50.0/24") in be.programmed, "resync after failure")
@@ -491,9 +474,7 @@ async def test_subnet_taken_over_moves_to_a_new_one(h: Harness,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "overlay.daemon")
     await h.store.put(CONFIG, GOOD)
-    d, be = h.daemon()
-    h.start(d)
-    await ready(h, d)
+    d, be, _ = await h.running()
     old = d.own
     assert old is not None
     await h.put_peer(str(old.subnet), "198.18.0.77")  # an admin gave our subnet away
