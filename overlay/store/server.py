@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,9 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-import grpc
-from aetcd.rpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
-from google.protobuf.message import DecodeError
+from aetcd.rpc import kv_pb2, rpc_pb2
 
 from overlay.store.api import (
     CompactedError,
@@ -53,6 +52,7 @@ from overlay.store.api import (
     StoreError,
     WatchEvent,
 )
+from overlay.store.grpcwire import Abort, Code, Context, Method, Server, server_tls
 from overlay.store.state import (
     MAX_REQUEST_BYTES,
     Batch,
@@ -106,30 +106,28 @@ class TLSFiles:
     trusted_ca_file: Path | None = None
 
 
-async def _abort(context: grpc.aio.ServicerContext, err: Exception) -> NoReturn:
-    code, msg = _status(err)
-    await context.abort(code, msg)
-    raise AssertionError("abort returned")
+def _abort(err: Exception) -> NoReturn:
+    raise Abort(*_status(err)) from err
 
 
-def _status(err: Exception) -> tuple[grpc.StatusCode, str]:
+def _status(err: Exception) -> tuple[Code, str]:
     if isinstance(err, CompactedError):
-        return grpc.StatusCode.OUT_OF_RANGE, _ERR_COMPACTED
+        return Code.OUT_OF_RANGE, _ERR_COMPACTED
     if isinstance(err, FutureRevisionError):
-        return grpc.StatusCode.OUT_OF_RANGE, _ERR_FUTURE
+        return Code.OUT_OF_RANGE, _ERR_FUTURE
     if isinstance(err, LeaseNotFoundError):
-        return grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found"
+        return Code.NOT_FOUND, "etcdserver: requested lease not found"
     if isinstance(err, LeaseExistsError):
-        return grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists"
+        return Code.FAILED_PRECONDITION, "etcdserver: lease already exists"
     if isinstance(err, LeaseTTLTooLargeError):
-        return grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL"
+        return Code.OUT_OF_RANGE, "etcdserver: too large lease TTL"
     if isinstance(err, DuplicateKeyError):
-        return grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request"
+        return Code.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request"
     if isinstance(err, KeyNotFoundError):
-        return grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: key not found"
+        return Code.INVALID_ARGUMENT, "etcdserver: key not found"
     if isinstance(err, _BadRequest):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(err)
-    return grpc.StatusCode.INTERNAL, f"etcdserver: {err}"
+        return Code.INVALID_ARGUMENT, str(err)
+    return Code.INTERNAL, f"etcdserver: {err}"
 
 
 class _BadRequest(StoreError):
@@ -391,14 +389,9 @@ class Committer:
 # -- servicers ------------------------------------------------------------------
 
 
-class StoreService(
-    rpc_pb2_grpc.KVServicer,  # type: ignore[misc]
-    rpc_pb2_grpc.LeaseServicer,  # type: ignore[misc]
-    rpc_pb2_grpc.WatchServicer,  # type: ignore[misc]
-    rpc_pb2_grpc.MaintenanceServicer,  # type: ignore[misc]
-    rpc_pb2_grpc.ClusterServicer,  # type: ignore[misc]
-):
-    """etcd's KV, Lease, Watch, Maintenance and (read-only) Cluster services."""
+class StoreService:
+    """etcd's KV, Lease, Watch, Maintenance and (read-only) Cluster services: each method
+    is named as its RPC; RPCs without a method here answer UNIMPLEMENTED."""
 
     def __init__(self, state: State, client_urls: list[str]) -> None:
         self.state = state
@@ -410,30 +403,30 @@ class StoreService(
         return rpc_pb2.ResponseHeader(cluster_id=s.cluster_id, member_id=s.member_id,
                                       revision=revision or s.revision, raft_term=RAFT_TERM)
 
-    async def _settled(self, context: grpc.aio.ServicerContext) -> None:
+    async def _settled(self, context: Context) -> None:
         """Before answering a read: what it saw may include writes not yet on disk, so
         wait for them; no reader observes a revision a crash could still undo."""
         if self.committer.busy:
             await self._durable(context)
 
-    async def _durable(self, context: grpc.aio.ServicerContext) -> None:
+    async def _durable(self, context: Context) -> None:
         try:
             await self.committer.durable()
         except StoreError as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcdserver: {e}")
+            raise Abort(Code.UNAVAILABLE, f"etcdserver: {e}") from e
 
     # KV
 
-    async def Range(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Range(self, request: Any, context: Context) -> Any:
         try:
             res = self.state.range(_range_op(request))
             header = self.header()
         except StoreError as e:
-            await _abort(context, e)
+            _abort(e)
         await self._settled(context)
         return _range_response(header, res)
 
-    async def _write(self, context: grpc.aio.ServicerContext,
+    async def _write(self, context: Context,
                      apply: Callable[[], tuple[int, _R]],
                      respond: Callable[[Any, _R], Any]) -> Any:
         """A KV write: apply it (etcd's error if it is refused), wait until it is
@@ -441,51 +434,51 @@ class StoreService(
         try:
             rev, res = apply()
         except StoreError as e:
-            await _abort(context, e)
+            _abort(e)
         await self._durable(context)
         return respond(self.header(rev), res)
 
-    async def Put(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Put(self, request: Any, context: Context) -> Any:
         return await self._write(context, lambda: self.state.put(_put_op(_sized(request))),
                                  _put_response)
 
-    async def DeleteRange(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def DeleteRange(self, request: Any, context: Context) -> Any:
         return await self._write(context, lambda: self.state.delete(_delete_op(request)),
                                  _delete_response)
 
-    async def Txn(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Txn(self, request: Any, context: Context) -> Any:
         return await self._write(context, lambda: self.state.txn(_txn_op(_sized(request))),
                                  _txn_response)
 
-    async def Compact(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Compact(self, request: Any, context: Context) -> Any:
         try:
             self.state.compact(request.revision)
         except StoreError as e:
-            await _abort(context, e)
+            _abort(e)
         log.info("store: compacted history before revision %d", request.revision)
         await self._durable(context)
         return rpc_pb2.CompactionResponse(header=self.header())
 
     # Lease
 
-    async def LeaseGrant(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def LeaseGrant(self, request: Any, context: Context) -> Any:
         try:
             lease, ttl = self.state.grant(request.TTL, request.ID)
         except StoreError as e:
-            await _abort(context, e)
+            _abort(e)
         await self._durable(context)
         return rpc_pb2.LeaseGrantResponse(header=self.header(), ID=lease, TTL=ttl)
 
-    async def LeaseRevoke(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def LeaseRevoke(self, request: Any, context: Context) -> Any:
         try:
             rev = self.state.revoke(request.ID)
         except StoreError as e:
-            await _abort(context, e)
+            _abort(e)
         await self._durable(context)
         return rpc_pb2.LeaseRevokeResponse(header=self.header(rev))
 
     async def LeaseKeepAlive(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[Any]:
         async for req in request_iterator:
             try:
@@ -496,7 +489,7 @@ class StoreService(
                 await self._durable(context)
             yield rpc_pb2.LeaseKeepAliveResponse(header=self.header(), ID=req.ID, TTL=ttl)
 
-    async def LeaseTimeToLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def LeaseTimeToLive(self, request: Any, context: Context) -> Any:
         ttl, granted, keys = self.state.time_to_live(request.ID)
         header = self.header()
         await self._settled(context)
@@ -504,7 +497,7 @@ class StoreService(
             header=header, ID=request.ID, TTL=ttl, grantedTTL=granted,
             keys=list(keys) if request.keys else [])
 
-    async def LeaseLeases(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def LeaseLeases(self, request: Any, context: Context) -> Any:
         resp = rpc_pb2.LeaseLeasesResponse(
             header=self.header(),
             leases=[rpc_pb2.LeaseStatus(ID=i) for i in sorted(self.state.leases)])
@@ -514,7 +507,7 @@ class StoreService(
     # Watch
 
     async def Watch(
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[Any], context: Context
     ) -> AsyncIterator[Any]:
         # watch ids are per stream and start at 0, as in etcd
         out: asyncio.Queue[Any] = asyncio.Queue()
@@ -583,7 +576,7 @@ class StoreService(
 
     # Maintenance and Cluster
 
-    async def Status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def Status(self, request: Any, context: Context) -> Any:
         s = self.state
         size = s.db_size()
         header, revision = self.header(), s.revision
@@ -593,7 +586,7 @@ class StoreService(
             leader=s.member_id, raftIndex=revision, raftTerm=RAFT_TERM,
             raftAppliedIndex=revision)
 
-    async def MemberList(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def MemberList(self, request: Any, context: Context) -> Any:
         member = rpc_pb2.Member(ID=self.state.member_id, name="weft",
                                 clientURLs=self.client_urls, peerURLs=self.client_urls)
         return rpc_pb2.MemberListResponse(header=self.header(), members=[member])
@@ -630,82 +623,57 @@ def _txn_response(header: Any, res: TxnResult) -> Any:
                                responses=[op(r) for r in res.results])
 
 
-# -- registration: undecodable requests get etcd's INTERNAL, not grpc-python's UNKNOWN --
+# -- registration ------------------------------------------------------------------
+
+_SERVICES = ("KV", "Lease", "Watch", "Maintenance", "Cluster")
 
 
-@dataclass(frozen=True, slots=True)
-class _Undecodable:
-    error: str
+def _not_implemented(name: str) -> Callable[[Any, Context], Awaitable[Any]]:
+    async def call(request: Any, context: Context) -> Any:
+        raise Abort(Code.UNIMPLEMENTED, f"method {name} not implemented")
+
+    return call
 
 
-def _safe_deserializer(parse: Any) -> Any:
-    def deserialize(data: bytes) -> Any:
+def _counted(handler: Callable[[Any, Context], Awaitable[Any]],
+             load: Committer) -> Callable[[Any, Context], Awaitable[Any]]:
+    """Keep ``load.active_calls`` (how many unary calls are in flight: the committer's
+    measure of a crowd)."""
+
+    async def call(request: Any, context: Context) -> Any:
+        load.active_calls += 1
         try:
-            return parse(data)
-        except DecodeError as e:
-            return _Undecodable(str(e))
+            return await handler(request, context)
+        finally:
+            load.active_calls -= 1
 
-    return deserialize
-
-
-def _unmarshal_error(req: _Undecodable) -> str:
-    return f"grpc: error unmarshalling request: {req.error}"
+    return call
 
 
-def _strict_handler(h: Any, load: Committer) -> Any:
-    if h.unary_unary is not None:
-        inner = h.unary_unary
+def methods(service: StoreService) -> dict[bytes, Method]:
+    """Every RPC of etcd's services, by path, from the protobuf descriptors; those the
+    service has no method for answer UNIMPLEMENTED, as etcd does for what it lacks."""
+    table: dict[bytes, Method] = {}
+    for svc_name in _SERVICES:
+        svc = rpc_pb2.DESCRIPTOR.services_by_name[svc_name]
+        for m in svc.methods:
+            parse = getattr(rpc_pb2, m.input_type.name).FromString
+            impl = getattr(service, m.name, None)
+            path = f"/{svc.full_name}/{m.name}".encode()
+            if m.client_streaming or m.server_streaming:
+                if impl is None:
+                    unimplemented = _not_implemented(m.name)
 
-        async def unary(req: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(req, _Undecodable):
-                await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(req))
-            load.active_calls += 1
-            try:
-                return await inner(req, context)
-            finally:
-                load.active_calls -= 1
+                    async def refuse(requests: AsyncIterator[Any], context: Context,
+                                     call: Any = unimplemented) -> AsyncIterator[Any]:
+                        yield await call(None, context)
 
-        return h._replace(unary_unary=unary,
-                          request_deserializer=_safe_deserializer(h.request_deserializer))
-    if h.stream_stream is not None:
-        inner_stream = h.stream_stream
-
-        async def stream(requests: AsyncIterator[Any],
-                         context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async def checked() -> AsyncIterator[Any]:
-                async for req in requests:
-                    if isinstance(req, _Undecodable):
-                        await context.abort(grpc.StatusCode.INTERNAL, _unmarshal_error(req))
-                    yield req
-
-            async for resp in inner_stream(checked(), context):
-                yield resp
-
-        return h._replace(stream_stream=stream,
-                          request_deserializer=_safe_deserializer(h.request_deserializer))
-    return h
-
-
-class _Capture:
-    """Stands in for the server so a generated ``add_*_to_server`` hands over its table."""
-
-    def __init__(self) -> None:
-        self.tables: dict[str, dict[str, Any]] = {}
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass
-
-    def add_registered_method_handlers(self, service: str, table: dict[str, Any]) -> None:
-        self.tables[service] = table
-
-
-def _add_strict(add: Any, servicer: StoreService, server: grpc.aio.Server) -> None:
-    cap = _Capture()
-    add(servicer, cap)
-    for service, table in cap.tables.items():
-        strict = {name: _strict_handler(h, servicer.committer) for name, h in table.items()}
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(service, strict),))
+                    impl = refuse
+                table[path] = Method(parse, stream=impl)
+            else:
+                table[path] = Method(parse, unary=_counted(
+                    impl or _not_implemented(m.name), service.committer))
+    return table
 
 
 # -- the server -------------------------------------------------------------------
@@ -733,7 +701,7 @@ class EmbeddedServer:
         self.retain = retain
         self.state: State | None = None
         self.service: StoreService | None = None
-        self._server: grpc.aio.Server | None = None
+        self._server: Server | None = None
         self._expiry: asyncio.Task[None] | None = None
 
     @property
@@ -749,36 +717,28 @@ class EmbeddedServer:
         except sqlite3.Error as e:
             raise OSError(f"store: cannot open {self.data_dir / 'store.db'}: {e}") from e
         self.service = StoreService(self.state, [])
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES),
-            ("grpc.max_send_message_length", 2**31 - 1),
-            ("grpc.so_reuseport", 0),
-        ])
-        for add in (rpc_pb2_grpc.add_KVServicer_to_server,
-                    rpc_pb2_grpc.add_LeaseServicer_to_server,
-                    rpc_pb2_grpc.add_WatchServicer_to_server,
-                    rpc_pb2_grpc.add_MaintenanceServicer_to_server,
-                    rpc_pb2_grpc.add_ClusterServicer_to_server):
-            _add_strict(add, self.service, server)
+        server = Server(methods(self.service), MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES)
         addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        if self.tls:
-            ca = self.tls.trusted_ca_file.read_bytes() if self.tls.trusted_ca_file else None
-            creds = grpc.ssl_server_credentials(
-                [(self.tls.key_file.read_bytes(), self.tls.cert_file.read_bytes())],
-                root_certificates=ca, require_client_auth=ca is not None)
-        else:
-            creds = None
+        tls: ssl.SSLContext | None = None
         try:
-            port = (server.add_secure_port(addr, creds) if creds is not None
-                    else server.add_insecure_port(addr))
-        except RuntimeError:  # grpc's "Failed to bind"
-            port = 0
-        if not port:
+            if self.tls:
+                t = self.tls
+                try:
+                    tls = server_tls(str(t.cert_file), str(t.key_file),
+                                     str(t.trusted_ca_file) if t.trusted_ca_file else None)
+                except (OSError, ssl.SSLError) as e:
+                    raise OSError(f"store: cannot load TLS files (--cert-file {t.cert_file}, "
+                                  f"--key-file {t.key_file}, --trusted-ca-file "
+                                  f"{t.trusted_ca_file}): {e}") from e
+            try:
+                self.port = await server.start(self.host, self.port, tls)
+            except OSError as e:
+                raise OSError(f"store: cannot listen on {addr}: {e}") from e
+        except OSError:
             self.state.close()
-            raise OSError(f"store: cannot listen on {addr} (address in use or not local?)")
-        self.port = port
+            self.state = None
+            raise
         self.service.client_urls = [self.endpoint]
-        await server.start()
         self._server = server
         self._expiry = asyncio.create_task(self._expire_loop())
         log.info("store: serving %s, data dir %s, revision %d", self.endpoint,
@@ -796,7 +756,7 @@ class EmbeddedServer:
 
     async def wait(self) -> None:
         if self._server is not None:
-            await self._server.wait_for_termination()
+            await self._server.wait_closed()
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -804,8 +764,7 @@ class EmbeddedServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry
         if self._server is not None:
-            await self._server.stop(0.5)
-            self._server = None
+            await self._server.stop()
         if self.service is not None:
             await self.service.committer.drain()
         if self.state is not None:

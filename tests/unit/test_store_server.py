@@ -11,6 +11,7 @@ import pytest
 
 from overlay.store import server
 from overlay.store.api import CompactedError, LeaseNotFoundError
+from overlay.store.grpcwire import Code
 from overlay.store.server import _status, parse_listen
 from overlay.store.state import DuplicateKeyError, FutureRevisionError, PutOp, State
 
@@ -34,12 +35,12 @@ def test_parse_listen_rejects(listen: str) -> None:
 
 
 @pytest.mark.parametrize(("err", "code", "msg"), [
-    (CompactedError(5), grpc.StatusCode.OUT_OF_RANGE,
+    (CompactedError(5), Code.OUT_OF_RANGE,
      "etcdserver: mvcc: required revision has been compacted"),
-    (FutureRevisionError(9, 3), grpc.StatusCode.OUT_OF_RANGE,
+    (FutureRevisionError(9, 3), Code.OUT_OF_RANGE,
      "etcdserver: mvcc: required revision is a future revision"),
-    (LeaseNotFoundError(7), grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found"),
-    (DuplicateKeyError(b"k"), grpc.StatusCode.INVALID_ARGUMENT,
+    (LeaseNotFoundError(7), Code.NOT_FOUND, "etcdserver: requested lease not found"),
+    (DuplicateKeyError(b"k"), Code.INVALID_ARGUMENT,
      "etcdserver: duplicate key given in txn request"),
 ], ids=["compacted", "future", "lease", "duplicate"])
 def test_status_mapping(err: Exception, code: grpc.StatusCode, msg: str) -> None:
