@@ -132,8 +132,8 @@ async def concurrent_put(ep: str, clients: int, per_client: int) -> float:
             await c.close()
 
 
-# A gRPC server in Python that answers Put without storing anything: the floor any
-# Python etcd server stands on, to tell the store's own cost from grpc-python's.
+# A grpcio (grpc.aio) server that answers Put without storing anything: what the store
+# would be capped at on grpcio's server, the reason it has its own transport (grpcwire).
 NOOP_SERVER = """
 import asyncio, sys
 import grpc
@@ -218,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worst ratio {worst:.2f}x (goal >= 0.5); embedded watch p99 {p99:.1f} ms "
               f"(goal < 20)")
         emb_conc = results["embedded"]["50 clients put/s"]
-        print(f"50 clients put/s against a no-op Python gRPC server (the floor, same rounds): "
+        print(f"50 clients put/s against a grpcio server that stores nothing (same rounds): "
               f"{floor:.1f} = {floor / results['etcd']['50 clients put/s']:.2f}x etcd; "
-              f"embedded reaches {emb_conc / floor:.2f}x of it")
+              f"the embedded store (own transport) does {emb_conc / floor:.2f}x that")
     finally:
         if noop is not None:
             noop.kill()
