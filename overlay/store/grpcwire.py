@@ -65,6 +65,7 @@ _CONN_WINDOW = 16 << 20
 _STREAM_WINDOW = 4 << 20
 _MAX_HEADER_BLOCK = 64 << 10
 _MAX_DETAILS = 1024  # grpc-message is cut to this many characters
+_MAX_UNSENT = 256 << 20  # output a peer leaves unread before it is dropped
 
 
 class Code(enum.IntEnum):
@@ -249,6 +250,12 @@ class _Connection(asyncio.Protocol):
         self.flush_scheduled = False
         if self.out and self.transport is not None and not self.closed:
             self.transport.write(bytes(self.out))
+            if self.transport.get_write_buffer_size() > _MAX_UNSENT:
+                # a peer that stops reading (a stuck watcher) must not grow us forever
+                log.warning("store: dropping a client that left %d bytes unread",
+                            self.transport.get_write_buffer_size())
+                self.transport.abort()
+                self.closed = True
         self.out.clear()
 
     # -- asyncio.Protocol --
