@@ -347,6 +347,8 @@ class _Connection(asyncio.Protocol):
                 raise _ConnectionError(PROTOCOL_ERROR, "HEADERS on stream 0")
             payload = _unpad(flags, payload)
             if flags & PRIORITY_FLAG:
+                if len(payload) < 5:
+                    raise _ConnectionError(FRAME_SIZE_ERROR, "HEADERS too short for PRIORITY")
                 payload = payload[5:]
             if flags & END_HEADERS:
                 self._on_headers(sid, bool(flags & END_STREAM), payload)
@@ -364,9 +366,13 @@ class _Connection(asyncio.Protocol):
                 self.continuation = None
                 self._on_headers(sid, end_stream, bytes(block))
         elif typ == SETTINGS:
+            if sid:
+                raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
             if not flags & ACK:
                 self._on_settings(payload)
         elif typ == PING:
+            if sid:
+                raise _ConnectionError(PROTOCOL_ERROR, "PING on a stream")
             if len(payload) != 8:
                 raise _ConnectionError(FRAME_SIZE_ERROR, "PING of wrong size")
             if not flags & ACK:
@@ -416,15 +422,31 @@ class _Connection(asyncio.Protocol):
             self._pump_blocked()
             return
         st = self.streams.get(sid)
-        if st is not None:
-            st.send_window += inc
-            self._pump(st)
+        if st is None:
+            return
+        if not inc or st.send_window + inc > _MAX_WINDOW:  # a stream error (RFC 9113 6.9)
+            self._reset(st, PROTOCOL_ERROR if not inc else FLOW_CONTROL_ERROR)
+            return
+        st.send_window += inc
+        self._pump(st)
+
+    def _reset(self, st: _Stream, code: int) -> None:
+        """End a stream with RST_STREAM ``code``: its call is cancelled, its output dropped."""
+        self.streams.pop(st.id, None)
+        self.blocked.pop(st.id, None)
+        st.finished = True
+        st.pending.clear()
+        st.trailers = None
+        if st.task is not None:
+            st.task.cancel()
+        self._emit(_frame(RST_STREAM, 0, st.id, struct.pack(">I", code)))
 
     def _on_headers(self, sid: int, end_stream: bool, block: bytes) -> None:
         headers = self.decoder.decode(block, raw=True)  # keeps the HPACK table in step
         st = self.streams.get(sid)
         if st is not None:  # trailers from the client end its requests
-            if end_stream:
+            if end_stream and not st.remote_closed:
+                st.remote_closed = True
                 self._end_of_requests(st)
             return
         if sid % 2 == 0 or sid <= self.last_id:
@@ -448,6 +470,7 @@ class _Connection(asyncio.Protocol):
             st.queue = asyncio.Queue()
             st.task = self.loop.create_task(self._run_stream(st, method))
         if end_stream:
+            st.remote_closed = True
             self._end_of_requests(st)
 
     def _on_data(self, flags: int, sid: int, payload: bytes) -> None:
@@ -462,14 +485,20 @@ class _Connection(asyncio.Protocol):
             if sid == 0 or sid > self.last_id:
                 raise _ConnectionError(PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             return  # a stream we already closed: counted above, else ignored
+        if st.remote_closed:
+            return  # DATA after the client's END_STREAM: nothing to do with it
+        end = bool(flags & END_STREAM)
+        # marked before the messages are read, so an answer they cause knows the client
+        # is done sending (then no RST_STREAM follows the trailers)
+        st.remote_closed = end
         if not st.finished:
             st.recv_unacked += flow
-            if st.recv_unacked >= _STREAM_WINDOW // 2 and not (flags & END_STREAM):
+            if st.recv_unacked >= _STREAM_WINDOW // 2 and not end:
                 self._emit(_frame(WINDOW_UPDATE, 0, sid, struct.pack(">I", st.recv_unacked)))
                 st.recv_unacked = 0
             st.buf += payload
             self._messages(st)
-        if flags & END_STREAM:
+        if end:
             self._end_of_requests(st)
 
     def _messages(self, st: _Stream) -> None:
@@ -503,9 +532,7 @@ class _Connection(asyncio.Protocol):
                              "grpc: too many requests for a unary method")
 
     def _end_of_requests(self, st: _Stream) -> None:
-        if st.remote_closed:
-            return
-        st.remote_closed = True
+        """The client has sent END_STREAM (``remote_closed`` is set): run or end the call."""
         if st.finished:
             self._forget(st)
             return

@@ -510,9 +510,6 @@ async def test_bad_message_status(server: EmbeddedServer, body: bytes, code: int
     await asyncio.to_thread(scenario)
 
 
-@pytest.mark.xfail(strict=True, reason="grpcwire bug: an error found in a DATA frame that also "
-                   "carries END_STREAM is answered with RST_STREAM after the trailers, on a "
-                   "stream both sides have already closed (RFC 9113 5.1)")
 async def test_no_rst_stream_after_client_end_stream(server: EmbeddedServer) -> None:
     """When the client's last DATA frame (END_STREAM) holds an undecodable message, the
     stream is closed once the trailers go out: no RST_STREAM may follow them."""
@@ -551,6 +548,18 @@ def _bad_ping_size(c: H2Client) -> None:
     c.send(frame(PING, 0, 0, b"1234567"))
 
 
+def _bad_settings_on_stream(c: H2Client) -> None:
+    c.send(frame(SETTINGS, 0, 1, b""))
+
+
+def _bad_ping_on_stream(c: H2Client) -> None:
+    c.send(frame(PING, 0, 1, b"12345678"))
+
+
+def _bad_short_priority(c: H2Client) -> None:
+    c.send(frame(HEADERS, END_HEADERS | END_STREAM | 0x20, 1, b"\x00\x00"))
+
+
 @pytest.mark.parametrize(("provoke", "code", "last_id"), [
     (_bad_data_on_stream_0, PROTOCOL_ERROR, 0),
     (_bad_data_on_idle_stream, PROTOCOL_ERROR, 0),
@@ -558,8 +567,12 @@ def _bad_ping_size(c: H2Client) -> None:
     (_bad_window_overflow, FLOW_CONTROL_ERROR, 0),
     (_bad_hpack, COMPRESSION_ERROR, 0),
     (_bad_ping_size, FRAME_SIZE_ERROR, 0),
+    (_bad_settings_on_stream, PROTOCOL_ERROR, 0),
+    (_bad_ping_on_stream, PROTOCOL_ERROR, 0),
+    (_bad_short_priority, FRAME_SIZE_ERROR, 0),
 ], ids=["data-stream-0", "data-idle-stream", "frame-over-16384", "conn-window-overflow",
-        "garbage-hpack", "ping-7-bytes"])
+        "garbage-hpack", "ping-7-bytes", "settings-on-stream", "ping-on-stream",
+        "priority-too-short"])
 async def test_protocol_error_goaway(server: EmbeddedServer,
                                      provoke: Callable[[H2Client], None], code: int,
                                      last_id: int) -> None:
@@ -645,3 +658,21 @@ async def test_responses_released_together_share_a_write(
 
     burst_writes = await asyncio.to_thread(scenario)
     assert burst_writes <= calls // 4, burst_writes
+
+
+async def test_bad_stream_window_update_resets_only_that_stream(server: EmbeddedServer) -> None:
+    """A stream WINDOW_UPDATE of 0 is a stream error (RFC 9113 6.9): RST_STREAM
+    PROTOCOL_ERROR on that stream; the connection keeps serving."""
+
+    def scenario() -> None:
+        with H2Client(server.port) as c:
+            create = rpc_pb2.WatchRequest(
+                create_request=rpc_pb2.WatchCreateRequest(key=b"/h2/window"))
+            sid = c.open(WATCH, grpc_message(create.SerializeToString()), end=False)
+            assert c.next(sid).type == HEADERS
+            c.send(frame(WINDOW_UPDATE, 0, sid, struct.pack(">I", 0)))
+            rst = c.next_of(sid, RST_STREAM)
+            assert struct.unpack(">I", rst.payload)[0] == PROTOCOL_ERROR
+            put_ok(c, b"/h2/after-window")
+
+    await asyncio.to_thread(scenario)
