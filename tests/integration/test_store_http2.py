@@ -676,3 +676,34 @@ async def test_bad_stream_window_update_resets_only_that_stream(server: Embedded
             put_ok(c, b"/h2/after-window")
 
     await asyncio.to_thread(scenario)
+
+
+async def test_client_that_stops_reading_is_dropped(server: EmbeddedServer,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A watcher that never reads must not make the server buffer without bound: once its
+    unread output passes the limit its connection is dropped; everyone else is served."""
+    from overlay.store import grpcwire
+
+    monkeypatch.setattr(grpcwire, "_MAX_UNSENT", 256 << 10)
+    assert server.service is not None
+    watchers = server.service.committer.watchers
+    before = len(watchers)
+    with H2Client(server.port) as c:
+        create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=b"/h2/flood/", range_end=b"/h2/flood0"))
+        c.open(WATCH, grpc_message(create.SerializeToString()), end=False)
+        deadline = time.monotonic() + 5
+        while len(watchers) == before:  # the watch is in place; from now on c reads nothing
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        store = await connect(StoreConfig((server.endpoint,), timeout=5))
+        try:
+            value = b"x" * (64 << 10)
+            for i in range(400):  # ~26 MB of events: far past kernel buffers and the limit
+                await store.put(b"/h2/flood/%d" % i, value)
+                if len(watchers) == before:
+                    break
+            assert len(watchers) == before, "the stuck watcher was never dropped"
+        finally:
+            await store.close()
+    await still_serves(server.endpoint)
