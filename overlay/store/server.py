@@ -378,6 +378,12 @@ class Committer:
         if self._waiters or self._state.dirty:
             self.kick()
 
+    async def idle(self) -> None:
+        """Return when no commit is running or due; none can start before the caller's
+        next await, so it may use the database on the loop until then."""
+        while self._writing or self._scheduled:
+            await self.durable()
+
     async def drain(self) -> None:
         """Wait until nothing is being written (before closing the state)."""
         if self._window is not None:  # no more company is coming
@@ -588,6 +594,26 @@ class StoreService:
             header=header, version=VERSION, dbSize=size, dbSizeInUse=size,
             leader=s.member_id, raftIndex=revision, raftTerm=RAFT_TERM,
             raftAppliedIndex=revision)
+
+    async def Alarm(self, request: Any, context: Context) -> Any:
+        """This store raises no alarms (no space quota, no corruption check): the list is
+        empty and disarming is a no-op, as on an etcd member without alarms."""
+        if request.action == rpc_pb2.AlarmRequest.ACTIVATE:
+            raise Abort(Code.UNIMPLEMENTED, "etcdserver: this store raises no alarms")
+        return rpc_pb2.AlarmResponse(header=self.header())
+
+    async def Defragment(self, request: Any, context: Context) -> Any:
+        """etcd's defrag: give the space compaction freed back to the file system. Like
+        etcd's it holds up the store while it runs (SQLite VACUUM)."""
+        await self.committer.idle()
+        before = self.state.db_size()
+        try:
+            self.state.defragment()
+        except sqlite3.Error as e:
+            raise Abort(Code.INTERNAL, f"etcdserver: defragment failed: {e}") from e
+        log.info("store: defragmented %s: %d -> %d bytes", self.state.path, before,
+                 self.state.db_size())
+        return rpc_pb2.DefragmentResponse(header=self.header())
 
     async def MemberList(self, request: Any, context: Context) -> Any:
         member = rpc_pb2.Member(ID=self.state.member_id, name="weft",

@@ -110,3 +110,15 @@ def test_endpoint_status_and_health(store_endpoint: str) -> None:
         ["etcdctl", "--endpoints", store_endpoint.split("://", 1)[-1], "endpoint", "health"],
         capture_output=True, text=True, env=dict(os.environ, ETCDCTL_API="3"),
         timeout=20).stderr
+
+
+def test_alarm_list_and_defrag(store_endpoint: str, p: str) -> None:
+    """The admin commands of an etcd runbook: no alarms; defrag after a compaction."""
+    assert ctl(store_endpoint, "alarm", "list") == ""
+    assert ctl(store_endpoint, "alarm", "disarm") == ""
+    for i in range(50):
+        ctl(store_endpoint, "put", f"{p}/k", "x" * 1000 + str(i))
+    rev = json.loads(ctl(store_endpoint, "get", f"{p}/k", "-w", "json"))["header"]["revision"]
+    ctl(store_endpoint, "compaction", "--physical", str(rev))
+    assert "Finished defragmenting etcd member" in ctl(store_endpoint, "defrag")
+    assert ctl(store_endpoint, "get", "--print-value-only", f"{p}/k") == "x" * 1000 + "49\n"
