@@ -20,7 +20,9 @@ Exception tree (all carry the key or lease they concern)::
     ├── CompactedError              watch/range start revision compacted away
     │                               (.compact_revision: first available)
     ├── LeaseNotFoundError          unknown or expired lease id (.lease)
-    └── ValueTooLargeError          value over the server's request limit
+    ├── ValueTooLargeError          value over the server's request limit
+    └── StoreAuthError              authentication refused or not supported, or
+                                    the user lacks permission (never retried)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import builtins
 import enum
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -54,6 +56,13 @@ class LeaseNotFoundError(StoreError):
     def __init__(self, lease: int) -> None:
         super().__init__(f"lease {lease:x} not found")
         self.lease = lease
+
+
+class StoreAuthError(StoreError):
+    """The store refused our credentials (or their absence), or cannot authenticate.
+
+    Messages name the user and the endpoint, never the password.
+    """
 
 
 class ValueTooLargeError(StoreError):
@@ -176,7 +185,9 @@ class StoreConfig:
     ``endpoints`` are URLs (``http://host:port`` or ``https://host:port``) or bare
     ``host:port``; the client fails over across them in order. TLS is used when
     ``cafile`` is set or any endpoint is https; ``certfile``/``keyfile`` add a
-    client certificate.
+    client certificate. ``username``/``password`` turn on etcd v3 authentication
+    (Auth/Authenticate, then a ``token`` on every call); without a username
+    nothing is sent. The password is kept out of ``repr``.
     """
 
     endpoints: tuple[str, ...] = DEFAULT_ENDPOINTS
@@ -184,6 +195,8 @@ class StoreConfig:
     certfile: str | None = None
     keyfile: str | None = None
     timeout: float = 5.0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_flag(
@@ -192,9 +205,16 @@ class StoreConfig:
         cafile: str | None = None,
         certfile: str | None = None,
         keyfile: str | None = None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
     ) -> StoreConfig:
-        """Build from a comma list as given to ``-etcd-endpoints``."""
+        """Build from a comma list as given to ``-etcd-endpoints`` (and the auth flags).
+
+        A password without a username is ignored, as etcd's own client does.
+        """
         eps = tuple(e.strip() for e in endpoints.split(",") if e.strip())
         if not eps:
             raise ValueError("-etcd-endpoints: no endpoint given")
-        return cls(eps, cafile or None, certfile or None, keyfile or None)
+        return cls(eps, cafile or None, certfile or None, keyfile or None,
+                   username=username or None, password=password if username else None)

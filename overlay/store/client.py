@@ -22,6 +22,17 @@ Theory of operation:
   stream is re-created from the next revision (next endpoint, or the same one
   once it is back) with backoff for up to ``timeout`` seconds, so a store
   restart costs no events; after that ``StoreUnavailableError`` is raised.
+* Authentication (``StoreConfig.username``): before the first call the store
+  calls Auth/Authenticate and then sends gRPC metadata ``token: <token>`` on
+  every call, Watch and LeaseKeepAlive streams included. A token the server no
+  longer accepts (expired after etcd's ``--auth-token-ttl``, or lost in a
+  restart: UNAUTHENTICATED "invalid auth token", or a watch canceled with that
+  reason or "permission denied") is replaced by authenticating again, once, and the call
+  (or the stream, via its reopen path) is retried. Refused credentials, a store
+  without Auth (UNIMPLEMENTED, weft's embedded server) and permission errors
+  raise ``StoreAuthError`` naming user and endpoint, never the password. With
+  no username nothing is sent, as before; an etcd with auth disabled answers
+  Authenticate with "authentication is not enabled" and is used without token.
 * Watch and LeaseKeepAlive calls are written to directly (never fed from a
   request generator, whose grpc.aio consumer task outlives a failed call) and
   are owned by the store: cancelled when left and by ``close()``, so a store
@@ -50,6 +61,7 @@ from overlay.store.api import (
     LeaseNotFoundError,
     Listing,
     Store,
+    StoreAuthError,
     StoreConfig,
     StoreError,
     StoreUnavailableError,
@@ -139,6 +151,20 @@ def _is_unavailable(e: grpc.aio.AioRpcError) -> bool:
     return bool(e.code() == grpc.StatusCode.UNAVAILABLE)
 
 
+# etcd's answers to a token it no longer accepts (or to a call without one once auth
+# got enabled): worth one fresh Authenticate and a retry
+_TOKEN_ERRORS = ("invalid auth token", "revision of auth store is old", "user name is empty")
+
+
+class _TokenRejected(Exception):
+    """A watch was canceled at creation for auth ("invalid auth token", "permission
+    denied"): maybe only the token is stale."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class EtcdStore:
     """The store contract over etcd v3 gRPC (see the module docstring)."""
 
@@ -155,8 +181,12 @@ class EtcdStore:
         self._lease: Any = None
         self._watch: Any = None
         self._maint: Any = None
+        self._auth: Any = None
         self._streams: set[Any] = set()  # open Watch / LeaseKeepAlive calls
         self._closed = False
+        self._token: str | None = None  # etcd auth token (only with cfg.username)
+        self._auth_off = False  # the store answered "authentication is not enabled"
+        self._auth_lock = asyncio.Lock()
 
     @staticmethod
     def _credentials(cfg: StoreConfig) -> grpc.ChannelCredentials | None:
@@ -196,6 +226,75 @@ class EtcdStore:
         self._lease = rpc_pb2_grpc.LeaseStub(ch)
         self._watch = rpc_pb2_grpc.WatchStub(ch)
         self._maint = rpc_pb2_grpc.MaintenanceStub(ch)
+        self._auth = rpc_pb2_grpc.AuthStub(ch)
+
+    # -- authentication ---------------------------------------------------------
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return (("token", self._token),) if self._token else None
+
+    def _token_rejected(self, e: grpc.aio.AioRpcError) -> bool:
+        """The error says our token (not our user) is the problem: re-authenticate."""
+        if not self._cfg.username:
+            return False
+        details = e.details() or ""
+        return e.code() == grpc.StatusCode.UNAUTHENTICATED or any(
+            t in details for t in _TOKEN_ERRORS)
+
+    async def _ensure_auth(self) -> None:
+        """Authenticate once before the first call when a username is configured."""
+        if not self._cfg.username or self._token is not None or self._auth_off:
+            return
+        async with self._auth_lock:
+            if self._token is None and not self._auth_off:
+                await self._authenticate()
+
+    async def _reauth(self, stale: str | None) -> None:
+        """Replace the token ``stale`` the server refused (unless another caller did)."""
+        async with self._auth_lock:
+            if self._token == stale:
+                self._token, self._auth_off = None, False
+                await self._authenticate()
+
+    async def _authenticate(self) -> None:
+        user = self._cfg.username or ""
+        req = rpc_pb2.AuthenticateRequest(name=user, password=self._cfg.password or "")
+        if self._channel is None:
+            self._open()
+        for attempt in range(len(self._targets)):
+            used = self._channel
+            try:
+                r = await self._auth.Authenticate(req, timeout=self._cfg.timeout)
+            except grpc.aio.AioRpcError as e:
+                details = e.details() or ""
+                if _is_unavailable(e):
+                    if attempt + 1 < len(self._targets):
+                        await self._failover(used)
+                        continue
+                    raise StoreUnavailableError(
+                        f"no store endpoint answered ({', '.join(self._cfg.endpoints)}): "
+                        f"{details}") from e
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    raise StoreAuthError(
+                        f"store {self.endpoint} does not support authentication "
+                        f"(-etcd-username {user!r} given; weft's embedded store has no "
+                        "users: leave -etcd-username/-etcd-password unset)") from e
+                if "authentication is not enabled" in details:
+                    # etcd's own client carries on without a token here
+                    log.debug("store: %s has authentication disabled; user %r unused",
+                              self.endpoint, user)
+                    self._auth_off = True
+                    return
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise StoreUnavailableError(
+                        f"store {self.endpoint} timed out authenticating: {details}") from e
+                raise StoreAuthError(
+                    f"store {self.endpoint}: authentication as user {user!r} failed: "
+                    f"{details}") from e
+            self._token = str(r.token)
+            log.debug("store: authenticated as %r at %s", user, self.endpoint)
+            return
+        raise AssertionError("unreachable")
 
     async def _failover(self, failed: grpc.aio.Channel | None) -> None:
         """Move to the next endpoint, unless another caller already moved off ``failed``."""
@@ -218,10 +317,12 @@ class EtcdStore:
         store owns every open stream: it is cancelled on leaving this block and by
         ``close()``.
         """
+        await self._ensure_auth()
         if self._channel is None:
             self._open()
         channel = self._channel
-        call = getattr(getattr(self, service), method)(timeout=timeout)
+        call = getattr(getattr(self, service), method)(timeout=timeout,
+                                                       metadata=self._metadata())
         self._streams.add(call)
         try:
             # a call already over (store gone) refuses the write; the read says why
@@ -248,24 +349,33 @@ class EtcdStore:
         return _is_unavailable(e)
 
     async def _call(self, service: str, method: str, req: Any, **ctx: Any) -> Any:
+        await self._ensure_auth()
         if self._channel is None:
             self._open()
-        for attempt in range(len(self._targets)):
-            stub, used = getattr(self, service), self._channel
+        attempt, reauthed = 0, False
+        while True:
+            stub, used, token = getattr(self, service), self._channel, self._token
             try:
-                return await getattr(stub, method)(req, timeout=self._cfg.timeout)
+                return await getattr(stub, method)(req, timeout=self._cfg.timeout,
+                                                   metadata=self._metadata())
             except grpc.aio.AioRpcError as e:
                 if self._retryable(e, used):
                     log.debug("store: %s unavailable: %s", self.endpoint, e.details())
-                    if attempt + 1 < len(self._targets):
+                    attempt += 1
+                    if attempt < len(self._targets):
                         await self._failover(used)
                         continue
                     raise StoreUnavailableError(
                         f"no store endpoint answered ({', '.join(self._cfg.endpoints)}): "
                         f"{e.details()}"
                     ) from e
+                if not reauthed and self._token_rejected(e):
+                    log.info("store: %s refused the auth token (%s); authenticating again",
+                             self.endpoint, e.details())
+                    reauthed = True
+                    await self._reauth(token)
+                    continue
                 raise await self._map_error(e, **ctx) from e
-        raise AssertionError("unreachable")
 
     async def _map_error(
         self, e: grpc.aio.AioRpcError, key: bytes = b"", lease: int = 0
@@ -279,7 +389,18 @@ class EtcdStore:
             return ValueTooLargeError(key)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return StoreUnavailableError(f"store {self.endpoint} timed out: {details}")
+        if (code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+                or any(t in details for t in _TOKEN_ERRORS)):
+            return self._auth_error(details)
         return StoreError(f"store {self.endpoint}: {code.name}: {details}")
+
+    def _auth_error(self, details: str) -> StoreAuthError:
+        if self._cfg.username:
+            return StoreAuthError(f"store {self.endpoint}: permission denied for user "
+                                  f"{self._cfg.username!r}: {details}")
+        return StoreAuthError(f"store {self.endpoint}: permission denied ({details}); the "
+                              "store requires authentication: give -etcd-username and "
+                              "-etcd-password")
 
     async def check(self) -> StoreStatus:
         """Find an endpoint that answers (in order); its status."""
@@ -360,24 +481,31 @@ class EtcdStore:
         next_rev = start_revision
         lost_since: float | None = None  # when the stream was lost (None: healthy)
         delay = 0.05
+        reauthed = False  # re-authenticated since the last watch the server accepted
         while True:
             create = rpc_pb2.WatchCreateRequest(
                 key=prefix or b"\0", range_end=prefix_end(prefix),
                 start_revision=next_rev, prev_kv=True,
             )
-            used = self._channel
+            used, token = self._channel, self._token
             try:
                 async with self._stream("_watch", "Watch",
                                         rpc_pb2.WatchRequest(create_request=create)) as stream:
-                    used = stream.channel
+                    used, token = stream.channel, self._token
                     while (resp := await self._next(stream)) is not None:
                         if resp.compact_revision:
                             raise CompactedError(int(resp.compact_revision))
                         if resp.canceled:
-                            raise StoreError(
-                                f"watch on {prefix!r} canceled: {resp.cancel_reason}")
-                        if resp.created and not next_rev:
-                            next_rev = int(resp.header.revision) + 1
+                            reason = str(resp.cancel_reason)
+                            if "permission denied" in reason or any(
+                                    t in reason for t in _TOKEN_ERRORS):
+                                # etcd refuses a watch with a stale token this way
+                                raise _TokenRejected(reason)
+                            raise StoreError(f"watch on {prefix!r} canceled: {reason}")
+                        if resp.created:
+                            reauthed = False
+                            if not next_rev:
+                                next_rev = int(resp.header.revision) + 1
                         lost_since, delay = None, 0.05
                         batch: builtins.list[WatchEvent] = []
                         for m in resp.events:
@@ -390,7 +518,21 @@ class EtcdStore:
                         if batch:
                             yield batch
                 raise StoreUnavailableError(f"watch stream from {self.endpoint} ended")
+            except _TokenRejected as e:
+                if reauthed or not self._cfg.username:
+                    raise self._auth_error(f"watch on {prefix!r}: {e.reason}") from None
+                log.info("store: watch on %r refused (%s); authenticating again", prefix,
+                         e.reason)
+                reauthed = True
+                await self._reauth(token)
+                continue
             except grpc.aio.AioRpcError as e:
+                if not reauthed and self._token_rejected(e):
+                    log.info("store: watch stream refused the auth token (%s); "
+                             "authenticating again", e.details())
+                    reauthed = True
+                    await self._reauth(token)
+                    continue
                 if not self._retryable(e, used):
                     raise await self._map_error(e, key=prefix) from e
                 # Resume from the next revision on the next endpoint (or the same one
@@ -417,25 +559,30 @@ class EtcdStore:
         return int(r.ID)
 
     async def keepalive(self, lease: int) -> int:
-        for attempt in range(len(self._targets)):
-            used = self._channel
+        attempt, reauthed = 0, False
+        while True:
+            used, token = self._channel, self._token
             try:
                 async with self._stream("_lease", "LeaseKeepAlive",
                                         rpc_pb2.LeaseKeepAliveRequest(ID=lease),
                                         timeout=self._cfg.timeout) as stream:
-                    used = stream.channel
+                    used, token = stream.channel, self._token
                     r = await self._next(stream)
                 if r is None or r.TTL <= 0:
                     raise LeaseNotFoundError(lease)
                 return int(r.TTL)
             except grpc.aio.AioRpcError as e:
                 if self._retryable(e, used) and attempt + 1 < len(self._targets):
+                    attempt += 1
                     await self._failover(used)
+                    continue
+                if not reauthed and self._token_rejected(e):
+                    reauthed = True
+                    await self._reauth(token)
                     continue
                 if _is_unavailable(e):
                     raise StoreUnavailableError(f"keepalive: {e.details()}") from e
                 raise await self._map_error(e, lease=lease) from e
-        raise AssertionError("unreachable")
 
     async def revoke(self, lease: int) -> None:
         await self._call("_lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=lease),
