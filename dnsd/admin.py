@@ -34,6 +34,13 @@ def _store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-etcd-cafile", "--etcd-cafile", dest="etcd_cafile", default=None)
     p.add_argument("-etcd-certfile", "--etcd-certfile", dest="etcd_certfile", default=None)
     p.add_argument("-etcd-keyfile", "--etcd-keyfile", dest="etcd_keyfile", default=None)
+    p.add_argument("-etcd-username", "--etcd-username", dest="etcd_username",
+                   default=env.get("WEFT_ETCD_USERNAME"),
+                   help="username for etcd authentication (env WEFT_ETCD_USERNAME)")
+    p.add_argument("-etcd-password", "--etcd-password", dest="etcd_password", default=None,
+                   help="password for etcd authentication; a command-line value shows in "
+                        "`ps`, so prefer WEFT_ETCD_PASSWORD in the environment (used when "
+                        "this flag is absent)")
 
 
 def register(subparsers: Any) -> None:
@@ -69,8 +76,12 @@ def register(subparsers: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> StoreConfig:
+    password = args.etcd_password
+    if password is None:
+        password = os.environ.get("WEFT_ETCD_PASSWORD")
     return StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
-                                 args.etcd_keyfile)
+                                 args.etcd_keyfile, username=args.etcd_username,
+                                 password=password)
 
 
 def _prefix(args: argparse.Namespace) -> str:

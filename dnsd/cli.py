@@ -60,6 +60,11 @@ def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           env=("ETCD_TLSPEM",))
     p.add("etcd-keyfile", "client key for the store (alias -tls-key)", None,
           env=("ETCD_TLSKEY",))
+    p.add("etcd-username", "username for etcd authentication (weft extra; unset = none)",
+          None, env=("WEFT_ETCD_USERNAME",))
+    p.add("etcd-password", "password for etcd authentication; a command-line value shows "
+          "in `ps`, so prefer the WEFT_ETCD_PASSWORD environment variable", None,
+          env=("WEFT_ETCD_PASSWORD",))
     p.add("ca-cert", "alias of -etcd-cafile (SkyDNS)", None)
     p.add("tls-pem", "alias of -etcd-certfile (SkyDNS)", None)
     p.add("tls-key", "alias of -etcd-keyfile (SkyDNS)", None)
@@ -90,7 +95,8 @@ def parse_config(argv: Sequence[str] | None,
             raise ValueError("-ttl must be >= 1 and -min-ttl >= 0")
         store = StoreConfig.from_flag(
             a.machines or a.etcd_endpoints, a.etcd_cafile or a.ca_cert,
-            a.etcd_certfile or a.tls_pem, a.etcd_keyfile or a.tls_key)
+            a.etcd_certfile or a.tls_pem, a.etcd_keyfile or a.tls_key,
+            username=a.etcd_username, password=a.etcd_password)
         forwarder = make_forwarder(a.nameservers.split(","), a.forward_allow)
         if not 0 <= a.metrics_port <= 65535:
             raise ValueError(f"-metrics-port {a.metrics_port} out of range")

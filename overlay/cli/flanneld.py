@@ -56,6 +56,11 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("etcd-cafile", "TLS CA bundle to verify the store", metavar="FILE")
     p.add("etcd-certfile", "TLS client certificate", metavar="FILE")
     p.add("etcd-keyfile", "TLS client key", metavar="FILE")
+    p.add("etcd-username", "username for etcd authentication (etcd v3 auth; unset = none)",
+          metavar="USER")
+    p.add("etcd-password", "password for etcd authentication; a value on the command line "
+          "shows in `ps`, so prefer the FLANNELD_ETCD_PASSWORD environment variable",
+          metavar="PASSWORD")
     p.add("iface", "interface (name or IP address) for inter-host traffic; repeatable, "
           "first match wins [default: the default route's interface]", repeat=True,
           metavar="IFACE")
@@ -118,7 +123,9 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
                 parser.error(f"-{flag.replace('_', '-')} {value!r}: not an IPv4 address")
     try:
         store_cfg = StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile,
-                                          args.etcd_certfile, args.etcd_keyfile)
+                                          args.etcd_certfile, args.etcd_keyfile,
+                                          username=args.etcd_username,
+                                          password=args.etcd_password)
     except ValueError as exc:
         parser.error(str(exc))
     cfg = DaemonConfig(
@@ -156,7 +163,7 @@ def masq_factory(cfg: DaemonConfig) -> Callable[[NetworkConfig, Lease], Masquera
 async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterface) -> int:
     from overlay.daemon import FatalError, Flanneld
     from overlay.health import HealthState, start_server
-    from overlay.store.api import StoreUnavailableError
+    from overlay.store.api import StoreAuthError, StoreUnavailableError
     from overlay.store.client import connect
 
     health = HealthState()
@@ -170,6 +177,8 @@ async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterfac
             break
         except ValueError as exc:  # unreadable TLS files, malformed endpoints
             raise FatalError(f"cannot use the store settings: {exc}") from exc
+        except StoreAuthError as exc:  # wrong credentials, store without auth
+            raise FatalError(f"cannot log in to the store: {exc}") from exc
         except StoreUnavailableError as exc:
             if not logged:
                 log.error("store unreachable (%s); retrying", exc)

@@ -7,9 +7,10 @@
 * ``docker-opts`` turns subnet.env into Docker daemon options the way flannel's
   ``mk-docker-opts.sh`` does (same flags ``-f -d -i -c -k -m``, same variables).
 
-Store flags (``-etcd-endpoints``, ``-etcd-prefix``, TLS files) take one or two
-dashes, with ``FLANNELD_ETCD_*`` from the environment as defaults, so the values
-a host's flanneld uses work here unchanged.
+Store flags (``-etcd-endpoints``, ``-etcd-prefix``, TLS files, ``-etcd-username``
+and ``-etcd-password``) take one or two dashes, with ``FLANNELD_ETCD_*`` from the
+environment as defaults, so the values a host's flanneld uses work here
+unchanged; the password is also read from ``WEFT_ETCD_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -55,11 +56,28 @@ def add_store_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"-etcd-{name}", f"--etcd-{name}", dest=f"etcd_{name}",
                        default=env.get(f"FLANNELD_ETCD_{name.upper()}"),
                        help=f"TLS {name} for the store")
+    p.add_argument("-etcd-username", "--etcd-username", dest="etcd_username",
+                   default=env.get("WEFT_ETCD_USERNAME") or env.get("FLANNELD_ETCD_USERNAME"),
+                   help="username for etcd authentication "
+                        "[env WEFT_ETCD_USERNAME, FLANNELD_ETCD_USERNAME]")
+    p.add_argument("-etcd-password", "--etcd-password", dest="etcd_password", default=None,
+                   help="password for etcd authentication; a command-line value shows in "
+                        "`ps`, so prefer the environment: WEFT_ETCD_PASSWORD (or "
+                        "FLANNELD_ETCD_PASSWORD) is used when this flag is absent")
+
+
+def env_password(given: str | None) -> str | None:
+    """``-etcd-password`` if given, else ``WEFT_ETCD_PASSWORD``, else ``FLANNELD_ETCD_PASSWORD``."""
+    if given is not None:
+        return given
+    env = os.environ
+    return env.get("WEFT_ETCD_PASSWORD", env.get("FLANNELD_ETCD_PASSWORD"))
 
 
 def store_config(args: argparse.Namespace) -> StoreConfig:
     return StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
-                                 args.etcd_keyfile)
+                                 args.etcd_keyfile, username=args.etcd_username,
+                                 password=env_password(args.etcd_password))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -58,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.add_argument("--etcd-cafile", "-etcd-cafile", default=None)
     status.add_argument("--etcd-certfile", "-etcd-certfile", default=None)
     status.add_argument("--etcd-keyfile", "-etcd-keyfile", default=None)
+    status.add_argument("--etcd-username", "-etcd-username",
+                        default=os.environ.get("WEFT_ETCD_USERNAME"),
+                        help="username for etcd authentication [env WEFT_ETCD_USERNAME]")
+    status.add_argument("--etcd-password", "-etcd-password", default=None,
+                        help="password for etcd authentication; a command-line value shows "
+                             "in `ps`, so prefer WEFT_ETCD_PASSWORD in the environment "
+                             "(used when this flag is absent)")
     status.set_defaults(func=status_main)
 
 
@@ -110,13 +118,21 @@ async def _serve(server: EmbeddedServer) -> None:
         await server.stop()
 
 
+def status_config(args: argparse.Namespace) -> StoreConfig:
+    """``status``'s store flags (``WEFT_ETCD_PASSWORD`` when -etcd-password is absent)."""
+    password = args.etcd_password
+    if password is None:
+        password = os.environ.get("WEFT_ETCD_PASSWORD")
+    return StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
+                                 args.etcd_keyfile, username=args.etcd_username,
+                                 password=password)
+
+
 def status_main(args: argparse.Namespace) -> int:
     from overlay.store.api import StoreError
 
     try:
-        cfg = StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
-                                    args.etcd_keyfile)
-        st = asyncio.run(_status(cfg))
+        st = asyncio.run(_status(status_config(args)))
     except (StoreError, ValueError) as e:
         print(f"weftctl store status: {e}", file=sys.stderr)
         return 1

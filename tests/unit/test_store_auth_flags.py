@@ -1,0 +1,108 @@
+"""The etcd auth flags reach StoreConfig: flanneld (-etcd-username/-etcd-password and
+FLANNELD_ETCD_*), dnsd, and weftctl's network, store status and dns commands
+(WEFT_ETCD_PASSWORD when the flag is absent). No network."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from overlay.cli import flanneld, network_cmd, store_cmd
+from overlay.store.api import StoreConfig
+
+EP = "http://127.0.0.1:2379"
+
+
+def test_from_flag_keeps_positional_parameters_and_adds_keyword_auth() -> None:
+    cfg = StoreConfig.from_flag(EP, "ca.pem", "c.pem", "k.pem")
+    assert (cfg.cafile, cfg.certfile, cfg.keyfile) == ("ca.pem", "c.pem", "k.pem")
+    assert cfg.username is None and cfg.password is None
+    cfg = StoreConfig.from_flag(EP, username="root", password="pw")
+    assert (cfg.username, cfg.password) == ("root", "pw")
+    assert "pw" not in repr(cfg)
+    # empty username = no auth; a password alone is ignored, as etcd's client does
+    assert StoreConfig.from_flag(EP, username="", password="pw").password is None
+    with pytest.raises(TypeError):
+        StoreConfig.from_flag(EP, None, None, None, "root")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("argv", "env", "want"), [
+    ([], {}, (None, None)),
+    (["-etcd-username", "root", "-etcd-password=pw"], {}, ("root", "pw")),
+    (["--etcd-username=root", "--etcd-password", "pw"], {}, ("root", "pw")),
+    ([], {"FLANNELD_ETCD_USERNAME": "u", "FLANNELD_ETCD_PASSWORD": "envpw"}, ("u", "envpw")),
+    (["-etcd-password=flag"], {"FLANNELD_ETCD_USERNAME": "u",
+                               "FLANNELD_ETCD_PASSWORD": "envpw"}, ("u", "flag")),
+], ids=["none", "one-dash", "two-dash", "env", "flag-beats-env"])
+def test_flanneld_auth_reaches_store_config(argv: list[str], env: dict[str, str],
+                                            want: tuple[str | None, str | None]) -> None:
+    _, _, store_cfg = flanneld.parse_args(argv, env)
+    assert (store_cfg.username, store_cfg.password) == want
+
+
+def test_flanneld_help_names_the_env_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        flanneld.build_parser({}).parse(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "-etcd-username" in out and "-etcd-password" in out
+    assert "FLANNELD_ETCD_PASSWORD" in out and "ps" in out
+
+
+def test_dnsd_auth_flags_and_env() -> None:
+    from dnsd.cli import parse_config
+
+    assert parse_config([], {}).store.username is None
+    cfg = parse_config(["-etcd-username=dns", "-etcd-password=pw"], {}).store
+    assert (cfg.username, cfg.password) == ("dns", "pw")
+    cfg = parse_config(["-etcd-username=dns"], {"WEFT_ETCD_PASSWORD": "envpw"}).store
+    assert (cfg.username, cfg.password) == ("dns", "envpw")
+
+
+def _weftctl_parser() -> argparse.ArgumentParser:
+    from dnsd import admin
+
+    p = argparse.ArgumentParser(prog="weftctl")
+    sub = p.add_subparsers(dest="command")
+    network_cmd.register(sub)
+    store_cmd.register(sub)
+    admin.register(sub)
+    return p
+
+
+def _cfg_of(args: argparse.Namespace) -> StoreConfig:
+    from dnsd import admin
+
+    if args.command == "dns":
+        return admin._config(args)
+    if args.command == "store":
+        return store_cmd.status_config(args)
+    return network_cmd.store_config(args)
+
+
+@pytest.mark.parametrize("cmd", [["network", "get"], ["leases"], ["store", "status"],
+                                  ["dns", "ls"]])
+def test_weftctl_auth_flags(cmd: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("WEFT_ETCD_PASSWORD", "WEFT_ETCD_USERNAME", "FLANNELD_ETCD_PASSWORD",
+                "FLANNELD_ETCD_USERNAME"):
+        monkeypatch.delenv(var, raising=False)
+    p = _weftctl_parser()
+    cfg = _cfg_of(p.parse_args([*cmd, "-etcd-endpoints", EP]))
+    assert (cfg.username, cfg.password) == (None, None)
+    cfg = _cfg_of(p.parse_args([*cmd, "-etcd-username", "root", "--etcd-password", "pw"]))
+    assert (cfg.username, cfg.password) == ("root", "pw")
+    monkeypatch.setenv("WEFT_ETCD_PASSWORD", "envpw")
+    cfg = _cfg_of(p.parse_args([*cmd, "--etcd-username", "root"]))
+    assert (cfg.username, cfg.password) == ("root", "envpw")
+    cfg = _cfg_of(p.parse_args([*cmd, "--etcd-username", "root", "-etcd-password", "flag"]))
+    assert cfg.password == "flag"
+
+
+def test_weftctl_help_mentions_the_password_variable(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    p = _weftctl_parser()
+    for cmd in (["network", "set"], ["store", "status"], ["dns", "set"]):
+        with pytest.raises(SystemExit):
+            p.parse_args([*cmd, "--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert "-etcd-username" in out and "WEFT_ETCD_PASSWORD" in out, cmd
