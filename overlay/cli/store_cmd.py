@@ -14,6 +14,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -51,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--retain-revisions", "-retain-revisions", type=int, default=10_000,
                        help="history kept for watches; older revisions are compacted "
                             "[default 10000]")
+    serve.add_argument("--experimental-watch-progress-notify-interval",
+                       "-experimental-watch-progress-notify-interval", dest="progress_interval",
+                       type=go_duration, default="10m", metavar="DURATION",
+                       help="how often watches created with progress_notify hear the current "
+                            "revision (etcd's flag; e.g. 10m, 30s, 500ms) [default 10m]")
     serve.set_defaults(func=serve_main)
 
     status = sub.add_parser("status", help="Maintenance Status of a store (embedded or etcd)")
@@ -67,6 +73,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "in `ps`, so prefer WEFT_ETCD_PASSWORD in the environment "
                              "(used when this flag is absent)")
     status.set_defaults(func=status_main)
+
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)")
+
+
+def go_duration(text: str) -> float:
+    """A positive Go duration as etcd's flags take it (``10m``, ``1m30s``, ``250ms``), in
+    seconds."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 10m, 30s or 500ms")
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the duration must be positive")
+    return seconds
 
 
 def serve_main(args: argparse.Namespace) -> int:
@@ -90,7 +112,8 @@ def serve_main(args: argparse.Namespace) -> int:
     if args.retain_revisions < 1:
         print("weftctl store serve: --retain-revisions must be >= 1", file=sys.stderr)
         return 2
-    server = EmbeddedServer(args.data_dir, host, port, tls, retain=args.retain_revisions)
+    server = EmbeddedServer(args.data_dir, host, port, tls, retain=args.retain_revisions,
+                            progress_interval=args.progress_interval)
     try:
         asyncio.run(_serve(server))
     except OSError as e:

@@ -62,8 +62,10 @@ class StoreProcess:
 
 
 def start_etcd(data_dir: Path, host: str = "127.0.0.1", port: int = 0,
-               log: Path | None = None, netns: str | None = None) -> StoreProcess:
-    """Run Debian's etcd (single member) and wait until its client port answers."""
+               log: Path | None = None, netns: str | None = None,
+               extra: tuple[str, ...] = ()) -> StoreProcess:
+    """Run Debian's etcd (single member) and wait until its client port answers;
+    ``extra`` adds etcd flags."""
     binary = shutil.which("etcd") or "/usr/bin/etcd"
     port = port or free_port(host)
     peer = free_port(host) if netns is None else port + 1
@@ -73,7 +75,7 @@ def start_etcd(data_dir: Path, host: str = "127.0.0.1", port: int = 0,
         binary, "--name", "n0", "--data-dir", str(data_dir),
         "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
         "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-        "--initial-cluster", f"n0={peer_url}", "--log-level", "warn",
+        "--initial-cluster", f"n0={peer_url}", "--log-level", "warn", *extra,
     ]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]

@@ -95,6 +95,7 @@ _BUSY_GAP_S = 0.00025  # a write this soon after the last commit means concurren
 # (50-client put/s 1.5-2x), while each of those writers already waits several ms in
 # gRPC's queue
 _BATCH_WINDOW_S = 0.002
+PROGRESS_INTERVAL_S = 600.0  # etcd's --experimental-watch-progress-notify-interval (10m)
 _CROWD = 20  # calls in flight at once (recent peak) from which a commit waits for company
 _PEAK_PERIOD_S = 0.1  # how recent
 
@@ -236,6 +237,7 @@ class _Watcher:
     no_put: bool
     no_delete: bool
     out: asyncio.Queue[Any]
+    progress_notify: bool = False
 
     def select(self, events: list[WatchEvent]) -> list[Any]:
         return [
@@ -259,6 +261,8 @@ class Committer:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
         self.watchers: set[_Watcher] = set()
         self.broken: Exception | None = None
+        # every revision up to this one is on disk and was sent to the watchers
+        self.committed_revision = state.revision
         self.active_calls = 0  # unary RPCs being handled (kept by the registration shim)
         self._started = 0.0
         self._last_end = 0.0  # when the last commit finished
@@ -362,6 +366,7 @@ class Committer:
                        else RuntimeError(str(exc)))
             self._waiters = []
             return
+        self.committed_revision = batch.revision
         for rev, events in self._state.finish(batch):
             header = self._header(rev)
             for watcher in list(self.watchers):
@@ -383,6 +388,15 @@ class Committer:
         next await, so it may use the database on the loop until then."""
         while self._writing or self._scheduled:
             await self.durable()
+
+    def notify_progress(self) -> None:
+        """etcd's progress notification: each watcher created with ``progress_notify``
+        hears the committed revision (no events), so a quiet watch still learns how far
+        it is up to date."""
+        header = self._header(self.committed_revision)
+        for w in self.watchers:
+            if w.progress_notify:
+                w.out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=w.id))
 
     async def drain(self) -> None:
         """Wait until nothing is being written (before closing the state)."""
@@ -554,7 +568,9 @@ class StoreService:
                 out.put_nowait(rpc_pb2.WatchResponse(header=self.header(), watch_id=wid,
                                                      canceled=True))
         elif which == "progress_request":
-            out.put_nowait(rpc_pb2.WatchResponse(header=self.header(), watch_id=-1))
+            # every event up to the committed revision has been sent to this stream
+            out.put_nowait(rpc_pb2.WatchResponse(
+                header=self.header(self.committer.committed_revision), watch_id=-1))
 
     def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: dict[int, _Watcher]) -> None:
         wid = c.watch_id
@@ -573,7 +589,7 @@ class StoreService:
         filters = set(c.filters)
         w = _Watcher(wid, bytes(c.key), bytes(c.range_end), c.prev_kv,
                      rpc_pb2.WatchCreateRequest.NOPUT in filters,
-                     rpc_pb2.WatchCreateRequest.NODELETE in filters, out)
+                     rpc_pb2.WatchCreateRequest.NODELETE in filters, out, c.progress_notify)
         if start:
             for rev, events in self.state.events_since(start):
                 selected = w.select(events)
@@ -722,8 +738,10 @@ class EmbeddedServer:
     """The store server: open the data dir, serve gRPC, expire leases, stop cleanly."""
 
     def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 2379,
-                 tls: TLSFiles | None = None, retain: int = 10_000) -> None:
+                 tls: TLSFiles | None = None, retain: int = 10_000,
+                 progress_interval: float = PROGRESS_INTERVAL_S) -> None:
         self.data_dir = Path(data_dir)
+        self.progress_interval = progress_interval
         self.host = host
         self.port = port
         self.tls = tls
@@ -732,6 +750,7 @@ class EmbeddedServer:
         self.service: StoreService | None = None
         self._server: Server | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._progress: asyncio.Task[None] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -770,6 +789,7 @@ class EmbeddedServer:
         self.service.client_urls = [self.endpoint]
         self._server = server
         self._expiry = asyncio.create_task(self._expire_loop())
+        self._progress = asyncio.create_task(self._progress_loop())
         log.info("store: serving %s, data dir %s, revision %d", self.endpoint,
                  self.data_dir, self.state.revision)
 
@@ -783,15 +803,22 @@ class EmbeddedServer:
             if self.state.expire_leases():
                 self.service.committer.kick()
 
+    async def _progress_loop(self) -> None:
+        assert self.service is not None
+        while True:
+            await asyncio.sleep(self.progress_interval)
+            self.service.committer.notify_progress()
+
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_closed()
 
     async def stop(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry
+        for task in (self._expiry, self._progress):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.stop()
         if self.service is not None:
