@@ -649,6 +649,55 @@ class _Connection(asyncio.Protocol):
                 return
 
 
+class _TLSHandshake(asyncio.Protocol):
+    """A TCP connection that becomes TLS: the handshake is done here (``start_tls``)
+    rather than inside the listener, so a refused client is logged with its address and
+    the reason, as etcd logs it (asyncio's listener drops them silently)."""
+
+    def __init__(self, server: Server, tls: ssl.SSLContext) -> None:
+        self.server = server
+        self.tls = tls
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        tcp = cast(asyncio.Transport, transport)
+        tcp.pause_reading()  # the ClientHello is for the TLS layer, not for us
+        self.task = asyncio.get_running_loop().create_task(self._upgrade(tcp))
+        self.server._handshakes.add(self.task)
+        self.task.add_done_callback(self.server._handshakes.discard)
+
+    async def _upgrade(self, tcp: asyncio.Transport) -> None:
+        peer = tcp.get_extra_info("peername")
+        conn = _Connection(self.server)
+        try:
+            transport = await asyncio.get_running_loop().start_tls(
+                tcp, conn, self.tls, server_side=True, ssl_handshake_timeout=10)
+        except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
+            reason = getattr(e, "reason", None) or str(e) or type(e).__name__
+            # a refused client (no or untrusted certificate, no TLS) is worth a warning;
+            # a bare TCP probe that hangs up (port checks, load balancers) is not
+            refused = isinstance(e, ssl.SSLError) and not isinstance(
+                e, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+            log.log(logging.WARNING if refused else logging.DEBUG,
+                    "store: rejected connection from %s: TLS handshake failed: %s",
+                    _address(peer), reason)
+            tcp.close()
+            return
+        if transport is None:  # the peer went away during the handshake
+            return
+        conn.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+def _address(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
 def _unpad(flags: int, payload: bytes) -> bytes:
     if not flags & PADDED:
         return payload
@@ -666,6 +715,7 @@ class Server:
         self._services = {p.rsplit(b"/", 1)[0] for p in self.methods}
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
 
     def unknown(self, path: bytes) -> str:
@@ -677,14 +727,17 @@ class Server:
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
         """Listen; returns the bound port (``port`` 0 picks one). OSError if it cannot."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port,
-                                                ssl=tls, reuse_address=True)
+        factory: Callable[[], asyncio.Protocol] = (
+            (lambda: _Connection(self)) if tls is None else (lambda: _TLSHandshake(self, tls)))
+        self._server = await loop.create_server(factory, host, port, reuse_address=True)
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._handshakes):
+                task.cancel()
             for conn in list(self._connections):
                 conn.shutdown()
             with contextlib.suppress(Exception):

@@ -3,9 +3,11 @@ TLS and refuses clients without a certificate signed by the trusted CA."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +81,14 @@ async def test_client_without_trusted_certificate_is_refused(
         store = await connect(cfg)
         await store.close()
     assert "no store endpoint answered" in str(e.value)
+    # the store says whom it turned away and why, as etcd does
+    want = {"no-certificate": "PEER_DID_NOT_RETURN_A_CERTIFICATE",
+            "untrusted-certificate": "CERTIFICATE_VERIFY_FAILED",
+            "plaintext": "TLS handshake failed"}[client]
+    deadline = time.monotonic() + 3  # with TLS 1.3 the client can give up first
+    while want not in (log := (d / "store.log").read_text()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert "WARNING" in log and "rejected connection from 127.0.0.1:" in log and want in log
 
 
 def test_etcdctl_needs_a_client_certificate(tls_server: tuple[StoreProcess, Path]) -> None:
