@@ -2,14 +2,20 @@
 
 Flags take one or two dashes and fall back to ``SKYDNS_*`` (and SkyDNS's
 ``ETCD_*`` / ``PROMETHEUS_PORT``) environment variables. Nothing below this
-module reads the environment.
+module reads the environment. Before binding, ``main`` reads SkyDNS's
+``<path-prefix>/config`` key once (one attempt, at most ``CONFIG_READ_TIMEOUT``
+seconds, so an unreachable store still leaves dnsd starting on its flags and the
+feed retrying in the background, as before) and merges it over the flags; see
+``skyconfig`` for the rules.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,13 +27,26 @@ from overlay.cli.flags import FlagParser
 from overlay.statushttp import start_status_server
 from overlay.store.api import DEFAULT_ENDPOINTS, Store, StoreConfig
 
+from . import skyconfig
 from .engine import Engine, EngineConfig
 from .feed import Feed
-from .forward import DEFAULT_ALLOW, Forwarder, make_forwarder, parse_hostport
+from .forward import (
+    DEFAULT_ALLOW,
+    Forwarder,
+    Network,
+    make_forwarder,
+    parse_hostport,
+    parse_networks,
+)
 from .index import Index
 from .server import DnsServer, ServerConfig
 
 log = logging.getLogger("dnsd")
+
+CONFIG_READ_TIMEOUT = 2.0  # one bounded read of <prefix>/config; never wait for the store
+DEFAULT_NETWORKS = parse_networks(DEFAULT_ALLOW)
+# flags a /skydns/config field can override (skyconfig.FLAG_OF's values)
+_OVERRIDABLE = frozenset(skyconfig.FLAG_OF.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +61,18 @@ class DnsdConfig:
     udp_batch: bool
     metrics_port: int
     verbose: bool
+    forward_allow: tuple[Network, ...] = DEFAULT_NETWORKS  # kept for a key's nameservers
 
 
 def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
-    p = FlagParser("dnsd", "SkyDNS-compatible DNS answering from the cluster store.",
+    p = FlagParser("dnsd", "SkyDNS-compatible DNS answering from the cluster store.\n\n"
+                   "At startup dnsd reads SkyDNS's JSON config key <path-prefix>/config "
+                   "(default /skydns/config)\nonce; it is not watched, so a change needs a "
+                   "restart. Its fields dns_addr, domain,\nnameservers, no_rec, "
+                   "read_timeout, round_robin, ttl, min_ttl and priority override these\n"
+                   "flags (even explicit ones, as in SkyDNS); other SkyDNS fields are "
+                   "ignored. A bad key\nor field is logged and skipped; an unreachable "
+                   "store means the flags alone apply.",
                    env_prefixes=("SKYDNS_",), environ=environ)
     p.add("addr", "address to serve DNS on (UDP and TCP)", "127.0.0.1:53")
     p.add("domain", "zone(s) to be authoritative for, comma separated", "skydns.local.")
@@ -98,6 +125,7 @@ def parse_config(argv: Sequence[str] | None,
             a.etcd_certfile or a.tls_pem, a.etcd_keyfile or a.tls_key,
             username=a.etcd_username, password=a.etcd_password)
         forwarder = make_forwarder(a.nameservers.split(","), a.forward_allow)
+        allow = parse_networks(a.forward_allow)
         if not 0 <= a.metrics_port <= 65535:
             raise ValueError(f"-metrics-port {a.metrics_port} out of range")
     except ValueError as exc:
@@ -105,7 +133,72 @@ def parse_config(argv: Sequence[str] | None,
         raise  # parser.error exits; this keeps the type checker informed
     prefix = "/" + (a.etcd_prefix or a.path_prefix).strip("/")
     return DnsdConfig(host, port, engine, prefix, store, forwarder, a.round_robin,
-                      a.udp_batch, a.metrics_port, a.verbose)
+                      a.udp_batch, a.metrics_port, a.verbose,
+                      allow)
+
+
+def explicit_flags(argv: Sequence[str], environ: Mapping[str, str]) -> frozenset[str]:
+    """The overridable flags set on the command line or via ``SKYDNS_*``, not defaulted.
+
+    FlagParser folds defaults in, so this looks at the raw spellings it accepts:
+    ``-f``, ``--f``, ``-f=v``, ``--f=v``.
+    """
+    given = {arg.lstrip("-").split("=", 1)[0] for arg in argv if arg.startswith("-")}
+    env = {f for f in _OVERRIDABLE if "SKYDNS_" + f.upper().replace("-", "_") in environ}
+    return frozenset((given & _OVERRIDABLE) | env)
+
+
+async def read_config_key(store_cfg: StoreConfig, key: str) -> bytes | None:
+    """The value of ``key`` (None when absent); store errors propagate."""
+    from overlay.store.client import connect  # aetcd: imported only when needed
+
+    store = await connect(store_cfg)
+    try:
+        kv = await store.get(key.encode())
+        return None if kv is None else kv.value
+    finally:
+        await store.close()
+
+
+def apply_config_key(cfg: DnsdConfig, key: str, raw: bytes | None,
+                     explicit: frozenset[str]) -> DnsdConfig:
+    """Merge the key's value over ``cfg``, logging what was skipped and overridden."""
+    if raw is None:
+        log.debug("%s: no such key; using the flags", key)
+        return cfg
+    sky = skyconfig.parse(raw)
+    for p in sky.problems:
+        if p.field is None:
+            log.warning("%s: ignored: %s; using the flags", key, p.reason)
+        else:
+            log.warning("%s: field %s ignored: %s", key, p.field, p.reason)
+    if sky.ignored:
+        log.info("%s: accepted but not supported by dnsd, ignored: %s", key,
+                 ", ".join(sky.ignored))
+    if sky.unknown:
+        log.warning("%s: unknown fields ignored: %s", key, ", ".join(sky.unknown))
+    merged, overrides = skyconfig.merge(cfg, sky, explicit)
+    for o in overrides:
+        log.info("%s: %s=%s overrides the explicit -%s", key, o.field,
+                 json.dumps(o.value), o.flag)
+    if sky.present():
+        log.info("%s: applied %s", key, ", ".join(sky.present()))
+    return merged
+
+
+def load_config_key(cfg: DnsdConfig, explicit: frozenset[str],
+                    timeout: float = CONFIG_READ_TIMEOUT) -> DnsdConfig:
+    """``cfg`` merged with ``<prefix>/config``; ``cfg`` itself if the store does not answer."""
+    key = cfg.prefix.rstrip("/") + "/config"
+    try:
+        raw = asyncio.run(asyncio.wait_for(read_config_key(cfg.store, key), timeout))
+    except Exception as exc:  # the startup read's boundary: never stops dnsd
+        why = (f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError)
+               else str(exc) or type(exc).__name__)
+        log.warning("%s not read (%s); starting with the flags, the key is read only at "
+                    "startup", key, why)
+        return cfg
+    return apply_config_key(cfg, key, raw, explicit)
 
 
 class Daemon:
@@ -191,10 +284,12 @@ class Daemon:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    cfg = parse_config(args)
     logging.basicConfig(level=logging.DEBUG if cfg.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    cfg = load_config_key(cfg, explicit_flags(args, os.environ))
     try:
         daemon = Daemon(cfg)
     except OSError as exc:

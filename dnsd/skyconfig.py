@@ -1,0 +1,250 @@
+"""SkyDNS's ``<path-prefix>/config`` key: parse its JSON and merge it over dnsd's flags.
+
+SkyDNS reads this key once at startup and unmarshals it over the config its
+flags built, so a field present in the key wins over the flag, even one given
+explicitly. dnsd does the same, once at startup (no watch: a change needs a
+restart), and the shell logs at INFO every field that overrode an explicit flag.
+
+Fields and what dnsd does with them:
+
+- honoured: ``dns_addr`` (``ip:port``; empty ip = all addresses, as ``-addr``),
+  ``domain``, ``nameservers`` (list of ``ip[:port]``; turns forwarding on, as
+  ``-nameservers``), ``no_rec`` (true turns forwarding off), ``read_timeout``
+  (the forwarder's timeout; a number is Go's ``time.Duration`` in nanoseconds,
+  as SkyDNS writes it, a string like ``"2s"``/``"500ms"`` is also taken),
+  ``round_robin``, ``ttl``, ``min_ttl``, ``priority`` (SRV/MX priority for
+  records that say 0).
+- accepted but ignored (listed in one INFO line): ``local``, ``hostmaster``
+  (dnsd's SOA mbox is ``hostmaster.<zone>``), ``dnssec``, ``ns_rotate`` (dnsd
+  always picks the first upstream by query ID), ``scache``, ``rcache``,
+  ``rcache_ttl`` (dnsd's answer cache is always on and dropped on every change),
+  ``ndot``/``ndots``, ``systemd``, ``etcd3``.
+- a number 0 means "unset" (SkyDNS's ``omitempty`` + defaults), so the flag value
+  stays; an empty ``nameservers`` list likewise.
+- anything else is unknown and ignored (one WARNING: likely a typo).
+
+Bad input never stops dnsd: a key that is not JSON or not an object is ignored
+whole, a field with the wrong type or an invalid value is ignored alone; each
+becomes a ``Problem`` the shell logs as a WARNING naming the key and the field.
+This module is pure: no store, no logging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .engine import EngineConfig
+from .forward import Forwarder, parse_hostport
+from .keys import BadNameError, split_name
+
+if TYPE_CHECKING:
+    from .cli import DnsdConfig
+
+HONOURED = ("dns_addr", "domain", "nameservers", "no_rec", "read_timeout", "round_robin",
+            "ttl", "min_ttl", "priority")
+IGNORED = ("local", "hostmaster", "dnssec", "ns_rotate", "scache", "rcache", "rcache_ttl",
+           "ndot", "ndots", "systemd", "etcd3")
+# the dnsd flag each honoured field overrides (fields without a flag cannot be explicit)
+FLAG_OF = {"dns_addr": "addr", "domain": "domain", "nameservers": "nameservers",
+           "no_rec": "nameservers", "round_robin": "round-robin", "ttl": "ttl",
+           "min_ttl": "min-ttl"}
+MAX_TTL = 2**31 - 1  # RFC 2181 8
+DEFAULT_READ_TIMEOUT = 2.0  # dnsd's forwarder default, used when only the key turns it on
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)$")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why ``field`` (None = the whole key) was ignored."""
+
+    field: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SkyConfig:
+    """The valid, set fields of the key (None = absent/unset) and what was left out."""
+
+    dns_addr: tuple[str, int] | None = None
+    domain: str | None = None
+    nameservers: tuple[tuple[str, int], ...] | None = None
+    no_rec: bool | None = None
+    read_timeout: float | None = None
+    round_robin: bool | None = None
+    ttl: int | None = None
+    min_ttl: int | None = None
+    priority: int | None = None
+    ignored: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+    def present(self) -> tuple[str, ...]:
+        """Honoured fields that carry a value, in ``HONOURED`` order."""
+        return tuple(f for f in HONOURED if getattr(self, f) is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A key field that replaced the value of a flag given explicitly."""
+
+    field: str
+    flag: str
+    value: object
+
+
+class _Bad(ValueError):
+    pass
+
+
+def _int(value: object, lo: int, hi: int) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise _Bad(f"want an integer, got {json.dumps(value)}")
+    if value == 0:
+        return None
+    if not lo <= value <= hi:
+        raise _Bad(f"{value} out of range {lo}..{hi}")
+    return value
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"want true or false, got {json.dumps(value)}")
+    return value
+
+
+def _ip_port(text: object, default_port: int | None) -> tuple[str, int]:
+    if not isinstance(text, str):
+        raise _Bad(f"want a string \"ip:port\", got {json.dumps(text)}")
+    try:
+        host, port = parse_hostport(text, default_port or 0)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    if port == 0:
+        raise _Bad(f"{text!r}: want ip:port with a port 1..65535")
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise _Bad(f"{text!r}: {host!r} is not an IP address") from None
+    return host, port
+
+
+def _addr(value: object) -> tuple[str, int]:
+    host, port = _ip_port(value, None)
+    return host or "0.0.0.0", port
+
+
+def _domain(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"want a string, got {json.dumps(value)}")
+    try:
+        labels = split_name(value)
+    except BadNameError as exc:
+        raise _Bad(str(exc)) from None
+    if not labels:
+        raise _Bad(f"{value!r}: empty (the root zone is not served)")
+    return ".".join(labels) + "."
+
+
+def _nameservers(value: object) -> tuple[tuple[str, int], ...] | None:
+    if not isinstance(value, list):
+        raise _Bad(f"want a list of \"ip:port\" strings, got {json.dumps(value)}")
+    ups = tuple(_ip_port(v, 53) for v in value)
+    if any(not host for host, _ in ups):
+        raise _Bad("an entry has no IP address")
+    return ups or None
+
+
+def _duration(value: object) -> float | None:
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if not m:
+            raise _Bad(f"{value!r}: want a duration like \"2s\" or \"500ms\"")
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value / 1e9  # Go's time.Duration marshals as nanoseconds
+    else:
+        raise _Bad(f"want nanoseconds or a string like \"2s\", got {json.dumps(value)}")
+    if seconds == 0:
+        return None
+    if not 0.001 <= seconds <= 60:
+        raise _Bad(f"{value!r} is {seconds:g}s; want 1ms..60s")
+    return seconds
+
+
+_PARSERS: dict[str, Callable[[object], object]] = {
+    "dns_addr": _addr,
+    "domain": _domain,
+    "nameservers": _nameservers,
+    "no_rec": _bool,
+    "read_timeout": _duration,
+    "round_robin": _bool,
+    "ttl": lambda v: _int(v, 1, MAX_TTL),
+    "min_ttl": lambda v: _int(v, 1, MAX_TTL),
+    "priority": lambda v: _int(v, 1, 65535),
+}
+
+
+def parse(raw: bytes) -> SkyConfig:
+    """The key's value as a ``SkyConfig``; never raises, problems are carried in it."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return SkyConfig(problems=(Problem(None, f"not JSON: {exc}"),))
+    if not isinstance(doc, dict):
+        return SkyConfig(problems=(Problem(None, f"not a JSON object but {type(doc).__name__}"),))
+    values: dict[str, object] = {}
+    problems: list[Problem] = []
+    for name in HONOURED:
+        if name not in doc:
+            continue
+        try:
+            values[name] = _PARSERS[name](doc[name])
+        except _Bad as exc:
+            problems.append(Problem(name, str(exc)))
+    ignored = tuple(f for f in IGNORED if f in doc)
+    unknown = tuple(sorted(f for f in doc if f not in HONOURED and f not in IGNORED))
+    return SkyConfig(**values, ignored=ignored, unknown=unknown,  # type: ignore[arg-type]
+                     problems=tuple(problems))
+
+
+def merge(cfg: DnsdConfig, sky: SkyConfig,
+          explicit: Collection[str] = ()) -> tuple[DnsdConfig, tuple[Override, ...]]:
+    """``cfg`` with the key's fields applied, and the explicit flags they overrode.
+
+    ``explicit`` holds the dnsd flag names (``ttl``, ``min-ttl``...) that were set
+    on the command line or in the environment rather than left at their default.
+    """
+    overrides = tuple(Override(f, FLAG_OF[f], getattr(sky, f)) for f in sky.present()
+                      if FLAG_OF.get(f) in explicit and not (f == "no_rec" and not sky.no_rec))
+    host, port = sky.dns_addr or (cfg.host, cfg.port)
+    engine = cfg.engine
+    if sky.domain is not None:
+        engine = EngineConfig.from_domains([sky.domain], ttl=engine.ttl,
+                                           min_ttl=engine.min_ttl)
+        engine = dataclasses.replace(engine, priority=cfg.engine.priority)
+    engine = dataclasses.replace(
+        engine,
+        ttl=sky.ttl if sky.ttl is not None else engine.ttl,
+        min_ttl=sky.min_ttl if sky.min_ttl is not None else engine.min_ttl,
+        priority=sky.priority if sky.priority is not None else engine.priority)
+    old = cfg.forwarder
+    upstreams = sky.nameservers or (old.upstreams if old else ())
+    timeout = sky.read_timeout or (old.timeout if old else DEFAULT_READ_TIMEOUT)
+    forwarder = None
+    if upstreams and not sky.no_rec:
+        forwarder = Forwarder(upstreams, cfg.forward_allow, timeout)
+    round_robin = cfg.round_robin if sky.round_robin is None else sky.round_robin
+    merged = dataclasses.replace(cfg, host=host, port=port, engine=engine,
+                                 forwarder=forwarder, round_robin=round_robin)
+    return merged, overrides
