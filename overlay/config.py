@@ -201,6 +201,7 @@ class DaemonConfig:
     resync_interval: float = 10.0  # full reconcile period (flannel host-gw: 10 s)
     masq_interval: float = 5.0  # masquerade rule re-check (flannel: -iptables-resync, 5 s)
     masq_fully_random: bool = True  # flannel: off with -ip-masq-fully-random-disable
+    blackhole_route: bool = False  # flannel: -ip-blackhole-route, drop own-subnet strays
 
     def renew_interval(self) -> float:
         """Seconds between renewals: TTL - margin, or TTL/3 when the margin is not smaller.

@@ -37,12 +37,13 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from overlay import ipnet, subnetfile
 from overlay.backend.base import Backend, BackendConfigError, BackendError, ExternalInterface
+from overlay.backend.plan import desired_blackholes
 from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
 from overlay.health import HealthState, sd_notify
 from overlay.lease.allocator import NetworkFullError
@@ -71,6 +72,9 @@ class Masquerade(Protocol):
 
 
 MasqFactory = Callable[[NetworkConfig, Lease], Masquerade]
+# (wanted blackhole routes, cluster network) -> error messages; overlay.backend.netlink
+BlackholeSync = Callable[[frozenset[ipaddress.IPv4Network], ipaddress.IPv4Network],
+                         Awaitable[Sequence[str]]]
 
 class FatalError(RuntimeError):
     """flanneld cannot run with this host/config combination (e.g. host-gw behind NAT)."""
@@ -106,12 +110,14 @@ class Flanneld:
         sleep: Sleep = asyncio.sleep,
         health: HealthState | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        blackhole: BlackholeSync | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.ext = ext
         self.backend_factory = backend_factory
         self.masq_factory = masq_factory
+        self.blackhole = blackhole
         self.sleep = sleep
         self.monotonic = monotonic
         self.health = health or HealthState()
@@ -359,6 +365,7 @@ class Flanneld:
         """Program the backend with the complete peer set."""
         state = self._require()
         async with self._reconcile_lock:
+            await self._sync_blackhole(why)
             peers = self.peers()
             try:
                 report = await state.backend.reconcile(peers)
@@ -381,6 +388,24 @@ class Flanneld:
                          report.added, report.removed, report.changed)
             else:
                 log.debug("reconciled (%s): %d peers, no change", why, report.peers)
+
+    async def _sync_blackhole(self, why: str) -> None:
+        """-ip-blackhole-route: the own subnet's blackhole, on every pass (self-healing).
+
+        It follows the lease (a moved lease's old one goes); with the flag off a
+        leftover one goes. A plain restart keeps it: same lease, same route.
+        """
+        if self.blackhole is None:
+            return
+        state = self._require()
+        want = desired_blackholes(state.own.subnet, self.cfg.blackhole_route)
+        try:
+            errors = await self.blackhole(want, state.config.network)
+        except Exception as exc:  # boundary with the kernel: keep the daemon up
+            errors = [f"{exc}"]
+        for err in errors:
+            self.health.reconcile_errors_total += 1
+            log.warning("blackhole route (%s): %s", why, err)
 
     # -- loops ----------------------------------------------------------------
 

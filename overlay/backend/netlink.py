@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
 from overlay.backend.plan import (
+    BLACKHOLE_METRIC,
     ROUTE_PROTO,
     Fdb,
     KernelState,
@@ -38,6 +39,7 @@ from overlay.backend.plan import (
     OpKind,
     Plan,
     Route,
+    blackhole_diff,
     diff,
     summarize,
     within,
@@ -50,6 +52,8 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x04
 MAIN_TABLE = 254
+RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
 SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253
 _ZERO_MAC = "00:00:00:00:00:00"
@@ -135,6 +139,14 @@ class Kernel(Protocol):
         """
         ...
 
+    def blackholes(self) -> frozenset[ipaddress.IPv4Network]:
+        """Destinations of weft's blackhole routes (``ROUTE_PROTO``, ``BLACKHOLE_METRIC``)."""
+        ...
+
+    def set_blackhole(self, dst: ipaddress.IPv4Network, present: bool) -> None:
+        """Add (idempotently) or delete weft's blackhole route for ``dst``."""
+        ...
+
 
 def converge(k: Kernel, plan: Plan, vtep: str | None, network: ipaddress.IPv4Network | None,
              label: str) -> ReconcileReport:
@@ -154,6 +166,25 @@ def converge(k: Kernel, plan: Plan, vtep: str | None, network: ipaddress.IPv4Net
     for e in report.errors:
         log.warning("%s: %s", label, e)
     return report
+
+
+def sync_blackholes(k: Kernel, want: frozenset[ipaddress.IPv4Network],
+                    network: ipaddress.IPv4Network | None) -> list[str]:
+    """Make weft's blackhole routes in ``network`` exactly ``want``; one message per failure.
+
+    Separate from ``converge``: the blackhole is the daemon's (``-ip-blackhole-route``),
+    the same for every backend, and ``observe`` leaves it out of the backends' routes.
+    """
+    ops = blackhole_diff(want, k.blackholes(), network)
+    errors: list[str] = []
+    for dst, present in [(d, True) for d in ops.add] + [(d, False) for d in ops.remove]:
+        try:
+            k.set_blackhole(dst, present)
+        except KernelError as exc:
+            errors.append(f"{'add' if present else 'delete'} blackhole {dst}: {exc}")
+            continue
+        log.info("%s blackhole route %s", "added" if present else "removed", dst)
+    return errors
 
 
 # ---------------------------------------------------------------------------
@@ -294,8 +325,8 @@ class NetlinkKernel:
                     continue
         routes: set[Route] = set()
         for m in self._ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-            if m["proto"] != ROUTE_PROTO:
-                continue
+            if m["proto"] != ROUTE_PROTO or m["type"] != RTN_UNICAST:
+                continue  # e.g. the -ip-blackhole-route blackhole: not a backend's
             dst = m.get_attr("RTA_DST") or "0.0.0.0"
             gw = m.get_attr("RTA_GATEWAY")
             oif = m.get_attr("RTA_OIF")
@@ -305,6 +336,25 @@ class NetlinkKernel:
                 ipaddress.IPv4Address(gw) if gw else None,
                 bool(m["flags"] & RTNH_F_ONLINK)))
         return KernelState(frozenset(neighs), frozenset(fdbs), frozenset(routes))
+
+    def blackholes(self) -> frozenset[ipaddress.IPv4Network]:
+        return frozenset(
+            ipaddress.IPv4Network(f"{m.get_attr('RTA_DST') or '0.0.0.0'}/{m['dst_len']}")
+            for m in self._ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE)
+            if m["proto"] == ROUTE_PROTO and m["type"] == RTN_BLACKHOLE
+            and (m.get_attr("RTA_PRIORITY") or 0) == BLACKHOLE_METRIC)
+
+    def set_blackhole(self, dst: ipaddress.IPv4Network, present: bool) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        kw: dict[str, Any] = {"dst": str(dst), "table": MAIN_TABLE, "proto": ROUTE_PROTO,
+                              "type": RTN_BLACKHOLE, "priority": BLACKHOLE_METRIC}
+        try:
+            self._ipr.route("replace" if present else "del", **kw)
+        except NetlinkError as exc:
+            if present or exc.code not in _GONE:
+                raise KernelError(f"{'add' if present else 'delete'} blackhole {dst}",
+                                  exc.code, str(exc)) from None
 
     def apply(self, ops: Sequence[Op], vtep: str | None) -> list[str]:
         from pyroute2.netlink.exceptions import NetlinkError
@@ -429,6 +479,7 @@ class FakeKernel:
     state: KernelState = field(default_factory=KernelState)
     calls: list[str] = field(default_factory=list)
     fail: set[OpKind] = field(default_factory=set)  # op kinds that fail in apply
+    holes: set[ipaddress.IPv4Network] = field(default_factory=set)  # blackhole routes
     _next: int = 100
 
     def add_link(self, name: str, kind: str = "veth", mtu: int = 1500,
@@ -509,6 +560,17 @@ class FakeKernel:
                     f.add(e)
         self.state = KernelState(frozenset(n), frozenset(f), frozenset(r))
         return errors
+
+
+    def blackholes(self) -> frozenset[ipaddress.IPv4Network]:
+        return frozenset(self.holes)
+
+    def set_blackhole(self, dst: ipaddress.IPv4Network, present: bool) -> None:
+        self.calls.append(f"blackhole {'add' if present else 'del'} {dst}")
+        if present:
+            self.holes.add(dst)
+        else:
+            self.holes.discard(dst)
 
 
 _: Kernel = FakeKernel()

@@ -44,6 +44,12 @@ from overlay.lease.model import Lease
 # only ever deletes routes it created itself.
 ROUTE_PROTO = 0x57
 
+# -ip-blackhole-route's metric. The kernel keys IPv4 routes by (dst, tos, metric),
+# so a metric-0 blackhole for the own subnet would clash with the bridge's
+# connected route (EEXIST when cni0 exists, and hiding the containers when it
+# came first). Above it, the blackhole only catches what no bridge route covers.
+BLACKHOLE_METRIC = 1024
+
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -203,6 +209,37 @@ def desired_hostgw(own: Lease | None, peers: Sequence[Lease], ext_device: str) -
 def desired_udp(network: ipaddress.IPv4Network, device: str) -> Plan:
     """One route for the whole network via the TUN device; peers live in userspace."""
     return Plan(KernelState(routes=frozenset({Route(network, device)})))
+
+
+@dataclass(frozen=True, slots=True)
+class BlackholeOps:
+    """What turns the observed blackhole routes into the wanted ones (adds first)."""
+
+    add: tuple[ipaddress.IPv4Network, ...] = ()
+    remove: tuple[ipaddress.IPv4Network, ...] = ()
+
+
+def desired_blackholes(own: ipaddress.IPv4Network | None, enabled: bool
+                       ) -> frozenset[ipaddress.IPv4Network]:
+    """``-ip-blackhole-route``: one blackhole for the own subnet, or none at all.
+
+    Off means none, so a blackhole a previous run left behind is removed, as
+    ``-ip-masq`` rules are.
+    """
+    return frozenset({own}) if enabled and own is not None else frozenset()
+
+
+def blackhole_diff(want: frozenset[ipaddress.IPv4Network],
+                   have: Iterable[ipaddress.IPv4Network],
+                   network: ipaddress.IPv4Network | None) -> BlackholeOps:
+    """Adds for missing blackholes; removes for ours in ``network`` no longer wanted.
+
+    ``have`` is every blackhole carrying ``ROUTE_PROTO``; those outside
+    ``network`` belong to another daemon's network and are never removed.
+    """
+    seen = frozenset(have)
+    ours = frozenset(d for d in seen if network is None or d.subnet_of(network))
+    return BlackholeOps(tuple(sorted(want - seen)), tuple(sorted(ours - want)))
 
 
 def within(observed: KernelState, network: ipaddress.IPv4Network | None) -> KernelState:

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from overlay.config import (
     DaemonConfig,
     NetworkConfig,
 )
-from overlay.daemon import Masquerade
+from overlay.daemon import BlackholeSync, Masquerade
 from overlay.lease.model import DEFAULT_PREFIX, Lease
 from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
 
@@ -75,6 +75,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add_bool("ip-masq", "masquerade traffic leaving the overlay network (nftables)")
     p.add_bool("ip-masq-fully-random-disable", "masquerade without the fully-random port "
                "mapping")
+    p.add_bool("ip-blackhole-route", "add a blackhole route for this host's subnet, so "
+               "traffic to its addresses no container holds is dropped here instead of "
+               "following the default route (the bridge's own route still wins)")
     p.add("iptables-resync", "seconds between checks that the masquerade rules are intact "
           "(kept under flannel's name)", default=5, type=int, metavar="SECONDS")
     p.add("subnet-lease-renew-margin", "renew the lease this many minutes before it expires "
@@ -134,6 +137,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         ip_masq=bool(args.ip_masq),
         masq_interval=float(args.iptables_resync),
         masq_fully_random=not args.ip_masq_fully_random_disable,
+        blackhole_route=bool(args.ip_blackhole_route),
         lease_ttl=args.subnet_lease_ttl,
         renew_margin=args.subnet_lease_renew_margin,
         healthz_ip=args.healthz_ip,
@@ -158,6 +162,23 @@ def masq_factory(cfg: DaemonConfig) -> Callable[[NetworkConfig, Lease], Masquera
         return NftMasquerade(config.network, own.subnet, fully_random=cfg.masq_fully_random)
 
     return make
+
+
+@contextlib.asynccontextmanager
+async def blackhole_sync() -> AsyncIterator[BlackholeSync]:
+    """-ip-blackhole-route's kernel edge: its own netlink thread, closed on exit."""
+    from overlay.backend.netlink import KernelThread, NetlinkKernel, sync_blackholes
+
+    kernel = KernelThread(NetlinkKernel)
+
+    async def sync(want: frozenset[ipaddress.IPv4Network], network: ipaddress.IPv4Network
+                   ) -> list[str]:
+        return await kernel.run(lambda k: sync_blackholes(k, want, network))
+
+    try:
+        yield sync
+    finally:
+        kernel.close()
 
 
 async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterface) -> int:
@@ -186,9 +207,11 @@ async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterfac
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
     log.info("connected to the store at %s", ", ".join(store_cfg.endpoints))
-    daemon = Flanneld(cfg, store, ext, make_backend, masq_factory(cfg), health=health)
     try:
-        await daemon.run()
+        async with blackhole_sync() as blackhole:
+            daemon = Flanneld(cfg, store, ext, make_backend, masq_factory(cfg),
+                              health=health, blackhole=blackhole)
+            await daemon.run()
     finally:
         if server is not None:
             server.close()
