@@ -25,6 +25,7 @@ from .keys import Labels, key_to_path
 from .records import RecordError, Service, decode
 
 log = logging.getLogger(__name__)
+_CONFIG = ("config",)  # <prefix>/config is SkyDNS's settings (dnsd/skyconfig.py), no record
 
 WILDCARDS = frozenset({"*", "any"})
 
@@ -105,7 +106,7 @@ class Index:
         except UnicodeDecodeError:
             return None
         path = key_to_path(text, self.prefix)
-        if path is None or any(len(lab) > 63 for lab in path):
+        if path is None or path == _CONFIG or any(len(lab) > 63 for lab in path):
             return None
         return path
 

@@ -162,3 +162,14 @@ def test_deeply_nested_value_is_a_bad_value_not_a_feed_failure() -> None:
     index.load(Listing((KeyValue(b"/skydns/local/skydns/x", b"[" * 100_000, 2, 2, 1),
                         KeyValue(b"/skydns/local/skydns/y", b'{"host":"10.0.0.1"}', 3, 3, 1)), 3))
     assert index.bad_values == 1 and index.size == 1
+
+
+def test_skydns_config_key_is_not_a_record() -> None:
+    """``/skydns/config`` holds SkyDNS's settings: neither a name nor a bad value."""
+    from overlay.store.api import KeyValue, Listing
+
+    index = Index()
+    index.load(Listing((KeyValue(b"/skydns/config", b'{"domain": "x.", "ttl": "oops"}', 2, 2, 1),
+                        KeyValue(b"/skydns/local/skydns/y", b'{"host":"10.0.0.1"}', 3, 3, 1)), 3))
+    assert index.bad_values == 0 and index.size == 1
+    assert _a(index, "config.")[0] is not Rcode.NOERROR or not _a(index, "config.")[1]
