@@ -34,10 +34,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from overlay.cli.flags import go_duration
 
 from .engine import EngineConfig
 from .forward import Forwarder, parse_hostport
@@ -56,8 +57,6 @@ FLAG_OF = {"dns_addr": "addr", "domain": "domain", "nameservers": "nameservers",
            "min_ttl": "min-ttl"}
 MAX_TTL = 2**31 - 1  # RFC 2181 8
 DEFAULT_READ_TIMEOUT = 2.0  # dnsd's forwarder default, used when only the key turns it on
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)$")
-_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +166,10 @@ def _nameservers(value: object) -> tuple[tuple[str, int], ...] | None:
 
 def _duration(value: object) -> float | None:
     if isinstance(value, str):
-        m = _DURATION.match(value.strip())
-        if not m:
-            raise _Bad(f"{value!r}: want a duration like \"2s\" or \"500ms\"")
-        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+        try:
+            seconds = go_duration(value)
+        except ValueError:
+            raise _Bad(f"{value!r}: want a duration like \"2s\" or \"500ms\"") from None
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = value / 1e9  # Go's time.Duration marshals as nanoseconds
     else:

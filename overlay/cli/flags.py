@@ -11,8 +11,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6,
+             "ns": 1e-9}
+_GO_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
+
+
+def go_duration(text: str) -> float:
+    """A Go duration as etcd's and SkyDNS's settings write it (``10m``, ``1m30s``,
+    ``250ms``), in seconds. ValueError if it is not one."""
+    text = text.strip()
+    parts = _GO_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration like 10m, 30s or 500ms")
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
 
 
 def _truthy(text: str) -> bool:

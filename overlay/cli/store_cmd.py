@@ -14,12 +14,12 @@ import asyncio
 import gc
 import logging
 import os
-import re
 import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from overlay.cli.flags import go_duration
 from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                             "[default 10000]")
     serve.add_argument("--experimental-watch-progress-notify-interval",
                        "-experimental-watch-progress-notify-interval", dest="progress_interval",
-                       type=go_duration, default="10m", metavar="DURATION",
+                       type=positive_duration, default="10m", metavar="DURATION",
                        help="how often watches created with progress_notify hear the current "
                             "revision (etcd's flag; e.g. 10m, 30s, 500ms) [default 10m]")
     serve.set_defaults(func=serve_main)
@@ -75,17 +75,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.set_defaults(func=status_main)
 
 
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)")
-
-
-def go_duration(text: str) -> float:
-    """A positive Go duration as etcd's flags take it (``10m``, ``1m30s``, ``250ms``), in
-    seconds."""
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 10m, 30s or 500ms")
-    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+def positive_duration(text: str) -> float:
+    """``--experimental-watch-progress-notify-interval``: a positive Go duration, seconds."""
+    try:
+        seconds = go_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the duration must be positive")
     return seconds

@@ -90,16 +90,16 @@ async def test_commit_waits_for_company_only_under_a_crowd(
     ("10m", 600.0), ("1m30s", 90.0), ("250ms", 0.25), ("1.5s", 1.5), ("1h", 3600.0),
 ])
 def test_go_duration(text: str, seconds: float) -> None:
-    from overlay.cli.store_cmd import go_duration
+    from overlay.cli.store_cmd import positive_duration
 
-    assert go_duration(text) == pytest.approx(seconds)
+    assert positive_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", ["", "10", "x", "-1s", "0s", "10mm", "1 m"])
 def test_go_duration_rejects(text: str) -> None:
     import argparse
 
-    from overlay.cli.store_cmd import go_duration
+    from overlay.cli.store_cmd import positive_duration
 
     with pytest.raises(argparse.ArgumentTypeError, match="duration"):
-        go_duration(text)
+        positive_duration(text)
