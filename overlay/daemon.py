@@ -118,6 +118,7 @@ class Flanneld:
         self.backend_factory = backend_factory
         self.masq_factory = masq_factory
         self.blackhole = blackhole
+        self._blackholes_clean = False  # flag off and no blackhole of ours left
         self.sleep = sleep
         self.monotonic = monotonic
         self.health = health or HealthState()
@@ -395,14 +396,15 @@ class Flanneld:
         It follows the lease (a moved lease's old one goes); with the flag off a
         leftover one goes. A plain restart keeps it: same lease, same route.
         """
-        if self.blackhole is None:
-            return
+        if self.blackhole is None or (self._blackholes_clean and not self.cfg.blackhole_route):
+            return  # flag off: a leftover can only predate this run, and it is gone
         state = self._require()
         want = desired_blackholes(state.own.subnet, self.cfg.blackhole_route)
         try:
             errors = await self.blackhole(want, state.config.network)
         except Exception as exc:  # boundary with the kernel: keep the daemon up
             errors = [f"{exc}"]
+        self._blackholes_clean = not errors
         for err in errors:
             self.health.reconcile_errors_total += 1
             log.warning("blackhole route (%s): %s", why, err)
