@@ -16,7 +16,8 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig, StoreError
+from overlay.cli.flags import store_config
+from overlay.store.api import DEFAULT_ENDPOINTS, StoreError
 
 from .keys import BadNameError, key_to_path, name_to_key, path_to_name
 from .records import RecordError, Service, decode, parse_ip
@@ -75,15 +76,6 @@ def register(subparsers: Any) -> None:
     ls.set_defaults(func=cmd_ls)
 
 
-def _config(args: argparse.Namespace) -> StoreConfig:
-    password = args.etcd_password
-    if password is None:
-        password = os.environ.get("WEFT_ETCD_PASSWORD")
-    return StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
-                                 args.etcd_keyfile, username=args.etcd_username,
-                                 password=password)
-
-
 def _prefix(args: argparse.Namespace) -> str:
     return "/" + str(args.path_prefix).strip("/")
 
@@ -111,7 +103,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     async def run() -> int:
         from overlay.store.client import connect
 
-        store = await connect(_config(args))
+        store = await connect(store_config(args))
         try:
             lease = await store.grant(args.lease_ttl) if args.lease_ttl else 0
             await store.put(key.encode(), raw, lease)
@@ -133,7 +125,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     async def run() -> int:
         from overlay.store.client import connect
 
-        store = await connect(_config(args))
+        store = await connect(store_config(args))
         try:
             n = await store.delete(key.encode())
             if args.recursive:
@@ -158,7 +150,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     async def run() -> int:
         from overlay.store.client import connect
 
-        store = await connect(_config(args))
+        store = await connect(store_config(args))
         try:
             exact = await store.get(key.encode())
             listing = await store.list((key.rstrip("/") + "/").encode())

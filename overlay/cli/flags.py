@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from overlay.store.api import StoreConfig
+
 _GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6,
              "ns": 1e-9}
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|µs|ns|m|s)")
@@ -168,3 +170,18 @@ def _split_equals(argv: Sequence[str] | None) -> list[str] | None:
         else:
             out.append(arg)
     return out
+
+
+def store_config(args: argparse.Namespace,
+                 password_env: Sequence[str] = ("WEFT_ETCD_PASSWORD",),
+                 environ: Mapping[str, str] | None = None) -> StoreConfig:
+    """The store a weftctl command talks to, from its ``etcd_*`` flags. Without
+    ``-etcd-password`` the password comes from the first of ``password_env`` that is set
+    (a password on the command line shows in ``ps``)."""
+    password = args.etcd_password
+    if password is None:
+        env = os.environ if environ is None else environ
+        password = next((env[n] for n in password_env if n in env), None)
+    return StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
+                                 args.etcd_keyfile, username=args.etcd_username,
+                                 password=password)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from overlay import subnetfile
+from overlay.cli.flags import store_config
 from overlay.config import (
     DEFAULT_SUBNET_FILE,
     ConfigError,
@@ -39,7 +40,7 @@ from overlay.lease.model import (
     decode_lease,
     subnets_prefix,
 )
-from overlay.store.api import DEFAULT_ENDPOINTS, Store, StoreConfig, StoreError
+from overlay.store.api import DEFAULT_ENDPOINTS, Store, StoreError
 
 DEFAULT_DOCKER_ENV = Path("/run/docker_opts.env")
 
@@ -66,18 +67,8 @@ def add_store_flags(p: argparse.ArgumentParser) -> None:
                         "FLANNELD_ETCD_PASSWORD) is used when this flag is absent")
 
 
-def env_password(given: str | None) -> str | None:
-    """``-etcd-password`` if given, else ``WEFT_ETCD_PASSWORD``, else ``FLANNELD_ETCD_PASSWORD``."""
-    if given is not None:
-        return given
-    env = os.environ
-    return env.get("WEFT_ETCD_PASSWORD", env.get("FLANNELD_ETCD_PASSWORD"))
-
-
-def store_config(args: argparse.Namespace) -> StoreConfig:
-    return StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
-                                 args.etcd_keyfile, username=args.etcd_username,
-                                 password=env_password(args.etcd_password))
+# without -etcd-password: weft's variable, then the one flanneld reads
+PASSWORD_ENV = ("WEFT_ETCD_PASSWORD", "FLANNELD_ETCD_PASSWORD")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -140,7 +131,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 async def _store(args: argparse.Namespace) -> Store:
     from overlay.store.client import connect
 
-    return await connect(store_config(args))
+    return await connect(store_config(args, PASSWORD_ENV))
 
 
 def cmd_set(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from overlay.cli.flags import go_duration
+from overlay.cli.flags import go_duration, store_config
 from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
 
 if TYPE_CHECKING:
@@ -136,21 +136,11 @@ async def _serve(server: EmbeddedServer) -> None:
         await server.stop()
 
 
-def status_config(args: argparse.Namespace) -> StoreConfig:
-    """``status``'s store flags (``WEFT_ETCD_PASSWORD`` when -etcd-password is absent)."""
-    password = args.etcd_password
-    if password is None:
-        password = os.environ.get("WEFT_ETCD_PASSWORD")
-    return StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
-                                 args.etcd_keyfile, username=args.etcd_username,
-                                 password=password)
-
-
 def status_main(args: argparse.Namespace) -> int:
     from overlay.store.api import StoreError
 
     try:
-        st = asyncio.run(_status(status_config(args)))
+        st = asyncio.run(_status(store_config(args)))
     except (StoreError, ValueError) as e:
         print(f"weftctl store status: {e}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ import argparse
 import pytest
 
 from overlay.cli import flanneld, network_cmd, store_cmd
+from overlay.cli.flags import store_config
 from overlay.store.api import StoreConfig
 
 EP = "http://127.0.0.1:2379"
@@ -71,13 +72,9 @@ def _weftctl_parser() -> argparse.ArgumentParser:
 
 
 def _cfg_of(args: argparse.Namespace) -> StoreConfig:
-    from dnsd import admin
-
-    if args.command == "dns":
-        return admin._config(args)
-    if args.command == "store":
-        return store_cmd.status_config(args)
-    return network_cmd.store_config(args)
+    if args.command in ("dns", "store"):
+        return store_config(args)
+    return store_config(args, network_cmd.PASSWORD_ENV)
 
 
 @pytest.mark.parametrize("cmd", [["network", "get"], ["leases"], ["store", "status"],
