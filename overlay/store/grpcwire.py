@@ -553,11 +553,8 @@ class _Connection(asyncio.Protocol):
     async def _run_unary(self, st: _Stream, handler: Unary, request: Any) -> None:
         try:
             response = await handler(request, _CONTEXT)
-        except Abort as e:
-            self._finish(st, e.code, e.details)
         except Exception as e:
-            log.exception("store: handler failed")
-            self._finish(st, Code.UNKNOWN, f"{type(e).__name__}: {e}")
+            self._failed(st, e)
         else:
             self._send(st, response.SerializeToString())
             self._finish(st, Code.OK)
@@ -578,13 +575,18 @@ class _Connection(asyncio.Protocol):
                 if st.finished:
                     return
                 self._send(st, response.SerializeToString())
-        except Abort as e:
-            self._finish(st, e.code, e.details)
         except Exception as e:
-            log.exception("store: stream handler failed")
-            self._finish(st, Code.UNKNOWN, f"{type(e).__name__}: {e}")
+            self._failed(st, e)
         else:
             self._finish(st, Code.OK)
+
+    def _failed(self, st: _Stream, e: Exception) -> None:
+        """A handler raised: its Abort status, or UNKNOWN (and a traceback) for a bug."""
+        if isinstance(e, Abort):
+            self._finish(st, e.code, e.details)
+        else:
+            log.exception("store: handler failed", exc_info=e)
+            self._finish(st, Code.UNKNOWN, f"{type(e).__name__}: {e}")
 
     # -- frames out --
 

@@ -9,6 +9,7 @@ dies with it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -16,12 +17,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterator, Mapping, Sequence, Set
 from pathlib import Path
 
 from overlay import subnetfile
 from overlay.store.launch import StoreProcess, start_embedded, start_etcd
-from overlay.testbed import Container, Testbed
+from overlay.testbed import Container, Testbed, open_testbed
 
 BIN = Path(sys.executable).parent
 FLANNELD = str(BIN / "flanneld")
@@ -164,3 +165,14 @@ class Cluster:
         for host in list(self.procs):
             self.stop(host, signal.SIGKILL)
         self.store.stop(kill=True)
+
+
+@contextlib.contextmanager
+def running_cluster(n_hosts: int, store: str, tmp: Path) -> Iterator[Cluster]:
+    """A testbed of ``n_hosts`` with its store started; everything gone on leaving."""
+    with open_testbed(n_hosts) as tb:
+        c = Cluster(tb, store, tmp)
+        try:
+            yield c
+        finally:
+            c.close()

@@ -8,21 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from overlay.testbed import open_testbed
 from tests.cnidriver import CniDriver, host_links, install_weft, ipam_files
-from tests.integration.flanneld_cluster import Cluster
+from tests.integration.flanneld_cluster import Cluster, running_cluster
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
 
 @pytest.fixture
 def cluster2(tmp_path: Path) -> Iterator[Cluster]:
-    with open_testbed(2) as tb:
-        c = Cluster(tb, "embedded", tmp_path)
-        try:
-            yield c
-        finally:
-            c.close()
+    with running_cluster(2, "embedded", tmp_path) as c:
+        yield c
 
 
 def test_containers_on_two_flanneld_hosts_ping_each_other(cluster2: Cluster,

@@ -11,21 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from overlay.testbed import open_testbed
-from tests.integration.flanneld_cluster import Cluster
+from tests.integration.flanneld_cluster import Cluster, running_cluster
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
 
 @pytest.fixture
 def cluster3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    store = getattr(request, "param", "embedded")
-    with open_testbed(3) as tb:
-        c = Cluster(tb, store, tmp_path)
-        try:
-            yield c
-        finally:
-            c.close()
+    with running_cluster(3, getattr(request, "param", "embedded"), tmp_path) as c:
+        yield c
 
 
 @pytest.mark.parametrize(("cluster3", "backend"), [
@@ -190,21 +184,17 @@ def test_bad_input_is_logged_never_routed(cluster3: Cluster) -> None:
 @pytest.mark.parametrize("store", ["etcd", "embedded"])
 def test_twenty_flanneld_at_once_get_distinct_subnets(store: str, tmp_path: Path) -> None:
     n = 20
-    with open_testbed(n) as tb:
-        c = Cluster(tb, store, tmp_path)
-        try:
-            c.network_set("host-gw")
-            hosts = list(tb.hosts)
-            for h in hosts:
-                c.start(h)
-            for h in hosts:
-                c.wait_ready(h, within=90)
-            subnets = [c.subnet(h) for h in hosts]
-            assert len(set(subnets)) == n, subnets
-            listing = c.etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets/")
-            assert len([k for k in listing.split() if k]) == n
-        finally:
-            c.close()
+    with running_cluster(n, store, tmp_path) as c:
+        c.network_set("host-gw")
+        hosts = list(c.tb.hosts)
+        for h in hosts:
+            c.start(h)
+        for h in hosts:
+            c.wait_ready(h, within=90)
+        subnets = [c.subnet(h) for h in hosts]
+        assert len(set(subnets)) == n, subnets
+        listing = c.etcdctl("get", "--prefix", "--keys-only", "/coreos.com/network/subnets/")
+        assert len([k for k in listing.split() if k]) == n
 
 
 @pytest.mark.parametrize("cluster3", ["embedded", "etcd"], indirect=True)

@@ -20,20 +20,15 @@ from pathlib import Path
 import pytest
 
 from overlay.backend.plan import BLACKHOLE_METRIC
-from overlay.testbed import open_testbed
-from tests.integration.flanneld_cluster import Cluster
+from tests.integration.flanneld_cluster import Cluster, running_cluster
 
 pytestmark = [pytest.mark.root]
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with open_testbed(1) as tb:
-        c = Cluster(tb, "embedded", tmp_path)
-        try:
-            yield c
-        finally:
-            c.close()
+    with running_cluster(1, "embedded", tmp_path) as c:
+        yield c
 
 
 def blackholes(c: Cluster) -> list[dict[str, object]]:
