@@ -312,6 +312,10 @@ class _Connection(asyncio.Protocol):
         except hpack.HPACKError as e:
             self._goaway(COMPRESSION_ERROR, f"header block: {e}")
             return
+        except Exception:  # a bug here must cost one connection, not the server's log
+            log.exception("store: cannot handle a client's frame; closing its connection")
+            self._goaway(INTERNAL_ERROR, "internal error")
+            return
         del buf[:pos]
 
     # -- connection teardown --
