@@ -27,7 +27,7 @@ from overlay.cli.flags import FlagParser
 from overlay.statushttp import start_status_server
 from overlay.store.api import DEFAULT_ENDPOINTS, Store, StoreConfig
 
-from . import skyconfig
+from . import skyconfig, stub
 from .engine import Engine, EngineConfig
 from .feed import Feed
 from .forward import (
@@ -62,6 +62,7 @@ class DnsdConfig:
     metrics_port: int
     verbose: bool
     forward_allow: tuple[Network, ...] = DEFAULT_NETWORKS  # kept for a key's nameservers
+    stubzones: bool = False
 
 
 def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
@@ -99,6 +100,9 @@ def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           "forwarding is OFF unless given", "")
     p.add("forward-allow", "client networks allowed to use forwarding, comma separated",
           DEFAULT_ALLOW)
+    p.add_bool("stubzones", "relay names in the stub zones stored under "
+               "<domain>/dns/stub/<zone reversed>/<name> to their nameservers, for any "
+               "client", False)
     p.add("ttl", "default TTL of records without ttl or lease", 3600, type=int)
     p.add("min-ttl", "TTL of negative answers (and the SOA minimum)", 60, type=int)
     p.add_bool("round-robin", "rotate A/AAAA answers", True)
@@ -134,7 +138,7 @@ def parse_config(argv: Sequence[str] | None,
     prefix = "/" + (a.etcd_prefix or a.path_prefix).strip("/")
     return DnsdConfig(host, port, engine, prefix, store, forwarder, a.round_robin,
                       a.udp_batch, a.metrics_port, a.verbose,
-                      allow)
+                      allow, a.stubzones)
 
 
 def explicit_flags(argv: Sequence[str], environ: Mapping[str, str]) -> frozenset[str]:
@@ -210,10 +214,26 @@ class Daemon:
         self.lock = threading.Lock()
         self.server = DnsServer(Engine(cfg.engine), self.index, self.lock,
                                 ServerConfig(cfg.host, cfg.port, cfg.round_robin,
-                                             cfg.udp_batch),
+                                             cfg.udp_batch, cfg.stubzones),
                                 cfg.forwarder)
-        self.feed = Feed(self._connect, self.index, self.lock, self.server.invalidate)
+        self._stub_problems: frozenset[stub.StubProblem] = frozenset()
+        self.feed = Feed(self._connect, self.index, self.lock, self._changed)
         self.started = time.monotonic()
+
+    def _changed(self) -> None:
+        """After an index change (lock held): rebuild the stub table, drop cached answers."""
+        if self.cfg.stubzones:
+            table, problems = stub.build(self.index, self.cfg.engine.zones)
+            for p in problems:
+                if p not in self._stub_problems:  # once while the record stays bad
+                    log.warning("stub zone record %s skipped: %s", p.key, p.reason)
+            self._stub_problems = frozenset(problems)
+            if table != self.server.stubs:
+                log.info("stub zones: %s", "; ".join(
+                    f"{'.'.join(z)}. -> {', '.join(f'{h}:{p}' for h, p in ns)}"
+                    for z, ns in table.zones.items()) or "none")
+            self.server.stubs = table
+        self.server.invalidate()
 
     async def _connect(self) -> Store:
         from overlay.store.client import connect  # aetcd: imported only when needed

@@ -13,7 +13,11 @@ comes from a lease are cached for one second only, since their TTL ages.
 
 TCP: an accept thread and one thread per connection (bounded), each reading
 length-prefixed messages through the same handler. Out-of-zone queries from
-allowed clients go to the forwarder on a small worker pool. Failures become
+allowed clients go to the forwarder on a small worker pool. With ``stubzones`` on,
+names inside a stub zone (``stubs``, swapped in by the shell after each index
+change) are relayed to that zone's nameservers for any client, before the cache
+and the engine are consulted, carrying SkyDNS's loop option; a stub query that
+already carries it is dropped unanswered, as SkyDNS does. Failures become
 FORMERR (bad packet), SERVFAIL (handler error) or silence (unparseable header)
 at this boundary; nothing a client sends can stop the loops.
 """
@@ -38,6 +42,7 @@ from .forward import Forwarder
 from .index import Index
 from .message import Answer, Rcode
 from .metrics import Metrics
+from .stub import STUB_DATA, STUB_OPTION, Server, StubTable
 from .wire import (
     TCP_LIMIT,
     CachedAnswer,
@@ -66,6 +71,7 @@ INF = float("inf")
 MAX_TCP_CONNECTIONS = 128
 TCP_IDLE_SECONDS = 10.0
 ROTATIONS = 8
+STUB_TIMEOUT = 2.0  # per upstream try when no forwarder (and its read timeout) is set
 
 Reply = Callable[[bytes], None]
 
@@ -76,6 +82,7 @@ class ServerConfig:
     port: int = 53
     round_robin: bool = True
     batch: bool = True  # recvmmsg/sendmmsg when the platform has them
+    stubzones: bool = False  # relay names in stub zones (SkyDNS -stubzones)
 
 
 class DnsServer:
@@ -91,6 +98,8 @@ class DnsServer:
         self.forwarder = forwarder
         self.metrics = metrics or Metrics()
         self.ready = False  # set once the index holds a first listing
+        self.stubs = StubTable()  # replaced whole by the shell; read without the lock
+        self._stub_timeout = forwarder.timeout if forwarder is not None else STUB_TIMEOUT
         self._cache: dict[bytes, CachedAnswer] = {}
         self._exact: dict[bytes, ExactAnswer] = {}
         self._stopping = threading.Event()
@@ -116,10 +125,12 @@ class DnsServer:
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> None:
-        if forwarder_on := self.forwarder is not None:
+        forwarder_on = self.forwarder is not None
+        if forwarder_on or self.config.stubzones:
             self._pool = ThreadPoolExecutor(8, thread_name_prefix="dnsd-forward")
-        log.info("dnsd listening on %s:%s (udp+tcp), forwarding %s", self.config.host,
-                 self.port, "on" if forwarder_on else "off")
+        log.info("dnsd listening on %s:%s (udp+tcp), forwarding %s, stub zones %s",
+                 self.config.host, self.port, "on" if forwarder_on else "off",
+                 "on" if self.config.stubzones else "off")
         udp_loop: Callable[[], None] = self._udp_loop
         if self.config.batch and batchio.available():
             try:
@@ -367,6 +378,9 @@ class DnsServer:
         limit = TCP_LIMIT if tcp else udp_limit(query)
         rd = query.flags & 0x0100
         ident = query.ident.to_bytes(2, "big")
+        stub = self.stubs.lookup(query.question.labels) if self.config.stubzones else None
+        if stub is not None:
+            return self._stub(query, tcp, reply, stub[1])
         key = query.cache_key
         entry = self._cache.get(key)
         if entry is not None and entry.expires > time.monotonic() and \
@@ -375,6 +389,12 @@ class DnsServer:
             metrics.cache_misses -= 1  # it was a hit after all, just not on the fast path
             return ident + entry.hdr[1 if rd else 0] + query.question_wire + next(entry.tails)
         with self.lock:
+            if self.config.stubzones:
+                # again under the lock: a stub record may have arrived while this thread
+                # waited, and an answer cached now would shadow the stub zone
+                stub = self.stubs.lookup(query.question.labels)
+                if stub is not None:
+                    return self._stub(query, tcp, reply, stub[1])
             now = time.monotonic()
             answer = self.engine.resolve(self.index, query.question, now,
                                          serial=self.index.revision)
@@ -409,6 +429,22 @@ class DnsServer:
         metrics.truncated += 1
         return prepared.render(ident, rd, query.question_wire, limit)
 
+    def _stub(self, query: Query, tcp: bool, reply: Reply,
+              servers: tuple[Server, ...]) -> bytes | None:
+        """Relay to a stub zone's nameservers (any client: the operator set them)."""
+        if query.edns is not None and query.edns.stub:
+            # another stub server relayed this to us: relaying on could loop (SkyDNS drops)
+            self.metrics.dropped += 1
+            log.debug("not relaying stub query %s that carries the stub option",
+                      query.question.name)
+            return None
+        if self._pool is None:  # not started (in-process tests): nothing can relay
+            self.metrics.count(query.question.qtype, int(Rcode.SERVFAIL))
+            return plain_response(query, Rcode.SERVFAIL, self.forwarder is not None)
+        fwd = Forwarder(servers, (), self._stub_timeout)
+        self._relay(query, tcp, reply, fwd, _requery(query, stub=True))
+        return None
+
     def _forward(self, query: Query, addr: tuple[str, int], tcp: bool, reply: Reply,
                  answer: Answer) -> bytes | None:
         ra = self.forwarder is not None
@@ -417,7 +453,15 @@ class DnsServer:
         if fwd is None or self._pool is None or not fwd.allowed(addr[0]):
             self.metrics.count(qtype, int(answer.rcode))
             return plain_response(query, answer.rcode, ra)
-        raw = _requery(query)
+        self._relay(query, tcp, reply, fwd, _requery(query))
+        return None
+
+    def _relay(self, query: Query, tcp: bool, reply: Reply, fwd: Forwarder,
+               raw: bytes) -> None:
+        """Send ``raw`` upstream on the worker pool; the reply (or SERVFAIL) goes back."""
+        assert self._pool is not None
+        ra = self.forwarder is not None
+        qtype = query.question.qtype
         self.metrics.forwarded += 1
 
         def work() -> None:
@@ -434,7 +478,6 @@ class DnsServer:
                 log.exception("forwarding %s failed", query.question.name)
 
         self._pool.submit(work)
-        return None
 
 
 def _udp_reply(send: Callable[[bytes, tuple[str, int]], int],
@@ -444,15 +487,21 @@ def _udp_reply(send: Callable[[bytes, tuple[str, int]], int],
     return reply
 
 
-def _requery(query: Query) -> bytes:
-    """The query as dnsd relays it: same ID, RD, question and EDNS shape."""
+def _requery(query: Query, stub: bool = False) -> bytes:
+    """The query as dnsd relays it: same ID, RD, question and EDNS shape.
+
+    ``stub`` adds SkyDNS's loop option (and an OPT record of 512 bytes when the
+    client sent none, as SkyDNS does) so another stub server will not relay it on.
+    """
     flags = query.flags & 0x0110  # RD and CD
     opt = b""
-    if query.edns is not None:
+    option = struct.pack("!HH", STUB_OPTION, len(STUB_DATA)) + STUB_DATA if stub else b""
+    if query.edns is not None or stub:
         # ask for no more than the client can take, so the reply can be relayed as is
-        size = min(query.edns.udp_size, 1232)
-        opt = b"\x00" + struct.pack("!HHBBHH", 41, size, 0, 0,
-                                    0x8000 if query.edns.do else 0, 0)
+        size = min(query.edns.udp_size, 1232) if query.edns is not None else 512
+        do = query.edns is not None and query.edns.do
+        opt = b"\x00" + struct.pack("!HHBBHH", 41, size, 0, 0, 0x8000 if do else 0,
+                                    len(option)) + option
     return struct.pack("!HHHHHH", query.ident, flags, 1, 0, 0, 1 if opt else 0) + \
         query.question_wire + opt
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from itertools import cycle, repeat
 
 from .message import HINFO, MX, RR, SOA, SRV, Answer, Question, Rcode, RType
+from .stub import STUB_DATA, STUB_OPTION
 
 QNAME_POINTER = b"\xc0\x0c"
 MAX_UDP = 1232  # what dnsd advertises in its own OPT record (DNS flag day 2020)
@@ -72,6 +73,7 @@ class Edns:
     udp_size: int
     version: int
     do: bool
+    stub: bool = False  # carries SkyDNS's stub-loop option (stub.STUB_OPTION = 01)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +181,8 @@ def parse_query(data: bytes) -> Query:
                     raise ValueError("more than one OPT record")
                 if data[start] != 0:
                     raise ValueError("OPT owner is not the root")
-                _check_options(data, off - rdlen, off)
-                edns = Edns(max(512, rclass), (ttl >> 16) & 0xFF, bool(ttl & 0x8000))
+                stub = _check_options(data, off - rdlen, off)
+                edns = Edns(max(512, rclass), (ttl >> 16) & 0xFF, bool(ttl & 0x8000), stub)
     except ValueError as exc:
         raise FormError(ident, flags, str(exc), edns=edns is not None) from None
     if off != n:
@@ -190,14 +192,19 @@ def parse_query(data: bytes) -> Query:
     return Query(ident, flags, Question(tuple(labels), qtype, qclass), question_wire, edns)
 
 
-def _check_options(data: bytes, off: int, end: int) -> None:
+def _check_options(data: bytes, off: int, end: int) -> bool:
+    """Validate the OPT options; True when SkyDNS's stub-loop option is among them."""
+    stub = False
     while off < end:
         if off + 4 > end:
             raise ValueError("EDNS option header runs past the OPT record")
-        olen = struct.unpack_from("!H", data, off + 2)[0]
+        code, olen = struct.unpack_from("!HH", data, off)
+        if code == STUB_OPTION and data[off + 4:off + 4 + olen] == STUB_DATA:
+            stub = True
         off += 4 + olen
         if off > end:
             raise ValueError("EDNS option runs past the OPT record")
+    return stub
 
 
 # -- encoding ------------------------------------------------------------------------
