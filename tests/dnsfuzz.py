@@ -104,8 +104,8 @@ def ask(port: int, name: str, qtype: str = "A", tcp: bool = False, edns: int | N
     if tcp:
         with socket.create_connection(("127.0.0.1", port), timeout) as s:
             s.sendall(struct.pack("!H", len(data)) + data)
-            head = _read(s, 2)
-            return dnslib.DNSRecord.parse(_read(s, struct.unpack("!H", head)[0]))
+            head = read_exact(s, 2)
+            return dnslib.DNSRecord.parse(read_exact(s, struct.unpack("!H", head)[0]))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((source, 0))
         s.settimeout(timeout)
@@ -116,7 +116,8 @@ def ask(port: int, name: str, qtype: str = "A", tcp: bool = False, edns: int | N
                 return dnslib.DNSRecord.parse(reply)
 
 
-def _read(s: socket.socket, n: int) -> bytes:
+def read_exact(s: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from a stream socket (ConnectionError if it closes first)."""
     buf = b""
     while len(buf) < n:
         chunk = s.recv(n - len(buf))

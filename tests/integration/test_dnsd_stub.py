@@ -22,7 +22,7 @@ import pytest
 from dnsd.stub import STUB_OPTION
 from overlay.store.api import StoreConfig
 from overlay.store.client import connect
-from tests.dnsfuzz import addresses, ask, run_dnsd
+from tests.dnsfuzz import addresses, ask, read_exact, run_dnsd
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,8 +71,8 @@ def upstream() -> Iterator[Upstream]:
             with conn:
                 conn.settimeout(2)
                 try:
-                    (n,) = struct.unpack("!H", _read(conn, 2))
-                    q = dnslib.DNSRecord.parse(_read(conn, n))
+                    (n,) = struct.unpack("!H", read_exact(conn, 2))
+                    q = dnslib.DNSRecord.parse(read_exact(conn, n))
                 except (OSError, dnslib.DNSError, struct.error):
                     continue
                 up.seen.append(q)
@@ -93,16 +93,6 @@ def upstream() -> Iterator[Upstream]:
             t.join(2)
         sock.close()
         lsock.close()
-
-
-def _read(conn: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
 
 
 async def _put(endpoint: str, key: str, value: bytes | None) -> None:
