@@ -9,8 +9,8 @@ import socket
 import grpc
 import pytest
 
-from overlay.store.api import StoreConfig
-from overlay.store.client import connect, endpoint_target
+from overlay.store.client import endpoint_target
+from tests.storecheck import round_trip
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -20,16 +20,6 @@ RAW = [
     ("h2-preface-then-junk", H2_PREFACE + b"\x00\x00\x04\x08\x00\x00\x00\x00\x00junkjunk" * 8),
     ("half-preface", H2_PREFACE[:10]),
 ]
-
-
-async def still_serves(url: str) -> None:
-    store = await connect(StoreConfig((url,), timeout=5))
-    try:
-        rev = await store.put(b"/bad/after", b"ok")
-        kv = await store.get(b"/bad/after")
-        assert kv is not None and kv.mod_revision == rev
-    finally:
-        await store.close()
 
 
 @pytest.mark.parametrize("payload", [r[1] for r in RAW], ids=[r[0] for r in RAW])
@@ -47,7 +37,7 @@ async def test_raw_garbage_then_still_serving(store_endpoint: str, payload: byte
                 pass
 
     await asyncio.gather(*(asyncio.to_thread(poke) for _ in range(3)))
-    await still_serves(store_endpoint)
+    await round_trip(store_endpoint)
 
 
 @pytest.mark.parametrize(("method", "body", "code"), [
@@ -62,4 +52,4 @@ async def test_bad_grpc_calls_get_etcds_status(store_endpoint: str, method: str,
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await ch.unary_unary(method)(body, timeout=5)
         assert e.value.code() == code
-    await still_serves(store_endpoint)
+    await round_trip(store_endpoint)

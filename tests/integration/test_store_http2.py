@@ -24,6 +24,7 @@ from overlay.store import grpcwire
 from overlay.store.api import StoreConfig
 from overlay.store.client import connect
 from overlay.store.server import EmbeddedServer
+from tests.storecheck import round_trip
 
 pytestmark = pytest.mark.timeout(15)  # backstop only: every socket read times out at 2 s
 
@@ -304,17 +305,6 @@ async def server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
         await srv.stop()
 
 
-async def still_serves(url: str) -> None:
-    """A fresh connection from the project's own client can write and read."""
-    store = await connect(StoreConfig((url,), timeout=5))
-    try:
-        rev = await store.put(b"/h2/after", b"ok")
-        kv = await store.get(b"/h2/after")
-        assert kv is not None and kv.value == b"ok" and kv.mod_revision == rev
-    finally:
-        await store.close()
-
-
 def put_ok(c: H2Client, key: bytes, value: bytes = b"v") -> None:
     r = c.call(PUT, rpc_pb2.PutRequest(key=key, value=value))
     assert r.status == 0, r.trailers
@@ -586,7 +576,7 @@ async def test_protocol_error_goaway(server: EmbeddedServer,
             return c.goaway()
 
     assert await asyncio.to_thread(scenario) == (last_id, code)
-    await still_serves(server.endpoint)
+    await round_trip(server.endpoint)
 
 
 async def test_rst_stream_stops_watch(server: EmbeddedServer) -> None:
@@ -621,7 +611,7 @@ async def test_rst_stream_stops_watch(server: EmbeddedServer) -> None:
     while len(watchers) != before and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert len(watchers) == before
-    await still_serves(server.endpoint)
+    await round_trip(server.endpoint)
 
 
 async def test_responses_released_together_share_a_write(
@@ -706,4 +696,4 @@ async def test_client_that_stops_reading_is_dropped(server: EmbeddedServer,
             assert len(watchers) == before, "the stuck watcher was never dropped"
         finally:
             await store.close()
-    await still_serves(server.endpoint)
+    await round_trip(server.endpoint)

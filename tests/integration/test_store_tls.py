@@ -16,6 +16,7 @@ import pytest
 from overlay.store.api import StoreConfig, StoreError
 from overlay.store.client import connect
 from overlay.store.launch import StoreProcess, start_embedded
+from tests.storecheck import round_trip
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -57,13 +58,7 @@ async def test_client_with_certificate_works(tls_server: tuple[StoreProcess, Pat
     assert proc.endpoint.startswith("https://")
     cfg = StoreConfig((proc.endpoint,), str(d / "ca.crt"), str(d / "client.crt"),
                       str(d / "client.key"))
-    store = await connect(cfg)
-    try:
-        rev = await store.put(b"/tls/k", b"v")
-        kv = await store.get(b"/tls/k")
-        assert kv is not None and kv.mod_revision == rev
-    finally:
-        await store.close()
+    await round_trip(cfg, b"/tls/k")
 
 
 @pytest.mark.parametrize("client", ["no-certificate", "untrusted-certificate", "plaintext"])
