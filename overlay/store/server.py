@@ -56,6 +56,7 @@ from overlay.store.api import (
     WatchEvent,
 )
 from overlay.store.grpcwire import Abort, Code, Context, Method, Server, server_tls
+from overlay.store.lock import DataDirLock, lock_data_dir
 from overlay.store.state import (
     MAX_REQUEST_BYTES,
     Batch,
@@ -794,6 +795,7 @@ class EmbeddedServer:
         self._server: Server | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._progress: asyncio.Task[None] | None = None
+        self._lock: DataDirLock | None = None
 
     @property
     def endpoint(self) -> str:
@@ -802,10 +804,11 @@ class EmbeddedServer:
         return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_data_dir(self.data_dir)  # before the database is even opened
         try:
             self.state = State(self.data_dir / "store.db", retain=self.retain)
         except sqlite3.Error as e:
+            self._unlock()
             raise OSError(f"store: cannot open {self.data_dir / 'store.db'}: {e}") from e
         self.service = StoreService(self.state, [])
         server = Server(methods(self.service), MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES)
@@ -828,6 +831,7 @@ class EmbeddedServer:
         except OSError:
             self.state.close()
             self.state = None
+            self._unlock()
             raise
         self.service.client_urls = [self.endpoint]
         self._server = server
@@ -870,3 +874,9 @@ class EmbeddedServer:
             self.state.commit()
             self.state.close()
             self.state = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
