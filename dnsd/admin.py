@@ -16,7 +16,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from overlay.cli.flags import store_config
+from overlay.flags import store_config
 from overlay.store.api import DEFAULT_ENDPOINTS, StoreError
 
 from .keys import BadNameError, key_to_path, name_to_key, path_to_name

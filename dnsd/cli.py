@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from overlay.cli.flags import FlagParser
+from overlay.flags import FlagParser
 from overlay.statushttp import start_status_server
 from overlay.store.api import DEFAULT_ENDPOINTS, Store, StoreConfig
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from overlay.cli.flags import go_duration
+from overlay.flags import go_duration
 
 from .engine import EngineConfig
 from .forward import Forwarder, parse_hostport

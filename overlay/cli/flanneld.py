@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from overlay.backend.base import Backend, ExternalInterface
-from overlay.cli.flags import FlagParser
 from overlay.config import (
     DEFAULT_LEASE_TTL,
     DEFAULT_RENEW_MARGIN,
@@ -32,6 +31,7 @@ from overlay.config import (
     NetworkConfig,
 )
 from overlay.daemon import BlackholeSync, Masquerade
+from overlay.flags import FlagParser
 from overlay.lease.model import DEFAULT_PREFIX, Lease
 from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
 

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from overlay import subnetfile
-from overlay.cli.flags import store_config
 from overlay.config import (
     DEFAULT_SUBNET_FILE,
     ConfigError,
     build_network_json,
     parse_network_config,
 )
+from overlay.flags import store_config
 from overlay.lease.model import (
     DEFAULT_PREFIX,
     LeaseFormatError,

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from overlay.cli.flags import go_duration, store_config
+from overlay.flags import go_duration, store_config
 from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import argparse
 import pytest
 
 from overlay.cli import flanneld, network_cmd, store_cmd
-from overlay.cli.flags import store_config
+from overlay.flags import store_config
 from overlay.store.api import StoreConfig
 
 EP = "http://127.0.0.1:2379"
