@@ -23,9 +23,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from overlay.flags import FlagParser
+from overlay.flags import FlagParser, StoreFlagEnv, add_store_flags, store_config
 from overlay.statushttp import start_status_server
-from overlay.store.api import DEFAULT_ENDPOINTS, Store, StoreConfig
+from overlay.store.api import Store, StoreConfig
 
 from . import skyconfig, stub
 from .engine import Engine, EngineConfig
@@ -47,6 +47,10 @@ CONFIG_READ_TIMEOUT = 2.0  # one bounded read of <prefix>/config; never wait for
 DEFAULT_NETWORKS = parse_networks(DEFAULT_ALLOW)
 # flags a /skydns/config field can override (skyconfig.FLAG_OF's values)
 _OVERRIDABLE = frozenset(skyconfig.FLAG_OF.values())
+# after the parser's SKYDNS_ETCD_* names: SkyDNS's ETCD_* variables and weft's auth ones
+DNSD_STORE_ENV = StoreFlagEnv(endpoints=("ETCD_MACHINES", "ETCD_ENDPOINTS"),
+                              cafile=("ETCD_CACERT",), certfile=("ETCD_TLSPEM",),
+                              keyfile=("ETCD_TLSKEY",))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,20 +83,10 @@ def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("domain", "zone(s) to be authoritative for, comma separated", "skydns.local.")
     p.add("path-prefix", "store key prefix of the records", "/skydns")
     p.add("etcd-prefix", "alias of -path-prefix (weft's common flag name)", None)
-    p.add("etcd-endpoints", "store endpoints, comma separated",
-          ",".join(DEFAULT_ENDPOINTS), env=("ETCD_MACHINES", "ETCD_ENDPOINTS"))
+    add_store_flags(p, DNSD_STORE_ENV, notes={
+        "endpoints": "alias -machines", "cafile": "alias -ca-cert",
+        "certfile": "alias -tls-pem", "keyfile": "alias -tls-key"})
     p.add("machines", "alias of -etcd-endpoints (SkyDNS)", None)
-    p.add("etcd-cafile", "CA certificate for the store (alias -ca-cert)", None,
-          env=("ETCD_CACERT",))
-    p.add("etcd-certfile", "client certificate for the store (alias -tls-pem)", None,
-          env=("ETCD_TLSPEM",))
-    p.add("etcd-keyfile", "client key for the store (alias -tls-key)", None,
-          env=("ETCD_TLSKEY",))
-    p.add("etcd-username", "username for etcd authentication (weft extra; unset = none)",
-          None, env=("WEFT_ETCD_USERNAME",))
-    p.add("etcd-password", "password for etcd authentication; a command-line value shows "
-          "in `ps`, so prefer the WEFT_ETCD_PASSWORD environment variable", None,
-          env=("WEFT_ETCD_PASSWORD",))
     p.add("ca-cert", "alias of -etcd-cafile (SkyDNS)", None)
     p.add("tls-pem", "alias of -etcd-certfile (SkyDNS)", None)
     p.add("tls-key", "alias of -etcd-keyfile (SkyDNS)", None)
@@ -124,10 +118,11 @@ def parse_config(argv: Sequence[str] | None,
         engine = EngineConfig.from_domains(domains, ttl=a.ttl, min_ttl=a.min_ttl)
         if a.ttl < 1 or a.min_ttl < 0:
             raise ValueError("-ttl must be >= 1 and -min-ttl >= 0")
-        store = StoreConfig.from_flag(
-            a.machines or a.etcd_endpoints, a.etcd_cafile or a.ca_cert,
-            a.etcd_certfile or a.tls_pem, a.etcd_keyfile or a.tls_key,
-            username=a.etcd_username, password=a.etcd_password)
+        a.etcd_endpoints = a.machines or a.etcd_endpoints  # SkyDNS's aliases win
+        a.etcd_cafile = a.etcd_cafile or a.ca_cert
+        a.etcd_certfile = a.etcd_certfile or a.tls_pem
+        a.etcd_keyfile = a.etcd_keyfile or a.tls_key
+        store = store_config(a, DNSD_STORE_ENV, environ)
         forwarder = make_forwarder(a.nameservers.split(","), a.forward_allow)
         allow = parse_networks(a.forward_allow)
         if not 0 <= a.metrics_port <= 65535:
