@@ -22,6 +22,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from overlay.clock import Clock, SystemClock
 from overlay.store.api import (
     CompactedError,
     EventType,
@@ -34,7 +35,6 @@ from overlay.store.api import (
     ValueTooLargeError,
     WatchEvent,
 )
-from overlay.store.clock import Clock, SystemClock
 from overlay.store.state import (
     MAX_LEASE_TTL,
     MAX_REQUEST_BYTES,

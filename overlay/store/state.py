@@ -32,11 +32,11 @@ import math
 import os
 import random
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from overlay.clock import Clock, SystemClock
 from overlay.store.api import (
     CompactedError,
     EventType,
@@ -295,12 +295,12 @@ class State:
     def __init__(
         self,
         path: Path | str,
-        now: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
         retain: int = DEFAULT_RETAIN,
     ) -> None:
         self.path = Path(path)
-        self._now = now
+        self._now = (clock or SystemClock()).now  # lease deadlines are wall-clock (persisted)
         self._rng = rng or random.Random()
         self.retain = retain
         # the committer writes from one worker thread while this thread applies

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from overlay.store.api import Store, StoreConfig
-from overlay.store.clock import FakeClock
 from overlay.store.launch import StoreProcess, start_embedded, start_etcd
 from overlay.store.memory import MemoryStore
+from tests.fakeclock import FakeClock
 
 KINDS = ["memory", "inproc", "process", "etcd"]
 _seq = itertools.count()
