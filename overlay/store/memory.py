@@ -35,7 +35,7 @@ from overlay.store.api import (
     ValueTooLargeError,
     WatchEvent,
 )
-from overlay.store.state import (
+from overlay.store.mvcc import (
     MAX_LEASE_TTL,
     MAX_REQUEST_BYTES,
     MIN_LEASE_TTL,

@@ -56,14 +56,13 @@ from overlay.store.api import (
     WatchEvent,
 )
 from overlay.store.grpcwire import Abort, Code, Context, Method, Server, server_tls
+from overlay.store.mvcc import MAX_REQUEST_BYTES, FutureRevisionError, in_range
 from overlay.store.state import (
-    MAX_REQUEST_BYTES,
     Batch,
     Compare,
     DeleteOp,
     DeleteResult,
     DuplicateKeyError,
-    FutureRevisionError,
     KeyNotFoundError,
     LeaseExistsError,
     LeaseTTLTooLargeError,
@@ -78,7 +77,6 @@ from overlay.store.state import (
     Target,
     TxnOp,
     TxnResult,
-    in_range,
 )
 
 log = logging.getLogger(__name__)

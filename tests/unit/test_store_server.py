@@ -12,8 +12,9 @@ import pytest
 from overlay.store import server
 from overlay.store.api import CompactedError, LeaseNotFoundError
 from overlay.store.grpcwire import Code
+from overlay.store.mvcc import FutureRevisionError
 from overlay.store.server import _status, parse_listen
-from overlay.store.state import DuplicateKeyError, FutureRevisionError, PutOp, State
+from overlay.store.state import DuplicateKeyError, PutOp, State
 
 
 @pytest.mark.parametrize(("listen", "want"), [
