@@ -23,7 +23,7 @@ from overlay.store.api import StoreConfig
 
 if TYPE_CHECKING:
     from overlay.store.client import StoreStatus
-    from overlay.store.server import EmbeddedServer
+    from overlay.store.embedded.server import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def positive_duration(text: str) -> float:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    from overlay.store.server import EmbeddedServer, TLSFiles, parse_listen
+    from overlay.store.embedded.server import EmbeddedServer, TLSFiles, parse_listen
 
     try:
         host, port = parse_listen(args.listen)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from overlay.store.api import CompactedError, EventType
-from overlay.store.state import DeleteOp, PutOp, RangeOp, State
+from overlay.store.embedded.state import DeleteOp, PutOp, RangeOp, State
 from tests.fakeclock import FakeClock
 
 

@@ -55,9 +55,8 @@ from overlay.store.api import (
     StoreError,
     WatchEvent,
 )
-from overlay.store.grpcwire import Abort, Code, Context, Method, Server, server_tls
-from overlay.store.mvcc import MAX_REQUEST_BYTES, FutureRevisionError, in_range
-from overlay.store.state import (
+from overlay.store.embedded.grpcwire import Abort, Code, Context, Method, Server, server_tls
+from overlay.store.embedded.state import (
     Batch,
     Compare,
     DeleteOp,
@@ -78,6 +77,7 @@ from overlay.store.state import (
     TxnOp,
     TxnResult,
 )
+from overlay.store.mvcc import MAX_REQUEST_BYTES, FutureRevisionError, in_range
 
 log = logging.getLogger(__name__)
 
