@@ -77,6 +77,7 @@ from overlay.store.embedded.state import (
     TxnOp,
     TxnResult,
 )
+from overlay.store.lock import DataDirLock, lock_data_dir
 from overlay.store.mvcc import MAX_REQUEST_BYTES, FutureRevisionError, in_range
 
 log = logging.getLogger(__name__)
@@ -749,6 +750,7 @@ class EmbeddedServer:
         self._server: Server | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._progress: asyncio.Task[None] | None = None
+        self._lock: DataDirLock | None = None
 
     @property
     def endpoint(self) -> str:
@@ -757,10 +759,11 @@ class EmbeddedServer:
         return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_data_dir(self.data_dir)  # before the database is even opened
         try:
             self.state = State(self.data_dir / "store.db", retain=self.retain)
         except sqlite3.Error as e:
+            self._unlock()
             raise OSError(f"store: cannot open {self.data_dir / 'store.db'}: {e}") from e
         self.service = StoreService(self.state, [])
         server = Server(methods(self.service), MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES)
@@ -783,6 +786,7 @@ class EmbeddedServer:
         except OSError:
             self.state.close()
             self.state = None
+            self._unlock()
             raise
         self.service.client_urls = [self.endpoint]
         self._server = server
@@ -825,3 +829,9 @@ class EmbeddedServer:
             self.state.commit()
             self.state.close()
             self.state = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
