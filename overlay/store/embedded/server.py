@@ -56,6 +56,7 @@ from overlay.store.api import (
     WatchEvent,
 )
 from overlay.store.embedded.grpcwire import Abort, Code, Context, Method, Server, server_tls
+from overlay.store.embedded.lock import DataDirLock, lock_data_dir
 from overlay.store.embedded.state import (
     Batch,
     Compare,
@@ -77,7 +78,6 @@ from overlay.store.embedded.state import (
     TxnOp,
     TxnResult,
 )
-from overlay.store.lock import DataDirLock, lock_data_dir
 from overlay.store.mvcc import MAX_REQUEST_BYTES, FutureRevisionError, in_range
 
 log = logging.getLogger(__name__)
