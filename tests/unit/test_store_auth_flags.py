@@ -51,7 +51,7 @@ def test_flanneld_help_names_the_env_variable(capsys: pytest.CaptureFixture[str]
 
 
 def test_dnsd_auth_flags_and_env() -> None:
-    from dnsd.cli import parse_config
+    from dnsd.config import parse_config
 
     assert parse_config([], {}).store.username is None
     cfg = parse_config(["-etcd-username=dns", "-etcd-password=pw"], {}).store
@@ -121,7 +121,7 @@ def test_weftctl_endpoints_env_fallback(cmd: list[str], var: str,
 def test_every_program_declares_the_same_store_flags(
         capsys: pytest.CaptureFixture[str]) -> None:
     """One declaration (overlay.flags.add_store_flags): the same six flags everywhere."""
-    from dnsd.cli import flag_parser
+    from dnsd.config import flag_parser
 
     flags = ("-etcd-endpoints", "-etcd-cafile", "-etcd-certfile", "-etcd-keyfile",
              "-etcd-username", "-etcd-password")
