@@ -656,7 +656,7 @@ class StoreService:
         empty and disarming is a no-op, as on an etcd member without alarms."""
         if request.action == rpc_pb2.AlarmRequest.ACTIVATE:
             raise Abort(Code.UNIMPLEMENTED, "etcdserver: this store raises no alarms")
-        return rpc_pb2.AlarmResponse(header=self.header())
+        return rpc_pb2.AlarmResponse()  # etcd 3.4 sends no header here
 
     async def Defragment(self, request: Any, context: Context) -> Any:
         """etcd's defrag: give the space compaction freed back to the file system. Like
@@ -669,7 +669,7 @@ class StoreService:
             raise Abort(Code.INTERNAL, f"etcdserver: defragment failed: {e}") from e
         log.info("store: defragmented %s: %d -> %d bytes", self.state.path, before,
                  self.state.db_size())
-        return rpc_pb2.DefragmentResponse(header=self.header())
+        return rpc_pb2.DefragmentResponse()  # etcd 3.4 sends no header here
 
     async def MemberList(self, request: Any, context: Context) -> Any:
         member = rpc_pb2.Member(ID=self.state.member_id, name="weft",

@@ -259,6 +259,7 @@ async def watch_future_start(s: Side, k: bytes) -> list[Any]:
 
 
 async def range_options(s: Side, k: bytes) -> list[Any]:
+    base = await s.base()
     for i, name in enumerate((b"c", b"a", b"b", b"a")):
         await s.put(k + b"/" + name, b"%d" % i)
     end = k + b"0"
@@ -270,10 +271,10 @@ async def range_options(s: Side, k: bytes) -> list[Any]:
         R(key=k + b"/", range_end=end, sort_order=R.DESCEND, sort_target=R.MOD),
         R(key=k + b"/", range_end=end, sort_order=R.ASCEND, sort_target=R.VALUE, limit=2),
         R(key=k + b"/", range_end=end, sort_target=R.CREATE),
-        R(key=k + b"/", range_end=end, min_mod_revision=3, max_create_revision=2),
-        R(key=k + b"/", range_end=end, min_mod_revision=3, limit=1),
-        R(key=k + b"/", range_end=end, max_mod_revision=2, count_only=True),
-        R(key=k + b"/", range_end=end, revision=2),
+        R(key=k + b"/", range_end=end, min_mod_revision=base + 3, max_create_revision=base + 2),
+        R(key=k + b"/", range_end=end, min_mod_revision=base + 3, limit=1),
+        R(key=k + b"/", range_end=end, max_mod_revision=base + 2, count_only=True),
+        R(key=k + b"/", range_end=end, revision=base + 2),
         R(key=k + b"/zzz"),
     ]
     return [await s.call(s.kv.Range(r)) for r in reqs] + [await s.call(s.kv.Txn(
@@ -308,7 +309,15 @@ async def watch_filters(s: Side, k: bytes) -> list[Any]:
     return sorted(got, key=lambda r: (not r.created, r.watch_id))
 
 
+async def maintenance(s: Side, k: bytes) -> list[Any]:
+    maint = rpc_pb2_grpc.MaintenanceStub(s.channel)
+    await s.put(k, b"1")
+    return [await s.call(maint.Alarm(rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET))),
+            await s.call(maint.Defragment(rpc_pb2.DefragmentRequest()))]
+
+
 SCENARIOS: list[Scenario] = [
+    maintenance,
     range_options, put_options, watch_filters, watch_ids, watch_future_start,
     range_negative_revision, txn_sub_headers, txn_delete_nothing_then_put,
     txn_read_only_and_failure, writes_that_change_nothing, compact, leases,
