@@ -11,9 +11,10 @@ Layout under the root ``/weft/sched/`` (values: JSON records of ``model``)::
                                                  machine's units
     assign/<machine>/<unit>       Assignment     the leader engine (Txn CAS; a move deletes the
                                                  old key and puts the new one in one Txn)
-    state/<unit>/<machine>        UnitState      the agent running the unit there, with its presence
-                                                 lease (per machine, as fleet's states/<unit>/<machine>:
-                                                 a Global unit runs on many)
+    state/<unit>/<machine>        UnitState      the agent running the unit there, with its
+                                                 presence lease (per machine, as fleet's
+                                                 states/<unit>/<machine>: a Global unit runs
+                                                 on many)
     unscheduled/<unit>            Unscheduled    the leader, for units with no eligible machine
                                                  (deleted once placed)
     leader                        Leader         the engine that wins (create_revision == 0), with
