@@ -17,10 +17,10 @@ store (``members``, N of them):
    that answered *and* cannot reach the store either form a majority (> N/2);
    otherwise it stops them (STOP). It asks again every renew interval and stops as
    soon as the majority is gone.
-2. **Engine (``reschedule_guard``).** The leader moves the units of a machine whose
-   presence expired only after ``grace`` seconds and only while a majority of the listed
-   machines (the present ones plus every absent one that still holds assignments) hold
-   presence. A majority lost at once is a store or network event: it waits, logs it and
+2. **Engine (``overlay.sched.placement.lost_machine_moves``).** The leader moves the
+   units of a machine whose presence expired only after ``grace`` seconds and only while
+   a majority of the listed machines (``members/``: registered and not yet moved away
+   from) hold presence. A majority lost at once is a store or network event: it waits, logs it and
    moves nothing.
 
 Two disjoint groups cannot both hold a majority of the same N machines, so the engine
@@ -123,28 +123,3 @@ def fence_decision(me: str, renewed_ago: float, members: Collection[str],
     group = 1 + sum(1 for m in listed - {me}
                     if m in reports and peer_cut_off(reports[m], timings))
     return Fence.KEEP if majority(group, len(listed)) else Fence.STOP
-
-
-@dataclass(frozen=True, slots=True)
-class Guard:
-    """Rule 2's answer: machines whose units may move now, and why others wait."""
-
-    move: frozenset[str]
-    waiting: frozenset[str]  # lost, still inside grace
-    held: str | None = None  # why nothing may move at all (no majority), else None
-
-
-def reschedule_guard(present: Collection[str], assigned: Collection[str],
-                     lost_since: Mapping[str, float], now: float, timings: Timings) -> Guard:
-    """Rule 2. ``present``: machines holding presence; ``assigned``: machines holding
-    assignments; ``lost_since``: when this engine first saw each absent one absent."""
-    listed = set(present) | set(assigned)
-    lost = set(assigned) - set(present)
-    if not lost:
-        return Guard(frozenset(), frozenset())
-    if not majority(len(set(present)), len(listed)):
-        return Guard(frozenset(), frozenset(lost),
-                     f"only {len(set(present))} of {len(listed)} listed machines hold "
-                     "presence: a store or network event, not a host failure; moving nothing")
-    due = {m for m in lost if now - lost_since.get(m, now) >= timings.grace}
-    return Guard(frozenset(due), frozenset(lost - due))

@@ -8,12 +8,12 @@ machine for ``Type=simple``: ExecStartPre commands in order (a failure not prefi
 a restart after ``restart_delay`` (auto-restart) and a final inactive/failed.
 
 Every command runs in a session and process group of its own (so a stop reaches every
-process the unit forked: ``killpg``), with the parent-death signal set to SIGKILL, so
-a crashed or killed agent leaves no unit running behind its back — that is what lets
-the engine start the unit elsewhere once the agent's presence is gone (a host crash
-in the sandbox kills the agent, and with it its units). ``Network=true`` units run
-through ``ip netns exec <ns>`` (which also bind-mounts ``/etc/netns/<ns>/`` files such
-as resolv.conf).
+process the unit forked: ``killpg``), with the parent-death signal set to SIGKILL
+(``setpriv --pdeathsig``), so a crashed or killed agent leaves no unit running behind
+its back — that is what lets the engine start the unit elsewhere once the agent's
+presence is gone (a host crash in the sandbox kills the agent, and with it its units).
+``Network=true`` units run through ``ip netns exec <ns>`` (which also bind-mounts
+``/etc/netns/<ns>/`` files such as resolv.conf).
 
 stdout and stderr are merged into one pipe; every line goes to the unit's ring buffer
 (``RING_LINES``) with a sequence number, which is the journal cursor.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -48,12 +47,9 @@ from overlay.sched.runner import (
 log = logging.getLogger(__name__)
 
 RING_LINES = 1000
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+# util-linux's setpriv sets the parent-death signal and execs the command: no preexec_fn,
+# which is unsafe in a process with threads (gRPC's)
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 class _Unit:
@@ -87,15 +83,15 @@ class _Unit:
 
     def _argv(self, cmd: Command) -> list[str]:
         if self.spec.netns:
-            return ["ip", "netns", "exec", self.spec.netns, *cmd.argv]
-        return list(cmd.argv)
+            return [*DIE_WITH_PARENT, "ip", "netns", "exec", self.spec.netns, *cmd.argv]
+        return [*DIE_WITH_PARENT, *cmd.argv]
 
     async def _spawn(self, cmd: Command) -> asyncio.subprocess.Process:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv(cmd), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                env=self._env, start_new_session=True, preexec_fn=_die_with_parent)
+                env=self._env, start_new_session=True)
         except OSError as exc:
             raise RunnerError(self.spec.name, f"cannot run {cmd.argv[0]}: {exc}") from exc
         return proc

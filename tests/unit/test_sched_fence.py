@@ -1,11 +1,6 @@
-"""Fencing and the reschedule guard (overlay/sched/fence.py): the quorum rule as tables,
-and the property that makes it safe: for any split of the machines into a cut-off group
-and a present group, the cut-off side keeps its units only when the engine side may not
-move them."""
+"""Fencing (overlay/sched/fence.py): the agent half of the quorum rule as tables."""
 
 from __future__ import annotations
-
-import itertools
 
 import pytest
 
@@ -14,7 +9,6 @@ from overlay.sched.fence import (
     PeerReport,
     Timings,
     fence_decision,
-    reschedule_guard,
 )
 
 T = Timings()
@@ -59,39 +53,6 @@ def test_even_split_is_no_majority_and_self_always_counts() -> None:
     assert fence_decision("m1", 9, four, {"m2": cut("m2")}, T) is Fence.STOP
     assert fence_decision("m1", 9, ("m2",), {"m2": cut("m2")}, T) is Fence.KEEP  # me + m2 of 2
     assert fence_decision("m1", 9, (), {}, T) is Fence.KEEP  # a single machine: nothing to move to
-
-
-def test_guard_waits_for_grace_then_moves() -> None:
-    lost = {"m3": 100.0}
-    g = reschedule_guard({"m1", "m2"}, {"m1", "m3"}, lost, 100.0 + T.grace - 0.1, T)
-    assert (g.move, g.waiting, g.held) == (frozenset(), {"m3"}, None)
-    g = reschedule_guard({"m1", "m2"}, {"m1", "m3"}, lost, 100.0 + T.grace, T)
-    assert g.move == {"m3"} and not g.waiting
-
-
-def test_guard_holds_when_a_majority_vanished_at_once() -> None:
-    g = reschedule_guard({"m1"}, {"m1", "m2", "m3"}, {"m2": 0.0, "m3": 0.0}, 1e6, T)
-    assert g.move == frozenset() and g.held is not None and "1 of 3" in g.held
-    g = reschedule_guard((), {"m1", "m2"}, {"m1": 0.0, "m2": 0.0}, 1e6, T)
-    assert g.move == frozenset()
-
-
-def test_no_split_lets_both_sides_act() -> None:
-    """Exhaustive over 5 machines: whenever the engine (on the present side) may move the
-    units of a cut-off machine, that machine's agent decides STOP."""
-    machines = [f"m{i}" for i in range(1, 6)]
-    for size in range(1, 5):
-        for cut_side in itertools.combinations(machines, size):
-            present = set(machines) - set(cut_side)
-            guard = reschedule_guard(present, machines, dict.fromkeys(cut_side, 0.0), 1e6, T)
-            for me in cut_side:
-                reports = {m: (cut(m) if m in cut_side else silent(m))
-                           for m in machines if m != me}
-                decision = fence_decision(me, T.ttl, machines, reports, T)
-                if me in guard.move:
-                    assert decision is Fence.STOP, (cut_side, me)
-                else:
-                    assert decision is Fence.KEEP or guard.held is None, (cut_side, me)
 
 
 @pytest.mark.parametrize("timings, word", [
