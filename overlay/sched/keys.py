@@ -11,7 +11,10 @@ Layout under the root ``/weft/sched/`` (values: JSON records of ``model``)::
                                                  machine's units
     assign/<machine>/<unit>       Assignment     the leader engine (Txn CAS; a move deletes the
                                                  old key and puts the new one in one Txn)
-    state/<unit>                  UnitState      the agent running the unit, with its presence lease
+    state/<unit>/<machine>        UnitState      the agent running the unit there, with its
+                                                 presence lease (per machine, as fleet's
+                                                 states/<unit>/<machine>: a Global unit runs
+                                                 on many)
     unscheduled/<unit>            Unscheduled    the leader, for units with no eligible machine
                                                  (deleted once placed)
     leader                        Leader         the engine that wins (create_revision == 0), with
@@ -98,8 +101,12 @@ class Layout:
     def assign(self, machine: str, name: str) -> str:
         return self.assign_prefix(machine) + name
 
-    def state(self, name: str) -> str:
-        return self.prefix(KeyKind.STATE) + name
+    def state(self, name: str, machine: str) -> str:
+        return f"{self.prefix(KeyKind.STATE)}{name}/{_check_machine(machine)}"
+
+    def state_prefix(self, name: str) -> str:
+        """``state/<unit>/``: every machine's report on one unit."""
+        return f"{self.prefix(KeyKind.STATE)}{name}/"
 
     def unscheduled(self, name: str) -> str:
         return self.prefix(KeyKind.UNSCHEDULED) + name
@@ -128,6 +135,11 @@ class Layout:
                 return ParsedKey(kind, _check_machine(machine), check_unit_name(name))
             if kind in (KeyKind.MACHINE, KeyKind.MEMBER):
                 return ParsedKey(kind, machine=_check_machine(tail))
+            if kind is KeyKind.STATE:
+                name, sep, machine = tail.partition("/")
+                if not sep:
+                    raise ValueError("want state/<unit>/<machine>")
+                return ParsedKey(kind, _check_machine(machine), check_unit_name(name))
             if kind is KeyKind.LEADER:
                 raise ValueError("the leader key has no children")
             return ParsedKey(kind, unit=check_unit_name(tail))

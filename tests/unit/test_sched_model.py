@@ -82,7 +82,7 @@ def test_unknown_fields_ignored() -> None:
     (LAYOUT.machine("m1"), ParsedKey(KeyKind.MACHINE, machine="m1")),
     (LAYOUT.member("m1"), ParsedKey(KeyKind.MEMBER, machine="m1")),
     (LAYOUT.assign("m1", "a.service"), ParsedKey(KeyKind.ASSIGN, "m1", "a.service")),
-    (LAYOUT.state("a.service"), ParsedKey(KeyKind.STATE, unit="a.service")),
+    (LAYOUT.state("a.service", "m2"), ParsedKey(KeyKind.STATE, "m2", "a.service")),
     (LAYOUT.unscheduled("a.service"), ParsedKey(KeyKind.UNSCHEDULED, unit="a.service")),
     (LAYOUT.leader(), ParsedKey(KeyKind.LEADER)),
 ], ids=["unit", "machine", "member", "assign", "state", "unscheduled", "leader"])
@@ -96,14 +96,17 @@ def test_layout_strings() -> None:
     assert LAYOUT.assign_prefix("m1") == "/weft/sched/assign/m1/"
     assert LAYOUT.prefix(KeyKind.UNIT) == "/weft/sched/units/"
     assert LAYOUT.leader() == "/weft/sched/leader"
+    assert LAYOUT.state("a.service", "m1") == "/weft/sched/state/a.service/m1"
+    assert LAYOUT.state_prefix("a.service") == "/weft/sched/state/a.service/"
     assert Layout("/t/x/").unit("a.service") == "/t/x/units/a.service"
 
 
 @pytest.mark.parametrize("key", [
     "/other/units/a.service", "/weft/sched/jobs/a.service", "/weft/sched/units/bad",
     "/weft/sched/assign/m1", "/weft/sched/leader/x", "/weft/sched/machines/",
+    "/weft/sched/state/a.service",
 ], ids=["foreign-root", "unknown-kind", "bad-unit-name", "assign-no-unit", "leader-child",
-        "machine-empty"])
+        "machine-empty", "state-no-machine"])
 def test_bad_keys(key: str) -> None:
     with pytest.raises(RecordError) as info:
         LAYOUT.parse(key)
