@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from overlay.sched.runner import (
-    Command,
     JournalPage,
     Runner,
     RunnerError,
@@ -43,6 +42,7 @@ from overlay.sched.runner import (
     restart_delay,
     should_restart,
 )
+from overlay.sched.unitfile import ExecCommand
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,12 @@ class _Unit:
         self.new_lines.set()
         self.new_lines = asyncio.Event()
 
-    def _argv(self, cmd: Command) -> list[str]:
+    def _argv(self, cmd: ExecCommand) -> list[str]:
         if self.spec.netns:
             return [*DIE_WITH_PARENT, "ip", "netns", "exec", self.spec.netns, *cmd.argv]
         return [*DIE_WITH_PARENT, *cmd.argv]
 
-    async def _spawn(self, cmd: Command) -> asyncio.subprocess.Process:
+    async def _spawn(self, cmd: ExecCommand) -> asyncio.subprocess.Process:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv(cmd), stdin=asyncio.subprocess.DEVNULL,
@@ -107,7 +107,7 @@ class _Unit:
                 return
             self.note(raw.decode(errors="replace").rstrip("\n"))
 
-    async def _run_to_exit(self, cmd: Command) -> int:
+    async def _run_to_exit(self, cmd: ExecCommand) -> int:
         proc = await self._spawn(cmd)
         self.proc = proc
         pump = asyncio.create_task(self._pump(proc))
