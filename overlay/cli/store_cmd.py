@@ -13,18 +13,17 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from overlay.cli.flags import go_duration, store_config
-from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
+from overlay.flags import WEFT_STORE_ENV, add_store_flags, go_duration, store_config
+from overlay.store.api import StoreConfig
 
 if TYPE_CHECKING:
     from overlay.store.client import StoreStatus
-    from overlay.store.server import EmbeddedServer
+    from overlay.store.embedded.server import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +59,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.set_defaults(func=serve_main)
 
     status = sub.add_parser("status", help="Maintenance Status of a store (embedded or etcd)")
-    status.add_argument("--etcd-endpoints", "-etcd-endpoints", default=",".join(DEFAULT_ENDPOINTS),
-                        help=f"comma list of store URLs [default {','.join(DEFAULT_ENDPOINTS)}]")
-    status.add_argument("--etcd-cafile", "-etcd-cafile", default=None)
-    status.add_argument("--etcd-certfile", "-etcd-certfile", default=None)
-    status.add_argument("--etcd-keyfile", "-etcd-keyfile", default=None)
-    status.add_argument("--etcd-username", "-etcd-username",
-                        default=os.environ.get("WEFT_ETCD_USERNAME"),
-                        help="username for etcd authentication [env WEFT_ETCD_USERNAME]")
-    status.add_argument("--etcd-password", "-etcd-password", default=None,
-                        help="password for etcd authentication; a command-line value shows "
-                             "in `ps`, so prefer WEFT_ETCD_PASSWORD in the environment "
-                             "(used when this flag is absent)")
+    add_store_flags(status, WEFT_STORE_ENV)
     status.set_defaults(func=status_main)
 
 
@@ -87,7 +75,7 @@ def positive_duration(text: str) -> float:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    from overlay.store.server import EmbeddedServer, TLSFiles, parse_listen
+    from overlay.store.embedded.server import EmbeddedServer, TLSFiles, parse_listen
 
     try:
         host, port = parse_listen(args.listen)
@@ -140,7 +128,7 @@ def status_main(args: argparse.Namespace) -> int:
     from overlay.store.api import StoreError
 
     try:
-        st = asyncio.run(_status(store_config(args)))
+        st = asyncio.run(_status(store_config(args, WEFT_STORE_ENV)))
     except (StoreError, ValueError) as e:
         print(f"weftctl store status: {e}", file=sys.stderr)
         return 1

@@ -22,6 +22,7 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from overlay.clock import Clock, SystemClock
 from overlay.store.api import (
     CompactedError,
     Compare,
@@ -36,8 +37,7 @@ from overlay.store.api import (
     ValueTooLargeError,
     WatchEvent,
 )
-from overlay.store.clock import Clock, SystemClock
-from overlay.store.state import (
+from overlay.store.mvcc import (
     MAX_LEASE_TTL,
     MAX_REQUEST_BYTES,
     MIN_LEASE_TTL,

@@ -100,7 +100,7 @@ async def _run(url: str, key: bytes, scenario: Scenario) -> list[Any]:
 
 @pytest.fixture
 async def embedded_url(tmp_path: Path) -> AsyncIterator[str]:
-    from overlay.store.server import EmbeddedServer
+    from overlay.store.embedded.server import EmbeddedServer
 
     server = EmbeddedServer(tmp_path / "store", "127.0.0.1", 0)
     await server.start()

@@ -55,16 +55,14 @@ from overlay.store.api import (
     StoreError,
     WatchEvent,
 )
-from overlay.store.grpcwire import Abort, Code, Context, Method, Server, server_tls
-from overlay.store.lock import DataDirLock, lock_data_dir
-from overlay.store.state import (
-    MAX_REQUEST_BYTES,
+from overlay.store.embedded.grpcwire import Abort, Code, Context, Method, Server, server_tls
+from overlay.store.embedded.lock import DataDirLock, lock_data_dir
+from overlay.store.embedded.state import (
     Batch,
     Compare,
     DeleteOp,
     DeleteResult,
     DuplicateKeyError,
-    FutureRevisionError,
     KeyNotFoundError,
     LeaseExistsError,
     LeaseTTLTooLargeError,
@@ -79,8 +77,8 @@ from overlay.store.state import (
     Target,
     TxnOp,
     TxnResult,
-    in_range,
 )
+from overlay.store.mvcc import MAX_REQUEST_BYTES, FutureRevisionError, in_range
 
 log = logging.getLogger(__name__)
 
