@@ -19,8 +19,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from overlay.cli.flags import go_duration, store_config
-from overlay.cli.network_cmd import add_store_flags
+from overlay.flags import StoreFlagEnv, add_store_flags, go_duration, store_config
 from overlay.sched.agent import DEFAULT_PORT, Agent, AgentConfig
 from overlay.sched.engine import run_engine
 from overlay.sched.fence import DEFAULT_GRACE, DEFAULT_RENEW, DEFAULT_TTL, Timings
@@ -37,6 +36,16 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "WEFT_AGENT_"
 DEFAULT_STATE_DIR = "/var/lib/weft/agent"
 RUNNERS = ("auto", "supervisor", "systemd")
+
+
+# the agent's own variables first, then etcdctl's (what `weftctl sandbox exec` sets)
+AGENT_STORE_ENV = StoreFlagEnv(
+    endpoints=(f"{ENV_PREFIX}ETCD_ENDPOINTS", "ETCDCTL_ENDPOINTS"),
+    cafile=(f"{ENV_PREFIX}ETCD_CAFILE", "ETCDCTL_CACERT"),
+    certfile=(f"{ENV_PREFIX}ETCD_CERTFILE", "ETCDCTL_CERT"),
+    keyfile=(f"{ENV_PREFIX}ETCD_KEYFILE", "ETCDCTL_KEY"),
+    username=(f"{ENV_PREFIX}ETCD_USERNAME", "WEFT_ETCD_USERNAME"),
+    password=(f"{ENV_PREFIX}ETCD_PASSWORD", "WEFT_ETCD_PASSWORD"))
 
 
 class AgentFlagError(ValueError):
@@ -108,7 +117,7 @@ def public_ip(flag: str | None, store: StoreConfig) -> ipaddress.IPv4Address:
 
 def build_config(args: argparse.Namespace) -> tuple[AgentConfig, StoreConfig]:
     try:
-        store = store_config(args)
+        store = store_config(args, AGENT_STORE_ENV)
     except ValueError as exc:
         raise AgentFlagError(str(exc)) from None
     try:
@@ -200,7 +209,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "cut off from the store (fencing), and take part in the engine's "
                     f"leader election. Every flag also reads {ENV_PREFIX}<FLAG>.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_store_flags(p)
+    add_store_flags(p, AGENT_STORE_ENV)
 
     def flag(name: str, default: str | None, help: str, **kw: object) -> None:
         p.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"),

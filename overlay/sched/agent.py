@@ -38,13 +38,13 @@ import contextlib
 import ipaddress
 import json
 import logging
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from overlay.clock import Clock, SystemClock
 from overlay.sched.errors import SchedError
 from overlay.sched.fence import Fence, PeerReport, Timings, fence_decision
 from overlay.sched.keys import KeyKind, Layout, service_key
@@ -110,15 +110,16 @@ class Agent:
                  runner_factory: Callable[[Callable[[str], None]], Runner],
                  attacher: Attacher | None,
                  engine_factory: Callable[[Agent], Coroutine[object, object, None]] | None
-                 = None) -> None:
+                 = None, clock: Clock | None = None) -> None:
         self.cfg = cfg
+        self.clock: Clock = clock or SystemClock()
         self.store = store
         self.keys = Layout(cfg.prefix)
         self.runner = runner_factory(self._changed)
         self.attacher = attacher
         self._engine_factory = engine_factory
         self.lease = 0
-        self.renewed_at = time.monotonic()  # when the last successful renewal was *sent*
+        self.renewed_at = self.clock.monotonic()  # when the last successful renewal was *sent*
         self.fence = Fence.HOLD
         self.members: dict[str, MachineRecord] = {}
         self._running: dict[str, _Running] = {}
@@ -139,7 +140,7 @@ class Agent:
             return await op
 
     def renewed_ago(self) -> float:
-        return time.monotonic() - self.renewed_at
+        return self.clock.monotonic() - self.renewed_at
 
     @property
     def machine(self) -> MachineRecord:
@@ -194,7 +195,7 @@ class Agent:
 
     async def _register(self) -> None:
         ttl = max(2, round(self.cfg.timings.ttl))
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         lease = await self._call(self.store.grant(ttl))
         record = self.machine.to_json()
         await self._call(self.store.put(self.keys.machine(self.cfg.machine_id).encode(),
@@ -214,7 +215,7 @@ class Agent:
     async def _presence_loop(self) -> None:
         t = self.cfg.timings
         while True:
-            sent = time.monotonic()
+            sent = self.clock.monotonic()
             try:
                 if not self.lease:
                     await self._register()
@@ -237,7 +238,7 @@ class Agent:
             except (StoreError, TimeoutError, OSError) as exc:
                 log.debug("presence renewal failed: %s", exc)
             await self._fence_check()
-            await asyncio.sleep(max(0.0, t.renew - (time.monotonic() - sent)))
+            await self.clock.sleep(max(0.0, t.renew - (self.clock.monotonic() - sent)))
 
     async def _fence_check(self) -> None:
         t = self.cfg.timings
@@ -323,7 +324,7 @@ class Agent:
                     changed(batch)
             except (StoreError, TimeoutError, OSError) as exc:
                 log.debug("watch %s: %s; listing again", prefix.decode(), exc)
-            await asyncio.sleep(pause)
+            await self.clock.sleep(pause)
 
     # -- assignments and the runner ------------------------------------------------------------
 
@@ -432,9 +433,9 @@ class Agent:
         if st is None and a is None:
             return None
         if st is None:
-            st = RunStatus("inactive", "dead", time.time())
+            st = RunStatus("inactive", "dead", self.clock.now())
         if r is None and a is not None and a.desired is not DesiredState.LAUNCHED and st.running:
-            st = RunStatus("inactive", "dead", time.time())
+            st = RunStatus("inactive", "dead", self.clock.now())
         address = r.address if r and r.address and st.running else None
         return UnitState(self.cfg.machine_id, st.active, st.sub, st.since, st.exit, address,
                          st.pid)
@@ -452,7 +453,7 @@ class Agent:
             except (StoreError, TimeoutError, OSError) as exc:
                 log.debug("state report failed (%s); retrying", exc)
                 self._dirty |= dirty
-                await asyncio.sleep(self.cfg.timings.renew)
+                await self.clock.sleep(self.cfg.timings.renew)
                 self._report.set()
 
     async def _publish(self, name: str) -> None:

@@ -35,10 +35,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from overlay.clock import Clock, SystemClock
 from overlay.sched.errors import SchedError
 from overlay.sched.fence import Timings
 from overlay.sched.keys import KeyKind, Layout
@@ -196,7 +196,8 @@ class Engine:
     """Leader election and the leader's passes (see the module docstring)."""
 
     def __init__(self, store: Store, machine_id: str, timings: Timings,
-                 layout: Layout) -> None:
+                 layout: Layout, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
         self.store = store
         self.machine_id = machine_id
         self.timings = timings
@@ -224,14 +225,14 @@ class Engine:
                 log.debug("engine %s: store: %s", self.machine_id, exc)
             finally:
                 self.leading = False
-            await asyncio.sleep(self.timings.renew)
+            await self.clock.sleep(self.timings.renew)
 
     async def _campaign(self) -> bool:
         t = max(self.timings.renew, 1.0) * 2
         async with asyncio.timeout(t):
             lease = await self.store.grant(max(2, round(self.timings.ttl)))
-            rev = await self.store.create(self.leader_key,
-                                          Leader(self.machine_id, time.time()).to_json(), lease)
+            leader = Leader(self.machine_id, self.clock.now())
+            rev = await self.store.create(self.leader_key, leader.to_json(), lease)
         if rev is None:
             with contextlib.suppress(StoreError, TimeoutError):
                 async with asyncio.timeout(t):
@@ -277,9 +278,9 @@ class Engine:
 
     async def _keepalive(self) -> None:
         t = self.timings
-        last_ok = time.monotonic()
+        last_ok = self.clock.monotonic()
         while True:
-            sent = time.monotonic()
+            sent = self.clock.monotonic()
             try:
                 async with asyncio.timeout(t.renew):
                     await self.store.keepalive(self.lease)
@@ -287,9 +288,9 @@ class Engine:
             except LeaseNotFoundError:
                 raise Deposed("leader lease expired") from None
             except (StoreError, TimeoutError, OSError) as exc:
-                if time.monotonic() - last_ok >= t.ttl:
+                if self.clock.monotonic() - last_ok >= t.ttl:
                     raise Deposed(f"leader lease not renewed for {t.ttl:g} s ({exc})") from None
-            await asyncio.sleep(max(0.0, t.renew - (time.monotonic() - sent)))
+            await self.clock.sleep(max(0.0, t.renew - (self.clock.monotonic() - sent)))
 
     async def _watch(self, prefix: bytes) -> None:
         listing = await self.store.list(prefix)
@@ -305,7 +306,7 @@ class Engine:
                         await self._wake.wait()
             else:
                 await self._wake.wait()
-            await asyncio.sleep(DEBOUNCE)
+            await self.clock.sleep(DEBOUNCE)
             self._wake.clear()
             await self.one_pass()
 
@@ -344,7 +345,7 @@ class Engine:
         for _attempt in range(3):
             snap = await self.snapshot()
             result = plan_pass(snap, self.layout, self.leader_key, self.leader_rev, self.lease,
-                               self._lost_since, time.monotonic(), self.timings)
+                               self._lost_since, self.clock.monotonic(), self.timings)
             self.passes += 1
             if result.held_reason and result.held_reason != self._last_held:
                 log.warning("engine: %s", result.held_reason)
@@ -364,5 +365,6 @@ class Engine:
         self._wake.set()  # still racing someone (a weftctl command): try again soon
 
 
-async def run_engine(store: Store, machine_id: str, timings: Timings, layout: Layout) -> None:
-    await Engine(store, machine_id, timings, layout).run()
+async def run_engine(store: Store, machine_id: str, timings: Timings, layout: Layout,
+                     clock: Clock | None = None) -> None:
+    await Engine(store, machine_id, timings, layout, clock).run()

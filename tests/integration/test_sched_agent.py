@@ -24,7 +24,7 @@ from overlay.sched.model import Assignment, DesiredState, MachineRecord
 from overlay.sched.supervisor import Supervisor
 from overlay.store.api import StoreConfig
 from overlay.store.client import connect
-from overlay.store.launch import StoreProcess, start_embedded
+from overlay.store.embedded.launch import StoreProcess, start_embedded
 
 FAST = Timings(ttl=2, renew=0.5, grace=1.0, probe_timeout=0.3)
 
