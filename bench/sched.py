@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # run as a script: bench/overlay.py must not shadow the package
 PY = sys.executable
 NOOP = "[Service]\nExecStart=/bin/sleep 1000000\n"
 HOST = "127.0.0.1"
