@@ -113,9 +113,10 @@ class CountingStore:
 
         self.port = free_port(HOST)
         self.counts_path = workdir / "counts.json"
-        self.proc = subprocess.Popen(
-            [PY, __file__, "--serve-store", str(workdir / "store"), str(self.port),
-             str(self.counts_path)], cwd=ROOT, stderr=open(workdir / "store.log", "w"))
+        with open(workdir / "store.log", "w") as log:
+            self.proc = subprocess.Popen(
+                [PY, __file__, "--serve-store", str(workdir / "store"), str(self.port),
+                 str(self.counts_path)], cwd=ROOT, stderr=log)
         if not wait_tcp(HOST, self.port, 30) or not self._wait_counts():
             raise RuntimeError("the counting store did not start (see store.log)")
         self.endpoint = f"http://{HOST}:{self.port}"
@@ -242,6 +243,28 @@ async def _connect(endpoint: str) -> Any:
     return await connect(StoreConfig((endpoint,)))
 
 
+async def watch_active(store: Any, root: str, start_rev: int, units: dict[str, str | None],
+                       t0: float, timeout: float) -> dict[str, float]:
+    """Seconds after ``t0`` at which each unit reported active on a machine other than
+    ``units[unit]`` (None: any machine); stops at ``timeout`` with what it has."""
+    from overlay.sched.keys import Layout
+    from overlay.sched.registry import Snapshot, Verb, Waiter
+
+    layout = Layout(root)
+    waiter = Waiter(Verb.START, units, Snapshot(), layout)
+    when: dict[str, float] = {}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            async for batch in store.watch(root.encode(), start_rev):
+                waiter.feed(batch)
+                for unit, old in units.items():
+                    if unit not in when and any(m != old for m in waiter.where(unit)):
+                        when[unit] = time.monotonic() - t0
+                if len(when) == len(units):
+                    break
+    return when
+
+
 async def submit_and_wait(endpoint: str, root: str, names: Sequence[str], workdir: Path,
                           timeout: float) -> tuple[float, dict[str, float]]:
     """Start ``names`` (no-op units) and wait until each reports active somewhere.
@@ -249,33 +272,18 @@ async def submit_and_wait(endpoint: str, root: str, names: Sequence[str], workdi
     import io
 
     from overlay.cli.fleet_cmd import run_verb
-    from overlay.sched.keys import KeyKind, Layout
-    from overlay.sched.model import UnitState
+    from overlay.sched.keys import Layout
     from overlay.sched.registry import Verb
 
-    layout = Layout(root)
     for n in names:
         (workdir / n).write_text(NOOP)
     store = await _connect(endpoint)
     try:
-        start_rev = (await store.list(b"/bench-nothing/")).revision
+        start_rev = (await store.list(b"/bench-nothing/")).revision + 1
         t0 = time.monotonic()
-        await run_verb(store, layout, Verb.START, [str(workdir / n) for n in names],
+        await run_verb(store, Layout(root), Verb.START, [str(workdir / n) for n in names],
                        block=False, attempts=0, out=io.StringIO())
-        want = set(names)
-        when: dict[str, float] = {}
-        async with asyncio.timeout(timeout):
-            async for batch in store.watch(layout.prefix(KeyKind.STATE).encode(), start_rev):
-                for ev in batch:
-                    if ev.type.value != "put":
-                        continue
-                    key = ev.kv.key.decode()
-                    parsed = layout.parse(key)
-                    if parsed.unit in want and parsed.unit not in when and \
-                            UnitState.from_json(key, ev.kv.value).active == "active":
-                        when[parsed.unit] = time.monotonic() - t0
-                if len(when) == len(want):
-                    break
+        when = await watch_active(store, root, start_rev, dict.fromkeys(names), t0, timeout)
         return time.monotonic() - t0, when
     finally:
         await store.close()
@@ -303,33 +311,15 @@ async def leader_of(endpoint: str, root: str) -> str | None:
         await store.close()
 
 
-async def failover_times(endpoint: str, root: str, victims: dict[str, str],
+async def failover_times(endpoint: str, root: str, victims: dict[str, str | None],
                          kill: Any, timeout: float) -> dict[str, float]:
     """Kill every victim at once; unit -> seconds until it is active on another machine."""
-    from overlay.sched.keys import KeyKind, Layout
-    from overlay.sched.model import UnitState
-    layout = Layout(root)
     store = await _connect(endpoint)
     try:
         rev = (await store.list(b"/bench-nothing/")).revision + 1
         t0 = time.monotonic()
         kill()
-        done: dict[str, float] = {}
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                async for batch in store.watch(layout.prefix(KeyKind.STATE).encode(), rev):
-                    for ev in batch:
-                        if ev.type.value != "put":
-                            continue
-                        key = ev.kv.key.decode()
-                        p = layout.parse(key)
-                        if p.unit in victims and p.machine != victims[p.unit] and \
-                                p.unit not in done and \
-                                UnitState.from_json(key, ev.kv.value).active == "active":
-                            done[p.unit] = time.monotonic() - t0
-                    if len(done) == len(victims):
-                        break
-        return done
+        return await watch_active(store, root, rev, victims, t0, timeout)
     finally:
         await store.close()
 
@@ -406,7 +396,7 @@ def failover(store: CountingStore, workdir: Path, label: str, timings: dict[str,
                                            workdir / f"units-{label}", 120))
         where = asyncio.run(_placement(store.endpoint, root, names))
         victim_ids = {f"v{i:02d}" for i in range(kills)}
-        on_victims = {u: m for u, m in where.items() if m in victim_ids}
+        on_victims: dict[str, str | None] = {u: m for u, m in where.items() if m in victim_ids}
 
         def kill() -> None:
             for vid in sorted(victim_ids):
