@@ -55,6 +55,7 @@ from overlay.store.api import (
     StoreError,
     WatchEvent,
 )
+from overlay.store.gateway import Gateway, StoreProbe
 from overlay.store.grpcwire import Abort, Code, Context, Method, Server, server_tls
 from overlay.store.lock import DataDirLock, lock_data_dir
 from overlay.store.state import (
@@ -753,6 +754,7 @@ class EmbeddedServer:
         self._expiry: asyncio.Task[None] | None = None
         self._progress: asyncio.Task[None] | None = None
         self._lock: DataDirLock | None = None
+        self._gateway: Gateway | None = None
 
     @property
     def endpoint(self) -> str:
@@ -768,7 +770,12 @@ class EmbeddedServer:
             self._unlock()
             raise OSError(f"store: cannot open {self.data_dir / 'store.db'}: {e}") from e
         self.service = StoreService(self.state, [])
-        server = Server(methods(self.service), MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES)
+        table = methods(self.service)
+        server = Server(table, MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES)
+        committer = self.service.committer
+        self._gateway = Gateway(table, StoreProbe(self.state, lambda: committer.broken is not None,
+                                                  lambda: len(committer.watchers)))
+        server.http1 = self._gateway.accept  # HTTP/1.1 on the same port: etcd's JSON API
         addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         tls: ssl.SSLContext | None = None
         try:
@@ -825,6 +832,8 @@ class EmbeddedServer:
                     await task
         if self._server is not None:
             await self._server.stop()
+        if self._gateway is not None:
+            self._gateway.close()
         if self.service is not None:
             await self.service.committer.drain()
         if self.state is not None:
