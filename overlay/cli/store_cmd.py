@@ -74,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "(used when this flag is absent)")
     status.set_defaults(func=status_main)
 
+    from overlay.cli import store_backup_cmd
+
+    store_backup_cmd.register(sub, add_connection_flags)
+
 
 def positive_duration(text: str) -> float:
     """``--experimental-watch-progress-notify-interval``: a positive Go duration, seconds."""
@@ -162,3 +166,24 @@ async def _status(cfg: StoreConfig) -> StoreStatus:
         return await store.status()
     finally:
         await store.close()
+
+
+def add_connection_flags(p: argparse.ArgumentParser) -> None:
+    """The flags naming the store a client subcommand talks to (``status``'s)."""
+    p.add_argument("--etcd-endpoints", "-etcd-endpoints", default=",".join(DEFAULT_ENDPOINTS),
+                   help=f"comma list of store URLs [default {','.join(DEFAULT_ENDPOINTS)}]")
+    p.add_argument("--etcd-cafile", "-etcd-cafile", default=None)
+    p.add_argument("--etcd-certfile", "-etcd-certfile", default=None)
+    p.add_argument("--etcd-keyfile", "-etcd-keyfile", default=None)
+    p.add_argument("--etcd-username", "-etcd-username",
+                   default=os.environ.get("WEFT_ETCD_USERNAME"),
+                   help="username for etcd authentication [env WEFT_ETCD_USERNAME]")
+    p.add_argument("--etcd-password", "-etcd-password", default=None,
+                   help="password for etcd authentication; a command-line value shows "
+                        "in `ps`, so prefer WEFT_ETCD_PASSWORD in the environment "
+                        "(used when this flag is absent)")
+
+
+def config(args: argparse.Namespace) -> StoreConfig:
+    """The store named by ``add_connection_flags``' flags."""
+    return store_config(args)

@@ -47,6 +47,7 @@ from typing import Any, NoReturn, TypeVar
 
 from aetcd.rpc import kv_pb2, rpc_pb2
 
+from overlay.store import snapshot
 from overlay.store.api import (
     CompactedError,
     EventType,
@@ -612,6 +613,27 @@ class StoreService:
             header=header, version=VERSION, dbSize=size, dbSizeInUse=size,
             leader=s.member_id, raftIndex=revision, raftTerm=RAFT_TERM,
             raftAppliedIndex=revision)
+
+    async def Snapshot(self, requests: AsyncIterator[Any], context: Context
+                       ) -> AsyncIterator[Any]:
+        """etcd's snapshot: a consistent copy of the database taken while writes go on,
+        streamed in chunks (format: overlay/store/snapshot.py)."""
+        async for _ in requests:
+            break
+        path, remove = snapshot.snapshot_file(self.state.path.parent)
+        try:
+            header = self.header(self.committer.committed_revision)
+            try:
+                await asyncio.to_thread(snapshot.take, self.state.path, path)
+            except sqlite3.Error as e:
+                raise Abort(Code.INTERNAL, f"etcdserver: snapshot failed: {e}") from e
+            log.info("store: sending a snapshot of %s (%d bytes)", self.state.path,
+                     path.stat().st_size)
+            for blob, remaining in snapshot.chunks(path):
+                yield rpc_pb2.SnapshotResponse(header=header, remaining_bytes=remaining,
+                                               blob=blob)
+        finally:
+            remove()
 
     async def Alarm(self, request: Any, context: Context) -> Any:
         """This store raises no alarms (no space quota, no corruption check): the list is
