@@ -210,6 +210,26 @@ def requested_ips(conf: NetConf, env: Env) -> list[tuple[str, str]]:
     return out
 
 
+def valid_attachments(raw: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """GC's ``cni.dev/valid-attachments`` (or the older ``cni.dev/attachments``) as
+    (containerID, ifname) pairs. A missing key (or null) is no valid attachment: libcni's
+    GC without GCArgs, as ``cnitool gc`` sends, has already DELeted every attachment it
+    cached and leaves the plugin to free the rest. A key that is present but malformed is
+    a ConfigError: freeing everything on a typo would take down running containers."""
+    key = "cni.dev/valid-attachments"
+    items = raw.get(key, raw.get("cni.dev/attachments"))
+    if items is None:
+        return set()
+    if not isinstance(items, list):
+        raise ConfigError(f"{key} must be a list of {{containerID, ifname}}, not {items!r}")
+    valid: set[tuple[str, str]] = set()
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
+            raise ConfigError(f"{key} entry {item!r} lacks containerID")
+        valid.add((item["containerID"], str(item.get("ifname", ""))))
+    return valid
+
+
 def requested_mac(conf: NetConf, env: Env) -> bytes | None:
     """A MAC from runtimeConfig.mac or CNI_ARGS MAC=, as 6 bytes."""
     text = conf.runtime.get("mac") or env.args.get("MAC")

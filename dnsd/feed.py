@@ -18,8 +18,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from overlay.clock import Clock, SystemClock
 from overlay.store.api import CompactedError, LeaseNotFoundError, Store, StoreError
-from overlay.store.clock import Clock, SystemClock
 
 from .index import Index
 

@@ -34,18 +34,18 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from overlay.cli.flags import go_duration
+from overlay.flags import go_duration
 
 from .engine import EngineConfig
 from .forward import Forwarder, parse_hostport
 from .keys import BadNameError, split_name
 
 if TYPE_CHECKING:
-    from .cli import DnsdConfig
+    from .config import DnsdConfig
 
 HONOURED = ("dns_addr", "domain", "nameservers", "no_rec", "read_timeout", "round_robin",
             "ttl", "min_ttl", "priority")
@@ -247,3 +247,18 @@ def merge(cfg: DnsdConfig, sky: SkyConfig,
     merged = dataclasses.replace(cfg, host=host, port=port, engine=engine,
                                  forwarder=forwarder, round_robin=round_robin)
     return merged, overrides
+
+
+# flags a /skydns/config field can override
+_OVERRIDABLE = frozenset(FLAG_OF.values())
+
+
+def explicit_flags(argv: Sequence[str], environ: Mapping[str, str]) -> frozenset[str]:
+    """The overridable flags set on the command line or via ``SKYDNS_*``, not defaulted.
+
+    FlagParser folds defaults in, so this looks at the raw spellings it accepts:
+    ``-f``, ``--f``, ``-f=v``, ``--f=v``.
+    """
+    given = {arg.lstrip("-").split("=", 1)[0] for arg in argv if arg.startswith("-")}
+    env = {f for f in _OVERRIDABLE if "SKYDNS_" + f.upper().replace("-", "_") in environ}
+    return frozenset((given & _OVERRIDABLE) | env)

@@ -25,7 +25,7 @@ Theory of operation
 Nothing is torn down on exit: the lease stays (it expires unless we come back
 and reuse it) and so does the kernel state, so a restart does not blip traffic.
 
-Time and randomness are injected (``sleep``, ``rng``); unit tests drive this
+Time and randomness are injected (``clock``, ``rng``); unit tests drive this
 class with ``MemoryStore``, a fake clock and a fake backend.
 """
 
@@ -36,7 +36,6 @@ import contextlib
 import ipaddress
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -44,6 +43,7 @@ from typing import Any, Protocol, TypeVar
 from overlay import ipnet, subnetfile
 from overlay.backend.base import Backend, BackendConfigError, BackendError, ExternalInterface
 from overlay.backend.plan import desired_blackholes
+from overlay.clock import Clock, SystemClock
 from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
 from overlay.health import HealthState, sd_notify
 from overlay.lease.allocator import NetworkFullError
@@ -55,7 +55,6 @@ from overlay.store.api import CompactedError, Store, StoreError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
 BackendFactory = Callable[[NetworkConfig, ExternalInterface], Backend]
 
 
@@ -107,9 +106,8 @@ class Flanneld:
         backend_factory: BackendFactory,
         masq_factory: MasqFactory | None = None,
         rng: random.Random | None = None,
-        sleep: Sleep = asyncio.sleep,
+        clock: Clock | None = None,
         health: HealthState | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
         blackhole: BlackholeSync | None = None,
     ) -> None:
         self.cfg = cfg
@@ -119,8 +117,7 @@ class Flanneld:
         self.masq_factory = masq_factory
         self.blackhole = blackhole
         self._blackholes_clean = False  # flag off and no blackhole of ours left
-        self.sleep = sleep
-        self.monotonic = monotonic
+        self.clock: Clock = clock or SystemClock()
         self.health = health or HealthState()
         self.leases = LeaseManager(store, cfg.prefix, cfg.lease_ttl, rng or random.Random())
         self._state: _State | None = None
@@ -194,7 +191,7 @@ class Flanneld:
                 if attempt == 0 or delay == STORE_BACKOFF[-1]:
                     log.warning("%s failed (%s); retrying", what, exc)
                 attempt += 1
-                await self.sleep(delay)
+                await self.clock.sleep(delay)
 
     async def _wait_for_config(self) -> tuple[NetworkConfig, Backend]:
         """Block until the config is valid and the backend accepts it."""
@@ -237,7 +234,7 @@ class Flanneld:
                 await close_stream(stream)
 
         watch = asyncio.ensure_future(changed())
-        timer = asyncio.ensure_future(self.sleep(timeout or self.cfg.config_retry))
+        timer = asyncio.ensure_future(self.clock.sleep(timeout or self.cfg.config_retry))
         try:
             await asyncio.wait({watch, timer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -263,7 +260,7 @@ class Flanneld:
                 if str(exc) != last_error:
                     log.error("cannot acquire a lease: %s; retrying", exc)
                     last_error = str(exc)
-                await self.sleep(backoff(attempt))
+                await self.clock.sleep(backoff(attempt))
                 attempt += 1
                 continue
             self.health.lease_held = True
@@ -415,7 +412,7 @@ class Flanneld:
         interval = self.cfg.renew_interval()
         while True:
             lost = asyncio.ensure_future(self._lost.wait())
-            timer = asyncio.ensure_future(self.sleep(interval))
+            timer = asyncio.ensure_future(self.clock.sleep(interval))
             try:
                 await asyncio.wait({lost, timer}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -436,7 +433,7 @@ class Flanneld:
             except StoreError as exc:
                 log.warning("renewing lease %s failed (%s); retrying in %.0f s",
                             state.own.subnet, exc, self._renew_delay)
-                await self.sleep(self._renew_delay)
+                await self.clock.sleep(self._renew_delay)
                 continue
             self.health.lease_renewals_total += 1
             log.debug("renewed lease %s (ttl %d s)", state.own.subnet, ttl)
@@ -488,7 +485,7 @@ class Flanneld:
                     state = self._require()
                     update = apply_watch_events(state.table, batch)
                     self._apply(update)
-                await self.sleep(STORE_BACKOFF[0])  # the stream ended: watch again from rev
+                await self.clock.sleep(STORE_BACKOFF[0])  # the stream ended: watch again from rev
                 continue
             except CompactedError as exc:
                 log.warning("lease watch fell behind a compaction (%s); re-listing", exc)
@@ -496,7 +493,7 @@ class Flanneld:
                 delay = backoff(attempt)
                 attempt += 1
                 log.warning("lease watch failed (%s); re-listing in %.1f s", exc, delay)
-                await self.sleep(delay)
+                await self.clock.sleep(delay)
             finally:
                 await close_stream(stream)
             listing = await self._retry(self.leases.list, "re-listing leases")
@@ -542,7 +539,7 @@ class Flanneld:
                 await self._wait_config_change(key, rev, CONFIG_REREAD)
             except StoreError as exc:
                 log.debug("config watch: %s", exc)
-                await self.sleep(STORE_BACKOFF[-1])
+                await self.clock.sleep(STORE_BACKOFF[-1])
 
     async def _resync_loop(self) -> None:
         """Full reconcile every ``resync_interval`` s, stretched to keep it under ~5% CPU.
@@ -553,15 +550,15 @@ class Flanneld:
         """
         interval = self.cfg.resync_interval
         while True:
-            await self.sleep(interval)
-            started = self.monotonic()
+            await self.clock.sleep(interval)
+            started = self.clock.monotonic()
             await self.reconcile("periodic")
-            took = self.monotonic() - started
+            took = self.clock.monotonic() - started
             interval = max(self.cfg.resync_interval, took * RESYNC_BUDGET)
 
     async def _masq_loop(self) -> None:
         while True:
-            await self.sleep(self.cfg.masq_interval)
+            await self.clock.sleep(self.cfg.masq_interval)
             state = self._require()
             if state.masq is None:
                 continue

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import dnslib
 
-from overlay.store.launch import free_port
+from overlay.store.embedded.launch import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

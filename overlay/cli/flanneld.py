@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from overlay.backend.base import Backend, ExternalInterface
-from overlay.cli.flags import FlagParser
 from overlay.config import (
     DEFAULT_LEASE_TTL,
     DEFAULT_RENEW_MARGIN,
@@ -32,10 +31,14 @@ from overlay.config import (
     NetworkConfig,
 )
 from overlay.daemon import BlackholeSync, Masquerade
+from overlay.flags import FlagParser, StoreFlagEnv, add_store_flags, store_config
 from overlay.lease.model import DEFAULT_PREFIX, Lease
-from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
+from overlay.store.api import StoreConfig
 
 log = logging.getLogger("flanneld")
+
+# the parser's prefix names every store variable (FLANNELD_ETCD_*): nothing more
+FLANNELD_ENV = StoreFlagEnv(username=(), password=())
 
 DESCRIPTION = """\
 flanneld: weft's flannel-compatible overlay daemon. It reads the network config
@@ -49,18 +52,9 @@ FLANNELD_<UPPER_SNAKE> in the environment; the command line wins."""
 
 def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p = FlagParser("flanneld", DESCRIPTION, env_prefixes=("FLANNELD_",), environ=environ)
-    p.add("etcd-endpoints", "comma-separated store endpoints (etcd or `weftctl store serve`)",
-          default=",".join(DEFAULT_ENDPOINTS), metavar="URLS")
+    add_store_flags(p, FLANNELD_ENV)
     p.add("etcd-prefix", "store key prefix of the network", default=DEFAULT_PREFIX,
           metavar="PREFIX")
-    p.add("etcd-cafile", "TLS CA bundle to verify the store", metavar="FILE")
-    p.add("etcd-certfile", "TLS client certificate", metavar="FILE")
-    p.add("etcd-keyfile", "TLS client key", metavar="FILE")
-    p.add("etcd-username", "username for etcd authentication (etcd v3 auth; unset = none)",
-          metavar="USER")
-    p.add("etcd-password", "password for etcd authentication; a value on the command line "
-          "shows in `ps`, so prefer the FLANNELD_ETCD_PASSWORD environment variable",
-          metavar="PASSWORD")
     p.add("iface", "interface (name or IP address) for inter-host traffic; repeatable, "
           "first match wins [default: the default route's interface]", repeat=True,
           metavar="IFACE")
@@ -125,10 +119,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
             except ValueError:
                 parser.error(f"-{flag.replace('_', '-')} {value!r}: not an IPv4 address")
     try:
-        store_cfg = StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile,
-                                          args.etcd_certfile, args.etcd_keyfile,
-                                          username=args.etcd_username,
-                                          password=args.etcd_password)
+        store_cfg = store_config(args, FLANNELD_ENV)
     except ValueError as exc:
         parser.error(str(exc))
     cfg = DaemonConfig(

@@ -26,49 +26,35 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from overlay import subnetfile
-from overlay.cli.flags import store_config
 from overlay.config import (
     DEFAULT_SUBNET_FILE,
     ConfigError,
     build_network_json,
+    check_network_config,
+    config_change_conflicts,
     parse_network_config,
 )
+from overlay.flags import FLANNELD_STORE_ENV, store_config
+from overlay.flags import add_store_flags as add_store_flags_to
 from overlay.lease.model import (
     DEFAULT_PREFIX,
+    Lease,
     LeaseFormatError,
     config_key,
     decode_lease,
     subnets_prefix,
 )
-from overlay.store.api import DEFAULT_ENDPOINTS, Store, StoreError
+from overlay.store.api import KeyValue, Store, StoreError
 
 DEFAULT_DOCKER_ENV = Path("/run/docker_opts.env")
 
 
 def add_store_flags(p: argparse.ArgumentParser) -> None:
-    env = os.environ
-    p.add_argument("-etcd-endpoints", "--etcd-endpoints", dest="etcd_endpoints",
-                   default=env.get("FLANNELD_ETCD_ENDPOINTS", ",".join(DEFAULT_ENDPOINTS)),
-                   help="comma-separated store endpoints [env FLANNELD_ETCD_ENDPOINTS]")
+    """The store flags (overlay.flags) plus ``-etcd-prefix``, with flanneld's variables."""
+    add_store_flags_to(p, FLANNELD_STORE_ENV)
     p.add_argument("-etcd-prefix", "--etcd-prefix", dest="etcd_prefix",
-                   default=env.get("FLANNELD_ETCD_PREFIX", DEFAULT_PREFIX),
+                   default=os.environ.get("FLANNELD_ETCD_PREFIX", DEFAULT_PREFIX),
                    help=f"network key prefix [default {DEFAULT_PREFIX}]")
-    for name in ("cafile", "certfile", "keyfile"):
-        p.add_argument(f"-etcd-{name}", f"--etcd-{name}", dest=f"etcd_{name}",
-                       default=env.get(f"FLANNELD_ETCD_{name.upper()}"),
-                       help=f"TLS {name} for the store")
-    p.add_argument("-etcd-username", "--etcd-username", dest="etcd_username",
-                   default=env.get("WEFT_ETCD_USERNAME") or env.get("FLANNELD_ETCD_USERNAME"),
-                   help="username for etcd authentication "
-                        "[env WEFT_ETCD_USERNAME, FLANNELD_ETCD_USERNAME]")
-    p.add_argument("-etcd-password", "--etcd-password", dest="etcd_password", default=None,
-                   help="password for etcd authentication; a command-line value shows in "
-                        "`ps`, so prefer the environment: WEFT_ETCD_PASSWORD (or "
-                        "FLANNELD_ETCD_PASSWORD) is used when this flag is absent")
-
-
-# without -etcd-password: weft's variable, then the one flanneld reads
-PASSWORD_ENV = ("WEFT_ETCD_PASSWORD", "FLANNELD_ETCD_PASSWORD")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -85,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--port", type=int, help="VXLAN/UDP port [8472 for vxlan, 8285 for udp]")
     s.add_argument("--direct-routing", action="store_true",
                    help="vxlan: plain routes to peers on the same L2 network")
+    s.add_argument("--force", action="store_true",
+                   help="write even when live leases fall outside the new network or their "
+                        "hosts run another backend (they keep their old subnets until "
+                        "flanneld restarts)")
     add_store_flags(s)
     s.set_defaults(func=cmd_set)
     g = nsub.add_parser("get", help="print the stored network config")
@@ -131,7 +121,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 async def _store(args: argparse.Namespace) -> Store:
     from overlay.store.client import connect
 
-    return await connect(store_config(args, PASSWORD_ENV))
+    return await connect(store_config(args, FLANNELD_STORE_ENV))
 
 
 def cmd_set(args: argparse.Namespace) -> int:
@@ -151,9 +141,22 @@ def cmd_set(args: argparse.Namespace) -> int:
         sys.stderr.write(f"weftctl network set: {exc}\n")
         return 2
 
+    new = check_network_config(obj)
+
     async def go() -> int:
         store = await _store(args)
         try:
+            if not args.force:
+                listing = await store.list(subnets_prefix(args.etcd_prefix).encode())
+                conflicts = config_change_conflicts(new, _live_leases(listing.items))
+                if conflicts:
+                    sys.stderr.write(
+                        f"weftctl network set: refusing to change the network config under "
+                        f"{len(conflicts)} live lease(s):\n"
+                        + "".join(f"  {c}\n" for c in conflicts)
+                        + "stop flanneld on those hosts and let the leases expire (or "
+                          "delete them), or pass --force\n")
+                    return 1
             await store.put(config_key(args.etcd_prefix).encode(),
                             json.dumps(obj, separators=(",", ":")).encode())
         finally:
@@ -162,6 +165,17 @@ def cmd_set(args: argparse.Namespace) -> int:
         return 0
 
     return _run(go())
+
+
+def _live_leases(items: Sequence[KeyValue]) -> list[Lease]:
+    """The well-formed leases of a listing (a malformed one has no data path to break)."""
+    leases = []
+    for kv in items:
+        try:
+            leases.append(decode_lease(kv.key.decode("utf-8", "replace"), kv.value))
+        except LeaseFormatError:
+            continue
+    return leases
 
 
 def cmd_get(args: argparse.Namespace) -> int:

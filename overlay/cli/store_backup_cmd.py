@@ -106,8 +106,8 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 async def _save(cfg: StoreConfig, path: Path) -> int:
-    from overlay.store import snapshot
     from overlay.store.client import connect
+    from overlay.store.embedded import snapshot
 
     part = path.with_name(path.name + ".part")
     store = await connect(cfg)
@@ -134,7 +134,7 @@ async def _save(cfg: StoreConfig, path: Path) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from overlay.store import snapshot
+    from overlay.store.embedded import snapshot
 
     try:
         st = snapshot.status(args.file)
@@ -146,7 +146,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from overlay.store import snapshot
+    from overlay.store.embedded import snapshot
 
     try:
         st = snapshot.restore(args.file, args.data_dir, args.skip_hash_check)

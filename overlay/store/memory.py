@@ -19,11 +19,13 @@ import asyncio
 import builtins
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from overlay.clock import Clock, SystemClock
 from overlay.store.api import (
     CompactedError,
+    Compare,
     EventType,
     KeyValue,
     LeaseInfo,
@@ -31,11 +33,11 @@ from overlay.store.api import (
     Listing,
     Store,
     StoreError,
+    TxnOp,
     ValueTooLargeError,
     WatchEvent,
 )
-from overlay.store.clock import Clock, SystemClock
-from overlay.store.state import (
+from overlay.store.mvcc import (
     MAX_LEASE_TTL,
     MAX_REQUEST_BYTES,
     MIN_LEASE_TTL,
@@ -152,11 +154,12 @@ class MemoryStore:
 
     async def list(self, prefix: bytes, revision: int = 0) -> Listing:
         self._enter()
-        if revision and revision < self._compact_revision:
+        # as etcd: any revision <= 0 is the latest
+        if 0 < revision < self._compact_revision:
             raise CompactedError(self._compact_revision)
         if revision > self._revision:
             raise FutureRevisionError(revision, self._revision)
-        at = revision or self._revision
+        at = revision if revision > 0 else self._revision
         items: builtins.list[KeyValue] = []
         for k in self._prefix_keys(prefix):
             if (kv := value_at(self._history[k], at)) is not None:
@@ -202,6 +205,33 @@ class MemoryStore:
         self._commit(rev, events)
         return len(events)
 
+    def _holds(self, c: Compare) -> bool:
+        cur = self._current(c.key)
+        if c.target == "value":
+            return cur is not None and cur.value == c.expect
+        got = 0 if cur is None else {"version": cur.version, "create": cur.create_revision,
+                                     "mod": cur.mod_revision}[c.target]
+        return got == c.expect
+
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[TxnOp]) -> int | None:
+        self._enter()
+        for op in ops:
+            if not op.delete:
+                self._check_size(op.key, op.value)
+                self._check_lease(op.lease)
+        if not all(self._holds(c) for c in compares):
+            return None
+        rev = self._revision + 1
+        events: builtins.list[WatchEvent] = []
+        for op in ops:
+            if op.delete:
+                if (ev := self._apply_delete(rev, op.key)) is not None:
+                    events.append(ev)
+            else:
+                events.append(self._apply_put(rev, op.key, op.value, op.lease))
+        self._commit(rev, events)
+        return self._revision
+
     async def compact(self, revision: int) -> None:
         """Forget history before ``revision`` (etcd's Compact)."""
         self._enter()
@@ -230,8 +260,8 @@ class MemoryStore:
                 except TimeoutError:
                     self.expire_leases()
                     continue
-                if rev <= last and start_revision:
-                    continue
+                if (rev <= last and start_revision) or rev < start_revision:
+                    continue  # replayed above, or before a start still in the future
                 batch = [e for e in events if e.kv.key.startswith(prefix)]
                 if batch:
                     yield batch

@@ -10,7 +10,9 @@ import pytest
 
 from overlay.store.api import (
     CompactedError,
+    Compare,
     LeaseNotFoundError,
+    TxnOp,
     ValueTooLargeError,
     WatchEvent,
 )
@@ -87,6 +89,31 @@ async def test_replace_is_compare_and_swap_on_mod_revision(subject: Subject) -> 
     assert kv is not None and (kv.value, kv.version) == (b"2", 2)
 
 
+async def test_txn_moves_keys_at_one_revision_only_when_every_compare_holds(
+        subject: Subject) -> None:
+    s = subject
+    r1 = await s.store.put(s.key("lead"), b"me")
+    r2 = await s.store.put(s.key("old"), b"u")
+    guard = [Compare(s.key("lead"), "create", r1), Compare(s.key("old"), "mod", r2),
+             Compare(s.key("new"), "create", 0), Compare(s.key("lead"), "value", b"me")]
+    move = [TxnOp(s.key("old"), delete=True), TxnOp(s.key("new"), b"u")]
+    assert await s.store.txn([*guard[:1], Compare(s.key("old"), "mod", r1)], move) is None
+    assert await s.store.txn([Compare(s.key("lead"), "value", b"you")], move) is None
+    assert await s.store.txn([Compare(s.key("absent"), "version", 1)], move) is None
+    assert await s.revision() == r2, "a failed compare writes nothing"
+    r3 = await s.store.txn(guard, move)
+    assert r3 == r2 + 1, "both writes share one revision"
+    assert await s.store.get(s.key("old")) is None
+    kv = await s.store.get(s.key("new"))
+    assert kv is not None and (kv.value, kv.create_revision) == (b"u", r3)
+    assert await s.store.txn(guard, move) is None, "the compares no longer hold"
+    lease = await s.store.grant(30)
+    r4 = await s.store.txn([], [TxnOp(s.key("leased"), b"x", lease=lease)])
+    kv = await s.store.get(s.key("leased"))
+    assert r4 == r3 + 1 and kv is not None and kv.lease == lease
+    await s.store.revoke(lease)
+
+
 async def test_delete_single_and_prefix(subject: Subject) -> None:
     s = subject
     for name in ("d/1", "d/2", "d/3", "e"):
@@ -111,6 +138,8 @@ async def test_list_prefix_sorted_and_at_revision(subject: Subject) -> None:
     assert now.revision == await s.revision()
     old = await s.store.list(s.prefix, r_a)
     assert [(kv.key, kv.value) for kv in old.items] == [(s.key("a"), b"1"), (s.key("b"), b"1")]
+    # etcd reads any revision <= 0 as the latest
+    assert (await s.store.list(s.prefix, -1)).items == now.items
     await s.store.delete(s.key("b"))
     assert [kv.key for kv in (await s.store.list(s.prefix, r_a)).items] == [
         s.key("a"), s.key("b")]
@@ -209,6 +238,21 @@ async def test_watch_replays_then_follows_in_order(subject: Subject) -> None:
         ("delete", b"c", 7, b"", b"1"),
     ]
     assert events[0].kv.create_revision == base + 1 and events[2].kv.version == 2
+
+
+async def test_watch_from_a_future_revision_skips_what_comes_before(subject: Subject) -> None:
+    s = subject
+    base = await s.revision()
+
+    async def writes() -> None:
+        await asyncio.sleep(0.05)
+        for v in (b"1", b"2", b"3"):
+            await s.store.put(s.key("a"), v)
+
+    task = asyncio.create_task(writes())
+    events = await collect(s, base + 2, 2)
+    await task
+    assert shape(events, base) == [("put", b"a", 2, b"2", b"1"), ("put", b"a", 3, b"3", b"2")]
 
 
 async def test_compaction_errors(subject: Subject) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from overlay.store.api import StoreConfig
 from overlay.store.client import EtcdStore, connect
-from overlay.store.launch import free_port, start_etcd
+from overlay.store.embedded.launch import free_port, start_etcd
 from tests.dnsfuzz import ROOT, addresses, ask, run_dnsd
 
 pytestmark = pytest.mark.timeout(120)

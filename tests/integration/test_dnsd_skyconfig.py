@@ -17,7 +17,7 @@ import pytest
 
 from overlay.store.api import StoreConfig
 from overlay.store.client import connect
-from overlay.store.launch import free_port
+from overlay.store.embedded.launch import free_port
 from tests.dnsfuzz import addresses, ask, run_dnsd
 
 pytestmark = pytest.mark.timeout(120)

@@ -13,7 +13,7 @@ import pytest
 
 from overlay.store.api import StoreConfig
 from overlay.store.client import EtcdStore, connect
-from overlay.store.launch import StoreProcess, start_embedded, start_etcd
+from overlay.store.embedded.launch import StoreProcess, start_embedded, start_etcd
 
 pytestmark = pytest.mark.etcd
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from overlay.store import snapshot
 from overlay.store.api import KeyValue, StoreConfig
 from overlay.store.client import EtcdStore, connect
-from overlay.store.launch import start_embedded
+from overlay.store.embedded import snapshot
+from overlay.store.embedded.launch import start_embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ import pytest
 
 from overlay.store.api import StoreConfig, StoreError
 from overlay.store.client import connect
-from overlay.store.launch import StoreProcess, start_embedded
+from overlay.store.embedded.launch import StoreProcess, start_embedded
 from tests.storecheck import round_trip
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")

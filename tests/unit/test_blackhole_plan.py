@@ -86,7 +86,7 @@ async def test_daemon_keeps_the_blackhole_with_its_lease(tmp_path: Path) -> None
         return be
 
     cfg = DaemonConfig(subnet_file=tmp_path / "subnet.env", lease_ttl=30, blackhole_route=True)
-    d = Flanneld(cfg, h.store, ext(), factory, rng=random.Random(1), sleep=h.timer.sleep,
+    d = Flanneld(cfg, h.store, ext(), factory, rng=random.Random(1), clock=h.clock,
                  blackhole=sync)
     await h.store.put(CONFIG, GOOD)
     h.start(d)
@@ -97,7 +97,7 @@ async def test_daemon_keeps_the_blackhole_with_its_lease(tmp_path: Path) -> None
         taken = Lease(old.subnet, ipaddress.IPv4Address("198.18.0.99"), "vxlan",
                       {"VNI": 1, "VtepMAC": "0e:00:00:00:00:09"})
         await h.store.put(subnet_key(PREFIX, old.subnet).encode(), encode_lease(taken))
-        await h.timer.advance(11)
+        await h.clock.tick(11)
         await until(lambda: d.own is not None and d.own.subnet != old.subnet, "moved lease")
         assert d.own is not None
         await until(lambda: k.holes == {d.own.subnet} if d.own else False, "blackhole moved")

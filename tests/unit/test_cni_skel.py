@@ -12,7 +12,13 @@ import pytest
 from cni import wire
 from cni.errors import ConfigError, EnvError, TryAgainError
 from cni.install import install, render_conflist, render_launcher
-from cni.netconf import parse_cni_args, parse_env, parse_subnet_env, read_subnet_env
+from cni.netconf import (
+    parse_cni_args,
+    parse_env,
+    parse_subnet_env,
+    read_subnet_env,
+    valid_attachments,
+)
 from cni.result import shape
 from cni.skel import dispatch
 from tests.cnidriver import validate_error, validate_result
@@ -140,10 +146,24 @@ def test_status_ok_with_subnet_env(tmp_path: Path) -> None:
     assert (rc, out) == (0, {})
 
 
-def test_gc_requires_valid_attachments(tmp_path: Path) -> None:
-    rc, err = run({"CNI_COMMAND": "GC", "CNI_PATH": "/x"},
-                  {"cniVersion": "1.1.0", "name": "n", "dataDir": str(tmp_path)})
-    assert rc == 1 and err["code"] == 7 and "valid-attachments" in err["msg"]
+@pytest.mark.parametrize(("conf", "valid"), [
+    ({}, set()),  # libcni's GC without GCArgs (cnitool gc): nothing is valid any more
+    ({"cni.dev/valid-attachments": None}, set()),
+    ({"cni.dev/valid-attachments": []}, set()),
+    ({"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"},
+                                    {"containerID": "c1", "ifname": "net1"},
+                                    {"containerID": "c2"}]},
+     {("c1", "eth0"), ("c1", "net1"), ("c2", "")}),
+    ({"cni.dev/attachments": [{"containerID": "c3", "ifname": "eth0"}]}, {("c3", "eth0")}),
+], ids=["missing", "null", "empty", "pairs", "old-key"])
+def test_gc_valid_attachments(conf: dict[str, Any], valid: set[tuple[str, str]]) -> None:
+    assert valid_attachments(conf) == valid
+
+
+@pytest.mark.parametrize("bad", [[{"ifname": "eth0"}], ["c1"], [{"containerID": 5}]])
+def test_gc_valid_attachments_entry_without_container_id(bad: Any) -> None:
+    with pytest.raises(ConfigError, match="lacks containerID"):
+        valid_attachments({"cni.dev/valid-attachments": bad})
 
 
 @pytest.mark.parametrize("obj", [

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from dnsd.cli import parse_config
+from dnsd.config import parse_config
 from dnsd.wire import Prepared, rotations
 
 

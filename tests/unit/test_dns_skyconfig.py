@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from dnsd import skyconfig
-from dnsd.cli import apply_config_key, explicit_flags, parse_config
-from dnsd.skyconfig import Override, Problem, SkyConfig, merge, parse
+from dnsd.config import parse_config
+from dnsd.daemon import apply_config_key
+from dnsd.skyconfig import Override, Problem, SkyConfig, explicit_flags, merge, parse
 
 GOOD = [
     ("dns_addr", {"dns_addr": "127.0.0.2:5353"}, ("127.0.0.2", 5353)),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from aetcd.rpc import rpc_pb2
 
-from overlay.store.gateway import (
+from overlay.store.embedded.gateway import (
     ROUTES,
     HttpError,
     RequestParser,
@@ -16,7 +16,7 @@ from overlay.store.gateway import (
     metrics_text,
     to_json,
 )
-from overlay.store.grpcwire import Code
+from overlay.store.embedded.grpcwire import Code
 
 
 def test_requests_pipelined_and_split_anywhere() -> None:

@@ -9,11 +9,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from overlay.store import server
 from overlay.store.api import CompactedError, LeaseNotFoundError
-from overlay.store.grpcwire import Code
-from overlay.store.server import _status, parse_listen
-from overlay.store.state import DuplicateKeyError, FutureRevisionError, PutOp, State
+from overlay.store.embedded import server
+from overlay.store.embedded.grpcwire import Code
+from overlay.store.embedded.server import _status, parse_listen
+from overlay.store.embedded.state import DuplicateKeyError, PutOp, State
+from overlay.store.mvcc import FutureRevisionError
 
 
 @pytest.mark.parametrize(("listen", "want"), [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from overlay.store.snapshot import (
+from overlay.store.embedded.snapshot import (
     SnapshotError,
     SnapshotStatus,
     format_status,

@@ -32,8 +32,8 @@ from typing import Any, Protocol
 from aetcd.rpc import rpc_pb2
 from google.protobuf import json_format
 
-from overlay.store.grpcwire import Abort, Code, Context, Method
-from overlay.store.state import RangeOp, State
+from overlay.store.embedded.grpcwire import Abort, Code, Context, Method
+from overlay.store.embedded.state import RangeOp, State
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlay.store.api import StoreError
-from overlay.store.lock import lock_data_dir
+from overlay.store.embedded.lock import lock_data_dir
 
 DB_FILE = "store.db"
 CHUNK = 32 * 1024

@@ -32,11 +32,11 @@ import math
 import os
 import random
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from overlay.clock import Clock, SystemClock
 from overlay.store.api import (
     CompactedError,
     EventType,
@@ -45,21 +45,21 @@ from overlay.store.api import (
     StoreError,
     WatchEvent,
 )
+from overlay.store.mvcc import (
+    MAX_LEASE_TTL,
+    MIN_LEASE_TTL,
+    FutureRevisionError,
+    History,
+    compact_image,
+    in_range,
+    next_kv,
+    tombstone,
+    value_at,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
-MIN_LEASE_TTL = 2  # etcd: ceil(1.5 x election timeout of 1 s)
-MAX_LEASE_TTL = 9_000_000_000
 DEFAULT_RETAIN = 10_000
-
-
-class FutureRevisionError(StoreError):
-    """A revision beyond the current one was asked for."""
-
-    def __init__(self, revision: int, current: int) -> None:
-        super().__init__(f"revision {revision} is a future revision (now {current})")
-        self.revision = revision
 
 
 class LeaseExistsError(StoreError):
@@ -180,6 +180,9 @@ class DeleteResult:
 class TxnResult:
     succeeded: bool
     results: tuple[OpResult, ...]
+    # per result, the revision its header reports: etcd's revision at that point of the
+    # txn (the txn's start revision until something changed, then the txn's revision)
+    revisions: tuple[int, ...] = ()
 
 
 OpResult = RangeResult | PutResult | DeleteResult | TxnResult
@@ -206,78 +209,6 @@ class LeaseState:
     keys: set[bytes] = field(default_factory=set)
 
 
-def in_range(key: bytes, start: bytes, end: bytes) -> bool:
-    """etcd's [key, range_end) rule: empty end = just ``start``; ``\\0`` = to the end."""
-    if not end:
-        return key == start
-    if end == b"\0":
-        return key >= start
-    return start <= key < end
-
-
-History = list[tuple[int, KeyValue | None]]  # one key's (revision, kv or None = deleted)
-
-
-def next_kv(prev: KeyValue | None, key: bytes, value: bytes, rev: int, lease: int) -> KeyValue:
-    """The key-value a put at ``rev`` makes of ``prev`` (None: the key is created)."""
-    if prev is None:
-        return KeyValue(key, value, rev, rev, 1, lease)
-    return KeyValue(key, value, prev.create_revision, rev, prev.version + 1, lease)
-
-
-def tombstone(key: bytes, rev: int) -> KeyValue:
-    """What a delete event at ``rev`` carries as its kv."""
-    return KeyValue(key, b"", 0, rev, 0)
-
-
-def value_at(hist: History, rev: int) -> KeyValue | None:
-    """A key's value as of revision ``rev`` (None: absent or deleted then)."""
-    i = bisect.bisect_right(hist, rev, key=lambda h: h[0])
-    return hist[i - 1][1] if i else None
-
-
-def _compact_history(hist: History, revision: int) -> tuple[History, History]:
-    """Split a key's history at a compaction to ``revision``: (kept, dropped).
-
-    Kept: the entry in force at ``revision`` and every later one, except that an
-    entry in force which is a deletion older than ``revision`` goes too (nothing
-    can read it any more). A deletion exactly at ``revision`` stays, so the
-    revision's events can still be rebuilt from a log that keeps what this keeps.
-    """
-    i = bisect.bisect_right(hist, revision, key=lambda h: h[0])
-    keep = hist[i - 1:] if i else hist
-    dropped = hist[: i - 1] if i else []
-    if keep and keep[0][1] is None and keep[0][0] < revision:
-        dropped.append(keep[0])
-        keep = keep[1:]
-    return keep, dropped
-
-
-def compact_image(history: dict[bytes, History], events: dict[int, list[WatchEvent]],
-                  revision: int, current: int, compacted: int) -> list[tuple[int, bytes]]:
-    """Compact a memory image (history per key, events per revision) to ``revision``,
-    in place; the (revision, key) of every history entry dropped.
-
-    Raises ``FutureRevisionError`` beyond ``current`` and ``CompactedError`` at or
-    before ``compacted`` (the compaction point so far), as etcd does.
-    """
-    if revision > current:
-        raise FutureRevisionError(revision, current)
-    if revision <= compacted:
-        raise CompactedError(compacted)
-    for r in [r for r in events if r < revision]:
-        del events[r]
-    gone: list[tuple[int, bytes]] = []
-    for k in list(history):
-        keep, dropped = _compact_history(history[k], revision)
-        gone.extend((r, k) for r, _ in dropped)
-        if keep:
-            history[k] = keep
-        else:
-            del history[k]
-    return gone
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
@@ -295,12 +226,12 @@ class State:
     def __init__(
         self,
         path: Path | str,
-        now: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
         retain: int = DEFAULT_RETAIN,
     ) -> None:
         self.path = Path(path)
-        self._now = now
+        self._now = (clock or SystemClock()).now  # lease deadlines are wall-clock (persisted)
         self._rng = rng or random.Random()
         self.retain = retain
         # the committer writes from one worker thread while this thread applies
@@ -417,21 +348,26 @@ class State:
     def get(self, key: bytes) -> KeyValue | None:
         return self._current.get(key)
 
-    def range(self, op: RangeOp) -> RangeResult:
-        if op.revision > self.revision:
-            raise FutureRevisionError(op.revision, self.revision)
-        if op.revision and op.revision < self.compact_revision:
+    def _check_range_revision(self, revision: int) -> None:
+        """etcd's checks of a Range's ``revision``: any revision <= 0 means the latest."""
+        if revision > self.revision:
+            raise FutureRevisionError(revision, self.revision)
+        if 0 < revision < self.compact_revision:
             raise CompactedError(self.compact_revision)
-        if op.revision and op.revision < self.revision:
+
+    def range(self, op: RangeOp) -> RangeResult:
+        self._check_range_revision(op.revision)
+        if 0 < op.revision < self.revision:
             kvs = self._range_at(op.key, op.range_end, op.revision)
         else:
             kvs = [self._current[k] for k in self._range_keys(op.key, op.range_end)]
+        # etcd counts the range before its revision filters apply
+        count = len(kvs)
         kvs = [kv for kv in kvs if _passes_filters(kv, op)]
         if op.sort_order or op.sort_target:
             order = op.sort_order or 1
             kvs.sort(key=_SORT_KEYS[op.sort_target], reverse=order == 2)
-        count = len(kvs)
-        more = bool(op.limit) and count > op.limit
+        more = bool(op.limit) and len(kvs) > op.limit
         if op.limit:
             kvs = kvs[: op.limit]
         if op.count_only:
@@ -516,9 +452,8 @@ class State:
         ok = all(self._compare(c) for c in op.compare)
         branch = op.success if ok else op.failure
         self._check_ops(branch)
-        rev = self._begin()
-        results = self._run_ops(rev, branch)
-        return self.revision, TxnResult(ok, results)
+        res = self._run_ops(self._begin(), ok, branch)
+        return self.revision, res
 
     def _check_ops(self, ops: Sequence[Op]) -> None:
         seen: set[bytes] = set()
@@ -529,17 +464,15 @@ class State:
                 seen.add(o.key)
                 self._check_put(o)
             elif isinstance(o, RangeOp):
-                if o.revision > self.revision:
-                    raise FutureRevisionError(o.revision, self.revision)
-                if o.revision and o.revision < self.compact_revision:
-                    raise CompactedError(self.compact_revision)
+                self._check_range_revision(o.revision)
             elif isinstance(o, TxnOp):
                 # nested: both branches must be valid before anything applies
                 self._check_ops(o.success)
                 self._check_ops(o.failure)
 
-    def _run_ops(self, rev: int, ops: Sequence[Op]) -> tuple[OpResult, ...]:
+    def _run_ops(self, rev: int, succeeded: bool, ops: Sequence[Op]) -> TxnResult:
         out: list[OpResult] = []
+        revisions: list[int] = []
         for o in ops:
             if isinstance(o, RangeOp):
                 out.append(self.range(o))
@@ -549,8 +482,11 @@ class State:
                 out.append(self._apply_delete(rev, o))
             else:
                 ok = all(self._compare(c) for c in o.compare)
-                out.append(TxnResult(ok, self._run_ops(rev, o.success if ok else o.failure)))
-        return tuple(out)
+                out.append(self._run_ops(rev, ok, o.success if ok else o.failure))
+            # etcd: the revision at this point of the txn (the one before it until it
+            # changed something)
+            revisions.append(self.revision)
+        return TxnResult(succeeded, tuple(out), tuple(revisions))
 
     def _compare(self, c: Compare) -> bool:
         if c.range_end:

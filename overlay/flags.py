@@ -13,9 +13,10 @@ import argparse
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from overlay.store.api import StoreConfig
+from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
 
 _GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6,
              "ns": 1e-9}
@@ -172,16 +173,84 @@ def _split_equals(argv: Sequence[str] | None) -> list[str] | None:
     return out
 
 
-def store_config(args: argparse.Namespace,
-                 password_env: Sequence[str] = ("WEFT_ETCD_PASSWORD",),
+@dataclass(frozen=True, slots=True)
+class StoreFlagEnv:
+    """The environment variables each store flag falls back to, per program; the first
+    one that is set wins. For a ``FlagParser`` these come after the parser's own
+    prefixed names (``FLANNELD_ETCD_ENDPOINTS`` for prefix ``FLANNELD_``)."""
+
+    endpoints: tuple[str, ...] = ()
+    cafile: tuple[str, ...] = ()
+    certfile: tuple[str, ...] = ()
+    keyfile: tuple[str, ...] = ()
+    username: tuple[str, ...] = ("WEFT_ETCD_USERNAME",)
+    password: tuple[str, ...] = ("WEFT_ETCD_PASSWORD",)
+
+
+# weftctl's network and leases commands: the values a host's flanneld uses work unchanged
+FLANNELD_STORE_ENV = StoreFlagEnv(
+    endpoints=("FLANNELD_ETCD_ENDPOINTS", "ETCDCTL_ENDPOINTS"),
+    cafile=("FLANNELD_ETCD_CAFILE", "ETCDCTL_CACERT"),
+    certfile=("FLANNELD_ETCD_CERTFILE", "ETCDCTL_CERT"),
+    keyfile=("FLANNELD_ETCD_KEYFILE", "ETCDCTL_KEY"),
+    username=("WEFT_ETCD_USERNAME", "FLANNELD_ETCD_USERNAME"),
+    password=("WEFT_ETCD_PASSWORD", "FLANNELD_ETCD_PASSWORD"))
+# weftctl dns: SkyDNS's variables for the endpoints
+SKYDNS_STORE_ENV = StoreFlagEnv(endpoints=("ETCD_ENDPOINTS", "ETCD_MACHINES"))
+# weftctl store status / snapshot save: the host's flanneld variables, then etcdctl's
+WEFT_STORE_ENV = FLANNELD_STORE_ENV
+
+# flag -> (help, metavar); the connection flags every program shares
+_STORE_FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("endpoints", "comma-separated store endpoints (etcd or `weftctl store serve`)", "URLS"),
+    ("cafile", "TLS CA bundle to verify the store", "FILE"),
+    ("certfile", "TLS client certificate", "FILE"),
+    ("keyfile", "TLS client key", "FILE"),
+    ("username", "username for etcd authentication (etcd v3 auth; unset = none)", "USER"),
+    ("password", "password for etcd authentication; a value on the command line shows in "
+     "`ps`, so prefer the environment", "PASSWORD"),
+)
+
+
+def add_store_flags(parser: FlagParser | argparse.ArgumentParser, env: StoreFlagEnv,
+                    notes: Mapping[str, str] | None = None,
+                    environ: Mapping[str, str] | None = None) -> None:
+    """Declare the store connection flags (``-etcd-endpoints``, ``-etcd-cafile``,
+    ``-etcd-certfile``, ``-etcd-keyfile``, ``-etcd-username``, ``-etcd-password``) on a
+    daemon's ``FlagParser`` or a weftctl subcommand's argparse parser, with ``env`` as
+    the environment fallbacks; ``notes`` adds a remark to a flag's help (by its short
+    name, e.g. ``{"cafile": "alias -ca-cert"}``). ``store_config`` reads them back.
+
+    On an argparse parser the environment is read now (it becomes the default), except
+    for the password, which ``store_config`` reads so it never shows in ``--help``."""
+
+    notes = notes or {}
+    for short, text, metavar in _STORE_FLAGS:
+        name = f"etcd-{short}"
+        names: tuple[str, ...] = getattr(env, short)
+        default = ",".join(DEFAULT_ENDPOINTS) if short == "endpoints" else None
+        help = f"{text} ({notes[short]})" if short in notes else text
+        if isinstance(parser, FlagParser):
+            parser.add(name, help, default=default, env=names, metavar=metavar)
+            continue
+        src = os.environ if environ is None else environ
+        if short != "password":
+            default = next((src[n] for n in names if src.get(n)), default)
+        dflt = f" [default {','.join(DEFAULT_ENDPOINTS)}]" if short == "endpoints" else ""
+        shown = f" (env {', '.join(names)})" if names else ""
+        parser.add_argument(f"-{name}", f"--{name}", dest=f"etcd_{short}", default=default,
+                            metavar=metavar, help=f"{help}{dflt}{shown}")
+
+
+def store_config(args: argparse.Namespace, env: StoreFlagEnv = WEFT_STORE_ENV,
                  environ: Mapping[str, str] | None = None) -> StoreConfig:
-    """The store a weftctl command talks to, from its ``etcd_*`` flags. Without
-    ``-etcd-password`` the password comes from the first of ``password_env`` that is set
-    (a password on the command line shows in ``ps``)."""
+    """The store a program talks to, from the flags ``add_store_flags`` declared (ValueError
+    on a bad endpoint list). Without ``-etcd-password`` the password comes from the first
+    of ``env.password`` that is set (a password on the command line shows in ``ps``)."""
     password = args.etcd_password
     if password is None:
-        env = os.environ if environ is None else environ
-        password = next((env[n] for n in password_env if n in env), None)
+        src = os.environ if environ is None else environ
+        password = next((src[n] for n in env.password if n in src), None)
     return StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile, args.etcd_certfile,
                                  args.etcd_keyfile, username=args.etcd_username,
                                  password=password)
