@@ -67,6 +67,8 @@ class FlagParser:
         self._environ = os.environ if environ is None else environ
         self._env_names: dict[str, tuple[str, ...]] = {}
         self._kinds: dict[str, str] = {}
+        self._ignored: dict[str, tuple[str, str]] = {}  # dest -> (flag name, why)
+        self._groups: dict[str, Any] = {}
 
     def _names(self, name: str, env: Sequence[str]) -> tuple[str, ...]:
         snake = name.upper().replace("-", "_")
@@ -81,15 +83,17 @@ class FlagParser:
         env: Sequence[str] = (),
         repeat: bool = False,
         metavar: str | None = None,
+        group: str | None = None,
     ) -> None:
-        """A valued flag. ``repeat`` collects every occurrence into a list."""
+        """A valued flag. ``repeat`` collects every occurrence into a list; ``group``
+        lists it under that heading in ``--help``."""
         dest = name.replace("-", "_")
         names = self._names(name, env)
         self._env_names[dest] = names
         self._kinds[dest] = "list" if repeat else "value"
         shown = f" (env {', '.join(names)})" if names else ""
         dflt = "" if default in (None, [], "") else f" [default {default}]"
-        self._parser.add_argument(
+        self._target(group).add_argument(
             f"-{name}",
             f"--{name}",
             dest=dest,
@@ -103,15 +107,17 @@ class FlagParser:
         self._types = getattr(self, "_types", {})
         self._types[dest] = type
 
-    def add_bool(self, name: str, help: str, default: bool = False,
-                 env: Sequence[str] = ()) -> None:
-        """A boolean flag: ``-x``, ``-x=true``, ``-x=false`` (Go's flag syntax)."""
+    def add_bool(self, name: str, help: str, default: bool | None = False,
+                 env: Sequence[str] = (), group: str | None = None) -> None:
+        """A boolean flag: ``-x``, ``-x=true``, ``-x=false`` (Go's flag syntax); with
+        ``default`` None it is None when not given."""
         dest = name.replace("-", "_")
         names = self._names(name, env)
         self._env_names[dest] = names
         self._kinds[dest] = "bool"
         shown = f" (env {', '.join(names)})" if names else ""
-        self._parser.add_argument(
+        dflt = "" if default is None else f" [default {str(default).lower()}]"
+        self._target(group).add_argument(
             f"-{name}",
             f"--{name}",
             dest=dest,
@@ -119,14 +125,35 @@ class FlagParser:
             const="true",
             default=None,
             metavar="BOOL",
-            help=f"{help} [default {str(default).lower()}]{shown}",
+            help=f"{help}{dflt}{shown}",
         )
         self._parser.set_defaults(**{f"_default_{dest}": default})
+
+    def _target(self, group: str | None) -> Any:
+        """The parser, or its argument group ``group`` (made on first use)."""
+        if group is None:
+            return self._parser
+        if group not in self._groups:
+            self._groups[group] = self._parser.add_argument_group(group)
+        return self._groups[group]
+
+    def add_ignored(self, name: str, why: str, boolean: bool = False) -> None:
+        """A flag of the program weft replaces that means nothing here: accepted, so its
+        unit files and argument lists start weft unchanged (a boolean's value is still
+        checked), and when given (flag or environment) listed with ``why`` in the parse
+        result's ``ignored_flags``, for the one warning ``ignored_warning`` words."""
+        group = "accepted for compatibility and ignored"
+        if boolean:
+            self.add_bool(name, why, default=None, group=group)
+        else:
+            self.add(name, why, metavar="VALUE", group=group)
+        self._ignored[name.replace("-", "_")] = (name, why)
 
     def parse(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
         """Parse ``argv``; exits with status 2 and a message on bad input."""
         ns = self._parser.parse_args(_split_equals(argv))
         out = argparse.Namespace()
+        ignored: list[tuple[str, str]] = []
         types = getattr(self, "_types", {})
         for dest, kind in self._kinds.items():
             value = getattr(ns, dest)
@@ -153,11 +180,23 @@ class FlagParser:
                     self._parser.error(f"-{dest.replace('_', '-')}: {exc}")
             if value is None:
                 value = default
+            elif dest in self._ignored:
+                ignored.append(self._ignored[dest])
             setattr(out, dest, value)
+        out.ignored_flags = tuple(ignored)
         return out
 
     def error(self, message: str) -> None:
         self._parser.error(message)
+
+
+def ignored_warning(args: argparse.Namespace) -> str | None:
+    """The one warning naming every ``add_ignored`` flag that was given (None: none)."""
+    given: tuple[tuple[str, str], ...] = getattr(args, "ignored_flags", ())
+    if not given:
+        return None
+    return ("ignoring flags that have no meaning in weft: "
+            + "; ".join(f"-{name} ({why})" for name, why in given))
 
 
 def _split_equals(argv: Sequence[str] | None) -> list[str] | None:

@@ -16,6 +16,7 @@ import logging
 import socket
 from dataclasses import dataclass
 
+from overlay import metrics
 from overlay.statushttp import start_status_server
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class HealthState:
         return self.lease_held and self.datapath_ready and self.subnet_file_written
 
 
-_METRICS = (
+_METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("weft_leases_known", "gauge", "Valid subnet leases in the store, our own included.",
      "leases_known"),
     ("weft_peers_programmed", "gauge", "Peer leases the data path has programmed.",
@@ -60,14 +61,12 @@ _METRICS = (
 
 
 def render_metrics(state: HealthState) -> str:
-    """The Prometheus text exposition of ``state``."""
-    lines: list[str] = []
-    for name, kind, help_text, attr in _METRICS:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
-                  f"{name} {getattr(state, attr)}"]
-    lines += ["# HELP weft_ready 1 when lease, data path and subnet.env are in place.",
-              "# TYPE weft_ready gauge", f"weft_ready {int(state.ready)}"]
-    return "\n".join(lines) + "\n"
+    """The Prometheus text exposition of ``state`` (rendered by overlay.metrics)."""
+    families = [(metrics.counter if kind == "counter" else metrics.gauge)(
+        name, help_text, getattr(state, attr)) for name, kind, help_text, attr in _METRICS]
+    families.append(metrics.gauge(
+        "weft_ready", "1 when lease, data path and subnet.env are in place.", int(state.ready)))
+    return metrics.render(families)
 
 
 def respond(state: HealthState, path: str) -> tuple[int, str, str]:

@@ -31,7 +31,13 @@ from overlay.config import (
     NetworkConfig,
 )
 from overlay.daemon import BlackholeSync, Masquerade
-from overlay.flags import FlagParser, StoreFlagEnv, add_store_flags, store_config
+from overlay.flags import (
+    FlagParser,
+    StoreFlagEnv,
+    add_store_flags,
+    ignored_warning,
+    store_config,
+)
 from overlay.lease.model import DEFAULT_PREFIX, Lease
 from overlay.store.api import StoreConfig
 
@@ -84,7 +90,36 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           type=int, metavar="PORT")
     p.add("v", "log verbosity (0 = info, 1+ = debug)", default=0, type=int, metavar="LEVEL")
     p.add_bool("version", "print the version and exit")
+    p.add_bool("kube-subnet-mgr", "flannel's Kubernetes subnet manager (leases from the "
+               "Kubernetes API): not in weft, which leases from etcd or its own store; true "
+               "is refused")
+    for name, why, boolean in FLANNEL_IGNORED:
+        p.add_ignored(name, why, boolean)
     return p
+
+
+_KUBE_ONLY = "used only with -kube-subnet-mgr, which weft does not have"
+_KLOG = "klog's; weft's log detail is set by -v alone"
+# flannel's flags (and the glog/klog ones its units pass) that mean nothing in weft:
+# (name, why, boolean). Accepted so a flannel unit's ExecStart or a DaemonSet's args
+# start weft unchanged; named in one warning at start-up.
+FLANNEL_IGNORED: tuple[tuple[str, str, bool], ...] = (
+    ("public-ipv6", "weft's overlay is IPv4-only", False),
+    ("iptables-forward-rules", "weft accepts forwarding to and from the network in its "
+     "nftables table, which -ip-masq installs", True),
+    ("kube-api-url", _KUBE_ONLY, False),
+    ("kubeconfig-file", _KUBE_ONLY, False),
+    ("kube-annotation-prefix", _KUBE_ONLY, False),
+    ("net-config-path", _KUBE_ONLY + "; the network config is <etcd-prefix>/config", False),
+    ("set-node-network-unavailable", _KUBE_ONLY, True),
+    ("use-multi-cluster-cidr", _KUBE_ONLY, True),
+    ("vmodule", _KLOG, False),
+    ("log_backtrace_at", _KLOG, False),
+    ("logtostderr", "weft always logs to stderr", True),
+    ("alsologtostderr", "weft always logs to stderr", True),
+    ("log_dir", "weft always logs to stderr", False),
+    ("stderrthreshold", "weft always logs to stderr", False),
+)
 
 
 def program_version() -> str:
@@ -102,6 +137,12 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
     args = parser.parse(argv)
     if args.version:
         return args, DaemonConfig(), StoreConfig()
+    if args.kube_subnet_mgr:
+        parser.error("-kube-subnet-mgr: weft's flanneld leases subnets from etcd (or "
+                     "`weftctl store serve`), not from the Kubernetes API. Drop "
+                     "-kube-subnet-mgr (and FLANNELD_KUBE_SUBNET_MGR), point -etcd-endpoints "
+                     "at the store and put the network config (net-conf.json) under "
+                     "<etcd-prefix>/config with `weftctl network set`")
     if not 1 <= args.subnet_lease_renew_margin <= 1439:
         parser.error(f"-subnet-lease-renew-margin {args.subnet_lease_renew_margin}: must be "
                      "1..1439 minutes")
@@ -219,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.v > 0 else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if (ignored := ignored_warning(args)) is not None:
+        log.warning("%s", ignored)
     from overlay.iface import InterfaceError, discover
 
     try:

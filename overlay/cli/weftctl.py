@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "dnsd.admin",                 # weftctl dns set|rm|ls
     "overlay.sandbox.cli",        # weftctl sandbox up|status|exec|logs|kill|down
     "overlay.cli.units_cmd",      # weftctl install-units
+    "overlay.cli.fleet_cmd",      # fleetctl verbs: submit..destroy, status, journal, list-*
 )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_PREFIX = "/coreos.com/network"
+from overlay.config import DEFAULT_PREFIX as DEFAULT_PREFIX  # the key layout's default root
 
 
 class LeaseFormatError(ValueError):
