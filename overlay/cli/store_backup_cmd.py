@@ -17,19 +17,18 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from overlay.flags import WEFT_STORE_ENV, add_store_flags, store_config
 from overlay.store.api import StoreConfig, StoreError
 
 _WRITE_OUT = ("simple", "table", "json", "fields")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
-             add_store_flags: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``snapshot`` and ``migrate`` to ``weftctl store``'s subcommands;
-    ``add_store_flags`` declares the connection flags ``status`` has."""
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``snapshot`` and ``migrate`` to ``weftctl store``'s subcommands."""
     snap = sub.add_parser("snapshot", help="back up and restore the embedded store")
     ssub = snap.add_subparsers(dest="snapshot_command", metavar="ACTION")
 
@@ -41,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     save = ssub.add_parser("save", help="write a point-in-time snapshot of the store to FILE "
                            "(taken without stopping writes)")
     save.add_argument("file", type=Path, metavar="FILE")
-    add_store_flags(save)
+    add_store_flags(save, WEFT_STORE_ENV)  # those of `weftctl store status`
     save.set_defaults(func=cmd_save)
     status = ssub.add_parser("status", help="hash, revision, keys and size of a snapshot file")
     status.add_argument("file", type=Path, metavar="FILE")
@@ -95,14 +94,8 @@ def _run(what: str, coro: Coroutine[Any, Any, int]) -> int:
 # -- snapshot --------------------------------------------------------------------------
 
 
-def _config(args: argparse.Namespace) -> StoreConfig:
-    from overlay.cli.store_cmd import config
-
-    return config(args)
-
-
 def cmd_save(args: argparse.Namespace) -> int:
-    return _run("snapshot save", _save(_config(args), args.file))
+    return _run("snapshot save", _save(store_config(args, WEFT_STORE_ENV), args.file))
 
 
 async def _save(cfg: StoreConfig, path: Path) -> int:

@@ -59,12 +59,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.set_defaults(func=serve_main)
 
     status = sub.add_parser("status", help="Maintenance Status of a store (embedded or etcd)")
-    add_connection_flags(status)
+    add_store_flags(status, WEFT_STORE_ENV)
     status.set_defaults(func=status_main)
 
     from overlay.cli import store_backup_cmd
 
-    store_backup_cmd.register(sub, add_connection_flags)
+    store_backup_cmd.register(sub)
 
 
 def positive_duration(text: str) -> float:
@@ -133,7 +133,7 @@ def status_main(args: argparse.Namespace) -> int:
     from overlay.store.embedded.snapshot import human_bytes
 
     try:
-        st = asyncio.run(_status(config(args)))
+        st = asyncio.run(_status(store_config(args, WEFT_STORE_ENV)))
     except (StoreError, ValueError) as e:
         print(f"weftctl store status: {e}", file=sys.stderr)
         return 1
@@ -156,12 +156,3 @@ async def _status(cfg: StoreConfig) -> StoreStatus:
     finally:
         await store.close()
 
-
-def add_connection_flags(p: argparse.ArgumentParser) -> None:
-    """The flags naming the store a client subcommand talks to (``status``'s)."""
-    add_store_flags(p, WEFT_STORE_ENV)
-
-
-def config(args: argparse.Namespace) -> StoreConfig:
-    """The store named by ``add_connection_flags``' flags (and their variables)."""
-    return store_config(args, WEFT_STORE_ENV)
