@@ -35,6 +35,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import cycle, repeat
 
+from overlay.errors import DnsError
+
 from .message import HINFO, MX, RR, SOA, SRV, Answer, Question, Rcode, RType
 from .stub import STUB_DATA, STUB_OPTION
 
@@ -43,7 +45,7 @@ MAX_UDP = 1232  # what dnsd advertises in its own OPT record (DNS flag day 2020)
 TCP_LIMIT = 65535
 
 
-class WireError(Exception):
+class WireError(DnsError):
     """Base of wire-format failures."""
 
 

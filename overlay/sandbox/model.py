@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from overlay.errors import WeftError
+
 STORE_PORT = 2379
 FLANNELD_HEALTHZ_PORT = 9101  # inside each host namespace, so a fixed port is safe
 DNSD_METRICS_PORT = 9153
@@ -46,7 +48,7 @@ CNI_NETWORK_NAME = "weft"
 Placement = Literal["underlay", "each-host", "first-host"]
 
 
-class SandboxError(Exception):
+class SandboxError(WeftError):
     """A sandbox operation failed; ``what`` names the step or object concerned."""
 
     def __init__(self, what: str, reason: str) -> None:
