@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "overlay.sandbox.cli",        # weftctl sandbox up|status|exec|logs|kill|down
     "overlay.cli.units_cmd",      # weftctl install-units
     "overlay.cli.fleet_cmd",      # fleetctl verbs: submit..destroy, status, journal, list-*
+    "overlay.cli.agent_cmd",      # weftctl agent
 )
 
 
