@@ -27,20 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from overlay import ipnet
+from overlay.errors import ConfigError as ConfigError  # raised here for the network config
 
 DEFAULT_BACKEND = "vxlan"
 KNOWN_BACKENDS = ("vxlan", "host-gw", "udp")
 MIN_NETWORK_PREFIX = 28
 MAX_SUBNET_LEN = 30
-
-
-class ConfigError(ValueError):
-    """The network config is invalid; ``field`` names the JSON field at fault."""
-
-    def __init__(self, field_name: str, reason: str) -> None:
-        super().__init__(f"network config: {field_name}: {reason}")
-        self.field = field_name
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
