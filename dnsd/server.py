@@ -383,11 +383,12 @@ class DnsServer:
             return self._stub(query, tcp, reply, stub[1])
         key = query.cache_key
         entry = self._cache.get(key)
-        if entry is not None and entry.expires > time.monotonic() and \
-                entry.limit_needed <= limit:
+        if entry is not None and entry.expires > time.monotonic():
             entry.hits += 1  # folded into the request counters later
             metrics.cache_misses -= 1  # it was a hit after all, just not on the fast path
-            return ident + entry.hdr[1 if rd else 0] + query.question_wire + next(entry.tails)
+            if entry.limit_needed > limit:
+                metrics.truncated += 1
+            return entry.render(ident, rd, query.question_wire, limit)
         with self.lock:
             if self.config.stubzones:
                 # again under the lock: a stub record may have arrived while this thread
@@ -418,16 +419,9 @@ class DnsServer:
                 self.invalidate()
             self._cache[key] = cached
         metrics.count(qtype, int(answer.rcode))
-        first = variants[0] if len(variants) == 1 else None
-        if first is not None:
-            if cached.limit_needed > limit:
-                metrics.truncated += 1
-            return first.render(ident, rd, query.question_wire, limit)
-        tail = next(cached.tails)
-        if cached.limit_needed <= limit:
-            return ident + cached.hdr[1 if rd else 0] + query.question_wire + tail
-        metrics.truncated += 1
-        return prepared.render(ident, rd, query.question_wire, limit)
+        if cached.limit_needed > limit:
+            metrics.truncated += 1
+        return cached.render(ident, rd, query.question_wire, limit)
 
     def _stub(self, query: Query, tcp: bool, reply: Reply,
               servers: tuple[Server, ...]) -> bytes | None:

@@ -45,6 +45,7 @@ from overlay.backend.base import Backend, BackendConfigError, BackendError, Exte
 from overlay.backend.plan import desired_blackholes
 from overlay.clock import Clock, SystemClock
 from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
+from overlay.errors import WeftError
 from overlay.health import HealthState, sd_notify
 from overlay.lease.allocator import NetworkFullError
 from overlay.lease.manager import AcquireError, LeaseLostError, LeaseManager
@@ -75,7 +76,7 @@ MasqFactory = Callable[[NetworkConfig, Lease], Masquerade]
 BlackholeSync = Callable[[frozenset[ipaddress.IPv4Network], ipaddress.IPv4Network],
                          Awaitable[Sequence[str]]]
 
-class FatalError(RuntimeError):
+class FatalError(WeftError, RuntimeError):
     """flanneld cannot run with this host/config combination (e.g. host-gw behind NAT)."""
 
 

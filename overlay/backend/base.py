@@ -30,20 +30,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from overlay.errors import BackendError as BackendError  # the data path's root error
+from overlay.errors import ConfigError
 from overlay.lease.model import Lease
 
 
-class BackendConfigError(ValueError):
+class BackendConfigError(ConfigError):
     """The network config's Backend object is invalid; names the field."""
 
     def __init__(self, field_name: str, reason: str) -> None:
-        super().__init__(f"Backend.{field_name}: {reason}")
-        self.field = field_name
-        self.reason = reason
-
-
-class BackendError(RuntimeError):
-    """The data path could not be programmed (netlink failure, missing device)."""
+        super().__init__(field_name, reason, message=f"Backend.{field_name}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

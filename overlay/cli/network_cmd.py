@@ -31,11 +31,11 @@ from overlay.config import (
     ConfigError,
     build_network_json,
     check_network_config,
-    config_change_conflicts,
     parse_network_config,
 )
 from overlay.flags import FLANNELD_STORE_ENV, store_config
 from overlay.flags import add_store_flags as add_store_flags_to
+from overlay.lease.change import config_change_conflicts
 from overlay.lease.model import (
     DEFAULT_PREFIX,
     Lease,

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "overlay.sandbox.cli",        # weftctl sandbox up|status|exec|logs|kill|down
     "overlay.cli.units_cmd",      # weftctl install-units
     "overlay.cli.fleet_cmd",      # fleetctl verbs: submit..destroy, status, journal, list-*
+    "overlay.cli.agent_cmd",      # weftctl agent
 )
 
 
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="weftctl", description="Administer a weft cluster: store, network, DNS, sandbox."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from overlay.version import version_text
+
+    parser.add_argument("--version", action="version", version=version_text("weftctl"),
+                        help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:

@@ -20,10 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_PREFIX = "/coreos.com/network"
+from overlay.config import DEFAULT_PREFIX as DEFAULT_PREFIX
+from overlay.errors import LeaseError  # the key layout's default root
 
 
-class LeaseFormatError(ValueError):
+class LeaseFormatError(LeaseError, ValueError):
     """A lease key or value that is not flannel's format; names the key."""
 
     def __init__(self, key: str, reason: str) -> None:

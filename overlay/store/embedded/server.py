@@ -55,6 +55,8 @@ from overlay.store.api import (
     StoreError,
     WatchEvent,
 )
+from overlay.store.embedded import snapshot
+from overlay.store.embedded.gateway import Gateway, StoreProbe
 from overlay.store.embedded.grpcwire import Abort, Code, Context, Method, Server, server_tls
 from overlay.store.embedded.lock import DataDirLock, lock_data_dir
 from overlay.store.embedded.state import (
@@ -661,6 +663,27 @@ class StoreService:
             leader=s.member_id, raftIndex=revision, raftTerm=RAFT_TERM,
             raftAppliedIndex=revision)
 
+    async def Snapshot(self, requests: AsyncIterator[Any], context: Context
+                       ) -> AsyncIterator[Any]:
+        """etcd's snapshot: a consistent copy of the database taken while writes go on,
+        streamed in chunks (format: overlay/store/embedded/snapshot.py)."""
+        async for _ in requests:
+            break
+        path, remove = snapshot.snapshot_file(self.state.path.parent)
+        try:
+            header = self.header(self.committer.committed_revision)
+            try:
+                await asyncio.to_thread(snapshot.take, self.state.path, path)
+            except sqlite3.Error as e:
+                raise Abort(Code.INTERNAL, f"etcdserver: snapshot failed: {e}") from e
+            log.info("store: sending a snapshot of %s (%d bytes)", self.state.path,
+                     path.stat().st_size)
+            for blob, remaining in snapshot.chunks(path):
+                yield rpc_pb2.SnapshotResponse(header=header, remaining_bytes=remaining,
+                                               blob=blob)
+        finally:
+            remove()
+
     async def Alarm(self, request: Any, context: Context) -> Any:
         """This store raises no alarms (no space quota, no corruption check): the list is
         empty and disarming is a no-op, as on an etcd member without alarms."""
@@ -806,6 +829,7 @@ class EmbeddedServer:
         self._expiry: asyncio.Task[None] | None = None
         self._progress: asyncio.Task[None] | None = None
         self._lock: DataDirLock | None = None
+        self._gateway: Gateway | None = None
 
     @property
     def endpoint(self) -> str:
@@ -821,7 +845,12 @@ class EmbeddedServer:
             self._unlock()
             raise OSError(f"store: cannot open {self.data_dir / 'store.db'}: {e}") from e
         self.service = StoreService(self.state, [])
-        server = Server(methods(self.service), MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES)
+        table = methods(self.service)
+        server = Server(table, MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES)
+        committer = self.service.committer
+        self._gateway = Gateway(table, StoreProbe(self.state, lambda: committer.broken is not None,
+                                                  lambda: len(committer.watchers)))
+        server.http1 = self._gateway.accept  # HTTP/1.1 on the same port: etcd's JSON API
         addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         tls: ssl.SSLContext | None = None
         try:
@@ -878,6 +907,8 @@ class EmbeddedServer:
                     await task
         if self._server is not None:
             await self._server.stop()
+        if self._gateway is not None:
+            self._gateway.close()
         if self.service is not None:
             await self.service.committer.drain()
         if self.state is not None:
