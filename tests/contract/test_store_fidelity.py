@@ -16,23 +16,18 @@ from typing import Any
 
 import grpc
 import pytest
-from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
+from aetcd.rpc import rpc_pb2
 from google.protobuf.json_format import MessageToDict
+
+from tests.contract.test_store_wire import Wire
 
 RP = rpc_pb2.RequestOp
 _REVISIONS = {"revision", "create_revision", "mod_revision", "compact_revision"}
 _IDENTITIES = {"cluster_id", "member_id", "raft_term"}
 
 
-class Side:
-    def __init__(self, url: str) -> None:
-        self.channel = grpc.aio.insecure_channel(url.split("://", 1)[-1])
-        self.kv = rpc_pb2_grpc.KVStub(self.channel)
-        self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
-        self.watch = rpc_pb2_grpc.WatchStub(self.channel)
-
-    async def put(self, key: bytes, value: bytes = b"v", **kw: Any) -> Any:
-        return await self.kv.Put(rpc_pb2.PutRequest(key=key, value=value, **kw))
+class Side(Wire):
+    """One server's gRPC stubs (test_store_wire's), plus what the scenarios need."""
 
     async def call(self, rpc: Awaitable[Any]) -> Any:
         """``rpc``'s response, or its error as (code, details): errors are compared too."""
@@ -311,7 +306,7 @@ async def watch_filters(s: Side, k: bytes) -> list[Any]:
 
 
 async def maintenance(s: Side, k: bytes) -> list[Any]:
-    maint = rpc_pb2_grpc.MaintenanceStub(s.channel)
+    maint = s.maint
     await s.put(k, b"1")
     return [await s.call(maint.Alarm(rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET))),
             await s.call(maint.Defragment(rpc_pb2.DefragmentRequest()))]
