@@ -422,38 +422,37 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], legend: bool = T
 
 def render_units(snap: Snapshot, as_json: bool, full: bool, legend: bool) -> str:
     rows = unit_rows(snap)
-    if as_json:
-        return dumps(rows) + "\n"
-    return table(("UNIT", "MACHINE", "ACTIVE", "SUB", "ADDRESS"), [
-        (str(r["unit"]), _where(snap, str(r["machine"]), full), r["active"] or "-",
-         r["sub"] or "-", r["address"] or "-") for r in rows], legend)
+    return dumps(rows) + "\n" if as_json else table(
+        ("UNIT", "MACHINE", "ACTIVE", "SUB", "ADDRESS"),
+        [(str(r["unit"]), _where(snap, str(r["machine"]), full), r["active"] or "-",
+          r["sub"] or "-", r["address"] or "-") for r in rows], legend)
+
+
+def _target(snap: Snapshot, target: str | None, full: bool) -> str:
+    return "-" if target is None else target if target == "global" else _where(
+        snap, target, full)
 
 
 def render_unit_files(snap: Snapshot, as_json: bool, full: bool, legend: bool) -> str:
     rows = unit_file_rows(snap)
-    if as_json:
-        return dumps(rows) + "\n"
-    out = []
-    for r in rows:
-        target = r["target"]
-        shown = "-" if target is None else target if target == "global" else _where(
-            snap, target, full)
-        out.append((str(r["unit"]), str(r["hash"]) if full else str(r["hash"])[:7],
-                    str(r["desired"]), str(r["state"]), shown, r["reason"] or "-"))
-    return table(("UNIT", "HASH", "DSTATE", "STATE", "TARGET", "REASON"), out, legend)
+    return dumps(rows) + "\n" if as_json else table(
+        ("UNIT", "HASH", "DSTATE", "STATE", "TARGET", "REASON"),
+        [(str(r["unit"]), str(r["hash"]) if full else str(r["hash"])[:7], str(r["desired"]),
+          str(r["state"]), _target(snap, r["target"], full), r["reason"] or "-")
+         for r in rows], legend)
+
+
+def _metadata(meta: object) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(meta.items())) if isinstance(
+        meta, dict) and meta else "-"
 
 
 def render_machines(snap: Snapshot, as_json: bool, full: bool, legend: bool) -> str:
     rows = machine_rows(snap)
-    if as_json:
-        return dumps(rows) + "\n"
-    out = []
-    for r in rows:
-        meta = r["metadata"]
-        text = ",".join(f"{k}={v}" for k, v in sorted(meta.items())) if isinstance(
-            meta, dict) and meta else "-"
-        out.append((_short(str(r["machine"]), full), str(r["ip"]), text))
-    return table(("MACHINE", "IP", "METADATA"), out, legend)
+    return dumps(rows) + "\n" if as_json else table(
+        ("MACHINE", "IP", "METADATA"),
+        [(_short(str(r["machine"]), full), str(r["ip"]), _metadata(r["metadata"]))
+         for r in rows], legend)
 
 
 def _list(render: Callable[[Snapshot, bool, bool, bool], str]) -> Callable[
