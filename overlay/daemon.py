@@ -41,7 +41,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from overlay import ipnet, subnetfile
-from overlay.backend.base import Backend, BackendConfigError, BackendError, ExternalInterface
+from overlay.backend.base import (
+    Backend,
+    BackendConfigError,
+    BackendError,
+    ExternalInterface,
+    lease_backend_type,
+)
 from overlay.backend.plan import desired_blackholes
 from overlay.clock import Clock, SystemClock
 from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
@@ -581,8 +587,3 @@ async def close_stream(stream: AsyncIterator[Any]) -> None:
     if aclose is not None:
         with contextlib.suppress(Exception):
             await aclose()
-
-
-def lease_backend_type(name: str) -> str:
-    """The BackendType a lease of backend ``name`` carries: flannel's udp leaves it empty."""
-    return "" if name == "udp" else name

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from overlay.config import NetworkConfig
 from overlay.errors import LeaseError
 from overlay.lease.allocator import Choice, Reason, choose_subnet
 from overlay.lease.model import (
@@ -39,6 +38,7 @@ from overlay.lease.model import (
     subnet_key,
     subnets_prefix,
 )
+from overlay.lease.network import NetworkConfig
 from overlay.lease.watcher import table_from_listing
 from overlay.store.api import KeyValue, LeaseNotFoundError, Listing, Store, StoreError
 

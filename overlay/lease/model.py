@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlay.config import DEFAULT_PREFIX as DEFAULT_PREFIX
-from overlay.errors import LeaseError  # the key layout's default root
+from overlay.errors import LeaseError
+
+DEFAULT_PREFIX = "/coreos.com/network"  # flannel's -etcd-prefix: the key layout's root
 
 
 class LeaseFormatError(LeaseError, ValueError):

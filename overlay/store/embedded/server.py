@@ -80,7 +80,7 @@ from overlay.store.embedded.state import (
     TxnOp,
     TxnResult,
 )
-from overlay.store.mvcc import MAX_REQUEST_BYTES, FutureRevisionError, in_range
+from overlay.store.mvcc import MAX_REQUEST_BYTES, MAX_TXN_OPS, FutureRevisionError, in_range
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,9 @@ def _pb_event(ev: WatchEvent, prev_kv: bool) -> Any:
 def _range_op(r: Any) -> RangeOp:
     if not r.key:
         raise _BadRequest("etcdserver: key is not provided")
+    if not 0 <= r.sort_target <= rpc_pb2.RangeRequest.VALUE:
+        # etcd 3.4 crashes on this; refuse it instead
+        raise _BadRequest(f"etcdserver: unknown sort target {r.sort_target}")
     return RangeOp(bytes(r.key), bytes(r.range_end), r.revision, r.limit, r.keys_only,
                    r.count_only, r.sort_order, r.sort_target, r.min_mod_revision,
                    r.max_mod_revision, r.min_create_revision, r.max_create_revision)
@@ -192,6 +195,8 @@ def _delete_op(r: Any) -> DeleteOp:
 
 
 def _compare(c: Any) -> Compare:
+    if not c.key:
+        raise _BadRequest("etcdserver: key is not provided")
     target = Target(c.target)
     operand: int | bytes
     if target == Target.VALUE:
@@ -207,7 +212,14 @@ def _compare(c: Any) -> Compare:
     return Compare(bytes(c.key), target, Result(c.result), operand, bytes(c.range_end))
 
 
-def _txn_op(r: Any) -> TxnOp:
+def _txn_op(r: Any, budget: int = MAX_TXN_OPS) -> TxnOp:
+    """A Txn request as etcd's gRPC layer checks it, both branches and nested Txns: at
+    most ``budget`` compares or ops per branch (a nested Txn gets what its parent left),
+    keys given, no empty op."""
+    used = max(len(r.compare), len(r.success), len(r.failure))
+    if used > budget:
+        raise _BadRequest("etcdserver: too many operations in txn request")
+
     def ops(reqs: Any) -> tuple[Op, ...]:
         out: list[Op] = []
         for o in reqs:
@@ -219,9 +231,9 @@ def _txn_op(r: Any) -> TxnOp:
             elif which == "request_delete_range":
                 out.append(_delete_op(o.request_delete_range))
             elif which == "request_txn":
-                out.append(_txn_op(o.request_txn))
+                out.append(_txn_op(o.request_txn, budget - used))
             else:
-                raise _BadRequest("etcdserver: request is empty")
+                raise KeyNotFoundError(b"")  # etcd's answer to an empty op
         return tuple(out)
 
     return TxnOp(tuple(_compare(c) for c in r.compare), ops(r.success), ops(r.failure))
