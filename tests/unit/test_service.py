@@ -76,13 +76,14 @@ def test_setup_logging_replaces_only_its_own_handler(tmp_path: Path) -> None:
     try:
         setup_logging(logging.INFO, "json", {}, out)
         setup_logging(logging.INFO, "json", {}, out)
-        assert len(root.handlers) == len(before) + 1
+        ours = [h for h in root.handlers if type(h).__name__ == "_WeftHandler"]
+        assert len(ours) == 1  # the second call replaced the first (and any earlier one)
+        assert [h for h in root.handlers if h not in ours] == [
+            h for h in before if type(h).__name__ != "_WeftHandler"]  # pytest's stay
         logging.getLogger("x").info("hello")
         assert json.loads(out.getvalue().splitlines()[-1])["msg"] == "hello"
         with pytest.raises(ValueError):
             setup_logging(logging.INFO, "xml", {}, out)
     finally:
-        for h in list(root.handlers):
-            if h not in before:
-                root.removeHandler(h)
+        root.handlers[:] = before
         root.setLevel(level)
