@@ -94,8 +94,17 @@ def _kill(args: argparse.Namespace) -> int:
     return cluster.kill(_state_dir(args), args.target, sys.stdout)
 
 
+def _store_url(text: str) -> str:
+    """``--store-endpoint``: one http(s)://HOST:PORT URL."""
+    scheme, sep, rest = text.partition("://")
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if not sep or scheme not in ("http", "https") or not colon or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: want http://HOST:PORT")
+    return text.rstrip("/")
+
+
 def _start(args: argparse.Namespace) -> int:
-    return cluster.start(_state_dir(args), args.target, sys.stdout)
+    return cluster.start(_state_dir(args), args.target, sys.stdout, args.store_endpoint)
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -160,6 +169,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="start killed daemons again: a host comes back as after a reboot "
                             "(same subnet), the store's outage ends")
     p.add_argument("target", metavar="TARGET")
+    p.add_argument("--store-endpoint", metavar="URL", type=_store_url,
+                   help="from now on the daemons use this store (e.g. after `weftctl store "
+                        "migrate` to an etcd): the target's running daemons restart on it")
     p.set_defaults(func=_guard(_start))
 
     p = sub.add_parser("down", parents=[common],

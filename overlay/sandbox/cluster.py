@@ -281,7 +281,7 @@ class Sandbox:
     @property
     def context(self) -> Context:
         return Context(self.options, bin_dir(), ipaddress.IPv4Address(self.state.store_ip),
-                       ipaddress.IPv4Address(self.state.dns_ip))
+                       ipaddress.IPv4Address(self.state.dns_ip), self.state.store_endpoint)
 
     def underlay_site(self) -> Site:
         return Site("underlay", self.state.underlay_ns,
@@ -801,18 +801,26 @@ def kill(state_dir: Path, target: str, out: TextIO) -> int:
     return 0
 
 
-def start(state_dir: Path, target: str, out: TextIO) -> int:
+def start(state_dir: Path, target: str, out: TextIO, store_endpoint: str | None = None) -> int:
     """Start the killed (or dead) daemons of a host, the store, or one daemon again.
 
     A restarted flanneld finds its subnet in its subnet.env and asks for it again,
     as after a reboot; peers add its routes back once the lease is in the store.
+    With ``store_endpoint`` (after ``weftctl store migrate``), every daemon started from
+    now on uses that store, and the target's running daemons are restarted on it.
     """
     sb = Sandbox(state_dir, require_state(state_dir))
     if not is_up(sb.state):
         raise NotUpError(str(state_dir), "the sandbox's namespaces are gone; `weftctl "
                          "sandbox down`, then `up`")
     records = sb.state.daemons_for(target)
-    todo = [d for d in records if d.killed or not alive(d)]
+    moving: list[DaemonRecord] = []
+    if store_endpoint is not None:
+        sb.state.store_endpoint = store_endpoint
+        sb.save()
+        moving = [d for d in records if d.name != "store" and not d.killed and alive(d)]
+        stop_daemons(moving)  # SIGTERM: they leave the old store as on a shutdown
+    todo = [d for d in records if d.killed or not alive(d) or d in moving]
     for d in records:
         if d not in todo:
             out.write(f"{d.ident} is already running (pid {d.pid})\n")

@@ -125,10 +125,13 @@ class Context:
     bin_dir: Path  # where weft's console scripts live (next to the Python running us)
     store_ip: ipaddress.IPv4Address
     dns_ip: ipaddress.IPv4Address
+    store_endpoint: str = ""  # set when the daemons were moved to another store
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.store_ip}:{STORE_PORT}"
+        """The store URL the daemons use: the sandbox's own, or the one they were moved to
+        (``weftctl sandbox start TARGET --store-endpoint URL``)."""
+        return self.store_endpoint or f"http://{self.store_ip}:{STORE_PORT}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +294,7 @@ class State:
     daemons: list[DaemonRecord] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # steps absent from this build
     complete: bool = False
+    store_endpoint: str = ""  # the store the daemons were moved to ("" = the sandbox's own)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -306,6 +310,7 @@ class State:
                 containers=[ContainerRecord(**c) for c in raw["containers"]],
                 daemons=[DaemonRecord(**d) for d in raw["daemons"]],
                 skipped=list(raw.get("skipped", [])), complete=bool(raw.get("complete")),
+                store_endpoint=str(raw.get("store_endpoint", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SandboxError(where, f"unreadable sandbox state ({exc})") from exc
