@@ -38,12 +38,15 @@ them (``ValueError`` for bad input, ``RuntimeError`` for a failed action,
     ├── SandboxError → BadOptionError, AlreadyUpError, NotUpError, UnknownTargetError
     │                                     overlay.sandbox.model
     ├── TestbedError                      overlay.testbed
-    └── UnitsError                        overlay.cli.units_cmd
+    ├── UnitsError                        overlay.cli.units_cmd
+    └── SchedError                        overlay.sched.errors (the scheduler)
+        ├── UnitFileError                 a unit file or name refused: source, line, key, message
+        ├── RecordError                   a malformed key or value under /weft/sched/: key, reason
+        └── UnitStateError                refused by fleet's state machine or immutability: unit
 
 Not in this tree, on purpose: the CNI plugin's ``cni.errors.CniError`` (its codes
 are the CNI spec's and the plugin imports nothing from ``overlay``, for its exec
-budget), the scheduler's ``overlay.sched.errors.SchedError`` (owned with issue 13;
-it should derive from ``WeftError``), and private control-flow exceptions
+budget), and private control-flow exceptions
 (``_Bad``, ``Abort``, ``_TokenRejected``) that never leave their module.
 """
 

@@ -71,8 +71,10 @@ _STATE_VERBS = (
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_store_flags(p, SCHED_STORE_ENV)
-    p.add_argument("--sched-root", default=os.environ.get("WEFT_SCHED_ROOT", DEFAULT_ROOT),
-                   help=f"scheduler key root [default {DEFAULT_ROOT}] (env WEFT_SCHED_ROOT)")
+    p.add_argument("-sched-prefix", "--sched-prefix", dest="sched_prefix",
+                   default=os.environ.get("WEFT_SCHED_PREFIX", DEFAULT_ROOT),
+                   help=f"scheduler key prefix, as the agents' -sched-prefix [default "
+                        f"{DEFAULT_ROOT}] (env WEFT_SCHED_PREFIX)")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -140,7 +142,8 @@ async def _session(args: argparse.Namespace,
                    body: Callable[[Store, Layout], Coroutine[Any, Any, int]]) -> int:
     from overlay.store.client import connect
 
-    layout = Layout(args.sched_root)
+    prefix = args.sched_prefix
+    layout = Layout(prefix if prefix.endswith("/") else prefix + "/")
     store = await connect(store_config(args, SCHED_STORE_ENV))
     try:
         return await body(store, layout)
