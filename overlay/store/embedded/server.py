@@ -606,27 +606,32 @@ class StoreService:
 
     def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: _Stream) -> None:
         header = self.header()
-        wid = c.watch_id
-        if not wid:
-            wid = mine.next_id()
-        elif wid in mine.watchers:
-            out.put_nowait(rpc_pb2.WatchResponse(
-                header=header, watch_id=-1, created=True, canceled=True,
-                cancel_reason="mvcc: duplicate watch ID provided on the WatchStream"))
+        key = bytes(c.key) or b"\0"  # etcd: an empty key is the smallest one
+        end = bytes(c.range_end)
+        refused = None
+        if end and end != b"\0" and key >= end:
+            refused = "mvcc: watcher range is empty"
+        elif c.watch_id and c.watch_id in mine.watchers:  # 0 asks for a new id
+            refused = "mvcc: duplicate watch ID provided on the WatchStream"
+        if refused is not None:
+            out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=-1, created=True,
+                                                 canceled=True, cancel_reason=refused))
             return
+        wid = c.watch_id or mine.next_id()
         out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=wid, created=True))
         start = c.start_revision
-        if start and start < self.state.compact_revision:
-            # etcd 3.4: no revision in this header and no cancel_reason
+        first = self.state.first_revision
+        if start and start < first:
+            # etcd 3.4: no revision in this header and no cancel_reason; the first kept
+            # revision is -1 before any compaction, so a start below that is "compacted"
             gone = rpc_pb2.ResponseHeader()
             gone.CopyFrom(header)
             gone.ClearField("revision")
-            out.put_nowait(rpc_pb2.WatchResponse(
-                header=gone, watch_id=wid, canceled=True,
-                compact_revision=self.state.compact_revision))
+            out.put_nowait(rpc_pb2.WatchResponse(header=gone, watch_id=wid, canceled=True,
+                                                 compact_revision=first))
             return
         filters = set(c.filters)
-        w = _Watcher(wid, bytes(c.key), bytes(c.range_end), c.prev_kv,
+        w = _Watcher(wid, key, end, c.prev_kv,
                      rpc_pb2.WatchCreateRequest.NOPUT in filters,
                      rpc_pb2.WatchCreateRequest.NODELETE in filters, out, c.progress_notify,
                      start)
