@@ -217,8 +217,9 @@ def _dnsd_argv(ctx: Context, site: Site) -> list[str]:
 
 
 def _dnsd_probes(ctx: Context, site: Site) -> Sequence[Probe]:
+    # /readyz: the index is loaded and the store watch is up (/healthz only says "alive")
     return (Probe("dns", str(site.ip), DNS_PORT, name=DOMAIN),
-            Probe("http", str(site.ip), DNSD_METRICS_PORT, "/healthz"))
+            Probe("http", str(site.ip), DNSD_METRICS_PORT, "/readyz"))
 
 
 # Order matters: ``up`` starts them top to bottom and waits for each to be healthy.
