@@ -52,11 +52,12 @@ from overlay.backend.plan import desired_blackholes
 from overlay.clock import Clock, SystemClock
 from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
 from overlay.errors import WeftError
-from overlay.health import HealthState, sd_notify
+from overlay.health import HealthState
 from overlay.lease.allocator import NetworkFullError
 from overlay.lease.manager import AcquireError, LeaseLostError, LeaseManager
 from overlay.lease.model import EventKind, Lease, config_key, subnets_prefix
 from overlay.lease.watcher import Update, apply_watch_events, resync, table_from_listing
+from overlay.service import sd_notify
 from overlay.store.api import CompactedError, Store, StoreError
 
 log = logging.getLogger(__name__)
