@@ -597,15 +597,18 @@ class StoreService:
             w = mine.watchers.pop(wid, None)
             if w is not None:
                 self.committer.watchers.discard(w)
-                out.put_nowait(rpc_pb2.WatchResponse(header=self.header(), watch_id=wid,
-                                                     canceled=True))
+                out.put_nowait(rpc_pb2.WatchResponse(
+                    header=self.header(self.committer.committed_revision), watch_id=wid,
+                    canceled=True))
         elif which == "progress_request":
             # every event up to the committed revision has been sent to this stream
             out.put_nowait(rpc_pb2.WatchResponse(
                 header=self.header(self.committer.committed_revision), watch_id=-1))
 
     def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: _Stream) -> None:
-        header = self.header()
+        # the revision this stream has been sent everything up to: a write still being
+        # committed reaches the new watcher as an event, so it is not in this header
+        header = self.header(self.committer.committed_revision)
         key = bytes(c.key) or b"\0"  # etcd: an empty key is the smallest one
         end = bytes(c.range_end)
         refused = None
