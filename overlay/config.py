@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from overlay import ipnet
-from overlay.lease.model import DEFAULT_PREFIX
+from overlay.lease.model import DEFAULT_PREFIX, Lease
 
 DEFAULT_BACKEND = "vxlan"
 KNOWN_BACKENDS = ("vxlan", "host-gw", "udp")
@@ -168,6 +168,8 @@ def build_network_json(network: str, subnet_len: int | None = None,
         obj["SubnetMin"] = subnet_min
     if subnet_max:
         obj["SubnetMax"] = subnet_max
+    _check_requested_network(network)
+    _check_backend_options(backend, vni, port, direct_routing)
     be: dict[str, Any] = {"Type": backend}
     if vni is not None:
         be["VNI"] = vni
@@ -178,6 +180,81 @@ def build_network_json(network: str, subnet_len: int | None = None,
     obj["Backend"] = be
     check_network_config(obj)
     return obj
+
+
+# Backend options ``weftctl network set`` takes, and the backends each applies to
+# (flannel: VNI and DirectRouting are vxlan's, Port is vxlan's and udp's).
+BACKEND_OPTIONS = {"vni": ("vxlan",), "port": ("vxlan", "udp"),
+                   "direct-routing": ("vxlan",)}
+
+
+def _check_requested_network(network: str) -> None:
+    """An operator's ``--network`` must be a network address: host bits are a typo."""
+    try:
+        ipaddress.IPv4Network(network)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            fixed = ipaddress.IPv4Network(network, strict=False)
+            raise ConfigError("Network", f"{network} has host bits set (did you mean "
+                              f"{fixed}?)") from None
+        # anything else is check_network_config's to explain
+
+
+def _check_backend_options(backend: str, vni: int | None, port: int | None,
+                           direct_routing: bool) -> None:
+    given = {"vni": vni is not None, "port": port is not None,
+             "direct-routing": direct_routing}
+    for option, applies_to in BACKEND_OPTIONS.items():
+        if given[option] and backend not in applies_to:
+            raise ConfigError("Backend", f"--{option} does not apply to the {backend} "
+                              f"backend (only to {' and '.join(applies_to)})")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeConflict:
+    """A live lease a new network config would break, and why."""
+
+    subnet: ipaddress.IPv4Network
+    public_ip: ipaddress.IPv4Address
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.subnet} (host {self.public_ip}): {self.reason}"
+
+
+def config_change_conflicts(new: NetworkConfig, leases: Sequence[Lease]
+                            ) -> tuple[ChangeConflict, ...]:
+    """The live leases ``new`` would orphan or whose data path it would change (pure).
+
+    A lease is orphaned when ``new`` could not have handed its subnet out
+    (outside Network or SubnetMin..SubnetMax, or another SubnetLen): its host
+    keeps routing a subnet the cluster no longer owns. A backend change (type, or
+    VNI for vxlan) under a live host leaves peers speaking different data paths
+    until every flanneld restarts.
+    """
+    out: list[ChangeConflict] = []
+    new_vni = _backend_vni(new.backend)
+    for lease in sorted(leases, key=lambda le: int(le.subnet.network_address)):
+        reasons = []
+        if not new.fits(lease.subnet):
+            reasons.append(f"outside the new Network {new.network} "
+                           f"(SubnetLen {new.subnet_len}, {new.subnet_min}-{new.subnet_max})")
+        ltype = (lease.backend_type or "").lower()
+        if ltype and ltype != new.backend_type:
+            reasons.append(f"its host runs the {ltype} backend, the new config says "
+                           f"{new.backend_type}")
+        elif ltype == "vxlan" == new.backend_type:
+            lease_vni = _backend_vni(lease.backend_data)
+            if lease_vni != new_vni:
+                reasons.append(f"its host uses VNI {lease_vni}, the new config says {new_vni}")
+        if reasons:
+            out.append(ChangeConflict(lease.subnet, lease.public_ip, "; ".join(reasons)))
+    return tuple(out)
+
+
+def _backend_vni(backend: Mapping[str, Any]) -> int:
+    raw = backend.get("VNI")
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw else 1
 
 
 DEFAULT_SUBNET_FILE = Path("/run/flannel/subnet.env")

@@ -31,16 +31,19 @@ from overlay.config import (
     DEFAULT_SUBNET_FILE,
     ConfigError,
     build_network_json,
+    check_network_config,
+    config_change_conflicts,
     parse_network_config,
 )
 from overlay.lease.model import (
     DEFAULT_PREFIX,
+    Lease,
     LeaseFormatError,
     config_key,
     decode_lease,
     subnets_prefix,
 )
-from overlay.store.api import DEFAULT_ENDPOINTS, Store, StoreError
+from overlay.store.api import DEFAULT_ENDPOINTS, KeyValue, Store, StoreError
 
 DEFAULT_DOCKER_ENV = Path("/run/docker_opts.env")
 
@@ -85,6 +88,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--port", type=int, help="VXLAN/UDP port [8472 for vxlan, 8285 for udp]")
     s.add_argument("--direct-routing", action="store_true",
                    help="vxlan: plain routes to peers on the same L2 network")
+    s.add_argument("--force", action="store_true",
+                   help="write even when live leases fall outside the new network or their "
+                        "hosts run another backend (they keep their old subnets until "
+                        "flanneld restarts)")
     add_store_flags(s)
     s.set_defaults(func=cmd_set)
     g = nsub.add_parser("get", help="print the stored network config")
@@ -151,9 +158,22 @@ def cmd_set(args: argparse.Namespace) -> int:
         sys.stderr.write(f"weftctl network set: {exc}\n")
         return 2
 
+    new = check_network_config(obj)
+
     async def go() -> int:
         store = await _store(args)
         try:
+            if not args.force:
+                listing = await store.list(subnets_prefix(args.etcd_prefix).encode())
+                conflicts = config_change_conflicts(new, _live_leases(listing.items))
+                if conflicts:
+                    sys.stderr.write(
+                        f"weftctl network set: refusing to change the network config under "
+                        f"{len(conflicts)} live lease(s):\n"
+                        + "".join(f"  {c}\n" for c in conflicts)
+                        + "stop flanneld on those hosts and let the leases expire (or "
+                          "delete them), or pass --force\n")
+                    return 1
             await store.put(config_key(args.etcd_prefix).encode(),
                             json.dumps(obj, separators=(",", ":")).encode())
         finally:
@@ -162,6 +182,17 @@ def cmd_set(args: argparse.Namespace) -> int:
         return 0
 
     return _run(go())
+
+
+def _live_leases(items: Sequence[KeyValue]) -> list[Lease]:
+    """The well-formed leases of a listing (a malformed one has no data path to break)."""
+    leases = []
+    for kv in items:
+        try:
+            leases.append(decode_lease(kv.key.decode("utf-8", "replace"), kv.value))
+        except LeaseFormatError:
+            continue
+    return leases
 
 
 def cmd_get(args: argparse.Namespace) -> int:

@@ -1,10 +1,16 @@
 """``weftctl install-units``: renders weft's systemd units for this install and writes them.
 
 The units in the checkout's ``systemd/`` directory name the daemons as
-``/usr/local/bin/<daemon>``; ``render_unit`` rewrites that to ``<prefix>/bin/``,
-where the prefix defaults to the installation running this command (so a venv
-install gets its own absolute paths). Nothing is enabled or started: the
-command prints the ``systemctl`` lines to run.
+``/usr/local/bin/<daemon>`` and their documentation as
+``/usr/local/share/doc/weft/README.md``; ``render_unit`` rewrites both to this
+install's prefix, which defaults to the installation running this command (so a
+venv install gets its own absolute paths; the wheel ships the README there).
+Nothing is enabled or started: the command prints the ``systemctl`` lines to run.
+
+By default only the daemons' units are written (flanneld, dnsd): the embedded
+store's unit is written when asked for (``--with-store`` or by name), because
+hosts of a cluster share one store (a real etcd or one embedded store) and a
+store unit enabled on every host would give each its own private one.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_BIN = "/usr/local/bin/"
+DEFAULT_DOC = "/usr/local/share/doc/weft/"
 DEFAULT_DEST = Path("/etc/systemd/system")
-UNITS = ("weft-store.service", "flanneld.service", "dnsd.service")
+STORE_UNIT = "weft-store.service"
+DAEMON_UNITS = ("flanneld.service", "dnsd.service")
+UNITS = (STORE_UNIT, *DAEMON_UNITS)
 
 
 class UnitsError(Exception):
@@ -38,13 +47,27 @@ def default_prefix() -> Path:
     return Path(sys.executable).absolute().parent.parent
 
 
-def render_unit(text: str, prefix: Path) -> str:
-    """Point every ``/usr/local/bin/`` reference at ``<prefix>/bin/`` (pure)."""
-    return text.replace(DEFAULT_BIN, f"{prefix.as_posix().rstrip('/')}/bin/")
+def render_unit(text: str, prefix: Path, doc_dir: Path | None = None) -> str:
+    """Point ``/usr/local/bin/`` at ``<prefix>/bin/`` and the docs at ``doc_dir`` (pure).
+
+    ``doc_dir`` defaults to ``<prefix>/share/doc/weft``, where the wheel installs
+    the README.
+    """
+    root = prefix.as_posix().rstrip("/")
+    docs = (doc_dir.as_posix() if doc_dir else f"{root}/share/doc/weft").rstrip("/")
+    return text.replace(DEFAULT_BIN, f"{root}/bin/").replace(DEFAULT_DOC, f"{docs}/")
+
+
+def doc_dir_for(prefix: Path, source: Path) -> Path:
+    """Where this install's README is: the prefix's share/doc, else the checkout's."""
+    installed = prefix / "share" / "doc" / "weft"
+    if (installed / "README.md").is_file() or not (source.parent / "README.md").is_file():
+        return installed
+    return source.parent.resolve()
 
 
 def install_units(source: Path, dest: Path, prefix: Path,
-                  names: Sequence[str] = UNITS) -> list[Path]:
+                  names: Sequence[str] = DAEMON_UNITS) -> list[Path]:
     """Render each unit from ``source`` into ``dest`` (atomic per file); return the paths."""
     if not source.is_dir():
         raise UnitsError(source, "no unit directory here (pass --from DIR, the checkout's "
@@ -57,7 +80,7 @@ def install_units(source: Path, dest: Path, prefix: Path,
             raise UnitsError(src, "unit file missing")
         target = dest / name
         tmp = dest / f".{name}.tmp"
-        tmp.write_text(render_unit(src.read_text(), prefix))
+        tmp.write_text(render_unit(src.read_text(), prefix, doc_dir_for(prefix, source)))
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
         written.append(target)
@@ -65,7 +88,9 @@ def install_units(source: Path, dest: Path, prefix: Path,
 
 
 def _install(args: argparse.Namespace) -> int:
-    names = args.units or list(UNITS)
+    names = list(args.units or DAEMON_UNITS)
+    if args.with_store and STORE_UNIT not in names:
+        names.insert(0, STORE_UNIT)
     unknown = [n for n in names if n not in UNITS]
     if unknown:
         sys.stderr.write(f"weftctl install-units: unknown unit(s) {', '.join(unknown)} "
@@ -85,9 +110,15 @@ def _install(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "install-units", help="write weft's systemd units (store, flanneld, dnsd)",
+        "install-units", help="write weft's systemd units (flanneld, dnsd; the store's "
+                              "when asked)",
         description="Render weft's systemd units with this installation's absolute paths "
-                    "and write them. Settings go in /etc/weft/{store,flanneld,dnsd}.env.")
+                    "and write them. Settings go in /etc/weft/{store,flanneld,dnsd}.env. "
+                    "The daemons are ordered after etcd.service and weft-store.service "
+                    "but never start a store: write the embedded store's unit "
+                    f"({STORE_UNIT}) only on the one host that runs it.")
+    p.add_argument("--with-store", action="store_true",
+                   help=f"also write {STORE_UNIT} (the embedded store; one per cluster)")
     p.add_argument("--dest", default=str(DEFAULT_DEST), metavar="DIR",
                    help=f"where to write the units (default {DEFAULT_DEST})")
     p.add_argument("--prefix", default=str(default_prefix()), metavar="PREFIX",
@@ -97,5 +128,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="directory holding the unit sources (default: the checkout's "
                         "systemd/, %(default)s)")
     p.add_argument("units", nargs="*", metavar="UNIT",
-                   help=f"only these units (default all: {', '.join(UNITS)})")
+                   help=f"only these units (default: {', '.join(DAEMON_UNITS)}; known: "
+                        f"{', '.join(UNITS)})")
     p.set_defaults(func=_install)

@@ -152,11 +152,12 @@ class MemoryStore:
 
     async def list(self, prefix: bytes, revision: int = 0) -> Listing:
         self._enter()
-        if revision and revision < self._compact_revision:
+        # as etcd: any revision <= 0 is the latest
+        if 0 < revision < self._compact_revision:
             raise CompactedError(self._compact_revision)
         if revision > self._revision:
             raise FutureRevisionError(revision, self._revision)
-        at = revision or self._revision
+        at = revision if revision > 0 else self._revision
         items: builtins.list[KeyValue] = []
         for k in self._prefix_keys(prefix):
             if (kv := value_at(self._history[k], at)) is not None:
@@ -230,8 +231,8 @@ class MemoryStore:
                 except TimeoutError:
                     self.expire_leases()
                     continue
-                if rev <= last and start_revision:
-                    continue
+                if (rev <= last and start_revision) or rev < start_revision:
+                    continue  # replayed above, or before a start still in the future
                 batch = [e for e in events if e.kv.key.startswith(prefix)]
                 if batch:
                     yield batch

@@ -41,7 +41,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -56,6 +56,7 @@ from overlay.store.api import (
     WatchEvent,
 )
 from overlay.store.grpcwire import Abort, Code, Context, Method, Server, server_tls
+from overlay.store.lock import DataDirLock, lock_data_dir
 from overlay.store.state import (
     MAX_REQUEST_BYTES,
     Batch,
@@ -96,6 +97,7 @@ _BUSY_GAP_S = 0.00025  # a write this soon after the last commit means concurren
 # gRPC's queue
 _BATCH_WINDOW_S = 0.002
 PROGRESS_INTERVAL_S = 600.0  # etcd's --experimental-watch-progress-notify-interval (10m)
+_REPLAY_BATCH_REVS = 1000  # etcd's watchBatchMaxRevs: revisions per catch-up response
 _CROWD = 20  # calls in flight at once (recent peak) from which a commit waits for company
 _PEAK_PERIOD_S = 0.1  # how recent
 
@@ -238,6 +240,7 @@ class _Watcher:
     no_delete: bool
     out: asyncio.Queue[Any]
     progress_notify: bool = False
+    min_revision: int = 0  # a start revision still in the future: nothing before it
 
     def select(self, events: list[WatchEvent]) -> list[Any]:
         return [
@@ -246,6 +249,21 @@ class _Watcher:
             and not (self.no_put and e.type is EventType.PUT)
             and not (self.no_delete and e.type is EventType.DELETE)
         ]
+
+
+@dataclass(slots=True, eq=False)
+class _Stream:
+    """One Watch stream's watchers. As in etcd, ids the server picks come from a counter
+    that only goes up (skipping ids in use), so a canceled id is not handed out again."""
+
+    watchers: dict[int, _Watcher] = field(default_factory=dict)
+    _next: int = 0
+
+    def next_id(self) -> int:
+        while self._next in self.watchers:
+            self._next += 1
+        self._next += 1
+        return self._next - 1
 
 
 class Committer:
@@ -370,6 +388,8 @@ class Committer:
         for rev, events in self._state.finish(batch):
             header = self._header(rev)
             for watcher in list(self.watchers):
+                if rev < watcher.min_revision:
+                    continue
                 selected = watcher.select(events)
                 if selected:
                     watcher.out.put_nowait(rpc_pb2.WatchResponse(
@@ -534,7 +554,7 @@ class StoreService:
     ) -> AsyncIterator[Any]:
         # watch ids are per stream and start at 0, as in etcd
         out: asyncio.Queue[Any] = asyncio.Queue()
-        mine: dict[int, _Watcher] = {}
+        mine = _Stream()
 
         async def read() -> None:
             try:
@@ -552,17 +572,17 @@ class StoreService:
                 yield resp
         finally:
             reader.cancel()
-            for w in mine.values():
+            for w in mine.watchers.values():
                 self.committer.watchers.discard(w)
 
     def _watch_request(self, req: Any, out: asyncio.Queue[Any],
-                       mine: dict[int, _Watcher]) -> None:
+                       mine: _Stream) -> None:
         which = req.WhichOneof("request_union")
         if which == "create_request":
             self._watch_create(req.create_request, out, mine)
         elif which == "cancel_request":
             wid = req.cancel_request.watch_id
-            w = mine.pop(wid, None)
+            w = mine.watchers.pop(wid, None)
             if w is not None:
                 self.committer.watchers.discard(w)
                 out.put_nowait(rpc_pb2.WatchResponse(header=self.header(), watch_id=wid,
@@ -572,32 +592,52 @@ class StoreService:
             out.put_nowait(rpc_pb2.WatchResponse(
                 header=self.header(self.committer.committed_revision), watch_id=-1))
 
-    def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: dict[int, _Watcher]) -> None:
-        wid = c.watch_id
-        if wid in mine or not wid:
-            wid = 0
-            while wid in mine:
-                wid += 1
+    def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: _Stream) -> None:
         header = self.header()
+        wid = c.watch_id
+        if not wid:
+            wid = mine.next_id()
+        elif wid in mine.watchers:
+            out.put_nowait(rpc_pb2.WatchResponse(
+                header=header, watch_id=-1, created=True, canceled=True,
+                cancel_reason="mvcc: duplicate watch ID provided on the WatchStream"))
+            return
         out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=wid, created=True))
         start = c.start_revision
         if start and start < self.state.compact_revision:
+            # etcd 3.4: no revision in this header and no cancel_reason
+            gone = rpc_pb2.ResponseHeader()
+            gone.CopyFrom(header)
+            gone.ClearField("revision")
             out.put_nowait(rpc_pb2.WatchResponse(
-                header=header, watch_id=wid, canceled=True,
-                compact_revision=self.state.compact_revision, cancel_reason=_ERR_COMPACTED))
+                header=gone, watch_id=wid, canceled=True,
+                compact_revision=self.state.compact_revision))
             return
         filters = set(c.filters)
         w = _Watcher(wid, bytes(c.key), bytes(c.range_end), c.prev_kv,
                      rpc_pb2.WatchCreateRequest.NOPUT in filters,
-                     rpc_pb2.WatchCreateRequest.NODELETE in filters, out, c.progress_notify)
+                     rpc_pb2.WatchCreateRequest.NODELETE in filters, out, c.progress_notify,
+                     start)
         if start:
-            for rev, events in self.state.events_since(start):
+            # etcd's catch-up of an unsynced watcher: the events of up to
+            # _REPLAY_BATCH_REVS revisions per response, under the current revision
+            now = self.header(self.committer.committed_revision)
+            batch: list[Any] = []
+            revs = 0
+            for _, events in self.state.events_since(start):
                 selected = w.select(events)
-                if selected:
-                    out.put_nowait(rpc_pb2.WatchResponse(header=self.header(rev),
-                                                         watch_id=wid, events=selected))
+                if not selected:
+                    continue
+                if revs == _REPLAY_BATCH_REVS:
+                    out.put_nowait(rpc_pb2.WatchResponse(header=now, watch_id=wid,
+                                                         events=batch))
+                    batch, revs = [], 0
+                batch.extend(selected)
+                revs += 1
+            if batch:
+                out.put_nowait(rpc_pb2.WatchResponse(header=now, watch_id=wid, events=batch))
         self.committer.watchers.add(w)
-        mine[wid] = w
+        mine.watchers[wid] = w
 
     # Maintenance and Cluster
 
@@ -616,7 +656,7 @@ class StoreService:
         empty and disarming is a no-op, as on an etcd member without alarms."""
         if request.action == rpc_pb2.AlarmRequest.ACTIVATE:
             raise Abort(Code.UNIMPLEMENTED, "etcdserver: this store raises no alarms")
-        return rpc_pb2.AlarmResponse(header=self.header())
+        return rpc_pb2.AlarmResponse()  # etcd 3.4 sends no header here
 
     async def Defragment(self, request: Any, context: Context) -> Any:
         """etcd's defrag: give the space compaction freed back to the file system. Like
@@ -629,7 +669,7 @@ class StoreService:
             raise Abort(Code.INTERNAL, f"etcdserver: defragment failed: {e}") from e
         log.info("store: defragmented %s: %d -> %d bytes", self.state.path, before,
                  self.state.db_size())
-        return rpc_pb2.DefragmentResponse(header=self.header())
+        return rpc_pb2.DefragmentResponse()  # etcd 3.4 sends no header here
 
     async def MemberList(self, request: Any, context: Context) -> Any:
         member = rpc_pb2.Member(ID=self.state.member_id, name="weft",
@@ -655,17 +695,21 @@ def _delete_response(header: Any, res: DeleteResult) -> Any:
 
 
 def _txn_response(header: Any, res: TxnResult) -> Any:
-    def op(r: OpResult) -> Any:
+    """As etcd 3.4 answers: the Txn's own header is the full one; a sub-response's header
+    carries only the revision at that point of the Txn, a nested Txn's an empty one."""
+    def op(r: OpResult, rev: int) -> Any:
+        sub = rpc_pb2.ResponseHeader(revision=rev)
         if isinstance(r, RangeResult):
-            return rpc_pb2.ResponseOp(response_range=_range_response(header, r))
+            return rpc_pb2.ResponseOp(response_range=_range_response(sub, r))
         if isinstance(r, PutResult):
-            return rpc_pb2.ResponseOp(response_put=_put_response(header, r))
+            return rpc_pb2.ResponseOp(response_put=_put_response(sub, r))
         if isinstance(r, DeleteResult):
-            return rpc_pb2.ResponseOp(response_delete_range=_delete_response(header, r))
-        return rpc_pb2.ResponseOp(response_txn=_txn_response(header, r))
+            return rpc_pb2.ResponseOp(response_delete_range=_delete_response(sub, r))
+        return rpc_pb2.ResponseOp(response_txn=_txn_response(rpc_pb2.ResponseHeader(), r))
 
     return rpc_pb2.TxnResponse(header=header, succeeded=res.succeeded,
-                               responses=[op(r) for r in res.results])
+                               responses=[op(r, rev) for r, rev
+                                          in zip(res.results, res.revisions, strict=True)])
 
 
 # -- registration ------------------------------------------------------------------
@@ -751,6 +795,7 @@ class EmbeddedServer:
         self._server: Server | None = None
         self._expiry: asyncio.Task[None] | None = None
         self._progress: asyncio.Task[None] | None = None
+        self._lock: DataDirLock | None = None
 
     @property
     def endpoint(self) -> str:
@@ -759,10 +804,11 @@ class EmbeddedServer:
         return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_data_dir(self.data_dir)  # before the database is even opened
         try:
             self.state = State(self.data_dir / "store.db", retain=self.retain)
         except sqlite3.Error as e:
+            self._unlock()
             raise OSError(f"store: cannot open {self.data_dir / 'store.db'}: {e}") from e
         self.service = StoreService(self.state, [])
         server = Server(methods(self.service), MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES)
@@ -785,6 +831,7 @@ class EmbeddedServer:
         except OSError:
             self.state.close()
             self.state = None
+            self._unlock()
             raise
         self.service.client_urls = [self.endpoint]
         self._server = server
@@ -827,3 +874,9 @@ class EmbeddedServer:
             self.state.commit()
             self.state.close()
             self.state = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

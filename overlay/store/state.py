@@ -180,6 +180,9 @@ class DeleteResult:
 class TxnResult:
     succeeded: bool
     results: tuple[OpResult, ...]
+    # per result, the revision its header reports: etcd's revision at that point of the
+    # txn (the txn's start revision until something changed, then the txn's revision)
+    revisions: tuple[int, ...] = ()
 
 
 OpResult = RangeResult | PutResult | DeleteResult | TxnResult
@@ -417,21 +420,26 @@ class State:
     def get(self, key: bytes) -> KeyValue | None:
         return self._current.get(key)
 
-    def range(self, op: RangeOp) -> RangeResult:
-        if op.revision > self.revision:
-            raise FutureRevisionError(op.revision, self.revision)
-        if op.revision and op.revision < self.compact_revision:
+    def _check_range_revision(self, revision: int) -> None:
+        """etcd's checks of a Range's ``revision``: any revision <= 0 means the latest."""
+        if revision > self.revision:
+            raise FutureRevisionError(revision, self.revision)
+        if 0 < revision < self.compact_revision:
             raise CompactedError(self.compact_revision)
-        if op.revision and op.revision < self.revision:
+
+    def range(self, op: RangeOp) -> RangeResult:
+        self._check_range_revision(op.revision)
+        if 0 < op.revision < self.revision:
             kvs = self._range_at(op.key, op.range_end, op.revision)
         else:
             kvs = [self._current[k] for k in self._range_keys(op.key, op.range_end)]
+        # etcd counts the range before its revision filters apply
+        count = len(kvs)
         kvs = [kv for kv in kvs if _passes_filters(kv, op)]
         if op.sort_order or op.sort_target:
             order = op.sort_order or 1
             kvs.sort(key=_SORT_KEYS[op.sort_target], reverse=order == 2)
-        count = len(kvs)
-        more = bool(op.limit) and count > op.limit
+        more = bool(op.limit) and len(kvs) > op.limit
         if op.limit:
             kvs = kvs[: op.limit]
         if op.count_only:
@@ -516,9 +524,8 @@ class State:
         ok = all(self._compare(c) for c in op.compare)
         branch = op.success if ok else op.failure
         self._check_ops(branch)
-        rev = self._begin()
-        results = self._run_ops(rev, branch)
-        return self.revision, TxnResult(ok, results)
+        res = self._run_ops(self._begin(), ok, branch)
+        return self.revision, res
 
     def _check_ops(self, ops: Sequence[Op]) -> None:
         seen: set[bytes] = set()
@@ -529,17 +536,15 @@ class State:
                 seen.add(o.key)
                 self._check_put(o)
             elif isinstance(o, RangeOp):
-                if o.revision > self.revision:
-                    raise FutureRevisionError(o.revision, self.revision)
-                if o.revision and o.revision < self.compact_revision:
-                    raise CompactedError(self.compact_revision)
+                self._check_range_revision(o.revision)
             elif isinstance(o, TxnOp):
                 # nested: both branches must be valid before anything applies
                 self._check_ops(o.success)
                 self._check_ops(o.failure)
 
-    def _run_ops(self, rev: int, ops: Sequence[Op]) -> tuple[OpResult, ...]:
+    def _run_ops(self, rev: int, succeeded: bool, ops: Sequence[Op]) -> TxnResult:
         out: list[OpResult] = []
+        revisions: list[int] = []
         for o in ops:
             if isinstance(o, RangeOp):
                 out.append(self.range(o))
@@ -549,8 +554,11 @@ class State:
                 out.append(self._apply_delete(rev, o))
             else:
                 ok = all(self._compare(c) for c in o.compare)
-                out.append(TxnResult(ok, self._run_ops(rev, o.success if ok else o.failure)))
-        return tuple(out)
+                out.append(self._run_ops(rev, ok, o.success if ok else o.failure))
+            # etcd: the revision at this point of the txn (the one before it until it
+            # changed something)
+            revisions.append(self.revision)
+        return TxnResult(succeeded, tuple(out), tuple(revisions))
 
     def _compare(self, c: Compare) -> bool:
         if c.range_end:

@@ -111,6 +111,8 @@ async def test_list_prefix_sorted_and_at_revision(subject: Subject) -> None:
     assert now.revision == await s.revision()
     old = await s.store.list(s.prefix, r_a)
     assert [(kv.key, kv.value) for kv in old.items] == [(s.key("a"), b"1"), (s.key("b"), b"1")]
+    # etcd reads any revision <= 0 as the latest
+    assert (await s.store.list(s.prefix, -1)).items == now.items
     await s.store.delete(s.key("b"))
     assert [kv.key for kv in (await s.store.list(s.prefix, r_a)).items] == [
         s.key("a"), s.key("b")]
@@ -209,6 +211,21 @@ async def test_watch_replays_then_follows_in_order(subject: Subject) -> None:
         ("delete", b"c", 7, b"", b"1"),
     ]
     assert events[0].kv.create_revision == base + 1 and events[2].kv.version == 2
+
+
+async def test_watch_from_a_future_revision_skips_what_comes_before(subject: Subject) -> None:
+    s = subject
+    base = await s.revision()
+
+    async def writes() -> None:
+        await asyncio.sleep(0.05)
+        for v in (b"1", b"2", b"3"):
+            await s.store.put(s.key("a"), v)
+
+    task = asyncio.create_task(writes())
+    events = await collect(s, base + 2, 2)
+    await task
+    assert shape(events, base) == [("put", b"a", 2, b"2", b"1"), ("put", b"a", 3, b"3", b"2")]
 
 
 async def test_compaction_errors(subject: Subject) -> None:

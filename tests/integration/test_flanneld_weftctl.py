@@ -58,3 +58,30 @@ def test_network_set_get_and_leases(store_endpoint: str,
     rc, out, _ = run(capsys, "leases", "--json", *flags)
     first = json.loads(out.splitlines()[0])
     assert 590 <= first["ttl_seconds"] <= 600
+
+
+def test_network_set_refuses_to_orphan_live_leases(store_endpoint: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    prefix = f"/test-orphan-{id(capsys)}/network"
+    flags = ["-etcd-endpoints", store_endpoint, "-etcd-prefix", prefix]
+    rc, _, err = run(capsys, "network", "set", "--network", "10.31.0.0/16", *flags)
+    assert rc == 0, err
+    asyncio.run(put_lease(store_endpoint, f"{prefix}/subnets/10.31.5.0-24",
+                          '{"PublicIP":"198.18.0.11","BackendType":"vxlan",'
+                          '"BackendData":{"VNI":1,"VtepMAC":"0e:11:22:33:44:55"}}', 600))
+    asyncio.run(put_lease(store_endpoint, f"{prefix}/subnets/10.31.6.0-24", "junk", 0))
+    for change in (["--network", "10.250.0.0/16"],
+                   ["--network", "10.31.0.0/16", "--backend", "host-gw"]):
+        rc, _, err = run(capsys, "network", "set", *change, *flags)
+        assert rc == 1 and "10.31.5.0/24 (host 198.18.0.11)" in err and "--force" in err, err
+        rc, out, _ = run(capsys, "network", "get", *flags)
+        assert json.loads(out)["Network"] == "10.31.0.0/16"  # unchanged
+    rc, _, err = run(capsys, "network", "set", "--network", "10.30.0.0/15", *flags)
+    assert rc == 0, err  # a larger network keeps every lease
+    rc, _, err = run(capsys, "network", "set", "--network", "10.250.0.0/16", "--force", *flags)
+    assert rc == 0, err
+    rc, _, err = run(capsys, "network", "set", "--network", "10.31.1.0/16", *flags)
+    assert rc == 2 and "host bits set" in err
+    rc, _, err = run(capsys, "network", "set", "--network", "10.31.0.0/16", "--backend",
+                     "host-gw", "--vni", "5", *flags)
+    assert rc == 2 and "--vni does not apply to the host-gw backend" in err

@@ -12,10 +12,13 @@ from overlay.config import (
     DaemonConfig,
     build_network_json,
     check_network_config,
+    config_change_conflicts,
     parse_network_config,
 )
+from overlay.lease.model import Lease
 
 A = ipaddress.IPv4Address
+N = ipaddress.IPv4Network
 
 
 @pytest.mark.parametrize(
@@ -81,7 +84,6 @@ def test_missing_backend_means_vxlan() -> None:
 
 def test_fits() -> None:
     cfg = parse_network_config(b'{"Network":"10.244.0.0/16"}')
-    N = ipaddress.IPv4Network
     assert cfg.fits(N("10.244.7.0/24"))
     assert not cfg.fits(N("10.244.0.0/24"))  # first subnet skipped
     assert not cfg.fits(N("10.244.7.0/25"))
@@ -97,6 +99,62 @@ def test_build_network_json_round_trips() -> None:
     assert cfg.backend["VNI"] == 2
     with pytest.raises(ConfigError):
         build_network_json("10.244.0.0/30")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        pytest.param({"network": "10.244.1.0/16"}, "host bits set (did you mean 10.244.0.0/16",
+                     id="host-bits"),
+        pytest.param({"network": "10.244.0.0/16", "backend": "host-gw", "vni": 5},
+                     "--vni does not apply to the host-gw backend", id="host-gw-vni"),
+        pytest.param({"network": "10.244.0.0/16", "backend": "host-gw", "port": 9000},
+                     "--port does not apply to the host-gw backend", id="host-gw-port"),
+        pytest.param({"network": "10.244.0.0/16", "backend": "udp", "direct_routing": True},
+                     "--direct-routing does not apply to the udp backend", id="udp-direct"),
+        pytest.param({"network": "10.244.0.0/16", "backend": "udp", "vni": 2},
+                     "--vni does not apply to the udp backend", id="udp-vni"),
+    ],
+)
+def test_build_network_json_refuses_what_cannot_apply(kwargs: dict[str, object],
+                                                      words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_network_json(**kwargs)  # type: ignore[arg-type]
+    assert words in str(err.value)
+
+
+def _lease(subnet: str, btype: str = "vxlan", vni: int = 1) -> Lease:
+    data = {"VNI": vni, "VtepMAC": "0e:00:00:00:00:01"} if btype == "vxlan" else {}
+    return Lease(N(subnet), A("198.18.0.11"), btype, data)
+
+
+@pytest.mark.parametrize(
+    ("new", "leases", "expected"),
+    [
+        pytest.param({"Network": "10.244.0.0/16"}, [_lease("10.244.4.0/24")], [], id="same"),
+        pytest.param({"Network": "10.244.0.0/15"}, [_lease("10.244.4.0/24")], [], id="grown"),
+        pytest.param({"Network": "10.250.0.0/16"},
+                     [_lease("10.244.4.0/24"), _lease("10.244.9.0/24")],
+                     ["10.244.4.0/24: outside the new Network 10.250.0.0/16",
+                      "10.244.9.0/24: outside the new Network"], id="orphaned"),
+        pytest.param({"Network": "10.244.0.0/16", "SubnetLen": 25}, [_lease("10.244.4.0/24")],
+                     ["10.244.4.0/24: outside the new Network"], id="subnet-len"),
+        pytest.param({"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}},
+                     [_lease("10.244.4.0/24")],
+                     ["runs the vxlan backend, the new config says host-gw"], id="backend"),
+        pytest.param({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 4}},
+                     [_lease("10.244.4.0/24")], ["uses VNI 1, the new config says 4"],
+                     id="vni"),
+        pytest.param({"Network": "10.244.0.0/16"}, [], [], id="no-leases"),
+    ],
+)
+def test_config_change_conflicts(new: dict[str, object], leases: list[Lease],
+                                 expected: list[str]) -> None:
+    found = [str(c) for c in config_change_conflicts(check_network_config(new), leases)]
+    assert len(found) == len(expected), found
+    for text, words in zip(found, expected, strict=True):
+        subnet, _, reason = words.rpartition(": ")
+        assert reason in text and text.startswith(subnet or "10.244.4.0/24 (host 198.18.0.11)")
 
 
 @pytest.mark.parametrize(("ttl", "margin", "interval"),
