@@ -74,8 +74,10 @@ install_packages() {
 
 install_weft() {
     log "installing weft from $WEFT_SRC into $WEFT_PREFIX"
-    python3 -m venv "$WEFT_PREFIX"
-    "$WEFT_PREFIX/bin/pip" install -q "$WEFT_SRC"
+    # Debian's pip installs into the venv (pip --python): no second pip in the venv,
+    # which saves minutes on an emulated VM (ensurepip unpacks and compiles pip+setuptools)
+    python3 -m venv --without-pip "$WEFT_PREFIX"
+    python3 -m pip --python "$WEFT_PREFIX/bin/python3" install -q "$WEFT_SRC"
 }
 
 # -- steps shared by VMs and the test ----------------------------------------------
@@ -138,7 +140,8 @@ start_service() {
     local name=$1 envfile=$2
     shift 2
     if [[ $WEFT_VM == 1 ]]; then
-        systemctl daemon-reload
+        # one daemon-reload for all the units written (seconds each on a slow VM)
+        [[ -n ${reloaded:-} ]] || { systemctl daemon-reload; reloaded=1; }
         systemctl enable "$name"
         # --no-block: the first etcd member only becomes ready once a quorum has joined
         systemctl restart --no-block "$name"

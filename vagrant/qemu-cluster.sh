@@ -25,7 +25,7 @@
 #   WEFT_VM_CACHE    image and wheelhouse cache                  [/var/cache/weft-vm]
 #   WEFT_VM_MEM      MiB per VM                                     [1024]
 #   WEFT_VM_NICE     nice level of the QEMU processes               [10]
-#   WEFT_VM_WAIT     seconds to wait for boot / provisioning        [600]
+#   WEFT_VM_WAIT     seconds to wait for boot, and for provisioning [900]
 #   WEFT_BACKEND     vxlan | host-gw | udp                          [vxlan]
 #   WEFT_STORE       etcd (3-member Debian etcd) | embedded (weft-store on vm1) [etcd]
 set -euo pipefail
@@ -37,7 +37,7 @@ STATE=${WEFT_VM_STATE:-/run/weft-vm/$CLUSTER}
 CACHE=${WEFT_VM_CACHE:-/var/cache/weft-vm}
 MEM=${WEFT_VM_MEM:-1024}
 NICE=${WEFT_VM_NICE:-10}
-WAIT=${WEFT_VM_WAIT:-600}
+WAIT=${WEFT_VM_WAIT:-900}
 BACKEND=${WEFT_BACKEND:-vxlan}
 STORE=${WEFT_STORE:-etcd}
 NODES=3
@@ -124,7 +124,8 @@ build_wheelhouse() {
         (cd "$REPO" && "${uv[@]}" export --frozen --no-dev --no-hashes --no-emit-project -q) \
             >"$tmp/requirements.txt"
         python3 -m pip download -q -d "$tmp" -r "$tmp/requirements.txt" \
-            "$(sed -n 's/^requires = \["\(.*\)"\]$/\1/p' "$REPO/pyproject.toml")" >&2
+            "$(sed -n 's/^requires = \["\(.*\)"\]$/\1/p' "$REPO/pyproject.toml")" 2>&1 |
+            grep -v 'is ignored: it is neither' >&2 || true
         mv "$tmp" "$dir"
     fi
     echo "$dir"

@@ -11,7 +11,8 @@ install -m 0644 "$here/weft-vm-agent.service" "$here/weft-vm-net.service" "$root
 chroot "$root" systemctl enable weft-vm-agent.service weft-vm-net.service
 # nothing here reaches a mirror; keep timers from eating emulated CPU
 chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer \
-    e2scrub_all.timer fstrim.timer
+    e2scrub_all.timer fstrim.timer podman.socket podman.service podman-restart.service \
+    podman-auto-update.timer
 chroot "$root" passwd -d root >/dev/null      # serial console login for debugging
 printf '9p\n9pnet_virtio\n' >"$root/etc/modules-load.d/weft-vm.conf"
 # journald: keep the journal across a flanneld restart, in memory
