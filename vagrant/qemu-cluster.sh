@@ -25,7 +25,8 @@
 #   WEFT_VM_CACHE    image and wheelhouse cache                  [/var/cache/weft-vm]
 #   WEFT_VM_MEM      MiB per VM                                     [1024]
 #   WEFT_VM_NICE     nice level of the QEMU processes               [10]
-#   WEFT_VM_WAIT     seconds to wait for boot, and for provisioning [900]
+#   WEFT_VM_WAIT     seconds to wait for boot, and for the cluster in provision.sh [900]
+#   WEFT_VM_KEEP     1: leave the VMs up when `up` fails, to look inside [0]
 #   WEFT_BACKEND     vxlan | host-gw | udp                          [vxlan]
 #   WEFT_STORE       etcd (3-member Debian etcd) | embedded (weft-store on vm1) [etcd]
 set -euo pipefail
@@ -38,6 +39,7 @@ CACHE=${WEFT_VM_CACHE:-/var/cache/weft-vm}
 MEM=${WEFT_VM_MEM:-1024}
 NICE=${WEFT_VM_NICE:-10}
 WAIT=${WEFT_VM_WAIT:-900}
+KEEP=${WEFT_VM_KEEP:-0}
 BACKEND=${WEFT_BACKEND:-vxlan}
 STORE=${WEFT_STORE:-etcd}
 NODES=3
@@ -191,7 +193,11 @@ cmd_up() {
     mkdir -p "$STATE"
     NETNS="weftvm-$CLUSTER-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
     printf 'NETNS=%q\nIMAGE=%q\n' "$NETNS" "$image" >"$STATE/env"
-    trap 'log "up failed: tearing down"; cmd_down' ERR
+    if [[ $KEEP == 1 ]]; then
+        trap 'log "up failed: VMs left up (WEFT_VM_KEEP=1); down removes them"' ERR
+    else
+        trap 'log "up failed: tearing down"; cmd_down' ERR
+    fi
     ip netns add "$NETNS"
     ip -n "$NETNS" link set lo up
     ip -n "$NETNS" link add br0 type bridge
@@ -214,7 +220,8 @@ provision() {
     ips=$(node_ips)
     for ((i = 1; i <= NODES; i++)); do
         # the Vagrantfile rsyncs the checkout to /weft with these excludes; so do we
-        vm_exec "vm$i" "$WAIT" bash -c 'rsync -a --delete --exclude .git/ --exclude .venv/ \
+        # provision.sh waits up to WEFT_WAIT for the cluster after minutes of pip install
+        vm_exec "vm$i" $((3 * WAIT)) bash -c 'rsync -a --delete --exclude .git/ --exclude .venv/ \
             --exclude .weft-sandbox/ --exclude __pycache__/ --exclude .mypy_cache/ \
             /mnt/weft-src/ /weft/ && exec env "$@" bash /weft/vagrant/provision.sh' provision \
             NODE_INDEX="$i" NODE_IPS="$ips" WEFT_SRC=/weft WEFT_PREFIX=/opt/weft \
