@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench/dns.py: needs {tool} (make deps installs it)", file=sys.stderr)
             return 2
     sys.path.insert(0, str(ROOT))
-    from overlay.store.launch import free_port, start_etcd
+    from overlay.store.embedded.launch import free_port, start_etcd
 
     server_cpu, client_cpu = _cpu_pins()
     load0 = os.getloadavg()[0]

@@ -168,7 +168,7 @@ async def measure(ep: str, quick: bool) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     _import_path()
-    from overlay.store.launch import free_port, start_embedded, start_etcd, wait_tcp
+    from overlay.store.embedded.launch import free_port, start_embedded, start_etcd, wait_tcp
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -47,6 +47,7 @@ from cni.netconf import (
     read_subnet_env,
     requested_ips,
     requested_mac,
+    valid_attachments,
     version_key,
 )
 from cni.netlink import EEXIST, IFF_UP, Link, Netlink, format_mac, random_mac
@@ -402,18 +403,9 @@ def check(env: Env, conf: NetConf, log: Log) -> None:
 
 
 def gc(conf: NetConf, log: Log) -> None:
-    """Free every allocation and host interface not in ``cni.dev/valid-attachments``."""
-    raw = conf.raw.get("cni.dev/valid-attachments", conf.raw.get("cni.dev/attachments", ...))
-    if raw is ...:
-        raise ConfigError("GC needs cni.dev/valid-attachments in the network config")
-    if raw is not None and not isinstance(raw, list):
-        raise ConfigError("cni.dev/valid-attachments must be a list of "
-                          "{containerID, ifname}")
-    valid: set[tuple[str, str]] = set()
-    for item in raw or []:
-        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
-            raise ConfigError(f"cni.dev/valid-attachments entry {item!r} lacks containerID")
-        valid.add((item["containerID"], str(item.get("ifname", ""))))
+    """Free every allocation and host interface not in ``cni.dev/valid-attachments``
+    (all of this network's when the key is absent)."""
+    valid = valid_attachments(conf.raw)
     valid_cids = {cid for cid, _ in valid}
     keep_veths = {host_veth_name(conf.name, cid, ifn) for cid, ifn in valid}
     errors: list[str] = []

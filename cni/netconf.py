@@ -210,6 +210,26 @@ def requested_ips(conf: NetConf, env: Env) -> list[tuple[str, str]]:
     return out
 
 
+def valid_attachments(raw: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """GC's ``cni.dev/valid-attachments`` (or the older ``cni.dev/attachments``) as
+    (containerID, ifname) pairs. A missing key (or null) is no valid attachment: libcni's
+    GC without GCArgs, as ``cnitool gc`` sends, has already DELeted every attachment it
+    cached and leaves the plugin to free the rest. A key that is present but malformed is
+    a ConfigError: freeing everything on a typo would take down running containers."""
+    key = "cni.dev/valid-attachments"
+    items = raw.get(key, raw.get("cni.dev/attachments"))
+    if items is None:
+        return set()
+    if not isinstance(items, list):
+        raise ConfigError(f"{key} must be a list of {{containerID, ifname}}, not {items!r}")
+    valid: set[tuple[str, str]] = set()
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
+            raise ConfigError(f"{key} entry {item!r} lacks containerID")
+        valid.add((item["containerID"], str(item.get("ifname", ""))))
+    return valid
+
+
 def requested_mac(conf: NetConf, env: Env) -> bytes | None:
     """A MAC from runtimeConfig.mac or CNI_ARGS MAC=, as 6 bytes."""
     text = conf.runtime.get("mac") or env.args.get("MAC")
@@ -242,15 +262,32 @@ class SubnetEnv:
         self.ipmasq = ipmasq
 
 
-def parse_subnet_env(text: str, where: str) -> SubnetEnv:
-    """Parse ``KEY=VALUE`` lines; missing or bad keys are named in the error."""
-    values: dict[str, str] = {}
+def subnet_vars(text: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines (optional matching quotes, ``#`` comments, ``export``).
+
+    The same rules as ``overlay.subnetfile.parse_vars``, kept here so the plugin does
+    not import ``overlay`` (its ``ipaddress`` use alone costs a slice of the ADD
+    budget); tests/unit/test_subnet_env.py runs both on one table of inputs.
+    """
+    out: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip().strip('"')
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def parse_subnet_env(text: str, where: str) -> SubnetEnv:
+    """Parse ``KEY=VALUE`` lines; missing or bad keys are named in the error."""
+    values = subnet_vars(text)
     need = ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
     missing = [k for k in need if k not in values]
     if missing:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 NETLINK_ROUTE = 0
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 1, 2, 4
-NLM_F_DUMP, NLM_F_EXCL, NLM_F_CREATE = 0x300, 0x200, 0x400
+NLM_F_DUMP, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x300, 0x200, 0x400, 0x800
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
@@ -345,11 +345,19 @@ class Netlink:
                 raise
 
     def add_route(self, dst: bytes, dst_len: int, gateway: bytes, oif: int) -> None:
+        """Add a route via ``oif`` next to any the destination already has through other
+        interfaces (``ip route append``, as the bridge plugin does), so a second interface
+        of a container on the same network gets its own; the very same route already
+        there is not an error."""
         body = (_RTMSG.pack(AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
                             RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
                 + (attr(RTA_DST, dst) if dst_len else b"") + attr(RTA_GATEWAY, gateway)
                 + attr_u32(RTA_OIF, oif))
-        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, "add route")
+        try:
+            self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_APPEND, body, "add route")
+        except KernelError as e:
+            if e.errno != EEXIST:
+                raise
 
     def routes(self) -> list[tuple[bytes, int, bytes, int]]:
         """Main-table IPv4 routes as (dst, dst_len, gateway, oif)."""

@@ -16,32 +16,19 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from overlay.cli.flags import store_config
-from overlay.store.api import DEFAULT_ENDPOINTS, StoreError
+from overlay.flags import SKYDNS_STORE_ENV, add_store_flags, store_config
+from overlay.store.api import StoreError
 
 from .keys import BadNameError, key_to_path, name_to_key, path_to_name
 from .records import RecordError, Service, decode, parse_ip
 
 
 def _store_flags(p: argparse.ArgumentParser) -> None:
-    env = os.environ
-    p.add_argument("-etcd-endpoints", "--etcd-endpoints", dest="etcd_endpoints",
-                   default=env.get("ETCD_ENDPOINTS") or env.get("ETCD_MACHINES")
-                   or ",".join(DEFAULT_ENDPOINTS),
-                   help="store endpoints, comma separated (env ETCD_ENDPOINTS)")
+    """The store flags (overlay.flags) with SkyDNS's variables, plus ``-path-prefix``."""
+    add_store_flags(p, SKYDNS_STORE_ENV)
     p.add_argument("-path-prefix", "--path-prefix", dest="path_prefix",
-                   default=env.get("SKYDNS_PATH_PREFIX", "/skydns"),
+                   default=os.environ.get("SKYDNS_PATH_PREFIX", "/skydns"),
                    help="key prefix of the records [/skydns]")
-    p.add_argument("-etcd-cafile", "--etcd-cafile", dest="etcd_cafile", default=None)
-    p.add_argument("-etcd-certfile", "--etcd-certfile", dest="etcd_certfile", default=None)
-    p.add_argument("-etcd-keyfile", "--etcd-keyfile", dest="etcd_keyfile", default=None)
-    p.add_argument("-etcd-username", "--etcd-username", dest="etcd_username",
-                   default=env.get("WEFT_ETCD_USERNAME"),
-                   help="username for etcd authentication (env WEFT_ETCD_USERNAME)")
-    p.add_argument("-etcd-password", "--etcd-password", dest="etcd_password", default=None,
-                   help="password for etcd authentication; a command-line value shows in "
-                        "`ps`, so prefer WEFT_ETCD_PASSWORD in the environment (used when "
-                        "this flag is absent)")
 
 
 def register(subparsers: Any) -> None:
@@ -103,7 +90,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     async def run() -> int:
         from overlay.store.client import connect
 
-        store = await connect(store_config(args))
+        store = await connect(store_config(args, SKYDNS_STORE_ENV))
         try:
             lease = await store.grant(args.lease_ttl) if args.lease_ttl else 0
             await store.put(key.encode(), raw, lease)
@@ -125,7 +112,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     async def run() -> int:
         from overlay.store.client import connect
 
-        store = await connect(store_config(args))
+        store = await connect(store_config(args, SKYDNS_STORE_ENV))
         try:
             n = await store.delete(key.encode())
             if args.recursive:
@@ -150,7 +137,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     async def run() -> int:
         from overlay.store.client import connect
 
-        store = await connect(store_config(args))
+        store = await connect(store_config(args, SKYDNS_STORE_ENV))
         try:
             exact = await store.get(key.encode())
             listing = await store.list((key.rstrip("/") + "/").encode())

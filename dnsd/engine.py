@@ -9,12 +9,17 @@ it falls in (longest of the configured zones) decides authority. Inside a zone:
 * A/AAAA: IP hosts of the right family (duplicates collapsed); name hosts become
   ``owner CNAME target`` followed by the target's records when the target is
   in-zone and yields records (chain limit 8; loops and dead ends yield nothing).
-  An out-of-zone target gives a bare CNAME for the client's resolver to follow;
+  An out-of-zone target gives a bare CNAME for the client's resolver to follow.
+  At a zone apex the records come from ``<zone>/dns/apex`` when anything exists
+  there (CoreDNS), else from the whole zone (SkyDNS);
+* TXT from ``text``, through CNAME chains exactly as A/AAAA (CoreDNS): an entry
+  whose host is a name and that has no text is a CNAME to follow;
 * SRV/MX: one record per service, weights per priority as floor(100*w/sum(w))
   with 0 counted as 100, IP hosts get a key-derived target (minus
-  ``targetstrip`` labels) and glue, name hosts get in-zone glue;
-* TXT from ``text``, PTR/CNAME from the exact key only, NS/SOA synthesised at
-  the apex from ``ns.dns.<zone>`` entries;
+  ``targetstrip`` labels) and glue, name hosts get in-zone glue: the target's
+  A and AAAA answers, CNAME chain included (CoreDNS);
+* PTR/CNAME from the exact key only, NS/SOA synthesised at the apex from
+  ``ns.dns.<zone>`` entries;
 * NXDOMAIN only when nothing exists at or below the name, otherwise NODATA; both
   carry the synthesised SOA with TTL ``min_ttl``;
 * TTL: the smaller of the record's ``ttl`` and the lease's remaining seconds, the
@@ -45,7 +50,6 @@ from .message import (
     Rcode,
     RType,
 )
-from .records import IPAddress
 
 CHAIN_LIMIT = 8
 REVERSE_ZONES = (("in-addr", "arpa"), ("ip6", "arpa"))
@@ -159,8 +163,9 @@ class Engine:
             if apex:
                 records, extra = self._ns(ctx)
         elif qtype in (RType.A, RType.AAAA):
-            records = self._addresses(ctx, owner, entries, RType(qtype), 0,
-                                      frozenset({owner}))
+            if apex:
+                entries = self._apex(ctx, ctx.zone, entries)
+            records = self._chain(ctx, owner, entries, RType(qtype), 0, frozenset({owner}))
         elif qtype == RType.CNAME:
             entry = None if wild else ctx.index.exact(path)
             if entry is not None and entry.service.host and entry.service.ip is None \
@@ -172,8 +177,7 @@ class Engine:
         elif qtype == RType.MX:
             records, extra = self._mx(ctx, owner, entries)
         elif qtype == RType.TXT:
-            records = [RR(owner, RType.TXT, self._ttl(ctx, e), _txt(e.service.text))
-                       for e in entries if e.service.text]
+            records = self._chain(ctx, owner, entries, RType.TXT, 0, frozenset({owner}))
         elif qtype == RType.PTR:
             entry = None if wild else ctx.index.exact(path)
             if entry is not None and entry.service.host and entry.service.ip is None:
@@ -202,24 +206,50 @@ class Engine:
             serial=serial & 0xFFFFFFFF, refresh=28800, retry=7200, expire=604800,
             minimum=self.config.min_ttl))
 
-    def _lookup(self, ctx: _Ctx, labels: Sequence[str]) -> list[Entry]:
-        """The group-filtered records at and below the name ``labels`` (written order)."""
-        return group_filter(ctx.index.subtree(tuple(reversed(labels))))
+    def _lookup(self, ctx: _Ctx, labels: Sequence[str], qtype: RType) -> list[Entry]:
+        """The group-filtered records at and below the name ``labels`` (written order)
+        that answer ``qtype`` there (a zone apex answers A/AAAA from ``dns/apex``)."""
+        entries = group_filter(ctx.index.subtree(tuple(reversed(labels))))
+        zone = self.zone_of(labels)
+        if qtype in (RType.A, RType.AAAA) and zone == tuple(labels):
+            return self._apex(ctx, zone, entries)
+        return entries
 
-    def _addresses(self, ctx: _Ctx, owner: str, entries: Sequence[Entry], qtype: RType,
-                   depth: int, seen: frozenset[str]) -> list[RR]:
-        out: list[RR] = []
-        ips: set[IPAddress] = set()
+    def _apex(self, ctx: _Ctx, zone: tuple[str, ...], zone_entries: list[Entry]) -> list[Entry]:
+        """CoreDNS's apex rule: A/AAAA at a zone apex come from ``<zone>/dns/apex``
+        when anything exists there, else (SkyDNS, older layouts) from the whole zone."""
+        path = (*reversed(zone), "dns", "apex")
+        if not ctx.index.exists(path):
+            return zone_entries
+        return group_filter(ctx.index.subtree(path))
+
+    def _leaf(self, ctx: _Ctx, owner: str, entry: Entry, qtype: RType) -> RR | None:
+        """The record of type ``qtype`` that ``entry`` itself gives at ``owner``, if any."""
+        svc = entry.service
+        if qtype == RType.TXT:
+            return RR(owner, qtype, self._ttl(ctx, entry), _txt(svc.text)) \
+                if svc.text else None
         want = 4 if qtype == RType.A else 6
+        if svc.ip is not None and svc.ip.version == want:
+            return RR(owner, qtype, self._ttl(ctx, entry), svc.ip)
+        return None
+
+    def _chain(self, ctx: _Ctx, owner: str, entries: Sequence[Entry], qtype: RType,
+               depth: int, seen: frozenset[str]) -> list[RR]:
+        """A/AAAA/TXT records at ``owner``: each entry's own record, or for an entry
+        whose host is a name (and that has no text) ``owner CNAME host`` followed by
+        the host's records, when the host is in a zone and yields any (else nothing;
+        out of every zone: the bare CNAME, for the client's resolver to follow)."""
+        out: list[RR] = []
+        have: set[object] = set()  # identical records collapse (duplicate IPs, texts)
         for entry in entries:
             svc = entry.service
-            if svc.ip is not None:
-                if svc.ip.version == want and svc.ip not in ips:
-                    ips.add(svc.ip)
-                    out.append(RR(owner, qtype, self._ttl(ctx, entry), svc.ip))
+            if svc.ip is not None or svc.text or not svc.host:
+                rr = self._leaf(ctx, owner, entry, qtype)
+                if rr is not None and rr.rdata not in have:
+                    have.add(rr.rdata)
+                    out.append(rr)
                 continue
-            if not svc.host or svc.text:
-                continue  # TXT-only, or an external-dns style host+text entry
             target = svc.host + "."
             if target in seen or depth + 1 > CHAIN_LIMIT:
                 ctx.notes.append(f"chain stops at {target}")
@@ -228,23 +258,24 @@ class Engine:
             if self.zone_of(tlabels) is None:
                 out.append(RR(owner, RType.CNAME, self._ttl(ctx, entry), target))
                 continue
-            sub = self._lookup(ctx, tlabels)
-            chained = self._addresses(ctx, target, sub, qtype, depth + 1, seen | {target})
+            sub = self._lookup(ctx, tlabels, qtype)
+            chained = self._chain(ctx, target, sub, qtype, depth + 1, seen | {target})
             if chained:
                 out.append(RR(owner, RType.CNAME, self._ttl(ctx, entry), target))
                 out.extend(chained)
         return out
 
     def _glue(self, ctx: _Ctx, target: str) -> list[RR]:
+        """The additional records for an SRV/MX target in a zone: its A and AAAA
+        answers, CNAME chains included (as CoreDNS gives them), so the client need
+        not ask again."""
         labels = tuple(target.rstrip(".").split("."))
         if self.zone_of(labels) is None:
             return []
-        sub = self._lookup(ctx, labels)
         out: list[RR] = []
         for qtype in (RType.A, RType.AAAA):
-            out.extend(rr for rr in self._addresses(ctx, target, sub, qtype, 1,
-                                                    frozenset({target}))
-                       if rr.rtype == qtype)
+            out.extend(self._chain(ctx, target, self._lookup(ctx, labels, qtype), qtype, 1,
+                                   frozenset({target})))
         return out
 
     def _target(self, ctx: _Ctx, entry: Entry) -> tuple[str, list[RR]]:

@@ -25,6 +25,7 @@ at this boundary; nothing a client sends can stop the loops.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import socket
@@ -159,6 +160,21 @@ class DnsServer:
         self.tcp.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def reconfigure(self, engine: Engine, forwarder: Forwarder | None,
+                    round_robin: bool) -> None:
+        """Swap the answer rules and forwarding of a running server (call with ``lock`` held).
+
+        For SkyDNS's config key arriving after start-up; the listen address stays.
+        The caller invalidates the cached answers.
+        """
+        self.engine = engine
+        self.forwarder = forwarder
+        self.config = dataclasses.replace(self.config, round_robin=round_robin)
+        if forwarder is not None:
+            self._stub_timeout = forwarder.timeout
+            if self._pool is None and self._threads:  # started without forwarding
+                self._pool = ThreadPoolExecutor(8, thread_name_prefix="dnsd-forward")
 
     def invalidate(self) -> None:
         """Forget every precomputed answer (call with ``lock`` held, after an index change)."""
@@ -383,11 +399,12 @@ class DnsServer:
             return self._stub(query, tcp, reply, stub[1])
         key = query.cache_key
         entry = self._cache.get(key)
-        if entry is not None and entry.expires > time.monotonic() and \
-                entry.limit_needed <= limit:
+        if entry is not None and entry.expires > time.monotonic():
             entry.hits += 1  # folded into the request counters later
             metrics.cache_misses -= 1  # it was a hit after all, just not on the fast path
-            return ident + entry.hdr[1 if rd else 0] + query.question_wire + next(entry.tails)
+            if entry.limit_needed > limit:
+                metrics.truncated += 1
+            return entry.render(ident, rd, query.question_wire, limit)
         with self.lock:
             if self.config.stubzones:
                 # again under the lock: a stub record may have arrived while this thread
@@ -418,16 +435,9 @@ class DnsServer:
                 self.invalidate()
             self._cache[key] = cached
         metrics.count(qtype, int(answer.rcode))
-        first = variants[0] if len(variants) == 1 else None
-        if first is not None:
-            if cached.limit_needed > limit:
-                metrics.truncated += 1
-            return first.render(ident, rd, query.question_wire, limit)
-        tail = next(cached.tails)
-        if cached.limit_needed <= limit:
-            return ident + cached.hdr[1 if rd else 0] + query.question_wire + tail
-        metrics.truncated += 1
-        return prepared.render(ident, rd, query.question_wire, limit)
+        if cached.limit_needed > limit:
+            metrics.truncated += 1
+        return cached.render(ident, rd, query.question_wire, limit)
 
     def _stub(self, query: Query, tcp: bool, reply: Reply,
               servers: tuple[Server, ...]) -> bytes | None:

@@ -1,14 +1,18 @@
-"""The DNS wire format for dnsd: strict query parsing, answer encoding, truncation, and
-precomputed answers for the fast path.
+"""The DNS wire format for dnsd: strict query parsing, answer packing (dnslib, every
+name compressed), truncation, and precomputed answers for the fast path.
 
-Theory of operation. Every response dnsd sends is ``header + question + records``
-where the question bytes are copied from the query and every record whose owner
-is the query name starts with a compression pointer to offset 12 (the question
-name). So the bytes after the question do not depend on the query's ID, its RD
-bit or the case of its name: they can be built once per (lower-case name, type,
-class, EDNS shape) and reused. ``Prepared`` holds those bytes per record;
-``Prepared.render`` trims them to the client's buffer (additional section first,
-then authority, then answers, with TC set); ``fast_key`` with ``CachedAnswer`` /
+Theory of operation. Every response dnsd sends is ``header + question + records``.
+dnslib packs the records once per answer, compressing every name (RFC 1035
+4.1.4: owners, CNAME/NS/PTR/MX targets, SOA names; an SRV target is written in
+full, as RFC 2782 asks, and later names still point into it) against a question
+placed at offset 12. The question's length does not depend on the case of the
+client's name, so the packed records do not depend on the query's ID, its RD bit
+or its case: they are built once per (lower-case name, type, class, EDNS shape)
+and reused, and a name pointing into the question takes the client's case.
+``Prepared`` holds those bytes with the end of every record; ``Prepared.render``
+cuts them to the client's buffer at a record boundary (additional section first,
+then authority, then answers, with TC set), which keeps every pointer valid since
+pointers only point backwards; ``fast_key`` with ``CachedAnswer`` /
 ``ExactAnswer`` let the server's fast path answer with nothing but slicing and
 concatenation.
 
@@ -30,12 +34,20 @@ Errors (the server's boundary maps each to its reply)::
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import ipaddress
+import itertools
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import cycle, repeat
 
-from .message import HINFO, MX, RR, SOA, SRV, Answer, Question, Rcode, RType
+import dnslib
+import dnslib.buffer
+
+from overlay.errors import DnsError
+
+from .message import CLASS_IN, HINFO, MX, RR, SOA, SRV, Answer, Question, Rcode, RType
 from .stub import STUB_DATA, STUB_OPTION
 
 QNAME_POINTER = b"\xc0\x0c"
@@ -43,7 +55,7 @@ MAX_UDP = 1232  # what dnsd advertises in its own OPT record (DNS flag day 2020)
 TCP_LIMIT = 65535
 
 
-class WireError(Exception):
+class WireError(DnsError):
     """Base of wire-format failures."""
 
 
@@ -210,133 +222,182 @@ def _check_options(data: bytes, off: int, end: int) -> bool:
 # -- encoding ------------------------------------------------------------------------
 
 
-_name_cache: dict[str, bytes] = {}
+class _Packer(dnslib.DNSBuffer):  # type: ignore[misc]  # dnslib has no type hints
+    """dnslib's compressing buffer, minus names placed where a pointer cannot reach.
+
+    A compression pointer has 14 bits, so a name written past offset 16383 can never
+    be pointed to; dnslib would remember it anyway and later emit a pointer with its
+    high bits cut off (a TCP answer bigger than 16 KiB would point into garbage).
+    """
+
+    def encode_name(self, name: dnslib.DNSLabel) -> None:
+        before = len(self.names)
+        super().encode_name(name)
+        added = len(self.names) - before
+        if added and self.offset > 0x3FFF:
+            late = [k for k, off in itertools.islice(reversed(self.names.items()), added)
+                    if off > 0x3FFF]
+            for k in late:
+                del self.names[k]
 
 
-def encode_name(name: str) -> bytes:
-    """Uncompressed wire form of an absolute dotted name."""
-    wire = _name_cache.get(name)
-    if wire is not None:
-        return wire
-    out = bytearray()
-    text = name.rstrip(".")
-    if text:
-        for label in text.split("."):
-            raw = label.encode("latin-1", "replace")
-            if not 0 < len(raw) < 64:
+class _SrvData(dnslib.SRV):  # type: ignore[misc]  # dnslib has no type hints
+    """dnslib's SRV, whose target later names may point into.
+
+    RFC 2782: the target itself is never compressed; but like CoreDNS (miekg/dns)
+    dnsd lets later names (the target's glue in the additional section) point to
+    it, which dnslib alone does not.
+    """
+
+    def pack(self, buffer: _Packer) -> None:
+        start = buffer.offset + 6
+        super().pack(buffer)
+        labels = self.target.label
+        for i in range(len(labels)):
+            if start > 0x3FFF:
+                break
+            buffer.names.setdefault(labels[i:], start)
+            start += 1 + len(labels[i])
+
+
+class _Labels:
+    """Dotted names -> dnslib labels, byte for byte (latin-1, no IDNA), checked."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self, qname: str, qlabel: dnslib.DNSLabel) -> None:
+        # the query name maps to the question's own labels, so a label holding a dot
+        # (legal on the wire) still compresses to the question
+        self._known: dict[str, dnslib.DNSLabel] = {qname: qlabel}
+
+    def __call__(self, name: str) -> dnslib.DNSLabel:
+        label = self._known.get(name)
+        if label is None:
+            text = name.rstrip(".")
+            parts = tuple(p.encode("latin-1", "replace") for p in text.split(".")) \
+                if text else ()
+            if any(not 0 < len(p) < 64 for p in parts):
                 raise EncodeError(f"bad label in {name!r}")
-            out.append(len(raw))
-            out += raw
-    out.append(0)
-    if len(out) > 255:
-        raise EncodeError(f"name {name[:40]!r}... longer than 255 bytes")
-    wire = bytes(out)
-    if len(_name_cache) < 100_000:
-        _name_cache[name] = wire
-    return wire
+            if sum(len(p) + 1 for p in parts) + 1 > 255:
+                raise EncodeError(f"name {name[:40]!r}... longer than 255 bytes")
+            label = self._known[name] = dnslib.DNSLabel(parts)
+        return label
 
 
-def _rdata(rr: RR) -> bytes:
+def _rdata(rr: RR, label: _Labels) -> object:
+    """The dnslib rdata of ``rr`` (dnslib packs it, compressing the names it may)."""
     data = rr.rdata
-    rtype = rr.rtype
-    if rtype in (RType.A, RType.AAAA):
-        assert not isinstance(data, str | tuple | MX | SRV | SOA | HINFO)
-        return data.packed
-    if rtype in (RType.CNAME, RType.NS, RType.PTR):
-        assert isinstance(data, str)
-        return encode_name(data)
+    if isinstance(data, ipaddress.IPv4Address):
+        return dnslib.A(tuple(data.packed))
+    if isinstance(data, ipaddress.IPv6Address):
+        return dnslib.AAAA(tuple(data.packed))
+    if isinstance(data, str):
+        kind = {RType.CNAME: dnslib.CNAME, RType.NS: dnslib.NS, RType.PTR: dnslib.PTR}
+        if rr.rtype not in kind:
+            raise EncodeError(f"cannot encode {rr.rtype.name} with a name as data")
+        return kind[rr.rtype](label(data))
     if isinstance(data, MX):
-        return struct.pack("!H", data.preference) + encode_name(data.exchange)
+        return dnslib.MX(label(data.exchange), data.preference)
     if isinstance(data, SRV):
-        return struct.pack("!HHH", data.priority, data.weight, data.port) + \
-            encode_name(data.target)
+        return _SrvData(data.priority, data.weight, data.port, label(data.target))
     if isinstance(data, SOA):
-        return encode_name(data.mname) + encode_name(data.rname) + struct.pack(
-            "!IIIII", data.serial, data.refresh, data.retry, data.expire, data.minimum)
-    if isinstance(data, HINFO):
-        return _strings((data.cpu.encode(), data.os.encode()))
-    if isinstance(data, tuple):
-        return _strings(data)
-    raise EncodeError(f"cannot encode {rtype.name}")
-
-
-def _strings(items: Sequence[bytes]) -> bytes:
-    out = bytearray()
-    for item in items:
-        if len(item) > 255:
-            raise EncodeError("character string longer than 255 bytes")
-        out.append(len(item))
-        out += item
-    return bytes(out)
-
-
-def encode_rr(rr: RR, qname: str) -> bytes:
-    owner = QNAME_POINTER if rr.name == qname else encode_name(rr.name)
-    rdata = _rdata(rr)
-    return owner + struct.pack("!HHIH", rr.rtype, 1, max(0, rr.ttl), len(rdata)) + rdata
+        return dnslib.SOA(label(data.mname), label(data.rname), (
+            data.serial, data.refresh, data.retry, data.expire, data.minimum))
+    if isinstance(data, HINFO):  # two character-strings, the same wire form as TXT's
+        return dnslib.TXT([data.cpu.encode(), data.os.encode()])
+    return dnslib.TXT(list(data))
 
 
 def opt_record(do: bool, ext_rcode: int = 0) -> bytes:
+    """dnsd's own OPT record (kept apart: it must survive truncation, and it is fixed)."""
     return b"\x00" + struct.pack("!HHBBHH", RType.OPT, MAX_UDP, ext_rcode, 0,
                                  0x8000 if do else 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """An answer encoded record by record, independent of the query's ID/case/RD."""
+    """An answer packed once, independent of the query's ID, name case and RD bit.
+
+    ``records`` are the answer, authority and additional records as they follow
+    the question in the message (compression pointers assume the question at offset
+    12, which holds whatever the case of the client's name); ``ends[i]`` is where
+    record ``i`` ends in it; ``counts`` gives the records per section. Pointers only
+    point backwards, so any prefix of whole records is itself a valid packing: that
+    is how an answer is truncated. ``complete`` is False when records that could not
+    fit even a TCP message were left unpacked.
+    """
 
     flags: int  # QR, AA, RA and rcode bits; TC, RD and the ID come per query
-    answer: tuple[bytes, ...]
-    authority: tuple[bytes, ...]
-    additional: tuple[bytes, ...]
+    records: bytes
+    ends: tuple[int, ...]
+    counts: tuple[int, int, int]
     opt: bytes  # b"" when the query had no EDNS
+    complete: bool = True
 
     @property
     def size_after_question(self) -> int:
-        return sum(map(len, self.answer)) + sum(map(len, self.authority)) + \
-            sum(map(len, self.additional)) + len(self.opt)
+        """Bytes after the question; beyond any TCP message when not ``complete``."""
+        size = len(self.records) + len(self.opt)
+        return size if self.complete else TCP_LIMIT + 1
 
-    def header10(self, rd: int, tc: bool = False, an: int | None = None,
-                 ns: int | None = None, ar: int | None = None) -> bytes:
+    def header10(self, rd: int, tc: bool = False,
+                 counts: tuple[int, int, int] | None = None) -> bytes:
         flags = self.flags | (0x0100 if rd else 0) | (0x0200 if tc else 0)
-        return struct.pack(
-            "!HHHHH", flags, 1,
-            len(self.answer) if an is None else an,
-            len(self.authority) if ns is None else ns,
-            (len(self.additional) if ar is None else ar) + (1 if self.opt else 0))
+        an, ns, ar = self.counts if counts is None else counts
+        return struct.pack("!HHHHH", flags, 1, an, ns, ar + (1 if self.opt else 0))
 
     def render(self, ident: bytes, rd: int, question_wire: bytes, limit: int) -> bytes:
-        """The full response, trimmed to ``limit`` bytes (TC set) if needed."""
+        """The full response, cut to whole records within ``limit`` bytes (TC set) if needed.
+
+        Records go from the end: the additional section first, then authority, then
+        answers, as a prefix of the packing keeps every pointer valid. dnsd's OPT
+        record always stays.
+        """
         head = 12 + len(question_wire)
         if head + self.size_after_question <= limit:
-            return ident + self.header10(rd) + question_wire + b"".join(
-                (*self.answer, *self.authority, *self.additional, self.opt))
-        budget = limit - head - len(self.opt)
-        sections = [list(self.answer), list(self.authority), list(self.additional)]
-        size = sum(len(c) for sec in sections for c in sec)
-        for sec in (2, 1, 0):
-            while sections[sec] and size > budget:
-                size -= len(sections[sec].pop())
-        an, ns, ar = (len(s) for s in sections)
-        return ident + self.header10(rd, True, an, ns, ar) + question_wire + b"".join(
-            (*sections[0], *sections[1], *sections[2], self.opt))
+            return ident + self.header10(rd) + question_wire + self.records + self.opt
+        kept = bisect.bisect_right(self.ends, limit - head - len(self.opt))
+        an, ns, _ = self.counts
+        k_an = min(an, kept)
+        k_ns = min(ns, kept - k_an)
+        cut = self.ends[kept - 1] if kept else 0
+        return ident + self.header10(rd, True, (k_an, k_ns, kept - k_an - k_ns)) + \
+            question_wire + self.records[:cut] + self.opt
 
 
 def prepare(answer: Answer, query: Query, ra: bool) -> Prepared:
-    """Encode an engine answer for ``query``. ``EncodeError`` if a record cannot be."""
-    qname = query.question.name
+    """Pack an engine answer for ``query`` with dnslib (every name compressed).
+
+    ``EncodeError`` if a record cannot be encoded.
+    """
+    q = query.question
     rcode = int(answer.rcode)
     flags = 0x8000 | (0x0400 if answer.aa else 0) | (0x0080 if ra else 0) | (rcode & 0xF)
-    opt = b""
-    if query.edns is not None:
-        opt = opt_record(query.edns.do, rcode >> 4)
-    return Prepared(
-        flags,
-        tuple(encode_rr(rr, qname) for rr in answer.answer),
-        tuple(encode_rr(rr, qname) for rr in answer.authority),
-        tuple(encode_rr(rr, qname) for rr in answer.additional),
-        opt,
-    )
+    opt = opt_record(query.edns.do, rcode >> 4) if query.edns is not None else b""
+    qlabel = dnslib.DNSLabel(tuple(lab.encode("latin-1") for lab in q.labels))
+    label = _Labels(q.name, qlabel)
+    buf = _Packer()
+    buf.append(bytes(12))  # the header is per query; only its length matters here
+    ends: list[int] = []
+    counts = [0, 0, 0]
+    complete = True
+    try:
+        dnslib.DNSQuestion(qlabel, q.qtype, q.qclass).pack(buf)
+        start = buf.offset
+        for section, rrs in enumerate((answer.answer, answer.authority, answer.additional)):
+            for rr in rrs:
+                if buf.offset - start > TCP_LIMIT:  # can never be sent: stop packing
+                    complete = False
+                    break
+                dnslib.RR(label(rr.name), int(rr.rtype), CLASS_IN, max(0, rr.ttl),
+                          _rdata(rr, label)).pack(buf)
+                ends.append(buf.offset - start)
+                counts[section] += 1
+    except (dnslib.DNSError, dnslib.DNSLabelError, dnslib.buffer.BufferError, struct.error,
+            ValueError) as exc:
+        raise EncodeError(str(exc)) from None
+    return Prepared(flags, bytes(buf.data[start:]), tuple(ends),
+                    (counts[0], counts[1], counts[2]), opt, complete)
 
 
 def error_response(err: FormError, ra: bool) -> bytes:
@@ -349,9 +410,11 @@ def error_response(err: FormError, ra: bool) -> bytes:
 
 def plain_response(query: Query, rcode: Rcode, ra: bool) -> bytes:
     """An empty answer with ``rcode`` that echoes the question (REFUSED, SERVFAIL)."""
-    prepared = prepare(Answer(rcode, aa=False), query, ra)
-    return prepared.render(struct.pack("!H", query.ident), query.flags & 0x0100,
-                           query.question_wire, TCP_LIMIT)
+    code = int(rcode)
+    flags = 0x8000 | (query.flags & 0x0100) | (0x0080 if ra else 0) | (code & 0xF)
+    opt = opt_record(query.edns.do, code >> 4) if query.edns is not None else b""
+    return struct.pack("!HHHHHH", query.ident, flags, 1, 0, 0, 1 if opt else 0) + \
+        query.question_wire + opt
 
 
 def udp_limit(query: Query) -> int:
@@ -364,41 +427,50 @@ def udp_limit(query: Query) -> int:
 def rotations(prepared: Prepared, count: int) -> list[Prepared]:
     """Round robin: up to ``count`` rotations of a plain A/AAAA answer set.
 
-    Only answers made entirely of same-type address records rotate (SkyDNS keeps
-    CNAME chains in order).
+    Only answers made entirely of same-type address records owned by the query
+    name rotate (SkyDNS keeps CNAME chains in order). Such records hold no name a
+    later pointer could refer to and are all the same length, so swapping them
+    moves nothing any pointer depends on.
     """
-    chunks = prepared.answer
-    if len(chunks) < 2:
+    an = prepared.counts[0]
+    if an < 2:
         return [prepared]
+    bounds = (0, *prepared.ends[:an])
+    chunks = [prepared.records[bounds[i]:bounds[i + 1]] for i in range(an)]
     types = {c[2:4] for c in chunks}
     if not all(c[:2] == QNAME_POINTER for c in chunks) or \
             types not in ({b"\x00\x01"}, {b"\x00\x1c"}):
         return [prepared]
-    out = []
-    for i in range(min(count, len(chunks))):
-        out.append(Prepared(prepared.flags, chunks[i:] + chunks[:i], prepared.authority,
-                            prepared.additional, prepared.opt))
-    return out
+    rest = prepared.records[bounds[an]:]
+    return [dataclasses.replace(prepared, records=b"".join(chunks[i:] + chunks[:i]) + rest)
+            for i in range(min(count, an))]
 
 
 class CachedAnswer:
-    """Everything the fast path needs for one cache key."""
+    """Everything the fast path needs for one cache key (and the packing to cut it)."""
 
     __slots__ = ("expires", "hdr", "hits", "limit_needed", "rcode", "rtype", "tail_list",
-                 "tails")
+                 "tails", "variants")
 
     def __init__(self, variants: Sequence[Prepared], expires: float, rtype: int,
                  rcode: int, question_len: int) -> None:
         first = variants[0]
         self.hdr = (first.header10(0), first.header10(1))
         self.limit_needed = 12 + question_len + first.size_after_question
-        tails = [b"".join((*p.answer, *p.authority, *p.additional, p.opt)) for p in variants]
+        tails = [p.records + p.opt for p in variants]
         self.tail_list = tails
-        self.tails: Iterator[bytes] = cycle(tails)
+        self.tails: Iterator[bytes] = itertools.cycle(tails)
+        self.variants: Iterator[Prepared] = itertools.cycle(variants)
         self.hits = 0
         self.expires = expires
         self.rtype = rtype
         self.rcode = rcode
+
+    def render(self, ident: bytes, rd: int, question_wire: bytes, limit: int) -> bytes:
+        """The response for a client that takes ``limit`` bytes (cut, TC set, if needed)."""
+        if self.limit_needed <= limit:
+            return ident + self.hdr[1 if rd else 0] + question_wire + next(self.tails)
+        return next(self.variants).render(ident, rd, question_wire, limit)
 
 
 class ExactAnswer:
@@ -407,8 +479,8 @@ class ExactAnswer:
     __slots__ = ("hits", "rcode", "responses", "rtype")
 
     def __init__(self, responses: Sequence[bytes], rtype: int, rcode: int) -> None:
-        self.responses: Iterator[bytes] = cycle(responses) if len(responses) > 1 \
-            else repeat(responses[0])
+        self.responses: Iterator[bytes] = itertools.cycle(responses) \
+            if len(responses) > 1 else itertools.repeat(responses[0])
         self.rtype = rtype
         self.rcode = rcode
         self.hits = 0

@@ -21,45 +21,21 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from overlay import ipnet
-from overlay.lease.model import DEFAULT_PREFIX, Lease
+from overlay.backend.base import BACKEND_OPTIONS as BACKEND_OPTIONS
+from overlay.backend.base import BACKENDS
+from overlay.errors import ConfigError as ConfigError  # raised here for the network config
+from overlay.lease.model import DEFAULT_PREFIX
+from overlay.lease.network import DEFAULT_BACKEND as DEFAULT_BACKEND
+from overlay.lease.network import NetworkConfig as NetworkConfig
 
-DEFAULT_BACKEND = "vxlan"
-KNOWN_BACKENDS = ("vxlan", "host-gw", "udp")
 MIN_NETWORK_PREFIX = 28
 MAX_SUBNET_LEN = 30
-
-
-class ConfigError(ValueError):
-    """The network config is invalid; ``field`` names the JSON field at fault."""
-
-    def __init__(self, field_name: str, reason: str) -> None:
-        super().__init__(f"network config: {field_name}: {reason}")
-        self.field = field_name
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkConfig:
-    network: ipaddress.IPv4Network
-    subnet_len: int
-    subnet_min: ipaddress.IPv4Address
-    subnet_max: ipaddress.IPv4Address
-    backend_type: str = DEFAULT_BACKEND
-    backend: Mapping[str, Any] = field(default_factory=dict)  # the whole Backend object
-
-    def fits(self, subnet: ipaddress.IPv4Network) -> bool:
-        """True when ``subnet`` is a subnet this config could hand out."""
-        return (
-            subnet.prefixlen == self.subnet_len
-            and subnet.subnet_of(self.network)
-            and self.subnet_min <= subnet.network_address <= self.subnet_max
-        )
 
 
 def default_subnet_len(network: ipaddress.IPv4Network) -> int:
@@ -137,9 +113,9 @@ def check_network_config(obj: Mapping[str, Any]) -> NetworkConfig:
     if not isinstance(btype, str):
         raise ConfigError("Backend.Type", f"{btype!r} is not a string")
     btype = btype.lower()
-    if btype not in KNOWN_BACKENDS:
+    if btype not in BACKENDS:
         raise ConfigError("Backend.Type", f"unknown backend type {btype!r} (known: "
-                          f"{', '.join(KNOWN_BACKENDS)})")
+                          f"{', '.join(BACKENDS)})")
     return NetworkConfig(network, subnet_len, bounds["SubnetMin"], bounds["SubnetMax"],
                          btype, dict(backend))
 
@@ -182,12 +158,6 @@ def build_network_json(network: str, subnet_len: int | None = None,
     return obj
 
 
-# Backend options ``weftctl network set`` takes, and the backends each applies to
-# (flannel: VNI and DirectRouting are vxlan's, Port is vxlan's and udp's).
-BACKEND_OPTIONS = {"vni": ("vxlan",), "port": ("vxlan", "udp"),
-                   "direct-routing": ("vxlan",)}
-
-
 def _check_requested_network(network: str) -> None:
     """An operator's ``--network`` must be a network address: host bits are a typo."""
     try:
@@ -208,53 +178,6 @@ def _check_backend_options(backend: str, vni: int | None, port: int | None,
         if given[option] and backend not in applies_to:
             raise ConfigError("Backend", f"--{option} does not apply to the {backend} "
                               f"backend (only to {' and '.join(applies_to)})")
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeConflict:
-    """A live lease a new network config would break, and why."""
-
-    subnet: ipaddress.IPv4Network
-    public_ip: ipaddress.IPv4Address
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.subnet} (host {self.public_ip}): {self.reason}"
-
-
-def config_change_conflicts(new: NetworkConfig, leases: Sequence[Lease]
-                            ) -> tuple[ChangeConflict, ...]:
-    """The live leases ``new`` would orphan or whose data path it would change (pure).
-
-    A lease is orphaned when ``new`` could not have handed its subnet out
-    (outside Network or SubnetMin..SubnetMax, or another SubnetLen): its host
-    keeps routing a subnet the cluster no longer owns. A backend change (type, or
-    VNI for vxlan) under a live host leaves peers speaking different data paths
-    until every flanneld restarts.
-    """
-    out: list[ChangeConflict] = []
-    new_vni = _backend_vni(new.backend)
-    for lease in sorted(leases, key=lambda le: int(le.subnet.network_address)):
-        reasons = []
-        if not new.fits(lease.subnet):
-            reasons.append(f"outside the new Network {new.network} "
-                           f"(SubnetLen {new.subnet_len}, {new.subnet_min}-{new.subnet_max})")
-        ltype = (lease.backend_type or "").lower()
-        if ltype and ltype != new.backend_type:
-            reasons.append(f"its host runs the {ltype} backend, the new config says "
-                           f"{new.backend_type}")
-        elif ltype == "vxlan" == new.backend_type:
-            lease_vni = _backend_vni(lease.backend_data)
-            if lease_vni != new_vni:
-                reasons.append(f"its host uses VNI {lease_vni}, the new config says {new_vni}")
-        if reasons:
-            out.append(ChangeConflict(lease.subnet, lease.public_ip, "; ".join(reasons)))
-    return tuple(out)
-
-
-def _backend_vni(backend: Mapping[str, Any]) -> int:
-    raw = backend.get("VNI")
-    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw else 1
 
 
 DEFAULT_SUBNET_FILE = Path("/run/flannel/subnet.env")

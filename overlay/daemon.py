@@ -25,7 +25,7 @@ Theory of operation
 Nothing is torn down on exit: the lease stays (it expires unless we come back
 and reuse it) and so does the kernel state, so a restart does not blip traffic.
 
-Time and randomness are injected (``sleep``, ``rng``); unit tests drive this
+Time and randomness are injected (``clock``, ``rng``); unit tests drive this
 class with ``MemoryStore``, a fake clock and a fake backend.
 """
 
@@ -36,26 +36,33 @@ import contextlib
 import ipaddress
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from overlay import ipnet, subnetfile
-from overlay.backend.base import Backend, BackendConfigError, BackendError, ExternalInterface
+from overlay.backend.base import (
+    Backend,
+    BackendConfigError,
+    BackendError,
+    ExternalInterface,
+    lease_backend_type,
+)
 from overlay.backend.plan import desired_blackholes
+from overlay.clock import Clock, SystemClock
 from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
-from overlay.health import HealthState, sd_notify
+from overlay.errors import WeftError
+from overlay.health import HealthState
 from overlay.lease.allocator import NetworkFullError
 from overlay.lease.manager import AcquireError, LeaseLostError, LeaseManager
 from overlay.lease.model import EventKind, Lease, config_key, subnets_prefix
 from overlay.lease.watcher import Update, apply_watch_events, resync, table_from_listing
+from overlay.service import sd_notify
 from overlay.store.api import CompactedError, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
 BackendFactory = Callable[[NetworkConfig, ExternalInterface], Backend]
 
 
@@ -76,7 +83,7 @@ MasqFactory = Callable[[NetworkConfig, Lease], Masquerade]
 BlackholeSync = Callable[[frozenset[ipaddress.IPv4Network], ipaddress.IPv4Network],
                          Awaitable[Sequence[str]]]
 
-class FatalError(RuntimeError):
+class FatalError(WeftError, RuntimeError):
     """flanneld cannot run with this host/config combination (e.g. host-gw behind NAT)."""
 
 
@@ -107,9 +114,8 @@ class Flanneld:
         backend_factory: BackendFactory,
         masq_factory: MasqFactory | None = None,
         rng: random.Random | None = None,
-        sleep: Sleep = asyncio.sleep,
+        clock: Clock | None = None,
         health: HealthState | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
         blackhole: BlackholeSync | None = None,
     ) -> None:
         self.cfg = cfg
@@ -119,8 +125,7 @@ class Flanneld:
         self.masq_factory = masq_factory
         self.blackhole = blackhole
         self._blackholes_clean = False  # flag off and no blackhole of ours left
-        self.sleep = sleep
-        self.monotonic = monotonic
+        self.clock: Clock = clock or SystemClock()
         self.health = health or HealthState()
         self.leases = LeaseManager(store, cfg.prefix, cfg.lease_ttl, rng or random.Random())
         self._state: _State | None = None
@@ -128,7 +133,9 @@ class Flanneld:
         self._lost_reason = ""
         self._reconcile_lock = asyncio.Lock()
         self._dirty = asyncio.Event()
-        self._warned: set[tuple[str, str]] = set()
+        self._warned: set[tuple[str, int, str]] = set()  # (subnet, revision, why) logged
+        self._malformed: dict[str, tuple[int, str]] = {}  # key -> (revision, reason) logged
+        self._problems: set[tuple[str, int]] = set()  # backend problems of the last pass
         self._renew_delay = min(cfg.renew_interval(), RENEW_RETRY)
 
     # -- public view -------------------------------------------------------
@@ -194,7 +201,7 @@ class Flanneld:
                 if attempt == 0 or delay == STORE_BACKOFF[-1]:
                     log.warning("%s failed (%s); retrying", what, exc)
                 attempt += 1
-                await self.sleep(delay)
+                await self.clock.sleep(delay)
 
     async def _wait_for_config(self) -> tuple[NetworkConfig, Backend]:
         """Block until the config is valid and the backend accepts it."""
@@ -237,7 +244,7 @@ class Flanneld:
                 await close_stream(stream)
 
         watch = asyncio.ensure_future(changed())
-        timer = asyncio.ensure_future(self.sleep(timeout or self.cfg.config_retry))
+        timer = asyncio.ensure_future(self.clock.sleep(timeout or self.cfg.config_retry))
         try:
             await asyncio.wait({watch, timer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -263,7 +270,7 @@ class Flanneld:
                 if str(exc) != last_error:
                     log.error("cannot acquire a lease: %s; retrying", exc)
                     last_error = str(exc)
-                await self.sleep(backoff(attempt))
+                await self.clock.sleep(backoff(attempt))
                 attempt += 1
                 continue
             self.health.lease_held = True
@@ -316,31 +323,37 @@ class Flanneld:
     def peers(self) -> list[Lease]:
         """Peer leases the backend should program: own lease and foreign types left out."""
         state = self._require()
-        mine = state.backend.name
         out: list[Lease] = []
-        network, own = state.config.network, state.own.subnet
         for lease in state.table.values():
-            if lease.subnet == own:
+            if lease.subnet == state.own.subnet:
                 continue
-            btype = lease.backend_type or ""
-            if btype != mine and not (btype == "" and mine == "udp"):
-                self._warn_once(lease, f"backend type {btype!r}, we run {mine!r}")
-                continue
-            # never route outside the cluster network or over our own containers
-            if not lease.subnet.subnet_of(network):
-                self._warn_once(lease, f"subnet outside the network {network}")
-                continue
-            if lease.subnet.overlaps(own):
-                self._warn_once(lease, f"subnet overlaps our own {own}")
-                continue
-            if lease.public_ip == self.ext.public_ip:
-                self._warn_once(lease, "it names our own public IP (a stale lease of ours?)")
+            why = self._unusable(lease)
+            if why is not None:
+                self._warn_once(lease, why)
                 continue
             out.append(lease)
         return out
 
+    def _unusable(self, lease: Lease) -> str | None:
+        """Why a peer lease must not be programmed, or None."""
+        state = self._require()
+        mine = state.backend.name
+        network, own = state.config.network, state.own.subnet
+        btype = lease.backend_type or ""
+        if btype != mine and not (btype == "" and mine == "udp"):
+            return f"backend type {btype!r}, we run {mine!r}"
+        # never route outside the cluster network or over our own containers
+        if not lease.subnet.subnet_of(network):
+            return f"subnet outside the network {network}"
+        if lease.subnet.overlaps(own):
+            return f"subnet overlaps our own {own}"
+        if lease.public_ip == self.ext.public_ip:
+            return "it names our own public IP (a stale lease of ours?)"
+        return None
+
     def _warn_once(self, lease: Lease, why: str) -> None:
-        marker = (str(lease.subnet), why)
+        """One WARNING per lease revision and reason, however often the peers are listed."""
+        marker = (str(lease.subnet), lease.mod_revision, why)
         if marker not in self._warned:
             self._warned.add(marker)
             log.warning("ignoring lease %s from %s: %s", lease.subnet, lease.public_ip, why)
@@ -348,11 +361,19 @@ class Flanneld:
     def _set_table(self, update: Update) -> None:
         state = self._require()
         for err in update.errors:
-            self.health.malformed_leases_total += 1
-            log.warning("ignoring malformed lease: %s", err)
+            seen = (err.revision, err.reason)
+            if self._malformed.get(err.key) != seen:  # once per revision of the key
+                self._malformed[err.key] = seen
+                self.health.malformed_leases_total += 1
+                log.warning("ignoring malformed lease: %s", err)
         own = state.own.subnet
         for ev in update.events:
             if ev.lease.subnet == own:
+                continue
+            why = self._unusable(ev.lease)
+            if why is not None:  # never "added" (or "removed"): it is not a peer of ours
+                if ev.kind is EventKind.ADDED:
+                    self._warn_once(ev.lease, why)
                 continue
             if ev.kind is EventKind.ADDED:
                 log.info("peer %s via %s (%s) added", ev.lease.subnet, ev.lease.public_ip,
@@ -361,6 +382,17 @@ class Flanneld:
                 log.info("peer %s via %s removed", ev.lease.subnet, ev.lease.public_ip)
         state.table = update.table
         self.health.leases_known = len(state.table)
+
+    def _report_problems(self, why: str, errors: Sequence[str], peers: Sequence[Lease]) -> None:
+        """Log each peer the backend could not program once per lease revision (not per pass)."""
+        current: set[tuple[str, int]] = set()
+        for err in errors:
+            rev = next((p.mod_revision for p in peers if err.startswith(f"peer {p.subnet}:")), 0)
+            marker = (err, rev)
+            current.add(marker)
+            if marker not in self._problems:
+                log.warning("reconcile (%s): %s", why, err)
+        self._problems = current  # a problem that goes and comes back is logged again
 
     async def reconcile(self, why: str) -> None:
         """Program the backend with the complete peer set."""
@@ -380,10 +412,8 @@ class Flanneld:
                 return
             self.health.reconciles_total += 1
             self.health.peers_programmed = report.peers
-            if report.errors:
-                self.health.reconcile_errors_total += len(report.errors)
-                for err in report.errors:
-                    log.warning("reconcile (%s): %s", why, err)
+            self.health.reconcile_errors_total += len(report.errors)
+            self._report_problems(why, report.errors, peers)
             if report.added or report.removed or report.changed:
                 log.info("reconciled (%s): %d peers, +%d -%d ~%d", why, report.peers,
                          report.added, report.removed, report.changed)
@@ -415,7 +445,7 @@ class Flanneld:
         interval = self.cfg.renew_interval()
         while True:
             lost = asyncio.ensure_future(self._lost.wait())
-            timer = asyncio.ensure_future(self.sleep(interval))
+            timer = asyncio.ensure_future(self.clock.sleep(interval))
             try:
                 await asyncio.wait({lost, timer}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -436,7 +466,7 @@ class Flanneld:
             except StoreError as exc:
                 log.warning("renewing lease %s failed (%s); retrying in %.0f s",
                             state.own.subnet, exc, self._renew_delay)
-                await self.sleep(self._renew_delay)
+                await self.clock.sleep(self._renew_delay)
                 continue
             self.health.lease_renewals_total += 1
             log.debug("renewed lease %s (ttl %d s)", state.own.subnet, ttl)
@@ -488,7 +518,7 @@ class Flanneld:
                     state = self._require()
                     update = apply_watch_events(state.table, batch)
                     self._apply(update)
-                await self.sleep(STORE_BACKOFF[0])  # the stream ended: watch again from rev
+                await self.clock.sleep(STORE_BACKOFF[0])  # the stream ended: watch again from rev
                 continue
             except CompactedError as exc:
                 log.warning("lease watch fell behind a compaction (%s); re-listing", exc)
@@ -496,7 +526,7 @@ class Flanneld:
                 delay = backoff(attempt)
                 attempt += 1
                 log.warning("lease watch failed (%s); re-listing in %.1f s", exc, delay)
-                await self.sleep(delay)
+                await self.clock.sleep(delay)
             finally:
                 await close_stream(stream)
             listing = await self._retry(self.leases.list, "re-listing leases")
@@ -542,7 +572,7 @@ class Flanneld:
                 await self._wait_config_change(key, rev, CONFIG_REREAD)
             except StoreError as exc:
                 log.debug("config watch: %s", exc)
-                await self.sleep(STORE_BACKOFF[-1])
+                await self.clock.sleep(STORE_BACKOFF[-1])
 
     async def _resync_loop(self) -> None:
         """Full reconcile every ``resync_interval`` s, stretched to keep it under ~5% CPU.
@@ -553,15 +583,15 @@ class Flanneld:
         """
         interval = self.cfg.resync_interval
         while True:
-            await self.sleep(interval)
-            started = self.monotonic()
+            await self.clock.sleep(interval)
+            started = self.clock.monotonic()
             await self.reconcile("periodic")
-            took = self.monotonic() - started
+            took = self.clock.monotonic() - started
             interval = max(self.cfg.resync_interval, took * RESYNC_BUDGET)
 
     async def _masq_loop(self) -> None:
         while True:
-            await self.sleep(self.cfg.masq_interval)
+            await self.clock.sleep(self.cfg.masq_interval)
             state = self._require()
             if state.masq is None:
                 continue
@@ -583,8 +613,3 @@ async def close_stream(stream: AsyncIterator[Any]) -> None:
     if aclose is not None:
         with contextlib.suppress(Exception):
             await aclose()
-
-
-def lease_backend_type(name: str) -> str:
-    """The BackendType a lease of backend ``name`` carries: flannel's udp leaves it empty."""
-    return "" if name == "udp" else name

@@ -203,20 +203,22 @@ class CniDriver:
             conf = self.plugin_conf(plugin, cached["capArgs"], cached["result"])
             self.invoke(plugin, "CHECK", conf, cid, netns, ifname, args)
 
-    def gc(self, valid: list[tuple[str, str]]) -> list[CniFailure]:
+    def gc(self, valid: list[tuple[str, str]] | None) -> list[CniFailure]:
+        """libcni's GCNetworkList; ``valid`` None is a GC without GCArgs (``cnitool gc``):
+        every cached attachment is DELeted and the plugins get no valid-attachments key."""
         if vkey(self.version) < (1, 1, 0):
             return []
         errors: list[CniFailure] = []
         for cid, ifname, netns in self.cached_attachments():
-            if (cid, ifname) not in valid:
+            if (cid, ifname) not in (valid or []):
                 try:
                     self.delete(cid, netns, ifname)
                 except CniFailure as e:
                     errors.append(e)
-        attachments = [{"containerID": c, "ifname": i} for c, i in valid]
+        extra = {} if valid is None else {"cni.dev/valid-attachments": [
+            {"containerID": c, "ifname": i} for c, i in valid]}
         for plugin in self.conflist["plugins"]:
-            conf = self.plugin_conf(plugin, None, None,
-                                    {"cni.dev/valid-attachments": attachments})
+            conf = self.plugin_conf(plugin, None, None, extra)
             try:
                 self.invoke(plugin, "GC", conf)
             except CniFailure as e:

@@ -33,7 +33,7 @@ def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
     """A real etcd (Debian etcd-server) on a random loopback port, for the session."""
     if shutil.which("etcd") is None:
         pytest.skip("needs Debian's etcd-server (make deps installs it)")
-    from overlay.store.launch import start_etcd
+    from overlay.store.embedded.launch import start_etcd
 
     proc = start_etcd(tmp_path_factory.mktemp("etcd") / "data")
     try:
@@ -45,7 +45,7 @@ def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 @pytest.fixture(scope="session")
 def embedded_endpoint(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """weft's embedded store (`weftctl store serve`) as a process on a random loopback port."""
-    from overlay.store.launch import start_embedded
+    from overlay.store.embedded.launch import start_embedded
 
     tmp = tmp_path_factory.mktemp("embedded")
     proc = start_embedded(tmp / "data", log=tmp / "store.log")

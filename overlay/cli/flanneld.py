@@ -18,12 +18,10 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from overlay.backend.base import Backend, ExternalInterface
-from overlay.cli.flags import FlagParser
 from overlay.config import (
     DEFAULT_LEASE_TTL,
     DEFAULT_RENEW_MARGIN,
@@ -32,10 +30,21 @@ from overlay.config import (
     NetworkConfig,
 )
 from overlay.daemon import BlackholeSync, Masquerade
+from overlay.flags import (
+    FlagParser,
+    StoreFlagEnv,
+    add_store_flags,
+    ignored_warning,
+    store_config,
+)
 from overlay.lease.model import DEFAULT_PREFIX, Lease
-from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
+from overlay.service import LOG_FORMATS, setup_logging
+from overlay.store.api import StoreConfig
 
 log = logging.getLogger("flanneld")
+
+# the parser's prefix names every store variable (FLANNELD_ETCD_*): nothing more
+FLANNELD_ENV = StoreFlagEnv(username=(), password=())
 
 DESCRIPTION = """\
 flanneld: weft's flannel-compatible overlay daemon. It reads the network config
@@ -49,18 +58,9 @@ FLANNELD_<UPPER_SNAKE> in the environment; the command line wins."""
 
 def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p = FlagParser("flanneld", DESCRIPTION, env_prefixes=("FLANNELD_",), environ=environ)
-    p.add("etcd-endpoints", "comma-separated store endpoints (etcd or `weftctl store serve`)",
-          default=",".join(DEFAULT_ENDPOINTS), metavar="URLS")
+    add_store_flags(p, FLANNELD_ENV)
     p.add("etcd-prefix", "store key prefix of the network", default=DEFAULT_PREFIX,
           metavar="PREFIX")
-    p.add("etcd-cafile", "TLS CA bundle to verify the store", metavar="FILE")
-    p.add("etcd-certfile", "TLS client certificate", metavar="FILE")
-    p.add("etcd-keyfile", "TLS client key", metavar="FILE")
-    p.add("etcd-username", "username for etcd authentication (etcd v3 auth; unset = none)",
-          metavar="USER")
-    p.add("etcd-password", "password for etcd authentication; a value on the command line "
-          "shows in `ps`, so prefer the FLANNELD_ETCD_PASSWORD environment variable",
-          metavar="PASSWORD")
     p.add("iface", "interface (name or IP address) for inter-host traffic; repeatable, "
           "first match wins [default: the default route's interface]", repeat=True,
           metavar="IFACE")
@@ -89,15 +89,47 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("healthz-port", "port of /healthz, /readyz and /metrics (0 = off)", default=0,
           type=int, metavar="PORT")
     p.add("v", "log verbosity (0 = info, 1+ = debug)", default=0, type=int, metavar="LEVEL")
+    p.add("log-format", "text (journald priority prefixes instead of timestamps when "
+          "systemd's JOURNAL_STREAM is our stderr) or json (one object per line)",
+          default="text", env=("WEFT_LOG_FORMAT",), metavar="FORMAT")
     p.add_bool("version", "print the version and exit")
+    p.add_bool("kube-subnet-mgr", "flannel's Kubernetes subnet manager (leases from the "
+               "Kubernetes API): not in weft, which leases from etcd or its own store; true "
+               "is refused")
+    for name, why, boolean in FLANNEL_IGNORED:
+        p.add_ignored(name, why, boolean)
     return p
 
 
+_KUBE_ONLY = "used only with -kube-subnet-mgr, which weft does not have"
+_KLOG = "klog's; weft's log detail is set by -v alone"
+# flannel's flags (and the glog/klog ones its units pass) that mean nothing in weft:
+# (name, why, boolean). Accepted so a flannel unit's ExecStart or a DaemonSet's args
+# start weft unchanged; named in one warning at start-up.
+FLANNEL_IGNORED: tuple[tuple[str, str, bool], ...] = (
+    ("public-ipv6", "weft's overlay is IPv4-only", False),
+    ("iptables-forward-rules", "weft accepts forwarding to and from the network in its "
+     "nftables table, which -ip-masq installs", True),
+    ("kube-api-url", _KUBE_ONLY, False),
+    ("kubeconfig-file", _KUBE_ONLY, False),
+    ("kube-annotation-prefix", _KUBE_ONLY, False),
+    ("net-config-path", _KUBE_ONLY + "; the network config is <etcd-prefix>/config", False),
+    ("set-node-network-unavailable", _KUBE_ONLY, True),
+    ("use-multi-cluster-cidr", _KUBE_ONLY, True),
+    ("vmodule", _KLOG, False),
+    ("log_backtrace_at", _KLOG, False),
+    ("logtostderr", "weft always logs to stderr", True),
+    ("alsologtostderr", "weft always logs to stderr", True),
+    ("log_dir", "weft always logs to stderr", False),
+    ("stderrthreshold", "weft always logs to stderr", False),
+)
+
+
 def program_version() -> str:
-    try:
-        return version("weft")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
+    """flannel prints its bare version (``v0.28.0``); flanneld prints weft's the same way."""
+    from overlay.version import weft_version
+
+    return weft_version()
 
 
 def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
@@ -108,6 +140,12 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
     args = parser.parse(argv)
     if args.version:
         return args, DaemonConfig(), StoreConfig()
+    if args.kube_subnet_mgr:
+        parser.error("-kube-subnet-mgr: weft's flanneld leases subnets from etcd (or "
+                     "`weftctl store serve`), not from the Kubernetes API. Drop "
+                     "-kube-subnet-mgr (and FLANNELD_KUBE_SUBNET_MGR), point -etcd-endpoints "
+                     "at the store and put the network config (net-conf.json) under "
+                     "<etcd-prefix>/config with `weftctl network set`")
     if not 1 <= args.subnet_lease_renew_margin <= 1439:
         parser.error(f"-subnet-lease-renew-margin {args.subnet_lease_renew_margin}: must be "
                      "1..1439 minutes")
@@ -115,6 +153,8 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         parser.error(f"-subnet-lease-ttl {args.subnet_lease_ttl}: must be at least 2 seconds")
     if args.iptables_resync < 1:
         parser.error(f"-iptables-resync {args.iptables_resync}: must be at least 1 second")
+    if args.log_format not in LOG_FORMATS:
+        parser.error(f"-log-format {args.log_format!r}: must be one of {', '.join(LOG_FORMATS)}")
     if not 0 <= args.healthz_port <= 65535:
         parser.error(f"-healthz-port {args.healthz_port}: not a port")
     for flag in ("public_ip", "iface_can_reach"):
@@ -125,10 +165,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
             except ValueError:
                 parser.error(f"-{flag.replace('_', '-')} {value!r}: not an IPv4 address")
     try:
-        store_cfg = StoreConfig.from_flag(args.etcd_endpoints, args.etcd_cafile,
-                                          args.etcd_certfile, args.etcd_keyfile,
-                                          username=args.etcd_username,
-                                          password=args.etcd_password)
+        store_cfg = store_config(args, FLANNELD_ENV)
     except ValueError as exc:
         parser.error(str(exc))
     cfg = DaemonConfig(
@@ -225,9 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version:
         sys.stdout.write(f"{program_version()}\n")
         return 0
-    logging.basicConfig(
-        level=logging.DEBUG if args.v > 0 else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(logging.DEBUG if args.v > 0 else logging.INFO, args.log_format)
+    if (ignored := ignored_warning(args)) is not None:
+        log.warning("%s", ignored)
     from overlay.iface import InterfaceError, discover
 
     try:

@@ -26,15 +26,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from overlay import subnetfile
-from overlay.cli.flags import store_config
+from overlay.backend.base import BACKENDS
 from overlay.config import (
     DEFAULT_SUBNET_FILE,
     ConfigError,
     build_network_json,
     check_network_config,
-    config_change_conflicts,
     parse_network_config,
 )
+from overlay.flags import FLANNELD_STORE_ENV, store_config
+from overlay.flags import add_store_flags as add_store_flags_to
+from overlay.lease.change import config_change_conflicts
 from overlay.lease.model import (
     DEFAULT_PREFIX,
     Lease,
@@ -43,35 +45,17 @@ from overlay.lease.model import (
     decode_lease,
     subnets_prefix,
 )
-from overlay.store.api import DEFAULT_ENDPOINTS, KeyValue, Store, StoreError
+from overlay.store.api import KeyValue, Store, StoreError
 
 DEFAULT_DOCKER_ENV = Path("/run/docker_opts.env")
 
 
 def add_store_flags(p: argparse.ArgumentParser) -> None:
-    env = os.environ
-    p.add_argument("-etcd-endpoints", "--etcd-endpoints", dest="etcd_endpoints",
-                   default=env.get("FLANNELD_ETCD_ENDPOINTS", ",".join(DEFAULT_ENDPOINTS)),
-                   help="comma-separated store endpoints [env FLANNELD_ETCD_ENDPOINTS]")
+    """The store flags (overlay.flags) plus ``-etcd-prefix``, with flanneld's variables."""
+    add_store_flags_to(p, FLANNELD_STORE_ENV)
     p.add_argument("-etcd-prefix", "--etcd-prefix", dest="etcd_prefix",
-                   default=env.get("FLANNELD_ETCD_PREFIX", DEFAULT_PREFIX),
+                   default=os.environ.get("FLANNELD_ETCD_PREFIX", DEFAULT_PREFIX),
                    help=f"network key prefix [default {DEFAULT_PREFIX}]")
-    for name in ("cafile", "certfile", "keyfile"):
-        p.add_argument(f"-etcd-{name}", f"--etcd-{name}", dest=f"etcd_{name}",
-                       default=env.get(f"FLANNELD_ETCD_{name.upper()}"),
-                       help=f"TLS {name} for the store")
-    p.add_argument("-etcd-username", "--etcd-username", dest="etcd_username",
-                   default=env.get("WEFT_ETCD_USERNAME") or env.get("FLANNELD_ETCD_USERNAME"),
-                   help="username for etcd authentication "
-                        "[env WEFT_ETCD_USERNAME, FLANNELD_ETCD_USERNAME]")
-    p.add_argument("-etcd-password", "--etcd-password", dest="etcd_password", default=None,
-                   help="password for etcd authentication; a command-line value shows in "
-                        "`ps`, so prefer the environment: WEFT_ETCD_PASSWORD (or "
-                        "FLANNELD_ETCD_PASSWORD) is used when this flag is absent")
-
-
-# without -etcd-password: weft's variable, then the one flanneld reads
-PASSWORD_ENV = ("WEFT_ETCD_PASSWORD", "FLANNELD_ETCD_PASSWORD")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--subnet-len", type=int, help="host subnet length [24 for /22 or larger]")
     s.add_argument("--subnet-min", help="first subnet to hand out [the second one]")
     s.add_argument("--subnet-max", help="last subnet to hand out [the last one]")
-    s.add_argument("--backend", default="vxlan", choices=("vxlan", "host-gw", "udp"),
+    s.add_argument("--backend", default="vxlan", choices=tuple(BACKENDS),
                    help="data path [vxlan, flannel's documented default]")
     s.add_argument("--vni", type=int, help="VXLAN network identifier [1]")
     s.add_argument("--port", type=int, help="VXLAN/UDP port [8472 for vxlan, 8285 for udp]")
@@ -138,7 +122,7 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 async def _store(args: argparse.Namespace) -> Store:
     from overlay.store.client import connect
 
-    return await connect(store_config(args, PASSWORD_ENV))
+    return await connect(store_config(args, FLANNELD_STORE_ENV))
 
 
 def cmd_set(args: argparse.Namespace) -> int:

@@ -13,18 +13,17 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from overlay.cli.flags import go_duration, store_config
-from overlay.store.api import DEFAULT_ENDPOINTS, StoreConfig
+from overlay.flags import WEFT_STORE_ENV, add_store_flags, go_duration, store_config
+from overlay.store.api import StoreConfig
 
 if TYPE_CHECKING:
     from overlay.store.client import StoreStatus
-    from overlay.store.server import EmbeddedServer
+    from overlay.store.embedded.server import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +59,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.set_defaults(func=serve_main)
 
     status = sub.add_parser("status", help="Maintenance Status of a store (embedded or etcd)")
-    status.add_argument("--etcd-endpoints", "-etcd-endpoints", default=",".join(DEFAULT_ENDPOINTS),
-                        help=f"comma list of store URLs [default {','.join(DEFAULT_ENDPOINTS)}]")
-    status.add_argument("--etcd-cafile", "-etcd-cafile", default=None)
-    status.add_argument("--etcd-certfile", "-etcd-certfile", default=None)
-    status.add_argument("--etcd-keyfile", "-etcd-keyfile", default=None)
-    status.add_argument("--etcd-username", "-etcd-username",
-                        default=os.environ.get("WEFT_ETCD_USERNAME"),
-                        help="username for etcd authentication [env WEFT_ETCD_USERNAME]")
-    status.add_argument("--etcd-password", "-etcd-password", default=None,
-                        help="password for etcd authentication; a command-line value shows "
-                             "in `ps`, so prefer WEFT_ETCD_PASSWORD in the environment "
-                             "(used when this flag is absent)")
+    add_store_flags(status, WEFT_STORE_ENV)
     status.set_defaults(func=status_main)
+
+    from overlay.cli import store_backup_cmd
+
+    store_backup_cmd.register(sub)
 
 
 def positive_duration(text: str) -> float:
@@ -87,7 +79,7 @@ def positive_duration(text: str) -> float:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    from overlay.store.server import EmbeddedServer, TLSFiles, parse_listen
+    from overlay.store.embedded.server import EmbeddedServer, TLSFiles, parse_listen
 
     try:
         host, port = parse_listen(args.listen)
@@ -138,16 +130,17 @@ async def _serve(server: EmbeddedServer) -> None:
 
 def status_main(args: argparse.Namespace) -> int:
     from overlay.store.api import StoreError
+    from overlay.store.embedded.snapshot import human_bytes
 
     try:
-        st = asyncio.run(_status(store_config(args)))
+        st = asyncio.run(_status(store_config(args, WEFT_STORE_ENV)))
     except (StoreError, ValueError) as e:
         print(f"weftctl store status: {e}", file=sys.stderr)
         return 1
     print(f"endpoint:   {st.endpoint}")
     print(f"version:    {st.version}")
     print(f"revision:   {st.revision}")
-    print(f"db size:    {st.db_size}")
+    print(f"db size:    {human_bytes(st.db_size)}")
     print(f"member id:  {st.member_id:x}")
     print(f"leader:     {st.leader:x}")
     print(f"raft index: {st.raft_index}  term: {st.raft_term}")
@@ -162,3 +155,4 @@ async def _status(cfg: StoreConfig) -> StoreStatus:
         return await store.status()
     finally:
         await store.close()
+

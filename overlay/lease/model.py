@@ -20,16 +20,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_PREFIX = "/coreos.com/network"
+from overlay.errors import LeaseError
+
+DEFAULT_PREFIX = "/coreos.com/network"  # flannel's -etcd-prefix: the key layout's root
 
 
-class LeaseFormatError(ValueError):
+class LeaseFormatError(LeaseError, ValueError):
     """A lease key or value that is not flannel's format; names the key."""
 
-    def __init__(self, key: str, reason: str) -> None:
+    def __init__(self, key: str, reason: str, revision: int = 0) -> None:
         super().__init__(f"lease {key}: {reason}")
         self.key = key
         self.reason = reason
+        self.revision = revision  # the key's mod revision when known (0 = unknown)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
-
-class StoreError(Exception):
-    """Base of every store failure."""
+from overlay.errors import StoreError as StoreError  # base of every store failure
 
 
 class StoreUnavailableError(StoreError):
@@ -169,7 +167,43 @@ class Leases(Protocol):
         ...
 
 
-class Store(KV, Leases, Protocol):
+CompareTarget = Literal["version", "create", "mod", "value"]
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """One guard of a transaction: ``key``'s ``target`` must EQUAL ``expect``.
+
+    ``create``/``mod`` compare the key's create/mod revision and ``version`` its
+    version (0 for all three when the key is absent, as etcd does); ``value`` compares
+    the bytes (an absent key never matches a value compare).
+    """
+
+    key: bytes
+    target: CompareTarget
+    expect: int | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TxnOp:
+    """One write of a transaction: a put (``delete=False``) or a delete of one key."""
+
+    key: bytes
+    value: bytes = b""
+    lease: int = 0
+    delete: bool = False
+
+
+class Txn(Protocol):
+    """etcd's multi-key compare-and-swap."""
+
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[TxnOp]) -> int | None:
+        """If every compare holds, apply ``ops`` at one revision and return the store
+        revision afterwards; None (and nothing written) if any compare fails."""
+        ...
+
+
+class Store(KV, Leases, Txn, Protocol):
     """Everything a weft component needs from the cluster store."""
 
     async def close(self) -> None: ...

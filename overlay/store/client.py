@@ -45,7 +45,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from aetcd.rpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 from overlay.store.api import (
     CompactedError,
+    Compare,
     EventType,
     KeyValue,
     LeaseInfo,
@@ -65,6 +66,7 @@ from overlay.store.api import (
     StoreConfig,
     StoreError,
     StoreUnavailableError,
+    TxnOp,
     ValueTooLargeError,
     WatchEvent,
 )
@@ -444,6 +446,30 @@ class EtcdStore:
     ) -> int | None:
         return await self._put_if(key, value, lease, rpc_pb2.Compare.MOD, mod_revision)
 
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[TxnOp]) -> int | None:
+        targets = {"version": rpc_pb2.Compare.VERSION, "create": rpc_pb2.Compare.CREATE,
+                   "mod": rpc_pb2.Compare.MOD, "value": rpc_pb2.Compare.VALUE}
+        cmps = []
+        for c in compares:
+            cmp = rpc_pb2.Compare(result=rpc_pb2.Compare.EQUAL, target=targets[c.target],
+                                  key=c.key)
+            if c.target == "value":
+                cmp.value = bytes(c.expect) if isinstance(c.expect, bytes) else b""
+            else:
+                setattr(cmp, {"version": "version", "create": "create_revision",
+                              "mod": "mod_revision"}[c.target], int(c.expect))
+            cmps.append(cmp)
+        reqs = [rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=op.key))
+                if op.delete else
+                rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=op.key, value=op.value,
+                                                                 lease=op.lease))
+                for op in ops]
+        lease = next((op.lease for op in ops if op.lease), 0)
+        key = ops[0].key if ops else (compares[0].key if compares else b"")
+        r = await self._call("_kv", "Txn", rpc_pb2.TxnRequest(compare=cmps, success=reqs),
+                             key=key, lease=lease)
+        return int(r.header.revision) if r.succeeded else None
+
     async def delete(self, key: bytes, *, prefix: bool = False) -> int:
         if prefix:
             req = rpc_pb2.DeleteRangeRequest(key=key or b"\0", range_end=prefix_end(key))
@@ -552,8 +578,10 @@ class EtcdStore:
 
     # -- leases ---------------------------------------------------------------
 
-    async def grant(self, ttl: int) -> int:
-        r = await self._call("_lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl))
+    async def grant(self, ttl: int, lease: int = 0) -> int:
+        """A new lease living ``ttl`` seconds; ``lease`` asks for that id (etcd refuses
+        one that exists)."""
+        r = await self._call("_lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=ttl, ID=lease))
         if r.error:
             raise StoreError(f"lease grant: {r.error}")
         return int(r.ID)
@@ -607,6 +635,29 @@ class EtcdStore:
         return StoreStatus(self.endpoint, str(r.version), int(r.dbSize), int(r.leader),
                            int(h.member_id), int(h.cluster_id), int(r.raftIndex),
                            int(r.raftTerm), int(h.revision))
+
+    async def snapshot(self, write: Callable[[bytes], object]) -> int:
+        """Maintenance Snapshot of the endpoint in use: every chunk to ``write``, in order;
+        the number of bytes. The file format is the server's (etcd: bbolt; weft's embedded
+        store: see overlay/store/embedded/snapshot.py)."""
+        await self._ensure_auth()
+        if self._channel is None:
+            self._open()
+        call = self._maint.Snapshot(rpc_pb2.SnapshotRequest(), metadata=self._metadata())
+        self._streams.add(call)
+        total = 0
+        try:
+            async for r in call:
+                write(bytes(r.blob))
+                total += len(r.blob)
+        except grpc.aio.AioRpcError as e:
+            if _is_unavailable(e):
+                raise StoreUnavailableError(f"snapshot from {self.endpoint}: {e.details()}") \
+                    from e
+            raise await self._map_error(e) from e
+        finally:
+            self._streams.discard(call)
+        return total
 
     async def close(self) -> None:
         self._closed = True

@@ -19,11 +19,13 @@ import asyncio
 import builtins
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from overlay.clock import Clock, SystemClock
 from overlay.store.api import (
     CompactedError,
+    Compare,
     EventType,
     KeyValue,
     LeaseInfo,
@@ -31,13 +33,14 @@ from overlay.store.api import (
     Listing,
     Store,
     StoreError,
+    TxnOp,
     ValueTooLargeError,
     WatchEvent,
 )
-from overlay.store.clock import Clock, SystemClock
-from overlay.store.state import (
+from overlay.store.mvcc import (
     MAX_LEASE_TTL,
     MAX_REQUEST_BYTES,
+    MAX_TXN_OPS,
     MIN_LEASE_TTL,
     FutureRevisionError,
     History,
@@ -202,6 +205,37 @@ class MemoryStore:
         events = [ev for k in keys if (ev := self._apply_delete(rev, k))]
         self._commit(rev, events)
         return len(events)
+
+    def _holds(self, c: Compare) -> bool:
+        cur = self._current(c.key)
+        if c.target == "value":
+            return cur is not None and cur.value == c.expect
+        got = 0 if cur is None else {"version": cur.version, "create": cur.create_revision,
+                                     "mod": cur.mod_revision}[c.target]
+        return got == c.expect
+
+    async def txn(self, compares: Sequence[Compare], ops: Sequence[TxnOp]) -> int | None:
+        self._enter()
+        if max(len(compares), len(ops)) > MAX_TXN_OPS:
+            raise StoreError("too many operations in txn request")  # as etcd
+        if len({op.key for op in ops}) < len(ops):
+            raise StoreError("duplicate key given in txn request")  # as etcd
+        for op in ops:
+            if not op.delete:
+                self._check_size(op.key, op.value)
+                self._check_lease(op.lease)
+        if not all(self._holds(c) for c in compares):
+            return None
+        rev = self._revision + 1
+        events: builtins.list[WatchEvent] = []
+        for op in ops:
+            if op.delete:
+                if (ev := self._apply_delete(rev, op.key)) is not None:
+                    events.append(ev)
+            else:
+                events.append(self._apply_put(rev, op.key, op.value, op.lease))
+        self._commit(rev, events)
+        return self._revision
 
     async def compact(self, revision: int) -> None:
         """Forget history before ``revision`` (etcd's Compact)."""

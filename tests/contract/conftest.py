@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from overlay.store.api import Store, StoreConfig
-from overlay.store.clock import FakeClock
-from overlay.store.launch import StoreProcess, start_embedded, start_etcd
+from overlay.store.embedded.launch import StoreProcess, start_embedded, start_etcd
 from overlay.store.memory import MemoryStore
+from tests.fakeclock import FakeClock
 
 KINDS = ["memory", "inproc", "process", "etcd"]
 _seq = itertools.count()
@@ -85,7 +85,7 @@ async def open_subject(kind: str, request: pytest.FixtureRequest,
         return
     server = None
     if kind == "inproc":
-        from overlay.store.server import EmbeddedServer
+        from overlay.store.embedded.server import EmbeddedServer
 
         server = EmbeddedServer(tmp_path / "store", "127.0.0.1", 0)
         await server.start()

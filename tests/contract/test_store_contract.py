@@ -10,7 +10,10 @@ import pytest
 
 from overlay.store.api import (
     CompactedError,
+    Compare,
     LeaseNotFoundError,
+    StoreError,
+    TxnOp,
     ValueTooLargeError,
     WatchEvent,
 )
@@ -85,6 +88,42 @@ async def test_replace_is_compare_and_swap_on_mod_revision(subject: Subject) -> 
     assert r3 == r2 + 1, "mod_revision 0 means absent"
     kv = await s.store.get(s.key("a"))
     assert kv is not None and (kv.value, kv.version) == (b"2", 2)
+
+
+async def test_txn_moves_keys_at_one_revision_only_when_every_compare_holds(
+        subject: Subject) -> None:
+    s = subject
+    r1 = await s.store.put(s.key("lead"), b"me")
+    r2 = await s.store.put(s.key("old"), b"u")
+    guard = [Compare(s.key("lead"), "create", r1), Compare(s.key("old"), "mod", r2),
+             Compare(s.key("new"), "create", 0), Compare(s.key("lead"), "value", b"me")]
+    move = [TxnOp(s.key("old"), delete=True), TxnOp(s.key("new"), b"u")]
+    assert await s.store.txn([*guard[:1], Compare(s.key("old"), "mod", r1)], move) is None
+    assert await s.store.txn([Compare(s.key("lead"), "value", b"you")], move) is None
+    assert await s.store.txn([Compare(s.key("absent"), "version", 1)], move) is None
+    assert await s.revision() == r2, "a failed compare writes nothing"
+    r3 = await s.store.txn(guard, move)
+    assert r3 == r2 + 1, "both writes share one revision"
+    assert await s.store.get(s.key("old")) is None
+    kv = await s.store.get(s.key("new"))
+    assert kv is not None and (kv.value, kv.create_revision) == (b"u", r3)
+    assert await s.store.txn(guard, move) is None, "the compares no longer hold"
+    lease = await s.store.grant(30)
+    r4 = await s.store.txn([], [TxnOp(s.key("leased"), b"x", lease=lease)])
+    kv = await s.store.get(s.key("leased"))
+    assert r4 == r3 + 1 and kv is not None and kv.lease == lease
+    await s.store.revoke(lease)
+
+
+async def test_txn_refuses_what_etcd_refuses(subject: Subject) -> None:
+    s = subject
+    before = await s.revision()
+    for ops in ([TxnOp(s.key("a"), delete=True), TxnOp(s.key("a"), b"1")],
+                [TxnOp(s.key("b"), b"1"), TxnOp(s.key("b"), b"2")],
+                [TxnOp(s.key(f"m{i}"), b"1") for i in range(129)]):
+        with pytest.raises(StoreError, match=r"duplicate key|too many operations"):
+            await s.store.txn([], ops)
+    assert await s.revision() == before and (await s.store.list(s.prefix)).items == ()
 
 
 async def test_delete_single_and_prefix(subject: Subject) -> None:

@@ -21,7 +21,7 @@ INTERVAL = "300ms"
 @pytest.fixture(params=["inproc", "etcd"])
 async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     if request.param == "inproc":
-        from overlay.store.server import EmbeddedServer
+        from overlay.store.embedded.server import EmbeddedServer
 
         server = EmbeddedServer(tmp_path / "store", "127.0.0.1", 0, progress_interval=0.3)
         await server.start()
@@ -32,7 +32,7 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[s
         return
     if shutil.which("etcd") is None:
         pytest.skip("needs Debian's etcd-server (make deps installs it)")
-    from overlay.store.launch import start_etcd
+    from overlay.store.embedded.launch import start_etcd
 
     proc = start_etcd(tmp_path / "etcd", extra=(
         f"--experimental-watch-progress-notify-interval={INTERVAL}",))

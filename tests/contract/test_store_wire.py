@@ -39,7 +39,7 @@ class Wire:
 async def wire(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Wire]:
     server = None
     if request.param == "inproc":
-        from overlay.store.server import EmbeddedServer
+        from overlay.store.embedded.server import EmbeddedServer
 
         server = EmbeddedServer(tmp_path / "store", "127.0.0.1", 0)
         await server.start()

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence, Set
 from pathlib import Path
 
 from overlay import subnetfile
-from overlay.store.launch import StoreProcess, start_embedded, start_etcd
+from overlay.store.embedded.launch import StoreProcess, start_embedded, start_etcd
 from overlay.testbed import Container, Testbed, open_testbed
 
 BIN = Path(sys.executable).parent

@@ -364,3 +364,75 @@ def test_chained_with_portmap_and_bandwidth(env: Env) -> None:
     d.delete("chain1", ns)
     assert ipam_files(env.tmp) == []
     assert [n for n in host_links(env.host.netns) if n.startswith(("veth", "bwp"))] == []
+
+
+def _weft_links(env: Env) -> list[str]:
+    return [n for n in host_links(env.host.netns) if n.startswith("veth")]
+
+
+def test_gc_without_valid_attachments_frees_everything(env: Env) -> None:
+    """libcni's GC with no GCArgs (``cnitool gc``): every cached attachment is DELeted,
+    then the plugin's GC has no ``cni.dev/valid-attachments`` at all and must free what
+    is left, here an ADD the runtime never cached (it crashed before writing its cache)."""
+    d = env.driver(ipMasq=True)
+    d.add("g1", env.container())
+    weft = d.conflist["plugins"][0]
+    ns = env.container()
+    d.invoke(weft, "ADD", d.plugin_conf(weft, None, None), "uncached", ns, "eth0")
+    assert len(ipam_files(env.tmp)) == 2
+    assert d.gc(None) == []
+    assert ipam_files(env.tmp) == [] and _weft_links(env) == []
+    assert "weft-weftnet" not in nft_ruleset(env.host.netns)
+
+
+def test_gc_with_malformed_valid_attachments_is_refused(env: Env) -> None:
+    d = env.driver()
+    ns = env.container()
+    d.add("keep", ns)
+    before = env.state()
+    weft = d.conflist["plugins"][0]
+    with pytest.raises(CniFailure) as err:
+        d.invoke(weft, "GC", d.plugin_conf(weft, None, None,
+                                           {"cni.dev/valid-attachments": [{"ifname": "eth0"}]}))
+    validate_error(err.value.error, 7)
+    assert "cni.dev/valid-attachments" in err.value.error["msg"]
+    assert env.state() == before
+    d.delete("keep", ns)
+
+
+def _routes(env: Env, ns: str) -> str:
+    return subprocess.run(["ip", "-n", env.ns_of(ns), "-4", "route"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_two_interfaces_of_one_container_on_one_network(env: Env) -> None:
+    """As bridge + host-local: CNI_IFNAME=eth0 then net1 in one container each get their
+    own address, veth and routes; DEL, CHECK and GC treat each (container, ifname) alone."""
+    d = env.driver()
+    ns = env.container()
+    r0 = d.add("two", ns, "eth0")
+    r1 = d.add("two", ns, "net1")
+    ip0, ip1 = (r["ips"][0]["address"].split("/")[0] for r in (r0, r1))
+    assert ip0 != ip1 and ip0 in env.addr(ns, "eth0") and ip1 in env.addr(ns, "net1")
+    assert [(env.tmp / "ipam/weftnet" / ip).read_bytes() for ip in (ip0, ip1)] == [
+        b"two\r\neth0", b"two\r\nnet1"]
+    routes = _routes(env, ns)
+    for dev in ("eth0", "net1"):
+        assert f"default via 10.244.5.1 dev {dev}" in routes, routes
+        assert f"10.244.0.0/16 via 10.244.5.1 dev {dev}" in routes, routes
+    d.check("two", ns, "eth0")
+    d.check("two", ns, "net1")
+    assert len(_weft_links(env)) == 2
+    # DEL net1: only net1's address and veth go; eth0 keeps working
+    d.delete("two", ns, "net1")
+    assert ipam_files(env.tmp) == [ip0] and len(_weft_links(env)) == 1
+    assert "default via 10.244.5.1 dev eth0" in _routes(env, ns)
+    d.check("two", ns, "eth0")
+    assert env.tb.ping(env.ns_of(ns), "10.244.5.1")
+    # GC that names only eth0 frees net1's second life, and keeps eth0
+    d.add("two", ns, "net1")
+    assert d.gc([("two", "eth0")]) == []
+    assert ipam_files(env.tmp) == [ip0] and len(_weft_links(env)) == 1
+    d.check("two", ns, "eth0")
+    d.delete("two", ns, "eth0")
+    assert ipam_files(env.tmp) == [] and _weft_links(env) == []

@@ -21,7 +21,7 @@ import pytest
 
 from overlay.store.api import EventType, StoreAuthError, StoreConfig, StoreError, WatchEvent
 from overlay.store.client import EtcdStore, connect
-from overlay.store.launch import free_port, wait_tcp
+from overlay.store.embedded.launch import free_port, wait_tcp
 
 pytestmark = [pytest.mark.etcd]
 

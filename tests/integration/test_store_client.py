@@ -14,7 +14,7 @@ import pytest
 
 from overlay.store.api import StoreConfig, StoreUnavailableError
 from overlay.store.client import connect, endpoint_target, prefix_end
-from overlay.store.launch import free_port, start_embedded
+from overlay.store.embedded.launch import free_port, start_embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 

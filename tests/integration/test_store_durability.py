@@ -15,7 +15,7 @@ import pytest
 
 from overlay.store.api import CompactedError, StoreConfig
 from overlay.store.client import connect
-from overlay.store.launch import StoreProcess, free_port, start_embedded
+from overlay.store.embedded.launch import StoreProcess, free_port, start_embedded
 
 N = 2000
 

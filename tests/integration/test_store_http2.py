@@ -1,4 +1,4 @@
-"""The store's own HTTP/2 transport (overlay/store/grpcwire.py) at the edges real gRPC clients
+"""The store's own HTTP/2 transport (store/embedded/grpcwire.py) at the edges real gRPC clients
 rarely reach: flow control and frame sizes on the send side, CONTINUATION and padding, PING,
 trailers-only errors, the receive limit, connection errors (GOAWAY codes), RST_STREAM on a
 watch. A small blocking HTTP/2 client below speaks the frames directly; it runs in a thread
@@ -20,10 +20,10 @@ import hpack
 import pytest
 from aetcd.rpc import rpc_pb2
 
-from overlay.store import grpcwire
 from overlay.store.api import StoreConfig
 from overlay.store.client import connect
-from overlay.store.server import EmbeddedServer
+from overlay.store.embedded import grpcwire
+from overlay.store.embedded.server import EmbeddedServer
 from tests.storecheck import round_trip
 
 pytestmark = pytest.mark.timeout(15)  # backstop only: every socket read times out at 2 s
@@ -672,7 +672,7 @@ async def test_client_that_stops_reading_is_dropped(server: EmbeddedServer,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A watcher that never reads must not make the server buffer without bound: once its
     unread output passes the limit its connection is dropped; everyone else is served."""
-    from overlay.store import grpcwire
+    from overlay.store.embedded import grpcwire
 
     monkeypatch.setattr(grpcwire, "_MAX_UNSENT", 256 << 10)
     assert server.service is not None

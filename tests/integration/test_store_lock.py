@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from overlay.store.launch import free_port, start_embedded
+from overlay.store.embedded.launch import free_port, start_embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 

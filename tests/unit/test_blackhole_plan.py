@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from overlay.backend.base import Backend, ExternalInterface
-from overlay.backend.netlink import FakeKernel, sync_blackholes
+from overlay.backend.netlink import sync_blackholes
 from overlay.backend.plan import BlackholeOps, blackhole_diff, desired_blackholes
 from overlay.cli.flanneld import parse_args
 from overlay.config import DaemonConfig, NetworkConfig
 from overlay.daemon import Flanneld
 from overlay.lease.model import Lease, encode_lease, subnet_key
+from tests.fakekernel import FakeKernel
 from tests.unit.test_daemon import CONFIG, GOOD, PREFIX, FakeBackend, Harness, ext, until
 
 N = ipaddress.IPv4Network
@@ -60,10 +61,10 @@ def test_sync_converges_and_is_idempotent() -> None:
     assert k.holes == {OWN}
     k.calls.clear()
     assert sync_blackholes(k, frozenset({OWN}), NET) == []
-    assert k.calls == []  # nothing to do: nothing sent
+    assert k.calls == ["observe"]  # nothing to do: nothing sent
     assert sync_blackholes(k, frozenset({MOVED}), NET) == []
     assert k.holes == {MOVED}
-    assert k.calls == [f"blackhole add {MOVED}", f"blackhole del {OWN}"]
+    assert k.calls[-2:] == [f"blackhole-add {MOVED}", f"blackhole-del {OWN}"]
 
 
 def test_flag_and_env() -> None:
@@ -86,7 +87,7 @@ async def test_daemon_keeps_the_blackhole_with_its_lease(tmp_path: Path) -> None
         return be
 
     cfg = DaemonConfig(subnet_file=tmp_path / "subnet.env", lease_ttl=30, blackhole_route=True)
-    d = Flanneld(cfg, h.store, ext(), factory, rng=random.Random(1), sleep=h.timer.sleep,
+    d = Flanneld(cfg, h.store, ext(), factory, rng=random.Random(1), clock=h.clock,
                  blackhole=sync)
     await h.store.put(CONFIG, GOOD)
     h.start(d)
@@ -97,7 +98,7 @@ async def test_daemon_keeps_the_blackhole_with_its_lease(tmp_path: Path) -> None
         taken = Lease(old.subnet, ipaddress.IPv4Address("198.18.0.99"), "vxlan",
                       {"VNI": 1, "VtepMAC": "0e:00:00:00:00:09"})
         await h.store.put(subnet_key(PREFIX, old.subnet).encode(), encode_lease(taken))
-        await h.timer.advance(11)
+        await h.clock.tick(11)
         await until(lambda: d.own is not None and d.own.subnet != old.subnet, "moved lease")
         assert d.own is not None
         await until(lambda: k.holes == {d.own.subnet} if d.own else False, "blackhole moved")

@@ -12,9 +12,9 @@ from overlay.config import (
     DaemonConfig,
     build_network_json,
     check_network_config,
-    config_change_conflicts,
     parse_network_config,
 )
+from overlay.lease.change import config_change_conflicts
 from overlay.lease.model import Lease
 
 A = ipaddress.IPv4Address

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import ipaddress
 import json
 import logging
@@ -22,48 +21,14 @@ from overlay.config import DaemonConfig, NetworkConfig
 from overlay.daemon import Flanneld
 from overlay.health import respond
 from overlay.lease.model import Lease, decode_lease, encode_lease, subnet_key
-from overlay.store.clock import FakeClock
 from overlay.store.memory import MemoryStore
+from tests.fakeclock import FakeClock, settle
 
 A = ipaddress.IPv4Address
 N = ipaddress.IPv4Network
 PREFIX = "/coreos.com/network"
 CONFIG = f"{PREFIX}/config".encode()
 GOOD = b'{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}'
-
-
-class FakeTimer:
-    """``sleep`` for the daemon: wakes only when the test ``advance``s the fake clock."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = 0
-
-    async def sleep(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._seq += 1
-        heapq.heappush(self._heap, (self.clock.monotonic() + seconds, self._seq, fut))
-        await fut
-
-    async def advance(self, seconds: float) -> None:
-        target = self.clock.monotonic() + seconds
-        while True:
-            await settle()
-            while self._heap and self._heap[0][2].done():
-                heapq.heappop(self._heap)
-            if not self._heap or self._heap[0][0] > target:
-                break
-            when, _, fut = heapq.heappop(self._heap)
-            self.clock.advance(max(0.0, when - self.clock.monotonic()))
-            fut.set_result(None)
-        self.clock.advance(max(0.0, target - self.clock.monotonic()))
-        await settle()
-
-
-async def settle() -> None:
-    for _ in range(30):
-        await asyncio.sleep(0)
 
 
 async def until(pred: Callable[[], bool], what: str, within: float = 3.0) -> None:
@@ -116,7 +81,6 @@ def ext(ip: str = "198.18.0.11") -> ExternalInterface:
 class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.clock = FakeClock()
-        self.timer = FakeTimer(self.clock)
         self.store = MemoryStore(self.clock)
         self.tmp = tmp_path
         self.tasks: list[asyncio.Task[None]] = []
@@ -131,7 +95,7 @@ class Harness:
 
         cfg = DaemonConfig(subnet_file=self.tmp / name / "subnet.env", lease_ttl=ttl)
         d = Flanneld(cfg, self.store, ext(ip), factory, rng=random.Random(seed),
-                     sleep=self.timer.sleep)
+                     clock=self.clock)
         return d, be
 
     def start(self, d: Flanneld) -> asyncio.Task[None]:
@@ -181,7 +145,7 @@ async def test_waits_for_config_then_picks_it_up(h: Harness,
     caplog.set_level(logging.INFO, "overlay.daemon")
     d, be = h.daemon()
     h.start(d)
-    await h.timer.advance(5)
+    await h.clock.tick(5)
     assert not d.health.ready and respond(d.health, "/readyz")[0] == 503
     await h.store.put(CONFIG, b"{not json")
     await until(lambda: "invalid network config" in caplog.text, "invalid-config log")
@@ -189,7 +153,7 @@ async def test_waits_for_config_then_picks_it_up(h: Harness,
     await until(lambda: "too small" in caplog.text, "too-small log")
     await h.store.put(CONFIG, b'{"Network":"10.244.0.0/16","Backend":{"Type":"nope"}}')
     await until(lambda: "unknown backend type" in caplog.text, "unknown-backend log")
-    await h.timer.advance(10)  # ten retries: still one message per distinct problem
+    await h.clock.tick(10)  # ten retries: still one message per distinct problem
     assert caplog.text.count("unknown backend type") == 1
     assert caplog.text.count("no network config") == 1
     assert not d.health.ready
@@ -212,7 +176,7 @@ async def test_renewal_keeps_the_same_lease(h: Harness) -> None:
     d, _, _ = await h.running(ttl=30)
     own = d.own
     assert own is not None
-    await h.timer.advance(300)  # ten lease lifetimes
+    await h.clock.tick(300)  # ten lease lifetimes
     stored = await h.key(own.subnet)
     assert stored is not None and stored.lease_id == own.lease_id
     assert d.health.lease_renewals_total >= 25
@@ -251,13 +215,13 @@ async def test_vanished_lease_is_reacquired_same_subnet(
     else:
         await h.store.revoke(own.lease_id)
     await until(lambda: "lost" in caplog.text, "the lost-lease log")
-    await h.timer.advance(11)  # the renew loop may notice on its next tick
+    await h.clock.tick(11)  # the renew loop may notice on its next tick
     await until(lambda: d.own is not None and d.own.lease_id != own.lease_id, "re-acquired")
     stored = await h.key(own.subnet)
     assert stored is not None and stored.public_ip == own.public_ip
     assert d.own is not None and d.own.subnet == own.subnet
     assert d.health.lease_acquisitions_total == 2
-    await h.timer.advance(60)  # and it is renewed from then on
+    await h.clock.tick(60)  # and it is renewed from then on
     assert await h.key(own.subnet) is not None
 
 
@@ -313,10 +277,10 @@ async def test_network_full_waits_then_acquires(h: Harness,
     d, _ = h.daemon()
     h.start(d)
     await until(lambda: "network full" in caplog.text, "network-full log")
-    await h.timer.advance(10)
+    await h.clock.tick(10)
     assert not d.health.ready and caplog.text.count("network full") == 1
     await h.store.delete(subnet_key(PREFIX, N("10.9.0.8/30")).encode())
-    await h.timer.advance(10)
+    await h.clock.tick(10)
     await ready(h, d)
     assert d.own is not None and d.own.subnet == N("10.9.0.8/30")
 
@@ -373,9 +337,9 @@ async def test_watch_failure_relists_and_diffs(h: Harness, error: str) -> None:
                          else CompactedError(3))
     await h.put_peer("10.244.61.0/24", "198.18.0.61")  # this batch is lost with the stream
     await h.store.delete(subnet_key(PREFIX, N("10.244.60.0/24")).encode())
-    await until(lambda: d.health.watch_resyncs_total == 1 or bool(h.timer._heap),
+    await until(lambda: d.health.watch_resyncs_total == 1 or h.clock.sleepers > 0,
                 "the watch to fail")
-    await h.timer.advance(1)
+    await h.clock.tick(1)
     await until(lambda: set(be.programmed) == {N("10.244.61.0/24")}, "re-list diff applied")
     assert d.health.watch_resyncs_total == 1
     await h.put_peer("10.244.62.0/24", "198.18.0.62")  # and the new watch works
@@ -422,7 +386,7 @@ async def test_reconcile_failure_is_counted_and_retried(h: Harness) -> None:
     be = Flaky()
     d, _, _ = await h.running(backend=be)
     assert d.health.reconcile_errors_total == 1 and not be.programmed
-    await h.timer.advance(10)  # the periodic resync repairs it
+    await h.clock.tick(10)  # the periodic resync repairs it
     await until(lambda: N("10.244.50.0/24") in be.programmed, "resync after failure")
 
 
@@ -456,7 +420,7 @@ async def test_masquerade_ensured_and_restored(h: Harness, ip_masq: bool) -> Non
     be = FakeBackend()
     cfg = DaemonConfig(subnet_file=h.tmp / "s.env", lease_ttl=30, ip_masq=ip_masq)
     d = Flanneld(cfg, h.store, ext(), lambda c, e: be, factory, random.Random(1),
-                 sleep=h.timer.sleep)
+                 clock=h.clock)
     h.start(d)
     await ready(h, d)
     assert d.own is not None
@@ -465,7 +429,7 @@ async def test_masquerade_ensured_and_restored(h: Harness, ip_masq: bool) -> Non
         return
     assert calls == [f"ensure {d.own.subnet}"]
     masqs[0].present = False  # someone flushed the table
-    await h.timer.advance(5)
+    await h.clock.tick(5)
     assert calls.count(f"ensure {d.own.subnet}") >= 2 and masqs[0].present
     assert subnetfile.read(h.tmp / "s.env").ip_masq
 
@@ -484,3 +448,55 @@ async def test_subnet_taken_over_moves_to_a_new_one(h: Harness,
     assert be.attached[-1].subnet == d.own.subnet
     assert subnetfile.read(h.tmp / "h" / "subnet.env").subnet == d.own.subnet
     await until(lambda: old.subnet in be.programmed, "the new owner programmed as a peer")
+
+
+class MacCheckingBackend(FakeBackend):
+    """Reports a peer with an unusable VtepMAC as the vxlan planner does, every pass."""
+
+    async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+        from overlay.backend.plan import PeerProblem, normalize_mac
+
+        good = [p for p in peers if normalize_mac(p.backend_data.get("VtepMAC"))]
+        problems = tuple(str(PeerProblem(p.subnet, f"BackendData.VtepMAC "
+                                         f"{p.backend_data.get('VtepMAC')!r} is not a unicast "
+                                         "MAC address")) for p in peers if p not in good)
+        report = await super().reconcile(good)
+        return ReconcileReport(report.added, report.removed, 0, problems, report.peers)
+
+
+async def test_bad_leases_are_logged_once_per_revision_not_per_pass(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "overlay.daemon")
+    h.store = FlakyWatchStore(h.clock)
+    await h.store.put(CONFIG, GOOD)
+    d, be, _ = await h.running(backend=MacCheckingBackend())
+    bad_mac = encode_lease(Lease(N("10.244.70.0/24"), A("198.18.0.70"), "vxlan",
+                                 {"VNI": 1, "VtepMAC": "zz"}))
+    await h.put_peer("10.244.70.0/24", "", raw=bad_mac)
+    await h.put_peer("10.244.71.0/24", "", raw=b"not json")
+    await h.put_peer("10.250.1.0/24", "198.18.0.72")  # outside the network
+    await until(lambda: "VtepMAC 'zz'" in caplog.text and "not JSON" in caplog.text,
+                "the first warnings")
+    for _ in range(3):  # periodic passes and a re-list after a dropped watch
+        await h.clock.tick(10)
+        await settle()
+    from overlay.store.api import CompactedError
+
+    h.store.fail_with = CompactedError(1)
+    await h.put_peer("10.244.73.0/24", "198.18.0.73")
+    await until(lambda: d.health.watch_resyncs_total == 1 or h.clock.sleepers > 0, "relist")
+    await h.clock.tick(1)
+    await until(lambda: N("10.244.73.0/24") in be.programmed, "peer 73 after the re-list")
+    await h.clock.tick(10)
+    await settle()
+    text = caplog.text
+    assert text.count("VtepMAC 'zz'") == 1, text
+    assert text.count("not JSON") == 1 and d.health.malformed_leases_total == 1, text
+    assert text.count("outside the network") == 1, text
+    assert "peer 10.250.1.0/24 via 198.18.0.72 (vxlan) added" not in text, text
+    # a new revision of the same bad value is news: logged once more
+    await h.put_peer("10.244.70.0/24", "", raw=bad_mac)
+    await h.put_peer("10.244.71.0/24", "", raw=b"not json")
+    await until(lambda: caplog.text.count("not JSON") == 2, "the new revision's warning")
+    await h.clock.tick(10)
+    await until(lambda: caplog.text.count("VtepMAC 'zz'") == 2, "the new revision's problem")

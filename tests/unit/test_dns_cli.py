@@ -6,8 +6,7 @@ import ipaddress
 
 import pytest
 
-from dnsd.cli import parse_config
-from dnsd.wire import Prepared, rotations
+from dnsd.config import parse_config
 
 
 def test_defaults() -> None:
@@ -74,12 +73,3 @@ def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -
         parse_config(argv, environ={})
     assert info.value.code == 2
     assert capsys.readouterr().err.strip()
-
-
-def test_round_robin_rotates_address_answers_only() -> None:
-    a = [b"\xc0\x0c\x00\x01\x00\x01" + bytes([i]) * 8 for i in range(3)]
-    p = Prepared(0x8400, tuple(a), (), (), b"")
-    assert [v.answer[0] for v in rotations(p, 8)] == a
-    cname = (b"\xc0\x0c\x00\x05" + b"x" * 10, *a)
-    assert rotations(Prepared(0x8400, cname, (), (), b""), 8)[0].answer == cname
-    assert len(rotations(Prepared(0x8400, cname, (), (), b""), 8)) == 1

@@ -64,6 +64,26 @@ RAILS: Store = {
     "web.skydns.local.": {"host": "rails.production.east.skydns.local"},
 }
 
+# CoreDNS's cname test layout (plugin/etcd cname tests): seven CNAMEs, then an A record
+CHAIN7: Store = {
+    "a.server1.dev.region1.skydns.test.": {"host": "cname1.region2.skydns.test"},
+    **{f"cname{i}.region2.skydns.test.": {"host": f"cname{i + 1}.region2.skydns.test"}
+       for i in range(1, 6)},
+    "cname6.region2.skydns.test.": {"host": "endpoint.region2.skydns.test"},
+    "endpoint.region2.skydns.test.": {"host": "10.240.0.1"},
+}
+CHAIN7_RRS = ["a.server1.dev.region1.skydns.test. 3600 CNAME cname1.region2.skydns.test."] + [
+    f"cname{i}.region2.skydns.test. 3600 CNAME cname{i + 1}.region2.skydns.test."
+    for i in range(1, 6)] + [
+    "cname6.region2.skydns.test. 3600 CNAME endpoint.region2.skydns.test.",
+    "endpoint.region2.skydns.test. 3600 A 10.240.0.1"]
+TXT_CHAIN: Store = {"t.skydns.local.": {"host": "u.skydns.local"},
+                    "u.skydns.local.": {"host": "v.skydns.local"},
+                    "v.skydns.local.": {"text": "hello"}}
+APEX: Store = {"a.skydns.local.": {"host": "10.0.0.1"},
+               "x.apex.dns.skydns.local.": {"host": "10.0.0.53"},
+               "y.apex.dns.skydns.local.": {"host": "2001::53"}}
+
 CASES = [
     # --- A/AAAA and the subtree rule
     Case("a-single", RAILS, "1.rails.production.east.skydns.local.", RType.A,
@@ -321,6 +341,48 @@ CASES = [
          "a.*.skydns.local.", RType.TXT, answer=['a.*.skydns.local. 3600 TXT "one"']),
     Case("any-at-apex", {}, "skydns.local.", RType.ANY,
          answer=["skydns.local. 3600 HINFO RFC8482 "]),
+    # --- CNAME chains for every type that follows them, and in glue (CoreDNS)
+    Case("cname-chain-of-7-coredns-layout", CHAIN7, "a.server1.dev.region1.skydns.test.",
+         RType.A, answer=CHAIN7_RRS, domains=("skydns.test.",)),
+    Case("srv-glue-follows-cname-chain", CHAIN7, "a.server1.dev.region1.skydns.test.",
+         RType.SRV, domains=("skydns.test.",),
+         answer=["a.server1.dev.region1.skydns.test. 3600 SRV 10 100 0 "
+                 "cname1.region2.skydns.test."], additional=CHAIN7_RRS[1:]),
+    Case("txt-through-cname-chain", TXT_CHAIN, "t.skydns.local.", RType.TXT,
+         answer=["t.skydns.local. 3600 CNAME u.skydns.local.",
+                 "u.skydns.local. 3600 CNAME v.skydns.local.", 'v.skydns.local. 3600 TXT "hello"']),
+    Case("txt-chain-dead-end-is-nodata", {"t.skydns.local.": {"host": "u.skydns.local"},
+                                          "u.skydns.local.": {"host": "10.0.0.1"}},
+         "t.skydns.local.", RType.TXT),
+    Case("txt-chain-out-of-zone-is-bare", {"t.skydns.local.": {"host": "www.example.com"}},
+         "t.skydns.local.", RType.TXT, answer=["t.skydns.local. 3600 CNAME www.example.com."]),
+    Case("txt-identical-texts-collapse", {"a.t.skydns.local.": {"text": "same"},
+                                          "b.t.skydns.local.": {"text": "same"}},
+         "t.skydns.local.", RType.TXT, answer=['t.skydns.local. 3600 TXT "same"']),
+    # --- CoreDNS dns/apex: A/AAAA at the apex from <zone>/dns/apex when present
+    Case("apex-a-from-dns-apex", APEX, "skydns.local.", RType.A,
+         answer=["skydns.local. 3600 A 10.0.0.53"]),
+    Case("apex-aaaa-from-dns-apex", APEX, "skydns.local.", RType.AAAA,
+         answer=["skydns.local. 3600 AAAA 2001::53"]),
+    Case("apex-dns-apex-without-a-is-nodata",
+         {"a.skydns.local.": {"host": "10.0.0.1"},
+          "y.apex.dns.skydns.local.": {"host": "2001::53"}},
+         "skydns.local.", RType.A),
+    Case("apex-dns-apex-name-host-chains",
+         {"apex.dns.skydns.local.": {"host": "web.skydns.local"},
+          "web.skydns.local.": {"host": "10.0.0.80"}},
+         "skydns.local.", RType.A, answer=["skydns.local. 3600 CNAME web.skydns.local.",
+                                          "web.skydns.local. 3600 A 10.0.0.80"]),
+    Case("cname-to-apex-uses-dns-apex", {**APEX, "www.skydns.local.": {"host": "skydns.local"}},
+         "www.skydns.local.", RType.A, answer=["www.skydns.local. 3600 CNAME skydns.local.",
+                                               "skydns.local. 3600 A 10.0.0.53"]),
+    Case("apex-dns-apex-in-second-zone",
+         {"a.svc.cluster.": {"host": "10.11.0.1"},
+          "x.apex.dns.svc.cluster.": {"host": "10.11.0.53"}},
+         "svc.cluster.", RType.A, answer=["svc.cluster. 3600 A 10.11.0.53"],
+         domains=(Z, "svc.cluster.")),
+    Case("below-apex-ignores-dns-apex", APEX, "a.skydns.local.", RType.A,
+         answer=["a.skydns.local. 3600 A 10.0.0.1"]),
     Case("axfr-refused", RAILS, "skydns.local.", RType.AXFR, Rcode.REFUSED, authority=[],
          aa=False),
 ]

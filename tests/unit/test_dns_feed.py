@@ -16,8 +16,8 @@ from dnsd.index import Index
 from dnsd.keys import split_name
 from dnsd.message import Question, Rcode, RType
 from overlay.store.api import CompactedError, Store, StoreUnavailableError
-from overlay.store.clock import FakeClock
 from overlay.store.memory import MemoryStore
+from tests.fakeclock import FakeClock
 
 ENGINE = Engine(EngineConfig())
 

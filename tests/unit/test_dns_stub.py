@@ -133,6 +133,6 @@ def test_relayed_stub_query_carries_the_option(client_edns: int | None) -> None:
     (["-stubzones=false"], {"SKYDNS_STUBZONES": "true"}, False),
 ], ids=["default-off", "flag", "env", "flag-beats-env"])
 def test_stubzones_flag(argv: list[str], environ: dict[str, str], on: bool) -> None:
-    from dnsd.cli import parse_config
+    from dnsd.config import parse_config
 
     assert parse_config(argv, environ).stubzones is on

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 
 import pytest
 
-from overlay.cli.flanneld import build_parser, parse_args
+from overlay.cli.flanneld import FLANNEL_IGNORED, build_parser, parse_args
 from overlay.iface import Interface, InterfaceError, choose, parse_ip_addr_json
 
 
@@ -124,3 +125,116 @@ def test_parse_ip_addr_json() -> None:
             '{"family":"inet6","local":"fe80::1","prefixlen":64}]}]')
     (eth0,) = parse_ip_addr_json(text)
     assert eth0 == Interface("eth0", 2, 1500, (A("198.18.0.11"),), True)
+
+
+# -- flannel's whole flag list: a flannel unit or DaemonSet starts weft unchanged ---------
+
+# a flannel 0.2x systemd unit, as distributions and install guides write it
+FLANNEL_EXECSTART = (
+    "/usr/bin/flanneld --etcd-endpoints=https://198.18.0.1:2379,https://198.18.0.2:2379 "
+    "--etcd-prefix=/coreos.com/network --etcd-cafile=/etc/flannel/ca.pem "
+    "--etcd-certfile=/etc/flannel/flannel.pem --etcd-keyfile=/etc/flannel/flannel-key.pem "
+    "--iface=eth1 --ip-masq --iptables-resync=10 --iptables-forward-rules=true "
+    "--public-ip=198.18.0.11 --subnet-file=/run/flannel/subnet.env "
+    "--subnet-lease-renew-margin=30 --healthz-ip=127.0.0.1 --healthz-port=8471 "
+    "-v=2 --vmodule=vxlan=4 --logtostderr")
+
+# the args of an etcd-mode flannel DaemonSet (env from the pod spec), and kube-flannel.yml's
+DAEMONSET_ETCD_ARGS = ["--ip-masq", "--etcd-endpoints=http://198.18.0.1:2379",
+                       "--etcd-prefix=/coreos.com/network", "--iface-can-reach=198.18.0.1",
+                       "--kube-subnet-mgr=false", "--net-config-path=/etc/kube-flannel/"
+                       "net-conf.json", "--iptables-forward-rules"]
+DAEMONSET_KUBE_ARGS = ["--ip-masq", "--kube-subnet-mgr"]
+
+
+def test_flannel_systemd_execstart_starts_weft() -> None:
+    import shlex
+
+    args, cfg, store = parse_args(shlex.split(FLANNEL_EXECSTART)[1:], {})
+    assert store.endpoints == ("https://198.18.0.1:2379", "https://198.18.0.2:2379")
+    assert (store.cafile, store.certfile, store.keyfile) == (
+        "/etc/flannel/ca.pem", "/etc/flannel/flannel.pem", "/etc/flannel/flannel-key.pem")
+    assert (cfg.prefix, cfg.ip_masq, cfg.masq_interval, cfg.renew_margin) == (
+        "/coreos.com/network", True, 10.0, 30)
+    assert (cfg.healthz_ip, cfg.healthz_port, args.v, args.iface, args.public_ip) == (
+        "127.0.0.1", 8471, 2, ["eth1"], "198.18.0.11")
+    assert [name for name, _ in args.ignored_flags] == [
+        "iptables-forward-rules", "vmodule", "logtostderr"]
+
+
+def test_flannel_daemonset_args() -> None:
+    args, cfg, store = parse_args(DAEMONSET_ETCD_ARGS, {"POD_NAME": "kube-flannel-ds-x",
+                                                        "POD_NAMESPACE": "kube-flannel"})
+    assert (cfg.ip_masq, store.endpoints, args.iface_can_reach) == (
+        True, ("http://198.18.0.1:2379",), "198.18.0.1")
+    assert [name for name, _ in args.ignored_flags] == [
+        "iptables-forward-rules", "net-config-path"]
+
+
+@pytest.mark.parametrize(("argv", "env"), [
+    (DAEMONSET_KUBE_ARGS, {}),
+    (["-kube-subnet-mgr=true"], {}),
+    ([], {"FLANNELD_KUBE_SUBNET_MGR": "true"}),
+], ids=["kube-flannel.yml", "flag", "env"])
+def test_kube_subnet_mgr_is_refused_clearly(argv: list[str], env: dict[str, str],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv, env)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "-kube-subnet-mgr" in err and "etcd" in err and "weftctl network set" in err
+
+
+# every flag of flannel 0.2x's main.go, plus the klog flags it copies (-v, -vmodule,
+# -log_backtrace_at) and the glog ones CoreOS-era units pass, with a typical value
+FLANNEL_FLAGS = [
+    "-etcd-endpoints=http://198.18.0.1:2379", "-etcd-prefix=/coreos.com/network",
+    "-etcd-keyfile=/k.pem", "-etcd-certfile=/c.pem", "-etcd-cafile=/ca.pem",
+    "-etcd-username=flannel", "-etcd-password=secret", "-iface=eth0", "-iface-regex=^eth",
+    "-iface-can-reach=198.18.0.1", "-subnet-file=/run/flannel/subnet.env",
+    "-public-ip=198.18.0.11", "-public-ipv6=2001:db8::11", "-subnet-lease-renew-margin=60",
+    "-ip-masq", "-ip-masq-fully-random-disable", "-kube-subnet-mgr=false",
+    "-kube-api-url=https://198.18.0.1:6443", "-kube-annotation-prefix=flannel.alpha.coreos.com",
+    "-kubeconfig-file=/etc/kubernetes/flannel.conf", "-healthz-ip=0.0.0.0", "-healthz-port=0",
+    "-iptables-resync=5", "-iptables-forward-rules=true", "-ip-blackhole-route",
+    "-net-config-path=/etc/kube-flannel/net-conf.json", "-set-node-network-unavailable=true",
+    "-use-multi-cluster-cidr=false", "-v=3", "-vmodule=kube=2", "-log_backtrace_at=main.go:1",
+    "-logtostderr=true", "-alsologtostderr", "-log_dir=/var/log", "-stderrthreshold=2",
+]
+
+
+def test_every_flannel_flag_is_accepted() -> None:
+    args, _, _ = parse_args(FLANNEL_FLAGS, {})
+    assert args.v == 3
+    assert {name for name, _ in args.ignored_flags} == {
+        name for name, _, _ in FLANNEL_IGNORED}
+
+
+def test_ignored_flags_get_one_warning_naming_them(caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() logs one WARNING naming each ignored flag, from the command line or the
+    environment, with why; flags weft honours are not in it."""
+    import overlay.iface
+    from overlay.cli import flanneld
+
+    def no_interface(*_: object) -> None:
+        raise InterfaceError("stop here")
+
+    monkeypatch.setattr(overlay.iface, "discover", no_interface)
+    monkeypatch.setenv("FLANNELD_PUBLIC_IPV6", "2001:db8::11")
+    caplog.set_level(logging.INFO)
+    assert flanneld.main(["-vmodule=vxlan=4", "-ip-masq", "-iface=eth0"]) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "-vmodule" in warnings[0] and "-public-ipv6 (weft's overlay is IPv4-only)" \
+        in warnings[0] and "-ip-masq" not in warnings[0] and "-iface" not in warnings[0]
+    caplog.clear()
+    monkeypatch.delenv("FLANNELD_PUBLIC_IPV6")
+    assert flanneld.main(["-ip-masq", "-kube-subnet-mgr=false"]) == 1
+    assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+
+
+def test_ignored_boolean_still_checks_its_value(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["-iptables-forward-rules=perhaps"], {})
+    assert "iptables-forward-rules" in capsys.readouterr().err

@@ -12,8 +12,8 @@ from overlay.config import check_network_config
 from overlay.lease.allocator import NetworkFullError, Reason
 from overlay.lease.manager import LeaseLostError, LeaseManager
 from overlay.lease.model import Lease, encode_lease, subnet_key
-from overlay.store.clock import FakeClock
 from overlay.store.memory import MemoryStore
+from tests.fakeclock import FakeClock
 
 A = ipaddress.IPv4Address
 N = ipaddress.IPv4Network

@@ -9,7 +9,7 @@ import argparse
 import pytest
 
 from overlay.cli import flanneld, network_cmd, store_cmd
-from overlay.cli.flags import store_config
+from overlay.flags import FLANNELD_STORE_ENV, SKYDNS_STORE_ENV, WEFT_STORE_ENV, store_config
 from overlay.store.api import StoreConfig
 
 EP = "http://127.0.0.1:2379"
@@ -51,7 +51,7 @@ def test_flanneld_help_names_the_env_variable(capsys: pytest.CaptureFixture[str]
 
 
 def test_dnsd_auth_flags_and_env() -> None:
-    from dnsd.cli import parse_config
+    from dnsd.config import parse_config
 
     assert parse_config([], {}).store.username is None
     cfg = parse_config(["-etcd-username=dns", "-etcd-password=pw"], {}).store
@@ -72,9 +72,11 @@ def _weftctl_parser() -> argparse.ArgumentParser:
 
 
 def _cfg_of(args: argparse.Namespace) -> StoreConfig:
-    if args.command in ("dns", "store"):
-        return store_config(args)
-    return store_config(args, network_cmd.PASSWORD_ENV)
+    if args.command == "dns":
+        return store_config(args, SKYDNS_STORE_ENV)
+    if args.command == "store":
+        return store_config(args, WEFT_STORE_ENV)
+    return store_config(args, FLANNELD_STORE_ENV)
 
 
 @pytest.mark.parametrize("cmd", [["network", "get"], ["leases"], ["store", "status"],
@@ -103,3 +105,34 @@ def test_weftctl_help_mentions_the_password_variable(
             p.parse_args([*cmd, "--help"])
         out = " ".join(capsys.readouterr().out.split())
         assert "-etcd-username" in out and "WEFT_ETCD_PASSWORD" in out, cmd
+
+
+@pytest.mark.parametrize(("cmd", "var"), [
+    (["network", "get"], "FLANNELD_ETCD_ENDPOINTS"), (["leases"], "FLANNELD_ETCD_ENDPOINTS"),
+    (["dns", "ls"], "ETCD_ENDPOINTS"), (["dns", "ls"], "ETCD_MACHINES")])
+def test_weftctl_endpoints_env_fallback(cmd: list[str], var: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    for v in ("FLANNELD_ETCD_ENDPOINTS", "ETCD_ENDPOINTS", "ETCD_MACHINES"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv(var, "http://198.18.0.9:2379")
+    assert _cfg_of(_weftctl_parser().parse_args(cmd)).endpoints == ("http://198.18.0.9:2379",)
+
+
+def test_every_program_declares_the_same_store_flags(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """One declaration (overlay.flags.add_store_flags): the same six flags everywhere."""
+    from dnsd.config import flag_parser
+
+    flags = ("-etcd-endpoints", "-etcd-cafile", "-etcd-certfile", "-etcd-keyfile",
+             "-etcd-username", "-etcd-password")
+    p = _weftctl_parser()
+    for cmd in (["network", "set"], ["leases"], ["store", "status"], ["dns", "set"]):
+        with pytest.raises(SystemExit):
+            p.parse_args([*cmd, "--help"])
+        out = capsys.readouterr().out
+        assert all(f in out for f in flags), cmd
+    for parser in (flanneld.build_parser({}), flag_parser({})):
+        with pytest.raises(SystemExit):
+            parser.parse(["--help"])
+        out = capsys.readouterr().out
+        assert all(f in out for f in flags)

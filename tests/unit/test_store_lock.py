@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from overlay.store.lock import DataDirLockedError, holder_pid, lock_data_dir
+from overlay.store.embedded.lock import DataDirLockedError, holder_pid, lock_data_dir
 
 
 def test_second_lock_is_refused_naming_dir_and_pid(tmp_path: Path) -> None:

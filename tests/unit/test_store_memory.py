@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from overlay.store.api import CompactedError, EventType, LeaseNotFoundError, ValueTooLargeError
-from overlay.store.clock import FakeClock
 from overlay.store.memory import MemoryStore
+from tests.fakeclock import FakeClock
 
 
 async def test_lease_expires_by_fake_clock_without_sleeping() -> None:

@@ -8,23 +8,16 @@ from pathlib import Path
 import pytest
 
 from overlay.store.api import CompactedError, EventType
-from overlay.store.state import DeleteOp, PutOp, RangeOp, State
+from overlay.store.embedded.state import DeleteOp, PutOp, RangeOp, State
+from tests.fakeclock import FakeClock
 
 
-class Wall:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def reopen(path: Path, wall: Wall, **kw: int) -> State:
-    return State(path, now=wall, **kw)
+def reopen(path: Path, wall: FakeClock, **kw: int) -> State:
+    return State(path, clock=wall, **kw)
 
 
 def test_revisions_and_values_survive_reopen(tmp_path: Path) -> None:
-    wall = Wall()
+    wall = FakeClock()
     s = reopen(tmp_path / "db", wall)
     revs = [s.put(PutOp(b"/k%d" % i, b"v%d" % i))[0] for i in range(5)]
     s.delete(DeleteOp(b"/k0"))
@@ -43,7 +36,7 @@ def test_revisions_and_values_survive_reopen(tmp_path: Path) -> None:
 
 
 def test_uncommitted_writes_are_lost_not_half_applied(tmp_path: Path) -> None:
-    wall = Wall()
+    wall = FakeClock()
     s = reopen(tmp_path / "db", wall)
     s.put(PutOp(b"/a", b"1"))
     s.commit()
@@ -55,7 +48,7 @@ def test_uncommitted_writes_are_lost_not_half_applied(tmp_path: Path) -> None:
 
 
 def test_lease_expired_while_down_is_revoked_on_start(tmp_path: Path) -> None:
-    wall = Wall()
+    wall = FakeClock()
     s = reopen(tmp_path / "db", wall)
     short, _ = s.grant(10)
     long, _ = s.grant(100)
@@ -63,7 +56,7 @@ def test_lease_expired_while_down_is_revoked_on_start(tmp_path: Path) -> None:
     s.put(PutOp(b"/long", b"v", lease=long))
     s.commit()
     s.close()
-    wall.t += 30
+    wall.advance(30)
     s = reopen(tmp_path / "db", wall)
     assert s.get(b"/short") is None and s.get(b"/long") is not None
     assert s.time_to_live(short)[0] == -1
@@ -74,22 +67,22 @@ def test_lease_expired_while_down_is_revoked_on_start(tmp_path: Path) -> None:
 
 
 def test_keepalive_deadline_is_persisted(tmp_path: Path) -> None:
-    wall = Wall()
+    wall = FakeClock()
     s = reopen(tmp_path / "db", wall)
     lease, _ = s.grant(10)
     s.put(PutOp(b"/k", b"v", lease=lease))
-    wall.t += 8
+    wall.advance(8)
     s.keepalive(lease)
     s.commit()
     s.close()
-    wall.t += 8  # 16 s after grant, 8 after the keepalive
+    wall.advance(8)  # 16 s after grant, 8 after the keepalive
     s = reopen(tmp_path / "db", wall)
     assert s.get(b"/k") is not None
     s.close()
 
 
 def test_compaction_is_persisted_and_auto(tmp_path: Path) -> None:
-    wall = Wall()
+    wall = FakeClock()
     s = reopen(tmp_path / "db", wall, retain=20)
     for i in range(30):
         s.put(PutOp(b"/k", b"%d" % i))

@@ -32,11 +32,11 @@ import math
 import os
 import random
 import sqlite3
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from overlay.clock import Clock, SystemClock
 from overlay.store.api import (
     CompactedError,
     EventType,
@@ -45,21 +45,21 @@ from overlay.store.api import (
     StoreError,
     WatchEvent,
 )
+from overlay.store.mvcc import (
+    MAX_LEASE_TTL,
+    MIN_LEASE_TTL,
+    FutureRevisionError,
+    History,
+    compact_image,
+    in_range,
+    next_kv,
+    tombstone,
+    value_at,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
-MIN_LEASE_TTL = 2  # etcd: ceil(1.5 x election timeout of 1 s)
-MAX_LEASE_TTL = 9_000_000_000
 DEFAULT_RETAIN = 10_000
-
-
-class FutureRevisionError(StoreError):
-    """A revision beyond the current one was asked for."""
-
-    def __init__(self, revision: int, current: int) -> None:
-        super().__init__(f"revision {revision} is a future revision (now {current})")
-        self.revision = revision
 
 
 class LeaseExistsError(StoreError):
@@ -209,78 +209,6 @@ class LeaseState:
     keys: set[bytes] = field(default_factory=set)
 
 
-def in_range(key: bytes, start: bytes, end: bytes) -> bool:
-    """etcd's [key, range_end) rule: empty end = just ``start``; ``\\0`` = to the end."""
-    if not end:
-        return key == start
-    if end == b"\0":
-        return key >= start
-    return start <= key < end
-
-
-History = list[tuple[int, KeyValue | None]]  # one key's (revision, kv or None = deleted)
-
-
-def next_kv(prev: KeyValue | None, key: bytes, value: bytes, rev: int, lease: int) -> KeyValue:
-    """The key-value a put at ``rev`` makes of ``prev`` (None: the key is created)."""
-    if prev is None:
-        return KeyValue(key, value, rev, rev, 1, lease)
-    return KeyValue(key, value, prev.create_revision, rev, prev.version + 1, lease)
-
-
-def tombstone(key: bytes, rev: int) -> KeyValue:
-    """What a delete event at ``rev`` carries as its kv."""
-    return KeyValue(key, b"", 0, rev, 0)
-
-
-def value_at(hist: History, rev: int) -> KeyValue | None:
-    """A key's value as of revision ``rev`` (None: absent or deleted then)."""
-    i = bisect.bisect_right(hist, rev, key=lambda h: h[0])
-    return hist[i - 1][1] if i else None
-
-
-def _compact_history(hist: History, revision: int) -> tuple[History, History]:
-    """Split a key's history at a compaction to ``revision``: (kept, dropped).
-
-    Kept: the entry in force at ``revision`` and every later one, except that an
-    entry in force which is a deletion older than ``revision`` goes too (nothing
-    can read it any more). A deletion exactly at ``revision`` stays, so the
-    revision's events can still be rebuilt from a log that keeps what this keeps.
-    """
-    i = bisect.bisect_right(hist, revision, key=lambda h: h[0])
-    keep = hist[i - 1:] if i else hist
-    dropped = hist[: i - 1] if i else []
-    if keep and keep[0][1] is None and keep[0][0] < revision:
-        dropped.append(keep[0])
-        keep = keep[1:]
-    return keep, dropped
-
-
-def compact_image(history: dict[bytes, History], events: dict[int, list[WatchEvent]],
-                  revision: int, current: int, compacted: int) -> list[tuple[int, bytes]]:
-    """Compact a memory image (history per key, events per revision) to ``revision``,
-    in place; the (revision, key) of every history entry dropped.
-
-    Raises ``FutureRevisionError`` beyond ``current`` and ``CompactedError`` at or
-    before ``compacted`` (the compaction point so far), as etcd does.
-    """
-    if revision > current:
-        raise FutureRevisionError(revision, current)
-    if revision <= compacted:
-        raise CompactedError(compacted)
-    for r in [r for r in events if r < revision]:
-        del events[r]
-    gone: list[tuple[int, bytes]] = []
-    for k in list(history):
-        keep, dropped = _compact_history(history[k], revision)
-        gone.extend((r, k) for r, _ in dropped)
-        if keep:
-            history[k] = keep
-        else:
-            del history[k]
-    return gone
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
@@ -292,18 +220,50 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 
+def check_overlaps(ops: Sequence[Op]) -> tuple[set[bytes], list[tuple[bytes, bytes]]]:
+    """etcd's check of one Txn branch: a put may not hit a key another put or a delete of
+    the branch touches, nested Txns included (a key put in both branches of one nested
+    Txn is fine: only one runs). DuplicateKeyError if one does; else (puts, deletes)."""
+    dels = [(o.key, o.range_end) for o in ops if isinstance(o, DeleteOp)]
+
+    def deleted(key: bytes) -> bool:
+        return any(in_range(key, start, end) for start, end in dels)
+
+    puts: set[bytes] = set()
+    for o in ops:
+        if not isinstance(o, TxnOp):
+            continue
+        puts_then, dels_then = check_overlaps(o.success)
+        puts_else, dels_else = check_overlaps(o.failure)
+        for key in puts_then:
+            if key in puts or deleted(key):
+                raise DuplicateKeyError(key)
+            puts.add(key)
+        for key in puts_else:
+            if (key in puts and key not in puts_then) or deleted(key):
+                raise DuplicateKeyError(key)
+            puts.add(key)
+        dels += dels_then + dels_else  # later siblings and this level's puts see them
+    for o in ops:
+        if isinstance(o, PutOp):
+            if o.key in puts or deleted(o.key):
+                raise DuplicateKeyError(o.key)
+            puts.add(o.key)
+    return puts, dels
+
+
 class State:
     """The durable store (see the module docstring). Not thread-safe: one owner."""
 
     def __init__(
         self,
         path: Path | str,
-        now: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
         retain: int = DEFAULT_RETAIN,
     ) -> None:
         self.path = Path(path)
-        self._now = now
+        self._now = (clock or SystemClock()).now  # lease deadlines are wall-clock (persisted)
         self._rng = rng or random.Random()
         self.retain = retain
         # the committer writes from one worker thread while this thread applies
@@ -314,6 +274,7 @@ class State:
         self._db.executescript(_SCHEMA)
         self.revision = 1
         self.compact_revision = 0
+        self._compacted_at_zero = False  # Compact(0) before any real compaction (etcd)
         self.member_id = 0
         self.cluster_id = 0
         self._keys: list[bytes] = []  # sorted live keys
@@ -420,6 +381,13 @@ class State:
     def get(self, key: bytes) -> KeyValue | None:
         return self._current.get(key)
 
+    @property
+    def first_revision(self) -> int:
+        """etcd's first kept revision (compactMainRev): -1 before any compaction, which
+        is what a Txn's ranges and a Watch's start revision are checked against."""
+        return self.compact_revision if self.compact_revision or self._compacted_at_zero \
+            else -1
+
     def _check_range_revision(self, revision: int) -> None:
         """etcd's checks of a Range's ``revision``: any revision <= 0 means the latest."""
         if revision > self.revision:
@@ -436,11 +404,13 @@ class State:
         # etcd counts the range before its revision filters apply
         count = len(kvs)
         kvs = [kv for kv in kvs if _passes_filters(kv, op)]
-        if op.sort_order or op.sort_target:
-            order = op.sort_order or 1
+        # etcd: a target other than the key sorts ascending unless told; an order it does
+        # not know leaves the key order
+        order = op.sort_order or (1 if op.sort_target else 0)
+        if order in (1, 2):
             kvs.sort(key=_SORT_KEYS[op.sort_target], reverse=order == 2)
-        more = bool(op.limit) and len(kvs) > op.limit
-        if op.limit:
+        more = op.limit > 0 and len(kvs) > op.limit  # a limit <= 0 is none
+        if op.limit > 0:
             kvs = kvs[: op.limit]
         if op.count_only:
             return RangeResult((), count, False)
@@ -451,7 +421,7 @@ class State:
 
     def events_since(self, start: int) -> list[tuple[int, list[WatchEvent]]]:
         """Every durable revision's events from ``start`` (CompactedError if gone)."""
-        if start < self.compact_revision:
+        if start < self.first_revision:
             raise CompactedError(self.compact_revision)
         pending = set(self._uncommitted) | self._inflight
         return [(r, self._events[r]) for r in sorted(self._events)
@@ -521,31 +491,46 @@ class State:
         return self.revision, res
 
     def txn(self, op: TxnOp) -> tuple[int, TxnResult]:
-        ok = all(self._compare(c) for c in op.compare)
-        branch = op.success if ok else op.failure
-        self._check_ops(branch)
-        res = self._run_ops(self._begin(), ok, branch)
+        """etcd's Txn: both branches (and every nested Txn's) are checked for puts that
+        overlap a put or a delete; every compare, nested ones included, is evaluated
+        against the state before the Txn (etcd's txn path); the path taken is checked
+        (leases, revisions) before anything applies, then applied."""
+        check_overlaps(op.success)
+        check_overlaps(op.failure)
+        path = self._path(op)
+        self._check_path(op, iter(path))
+        res = self._run_path(self._begin(), op, iter(path))
         return self.revision, res
 
-    def _check_ops(self, ops: Sequence[Op]) -> None:
-        seen: set[bytes] = set()
-        for o in ops:
+    def _path(self, op: TxnOp) -> list[bool]:
+        """Each compare's outcome, for this Txn and then the nested Txns on its taken
+        branch, depth first (etcd's compareToPath)."""
+        ok = all(self._compare(c) for c in op.compare)
+        out = [ok]
+        for o in op.success if ok else op.failure:
+            if isinstance(o, TxnOp):
+                out.extend(self._path(o))
+        return out
+
+    def _check_path(self, op: TxnOp, path: Iterator[bool]) -> None:
+        for o in op.success if next(path) else op.failure:
             if isinstance(o, PutOp):
-                if o.key in seen:
-                    raise DuplicateKeyError(o.key)
-                seen.add(o.key)
                 self._check_put(o)
             elif isinstance(o, RangeOp):
-                self._check_range_revision(o.revision)
+                # etcd checks a Txn's ranges against first_revision, so a negative
+                # revision fails there once the store was compacted, unlike a Range's
+                if o.revision > self.revision:
+                    raise FutureRevisionError(o.revision, self.revision)
+                if o.revision and o.revision < self.first_revision:
+                    raise CompactedError(self.compact_revision)
             elif isinstance(o, TxnOp):
-                # nested: both branches must be valid before anything applies
-                self._check_ops(o.success)
-                self._check_ops(o.failure)
+                self._check_path(o, path)
 
-    def _run_ops(self, rev: int, succeeded: bool, ops: Sequence[Op]) -> TxnResult:
+    def _run_path(self, rev: int, op: TxnOp, path: Iterator[bool]) -> TxnResult:
+        ok = next(path)
         out: list[OpResult] = []
         revisions: list[int] = []
-        for o in ops:
+        for o in op.success if ok else op.failure:
             if isinstance(o, RangeOp):
                 out.append(self.range(o))
             elif isinstance(o, PutOp):
@@ -553,12 +538,11 @@ class State:
             elif isinstance(o, DeleteOp):
                 out.append(self._apply_delete(rev, o))
             else:
-                ok = all(self._compare(c) for c in o.compare)
-                out.append(self._run_ops(rev, ok, o.success if ok else o.failure))
+                out.append(self._run_path(rev, o, path))
             # etcd: the revision at this point of the txn (the one before it until it
             # changed something)
             revisions.append(self.revision)
-        return TxnResult(succeeded, tuple(out), tuple(revisions))
+        return TxnResult(ok, tuple(out), tuple(revisions))
 
     def _compare(self, c: Compare) -> bool:
         if c.range_end:
@@ -573,6 +557,10 @@ class State:
         return all(_compare_kv(c, kv) for kv in kvs)
 
     def compact(self, revision: int) -> None:
+        if revision == 0 and self.compact_revision == 0 and not self._compacted_at_zero:
+            # etcd starts "compacted at -1": compacting to 0 once is accepted (a no-op)
+            self._compacted_at_zero = True
+            return
         self._compact_dels.extend(compact_image(self._history, self._events, revision,
                                                 self.revision, self.compact_revision))
         self.compact_revision = revision
