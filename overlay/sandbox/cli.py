@@ -98,6 +98,14 @@ def _down(args: argparse.Namespace) -> int:
     return cluster.down(_state_dir(args), sys.stdout)
 
 
+def _partition(args: argparse.Namespace) -> int:
+    return cluster.set_partition(_state_dir(args), args.host, True, sys.stdout)
+
+
+def _heal(args: argparse.Namespace) -> int:
+    return cluster.set_partition(_state_dir(args), args.host, False, sys.stdout)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     default_dir = os.environ.get(STATE_DIR_ENV, str(DEFAULT_STATE_DIR))
     common = argparse.ArgumentParser(add_help=False)
@@ -146,6 +154,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="kill a host's daemons (its lease then expires, peers drop it)")
     p.add_argument("host", metavar="HOST")
     p.set_defaults(func=_guard(_kill))
+
+    p = sub.add_parser("partition", parents=[common],
+                       help="cut a host's underlay link: its daemons live on, the store and "
+                            "its peers are out of reach")
+    p.add_argument("host", metavar="HOST")
+    p.set_defaults(func=_guard(_partition))
+
+    p = sub.add_parser("heal", parents=[common], help="restore a partitioned host's underlay link")
+    p.add_argument("host", metavar="HOST")
+    p.set_defaults(func=_guard(_heal))
 
     p = sub.add_parser("down", parents=[common],
                        help="stop everything, delete the namespaces and the state dir")

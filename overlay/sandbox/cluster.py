@@ -346,6 +346,8 @@ class Sandbox:
     def start_daemon(self, spec: DaemonSpec, site: Site) -> DaemonRecord:
         site.dir.mkdir(parents=True, exist_ok=True)
         argv = spec.argv(self.context, site)
+        for path, text in spec.files(self.context, site).items():
+            path.write_text(text)
         logfile = self.state_dir / "logs" / f"{spec.name}@{site.host}.log"
         pid, start = spawn_detached(site.netns, argv, logfile)
         record = DaemonRecord(spec.name, site.host, site.netns, pid, start, argv, str(logfile))
@@ -732,4 +734,23 @@ def down(state_dir: Path, out: TextIO) -> int:
     out.write(f"sandbox {state.tag} is down: {len(state.daemons)} daemons stopped, "
               f"{len(state.hosts) + len(state.containers) + 1} namespaces and {state_dir} "
               "removed\n")
+    return 0
+
+
+def set_partition(state_dir: Path, host: str, cut: bool, out: TextIO) -> int:
+    """``partition``/``heal``: take the host's port on the underlay bridge down or up.
+
+    The host keeps its own eth0, addresses and routes (its daemons see only silence, as
+    with a pulled cable upstream); nothing in the root namespace is touched.
+    """
+    sb = Sandbox(state_dir, require_state(state_dir))
+    h = sb.state.host(host)
+    # the testbed names a host's underlay-side veth p<position> (h1 -> p1)
+    port = f"p{sb.state.hosts.index(h) + 1}"
+    run(["ip", "-n", sb.state.underlay_ns, "link", "set", port, "down" if cut else "up"])
+    if cut:
+        out.write(f"{h.name} partitioned: its underlay link ({port}) is down; its daemons run "
+                  f"on without the store or peers (heal with `weftctl sandbox heal {h.name}`)\n")
+    else:
+        out.write(f"{h.name} healed: its underlay link ({port}) is up again\n")
     return 0
