@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +51,7 @@ class Cluster:
         self.dir = state_dir
         self.marker = marker
         self.down: set[str] = set()  # hosts killed or partitioned
+        self.healed: set[str] = set()  # once partitioned: their flannel lease may be renewing
 
     @property
     def state(self) -> State:
@@ -97,8 +99,8 @@ class Cluster:
         return proc.stdout.strip() == "200"
 
     def container_not_on(self, *hosts: str) -> str:
-        return next(c.ident for c in self.state.containers
-                    if c.host not in hosts and c.host not in self.down)
+        ok = [c for c in self.state.containers if c.host not in hosts and c.host not in self.down]
+        return next((c.ident for c in ok if c.host not in self.healed), ok[0].ident)
 
     def leader_machine(self) -> str:
         proc = subprocess.run(["ip", "netns", "exec", self.state.underlay_ns, "etcdctl",
@@ -142,6 +144,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
     finally:
         state = load_state(state_dir)
+        with contextlib.suppress(OSError):  # kept for a failed run's post-mortem
+            shutil.copytree(state_dir / "logs", base / "logs")
         if state is not None:
             store = next((d for d in state.daemons if d.name == "store"), None)
             if store is not None:
@@ -202,6 +206,7 @@ def test_partitioned_host_stops_its_unit_and_it_runs_once_elsewhere(cluster: Clu
     finally:
         assert sandbox(c.dir, "heal", host).returncode == 0
         c.down.discard(host)
+        c.healed.add(host)
     # after the heal: the old host learns the unit moved; exactly one copy, everywhere
     t0 = time.monotonic()
     while time.monotonic() - t0 < DEFAULT_TTL + DEFAULT_GRACE + 2:
