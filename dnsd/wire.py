@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import dnslib
 import dnslib.buffer
 
+from overlay.errors import DnsError
+
 from .message import CLASS_IN, HINFO, MX, RR, SOA, SRV, Answer, Question, Rcode, RType
 from .stub import STUB_DATA, STUB_OPTION
 
@@ -53,7 +55,7 @@ MAX_UDP = 1232  # what dnsd advertises in its own OPT record (DNS flag day 2020)
 TCP_LIMIT = 65535
 
 
-class WireError(Exception):
+class WireError(DnsError):
     """Base of wire-format failures."""
 
 

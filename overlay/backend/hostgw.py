@@ -28,6 +28,11 @@ class HostGwConfig:
     pass
 
 
+def parse_config(cfg: Mapping[str, Any]) -> HostGwConfig:
+    """host-gw has no Backend fields."""
+    return HostGwConfig()
+
+
 class HostGwBackend:
     """flannel's host-gw data path."""
 
@@ -70,3 +75,6 @@ class HostGwBackend:
 
     async def close(self) -> None:
         self._k.close()
+
+
+BACKEND_CLASS = HostGwBackend

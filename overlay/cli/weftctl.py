@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="weftctl", description="Administer a weft cluster: store, network, DNS, sandbox."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from overlay.version import version_text
+
+    parser.add_argument("--version", action="version", version=version_text("weftctl"),
+                        help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:

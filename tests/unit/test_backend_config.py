@@ -304,3 +304,22 @@ async def test_routes_of_another_network_are_left_alone() -> None:
     r = await b.reconcile([Lease(N("10.244.2.0/24"), A("198.18.0.12"), "host-gw")])
     assert r.removed == 0 and other in k.state.routes and len(k.state.routes) == 2
     await b.close()
+
+
+def test_the_name_table_is_the_one_source() -> None:
+    """BACKENDS names every backend once: config validation, weftctl's choices and the
+    options all derive from it, and each row's module provides its parser and class."""
+    import importlib
+
+    from overlay.backend.base import BACKEND_OPTIONS, BACKENDS
+    from overlay.config import ConfigError, check_network_config
+
+    for name, spec in BACKENDS.items():
+        module = importlib.import_module(spec.module)
+        assert module.BACKEND_CLASS.name == name
+        assert callable(module.parse_config)
+        check_network_config({"Network": "10.244.0.0/16", "Backend": {"Type": name}})
+    with pytest.raises(ConfigError, match="known: vxlan, host-gw, udp"):
+        check_network_config({"Network": "10.244.0.0/16", "Backend": {"Type": "ipip"}})
+    assert BACKEND_OPTIONS == {"vni": ("vxlan",), "port": ("vxlan", "udp"),
+                               "direct-routing": ("vxlan",)}
