@@ -115,6 +115,10 @@ def _partition(args: argparse.Namespace) -> int:
     return cluster.set_partition(_state_dir(args), args.host, True, sys.stdout)
 
 
+def _failover(args: argparse.Namespace) -> int:
+    return cluster.failover(_state_dir(args), sys.stdout)
+
+
 def _heal(args: argparse.Namespace) -> int:
     return cluster.set_partition(_state_dir(args), args.host, False, sys.stdout)
 
@@ -191,6 +195,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser("heal", parents=[common], help="restore a partitioned host's underlay link")
     p.add_argument("host", metavar="HOST")
     p.set_defaults(func=_guard(_heal))
+
+    p = sub.add_parser("failover", parents=[common],
+                       help="kill the host of the demo unit web.service and show it move "
+                            "(the end of `make demo`)")
+    p.set_defaults(func=_guard(_failover))
 
     p = sub.add_parser("down", parents=[common],
                        help="stop everything, delete the namespaces and the state dir")

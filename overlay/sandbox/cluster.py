@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Protocol, TextIO
 
+from overlay.sandbox import demo
 from overlay.sandbox.model import (
     CNI_NETWORK_NAME,
     DAEMONS,
@@ -557,6 +558,10 @@ def _build(options: Options, out: Writer) -> int:
         sb.save()
         out.write("\n" + host_table(sb.rows()) + "\n\n")
         proven = _proof(sb, out, progress)
+        if {"agent", "flanneld", "dnsd"} <= started and sb.state.containers:
+            proven = demo.start_web(sb.state, sb.state_dir, out) and proven
+            progress.line("scheduler: web.service started, resolved and answering"
+                          if proven else "scheduler demo FAILED (see above)")
         out.write("\nnext: weftctl sandbox status | exec c1.h1 -- ip addr | logs flanneld@h2 "
                   "| kill h2 | down")
         if options.state_dir != DEFAULT_STATE_DIR:
@@ -892,3 +897,10 @@ def set_partition(state_dir: Path, host: str, cut: bool, out: TextIO) -> int:
     else:
         out.write(f"{h.name} healed: its underlay link ({port}) is up again\n")
     return 0
+
+
+def failover(state_dir: Path, out: TextIO) -> int:
+    """``failover``: kill the host of the demo web unit; show it move, resolve and answer."""
+    sb = Sandbox(state_dir, require_state(state_dir))
+    kill = [str(bin_dir() / "weftctl"), "sandbox", "kill", "--state-dir", str(state_dir)]
+    return 0 if demo.failover(sb.state, out, kill) else 1

@@ -131,15 +131,15 @@ def start_web(state: State, state_dir: Path, out: Writer) -> bool:
     return _show_name(state, out, host, {host}, address, 10)
 
 
-def failover(state: State, out: Writer, kill: str) -> bool:
-    """Kill the web unit's host (``kill``: the argv prefix that kills a host) and show the
-    unit, its name and its answer coming back on another host."""
+def failover(state: State, out: Writer, kill: list[str]) -> bool:
+    """Kill the web unit's host (``kill``: the argv that kills a host, less the host) and
+    show the unit, its name and its answer coming back on another host."""
     any_host = state.hosts[0].name
     host, address, _ = _wait_web(state, any_host, 10)
     ask = next(h.name for h in state.hosts if h.name != host)
     out.write(f"{WEB_UNIT} runs on {host} at {address}; killing {host}\n")
     out.flush()
-    proc = run([*kill.split(), host], check=False, timeout=60)
+    proc = run([*kill, host], check=False, timeout=60)
     out.write(proc.stdout)
     t0 = time.monotonic()
     new_host, new_address, _ = _wait_web(state, ask, FAILOVER_WITHIN, not_at=address)

@@ -247,7 +247,9 @@ def _agent_argv(ctx: Context, site: Site) -> list[str]:
             "-port", str(AGENT_PORT), "-metadata", f"host={site.host}",
             "-state-dir", str(site.dir / "agent"), "-runner", "supervisor",
             "-cni-conf", str(agent_cni_conf(site)),
-            "-cni-path", f"{ctx.bin_dir}:/usr/lib/cni", "-domain", DOMAIN]
+            "-cni-path", f"{ctx.bin_dir}:/usr/lib/cni", "-domain", DOMAIN,
+            # unit namespaces named after the host's, so `down` removes any left behind
+            "-netns-prefix", site.netns]
 
 
 def _agent_probes(ctx: Context, site: Site) -> Sequence[Probe]:

@@ -49,7 +49,12 @@ from overlay.sched.errors import SchedError
 from overlay.sched.fence import Fence, PeerReport, Timings, fence_decision
 from overlay.sched.keys import KeyKind, Layout, service_key
 from overlay.sched.model import Assignment, DesiredState, MachineRecord, UnitState
-from overlay.sched.netattach import Attacher, AttachError, container_id
+from overlay.sched.netattach import (
+    Attacher,
+    AttachError,
+    container_id,
+    default_netns_prefix,
+)
 from overlay.sched.runner import (
     Runner,
     RunnerError,
@@ -90,6 +95,7 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/weft/agent")
     engine: bool = True
     version: str = "weft"
+    netns_prefix: str = ""  # "" = weft-<machine id prefix>
 
 
 @dataclass(slots=True)
@@ -397,7 +403,8 @@ class Agent:
         if unit.weft.network:
             if self.attacher is None:
                 raise AttachError(a.name, "Network=true but this agent has no CNI config")
-            cid = container_id(self.cfg.machine_id, a.name)
+            cid = container_id(self.cfg.netns_prefix
+                               or default_netns_prefix(self.cfg.machine_id), a.name)
             iface = await self.attacher.add(cid)
             address = iface.ip
             spec = with_netns(spec, cid, (("WEFT_ADDRESS", str(address)),))

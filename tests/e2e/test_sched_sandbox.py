@@ -2,7 +2,7 @@
 
 One sandbox for the module; the tests run in order and each leaves the cluster as the
 next expects: a web unit (``python3 -m http.server`` with ``Network=true`` and
-``Service=web:8000``) is placed and found by DNS from another host; a 30 s store
+``Service=e2e:8000``) is placed and found by DNS from another host; a 30 s store
 outage changes nothing; a partitioned host stops it within its TTL and it runs
 elsewhere, exactly once after the heal; a host crash moves it within 15 s with the name
 following; killing the leader's host elects another and placement goes on. At the end
@@ -134,11 +134,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         up = sandbox(state_dir, "up", "--hosts", "3", timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr
         c = Cluster(state_dir, marker)
-        unit = base / "web.service"
+        unit = base / "e2e.service"
         unit.write_text(
             "[Unit]\nDescription=scheduler e2e web server\n\n"
             f"[Service]\nExecStart=/usr/bin/python3 -m http.server 8000 --directory {marker}\n"
-            "Restart=always\nRestartSec=1\n\n[X-Weft]\nNetwork=true\nService=web:8000\n")
+            "Restart=always\nRestartSec=1\n\n[X-Weft]\nNetwork=true\nService=e2e:8000\n")
         started = c.weftctl("start", str(unit))
         assert started.returncode == 0, started.stdout + started.stderr
         yield c
@@ -154,24 +154,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         sandbox(state_dir, "down", timeout=120)
 
 
-def web(c: Cluster) -> tuple[str, str]:
-    u = c.units()["web.service"]
+def e2e(c: Cluster) -> tuple[str, str]:
+    u = c.units()["e2e.service"]
     return c.host_of_ip(u["ip"]), str(u["address"])
 
 
 def test_unit_placed_resolves_and_answers_from_another_host(cluster: Cluster) -> None:
     c = cluster
-    until(lambda: c.units().get("web.service", {}).get("sub") == "running", 20, "web running")
-    host, address = web(c)
+    until(lambda: c.units().get("e2e.service", {}).get("sub") == "running", 20, "web running")
+    host, address = e2e(c)
     src = c.container_not_on(host)
-    until(lambda: c.dig(f"web.{DOMAIN}", src) == [address], 10, "dig web from another host")
+    until(lambda: c.dig(f"e2e.{DOMAIN}", src) == [address], 10, "dig web from another host")
     until(lambda: c.get(src, address), 10, "HTTP GET through the overlay")
     assert len(c.pids()) == 1
 
 
 def test_store_outage_of_30_s_moves_stops_and_restarts_nothing(cluster: Cluster) -> None:
     c = cluster
-    host, address = web(c)
+    host, address = e2e(c)
     before = c.pids()
     store = next(d for d in c.state.daemons if d.name == "store")
     os.kill(store.pid, signal.SIGSTOP)  # frozen: connections hang, nothing answers
@@ -187,21 +187,21 @@ def test_store_outage_of_30_s_moves_stops_and_restarts_nothing(cluster: Cluster)
     while time.monotonic() - t0 < DEFAULT_TTL + DEFAULT_GRACE + 4:
         assert c.pids() == before, "a unit was stopped or restarted after the outage"
         time.sleep(1)
-    until(lambda: web(c) == (host, address), 10, "web reported on its host again")
-    until(lambda: c.dig(f"web.{DOMAIN}", c.container_not_on(host)) == [address], 10,
+    until(lambda: e2e(c) == (host, address), 10, "web reported on its host again")
+    until(lambda: c.dig(f"e2e.{DOMAIN}", c.container_not_on(host)) == [address], 10,
           "the DNS record back")
 
 
 def test_partitioned_host_stops_its_unit_and_it_runs_once_elsewhere(cluster: Cluster) -> None:
     c = cluster
-    host, _ = web(c)
+    host, _ = e2e(c)
     (old,) = c.pids()
     assert sandbox(c.dir, "partition", host).returncode == 0
     c.down.add(host)
     try:
         took = until(lambda: old not in c.pids(), DEFAULT_TTL + 4, "fenced unit stopped", 0.2)
         assert took <= DEFAULT_TTL + 2.5, f"stopped {took:.1f} s after the partition"
-        until(lambda: web(c)[0] not in (host,) and len(c.pids()) == 1, FAILOVER_BUDGET + 5,
+        until(lambda: e2e(c)[0] not in (host,) and len(c.pids()) == 1, FAILOVER_BUDGET + 5,
               "web running elsewhere")
     finally:
         assert sandbox(c.dir, "heal", host).returncode == 0
@@ -212,16 +212,16 @@ def test_partitioned_host_stops_its_unit_and_it_runs_once_elsewhere(cluster: Clu
     while time.monotonic() - t0 < DEFAULT_TTL + DEFAULT_GRACE + 2:
         assert len(c.pids()) == 1, f"{len(c.pids())} copies after the heal"
         time.sleep(0.5)
-    new_host, new_address = web(c)
+    new_host, new_address = e2e(c)
     assert new_host != host
     # asked from the third host: the healed one needs its flannel lease back first
     src = c.container_not_on(new_host, host)
-    until(lambda: c.dig(f"web.{DOMAIN}", src) == [new_address], 10, "DNS follows the unit")
+    until(lambda: c.dig(f"e2e.{DOMAIN}", src) == [new_address], 10, "DNS follows the unit")
 
 
 def test_host_crash_moves_the_unit_within_15_s_and_the_name_follows(cluster: Cluster) -> None:
     c = cluster
-    host, address = web(c)
+    host, address = e2e(c)
     killed = sandbox(c.dir, "kill", host)
     assert killed.returncode == 0, killed.stderr
     t0 = time.monotonic()
@@ -229,11 +229,11 @@ def test_host_crash_moves_the_unit_within_15_s_and_the_name_follows(cluster: Clu
     src = c.container_not_on(host)
 
     def moved() -> bool:
-        got = c.dig(f"web.{DOMAIN}", src)
+        got = c.dig(f"e2e.{DOMAIN}", src)
         return len(got) == 1 and got != [address]
 
     until(moved, FAILOVER_BUDGET, "DNS answering only a new address")
-    new_address = c.dig(f"web.{DOMAIN}", src)[0]
+    new_address = c.dig(f"e2e.{DOMAIN}", src)[0]
     until(lambda: c.get(src, new_address), FAILOVER_BUDGET - (time.monotonic() - t0) + 1,
           "HTTP GET to the moved unit")
     took = time.monotonic() - t0
