@@ -34,7 +34,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -733,18 +733,30 @@ def _host_json(sb: Sandbox, row: HostRow, leases: dict[str, int | None] | None
                            for c in sb.state.containers if c.host == row.host]}
 
 
+def exec_env(sb: Sandbox, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of ``exec``'d commands: the sandbox's store for etcdctl
+    (``ETCDCTL_ENDPOINTS``, ``ETCDCTL_API=3``) and weftctl (``WEFT_ETCD_ENDPOINTS``), and
+    weft's programs on the PATH, so ``exec h1 -- weftctl list-units`` needs no flags."""
+    endpoint = sb.context.endpoint
+    path = environ.get("PATH", os.defpath)
+    return {**environ, "ETCDCTL_ENDPOINTS": endpoint, "ETCDCTL_API": "3",
+            "WEFT_ETCD_ENDPOINTS": endpoint, "PATH": f"{bin_dir()}:{path}"}
+
+
 def exec_in(state_dir: Path, target: str, argv: Sequence[str]) -> int:
     state = require_state(state_dir)
     netns = state.namespace_of(target)
+    env = exec_env(Sandbox(state_dir, state), os.environ)
     if not argv:
         argv = [os.environ.get("SHELL", "/bin/sh")]
     # `ip netns exec` answers a failed exec with 255; say what a shell says instead
-    missing = command_status(argv[0], os.environ.get("PATH", os.defpath))
+    missing = command_status(argv[0], env["PATH"])
     if missing is not None:
         code, why = missing
         sys.stderr.write(f"weftctl sandbox exec: {argv[0]}: {why}\n")
         return code
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], check=False).returncode
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], check=False,
+                          env=env).returncode
 
 
 def command_status(command: str, path: str) -> tuple[int, str] | None:

@@ -241,6 +241,18 @@ def test_host_crash_moves_the_unit_within_15_s_and_the_name_follows(cluster: Clu
     assert len(c.pids()) == 1
 
 
+def test_stop_removes_the_process_its_netns_and_its_name(cluster: Cluster) -> None:
+    c = cluster
+    host, _ = e2e(c)
+    src = c.container_not_on(host)
+    stopped = c.weftctl("stop", "e2e.service")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    until(lambda: not c.pids(), 10, "the unit's process gone")
+    until(lambda: c.dig(f"e2e.{DOMAIN}", src) == [], 10, "its DNS record removed")
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "e2e.service" not in netns
+
+
 def test_leader_failover_elects_another_and_placement_goes_on(cluster: Cluster, tmp_path: Path
                                                             ) -> None:
     c = cluster
