@@ -347,6 +347,7 @@ class Agent:
                 log.warning("ignoring %s", exc)
                 continue
             assigned[a.name] = a
+        self._dirty.update(set(self._assigned) - set(assigned))
         self._assigned = assigned
         self._wake.set()
 
@@ -357,6 +358,7 @@ class Agent:
                 name = self.keys.parse(key).unit
                 if ev.type is EventType.DELETE:
                     self._assigned.pop(name, None)
+                    self._dirty.add(name)  # its state key goes too, even if it never ran
                 else:
                     self._assigned[name] = Assignment.from_json(key, ev.kv.value)
             except SchedError as exc:
