@@ -189,9 +189,8 @@ class Agent:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for name in list(self._running):
-            with contextlib.suppress(Exception):
-                await self._stop_unit(name, publish=False)
+        await asyncio.gather(*(self._stop_unit(name, publish=False)
+                               for name in list(self._running)), return_exceptions=True)
         await self.runner.close()
         if self.lease:
             with contextlib.suppress(StoreError, TimeoutError):

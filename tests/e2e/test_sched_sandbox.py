@@ -8,6 +8,9 @@ elsewhere, exactly once after the heal; a host crash moves it within 15 s with t
 following; killing the leader's host elects another and placement goes on. At the end
 the store's history shows no revision where a unit was assigned to two machines.
 
+The unit may run on h2 or h3 only (MachineMetadata, values OR'ed): h1 holds dnsd and
+stays up, so names can be asked after the unit's host is killed.
+
 Processes are counted by a marker unique to this run (the directory the web server
 serves), so parallel runs and other tests' servers never count.
 """
@@ -149,7 +152,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         unit.write_text(
             "[Unit]\nDescription=scheduler e2e web server\n\n"
             f"[Service]\nExecStart=/usr/bin/python3 -m http.server 8000 --directory {marker}\n"
-            "Restart=always\nRestartSec=1\n\n[X-Weft]\nNetwork=true\nService=e2e:8000\n")
+            "Restart=always\nRestartSec=1\n\n[X-Weft]\nNetwork=true\nService=e2e:8000\n"
+            # never on h1: dnsd lives there, and the crash test kills the unit's host
+            "\n[X-Fleet]\nMachineMetadata=host=h2\nMachineMetadata=host=h3\n")
         started = c.weftctl("start", str(unit))
         assert started.returncode == 0, started.stdout + started.stderr
         yield c
