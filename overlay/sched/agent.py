@@ -227,13 +227,18 @@ class Agent:
                 else:
                     await self._call(self.store.keepalive(self.lease), t.renew)
                     self.renewed_at = sent
+                if self.fence is Fence.STOP:
+                    # registered again first, then read what is still ours: the engine
+                    # moves units off a machine only while it is absent, so whatever
+                    # this listing shows cannot be running elsewhere
+                    listing = await self._call(self.store.list(
+                        self.keys.assign_prefix(self.cfg.machine_id).encode()))
+                    self._assign_listed({kv.key: kv.value for kv in listing.items})
                 if self.fence is not Fence.HOLD:
                     log.warning("agent %s: store reachable again after %s", self.cfg.machine_id,
                                 self.fence.value)
-                    was_stopped = self.fence is Fence.STOP
                     self.fence = Fence.HOLD
-                    if was_stopped:
-                        self._wake.set()  # start again whatever is still assigned here
+                    self._wake.set()  # start again whatever is still assigned here
                 self.ready.set()
             except LeaseNotFoundError:
                 log.warning("agent %s: presence lease %x expired; registering again",
