@@ -267,8 +267,9 @@ def test_stop_removes_the_process_its_netns_and_its_name(cluster: Cluster) -> No
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     until(lambda: not c.pids(), 10, "the unit's process gone")
     until(lambda: c.dig(f"e2e.{DOMAIN}", src) == [], 10, "its DNS record removed")
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "e2e.service" not in netns
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    ours = [ns for ns in listing.split() if ns.startswith(c.state.tag + "-")]
+    assert not [ns for ns in ours if ns.endswith("e2e.service")], ours
 
 
 def test_leader_failover_elects_another_and_placement_goes_on(cluster: Cluster, tmp_path: Path
