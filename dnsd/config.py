@@ -9,10 +9,12 @@ variables and aliases. Nothing below this module reads the environment.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from overlay.flags import FlagParser, StoreFlagEnv, add_store_flags, store_config
+from overlay.service import LOG_FORMATS
 from overlay.store.api import StoreConfig
 
 from .engine import EngineConfig
@@ -46,6 +48,9 @@ class DnsdConfig:
     verbose: bool
     forward_allow: tuple[Network, ...] = DEFAULT_NETWORKS  # kept for a key's nameservers
     stubzones: bool = False
+    log_format: str = "text"  # overlay.service.LOG_FORMATS
+    notify_socket: str | None = None  # systemd's $NOTIFY_SOCKET: READY=1 once the index is loaded
+    version: bool = False  # -version: print it and exit
 
 
 def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
@@ -83,6 +88,10 @@ def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("metrics-port", "port for /metrics and /healthz on the -addr host (0 = off)", 0,
           type=int, env=("PROMETHEUS_PORT",))
     p.add_bool("verbose", "debug logging", False)
+    p.add("log-format", "text (journald priority prefixes instead of timestamps when "
+          "systemd's JOURNAL_STREAM is our stderr) or json (one object per line)", "text",
+          env=("WEFT_LOG_FORMAT",))
+    p.add_bool("version", "print the version and exit", False)
     return p
 
 
@@ -106,10 +115,15 @@ def parse_config(argv: Sequence[str] | None,
         allow = parse_networks(a.forward_allow)
         if not 0 <= a.metrics_port <= 65535:
             raise ValueError(f"-metrics-port {a.metrics_port} out of range")
+        if a.log_format not in LOG_FORMATS:
+            raise ValueError(f"-log-format {a.log_format!r}: must be one of "
+                             f"{', '.join(LOG_FORMATS)}")
     except ValueError as exc:
         parser.error(str(exc))
         raise  # parser.error exits; this keeps the type checker informed
     prefix = "/" + (a.etcd_prefix or a.path_prefix).strip("/")
+    env = os.environ if environ is None else environ
     return DnsdConfig(host, port, engine, prefix, store, forwarder, a.round_robin,
                       a.udp_batch, a.metrics_port, a.verbose,
-                      allow, a.stubzones)
+                      allow, a.stubzones, a.log_format, env.get("NOTIFY_SOCKET") or None,
+                      a.version)

@@ -53,7 +53,8 @@ class HostGwBackend:
 
     async def prepare(self) -> Mapping[str, Any]:
         ext = self.ext
-        addrs = await self._k.run(lambda k: k.addresses(ext.index))
+        link = await self._k.run(lambda k: k.link(ext.name))
+        addrs = link.addresses if link is not None else ()
         if ext.public_ip not in {a.ip for a in addrs}:
             have = ", ".join(str(a) for a in addrs) or "none"
             raise BackendError(

@@ -150,7 +150,8 @@ class VxlanBackend:
             log.info("%s addressed %s", self.device, self._address()[0])
         nets: tuple[ipaddress.IPv4Network, ...] = ()
         if self.config.direct_routing:
-            nets = tuple(a.network for a in k.addresses(self.ext.index))
+            ext = k.link(self.ext.name)
+            nets = tuple(a.network for a in ext.addresses) if ext is not None else ()
         settings = VxlanSettings(self.device, self.ext.name, nets, self.config.direct_routing)
         plan = desired_vxlan(self._own, peers, settings)
         return converge(k, plan, self.device, self.network, "vxlan")

@@ -206,17 +206,12 @@ async def run_verb(store: Store, layout: Layout, verb: Verb, args: Sequence[str]
             local.append(lu)
     parsed = check_units(verb, local, snap)  # raises before anything is written
     is_global = {uf.name: uf.fleet.global_ for uf in parsed}
-    changed: list[str] = []
     for lu in local:
         outcome = await apply(store, layout, verb, lu)
         if verb is Verb.DESTROY:
             out.write(f"Destroyed {lu.name}\n")
-        elif outcome.changed:
-            changed.append(lu.name)
-            if verb is Verb.SUBMIT:
-                out.write(f"Unit {lu.name} inactive\n")
-        elif verb is Verb.SUBMIT:
-            pass  # already there with the same file: nothing to say, as fleetctl
+        elif verb is Verb.SUBMIT and outcome.changed:  # already there: nothing to say
+            out.write(f"Unit {lu.name} inactive\n")
     if verb in (Verb.SUBMIT, Verb.DESTROY):
         return 0
     waitable = [lu.name for lu in local if not is_global.get(lu.name)]

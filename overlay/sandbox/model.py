@@ -221,8 +221,9 @@ def _dnsd_argv(ctx: Context, site: Site) -> list[str]:
 
 
 def _dnsd_probes(ctx: Context, site: Site) -> Sequence[Probe]:
+    # /readyz: the index is loaded and the store watch is up (/healthz only says "alive")
     return (Probe("dns", str(site.ip), DNS_PORT, name=DOMAIN),
-            Probe("http", str(site.ip), DNSD_METRICS_PORT, "/healthz"))
+            Probe("http", str(site.ip), DNSD_METRICS_PORT, "/readyz"))
 
 
 def agent_machine_id(site: Site) -> str:
@@ -487,14 +488,3 @@ def host_table(rows: Sequence[HostRow]) -> str:
                              for r in rows])
     return render_table(("host", "underlay ip", "subnet", "vtep mac", "containers"),
                         [(r.host, r.ip, r.subnet, r.vtep_mac, r.containers) for r in rows])
-
-
-def parse_subnet_env(text: str) -> dict[str, str]:
-    """``KEY=VALUE`` lines of flannel's subnet.env (blank lines and comments ignored)."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            out[key.strip()] = value.strip()
-    return out

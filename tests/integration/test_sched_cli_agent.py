@@ -46,6 +46,16 @@ def test_verbs_with_a_real_agent(embedded_endpoint: str, tmp_path: Path) -> None
         assert "hello from hi.service" in status.stdout
         journal = weftctl("journal", "-n", "2", "hi.service")
         assert journal.stdout.splitlines() == ["hello from hi.service"] * 2, journal.stderr
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "overlay.cli.weftctl", "journal", "-f", "-n", "1",
+             "hi.service"], env=env, stdout=subprocess.PIPE, text=True)
+        try:  # new lines keep coming through the agent's long poll
+            assert follow.stdout is not None
+            lines = [follow.stdout.readline() for _ in range(4)]
+            assert lines == ["hello from hi.service\n"] * 4
+        finally:
+            follow.kill()
+            follow.wait()
         assert weftctl("stop", "--block-attempts", "30", "hi.service").returncode == 0
         rows = json.loads(weftctl("list-units", "--json").stdout)
         assert [r["active"] for r in rows] in (["inactive"], ["failed"])

@@ -28,6 +28,10 @@ def test_license_file_is_the_apache_2_text_pyproject_names() -> None:
     [
         pytest.param(["weftctl", "--version"], "weftctl 0.", id="weftctl"),
         pytest.param(["weft", "--version"], "CNI weft plugin: weft 0.", id="cni-plugin"),
+        pytest.param(["dnsd", "--version"], "dnsd 0.", id="dnsd"),
+        pytest.param(["dnsd", "-version"], "dnsd 0.", id="dnsd-skydns-spelling"),
+        pytest.param(["flanneld", "--version"], "0.", id="flanneld-bare-as-flannel"),
+        pytest.param(["flanneld", "-version"], "0.", id="flanneld-one-dash"),
     ],
 )
 def test_every_executable_answers_version(argv: list[str], prefix: str) -> None:

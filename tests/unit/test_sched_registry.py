@@ -326,3 +326,31 @@ def test_unload_done_and_rows_despite_a_leftover_inactive_report() -> None:
                     UnitState("m1", "inactive", "dead").to_json(), 4, 6, 2)
     left = snapshot([items[0], dead], 6, L)
     assert unit_rows(left) == []
+
+
+async def test_apply_rereads_after_losing_a_race() -> None:
+    from overlay.sched.registry import apply
+
+    store = MemoryStore()
+    rec = UnitRecord.new("a.service", HELLO, IN)
+    await store.put(L.unit("a.service").encode(), rec.to_json())
+    stale = resolve("a.service", await read_snapshot(store, L), _files({}))
+    # someone else loads it meanwhile: our start's CAS fails, it re-reads and starts
+    await store.put(L.unit("a.service").encode(),
+                    UnitRecord.new("a.service", HELLO, LO).to_json())
+    rev = store.revision
+    out = await apply(store, L, Verb.START, stale)
+    assert (out.changed, out.desired, store.revision) == (True, R, rev + 1)
+    # destroyed and resubmitted with a different file meanwhile: refused, not overwritten
+    await store.put(L.unit("a.service").encode(),
+                    UnitRecord.new("a.service", HELLO, IN).to_json())
+    stale = resolve("a.service", await read_snapshot(store, L), _files({}))
+    other = UnitRecord.new("a.service", HELLO + "#x\n", IN)
+    await store.put(L.unit("a.service").encode(), other.to_json())
+    with pytest.raises(UnitStateError, match="meanwhile"):
+        await apply(store, L, Verb.START, stale)
+    # destroy of a unit changed since it was read still destroys what is there
+    stale = resolve("a.service", await read_snapshot(store, L), _files({}))
+    await store.put(L.unit("a.service").encode(), other.to_json())
+    assert (await apply(store, L, Verb.DESTROY, stale)).changed
+    assert await store.get(L.unit("a.service").encode()) is None

@@ -86,3 +86,13 @@ def test_routes_cover_etcd_34_paths() -> None:
                  "lease/leases", "kv/lease/revoke", "kv/lease/timetolive", "watch",
                  "maintenance/status"):
         assert f"/v3/{path}" in ROUTES and f"/v3beta/{path}" in ROUTES
+
+
+def test_expect_100_continue_is_signalled_once_until_the_body_comes() -> None:
+    p = RequestParser()
+    head = b"POST /v3/kv/put HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    assert p.feed(head) == [] and p.continue_due
+    p.continue_due = False
+    assert p.feed(b"") == [] and not p.continue_due  # said once
+    (req,) = p.feed(b"{}")
+    assert req.body == b"{}"

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 API_VERSION = "3.4.0"  # the etcd API this store implements: clients pick paths from it
 MAX_HEADER_BYTES = 64 << 10
+MAX_UNSENT_BYTES = 64 << 20  # output a client leaves unread before it is dropped
 MAX_BODY_BYTES = 2 << 20  # etcd's request limit (1.5 MiB) plus JSON's base64 growth margin
 
 _CORS = (
@@ -193,6 +194,10 @@ class RequestParser:
     """Bytes in (``feed``), complete requests out, in order."""
 
     buf: bytearray = field(default_factory=bytearray)
+    # set when a request's head asked ``Expect: 100-continue`` and its body has not come:
+    # the connection answers ``100 Continue`` (curl waits a second for it otherwise)
+    continue_due: bool = False
+    _continued: bool = False
 
     def feed(self, data: bytes) -> list[Request]:
         self.buf += data
@@ -233,6 +238,9 @@ class RequestParser:
             value = value.strip()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         start = end + 4
+        if (headers.get("expect", "").lower() == "100-continue" and not self._continued
+                and len(buf) == start):
+            self.continue_due = self._continued = True
         te = headers.get("transfer-encoding", "").lower()
         if te:
             if te != "chunked":
@@ -252,6 +260,7 @@ class RequestParser:
                 return None
             body, consumed = bytes(buf[start:start + length]), start + length
         del buf[:consumed]
+        self._continued = False
         return Request(method.upper(), target.split("?", 1)[0], version, headers, body)
 
 
@@ -407,6 +416,9 @@ class HttpConnection(asyncio.Protocol):
         try:
             for req in self.parser.feed(data):
                 self.queue.put_nowait(req)
+            if self.parser.continue_due:
+                self.parser.continue_due = False
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
         except HttpError as e:
             log.debug("store: bad HTTP request: %s", e)
             self.queue.put_nowait(None)
@@ -434,6 +446,12 @@ class HttpConnection(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)
+            if self.transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+                # a watcher that stops reading must not grow the server without bound
+                log.warning("store: dropping an HTTP client that left %d bytes unread",
+                            self.transport.get_write_buffer_size())
+                self.closed = True
+                self.transport.abort()
 
     async def _serve(self) -> None:
         try:

@@ -265,6 +265,8 @@ class _Connection(asyncio.Protocol):
         self.server._connections.add(self)
         # our SETTINGS wait for the client's preface: until then the client may be an
         # HTTP/1.1 one (the same port serves etcd's JSON gateway, see Server.http1)
+        if self.buf:
+            self.data_received(b"")
 
     def _server_preface(self) -> None:
         settings = struct.pack(">HI", _S_INITIAL_WINDOW_SIZE, _STREAM_WINDOW)
@@ -285,6 +287,8 @@ class _Connection(asyncio.Protocol):
             return
         buf = self.buf
         buf += data
+        if self.transport is None:  # TLS: bytes that came with the handshake's end; kept
+            return                  # for connection_made, which may hand them to HTTP/1.1
         if not self.preface:
             if not PREFACE.startswith(bytes(buf[:len(PREFACE)])):
                 self._not_http2()

@@ -34,7 +34,6 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import ssl
@@ -597,36 +596,44 @@ class StoreService:
             w = mine.watchers.pop(wid, None)
             if w is not None:
                 self.committer.watchers.discard(w)
-                out.put_nowait(rpc_pb2.WatchResponse(header=self.header(), watch_id=wid,
-                                                     canceled=True))
+                out.put_nowait(rpc_pb2.WatchResponse(
+                    header=self.header(self.committer.committed_revision), watch_id=wid,
+                    canceled=True))
         elif which == "progress_request":
             # every event up to the committed revision has been sent to this stream
             out.put_nowait(rpc_pb2.WatchResponse(
                 header=self.header(self.committer.committed_revision), watch_id=-1))
 
     def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: _Stream) -> None:
-        header = self.header()
-        wid = c.watch_id
-        if not wid:
-            wid = mine.next_id()
-        elif wid in mine.watchers:
-            out.put_nowait(rpc_pb2.WatchResponse(
-                header=header, watch_id=-1, created=True, canceled=True,
-                cancel_reason="mvcc: duplicate watch ID provided on the WatchStream"))
+        # the revision this stream has been sent everything up to: a write still being
+        # committed reaches the new watcher as an event, so it is not in this header
+        header = self.header(self.committer.committed_revision)
+        key = bytes(c.key) or b"\0"  # etcd: an empty key is the smallest one
+        end = bytes(c.range_end)
+        refused = None
+        if end and end != b"\0" and key >= end:
+            refused = "mvcc: watcher range is empty"
+        elif c.watch_id and c.watch_id in mine.watchers:  # 0 asks for a new id
+            refused = "mvcc: duplicate watch ID provided on the WatchStream"
+        if refused is not None:
+            out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=-1, created=True,
+                                                 canceled=True, cancel_reason=refused))
             return
+        wid = c.watch_id or mine.next_id()
         out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=wid, created=True))
         start = c.start_revision
-        if start and start < self.state.compact_revision:
-            # etcd 3.4: no revision in this header and no cancel_reason
+        first = self.state.first_revision
+        if start and start < first:
+            # etcd 3.4: no revision in this header and no cancel_reason; the first kept
+            # revision is -1 before any compaction, so a start below that is "compacted"
             gone = rpc_pb2.ResponseHeader()
             gone.CopyFrom(header)
             gone.ClearField("revision")
-            out.put_nowait(rpc_pb2.WatchResponse(
-                header=gone, watch_id=wid, canceled=True,
-                compact_revision=self.state.compact_revision))
+            out.put_nowait(rpc_pb2.WatchResponse(header=gone, watch_id=wid, canceled=True,
+                                                 compact_revision=first))
             return
         filters = set(c.filters)
-        w = _Watcher(wid, bytes(c.key), bytes(c.range_end), c.prev_kv,
+        w = _Watcher(wid, key, end, c.prev_kv,
                      rpc_pb2.WatchCreateRequest.NOPUT in filters,
                      rpc_pb2.WatchCreateRequest.NODELETE in filters, out, c.progress_notify,
                      start)
@@ -811,6 +818,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background group that ended by an error (not by ``stop``): say so loudly."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("store: lease expiry/progress stopped: %r", task.exception(),
+                  exc_info=task.exception())
+
+
 class EmbeddedServer:
     """The store server: open the data dir, serve gRPC, expire leases, stop cleanly."""
 
@@ -826,8 +840,7 @@ class EmbeddedServer:
         self.state: State | None = None
         self.service: StoreService | None = None
         self._server: Server | None = None
-        self._expiry: asyncio.Task[None] | None = None
-        self._progress: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         self._lock: DataDirLock | None = None
         self._gateway: Gateway | None = None
 
@@ -874,10 +887,16 @@ class EmbeddedServer:
             raise
         self.service.client_urls = [self.endpoint]
         self._server = server
-        self._expiry = asyncio.create_task(self._expire_loop())
-        self._progress = asyncio.create_task(self._progress_loop())
+        self._maintenance = asyncio.create_task(self._maintain())
+        self._maintenance.add_done_callback(_log_failure)
         log.info("store: serving %s, data dir %s, revision %d", self.endpoint,
                  self.data_dir, self.state.revision)
+
+    async def _maintain(self) -> None:
+        """Lease expiry and progress notifications, as one group until ``stop``."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._expire_loop())
+            tg.create_task(self._progress_loop())
 
     async def _expire_loop(self) -> None:
         assert self.state is not None and self.service is not None
@@ -900,11 +919,9 @@ class EmbeddedServer:
             await self._server.wait_closed()
 
     async def stop(self) -> None:
-        for task in (self._expiry, self._progress):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)  # logged if failed
         if self._server is not None:
             await self._server.stop()
         if self._gateway is not None:

@@ -381,6 +381,13 @@ class State:
     def get(self, key: bytes) -> KeyValue | None:
         return self._current.get(key)
 
+    @property
+    def first_revision(self) -> int:
+        """etcd's first kept revision (compactMainRev): -1 before any compaction, which
+        is what a Txn's ranges and a Watch's start revision are checked against."""
+        return self.compact_revision if self.compact_revision or self._compacted_at_zero \
+            else -1
+
     def _check_range_revision(self, revision: int) -> None:
         """etcd's checks of a Range's ``revision``: any revision <= 0 means the latest."""
         if revision > self.revision:
@@ -414,7 +421,7 @@ class State:
 
     def events_since(self, start: int) -> list[tuple[int, list[WatchEvent]]]:
         """Every durable revision's events from ``start`` (CompactedError if gone)."""
-        if start < self.compact_revision:
+        if start < self.first_revision:
             raise CompactedError(self.compact_revision)
         pending = set(self._uncommitted) | self._inflight
         return [(r, self._events[r]) for r in sorted(self._events)
@@ -510,14 +517,11 @@ class State:
             if isinstance(o, PutOp):
                 self._check_put(o)
             elif isinstance(o, RangeOp):
-                # etcd checks a Txn's ranges against the first revision it keeps
-                # (-1 before any compaction), so a negative revision fails there once
-                # the store was compacted, unlike a Range of its own
-                first = (self.compact_revision
-                         if self.compact_revision or self._compacted_at_zero else -1)
+                # etcd checks a Txn's ranges against first_revision, so a negative
+                # revision fails there once the store was compacted, unlike a Range's
                 if o.revision > self.revision:
                     raise FutureRevisionError(o.revision, self.revision)
-                if o.revision and o.revision < first:
+                if o.revision and o.revision < self.first_revision:
                     raise CompactedError(self.compact_revision)
             elif isinstance(o, TxnOp):
                 self._check_path(o, path)
