@@ -26,6 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if cfg.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    if cfg.systemd:
+        log.info("-systemd: readiness goes to systemd through $NOTIFY_SOCKET when it is set; "
+                 "dnsd binds -addr itself (no socket activation)")
     cfg = load_config_key(cfg, explicit_flags(args, os.environ))
     try:
         daemon = Daemon(cfg)

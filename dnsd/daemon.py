@@ -91,8 +91,8 @@ class Daemon:
         self.lock = threading.Lock()
         self.server = DnsServer(Engine(cfg.engine), self.index, self.lock,
                                 ServerConfig(cfg.host, cfg.port, cfg.round_robin,
-                                             cfg.udp_batch, cfg.stubzones),
-                                cfg.forwarder)
+                                             cfg.udp_batch, cfg.stubzones, cfg.read_timeout),
+                                cfg.forwarding)
         self._stub_problems: frozenset[stub.StubProblem] = frozenset()
         self.feed = Feed(self._connect, self.index, self.lock, self._changed)
         self.started = time.monotonic()
