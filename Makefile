@@ -36,8 +36,14 @@ test: deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # make demo DEMO_ARGS="--hosts 5 --backend host-gw"; the state dir follows $WEFT_SANDBOX_DIR
+# (run again while a sandbox is up: says so and exits 0, changing nothing)
 demo: deps
-	.venv/bin/weftctl sandbox up $(DEMO_ARGS)
+	@rc=0; .venv/bin/weftctl sandbox up $(DEMO_ARGS) || rc=$$?; \
+	if [ $$rc -eq 3 ]; then \
+		echo "make demo: the sandbox is already up; nothing changed."; \
+		echo "  weftctl sandbox status shows it, weftctl sandbox down removes it."; \
+		exit 0; \
+	fi; exit $$rc
 
 bench: deps
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

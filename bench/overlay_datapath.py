@@ -1,7 +1,7 @@
 """Data-path throughput: weft's backends vs the same topology configured by hand as flannel does.
 
 A scenario is a pair of netns hosts with one container each, programmed either
-by weft's backend (the backend harness, ``python -m overlay.backend.registry``)
+by weft's backend (the backend harness, ``python -m tests.backend_driver``)
 or by hand with the ip/bridge commands flannel's code issues; iperf3 runs
 container-to-container with the client and the server pinned to different
 cores. Prints each figure and the ratio against its reference.
@@ -41,12 +41,12 @@ _ROOT = Path(__file__).resolve().parent.parent
 if sys.path and Path(sys.path[0] or ".").resolve() == _ROOT / "bench":
     sys.path[0] = str(_ROOT)  # run as a script: bench/overlay.py must not shadow the package
 
-from overlay.backend.registry import (  # noqa: E402
+from overlay.testbed import Testbed, open_testbed  # noqa: E402
+from tests.backend_driver import (  # noqa: E402
     DriverProcess,
     lease_backend_type,
     lease_from_json,
 )
-from overlay.testbed import Testbed, open_testbed  # noqa: E402
 
 SCENARIOS = ("underlay", "hand-vxlan", "weft-vxlan", "hand-host-gw", "weft-host-gw", "weft-udp")
 PAIRS = (("weft-vxlan", "hand-vxlan"), ("weft-host-gw", "hand-host-gw"))

@@ -12,7 +12,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import NoReturn, TextIO
 
 PACKAGE_DIR = __file__.rpartition("/")[0]  # absolute: the launcher puts an absolute root
 HELPER_TIMEOUT = 300.0  # a helper that has not answered by then is stuck
@@ -58,7 +58,23 @@ def _via_helper(stdin: bytes) -> "int | None":
     return rc
 
 
+def about(stream: "TextIO") -> int:
+    """What the reference plugins print when run by hand (no CNI_COMMAND), plus the version."""
+    from cni.netconf import SUPPORTED_VERSIONS
+    from overlay.version import version_text
+
+    stream.write(f"CNI weft plugin: {version_text('weft')}\n"
+                 f"CNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n")
+    return 0
+
+
 def main(use_helper: bool = False) -> int:
+    if "--version" in sys.argv[1:] or "-version" in sys.argv[1:]:
+        return about(sys.stdout)
+    import posix
+
+    if not posix.environ.get(b"CNI_COMMAND"):  # run by hand, as the reference skel does
+        return about(sys.stderr)
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     if use_helper:
         rc = _via_helper(stdin)

@@ -13,6 +13,7 @@ dnsd unchanged: ``-no-rec``, ``-rtimeout``, ``-username``/``-password``,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from overlay.flags import (
     ignored_warning,
     store_config,
 )
+from overlay.service import LOG_FORMATS
 from overlay.store.api import StoreConfig
 
 from .engine import EngineConfig
@@ -75,9 +77,12 @@ class DnsdConfig:
     verbose: bool
     forward_allow: tuple[Network, ...] = DEFAULT_NETWORKS  # kept for a key's nameservers
     stubzones: bool = False
+    log_format: str = "text"  # overlay.service.LOG_FORMATS
+    notify_socket: str | None = None  # systemd's $NOTIFY_SOCKET: READY=1 once the index is loaded
+    version: bool = False  # -version: print it and exit
     no_rec: bool = False  # SkyDNS -no-rec / no_rec: never forward, whatever the nameservers
     read_timeout: float = DEFAULT_READ_TIMEOUT  # per upstream try (forwarding, stub zones)
-    systemd: bool = False
+    systemd: bool = False  # SkyDNS -systemd: accepted (readiness goes to NOTIFY_SOCKET anyway)
     warnings: tuple[str, ...] = field(default=(), compare=False)  # for main to log
 
     @property
@@ -129,6 +134,10 @@ def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("metrics-port", "port for /metrics and /healthz on the -addr host (0 = off)", 0,
           type=int, env=("PROMETHEUS_PORT",))
     p.add_bool("verbose", "debug logging", False)
+    p.add("log-format", "text (journald priority prefixes instead of timestamps when "
+          "systemd's JOURNAL_STREAM is our stderr) or json (one object per line)", "text",
+          env=("WEFT_LOG_FORMAT",))
+    p.add_bool("version", "print the version and exit", False)
     p.add_bool("systemd", "run as a systemd service: readiness is reported to systemd "
                "(sd_notify READY=1) whenever $NOTIFY_SOCKET is set, with or without this "
                "flag; unlike SkyDNS, dnsd binds -addr itself (no socket activation)", False)
@@ -164,14 +173,19 @@ def parse_config(argv: Sequence[str] | None,
         allow = parse_networks(a.forward_allow)
         if not 0 <= a.metrics_port <= 65535:
             raise ValueError(f"-metrics-port {a.metrics_port} out of range")
+        if a.log_format not in LOG_FORMATS:
+            raise ValueError(f"-log-format {a.log_format!r}: must be one of "
+                             f"{', '.join(LOG_FORMATS)}")
     except ValueError as exc:
         parser.error(str(exc))
         raise  # parser.error exits; this keeps the type checker informed
     prefix = "/" + (a.etcd_prefix or a.path_prefix).strip("/")
+    env = os.environ if environ is None else environ
     warnings = [w for w in (ignored_warning(a),) if w is not None]
     if a.etcd3 is False:
         warnings.append("-etcd3=false ignored: dnsd only talks etcd's v3 API")
     return DnsdConfig(host, port, engine, prefix, store, forwarder, a.round_robin,
-                      a.udp_batch, a.metrics_port, a.verbose, allow, a.stubzones,
-                      no_rec=a.no_rec, read_timeout=read_timeout, systemd=a.systemd,
-                      warnings=tuple(warnings))
+                      a.udp_batch, a.metrics_port, a.verbose,
+                      allow, a.stubzones, a.log_format, env.get("NOTIFY_SOCKET") or None,
+                      a.version, no_rec=a.no_rec, read_timeout=read_timeout,
+                      systemd=a.systemd, warnings=tuple(warnings))

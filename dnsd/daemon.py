@@ -1,19 +1,42 @@
 """The running dnsd: index, feed, server and HTTP wired from a ``DnsdConfig``.
 
-Before binding, ``cli.main`` reads SkyDNS's ``<path-prefix>/config`` key once
-(``load_config_key``: one attempt, at most ``CONFIG_READ_TIMEOUT`` seconds, so an
-unreachable store still leaves dnsd starting on its flags and the feed retrying
-in the background) and merges it over the flags; see ``skyconfig`` for the rules.
+Theory of operation
+-------------------
+One event loop runs dnsd from start to stop (``serve``): the store client's gRPC
+machinery binds to the loop it first runs on, so reading SkyDNS's
+``<path-prefix>/config`` key in a loop of its own and then serving in another
+left callbacks for a closed loop (the old ``RuntimeError: Event loop is closed``).
+
+At start ``initial_config`` reads the key (``read_config_until_answered``: one
+attempt at a time, retried with backoff while the store does not answer) and
+waits at most ``CONFIG_READ_TIMEOUT`` for it. Answered in time: merged over the
+flags before binding (``skyconfig``'s rules). Not answered: dnsd serves on its
+flags and the same read goes on in the background; when the store answers,
+``Daemon.reconfigure`` applies the key to the running server and logs what
+changed: domain, ttl, min_ttl, priority, nameservers/no_rec/read_timeout and
+round_robin take effect at once (cached answers are dropped); ``dns_addr``
+cannot, since the sockets are bound (and under systemd port 53 was bound with a
+capability meant for start-up only): it is logged as needing a restart. The key
+is read once, as SkyDNS does; a later change needs a restart.
+
+Health, split as CoreDNS's health and ready plugins split it: ``/health`` and
+``/healthz`` are 200 while the process serves (a liveness probe must never turn
+a store outage into a DNS outage: dnsd keeps answering from its index);
+``/ready`` and ``/readyz`` are 503 until the first full index load and while the
+store watch is down, else 200. ``READY=1`` goes to systemd after the first load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
+from overlay.service import sd_notify
 from overlay.statushttp import start_status_server
 from overlay.store.api import Store, StoreConfig
 
@@ -26,7 +49,13 @@ from .server import DnsServer, ServerConfig
 
 log = logging.getLogger("dnsd")
 
-CONFIG_READ_TIMEOUT = 2.0  # one bounded read of <prefix>/config; never wait for the store
+CONFIG_READ_TIMEOUT = 2.0  # start-up waits this long for <prefix>/config, then serves
+CONFIG_ATTEMPT_TIMEOUT = 5.0  # one read attempt against a store that does not answer
+CONFIG_RETRY_MAX = 30.0  # backoff cap between attempts
+
+
+def config_key(cfg: DnsdConfig) -> str:
+    return cfg.prefix.rstrip("/") + "/config"
 
 
 async def read_config_key(store_cfg: StoreConfig, key: str) -> bytes | None:
@@ -39,6 +68,31 @@ async def read_config_key(store_cfg: StoreConfig, key: str) -> bytes | None:
         return None if kv is None else kv.value
     finally:
         await store.close()
+
+
+async def read_config_until_answered(
+        store_cfg: StoreConfig, key: str,
+        read: Callable[[StoreConfig, str], Awaitable[bytes | None]] = read_config_key,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        attempt_timeout: float = CONFIG_ATTEMPT_TIMEOUT, first_delay: float = 0.5,
+        max_delay: float = CONFIG_RETRY_MAX) -> bytes | None:
+    """Read ``key`` until the store answers (the value, or None for no key).
+
+    ``ValueError`` (unusable TLS files or endpoints) is not retried: it cannot
+    get better by waiting.
+    """
+    delay = first_delay
+    while True:
+        try:
+            return await asyncio.wait_for(read(store_cfg, key), attempt_timeout)
+        except ValueError:
+            raise
+        except Exception as exc:  # one attempt's boundary: any store trouble means retry
+            why = (f"no answer within {attempt_timeout:g}s" if isinstance(exc, TimeoutError)
+                   else str(exc) or type(exc).__name__)
+            log.debug("%s not read (%s); retrying in %gs", key, why, delay)
+        await sleep(delay)
+        delay = min(delay * 2, max_delay)
 
 
 def apply_config_key(cfg: DnsdConfig, key: str, raw: bytes | None,
@@ -67,19 +121,28 @@ def apply_config_key(cfg: DnsdConfig, key: str, raw: bytes | None,
     return merged
 
 
-def load_config_key(cfg: DnsdConfig, explicit: frozenset[str],
-                    timeout: float = CONFIG_READ_TIMEOUT) -> DnsdConfig:
-    """``cfg`` merged with ``<prefix>/config``; ``cfg`` itself if the store does not answer."""
-    key = cfg.prefix.rstrip("/") + "/config"
+async def initial_config(cfg: DnsdConfig, explicit: frozenset[str],
+                         timeout: float = CONFIG_READ_TIMEOUT
+                         ) -> tuple[DnsdConfig, asyncio.Task[bytes | None] | None]:
+    """``cfg`` merged with the key if the store answers within ``timeout``.
+
+    Otherwise ``cfg`` itself and the read still going on, for ``Daemon.run`` to
+    apply when it ends.
+    """
+    key = config_key(cfg)
+    task = asyncio.create_task(read_config_until_answered(cfg.store, key))
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if task not in done:
+        log.warning("%s not read within %gs (the store does not answer); serving on the "
+                    "flags and reading it in the background: its fields apply when it "
+                    "arrives, except dns_addr (restart dnsd to listen elsewhere)", key, timeout)
+        return cfg, task
     try:
-        raw = asyncio.run(asyncio.wait_for(read_config_key(cfg.store, key), timeout))
-    except Exception as exc:  # the startup read's boundary: never stops dnsd
-        why = (f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError)
-               else str(exc) or type(exc).__name__)
-        log.warning("%s not read (%s); starting with the flags, the key is read only at "
-                    "startup", key, why)
-        return cfg
-    return apply_config_key(cfg, key, raw, explicit)
+        raw = task.result()
+    except ValueError as exc:
+        log.warning("%s not read (%s); serving on the flags", key, exc)
+        return cfg, None
+    return apply_config_key(cfg, key, raw, explicit), None
 
 
 class Daemon:
@@ -118,6 +181,7 @@ class Daemon:
         return await connect(self.cfg.store)
 
     def health(self) -> tuple[bool, str]:
+        """Readiness: (ready, why). Ready once the index is loaded and while the watch is up."""
         st = self.feed.status
         if not st.synced:
             return False, f"index not loaded yet: {st.error}"
@@ -127,6 +191,24 @@ class Daemon:
                            f"{self.index.size} records from the index at revision "
                            f"{self.index.revision}")
         return True, f"ok: {self.index.size} records at revision {self.index.revision}"
+
+    def reconfigure(self, new: DnsdConfig) -> list[str]:
+        """Apply a config that arrived after start (the key): see the module doc; the changes."""
+        key = config_key(self.cfg)
+        if (new.host, new.port) != (self.cfg.host, self.cfg.port):
+            log.warning("%s: dns_addr %s:%s arrived after start-up; dnsd keeps listening on "
+                        "%s:%s (the sockets are bound): restart dnsd to move", key, new.host,
+                        new.port, self.cfg.host, self.cfg.port)
+            new = dataclasses.replace(new, host=self.cfg.host, port=self.cfg.port)
+        changes = skyconfig.describe_changes(self.cfg, new)
+        with self.lock:
+            self.server.reconfigure(Engine(new.engine), new.forwarding, new.round_robin,
+                                    new.read_timeout)
+            self.cfg = new
+            self._changed()
+        log.info("%s arrived after start-up and is now applied: %s", key,
+                 "; ".join(changes) or "nothing changed")
+        return changes
 
     def metrics_text(self) -> str:
         with self.lock:
@@ -148,12 +230,17 @@ class Daemon:
         """(status, content type, body) for a GET of ``path`` on the metrics port."""
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4", self.metrics_text()
-        if path in ("/healthz", "/health"):
-            ok, text = self.health()
-            return (200 if ok else 503), "text/plain", text + "\n"
-        return 404, "text/plain", "try /metrics or /healthz\n"
+        if path in ("/healthz", "/health"):  # liveness: we answer, so we serve
+            ready, text = self.health()
+            return 200, "text/plain", ("ok" if ready else f"ok, serving; not ready: {text}") + "\n"
+        if path in ("/readyz", "/ready"):
+            ready, text = self.health()
+            return (200 if ready else 503), "text/plain", text + "\n"
+        return 404, "text/plain", "try /metrics, /healthz or /readyz\n"
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event,
+                  late_config: asyncio.Task[bytes | None] | None = None,
+                  explicit: frozenset[str] = frozenset()) -> None:
         http = None
         if self.cfg.metrics_port:
             try:
@@ -163,14 +250,19 @@ class Daemon:
                 self.server.stop()
                 raise
         self.server.start()
-        feed = asyncio.create_task(self.feed.run())
-        ready = asyncio.create_task(self._mark_ready())
+        tasks: list[asyncio.Task[object]] = [asyncio.create_task(self.feed.run()),
+                                              asyncio.create_task(self._mark_ready())]
+        if late_config is not None:
+            tasks.append(asyncio.create_task(self._apply_late(late_config, explicit)))
         try:
             await stop.wait()
         finally:
-            for task in (feed, ready):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(feed, ready, return_exceptions=True)
+            if late_config is not None:
+                late_config.cancel()
+                tasks.append(late_config)
+            await asyncio.gather(*tasks, return_exceptions=True)
             if http is not None:
                 http.close()
             self.server.stop()
@@ -178,5 +270,39 @@ class Daemon:
     async def _mark_ready(self) -> None:
         await self.feed.synced_event.wait()
         self.server.ready = True
+        if sd_notify("READY=1", self.cfg.notify_socket):
+            log.info("notified systemd: READY=1 (index loaded: %s records)", self.index.size)
+
+    async def _apply_late(self, read: asyncio.Task[bytes | None],
+                          explicit: frozenset[str]) -> None:
+        key = config_key(self.cfg)
+        try:
+            raw = await read
+        except ValueError as exc:
+            log.warning("%s not read (%s); staying on the flags", key, exc)
+            return
+        if raw is None:
+            log.info("%s: the store answered, no such key; staying on the flags", key)
+            return
+        self.reconfigure(apply_config_key(self.cfg, key, raw, explicit))
+
+
+async def serve(cfg: DnsdConfig, explicit: frozenset[str], stop: asyncio.Event,
+                config_timeout: float = CONFIG_READ_TIMEOUT) -> int:
+    """dnsd from start to stop in the running loop: the key, the bind, then serving.
+
+    Returns 1 when it cannot listen, 0 once ``stop`` is set.
+    """
+    cfg, late = await initial_config(cfg, explicit, config_timeout)
+    try:
+        daemon = Daemon(cfg)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", cfg.host, cfg.port, exc)
+        if late is not None:
+            late.cancel()
+            await asyncio.gather(late, return_exceptions=True)
+        return 1
+    await daemon.run(stop, late, explicit)
+    return 0
 
 

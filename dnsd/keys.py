@@ -7,10 +7,12 @@ reversed labels) so the index can walk them directly.
 
 from __future__ import annotations
 
+from overlay.errors import DnsError
+
 Labels = tuple[str, ...]  # reversed, lower-case: ("local", "skydns", "east")
 
 
-class BadNameError(ValueError):
+class BadNameError(DnsError, ValueError):
     """A name or key that cannot be mapped (``name``, ``reason``)."""
 
     def __init__(self, name: str, reason: str) -> None:

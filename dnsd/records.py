@@ -14,12 +14,14 @@ import json
 import re
 from dataclasses import dataclass
 
+from overlay.errors import DnsError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _HOST_LABEL = re.compile(r"[a-z0-9_*]([a-z0-9_*-]{0,61}[a-z0-9_*])?")
 
 
-class RecordError(ValueError):
+class RecordError(DnsError, ValueError):
     """A stored value is not a valid SkyDNS record (``key``, ``reason``)."""
 
     def __init__(self, key: str, reason: str) -> None:

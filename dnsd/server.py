@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import functools
 import logging
 import socket
@@ -168,6 +169,22 @@ class DnsServer:
         self.tcp.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def reconfigure(self, engine: Engine, forwarder: Forwarder | None,
+                    round_robin: bool, stub_timeout: float = STUB_TIMEOUT) -> None:
+        """Swap the answer rules and forwarding of a running server (call with ``lock`` held).
+
+        For SkyDNS's config key arriving after start-up; the listen address stays.
+        The caller invalidates the cached answers.
+        """
+        self.engine = engine
+        self.forwarder = forwarder
+        self.config = dataclasses.replace(self.config, round_robin=round_robin,
+                                          stub_timeout=stub_timeout)
+        self._stub_timeout = stub_timeout
+        if forwarder is not None and self._pool is None and self._threads:
+            # started without forwarding
+            self._pool = ThreadPoolExecutor(8, thread_name_prefix="dnsd-forward")
 
     def invalidate(self) -> None:
         """Forget every precomputed answer (call with ``lock`` held, after an index change)."""

@@ -265,3 +265,30 @@ def explicit_flags(argv: Sequence[str], environ: Mapping[str, str]) -> frozenset
     given = {arg.lstrip("-").split("=", 1)[0] for arg in argv if arg.startswith("-")}
     env = {f for f in _OVERRIDABLE if "SKYDNS_" + f.upper().replace("-", "_") in environ}
     return frozenset((given & _OVERRIDABLE) | env)
+
+
+def describe_changes(old: DnsdConfig, new: DnsdConfig) -> list[str]:
+    """What ``new`` changes about the running answers, one phrase per setting (pure).
+
+    Used when the key arrives after dnsd has started serving on its flags.
+    """
+    def zones(cfg: DnsdConfig) -> str:
+        return ",".join(".".join(z) + "." for z in cfg.engine.zones)
+
+    def forwarding(cfg: DnsdConfig) -> str:
+        fwd = cfg.forwarding
+        if fwd is None:
+            return "off"
+        return (",".join(f"{h}:{p}" for h, p in fwd.upstreams)
+                + f" (timeout {fwd.timeout:g}s)")
+
+    pairs = (
+        ("dns_addr", f"{old.host}:{old.port}", f"{new.host}:{new.port}"),
+        ("domain", zones(old), zones(new)),
+        ("ttl", str(old.engine.ttl), str(new.engine.ttl)),
+        ("min_ttl", str(old.engine.min_ttl), str(new.engine.min_ttl)),
+        ("priority", str(old.engine.priority), str(new.engine.priority)),
+        ("forwarding", forwarding(old), forwarding(new)),
+        ("round_robin", str(old.round_robin).lower(), str(new.round_robin).lower()),
+    )
+    return [f"{name} {a} -> {b}" for name, a, b in pairs if a != b]

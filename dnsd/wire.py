@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import dnslib
 import dnslib.buffer
 
+from overlay.errors import DnsError
 from overlay.metrics import Histogram
 
 from .message import CLASS_IN, HINFO, MX, RR, SOA, SRV, Answer, Question, Rcode, RType
@@ -55,7 +56,7 @@ MAX_UDP = 1232  # what dnsd advertises in its own OPT record (DNS flag day 2020)
 TCP_LIMIT = 65535
 
 
-class WireError(Exception):
+class WireError(DnsError):
     """Base of wire-format failures."""
 
 

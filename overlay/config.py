@@ -22,43 +22,20 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from overlay import ipnet
+from overlay.backend.base import BACKEND_OPTIONS as BACKEND_OPTIONS
+from overlay.backend.base import BACKENDS
+from overlay.errors import ConfigError as ConfigError  # raised here for the network config
+from overlay.lease.model import DEFAULT_PREFIX
+from overlay.lease.network import DEFAULT_BACKEND as DEFAULT_BACKEND
+from overlay.lease.network import NetworkConfig as NetworkConfig
 
-DEFAULT_BACKEND = "vxlan"
-KNOWN_BACKENDS = ("vxlan", "host-gw", "udp")
 MIN_NETWORK_PREFIX = 28
 MAX_SUBNET_LEN = 30
-
-
-class ConfigError(ValueError):
-    """The network config is invalid; ``field`` names the JSON field at fault."""
-
-    def __init__(self, field_name: str, reason: str) -> None:
-        super().__init__(f"network config: {field_name}: {reason}")
-        self.field = field_name
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkConfig:
-    network: ipaddress.IPv4Network
-    subnet_len: int
-    subnet_min: ipaddress.IPv4Address
-    subnet_max: ipaddress.IPv4Address
-    backend_type: str = DEFAULT_BACKEND
-    backend: Mapping[str, Any] = field(default_factory=dict)  # the whole Backend object
-
-    def fits(self, subnet: ipaddress.IPv4Network) -> bool:
-        """True when ``subnet`` is a subnet this config could hand out."""
-        return (
-            subnet.prefixlen == self.subnet_len
-            and subnet.subnet_of(self.network)
-            and self.subnet_min <= subnet.network_address <= self.subnet_max
-        )
 
 
 def default_subnet_len(network: ipaddress.IPv4Network) -> int:
@@ -136,9 +113,9 @@ def check_network_config(obj: Mapping[str, Any]) -> NetworkConfig:
     if not isinstance(btype, str):
         raise ConfigError("Backend.Type", f"{btype!r} is not a string")
     btype = btype.lower()
-    if btype not in KNOWN_BACKENDS:
+    if btype not in BACKENDS:
         raise ConfigError("Backend.Type", f"unknown backend type {btype!r} (known: "
-                          f"{', '.join(KNOWN_BACKENDS)})")
+                          f"{', '.join(BACKENDS)})")
     return NetworkConfig(network, subnet_len, bounds["SubnetMin"], bounds["SubnetMax"],
                          btype, dict(backend))
 
@@ -181,12 +158,6 @@ def build_network_json(network: str, subnet_len: int | None = None,
     return obj
 
 
-# Backend options ``weftctl network set`` takes, and the backends each applies to
-# (flannel: VNI and DirectRouting are vxlan's, Port is vxlan's and udp's).
-BACKEND_OPTIONS = {"vni": ("vxlan",), "port": ("vxlan", "udp"),
-                   "direct-routing": ("vxlan",)}
-
-
 def _check_requested_network(network: str) -> None:
     """An operator's ``--network`` must be a network address: host bits are a typo."""
     try:
@@ -209,7 +180,6 @@ def _check_backend_options(backend: str, vni: int | None, port: int | None,
                               f"backend (only to {' and '.join(applies_to)})")
 
 
-DEFAULT_PREFIX = "/coreos.com/network"  # flannel's -etcd-prefix
 DEFAULT_SUBNET_FILE = Path("/run/flannel/subnet.env")
 DEFAULT_LEASE_TTL = 86400  # seconds
 DEFAULT_RENEW_MARGIN = 60  # minutes

@@ -41,15 +41,23 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from overlay import ipnet, subnetfile
-from overlay.backend.base import Backend, BackendConfigError, BackendError, ExternalInterface
+from overlay.backend.base import (
+    Backend,
+    BackendConfigError,
+    BackendError,
+    ExternalInterface,
+    lease_backend_type,
+)
 from overlay.backend.plan import desired_blackholes
 from overlay.clock import Clock, SystemClock
 from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
-from overlay.health import HealthState, sd_notify
+from overlay.errors import WeftError
+from overlay.health import HealthState
 from overlay.lease.allocator import NetworkFullError
 from overlay.lease.manager import AcquireError, LeaseLostError, LeaseManager
 from overlay.lease.model import EventKind, Lease, config_key, subnets_prefix
 from overlay.lease.watcher import Update, apply_watch_events, resync, table_from_listing
+from overlay.service import sd_notify
 from overlay.store.api import CompactedError, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -75,7 +83,7 @@ MasqFactory = Callable[[NetworkConfig, Lease], Masquerade]
 BlackholeSync = Callable[[frozenset[ipaddress.IPv4Network], ipaddress.IPv4Network],
                          Awaitable[Sequence[str]]]
 
-class FatalError(RuntimeError):
+class FatalError(WeftError, RuntimeError):
     """flanneld cannot run with this host/config combination (e.g. host-gw behind NAT)."""
 
 
@@ -580,8 +588,3 @@ async def close_stream(stream: AsyncIterator[Any]) -> None:
     if aclose is not None:
         with contextlib.suppress(Exception):
             await aclose()
-
-
-def lease_backend_type(name: str) -> str:
-    """The BackendType a lease of backend ``name`` carries: flannel's udp leaves it empty."""
-    return "" if name == "udp" else name

@@ -228,14 +228,16 @@ class StoreFlagEnv:
 
 # weftctl's network and leases commands: the values a host's flanneld uses work unchanged
 FLANNELD_STORE_ENV = StoreFlagEnv(
-    endpoints=("FLANNELD_ETCD_ENDPOINTS",), cafile=("FLANNELD_ETCD_CAFILE",),
-    certfile=("FLANNELD_ETCD_CERTFILE",), keyfile=("FLANNELD_ETCD_KEYFILE",),
+    endpoints=("FLANNELD_ETCD_ENDPOINTS", "ETCDCTL_ENDPOINTS"),
+    cafile=("FLANNELD_ETCD_CAFILE", "ETCDCTL_CACERT"),
+    certfile=("FLANNELD_ETCD_CERTFILE", "ETCDCTL_CERT"),
+    keyfile=("FLANNELD_ETCD_KEYFILE", "ETCDCTL_KEY"),
     username=("WEFT_ETCD_USERNAME", "FLANNELD_ETCD_USERNAME"),
     password=("WEFT_ETCD_PASSWORD", "FLANNELD_ETCD_PASSWORD"))
 # weftctl dns: SkyDNS's variables for the endpoints
 SKYDNS_STORE_ENV = StoreFlagEnv(endpoints=("ETCD_ENDPOINTS", "ETCD_MACHINES"))
-# weftctl store status
-WEFT_STORE_ENV = StoreFlagEnv()
+# weftctl store status / snapshot save: the host's flanneld variables, then etcdctl's
+WEFT_STORE_ENV = FLANNELD_STORE_ENV
 
 # flag -> (help, metavar); the connection flags every program shares
 _STORE_FLAGS: tuple[tuple[str, str, str], ...] = (

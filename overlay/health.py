@@ -1,19 +1,21 @@
-"""flanneld's health surface: /healthz, /readyz and Prometheus /metrics over asyncio, and sd_notify.
+"""flanneld's health surface: /healthz, /readyz and Prometheus /metrics over asyncio.
 
 ``HealthState`` is the daemon's mutable scoreboard (readiness conditions and
 counters); ``render_metrics`` turns it into the Prometheus text format (pure);
-``start_server`` answers GETs on it (via ``overlay.statushttp``); ``sd_notify`` sends ``READY=1``
-to systemd's ``$NOTIFY_SOCKET`` (path or ``@abstract``), a no-op without one.
+``start_server`` answers GETs on it (via ``overlay.statushttp``); ``overlay.service.sd_notify``
+tells systemd the same readiness.
 
-``/healthz`` is 200 while the process runs; ``/readyz`` is 503 until the lease
-is held, the data path attached and subnet.env written, then 200.
+Liveness and readiness are split as CoreDNS's health and ready plugins split
+them: ``/healthz`` (and ``/health``) is 200 while the process runs, whatever the
+store does (a liveness probe must not restart flanneld for a store outage: the
+data path keeps working); ``/readyz`` (and ``/ready``) is 503 until the lease is
+held, the data path attached and subnet.env written, then 200.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from dataclasses import dataclass
 
 from overlay import metrics
@@ -72,9 +74,9 @@ def render_metrics(state: HealthState) -> str:
 def respond(state: HealthState, path: str) -> tuple[int, str, str]:
     """(status, content type, body) for a GET of ``path``."""
     path = path.split("?", 1)[0]
-    if path == "/healthz":
+    if path in ("/healthz", "/health"):
         return 200, "text/plain", "ok\n"
-    if path == "/readyz":
+    if path in ("/readyz", "/ready"):
         if state.ready:
             return 200, "text/plain", "ready\n"
         missing = [name for name, ok in (("lease", state.lease_held),
@@ -89,18 +91,3 @@ def respond(state: HealthState, path: str) -> tuple[int, str, str]:
 async def start_server(state: HealthState, host: str, port: int) -> asyncio.Server:
     """Listen on ``host:port`` (port 0 = any) and answer health requests until closed."""
     return await start_status_server(lambda path: respond(state, path), host, port)
-
-
-def sd_notify(message: str, notify_socket: str | None) -> bool:
-    """Send ``message`` (e.g. ``READY=1``) to systemd; False when there is no socket."""
-    if not notify_socket:
-        return False
-    address = "\0" + notify_socket[1:] if notify_socket.startswith("@") else notify_socket
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as exc:
-        log.warning("sd_notify to %s failed: %s", notify_socket, exc)
-        return False
-    return True

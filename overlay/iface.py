@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from overlay.backend.base import ExternalInterface
+from overlay.errors import WeftError
 
 
-class InterfaceError(RuntimeError):
+class InterfaceError(WeftError, RuntimeError):
     """No usable external interface; says which flag asked for what."""
 
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlay import ipnet
+from overlay.errors import WeftError
 
 
-class SubnetFileError(ValueError):
+class SubnetFileError(WeftError, ValueError):
     """A subnet file that cannot be read or parsed; names the file and variable."""
 
     def __init__(self, path: Path, reason: str) -> None:

@@ -38,11 +38,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from overlay.errors import WeftError
+
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
 HOST_BASE = 10  # host i gets UNDERLAY[HOST_BASE + i]
 
 
-class TestbedError(Exception):
+class TestbedError(WeftError):
     """A namespace command failed; carries the command and its stderr."""
 
     def __init__(self, cmd: Sequence[str], stderr: str) -> None:

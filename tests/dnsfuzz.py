@@ -10,6 +10,7 @@ oversized labels, EDNS garbage and bit-flipped valid queries.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 import struct
@@ -56,17 +57,19 @@ class Dnsd:
 
 @contextlib.contextmanager
 def run_dnsd(endpoint: str, tmp: Path, *extra: str, domain: str = "skydns.local.",
-             wait_ready: bool = True) -> Iterator[Dnsd]:
+             wait_ready: bool = True, env: dict[str, str] | None = None,
+             log_path: Path | None = None) -> Iterator[Dnsd]:
     """The real daemon on free loopback ports with its own key prefix."""
     port = free_port()
     mport = free_port()
     prefix = f"/skydns-test-{uuid.uuid4().hex[:8]}"
-    log = tmp / f"dnsd-{port}.log"
+    log = log_path or tmp / f"dnsd-{port}.log"
     argv = [str(ROOT / ".venv/bin/dnsd"), f"-addr=127.0.0.1:{port}", "-etcd-endpoints",
             endpoint, "-path-prefix", prefix, "-domain", domain, "-metrics-port", str(mport),
             *extra]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env=None if env is None else {**os.environ, **env})
     d = Dnsd(proc, port, mport, prefix, domain, log)
     try:
         if wait_ready:
@@ -74,7 +77,7 @@ def run_dnsd(endpoint: str, tmp: Path, *extra: str, domain: str = "skydns.local.
             while True:
                 assert proc.poll() is None, f"dnsd exited: {log.read_text()[-2000:]}"
                 with contextlib.suppress(OSError):
-                    if d.http("/healthz")[0] == 200:
+                    if d.http("/readyz")[0] == 200:
                         break
                 assert time.monotonic() < deadline, f"dnsd not healthy: {log.read_text()[-2000:]}"
                 time.sleep(0.05)

@@ -1,10 +1,15 @@
 """The backend contract: what flanneld's control plane asks of a data path.
 
 A backend is chosen by name from ``BACKENDS`` (``Backend.Type`` in the network
-config). The daemon's life cycle with it is:
+config), the one name table: each row names the module that implements the
+backend (its ``parse_config(obj) -> settings`` and its ``BACKEND_CLASS``), the
+``BackendType`` its leases publish (flannel's udp publishes an empty one) and the
+``weftctl network set`` options it takes. Modules are named, not imported, so this
+contract stays cheap to import and the backends can import it.
+The daemon's life cycle with a backend is:
 
-1. ``make_backend(type, config, ext)`` — parse the ``Backend`` JSON object and
-   the external interface; raises ``BackendConfigError`` naming the field.
+1. ``make_backend(type, config, ext)`` (``overlay.backend.registry``) — parse the
+   ``Backend`` JSON object; raises ``BackendConfigError`` naming the field.
 2. ``await backend.prepare()`` — create devices that do not depend on the lease
    (e.g. ``flannel.1`` without its address) and return the ``backend_data`` to
    publish in the lease (``{"VNI": 1, "VtepMAC": "…"}`` for vxlan; ``{}`` else).
@@ -30,20 +35,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from overlay.errors import BackendError as BackendError  # the data path's root error
+from overlay.errors import ConfigError
 from overlay.lease.model import Lease
+from overlay.lease.network import DEFAULT_BACKEND as DEFAULT_BACKEND
 
 
-class BackendConfigError(ValueError):
+class BackendConfigError(ConfigError):
     """The network config's Backend object is invalid; names the field."""
 
     def __init__(self, field_name: str, reason: str) -> None:
-        super().__init__(f"Backend.{field_name}: {reason}")
-        self.field = field_name
-        self.reason = reason
-
-
-class BackendError(RuntimeError):
-    """The data path could not be programmed (netlink failure, missing device)."""
+        super().__init__(field_name, reason, message=f"Backend.{field_name}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,5 +87,54 @@ class Backend(Protocol):
 
 BackendFactory = Callable[[Mapping[str, Any], ExternalInterface], Backend]
 
-# The name table (``"vxlan"``, ``"host-gw"``, ``"udp"`` -> factory) lives in
-# ``overlay.backend.registry`` so importing this contract stays cheap.
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """One row of ``BACKENDS``."""
+
+    module: str  # defines parse_config(Mapping) -> settings and BACKEND_CLASS
+    lease_type: str  # the BackendType written into this backend's leases
+    options: tuple[str, ...] = ()  # `weftctl network set` options that apply to it
+
+
+BACKENDS: Mapping[str, BackendSpec] = {
+    "vxlan": BackendSpec("overlay.backend.vxlan", "vxlan", ("vni", "port", "direct-routing")),
+    "host-gw": BackendSpec("overlay.backend.hostgw", "host-gw"),
+    # flannel's udp backend leaves BackendType empty in its leases, so weft does too
+    "udp": BackendSpec("overlay.backend.udp", "", ("port",)),
+}
+
+# option -> the backends it applies to (flannel: VNI and DirectRouting are vxlan's,
+# Port is vxlan's and udp's)
+BACKEND_OPTIONS: Mapping[str, tuple[str, ...]] = {
+    option: tuple(name for name, spec in BACKENDS.items() if option in spec.options)
+    for option in ("vni", "port", "direct-routing")}
+
+
+def lease_backend_type(name: str) -> str:
+    """The ``BackendType`` a lease of backend ``name`` carries."""
+    spec = BACKENDS.get(name)
+    return spec.lease_type if spec is not None else name
+
+
+def int_field(cfg: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    """An integer field of the Backend object (absent or null = ``default``)."""
+    value = cfg.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BackendConfigError(key, f"must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise BackendConfigError(key, f"{value} is out of range {lo}..{hi}")
+    return value
+
+
+def bool_field(cfg: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """A boolean field of the Backend object (absent or null = ``default``)."""
+    value = cfg.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BackendConfigError(key, f"must be true or false, got {value!r}")
+    return value

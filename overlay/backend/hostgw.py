@@ -28,6 +28,11 @@ class HostGwConfig:
     pass
 
 
+def parse_config(cfg: Mapping[str, Any]) -> HostGwConfig:
+    """host-gw has no Backend fields."""
+    return HostGwConfig()
+
+
 class HostGwBackend:
     """flannel's host-gw data path."""
 
@@ -48,7 +53,8 @@ class HostGwBackend:
 
     async def prepare(self) -> Mapping[str, Any]:
         ext = self.ext
-        addrs = await self._k.run(lambda k: k.addresses(ext.index))
+        link = await self._k.run(lambda k: k.link(ext.name))
+        addrs = link.addresses if link is not None else ()
         if ext.public_ip not in {a.ip for a in addrs}:
             have = ", ".join(str(a) for a in addrs) or "none"
             raise BackendError(
@@ -70,3 +76,6 @@ class HostGwBackend:
 
     async def close(self) -> None:
         self._k.close()
+
+
+BACKEND_CLASS = HostGwBackend

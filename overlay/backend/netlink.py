@@ -2,8 +2,8 @@
 
 ``Kernel`` is the small protocol the backends program against; ``NetlinkKernel``
 implements it with pyroute2's (synchronous) ``IPRoute`` in the calling
-process's network namespace, ``FakeKernel`` implements it in memory for the
-unit tests (it records every call). ``KernelThread`` runs a ``Kernel`` on one
+process's network namespace (``tests/fakekernel.py`` has the in-memory fake the
+unit tests use; it records every call). ``KernelThread`` runs a ``Kernel`` on one
 dedicated worker thread so the asyncio daemon never blocks on netlink and
 pyroute2's socket is only ever used from a single thread.
 
@@ -25,13 +25,14 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
 from overlay.backend.plan import (
     BLACKHOLE_METRIC,
     ROUTE_PROTO,
+    Blackhole,
     Fdb,
     KernelState,
     Neigh,
@@ -81,6 +82,7 @@ class Link:
     mtu: int
     up: bool
     vxlan: VxlanInfo | None = None
+    addresses: tuple[ipaddress.IPv4Interface, ...] = ()  # its IPv4 addresses
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +114,13 @@ class KernelError(BackendError):
 
 
 class Kernel(Protocol):
-    """What the backends need from the kernel (one network namespace)."""
+    """What the backends need from the kernel (one network namespace): links, addresses,
+    and weft's routes, neighbours, FDB entries and blackholes as one observable state."""
 
-    def link(self, name: str) -> Link | None: ...
+    def link(self, name: str) -> Link | None:
+        """The link named ``name`` (or, given an IPv4 address, the link holding it), with
+        its addresses; None when there is none."""
+        ...
 
     def create_vxlan(self, spec: VxlanSpec) -> Link: ...
 
@@ -122,14 +128,13 @@ class Kernel(Protocol):
 
     def set_link(self, index: int, *, mtu: int | None = None, up: bool = True) -> None: ...
 
-    def addresses(self, index: int) -> tuple[ipaddress.IPv4Interface, ...]: ...
-
     def set_addresses(self, index: int, want: Sequence[ipaddress.IPv4Interface]) -> bool:
         """Make the device's IPv4 addresses exactly ``want``; True if anything changed."""
         ...
 
     def observe(self, vtep: str | None) -> KernelState:
-        """Permanent neighbours and remote FDB entries on ``vtep``, and weft's routes."""
+        """Permanent neighbours and remote FDB entries on ``vtep``, weft's routes and
+        weft's blackhole routes (``ROUTE_PROTO``, ``BLACKHOLE_METRIC``)."""
         ...
 
     def apply(self, ops: Sequence[Op], vtep: str | None) -> list[str]:
@@ -137,14 +142,6 @@ class Kernel(Protocol):
 
         Returns one message per failed operation; the others still run.
         """
-        ...
-
-    def blackholes(self) -> frozenset[ipaddress.IPv4Network]:
-        """Destinations of weft's blackhole routes (``ROUTE_PROTO``, ``BLACKHOLE_METRIC``)."""
-        ...
-
-    def set_blackhole(self, dst: ipaddress.IPv4Network, present: bool) -> None:
-        """Add (idempotently) or delete weft's blackhole route for ``dst``."""
         ...
 
 
@@ -175,15 +172,15 @@ def sync_blackholes(k: Kernel, want: frozenset[ipaddress.IPv4Network],
     Separate from ``converge``: the blackhole is the daemon's (``-ip-blackhole-route``),
     the same for every backend, and ``observe`` leaves it out of the backends' routes.
     """
-    ops = blackhole_diff(want, k.blackholes(), network)
+    ops = blackhole_diff(want, k.observe(None).blackholes, network)
     errors: list[str] = []
-    for dst, present in [(d, True) for d in ops.add] + [(d, False) for d in ops.remove]:
-        try:
-            k.set_blackhole(dst, present)
-        except KernelError as exc:
-            errors.append(f"{'add' if present else 'delete'} blackhole {dst}: {exc}")
-            continue
-        log.info("%s blackhole route %s", "added" if present else "removed", dst)
+    for kind, dsts in ((OpKind.BLACKHOLE_ADD, ops.add), (OpKind.BLACKHOLE_DEL, ops.remove)):
+        for dst in dsts:
+            failed = k.apply([Op(kind, Blackhole(dst))], None)
+            errors += failed
+            if not failed:
+                log.info("%s blackhole route %s",
+                         "added" if kind is OpKind.BLACKHOLE_ADD else "removed", dst)
     return errors
 
 
@@ -248,13 +245,24 @@ class NetlinkKernel:
     # -- links --------------------------------------------------------------
 
     def link(self, name: str) -> Link | None:
+        try:
+            ip: ipaddress.IPv4Address | None = ipaddress.IPv4Address(name)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            for msg in self._ipr.get_addr(family=socket.AF_INET):
+                addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+                if addr == str(ip):
+                    owner = self._ipr.get_links(int(msg["index"]))[0].get_attr("IFLA_IFNAME")
+                    return self.link(str(owner))
+            return None
         found = self._ipr.link_lookup(ifname=name)
         if not found:
             self._names.pop(name, None)
             return None
         link = self._to_link(self._ipr.get_links(int(found[0]))[0])
         self._names[name] = link.index
-        return link
+        return replace(link, addresses=self._addresses(link.index))
 
     def create_vxlan(self, spec: VxlanSpec) -> Link:
         self._call(f"create vxlan {spec.name}", lambda: self._ipr.link(
@@ -280,7 +288,7 @@ class NetlinkKernel:
 
     # -- addresses ----------------------------------------------------------
 
-    def addresses(self, index: int) -> tuple[ipaddress.IPv4Interface, ...]:
+    def _addresses(self, index: int) -> tuple[ipaddress.IPv4Interface, ...]:
         out = []
         for msg in self._ipr.get_addr(index=index, family=socket.AF_INET):
             addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
@@ -288,7 +296,7 @@ class NetlinkKernel:
         return tuple(out)
 
     def set_addresses(self, index: int, want: Sequence[ipaddress.IPv4Interface]) -> bool:
-        have = set(self.addresses(index))
+        have = set(self._addresses(index))
         changed = False
         for cmd, todo in (("del", have - set(want)), ("add", set(want) - have)):
             for a in todo:
@@ -324,10 +332,17 @@ class NetlinkKernel:
                 except ValueError:  # an IPv6 remote: not ours
                     continue
         routes: set[Route] = set()
+        holes: set[ipaddress.IPv4Network] = set()
         for m in self._ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-            if m["proto"] != ROUTE_PROTO or m["type"] != RTN_UNICAST:
-                continue  # e.g. the -ip-blackhole-route blackhole: not a backend's
+            if m["proto"] != ROUTE_PROTO:
+                continue
             dst = m.get_attr("RTA_DST") or "0.0.0.0"
+            if m["type"] == RTN_BLACKHOLE:  # the -ip-blackhole-route blackhole: not a backend's
+                if (m.get_attr("RTA_PRIORITY") or 0) == BLACKHOLE_METRIC:
+                    holes.add(ipaddress.IPv4Network(f"{dst}/{m['dst_len']}"))
+                continue
+            if m["type"] != RTN_UNICAST:
+                continue
             gw = m.get_attr("RTA_GATEWAY")
             oif = m.get_attr("RTA_OIF")
             routes.add(Route(
@@ -335,26 +350,8 @@ class NetlinkKernel:
                 names.get(int(oif), f"if{oif}") if oif is not None else "",
                 ipaddress.IPv4Address(gw) if gw else None,
                 bool(m["flags"] & RTNH_F_ONLINK)))
-        return KernelState(frozenset(neighs), frozenset(fdbs), frozenset(routes))
-
-    def blackholes(self) -> frozenset[ipaddress.IPv4Network]:
-        return frozenset(
-            ipaddress.IPv4Network(f"{m.get_attr('RTA_DST') or '0.0.0.0'}/{m['dst_len']}")
-            for m in self._ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE)
-            if m["proto"] == ROUTE_PROTO and m["type"] == RTN_BLACKHOLE
-            and (m.get_attr("RTA_PRIORITY") or 0) == BLACKHOLE_METRIC)
-
-    def set_blackhole(self, dst: ipaddress.IPv4Network, present: bool) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        kw: dict[str, Any] = {"dst": str(dst), "table": MAIN_TABLE, "proto": ROUTE_PROTO,
-                              "type": RTN_BLACKHOLE, "priority": BLACKHOLE_METRIC}
-        try:
-            self._ipr.route("replace" if present else "del", **kw)
-        except NetlinkError as exc:
-            if present or exc.code not in _GONE:
-                raise KernelError(f"{'add' if present else 'delete'} blackhole {dst}",
-                                  exc.code, str(exc)) from None
+        return KernelState(frozenset(neighs), frozenset(fdbs), frozenset(routes),
+                           frozenset(holes))
 
     def apply(self, ops: Sequence[Op], vtep: str | None) -> list[str]:
         from pyroute2.netlink.exceptions import NetlinkError
@@ -364,8 +361,8 @@ class NetlinkKernel:
             try:
                 self._apply_one(op, vtep)
             except NetlinkError as exc:
-                if op.kind in (OpKind.ROUTE_DEL, OpKind.NEIGH_DEL, OpKind.FDB_DEL) \
-                        and exc.code in _GONE:
+                if op.kind in (OpKind.ROUTE_DEL, OpKind.NEIGH_DEL, OpKind.FDB_DEL,
+                               OpKind.BLACKHOLE_DEL) and exc.code in _GONE:
                     continue
                 errors.append(f"{op}: {exc}")
             except KernelError as exc:
@@ -375,7 +372,11 @@ class NetlinkKernel:
     def _apply_one(self, op: Op, vtep: str | None) -> None:
         ipr = self._ipr
         e = op.entry
-        if isinstance(e, Route):
+        if isinstance(e, Blackhole):
+            ipr.route("replace" if op.kind is OpKind.BLACKHOLE_ADD else "del", dst=str(e.dst),
+                      table=MAIN_TABLE, proto=ROUTE_PROTO, type=RTN_BLACKHOLE,
+                      priority=BLACKHOLE_METRIC)
+        elif isinstance(e, Route):
             kw: dict[str, Any] = {"dst": str(e.dst), "table": MAIN_TABLE, "proto": ROUTE_PROTO}
             if op.kind is OpKind.ROUTE_DEL:
                 ipr.route("del", **kw)
@@ -435,145 +436,18 @@ def external_interface(name_or_ip: str, public_ip: ipaddress.IPv4Address | None 
         wanted: ipaddress.IPv4Address | None = ipaddress.IPv4Address(name_or_ip)
     except ValueError:
         wanted = None
+    link = k.link(name_or_ip)
     if wanted is None:
-        link = k.link(name_or_ip)
         if link is None:
             raise BackendError(f"interface {name_or_ip!r} does not exist")
-        addrs = k.addresses(link.index)
-        if not addrs:
+        if not link.addresses:
             raise BackendError(f"interface {name_or_ip!r} has no IPv4 address")
-        ip = addrs[0].ip
+        ip = link.addresses[0].ip
     else:
-        link = _link_with_address(k, wanted)
         if link is None:
             raise BackendError(f"no interface has the address {wanted}")
         ip = wanted
     return ExternalInterface(link.name, link.index, ip, public_ip or ip, link.mtu)
-
-
-def _link_with_address(k: Kernel, ip: ipaddress.IPv4Address) -> Link | None:
-    if isinstance(k, NetlinkKernel):
-        for msg in k._ipr.get_addr(family=socket.AF_INET):
-            addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if addr == str(ip):
-                name = k._ipr.get_links(int(msg["index"]))[0].get_attr("IFLA_IFNAME")
-                return k.link(str(name))
-        return None
-    if isinstance(k, FakeKernel):
-        for link in k.links.values():
-            if ip in {a.ip for a in k.addrs.get(link.index, set())}:
-                return link
-    return None
-
-
-# ---------------------------------------------------------------------------
-# in-memory fake
-
-
-@dataclass
-class FakeKernel:
-    """An in-memory ``Kernel`` for unit tests; ``calls`` records what was asked."""
-
-    links: dict[str, Link] = field(default_factory=dict)
-    addrs: dict[int, set[ipaddress.IPv4Interface]] = field(default_factory=dict)
-    state: KernelState = field(default_factory=KernelState)
-    calls: list[str] = field(default_factory=list)
-    fail: set[OpKind] = field(default_factory=set)  # op kinds that fail in apply
-    holes: set[ipaddress.IPv4Network] = field(default_factory=set)  # blackhole routes
-    _next: int = 100
-
-    def add_link(self, name: str, kind: str = "veth", mtu: int = 1500,
-                 addrs: Sequence[ipaddress.IPv4Interface] = ()) -> Link:
-        self._next += 1
-        link = Link(self._next, name, kind, "02:00:00:00:00:%02x" % (self._next % 256), mtu,
-                    True)
-        self.links[name] = link
-        self.addrs[link.index] = set(addrs)
-        return link
-
-    def link(self, name: str) -> Link | None:
-        return self.links.get(name)
-
-    def create_vxlan(self, spec: VxlanSpec) -> Link:
-        self.calls.append(f"create {spec.name} mac={spec.mac} mtu={spec.mtu}")
-        if spec.name in self.links:
-            raise KernelError(f"create vxlan {spec.name}", errno.EEXIST, "exists")
-        self._next += 1
-        link = Link(self._next, spec.name, "vxlan", spec.mac, spec.mtu, True,
-                    VxlanInfo(spec.vni, spec.port, spec.local, spec.link, spec.learning))
-        self.links[spec.name] = link
-        self.addrs[link.index] = set()
-        return link
-
-    def delete_link(self, index: int) -> None:
-        self.calls.append(f"delete {index}")
-        for name, link in list(self.links.items()):
-            if link.index == index:
-                del self.links[name]
-                self.addrs.pop(index, None)
-                # the kernel drops what hung off the device with it
-                self.state = KernelState(
-                    frozenset() if link.kind == "vxlan" else self.state.neighs,
-                    frozenset() if link.kind == "vxlan" else self.state.fdbs,
-                    frozenset(r for r in self.state.routes if r.dev != name))
-
-    def set_link(self, index: int, *, mtu: int | None = None, up: bool = True) -> None:
-        self.calls.append(f"set {index} mtu={mtu} up={up}")
-        for name, link in self.links.items():
-            if link.index == index:
-                self.links[name] = replace(link, mtu=mtu or link.mtu, up=up)
-
-    def addresses(self, index: int) -> tuple[ipaddress.IPv4Interface, ...]:
-        return tuple(sorted(self.addrs.get(index, set())))
-
-    def set_addresses(self, index: int, want: Sequence[ipaddress.IPv4Interface]) -> bool:
-        changed = self.addrs.get(index, set()) != set(want)
-        if changed:
-            self.calls.append(f"addrs {index} {sorted(map(str, want))}")
-        self.addrs[index] = set(want)
-        return changed
-
-    def observe(self, vtep: str | None) -> KernelState:
-        self.calls.append("observe")
-        return self.state
-
-    def apply(self, ops: Sequence[Op], vtep: str | None) -> list[str]:
-        errors: list[str] = []
-        n, f, r = set(self.state.neighs), set(self.state.fdbs), set(self.state.routes)
-        for op in ops:
-            self.calls.append(str(op))
-            if op.kind in self.fail:
-                errors.append(f"{op}: injected failure")
-                continue
-            e = op.entry
-            if isinstance(e, Route):
-                r = {x for x in r if x.dst != e.dst}
-                if op.kind is OpKind.ROUTE_SET:
-                    r.add(e)
-            elif isinstance(e, Neigh):
-                n = {x for x in n if x.ip != e.ip}
-                if op.kind is OpKind.NEIGH_SET:
-                    n.add(e)
-            else:
-                f = {x for x in f if x.mac != e.mac} if op.kind is OpKind.FDB_ADD else f - {e}
-                if op.kind is OpKind.FDB_ADD:
-                    f.add(e)
-        self.state = KernelState(frozenset(n), frozenset(f), frozenset(r))
-        return errors
-
-
-    def blackholes(self) -> frozenset[ipaddress.IPv4Network]:
-        return frozenset(self.holes)
-
-    def set_blackhole(self, dst: ipaddress.IPv4Network, present: bool) -> None:
-        self.calls.append(f"blackhole {'add' if present else 'del'} {dst}")
-        if present:
-            self.holes.add(dst)
-        else:
-            self.holes.discard(dst)
-
-
-_: Kernel = FakeKernel()
 
 
 class KernelThread:

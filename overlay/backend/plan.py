@@ -79,11 +79,23 @@ class Route:
     onlink: bool = False
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Blackhole:
+    """weft's blackhole route for ``dst`` (``-ip-blackhole-route``; the daemon's, not a
+    backend's)."""
+
+    dst: ipaddress.IPv4Network
+
+    def __str__(self) -> str:
+        return str(self.dst)
+
+
 @dataclass(frozen=True, slots=True)
 class KernelState:
     neighs: frozenset[Neigh] = frozenset()
     fdbs: frozenset[Fdb] = frozenset()
-    routes: frozenset[Route] = frozenset()
+    routes: frozenset[Route] = frozenset()  # weft's unicast routes (the backends')
+    blackholes: frozenset[ipaddress.IPv4Network] = frozenset()  # never in a backend's diff
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +125,14 @@ class OpKind(enum.Enum):
     ROUTE_SET = "route-set"
     NEIGH_DEL = "neigh-del"
     FDB_DEL = "fdb-del"
+    BLACKHOLE_ADD = "blackhole-add"
+    BLACKHOLE_DEL = "blackhole-del"
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
     kind: OpKind
-    entry: Neigh | Fdb | Route
+    entry: Neigh | Fdb | Route | Blackhole
     change: bool = False  # replaces an existing entry with different content
 
     def __str__(self) -> str:
@@ -252,7 +266,8 @@ def within(observed: KernelState, network: ipaddress.IPv4Network | None) -> Kern
     if network is None:
         return observed
     return KernelState(observed.neighs, observed.fdbs,
-                       frozenset(r for r in observed.routes if r.dst.subnet_of(network)))
+                       frozenset(r for r in observed.routes if r.dst.subnet_of(network)),
+                       observed.blackholes)
 
 
 def diff(desired: KernelState, observed: KernelState) -> tuple[Op, ...]:

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
+from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport, int_field
 from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel, converge
 from overlay.backend.plan import KernelState, Plan, Route, desired_udp
 from overlay.lease.model import Lease
@@ -54,6 +54,11 @@ PeerTable = dict[int, dict[int, tuple[str, int]]]  # prefixlen -> {net int -> ad
 @dataclass(frozen=True, slots=True)
 class UdpConfig:
     port: int = DEFAULT_UDP_PORT
+
+
+def parse_config(cfg: Mapping[str, Any]) -> UdpConfig:
+    """flannel's udp Backend field: Port (0 = 8285)."""
+    return UdpConfig(port=int_field(cfg, "Port", 0, 0, 65_535) or DEFAULT_UDP_PORT)
 
 
 def open_tun(name: str) -> int:
@@ -283,3 +288,6 @@ class UdpBackend:
             os.close(self._tun)
             self._tun = -1
         self._k.close()
+
+
+BACKEND_CLASS = UdpBackend

@@ -26,7 +26,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from overlay.backend.base import ExternalInterface, ReconcileReport
+from overlay.backend.base import (
+    BackendConfigError,
+    ExternalInterface,
+    ReconcileReport,
+    bool_field,
+    int_field,
+)
 from overlay.backend.netlink import (
     Kernel,
     KernelThread,
@@ -55,6 +61,20 @@ class VxlanConfig:
     learning: bool = False
     direct_routing: bool = False
     mtu: int | None = None  # underlay MTU override (flannel's Backend.MTU)
+
+
+def parse_config(cfg: Mapping[str, Any]) -> VxlanConfig:
+    """flannel's vxlan Backend fields: VNI (1), Port (0 = 8472), Learning, DirectRouting,
+    MTU (underlay MTU override), GBP (only false)."""
+    if bool_field(cfg, "GBP"):
+        raise BackendConfigError("GBP", "group-based policy is not supported by weft")
+    return VxlanConfig(
+        vni=int_field(cfg, "VNI", 1, 0, 16_777_215) or 1,
+        port=int_field(cfg, "Port", 0, 0, 65_535) or DEFAULT_PORT,
+        learning=bool_field(cfg, "Learning"),
+        direct_routing=bool_field(cfg, "DirectRouting"),
+        mtu=int_field(cfg, "MTU", 0, 0, 65_535) or None,
+    )
 
 
 class VxlanBackend:
@@ -130,7 +150,8 @@ class VxlanBackend:
             log.info("%s addressed %s", self.device, self._address()[0])
         nets: tuple[ipaddress.IPv4Network, ...] = ()
         if self.config.direct_routing:
-            nets = tuple(a.network for a in k.addresses(self.ext.index))
+            ext = k.link(self.ext.name)
+            nets = tuple(a.network for a in ext.addresses) if ext is not None else ()
         settings = VxlanSettings(self.device, self.ext.name, nets, self.config.direct_routing)
         plan = desired_vxlan(self._own, peers, settings)
         return converge(k, plan, self.device, self.network, "vxlan")
@@ -141,3 +162,6 @@ class VxlanBackend:
 
     async def close(self) -> None:
         self._k.close()
+
+
+BACKEND_CLASS = VxlanBackend

@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from overlay.flags import (
     store_config,
 )
 from overlay.lease.model import DEFAULT_PREFIX, Lease
+from overlay.service import LOG_FORMATS, setup_logging
 from overlay.store.api import StoreConfig
 
 log = logging.getLogger("flanneld")
@@ -89,6 +89,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("healthz-port", "port of /healthz, /readyz and /metrics (0 = off)", default=0,
           type=int, metavar="PORT")
     p.add("v", "log verbosity (0 = info, 1+ = debug)", default=0, type=int, metavar="LEVEL")
+    p.add("log-format", "text (journald priority prefixes instead of timestamps when "
+          "systemd's JOURNAL_STREAM is our stderr) or json (one object per line)",
+          default="text", env=("WEFT_LOG_FORMAT",), metavar="FORMAT")
     p.add_bool("version", "print the version and exit")
     p.add_bool("kube-subnet-mgr", "flannel's Kubernetes subnet manager (leases from the "
                "Kubernetes API): not in weft, which leases from etcd or its own store; true "
@@ -123,10 +126,10 @@ FLANNEL_IGNORED: tuple[tuple[str, str, bool], ...] = (
 
 
 def program_version() -> str:
-    try:
-        return version("weft")
-    except PackageNotFoundError:
-        return "0.0.0+unknown"
+    """flannel prints its bare version (``v0.28.0``); flanneld prints weft's the same way."""
+    from overlay.version import weft_version
+
+    return weft_version()
 
 
 def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
@@ -150,6 +153,8 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         parser.error(f"-subnet-lease-ttl {args.subnet_lease_ttl}: must be at least 2 seconds")
     if args.iptables_resync < 1:
         parser.error(f"-iptables-resync {args.iptables_resync}: must be at least 1 second")
+    if args.log_format not in LOG_FORMATS:
+        parser.error(f"-log-format {args.log_format!r}: must be one of {', '.join(LOG_FORMATS)}")
     if not 0 <= args.healthz_port <= 65535:
         parser.error(f"-healthz-port {args.healthz_port}: not a port")
     for flag in ("public_ip", "iface_can_reach"):
@@ -257,9 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version:
         sys.stdout.write(f"{program_version()}\n")
         return 0
-    logging.basicConfig(
-        level=logging.DEBUG if args.v > 0 else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(logging.DEBUG if args.v > 0 else logging.INFO, args.log_format)
     if (ignored := ignored_warning(args)) is not None:
         log.warning("%s", ignored)
     from overlay.iface import InterfaceError, discover

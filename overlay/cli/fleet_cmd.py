@@ -71,8 +71,10 @@ _STATE_VERBS = (
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_store_flags(p, SCHED_STORE_ENV)
-    p.add_argument("--sched-root", default=os.environ.get("WEFT_SCHED_ROOT", DEFAULT_ROOT),
-                   help=f"scheduler key root [default {DEFAULT_ROOT}] (env WEFT_SCHED_ROOT)")
+    p.add_argument("-sched-prefix", "--sched-prefix", dest="sched_prefix",
+                   default=os.environ.get("WEFT_SCHED_PREFIX", DEFAULT_ROOT),
+                   help=f"scheduler key prefix, as the agents' -sched-prefix [default "
+                        f"{DEFAULT_ROOT}] (env WEFT_SCHED_PREFIX)")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -140,7 +142,8 @@ async def _session(args: argparse.Namespace,
                    body: Callable[[Store, Layout], Coroutine[Any, Any, int]]) -> int:
     from overlay.store.client import connect
 
-    layout = Layout(args.sched_root)
+    prefix = args.sched_prefix
+    layout = Layout(prefix if prefix.endswith("/") else prefix + "/")
     store = await connect(store_config(args, SCHED_STORE_ENV))
     try:
         return await body(store, layout)
@@ -203,17 +206,12 @@ async def run_verb(store: Store, layout: Layout, verb: Verb, args: Sequence[str]
             local.append(lu)
     parsed = check_units(verb, local, snap)  # raises before anything is written
     is_global = {uf.name: uf.fleet.global_ for uf in parsed}
-    changed: list[str] = []
     for lu in local:
         outcome = await apply(store, layout, verb, lu)
         if verb is Verb.DESTROY:
             out.write(f"Destroyed {lu.name}\n")
-        elif outcome.changed:
-            changed.append(lu.name)
-            if verb is Verb.SUBMIT:
-                out.write(f"Unit {lu.name} inactive\n")
-        elif verb is Verb.SUBMIT:
-            pass  # already there with the same file: nothing to say, as fleetctl
+        elif verb is Verb.SUBMIT and outcome.changed:  # already there: nothing to say
+            out.write(f"Unit {lu.name} inactive\n")
     if verb in (Verb.SUBMIT, Verb.DESTROY):
         return 0
     waitable = [lu.name for lu in local if not is_global.get(lu.name)]
@@ -422,38 +420,37 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], legend: bool = T
 
 def render_units(snap: Snapshot, as_json: bool, full: bool, legend: bool) -> str:
     rows = unit_rows(snap)
-    if as_json:
-        return dumps(rows) + "\n"
-    return table(("UNIT", "MACHINE", "ACTIVE", "SUB", "ADDRESS"), [
-        (str(r["unit"]), _where(snap, str(r["machine"]), full), r["active"] or "-",
-         r["sub"] or "-", r["address"] or "-") for r in rows], legend)
+    return dumps(rows) + "\n" if as_json else table(
+        ("UNIT", "MACHINE", "ACTIVE", "SUB", "ADDRESS"),
+        [(str(r["unit"]), _where(snap, str(r["machine"]), full), r["active"] or "-",
+          r["sub"] or "-", r["address"] or "-") for r in rows], legend)
+
+
+def _target(snap: Snapshot, target: str | None, full: bool) -> str:
+    return "-" if target is None else target if target == "global" else _where(
+        snap, target, full)
 
 
 def render_unit_files(snap: Snapshot, as_json: bool, full: bool, legend: bool) -> str:
     rows = unit_file_rows(snap)
-    if as_json:
-        return dumps(rows) + "\n"
-    out = []
-    for r in rows:
-        target = r["target"]
-        shown = "-" if target is None else target if target == "global" else _where(
-            snap, target, full)
-        out.append((str(r["unit"]), str(r["hash"]) if full else str(r["hash"])[:7],
-                    str(r["desired"]), str(r["state"]), shown, r["reason"] or "-"))
-    return table(("UNIT", "HASH", "DSTATE", "STATE", "TARGET", "REASON"), out, legend)
+    return dumps(rows) + "\n" if as_json else table(
+        ("UNIT", "HASH", "DSTATE", "STATE", "TARGET", "REASON"),
+        [(str(r["unit"]), str(r["hash"]) if full else str(r["hash"])[:7], str(r["desired"]),
+          str(r["state"]), _target(snap, r["target"], full), r["reason"] or "-")
+         for r in rows], legend)
+
+
+def _metadata(meta: object) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(meta.items())) if isinstance(
+        meta, dict) and meta else "-"
 
 
 def render_machines(snap: Snapshot, as_json: bool, full: bool, legend: bool) -> str:
     rows = machine_rows(snap)
-    if as_json:
-        return dumps(rows) + "\n"
-    out = []
-    for r in rows:
-        meta = r["metadata"]
-        text = ",".join(f"{k}={v}" for k, v in sorted(meta.items())) if isinstance(
-            meta, dict) and meta else "-"
-        out.append((_short(str(r["machine"]), full), str(r["ip"]), text))
-    return table(("MACHINE", "IP", "METADATA"), out, legend)
+    return dumps(rows) + "\n" if as_json else table(
+        ("MACHINE", "IP", "METADATA"),
+        [(_short(str(r["machine"]), full), str(r["ip"]), _metadata(r["metadata"]))
+         for r in rows], legend)
 
 
 def _list(render: Callable[[Snapshot, bool, bool, bool], str]) -> Callable[

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from overlay import subnetfile
+from overlay.backend.base import BACKENDS
 from overlay.config import (
     DEFAULT_SUBNET_FILE,
     ConfigError,
@@ -65,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--subnet-len", type=int, help="host subnet length [24 for /22 or larger]")
     s.add_argument("--subnet-min", help="first subnet to hand out [the second one]")
     s.add_argument("--subnet-max", help="last subnet to hand out [the last one]")
-    s.add_argument("--backend", default="vxlan", choices=("vxlan", "host-gw", "udp"),
+    s.add_argument("--backend", default="vxlan", choices=tuple(BACKENDS),
                    help="data path [vxlan, flannel's documented default]")
     s.add_argument("--vni", type=int, help="VXLAN network identifier [1]")
     s.add_argument("--port", type=int, help="VXLAN/UDP port [8472 for vxlan, 8285 for udp]")

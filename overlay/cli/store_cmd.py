@@ -62,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_store_flags(status, WEFT_STORE_ENV)
     status.set_defaults(func=status_main)
 
+    from overlay.cli import store_backup_cmd
+
+    store_backup_cmd.register(sub)
+
 
 def positive_duration(text: str) -> float:
     """``--experimental-watch-progress-notify-interval``: a positive Go duration, seconds."""
@@ -126,6 +130,7 @@ async def _serve(server: EmbeddedServer) -> None:
 
 def status_main(args: argparse.Namespace) -> int:
     from overlay.store.api import StoreError
+    from overlay.store.embedded.snapshot import human_bytes
 
     try:
         st = asyncio.run(_status(store_config(args, WEFT_STORE_ENV)))
@@ -135,7 +140,7 @@ def status_main(args: argparse.Namespace) -> int:
     print(f"endpoint:   {st.endpoint}")
     print(f"version:    {st.version}")
     print(f"revision:   {st.revision}")
-    print(f"db size:    {st.db_size}")
+    print(f"db size:    {human_bytes(st.db_size)}")
     print(f"member id:  {st.member_id:x}")
     print(f"leader:     {st.leader:x}")
     print(f"raft index: {st.raft_index}  term: {st.raft_term}")
@@ -150,3 +155,4 @@ async def _status(cfg: StoreConfig) -> StoreStatus:
         return await store.status()
     finally:
         await store.close()
+

@@ -21,6 +21,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from overlay.errors import WeftError
+
 DEFAULT_BIN = "/usr/local/bin/"
 DEFAULT_DOC = "/usr/local/share/doc/weft/"
 DEFAULT_DEST = Path("/etc/systemd/system")
@@ -29,7 +31,7 @@ DAEMON_UNITS = ("flanneld.service", "dnsd.service")
 UNITS = (STORE_UNIT, *DAEMON_UNITS)
 
 
-class UnitsError(Exception):
+class UnitsError(WeftError):
     """The unit sources or destination are unusable; ``path`` names which."""
 
     def __init__(self, path: Path, reason: str) -> None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+from overlay.service import LOG_FORMATS, setup_logging
 
 SUBCOMMAND_MODULES = (
     "overlay.cli.store_cmd",      # weftctl store serve|status
@@ -23,6 +26,7 @@ SUBCOMMAND_MODULES = (
     "overlay.sandbox.cli",        # weftctl sandbox up|status|exec|logs|kill|down
     "overlay.cli.units_cmd",      # weftctl install-units
     "overlay.cli.fleet_cmd",      # fleetctl verbs: submit..destroy, status, journal, list-*
+    "overlay.cli.agent_cmd",      # weftctl agent
 )
 
 
@@ -31,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="weftctl", description="Administer a weft cluster: store, network, DNS, sandbox."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from overlay.version import version_text
+
+    parser.add_argument("--version", action="version", version=version_text("weftctl"),
+                        help="print the version and exit")
+    parser.add_argument("--log-format", choices=LOG_FORMATS,
+                        default=os.environ.get("WEFT_LOG_FORMAT", "text"),
+                        help="text (journald priority prefixes under systemd) or json, for "
+                             "`store serve` as a service [env WEFT_LOG_FORMAT]")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:
@@ -46,11 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

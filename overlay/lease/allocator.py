@@ -23,13 +23,14 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from overlay import ipnet
-from overlay.config import NetworkConfig
+from overlay.errors import LeaseError
 from overlay.lease.model import Lease
+from overlay.lease.network import NetworkConfig
 
 CANDIDATES = 100  # flannel picks at random among the first 100 free subnets
 
 
-class NetworkFullError(RuntimeError):
+class NetworkFullError(LeaseError, RuntimeError):
     """No free subnet is left between SubnetMin and SubnetMax."""
 
     def __init__(self, config: NetworkConfig, taken: int) -> None:

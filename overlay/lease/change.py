@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from overlay.config import NetworkConfig
 from overlay.lease.model import Lease
+from overlay.lease.network import NetworkConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from overlay.config import NetworkConfig
+from overlay.errors import LeaseError
 from overlay.lease.allocator import Choice, Reason, choose_subnet
 from overlay.lease.model import (
     Lease,
@@ -38,6 +38,7 @@ from overlay.lease.model import (
     subnet_key,
     subnets_prefix,
 )
+from overlay.lease.network import NetworkConfig
 from overlay.lease.watcher import table_from_listing
 from overlay.store.api import KeyValue, LeaseNotFoundError, Listing, Store, StoreError
 
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 20  # lost races in a row before giving up (each re-lists)
 
 
-class LeaseLostError(Exception):
+class LeaseLostError(LeaseError):
     """Our lease is gone; ``reason`` says how (expired, deleted, taken over)."""
 
     def __init__(self, subnet: ipaddress.IPv4Network, reason: str) -> None:
@@ -55,7 +56,7 @@ class LeaseLostError(Exception):
         self.reason = reason
 
 
-class AcquireError(RuntimeError):
+class AcquireError(LeaseError, RuntimeError):
     """No subnet could be written after ``MAX_ATTEMPTS`` lost races."""
 
 

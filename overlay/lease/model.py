@@ -20,10 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlay.config import DEFAULT_PREFIX as DEFAULT_PREFIX  # the key layout's default root
+from overlay.errors import LeaseError
+
+DEFAULT_PREFIX = "/coreos.com/network"  # flannel's -etcd-prefix: the key layout's root
 
 
-class LeaseFormatError(ValueError):
+class LeaseFormatError(LeaseError, ValueError):
     """A lease key or value that is not flannel's format; names the key."""
 
     def __init__(self, key: str, reason: str) -> None:

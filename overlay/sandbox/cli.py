@@ -1,4 +1,4 @@
-"""``weftctl sandbox up|status|exec|logs|kill|down``: argument parsing; ``cluster`` works."""
+"""``weftctl sandbox up|status|exec|logs|kill|start|down``: argument parsing; ``cluster`` works."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    return cluster.status(_state_dir(args), sys.stdout)
+    return cluster.status(_state_dir(args), sys.stdout, as_json=args.json)
 
 
 def _exec(args: argparse.Namespace) -> int:
@@ -91,7 +91,20 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _kill(args: argparse.Namespace) -> int:
-    return cluster.kill_host(_state_dir(args), args.host, sys.stdout)
+    return cluster.kill(_state_dir(args), args.target, sys.stdout)
+
+
+def _store_url(text: str) -> str:
+    """``--store-endpoint``: one http(s)://HOST:PORT URL."""
+    scheme, sep, rest = text.partition("://")
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if not sep or scheme not in ("http", "https") or not colon or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: want http://HOST:PORT")
+    return text.rstrip("/")
+
+
+def _start(args: argparse.Namespace) -> int:
+    return cluster.start(_state_dir(args), args.target, sys.stdout, args.store_endpoint)
 
 
 def _down(args: argparse.Namespace) -> int:
@@ -125,7 +138,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=_guard(_up))
 
     p = sub.add_parser("status", parents=[common],
-                       help="the host table and the health of every daemon (exit 1 if unhealthy)")
+                       help="the host table (with each lease as the store sees it) and the "
+                            "health of every daemon (exit 1 if unhealthy)")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of tables")
     p.set_defaults(func=_guard(_status))
 
     p = sub.add_parser("exec", parents=[common], help="run a command in a host or container",
@@ -142,10 +157,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="keep printing new lines until interrupted")
     p.set_defaults(func=_guard(_logs))
 
-    p = sub.add_parser("kill", parents=[common],
-                       help="kill a host's daemons (its lease then expires, peers drop it)")
-    p.add_argument("host", metavar="HOST")
+    targets = ("TARGET: a host (h2: its daemons), the store (store or underlay), or one "
+               "daemon (dnsd, flanneld@h2)")
+    p = sub.add_parser("kill", parents=[common], description=targets,
+                       help="SIGKILL a host's daemons (its lease then expires, peers drop it), "
+                            "the store (an outage) or one daemon")
+    p.add_argument("target", metavar="TARGET")
     p.set_defaults(func=_guard(_kill))
+
+    p = sub.add_parser("start", parents=[common], description=targets,
+                       help="start killed daemons again: a host comes back as after a reboot "
+                            "(same subnet), the store's outage ends")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--store-endpoint", metavar="URL", type=_store_url,
+                   help="from now on the daemons use this store (e.g. after `weftctl store "
+                        "migrate` to an etcd): the target's running daemons restart on it")
+    p.set_defaults(func=_guard(_start))
 
     p = sub.add_parser("down", parents=[common],
                        help="stop everything, delete the namespaces and the state dir")

@@ -58,10 +58,15 @@ from overlay.sandbox.model import (
     SandboxError,
     Site,
     State,
+    daemon_spec,
     dns_name,
     host_table,
+    lease_column,
+    lease_state,
     parse_subnet_env,
     render_table,
+    resolv_conf,
+    reverse_name,
     subnet_file,
 )
 from overlay.testbed import Testbed, delete_netns, list_netns, netns_exists, run
@@ -69,6 +74,7 @@ from overlay.testbed import Testbed, delete_netns, list_netns, netns_exists, run
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+NETNS_ETC = Path("/etc/netns")  # `ip netns exec NS` bind-mounts /etc/netns/NS/* over /etc/*
 PARALLEL = 4  # concurrent one-shot commands (CNI ADD, DNS writes) on a small machine
 LOCK_FILE = "lock"
 
@@ -275,7 +281,7 @@ class Sandbox:
     @property
     def context(self) -> Context:
         return Context(self.options, bin_dir(), ipaddress.IPv4Address(self.state.store_ip),
-                       ipaddress.IPv4Address(self.state.dns_ip))
+                       ipaddress.IPv4Address(self.state.dns_ip), self.state.store_endpoint)
 
     def underlay_site(self) -> Site:
         return Site("underlay", self.state.underlay_ns,
@@ -343,13 +349,18 @@ class Sandbox:
 
     # -- daemons --
 
-    def start_daemon(self, spec: DaemonSpec, site: Site) -> DaemonRecord:
+    def start_daemon(self, spec: DaemonSpec, site: Site,
+                     replacing: DaemonRecord | None = None) -> DaemonRecord:
+        """Start one daemon and record it (in ``replacing``'s place when restarting)."""
         site.dir.mkdir(parents=True, exist_ok=True)
         argv = spec.argv(self.context, site)
         logfile = self.state_dir / "logs" / f"{spec.name}@{site.host}.log"
         pid, start = spawn_detached(site.netns, argv, logfile)
         record = DaemonRecord(spec.name, site.host, site.netns, pid, start, argv, str(logfile))
-        self.state.daemons.append(record)
+        if replacing is not None and replacing in self.state.daemons:
+            self.state.daemons[self.state.daemons.index(replacing)] = record
+        else:
+            self.state.daemons.append(record)
         self.save()
         return record
 
@@ -376,16 +387,19 @@ class Sandbox:
         return "etcdctl put (weftctl network set is not in this build yet)"
 
     def register_dns(self, c: ContainerRecord) -> str:
+        """The container's A record and its PTR (``<reversed ip>.in-addr.arpa`` -> name)."""
         ctx = self.context
-        ip = str(ipaddress.IPv4Interface(c.ip).ip)
+        ip = ipaddress.IPv4Interface(c.ip).ip
+        records = ((c.dns, str(ip)), (reverse_name(ip), c.dns))
         if _module_present("dnsd.admin"):
-            self.in_underlay([str(ctx.bin_dir / "weftctl"), "dns", "set", c.dns, "--host", ip,
-                              "-etcd-endpoints", ctx.endpoint])
+            for name, host in records:
+                self.in_underlay([str(ctx.bin_dir / "weftctl"), "dns", "set", name, "--host",
+                                  host, "-etcd-endpoints", ctx.endpoint])
             return "weftctl dns set"
-        labels = c.dns.rstrip(".").split(".")
-        key = "/skydns/" + "/".join(reversed(labels))
-        self.in_underlay(["etcdctl", "--endpoints", ctx.endpoint, "put", key,
-                          json.dumps({"host": ip})])
+        for name, host in records:
+            key = "/skydns/" + "/".join(reversed(name.rstrip(".").split(".")))
+            self.in_underlay(["etcdctl", "--endpoints", ctx.endpoint, "put", key,
+                              json.dumps({"host": host})])
         return "etcdctl put (weftctl dns is not in this build yet)"
 
     # -- containers (CNI) --
@@ -421,7 +435,9 @@ class Sandbox:
 
     # -- views --
 
-    def rows(self) -> list[HostRow]:
+    def rows(self, leases: dict[str, int | None] | None = None,
+             with_leases: bool = False) -> list[HostRow]:
+        """The host table; ``with_leases`` adds each host's lease as the store sees it."""
         rows = []
         for h in self.state.hosts:
             env_path = subnet_file(self.host_site(h))
@@ -431,19 +447,40 @@ class Sandbox:
             containers = " ".join(
                 f"{c.name} {c.ip.split('/')[0] or '-'} {c.dns}"
                 for c in self.state.containers if c.host == h.name) or "-"
-            rows.append(HostRow(h.name, h.ip, subnet, vtep_mac(h.netns), containers))
+            lease = lease_column(subnet, leases) if with_leases else ""
+            rows.append(HostRow(h.name, h.ip, subnet, vtep_mac(h.netns), containers, lease))
         return rows
 
-    def daemon_table(self) -> tuple[str, bool]:
-        rows = []
-        all_ok = True
+    def live_leases(self) -> dict[str, int | None] | None:
+        """The store's subnet leases (subnet -> TTL left), None when the store does not answer."""
+        if not _module_present("overlay.cli.network_cmd") or not netns_exists(
+                self.state.underlay_ns):
+            return None
+        try:
+            proc = run(["ip", "netns", "exec", self.state.underlay_ns,
+                        str(bin_dir() / "weftctl"), "leases", "--json",
+                        "-etcd-endpoints", self.context.endpoint], check=False, timeout=8)
+        except subprocess.TimeoutExpired:
+            return None
+        if proc.returncode != 0:
+            return None
+        leases: dict[str, int | None] = {}
+        for line in proc.stdout.splitlines():
+            row = json.loads(line)
+            ttl = row.get("ttl_seconds")
+            if row.get("backend") != "(malformed)" and (ttl is None or ttl >= 0):
+                leases[str(row["subnet"])] = ttl
+        return leases
+
+    def daemon_rows(self) -> list[dict[str, object]]:
+        """Each daemon's name, host, pid, state (running/killed/dead) and probed health."""
+        rows: list[dict[str, object]] = []
         for d in self.state.daemons:
             ok, detail = self.health(d)
-            if not ok and not d.killed:
-                all_ok = False
             state = "killed" if d.killed else ("running" if alive(d) else "dead")
-            rows.append((d.name, d.host, str(d.pid), state, detail))
-        return render_table(("daemon", "host", "pid", "state", "health"), rows), all_ok
+            rows.append({"name": d.name, "host": d.host, "pid": d.pid, "state": state,
+                         "healthy": ok, "health": detail})
+        return rows
 
 
 def vtep_mac(netns: str) -> str:
@@ -573,6 +610,10 @@ def _containers(sb: Sandbox, progress: Progress) -> None:
         run(["ip", "netns", "add", c.netns])
         sb.state.containers.append(c)
         sb.save()
+        if sb.state.dns_ip:  # names resolve inside the container without @server
+            etc = NETNS_ETC / c.netns
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "resolv.conf").write_text(resolv_conf(sb.state.dns_ip, DOMAIN))
         run(["ip", "-n", c.netns, "link", "set", "lo", "up"])
         pairs.append((h, c))
 
@@ -639,17 +680,50 @@ def _proof(sb: Sandbox, out: Writer, progress: Progress) -> bool:
     return good
 
 
-def status(state_dir: Path, out: TextIO) -> int:
+def status(state_dir: Path, out: TextIO, as_json: bool = False) -> int:
+    """The host table (with each lease as the store sees it) and every daemon's health.
+
+    Exit 1 when a daemon that was not killed on purpose is unhealthy, or the
+    namespaces are gone.
+    """
     sb = Sandbox(state_dir, require_state(state_dir))
     up_now = is_up(sb.state)
+    leases = sb.live_leases() if up_now else None
+    rows = sb.rows(leases, with_leases=True)
+    daemons = sb.daemon_rows()
+    all_ok = all(d["healthy"] or d["state"] == "killed" for d in daemons)
+    if as_json:
+        doc = {
+            "tag": sb.state.tag, "up": up_now, "state_dir": str(state_dir),
+            "healthy": all_ok and up_now, "store_reachable": leases is not None,
+            "options": sb.state.options,
+            "hosts": [_host_json(sb, r, leases) for r in rows],
+            "daemons": daemons,
+            "skipped": list(sb.state.skipped),
+        }
+        out.write(json.dumps(doc, indent=2) + "\n")
+        return 0 if all_ok and up_now else 1
     out.write(f"sandbox {sb.state.tag} ({'up' if up_now else 'namespaces gone'}), "
               f"state in {state_dir}\n\n")
-    out.write(host_table(sb.rows()) + "\n\n")
-    table, all_ok = sb.daemon_table()
-    out.write(table + "\n")
+    out.write(host_table(rows) + "\n\n")
+    out.write(render_table(("daemon", "host", "pid", "state", "health"),
+                           [(str(d["name"]), str(d["host"]), str(d["pid"]), str(d["state"]),
+                             str(d["health"])) for d in daemons]) + "\n")
     for s in sb.state.skipped:
         out.write(f"not in this build: {s}\n")
     return 0 if all_ok and up_now else 1
+
+
+def _host_json(sb: Sandbox, row: HostRow, leases: dict[str, int | None] | None
+               ) -> dict[str, object]:
+    state, ttl = lease_state(row.subnet, leases)
+    return {"host": row.host, "underlay_ip": row.ip,
+            "subnet": None if row.subnet == "-" else row.subnet,
+            "lease": state, "lease_ttl": ttl,
+            "vtep_mac": None if row.vtep_mac == "-" else row.vtep_mac,
+            "containers": [{"name": c.name, "ip": c.ip.split("/")[0] or None, "dns": c.dns,
+                            "netns": c.netns}
+                           for c in sb.state.containers if c.host == row.host]}
 
 
 def exec_in(state_dir: Path, target: str, argv: Sequence[str]) -> int:
@@ -657,7 +731,26 @@ def exec_in(state_dir: Path, target: str, argv: Sequence[str]) -> int:
     netns = state.namespace_of(target)
     if not argv:
         argv = [os.environ.get("SHELL", "/bin/sh")]
+    # `ip netns exec` answers a failed exec with 255; say what a shell says instead
+    missing = command_status(argv[0], os.environ.get("PATH", os.defpath))
+    if missing is not None:
+        code, why = missing
+        sys.stderr.write(f"weftctl sandbox exec: {argv[0]}: {why}\n")
+        return code
     return subprocess.run(["ip", "netns", "exec", netns, *argv], check=False).returncode
+
+
+def command_status(command: str, path: str) -> tuple[int, str] | None:
+    """None if ``command`` can be exec'd, else (127 or 126, why) as a shell reports it."""
+    if "/" in command:
+        if not os.path.exists(command):
+            return 127, "No such file or directory"
+        if os.path.isdir(command) or not os.access(command, os.X_OK):
+            return 126, "Permission denied"
+        return None
+    if shutil.which(command, path=path) is None:
+        return 127, "command not found"
+    return None
 
 
 def logs(state_dir: Path, ident: str, out: IO[str], lines: int | None = None,
@@ -685,18 +778,61 @@ def logs(state_dir: Path, ident: str, out: IO[str], lines: int | None = None,
     return 0
 
 
-def kill_host(state_dir: Path, host: str, out: TextIO) -> int:
+def kill(state_dir: Path, target: str, out: TextIO) -> int:
+    """SIGKILL a host's daemons (``h2``), the store (``store``) or one daemon (``dnsd@h1``)."""
     sb = Sandbox(state_dir, require_state(state_dir))
-    h = sb.state.host(host)
-    victims = sb.state.daemons_on(h.name)
+    victims = sb.state.daemons_for(target)
     stop_daemons(victims, signal.SIGKILL, grace=2)
     for d in victims:
         d.killed = True
     sb.save()
-    ttl = sb.options.lease_ttl
-    out.write(f"killed {', '.join(d.ident for d in victims) or 'nothing'}; {h.name}'s namespace "
-              f"and data path stay, its lease expires within {ttl} s and peers then drop "
-              "its routes\n")
+    names = ", ".join(d.ident for d in victims) or "nothing"
+    if any(d.name == "store" for d in victims):
+        out.write(f"killed {names}: the store is down. Daemons keep their data path and "
+                  "answers (dnsd from its index, /readyz 503); leases cannot be renewed "
+                  f"until `weftctl sandbox start store`\n")
+    elif any(h.name == target for h in sb.state.hosts):
+        ttl = sb.options.lease_ttl
+        out.write(f"killed {names}; {target}'s namespace and data path stay, its lease "
+                  f"expires within {ttl} s and peers then drop its routes "
+                  f"(`weftctl sandbox start {target}` brings it back)\n")
+    else:
+        out.write(f"killed {names}\n")
+    return 0
+
+
+def start(state_dir: Path, target: str, out: TextIO, store_endpoint: str | None = None) -> int:
+    """Start the killed (or dead) daemons of a host, the store, or one daemon again.
+
+    A restarted flanneld finds its subnet in its subnet.env and asks for it again,
+    as after a reboot; peers add its routes back once the lease is in the store.
+    With ``store_endpoint`` (after ``weftctl store migrate``), every daemon started from
+    now on uses that store, and the target's running daemons are restarted on it.
+    """
+    sb = Sandbox(state_dir, require_state(state_dir))
+    if not is_up(sb.state):
+        raise NotUpError(str(state_dir), "the sandbox's namespaces are gone; `weftctl "
+                         "sandbox down`, then `up`")
+    records = sb.state.daemons_for(target)
+    moving: list[DaemonRecord] = []
+    if store_endpoint is not None:
+        sb.state.store_endpoint = store_endpoint
+        sb.save()
+        moving = [d for d in records if d.name != "store" and not d.killed and alive(d)]
+        stop_daemons(moving)  # SIGTERM: they leave the old store as on a shutdown
+    todo = [d for d in records if d.killed or not alive(d) or d in moving]
+    for d in records:
+        if d not in todo:
+            out.write(f"{d.ident} is already running (pid {d.pid})\n")
+    started = []
+    for old in todo:
+        stop_daemons([old], signal.SIGKILL, grace=1)  # a half-dead one must not linger
+        spec = daemon_spec(old.name)
+        new = sb.start_daemon(spec, sb.site_of(old), replacing=old)
+        started.append((spec, new))
+    for spec, new in started:
+        sb.wait_healthy([new], spec.ready_within)
+        out.write(f"started {new.ident} (pid {new.pid}): healthy\n")
     return 0
 
 
@@ -705,6 +841,8 @@ def _teardown(sb: Sandbox) -> list[str]:
     stop_daemons(sb.state.daemons)
     for c in sb.state.containers:
         delete_netns(c.netns)
+    for etc in NETNS_ETC.glob(f"{sb.state.tag}-*"):
+        shutil.rmtree(etc, ignore_errors=True)
     for h in sb.state.hosts:
         delete_netns(h.netns)
     delete_netns(sb.state.underlay_ns)

@@ -24,10 +24,12 @@ import importlib.util
 import ipaddress
 import json
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from overlay.errors import WeftError
 
 STORE_PORT = 2379
 FLANNELD_HEALTHZ_PORT = 9101  # inside each host namespace, so a fixed port is safe
@@ -46,7 +48,7 @@ CNI_NETWORK_NAME = "weft"
 Placement = Literal["underlay", "each-host", "first-host"]
 
 
-class SandboxError(Exception):
+class SandboxError(WeftError):
     """A sandbox operation failed; ``what`` names the step or object concerned."""
 
     def __init__(self, what: str, reason: str) -> None:
@@ -123,10 +125,13 @@ class Context:
     bin_dir: Path  # where weft's console scripts live (next to the Python running us)
     store_ip: ipaddress.IPv4Address
     dns_ip: ipaddress.IPv4Address
+    store_endpoint: str = ""  # set when the daemons were moved to another store
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.store_ip}:{STORE_PORT}"
+        """The store URL the daemons use: the sandbox's own, or the one they were moved to
+        (``weftctl sandbox start TARGET --store-endpoint URL``)."""
+        return self.store_endpoint or f"http://{self.store_ip}:{STORE_PORT}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +217,9 @@ def _dnsd_argv(ctx: Context, site: Site) -> list[str]:
 
 
 def _dnsd_probes(ctx: Context, site: Site) -> Sequence[Probe]:
+    # /readyz: the index is loaded and the store watch is up (/healthz only says "alive")
     return (Probe("dns", str(site.ip), DNS_PORT, name=DOMAIN),
-            Probe("http", str(site.ip), DNSD_METRICS_PORT, "/healthz"))
+            Probe("http", str(site.ip), DNSD_METRICS_PORT, "/readyz"))
 
 
 # Order matters: ``up`` starts them top to bottom and waits for each to be healthy.
@@ -289,6 +295,7 @@ class State:
     daemons: list[DaemonRecord] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # steps absent from this build
     complete: bool = False
+    store_endpoint: str = ""  # the store the daemons were moved to ("" = the sandbox's own)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -304,6 +311,7 @@ class State:
                 containers=[ContainerRecord(**c) for c in raw["containers"]],
                 daemons=[DaemonRecord(**d) for d in raw["daemons"]],
                 skipped=list(raw.get("skipped", [])), complete=bool(raw.get("complete")),
+                store_endpoint=str(raw.get("store_endpoint", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SandboxError(where, f"unreadable sandbox state ({exc})") from exc
@@ -342,9 +350,74 @@ class State:
     def daemons_on(self, host: str) -> list[DaemonRecord]:
         return [d for d in self.daemons if d.host == host]
 
+    def daemons_for(self, target: str) -> list[DaemonRecord]:
+        """What ``kill``/``start`` act on: a host's (or the underlay's) daemons, or one daemon.
+
+        ``h2`` = every daemon on h2; ``underlay`` = the store; ``store``, ``dnsd``
+        or ``flanneld@h2`` = that daemon (a name running on several hosts needs
+        its ``@host``).
+        """
+        if target in ("underlay", "ul"):
+            target = "underlay"
+        if target == "underlay" or any(h.name == target for h in self.hosts):
+            return self.daemons_on(target)
+        return [self.daemon(target)]
+
 
 def dns_name(container: str, host: str, domain: str = DOMAIN) -> str:
     return f"{container}.{host}.{domain.rstrip('.')}"
+
+
+def reverse_name(ip: ipaddress.IPv4Address) -> str:
+    """The in-addr.arpa name a PTR record for ``ip`` lives at (SkyDNS: /skydns/arpa/in-addr/..)."""
+    return ip.reverse_pointer
+
+
+def resolv_conf(dns_ip: str, domain: str = DOMAIN) -> str:
+    """A container's /etc/resolv.conf: the sandbox's dnsd, the cluster domain as search.
+
+    ``ndots:2`` sends ``c1.h2`` (one dot) through the search list first, so it
+    resolves as ``c1.h2.skydns.local`` without a wasted out-of-zone query.
+    """
+    return (f"# written by weftctl sandbox: the sandbox's dnsd\n"
+            f"nameserver {dns_ip}\nsearch {domain.rstrip('.')}\noptions ndots:2\n")
+
+
+LeaseState = Literal["none", "unknown", "expired", "live"]
+
+
+def lease_state(subnet: str, leases: Mapping[str, int | None] | None
+                ) -> tuple[LeaseState, int | None]:
+    """Whether a host's subnet is leased in the store, and the TTL left (pure).
+
+    ``subnet``: FLANNEL_SUBNET from the host's subnet.env (``10.244.4.1/24``) or
+    "-"; ``leases``: the store's live leases, subnet -> TTL left (None: no TTL),
+    or None when the store did not answer ("unknown"). A subnet.env outlives
+    its lease (a killed host): only the store says whether the subnet is live.
+    """
+    if subnet in ("", "-"):
+        return "none", None
+    if leases is None:
+        return "unknown", None
+    try:
+        net = str(ipaddress.IPv4Interface(subnet).network)
+    except ValueError:
+        return "unknown", None
+    if net not in leases:
+        return "expired", None
+    return "live", leases[net]
+
+
+def lease_column(subnet: str, leases: Mapping[str, int | None] | None) -> str:
+    """``lease_state`` as ``status`` prints it."""
+    state, ttl = lease_state(subnet, leases)
+    if state == "none":
+        return "-"
+    if state == "unknown":
+        return "? (store unreachable)"
+    if state == "live" and ttl is not None:
+        return f"live, {ttl}s left"
+    return state
 
 
 # -- rendering ----------------------------------------------------------------
@@ -357,6 +430,7 @@ class HostRow:
     subnet: str
     vtep_mac: str
     containers: str
+    lease: str = ""  # lease_column(); "" when not asked (``up``)
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -370,6 +444,10 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def host_table(rows: Sequence[HostRow]) -> str:
+    if any(r.lease for r in rows):
+        return render_table(("host", "underlay ip", "subnet", "lease", "vtep mac", "containers"),
+                            [(r.host, r.ip, r.subnet, r.lease, r.vtep_mac, r.containers)
+                             for r in rows])
     return render_table(("host", "underlay ip", "subnet", "vtep mac", "containers"),
                         [(r.host, r.ip, r.subnet, r.vtep_mac, r.containers) for r in rows])
 

@@ -2,7 +2,7 @@
 
 ::
 
-    SchedError                 base; CLI and daemon boundaries catch this
+    SchedError                 base (a WeftError); CLI and daemon boundaries catch this
     ├── UnitFileError          a unit file or unit name is refused
     │                          (.source file, .line 1-based or 0, .key option or "", .message)
     ├── RecordError            a malformed value or key under /weft/sched/ (.key, .reason)
@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+from overlay.errors import WeftError
 
-class SchedError(Exception):
+
+class SchedError(WeftError):
     """Base of every scheduler failure."""
 
 

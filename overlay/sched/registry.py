@@ -288,7 +288,8 @@ class Waiter:
 
     ``done(name)`` says whether ``verb`` has taken effect for the unit: start -> a
     machine reports it ``active``; load -> it is assigned; stop -> no machine reports
-    it running; unload/destroy -> it is neither assigned nor reported.
+    it running; unload/destroy -> it is assigned nowhere and no machine reports it running
+    (an agent may keep reporting a stopped unit as inactive).
     """
 
     def __init__(self, verb: Verb, names: Iterable[str], snap: Snapshot,
@@ -338,7 +339,8 @@ class Waiter:
             return bool(self.assigned[name])
         if self.verb is Verb.STOP:
             return not any(s.active in ACTIVE_STATES for s in states.values())
-        return not self.assigned[name] and not states
+        return not self.assigned[name] and not any(s.active in ACTIVE_STATES
+                                                   for s in states.values())
 
 
 # -- what the list commands show ---------------------------------------------------------------
@@ -350,13 +352,15 @@ def _machine_ip(snap: Snapshot, machine: str) -> str | None:
 
 
 def unit_rows(snap: Snapshot) -> list[dict[str, str | None]]:
-    """list-units: one row per (unit, machine) that is assigned or reports a state.
+    """list-units: one row per (unit, machine) where the unit is assigned or still runs
+    (a stopped unit's leftover report on a machine it left is not shown).
 
     Fields: unit, machine, ip, address, active, sub (None where unknown).
     """
     rows: list[dict[str, str | None]] = []
     for name in sorted(set(snap.assignments) | set(snap.states)):
-        machines = set(snap.assignments.get(name, ())) | set(snap.states.get(name, {}))
+        machines = set(snap.assignments.get(name, ())) | {
+            m for m, s in snap.states.get(name, {}).items() if s.active in ACTIVE_STATES}
         for m in sorted(machines):
             st = snap.states.get(name, {}).get(m)
             rows.append({

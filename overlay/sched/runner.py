@@ -10,16 +10,21 @@ States follow systemd's vocabulary so ``weftctl list-units`` reads as ``systemct
 ``active`` is one of activating / active / deactivating / inactive / failed, and ``sub``
 one of start-pre / running / stop / auto-restart / dead / failed.
 
-``restart_delay`` is the pure back-off both runners' callers share: ``RestartSec`` after
+Only ``Type=simple`` (and ``exec``) services are run: one ExecStart process is the
+service; ExecStartPost is not run (the unit file is refused at start with a message).
+
+``run_spec`` turns a parsed unit file into a ``RunSpec``; ``restart_delay`` is the pure
+back-off both runners' callers share: ``RestartSec`` after
 the first crash, doubling for each further crash in quick succession, capped at
 ``MAX_RESTART_DELAY``; a run that lasted ``STABLE_RUN`` seconds resets the count.
 """
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
+
+from overlay.sched.unitfile import ExecCommand, UnitFile
 
 RestartPolicy = Literal["no", "always", "on-success", "on-failure", "on-abnormal",
                         "on-abort", "on-watchdog"]
@@ -41,35 +46,13 @@ class RunnerError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Command:
-    """One ``Exec*=`` line: argv, and whether a failure is ignored (systemd's ``-`` prefix)."""
-
-    argv: tuple[str, ...]
-    ignore_failure: bool = False
-
-    @classmethod
-    def parse(cls, line: str) -> Command:
-        """A systemd command line: optional ``-``/``@``/``+``/``!`` prefixes, then shell-like
-        words. ValueError on an empty line or unbalanced quotes."""
-        text = line.strip()
-        ignore = False
-        while text[:1] in ("-", "@", "+", "!", ":"):
-            ignore = ignore or text[0] == "-"
-            text = text[1:]
-        argv = tuple(shlex.split(text))
-        if not argv:
-            raise ValueError(f"empty command line {line!r}")
-        return cls(argv, ignore)
-
-
-@dataclass(frozen=True, slots=True)
 class RunSpec:
     """What a runner needs to run one unit."""
 
     name: str
-    exec_start: Command
-    exec_start_pre: tuple[Command, ...] = ()
-    exec_stop: tuple[Command, ...] = ()
+    exec_start: ExecCommand
+    exec_start_pre: tuple[ExecCommand, ...] = ()
+    exec_stop: tuple[ExecCommand, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
     restart: str = "no"
     restart_sec: float = DEFAULT_RESTART_SEC
@@ -160,3 +143,22 @@ def restart_delay(restart_sec: float, crashes: int) -> float:
         return restart_sec
     return float(min(max(restart_sec, 0.1) * 2 ** (crashes - 1),
                      max(MAX_RESTART_DELAY, restart_sec)))
+
+
+def run_spec(unit: UnitFile, *, netns: str | None = None,
+             stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+             extra_env: tuple[tuple[str, str], ...] = ()) -> RunSpec:
+    """The ``RunSpec`` for a parsed unit; ``RunnerError`` for what runners cannot run."""
+    if unit.service_type not in ("simple", "exec"):
+        raise RunnerError(unit.name, f"Type={unit.service_type} is not supported (simple, exec)")
+    if len(unit.exec_start) != 1:
+        raise RunnerError(unit.name, f"want exactly one ExecStart= for Type={unit.service_type}, "
+                          f"got {len(unit.exec_start)}")
+    return RunSpec(unit.name, unit.exec_start[0], unit.exec_start_pre, unit.exec_stop,
+                   tuple(unit.environment.items()) + extra_env, unit.restart, unit.restart_sec,
+                   netns, stop_timeout)
+
+
+def with_netns(spec: RunSpec, netns: str, env: tuple[tuple[str, str], ...] = ()) -> RunSpec:
+    """``spec`` run inside ``netns`` with ``env`` added."""
+    return replace(spec, netns=netns, environment=spec.environment + env)

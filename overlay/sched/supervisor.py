@@ -29,12 +29,11 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from overlay.clock import Clock, SystemClock
 from overlay.sched.runner import (
-    Command,
     JournalPage,
     Runner,
     RunnerError,
@@ -43,6 +42,7 @@ from overlay.sched.runner import (
     restart_delay,
     should_restart,
 )
+from overlay.sched.unitfile import ExecCommand
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,12 @@ DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 class _Unit:
     def __init__(self, spec: RunSpec, notify: Callable[[str], None],
-                 base_env: dict[str, str]) -> None:
+                 base_env: dict[str, str], clock: Clock) -> None:
+        self._clock = clock
         self.spec = spec
         self._notify = notify
         self._env = {**base_env, **dict(spec.environment)}
-        self.status = RunStatus("activating", "start-pre", time.time())
+        self.status = RunStatus("activating", "start-pre", self._clock.now())
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
         self.lines: deque[tuple[int, str]] = deque(maxlen=RING_LINES)
@@ -70,7 +71,7 @@ class _Unit:
              keep_exit: bool = True) -> None:
         last_exit = self.status.exit if keep_exit and exit is None else exit
         pid = self.proc.pid if self.proc and self.proc.returncode is None else None
-        self.status = RunStatus(active, sub, time.time(), last_exit, pid)
+        self.status = RunStatus(active, sub, self._clock.now(), last_exit, pid)
         log.info("unit %s: %s/%s%s", self.spec.name, active, sub,
                  "" if last_exit is None else f" (last exit {last_exit})")
         self._notify(self.spec.name)
@@ -81,12 +82,12 @@ class _Unit:
         self.new_lines.set()
         self.new_lines = asyncio.Event()
 
-    def _argv(self, cmd: Command) -> list[str]:
+    def _argv(self, cmd: ExecCommand) -> list[str]:
         if self.spec.netns:
             return [*DIE_WITH_PARENT, "ip", "netns", "exec", self.spec.netns, *cmd.argv]
         return [*DIE_WITH_PARENT, *cmd.argv]
 
-    async def _spawn(self, cmd: Command) -> asyncio.subprocess.Process:
+    async def _spawn(self, cmd: ExecCommand) -> asyncio.subprocess.Process:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv(cmd), stdin=asyncio.subprocess.DEVNULL,
@@ -107,7 +108,7 @@ class _Unit:
                 return
             self.note(raw.decode(errors="replace").rstrip("\n"))
 
-    async def _run_to_exit(self, cmd: Command) -> int:
+    async def _run_to_exit(self, cmd: ExecCommand) -> int:
         proc = await self._spawn(cmd)
         self.proc = proc
         pump = asyncio.create_task(self._pump(proc))
@@ -137,7 +138,7 @@ class _Unit:
                     break
             if self.stopping:
                 break
-            started = time.monotonic()
+            started = self._clock.monotonic()
             if failed_pre is not None:
                 code = failed_pre
             else:
@@ -162,11 +163,11 @@ class _Unit:
                 self._set("inactive" if clean else "failed", "dead" if clean else "failed",
                           exit=code)
                 return
-            crashes = 1 if time.monotonic() - started >= 10.0 else crashes + 1
+            crashes = 1 if self._clock.monotonic() - started >= 10.0 else crashes + 1
             delay = restart_delay(self.spec.restart_sec, crashes)
             self._set("activating", "auto-restart", exit=code)
             self.note(f"weft-agent: restarting {self.spec.name} in {delay:.1f} s")
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
 
     async def stop(self) -> None:
         self.stopping = True
@@ -207,7 +208,8 @@ class Supervisor:
     """Runs units as supervised child processes (see the module docstring)."""
 
     def __init__(self, on_change: Callable[[str], None] = lambda name: None,
-                 base_env: dict[str, str] | None = None) -> None:
+                 base_env: dict[str, str] | None = None, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._units: dict[str, _Unit] = {}
         self._on_change = on_change
         self._base_env = base_env if base_env is not None else {
@@ -226,7 +228,7 @@ class Supervisor:
                 return
             if unit is not None and not unit.stopping:
                 await unit.stop()
-            fresh = _Unit(spec, self._on_change, self._base_env)
+            fresh = _Unit(spec, self._on_change, self._base_env, self._clock)
             if unit is not None:  # the journal carries over a restart with a new spec
                 fresh.lines.extend(unit.lines)
                 fresh.seq = unit.seq

@@ -33,9 +33,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-
-class StoreError(Exception):
-    """Base of every store failure."""
+from overlay.errors import StoreError as StoreError  # base of every store failure
 
 
 class StoreUnavailableError(StoreError):

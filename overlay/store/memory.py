@@ -40,6 +40,7 @@ from overlay.store.api import (
 from overlay.store.mvcc import (
     MAX_LEASE_TTL,
     MAX_REQUEST_BYTES,
+    MAX_TXN_OPS,
     MIN_LEASE_TTL,
     FutureRevisionError,
     History,
@@ -215,6 +216,10 @@ class MemoryStore:
 
     async def txn(self, compares: Sequence[Compare], ops: Sequence[TxnOp]) -> int | None:
         self._enter()
+        if max(len(compares), len(ops)) > MAX_TXN_OPS:
+            raise StoreError("too many operations in txn request")  # as etcd
+        if len({op.key for op in ops}) < len(ops):
+            raise StoreError("duplicate key given in txn request")  # as etcd
         for op in ops:
             if not op.delete:
                 self._check_size(op.key, op.value)

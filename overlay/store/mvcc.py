@@ -16,6 +16,7 @@ from overlay.store.api import CompactedError, KeyValue, StoreError, WatchEvent
 MAX_REQUEST_BYTES = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
 MIN_LEASE_TTL = 2  # etcd: ceil(1.5 x election timeout of 1 s)
 MAX_LEASE_TTL = 9_000_000_000
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: compares, or ops, per Txn branch
 
 
 class FutureRevisionError(StoreError):

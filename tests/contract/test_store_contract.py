@@ -12,6 +12,7 @@ from overlay.store.api import (
     CompactedError,
     Compare,
     LeaseNotFoundError,
+    StoreError,
     TxnOp,
     ValueTooLargeError,
     WatchEvent,
@@ -112,6 +113,17 @@ async def test_txn_moves_keys_at_one_revision_only_when_every_compare_holds(
     kv = await s.store.get(s.key("leased"))
     assert r4 == r3 + 1 and kv is not None and kv.lease == lease
     await s.store.revoke(lease)
+
+
+async def test_txn_refuses_what_etcd_refuses(subject: Subject) -> None:
+    s = subject
+    before = await s.revision()
+    for ops in ([TxnOp(s.key("a"), delete=True), TxnOp(s.key("a"), b"1")],
+                [TxnOp(s.key("b"), b"1"), TxnOp(s.key("b"), b"2")],
+                [TxnOp(s.key(f"m{i}"), b"1") for i in range(129)]):
+        with pytest.raises(StoreError, match=r"duplicate key|too many operations"):
+            await s.store.txn([], ops)
+    assert await s.revision() == before and (await s.store.list(s.prefix)).items == ()
 
 
 async def test_delete_single_and_prefix(subject: Subject) -> None:

@@ -1,6 +1,6 @@
 """Test harness (no tests here): weft backends driven inside testbed host namespaces.
 
-Each weft host runs ``python -m overlay.backend.registry`` under ``ip netns exec``
+Each weft host runs ``python -m tests.backend_driver`` under ``ip netns exec``
 (the backend harness), so the backends program that host's kernel exactly as
 flanneld would, without the control plane. Leases travel between hosts as
 flannel's lease JSON (``encode_lease``/``decode_lease``), the same bytes a
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from overlay.backend.registry import DriverProcess, lease_backend_type
 from overlay.lease.model import Lease, decode_lease, encode_lease, subnet_key
 from overlay.testbed import Testbed
+from tests.backend_driver import DriverProcess, lease_backend_type
 
 NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
 PREFIX = "/coreos.com/network"

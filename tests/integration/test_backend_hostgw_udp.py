@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from overlay.backend.base import BackendError
-from overlay.backend.registry import DriverProcess
 from overlay.testbed import open_testbed
+from tests.backend_driver import DriverProcess
 from tests.integration.test_backend_harness import (
     cluster,
     collect,

@@ -183,9 +183,14 @@ async def test_store_outage_keeps_answering(tmp_path: Path) -> None:
             await store.close()
             await _poll(lambda: addresses(ask(d.port, d.name("a"))) == ["10.2.0.1"], "a", 2)
             etcd.stop(kill=True)
-            await _poll(lambda: d.http("/healthz")[0] == 503, "health to report the outage", 15)
-            _, body = d.http("/healthz")
+            await _poll(lambda: d.http("/readyz")[0] == 503, "readiness to report the outage",
+                        15)
+            _, body = d.http("/readyz")
             assert "unreachable" in body and "from the index" in body
+            # liveness stays up: a probe on /healthz must not restart a dnsd that answers
+            status, body = d.http("/healthz")
+            assert status == 200 and body.startswith("ok, serving; not ready: store "), body
+            assert d.http("/health")[0] == 200 and d.http("/ready")[0] == 503
             assert addresses(ask(d.port, d.name("a"))) == ["10.2.0.1"]
             assert addresses(ask(d.port, d.name("a"), tcp=True)) == ["10.2.0.1"]
     finally:

@@ -8,6 +8,12 @@ unreachable store at startup leaves dnsd starting on its flags without waiting.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -105,7 +111,138 @@ def test_unreachable_store_does_not_hold_startup(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, d.log.read_text()
             time.sleep(0.05)
         status, _ = d.http("/healthz")  # the metrics port is up: dnsd got past startup
-        assert status == 503
+        assert status == 200  # alive and serving...
+        assert d.http("/readyz")[0] == 503  # ...but without an index yet
         log = d.log.read_text()
-    assert f"WARNING dnsd: {d.prefix}/config not read (" in log, log
+    assert f"WARNING dnsd: {d.prefix}/config not read within 2s" in log, log
+    assert "Traceback" not in log, log
     assert time.monotonic() - t0 < 10
+
+
+class GatedProxy:
+    """A TCP proxy to ``upstream`` that holds every connection until ``open()``: a slow store."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.gate = threading.Event()
+        self.stopping = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def open(self) -> None:
+        self.gate.set()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(2)
+        for s in [self.listener, *self.socks]:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.socks.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        while not self.gate.wait(0.2):
+            if self.stopping.is_set():
+                return
+        try:
+            up = socket.create_connection(self.upstream, 5)
+        except OSError:
+            conn.close()
+            return
+        self.socks.append(up)
+        for a, b in ((conn, up), (up, conn)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+async def test_slow_store_at_start_then_the_key_applies_late(embedded_endpoint: str,
+                                                             tmp_path: Path) -> None:
+    prefix = f"/skydns-cfg-{uuid.uuid4().hex[:8]}"
+    await _put(embedded_endpoint, {
+        f"{prefix}/config": b'{"domain": "example.org.", "ttl": 42, "dns_addr": "127.0.0.1:1"}',
+        f"{prefix}/org/example/web": b'{"host": "10.9.0.7"}',
+    })
+    host, _, port = embedded_endpoint.rpartition("/")[2].partition(":")
+    proxy = GatedProxy((host, int(port)))
+    try:
+        with run_dnsd(f"http://127.0.0.1:{proxy.port}", tmp_path, "-path-prefix", prefix,
+                      wait_ready=False) as d:
+            deadline = time.monotonic() + 15
+            while "not read within" not in d.log.read_text():
+                assert time.monotonic() < deadline, d.log.read_text()
+                time.sleep(0.05)
+            time.sleep(0.5)  # the old code logged its traceback right after serving
+            assert d.http("/healthz")[0] == 200 and d.http("/readyz")[0] == 503
+            assert ask(d.port, "web.skydns.local.").header.rcode == dnslib.RCODE.SERVFAIL
+            proxy.open()  # the store answers at last
+            reply = _wait_answer(d.port, "web.example.org.", timeout=40)
+            assert addresses(reply) == ["10.9.0.7"] and [rr.ttl for rr in reply.rr] == [42]
+            log = d.log.read_text()
+    finally:
+        proxy.close()
+    key = f"{prefix}/config"
+    assert "Traceback" not in log and "Event loop is closed" not in log, log
+    assert (f"INFO dnsd: {key} arrived after start-up and is now applied: domain "
+            "skydns.local. -> example.org.; ttl 3600 -> 42") in log, log
+    assert f"WARNING dnsd: {key}: dns_addr 127.0.0.1:1 arrived after start-up" in log, log
+
+
+def test_dnsd_tells_systemd_ready_once_the_index_is_loaded(embedded_endpoint: str,
+                                                           tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(sock_path))
+        notify.settimeout(20)
+        with run_dnsd(embedded_endpoint, tmp_path, wait_ready=False,
+                      env={"NOTIFY_SOCKET": str(sock_path)}) as d:
+            assert notify.recv(64) == b"READY=1"
+            assert d.http("/readyz")[0] == 200
+
+
+@pytest.mark.parametrize("fmt", ["journal", "json"])
+def test_log_format_under_systemd_and_json(embedded_endpoint: str, tmp_path: Path,
+                                           fmt: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # a warning to log, quickly
+    log = tmp_path / f"dnsd-{fmt}.log"
+    log.touch()
+    st = os.stat(log)
+    env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"} if fmt == "journal" else {
+        "WEFT_LOG_FORMAT": "json"}
+    with run_dnsd(dead, tmp_path, wait_ready=False, env=env, log_path=log) as d:
+        deadline = time.monotonic() + 10
+        while "not read within" not in d.log.read_text():
+            assert time.monotonic() < deadline, d.log.read_text()
+            time.sleep(0.05)
+        lines = d.log.read_text().splitlines()
+    assert lines
+    if fmt == "journal":
+        assert all(re.match(r"<[2-7]>[\w.]+: ", line) for line in lines), lines
+        assert any(line.startswith("<4>dnsd: ") and "not read within" in line
+                   for line in lines), lines
+        assert not any(re.search(r"\d\d:\d\d:\d\d", line) for line in lines), lines
+    else:
+        docs = [json.loads(line) for line in lines]
+        assert {"time", "level", "logger", "msg"} <= set(docs[0])
+        assert any(doc["level"] == "warning" and "not read within" in doc["msg"]
+                   for doc in docs), docs

@@ -61,7 +61,7 @@ def test_fleetctl_verbs(store_endpoint: str, tmp_path: Path,
                         monkeypatch: pytest.MonkeyPatch) -> None:
     root = f"/test-{uuid.uuid4().hex[:8]}/sched/"
     layout = Layout(root)
-    flags = ["-etcd-endpoints", store_endpoint, "--sched-root", root]
+    flags = ["-etcd-endpoints", store_endpoint, "-sched-prefix", root]
     (tmp_path / "hello.service").write_text(HELLO)
     (tmp_path / "web@.service").write_text(HELLO + "[X-Fleet]\nConflicts=web@*.service\n")
     monkeypatch.chdir(tmp_path)
@@ -145,7 +145,7 @@ def test_fleetctl_verbs(store_endpoint: str, tmp_path: Path,
     # destroy removes; the store endpoint may also come from etcdctl's variable
     env = {**os.environ, "ETCDCTL_ENDPOINTS": store_endpoint}
     done = subprocess.run([sys.executable, "-m", "overlay.cli.weftctl", "destroy",
-                           "hello.service", "--sched-root", root], env=env,
+                           "hello.service", "-sched-prefix", root], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Destroyed hello.service" in done.stdout

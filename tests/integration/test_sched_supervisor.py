@@ -10,8 +10,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from overlay.sched.runner import Command, RunSpec
+from overlay.sched.runner import RunSpec
 from overlay.sched.supervisor import Supervisor
+from overlay.sched.unitfile import ExecCommand as Command
 
 PY = sys.executable
 

@@ -100,3 +100,19 @@ def test_etcdctl_needs_a_client_certificate(tls_server: tuple[StoreProcess, Path
     refused = subprocess.run([*base, "get", "/tls/ctl"], capture_output=True, text=True,
                              env=env, timeout=20)
     assert refused.returncode != 0 and "/tls/ctl" not in refused.stdout
+
+
+def test_https_json_gateway_on_the_same_port(tls_server: tuple[StoreProcess, Path]) -> None:
+    """HTTP/1.1 over TLS (ALPN http/1.1) reaches the JSON gateway, client certificate and all."""
+    import json
+    import ssl
+    import urllib.request
+
+    proc, d = tls_server
+    ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+    ctx.load_cert_chain(str(d / "client.crt"), str(d / "client.key"))
+    with urllib.request.urlopen(proc.endpoint + "/health", context=ctx, timeout=10) as r:
+        assert json.loads(r.read()) == {"health": "true"}
+    req = urllib.request.Request(proc.endpoint + "/v3/kv/range", data=b'{"key":"Lw=="}')
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        assert "header" in json.loads(r.read())

@@ -9,7 +9,7 @@ import pytest
 
 from overlay.backend.base import BackendConfigError, BackendError, ExternalInterface
 from overlay.backend.hostgw import HostGwBackend, HostGwConfig
-from overlay.backend.netlink import FakeKernel, KernelThread, external_interface
+from overlay.backend.netlink import KernelThread, external_interface
 from overlay.backend.plan import ROUTE_PROTO, OpKind, Route, derive_vtep_mac
 from overlay.backend.registry import (
     BACKEND_TYPES,
@@ -20,6 +20,7 @@ from overlay.backend.registry import (
 from overlay.backend.udp import UdpConfig
 from overlay.backend.vxlan import VxlanBackend, VxlanConfig
 from overlay.lease.model import Lease
+from tests.fakekernel import FakeKernel
 
 N = ipaddress.IPv4Network
 A = ipaddress.IPv4Address
@@ -100,7 +101,7 @@ async def test_vxlan_prepare_creates_device_with_stable_mac_and_mtu() -> None:
     assert link.vxlan.local == A("198.18.0.11") and link.vxlan.link == k.links["eth0"].index
     assert not link.vxlan.learning
     await b.attach(OWN)
-    assert k.addresses(link.index) == (ipaddress.IPv4Interface("10.244.1.0/32"),)
+    assert k.link("flannel.1").addresses == (ipaddress.IPv4Interface("10.244.1.0/32"),)
     # a second daemon run keeps the device (and its MAC) as it is
     b2 = make_backend("vxlan", {}, ext_for(k), kernel=KernelThread(lambda: k))
     k.calls.clear()
@@ -173,7 +174,7 @@ async def test_vxlan_recreates_deleted_device() -> None:
     r = await b.reconcile([peer(2)])
     assert r.added == 1
     link = k.links["flannel.1"]
-    assert k.addresses(link.index) == (ipaddress.IPv4Interface("10.244.1.0/32"),)
+    assert k.link("flannel.1").addresses == (ipaddress.IPv4Interface("10.244.1.0/32"),)
     assert link.mac == derive_vtep_mac(A("198.18.0.11"), 1)
 
 
@@ -304,3 +305,39 @@ async def test_routes_of_another_network_are_left_alone() -> None:
     r = await b.reconcile([Lease(N("10.244.2.0/24"), A("198.18.0.12"), "host-gw")])
     assert r.removed == 0 and other in k.state.routes and len(k.state.routes) == 2
     await b.close()
+
+
+def test_the_name_table_is_the_one_source() -> None:
+    """BACKENDS names every backend once: config validation, weftctl's choices and the
+    options all derive from it, and each row's module provides its parser and class."""
+    import importlib
+
+    from overlay.backend.base import BACKEND_OPTIONS, BACKENDS
+    from overlay.config import ConfigError, check_network_config
+
+    for name, spec in BACKENDS.items():
+        module = importlib.import_module(spec.module)
+        assert module.BACKEND_CLASS.name == name
+        assert callable(module.parse_config)
+        check_network_config({"Network": "10.244.0.0/16", "Backend": {"Type": name}})
+    with pytest.raises(ConfigError, match="known: vxlan, host-gw, udp"):
+        check_network_config({"Network": "10.244.0.0/16", "Backend": {"Type": "ipip"}})
+    assert BACKEND_OPTIONS == {"vni": ("vxlan",), "port": ("vxlan", "udp"),
+                               "direct-routing": ("vxlan",)}
+
+
+def test_kernel_protocol_is_small_and_its_fake_is_checked() -> None:
+    """The netlink seam stays at <= 7 methods; the real kernel and the fake implement
+    each with the protocol's parameters."""
+    import inspect
+
+    from overlay.backend.netlink import Kernel, NetlinkKernel
+
+    methods = sorted(n for n, v in vars(Kernel).items()
+                     if callable(v) and not n.startswith("_"))
+    assert len(methods) <= 7, methods
+    for impl in (NetlinkKernel, FakeKernel):
+        for name in methods:
+            want = inspect.signature(getattr(Kernel, name)).parameters
+            assert inspect.signature(getattr(impl, name)).parameters.keys() == want.keys(), \
+                (impl.__name__, name)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -197,16 +200,76 @@ def test_install_writes_launcher_and_conflist(tmp_path: Path) -> None:
     assert [p["type"] for p in with_pm["plugins"]] == ["weft", "portmap"]
 
 
-def test_weftctl_cni_install(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+DEBIAN_PORTMAP = Path("/usr/lib/cni/portmap")
+
+
+@pytest.mark.parametrize(
+    ("plugins", "asked", "expected"),
+    [
+        pytest.param({"weft": ["0.4.0", "1.0.0", "1.1.0"]}, None, "1.1.0", id="weft-alone"),
+        pytest.param({"weft": ["0.4.0", "1.0.0", "1.1.0"],
+                      "portmap": ["0.1.0", "0.4.0", "1.0.0"]}, None, "1.0.0",
+                     id="debian-portmap"),
+        pytest.param({"weft": ["0.3.1", "0.4.0"], "portmap": ["0.3.1", "0.4.0", "1.0.0"]},
+                     "0.3.1", "0.3.1", id="asked-and-shared"),
+        pytest.param({"weft": ["1.0.0", "1.1.0"], "portmap": ["1.0.0"]}, "1.1.0",
+                     "portmap: does not support cniVersion 1.1.0", id="asked-unsupported"),
+        pytest.param({"weft": ["1.1.0"], "portmap": ["0.4.0"]}, None,
+                     "weft + portmap: the plugins share no CNI version", id="nothing-shared"),
+    ],
+)
+def test_choose_cni_version(plugins: dict[str, list[str]], asked: str | None,
+                            expected: str) -> None:
+    from cni.install import InstallError, choose_cni_version
+
+    if "." in expected and " " not in expected:
+        assert choose_cni_version(plugins, asked) == expected
+    else:
+        with pytest.raises(InstallError) as err:
+            choose_cni_version(plugins, asked)
+        assert str(err.value).startswith(expected)
+
+
+@pytest.mark.skipif(not DEBIAN_PORTMAP.exists(),
+                    reason="needs Debian's containernetworking-plugins (make deps)")
+def test_weftctl_cni_install_asks_each_plugin_its_versions(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from overlay.cli.weftctl import main
 
-    rc = main(["cni", "install", "--bin-dir", str(tmp_path / "b"), "--conf-dir",
-               str(tmp_path / "c"), "--portmap", "--cni-version", "1.0.0"])
-    assert rc == 0
-    assert (tmp_path / "b" / "weft").exists()
-    data = json.loads((tmp_path / "c" / "10-weft.conflist").read_text())
-    assert data["cniVersion"] == "1.0.0" and len(data["plugins"]) == 2
-    assert "wrote" in capsys.readouterr().out
+    bin_dir, conf = tmp_path / "b", tmp_path / "c" / "10-weft.conflist"
+    base = ["cni", "install", "--bin-dir", str(bin_dir), "--conf-dir", str(conf.parent),
+            "--force"]
+    # no portmap in the bin dir: weft alone, at the newest version it speaks
+    assert main(base) == 0
+    data = json.loads(conf.read_text())
+    assert data["cniVersion"] == "1.1.0" and [p["type"] for p in data["plugins"]] == ["weft"]
+    assert main([*base, "--portmap"]) == 1
+    assert "portmap is not an executable" in capsys.readouterr().err
+    # Debian's portmap in the bin dir: chained by default, at the version both speak
+    (bin_dir / "portmap").symlink_to(DEBIAN_PORTMAP)
+    assert main(base) == 0
+    data = json.loads(conf.read_text())
+    assert data["cniVersion"] == "1.0.0"
+    assert [p["type"] for p in data["plugins"]] == ["weft", "portmap"]
+    assert "cniVersion 1.0.0, plugins weft -> portmap" in capsys.readouterr().out
+    assert main([*base, "--cni-version", "1.1.0"]) == 1
+    assert "portmap: does not support cniVersion 1.1.0" in capsys.readouterr().err
+    assert main([*base, "--no-portmap"]) == 0
+    data = json.loads(conf.read_text())
+    assert data["cniVersion"] == "1.1.0" and len(data["plugins"]) == 1
+
+
+def test_plugin_about_text_and_version() -> None:
+    plugin = Path(sys.executable).parent / "weft"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+    by_hand = subprocess.run([str(plugin)], env=env, capture_output=True, text=True,
+                             timeout=30, stdin=subprocess.DEVNULL)
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert by_hand.stderr.startswith("CNI weft plugin: weft ")
+    assert "CNI protocol versions supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0" in by_hand.stderr
+    asked = subprocess.run([str(plugin), "--version"], env=env, capture_output=True,
+                           text=True, timeout=30)
+    assert asked.returncode == 0 and asked.stdout.startswith("CNI weft plugin: weft 0.")
 
 
 def test_helper_wire_round_trip_keeps_only_cni_env() -> None:

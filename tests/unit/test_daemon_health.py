@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from overlay.health import HealthState, render_metrics, respond, sd_notify, start_server
+from overlay.health import HealthState, render_metrics, respond, start_server
+from overlay.service import sd_notify
 
 
 async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, str]:

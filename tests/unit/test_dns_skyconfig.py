@@ -199,3 +199,58 @@ def test_apply_absent_and_unparsable(caplog: pytest.LogCaptureFixture) -> None:
     assert levels[0] == ("DEBUG", "/skydns/config: no such key; using the flags")
     assert levels[1][0] == "WARNING" and "not JSON" in levels[1][1]
     assert len(levels) == 2
+
+
+def test_describe_changes_names_what_a_late_key_changes() -> None:
+    import dataclasses
+
+    from dnsd.engine import EngineConfig
+    from dnsd.forward import Forwarder
+    from dnsd.skyconfig import describe_changes
+
+    old = parse_config(["-domain", "skydns.local."], {})
+    new = dataclasses.replace(
+        old, host="10.0.0.1", port=5300,
+        engine=dataclasses.replace(EngineConfig.from_domains(["example.org."]), ttl=42),
+        forwarder=Forwarder((("192.0.2.53", 53),), old.forward_allow, 1.5), round_robin=False)
+    assert describe_changes(old, new) == [
+        f"dns_addr {old.host}:{old.port} -> 10.0.0.1:5300",
+        "domain skydns.local. -> example.org.",
+        "ttl 3600 -> 42",
+        "forwarding off -> 192.0.2.53:53 (timeout 1.5s)",
+        "round_robin true -> false",
+    ]
+    assert describe_changes(old, old) == []
+
+
+async def test_config_read_retries_until_the_store_answers() -> None:
+    from dnsd.daemon import read_config_until_answered
+    from overlay.store.api import StoreConfig, StoreUnavailableError
+
+    attempts: list[str] = []
+    sleeps: list[float] = []
+
+    async def read(cfg: StoreConfig, key: str) -> bytes | None:
+        attempts.append(key)
+        if len(attempts) < 4:
+            raise StoreUnavailableError("down")
+        return b"{}"
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+
+    got = await read_config_until_answered(StoreConfig(), "/skydns/config", read=read,
+                                           sleep=sleep, first_delay=0.5, max_delay=1.5)
+    assert got == b"{}" and len(attempts) == 4
+    assert sleeps == [0.5, 1.0, 1.5]  # backoff, capped
+
+
+async def test_config_read_does_not_retry_bad_settings() -> None:
+    from dnsd.daemon import read_config_until_answered
+    from overlay.store.api import StoreConfig
+
+    async def read(cfg: StoreConfig, key: str) -> bytes | None:
+        raise ValueError("unreadable CA file")
+
+    with pytest.raises(ValueError):
+        await read_config_until_answered(StoreConfig(), "/skydns/config", read=read)

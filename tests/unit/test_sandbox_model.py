@@ -155,3 +155,88 @@ def test_host_table_and_subnet_env() -> None:
     lines = table.splitlines()
     assert lines[0].split() == ["HOST", "UNDERLAY", "IP", "SUBNET", "VTEP", "MAC", "CONTAINERS"]
     assert lines[1].split()[:4] == ["h1", "198.18.0.11", "10.244.7.1/24", "aa:bb:cc:dd:ee:ff"]
+
+
+def _state_with(daemons: list[tuple[str, str]]) -> State:
+    st = State(tag="wabc", options={}, underlay_ns="wabc-ul", store_ip="198.18.0.1",
+               dns_ip="198.18.0.11",
+               hosts=[HostRecord(h, f"wabc-{h}", f"198.18.0.1{i}", f"/s/{h}")
+                      for i, h in enumerate(("h1", "h2"), 1)])
+    st.daemons = [DaemonRecord(n, h, f"wabc-{h}", 100 + i, 1, [], "")
+                  for i, (n, h) in enumerate(daemons)]
+    return st
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        pytest.param("h2", ["flanneld@h2"], id="host"),
+        pytest.param("h1", ["flanneld@h1", "dnsd@h1"], id="host-with-dnsd"),
+        pytest.param("store", ["store@underlay"], id="store"),
+        pytest.param("underlay", ["store@underlay"], id="underlay"),
+        pytest.param("dnsd", ["dnsd@h1"], id="daemon"),
+        pytest.param("flanneld@h2", ["flanneld@h2"], id="daemon-at-host"),
+    ],
+)
+def test_kill_and_start_targets(target: str, expected: list[str]) -> None:
+    st = _state_with([("store", "underlay"), ("flanneld", "h1"), ("flanneld", "h2"),
+                      ("dnsd", "h1")])
+    assert [d.ident for d in st.daemons_for(target)] == expected
+
+
+@pytest.mark.parametrize("target", ["flanneld", "h9", "nosuch"], ids=["ambiguous", "no-host",
+                                                                      "no-daemon"])
+def test_bad_kill_targets(target: str) -> None:
+    st = _state_with([("store", "underlay"), ("flanneld", "h1"), ("flanneld", "h2")])
+    with pytest.raises(UnknownTargetError):
+        st.daemons_for(target)
+
+
+@pytest.mark.parametrize(
+    ("subnet", "leases", "state", "column"),
+    [
+        pytest.param("10.244.4.1/24", {"10.244.4.0/24": 17}, "live", "live, 17s left",
+                     id="live"),
+        pytest.param("10.244.4.1/24", {"10.244.5.0/24": 17}, "expired", "expired",
+                     id="expired-but-subnet-env-remains"),
+        pytest.param("10.244.4.1/24", None, "unknown", "? (store unreachable)",
+                     id="store-down"),
+        pytest.param("-", {}, "none", "-", id="no-subnet-yet"),
+        pytest.param("10.244.4.1/24", {"10.244.4.0/24": None}, "live", "live", id="no-ttl"),
+    ],
+)
+def test_lease_state(subnet: str, leases: dict[str, int | None] | None, state: str,
+                     column: str) -> None:
+    assert model.lease_state(subnet, leases)[0] == state
+    assert model.lease_column(subnet, leases) == column
+
+
+def test_host_table_shows_the_lease_only_when_asked() -> None:
+    row = model.HostRow("h2", "198.18.0.12", "10.244.4.1/24", "-", "-", "expired")
+    assert "LEASE" in model.host_table([row]) and "expired" in model.host_table([row])
+    plain = model.HostRow("h2", "198.18.0.12", "10.244.4.1/24", "-", "-")
+    assert "LEASE" not in model.host_table([plain])
+
+
+def test_container_resolv_conf_and_ptr_name() -> None:
+    text = model.resolv_conf("198.18.0.11", "skydns.local.")
+    assert text.splitlines()[1:] == ["nameserver 198.18.0.11", "search skydns.local",
+                                     "options ndots:2"]
+    assert model.reverse_name(ipaddress.IPv4Address("10.244.27.2")) == "2.27.244.10.in-addr.arpa"
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        pytest.param("sh", None, id="on-path"),
+        pytest.param("nosuchcmd-weft", (127, "command not found"), id="not-found"),
+        pytest.param("/nonexistent/x", (127, "No such file or directory"), id="no-file"),
+        pytest.param("/etc/passwd", (126, "Permission denied"), id="not-executable"),
+        pytest.param("/bin/sh", None, id="absolute"),
+    ],
+)
+def test_exec_command_status_as_a_shell_reports_it(command: str,
+                                                   expected: tuple[int, str] | None) -> None:
+    from overlay.sandbox.cluster import command_status
+
+    assert command_status(command, "/usr/sbin:/usr/bin:/sbin:/bin") == expected

@@ -302,3 +302,55 @@ def test_status_text() -> None:
     assert "pid 99" in text and "Address: 10.244.1.2" in text and "Last exit: 0" in text
     assert "no machine: no eligible machine" in status_text(snap, "far.service", 0)
     assert "does not exist" in status_text(snap, "nope.service", 0)
+
+
+def test_unload_done_and_rows_despite_a_leftover_inactive_report() -> None:
+    from overlay.sched.registry import Waiter, unit_rows
+    from overlay.store.api import EventType, WatchEvent
+
+    rec = UnitRecord.new("a.service", HELLO, IN)
+    items = [KeyValue(L.unit("a.service").encode(), rec.to_json(), 2, 2, 1),
+             KeyValue(L.assign("m1", "a.service").encode(), b"{}", 3, 3, 1),
+             KeyValue(L.state("a.service", "m1").encode(),
+                      UnitState("m1", "active", "running").to_json(), 4, 4, 1)]
+    snap = snapshot(items, 4, L)
+    w = Waiter(Verb.UNLOAD, ["a.service"], snap, L)
+    assert not w.done("a.service")
+    w.feed([WatchEvent(EventType.DELETE, KeyValue(L.assign("m1", "a.service").encode(), b"",
+                                                  0, 5, 0)),
+            WatchEvent(EventType.PUT, KeyValue(L.state("a.service", "m1").encode(),
+                                               UnitState("m1", "inactive", "dead").to_json(),
+                                               4, 6, 2))])
+    assert w.done("a.service")
+    dead = KeyValue(L.state("a.service", "m1").encode(),
+                    UnitState("m1", "inactive", "dead").to_json(), 4, 6, 2)
+    left = snapshot([items[0], dead], 6, L)
+    assert unit_rows(left) == []
+
+
+async def test_apply_rereads_after_losing_a_race() -> None:
+    from overlay.sched.registry import apply
+
+    store = MemoryStore()
+    rec = UnitRecord.new("a.service", HELLO, IN)
+    await store.put(L.unit("a.service").encode(), rec.to_json())
+    stale = resolve("a.service", await read_snapshot(store, L), _files({}))
+    # someone else loads it meanwhile: our start's CAS fails, it re-reads and starts
+    await store.put(L.unit("a.service").encode(),
+                    UnitRecord.new("a.service", HELLO, LO).to_json())
+    rev = store.revision
+    out = await apply(store, L, Verb.START, stale)
+    assert (out.changed, out.desired, store.revision) == (True, R, rev + 1)
+    # destroyed and resubmitted with a different file meanwhile: refused, not overwritten
+    await store.put(L.unit("a.service").encode(),
+                    UnitRecord.new("a.service", HELLO, IN).to_json())
+    stale = resolve("a.service", await read_snapshot(store, L), _files({}))
+    other = UnitRecord.new("a.service", HELLO + "#x\n", IN)
+    await store.put(L.unit("a.service").encode(), other.to_json())
+    with pytest.raises(UnitStateError, match="meanwhile"):
+        await apply(store, L, Verb.START, stale)
+    # destroy of a unit changed since it was read still destroys what is there
+    stale = resolve("a.service", await read_snapshot(store, L), _files({}))
+    await store.put(L.unit("a.service").encode(), other.to_json())
+    assert (await apply(store, L, Verb.DESTROY, stale)).changed
+    assert await store.get(L.unit("a.service").encode()) is None

@@ -104,3 +104,27 @@ def test_go_duration_rejects(text: str) -> None:
 
     with pytest.raises(argparse.ArgumentTypeError, match="duration"):
         positive_duration(text)
+
+
+async def test_watch_created_while_a_write_commits_says_the_committed_revision(
+        tmp_path: Path) -> None:
+    """A write applied but not yet durable reaches a watcher created meanwhile as an
+    event, so the created response must not already claim its revision (etcd: a
+    watcher hears every event after the created response's revision)."""
+    from aetcd.rpc import rpc_pb2
+
+    state = State(tmp_path / "store.db")
+    svc = server.StoreService(state, [])
+    try:
+        rev, _ = state.put(PutOp(b"/w/a", b"1"))  # applied, commit not started
+        out: asyncio.Queue[rpc_pb2.WatchResponse] = asyncio.Queue()
+        svc._watch_create(rpc_pb2.WatchCreateRequest(key=b"/w/", range_end=b"/w0"), out,
+                          server._Stream())
+        created = out.get_nowait()
+        assert created.created and created.header.revision == rev - 1
+        await asyncio.wait_for(svc.committer.durable(), 5)
+        event = await asyncio.wait_for(out.get(), 5)
+        assert [(e.kv.key, e.kv.mod_revision) for e in event.events] == [(b"/w/a", rev)]
+    finally:
+        await svc.committer.drain()
+        state.close()

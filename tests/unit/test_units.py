@@ -60,6 +60,7 @@ def test_render_points_execstart_at_prefix(prefix: str, expected: str) -> None:
         pytest.param("dnsd.service", "AmbientCapabilities", "CAP_NET_BIND_SERVICE",
                      id="dnsd-port-53"),
         pytest.param("dnsd.service", "DynamicUser", "yes", id="dnsd-unprivileged"),
+        pytest.param("dnsd.service", "Type", "notify", id="dnsd-notify"),
         pytest.param("weft-store.service", "StateDirectory", "weft weft/store",
                      id="store-state-dir"),
     ],

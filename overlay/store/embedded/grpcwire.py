@@ -263,6 +263,12 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.server._connections.add(self)
+        # our SETTINGS wait for the client's preface: until then the client may be an
+        # HTTP/1.1 one (the same port serves etcd's JSON gateway, see Server.http1)
+        if self.buf:
+            self.data_received(b"")
+
+    def _server_preface(self) -> None:
         settings = struct.pack(">HI", _S_INITIAL_WINDOW_SIZE, _STREAM_WINDOW)
         self._emit(_frame(SETTINGS, 0, 0, settings)
                    + _frame(WINDOW_UPDATE, 0, 0,
@@ -281,16 +287,17 @@ class _Connection(asyncio.Protocol):
             return
         buf = self.buf
         buf += data
+        if self.transport is None:  # TLS: bytes that came with the handshake's end; kept
+            return                  # for connection_made, which may hand them to HTTP/1.1
         if not self.preface:
-            if len(buf) < len(PREFACE):
-                if not PREFACE.startswith(bytes(buf)):
-                    self._drop("not an HTTP/2 client")
+            if not PREFACE.startswith(bytes(buf[:len(PREFACE)])):
+                self._not_http2()
                 return
-            if buf[:len(PREFACE)] != PREFACE:
-                self._drop("not an HTTP/2 client")
+            if len(buf) < len(PREFACE):
                 return
             del buf[:len(PREFACE)]
             self.preface = True
+            self._server_preface()
         pos, end = 0, len(buf)
         try:
             while end - pos >= 9:
@@ -317,6 +324,17 @@ class _Connection(asyncio.Protocol):
             self._goaway(INTERNAL_ERROR, "internal error")
             return
         del buf[:pos]
+
+    def _not_http2(self) -> None:
+        """The first bytes are not HTTP/2's preface: hand the connection (and what it
+        sent) to the HTTP/1.1 side if there is one (etcd's cmux), else drop it."""
+        if self.server.http1 is None or self.transport is None:
+            self._drop("not an HTTP/2 client")
+            return
+        self.closed = True  # this protocol is done with the connection; the transport is not
+        self.server._connections.discard(self)
+        data, self.buf = bytes(self.buf), bytearray()
+        self.server.http1(self.transport, data)
 
     # -- connection teardown --
 
@@ -723,6 +741,9 @@ class Server:
         self._connections: set[_Connection] = set()
         self._handshakes: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
+        # a connection whose first bytes are not HTTP/2's preface goes here with those
+        # bytes (the transport is the caller's from then on); None: such clients are dropped
+        self.http1: Callable[[asyncio.Transport, bytes], None] | None = None
 
     def unknown(self, path: bytes) -> str:
         service, _, name = path.decode("utf-8", "replace").lstrip("/").rpartition("/")
@@ -763,5 +784,5 @@ def server_tls(cert_file: str, key_file: str, trusted_ca_file: str | None) -> ss
     if trusted_ca_file:
         ctx.load_verify_locations(trusted_ca_file)
         ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.set_alpn_protocols(["h2"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"])  # HTTP/1.1: the JSON gateway on this port
     return ctx

@@ -15,10 +15,12 @@ import fcntl
 import os
 from pathlib import Path
 
+from overlay.errors import StoreError
+
 LOCK_FILE = "lock"
 
 
-class DataDirLockedError(OSError):
+class DataDirLockedError(StoreError, OSError):
     """Another live process holds the data dir (``pid`` None when it has not said yet)."""
 
     def __init__(self, data_dir: Path, pid: int | None) -> None:

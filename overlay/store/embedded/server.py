@@ -55,6 +55,8 @@ from overlay.store.api import (
     StoreError,
     WatchEvent,
 )
+from overlay.store.embedded import snapshot
+from overlay.store.embedded.gateway import Gateway, StoreProbe
 from overlay.store.embedded.grpcwire import Abort, Code, Context, Method, Server, server_tls
 from overlay.store.embedded.lock import DataDirLock, lock_data_dir
 from overlay.store.embedded.state import (
@@ -78,7 +80,7 @@ from overlay.store.embedded.state import (
     TxnOp,
     TxnResult,
 )
-from overlay.store.mvcc import MAX_REQUEST_BYTES, FutureRevisionError, in_range
+from overlay.store.mvcc import MAX_REQUEST_BYTES, MAX_TXN_OPS, FutureRevisionError, in_range
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +169,9 @@ def _pb_event(ev: WatchEvent, prev_kv: bool) -> Any:
 def _range_op(r: Any) -> RangeOp:
     if not r.key:
         raise _BadRequest("etcdserver: key is not provided")
+    if not 0 <= r.sort_target <= rpc_pb2.RangeRequest.VALUE:
+        # etcd 3.4 crashes on this; refuse it instead
+        raise _BadRequest(f"etcdserver: unknown sort target {r.sort_target}")
     return RangeOp(bytes(r.key), bytes(r.range_end), r.revision, r.limit, r.keys_only,
                    r.count_only, r.sort_order, r.sort_target, r.min_mod_revision,
                    r.max_mod_revision, r.min_create_revision, r.max_create_revision)
@@ -190,6 +195,8 @@ def _delete_op(r: Any) -> DeleteOp:
 
 
 def _compare(c: Any) -> Compare:
+    if not c.key:
+        raise _BadRequest("etcdserver: key is not provided")
     target = Target(c.target)
     operand: int | bytes
     if target == Target.VALUE:
@@ -205,7 +212,14 @@ def _compare(c: Any) -> Compare:
     return Compare(bytes(c.key), target, Result(c.result), operand, bytes(c.range_end))
 
 
-def _txn_op(r: Any) -> TxnOp:
+def _txn_op(r: Any, budget: int = MAX_TXN_OPS) -> TxnOp:
+    """A Txn request as etcd's gRPC layer checks it, both branches and nested Txns: at
+    most ``budget`` compares or ops per branch (a nested Txn gets what its parent left),
+    keys given, no empty op."""
+    used = max(len(r.compare), len(r.success), len(r.failure))
+    if used > budget:
+        raise _BadRequest("etcdserver: too many operations in txn request")
+
     def ops(reqs: Any) -> tuple[Op, ...]:
         out: list[Op] = []
         for o in reqs:
@@ -217,9 +231,9 @@ def _txn_op(r: Any) -> TxnOp:
             elif which == "request_delete_range":
                 out.append(_delete_op(o.request_delete_range))
             elif which == "request_txn":
-                out.append(_txn_op(o.request_txn))
+                out.append(_txn_op(o.request_txn, budget - used))
             else:
-                raise _BadRequest("etcdserver: request is empty")
+                raise KeyNotFoundError(b"")  # etcd's answer to an empty op
         return tuple(out)
 
     return TxnOp(tuple(_compare(c) for c in r.compare), ops(r.success), ops(r.failure))
@@ -583,36 +597,44 @@ class StoreService:
             w = mine.watchers.pop(wid, None)
             if w is not None:
                 self.committer.watchers.discard(w)
-                out.put_nowait(rpc_pb2.WatchResponse(header=self.header(), watch_id=wid,
-                                                     canceled=True))
+                out.put_nowait(rpc_pb2.WatchResponse(
+                    header=self.header(self.committer.committed_revision), watch_id=wid,
+                    canceled=True))
         elif which == "progress_request":
             # every event up to the committed revision has been sent to this stream
             out.put_nowait(rpc_pb2.WatchResponse(
                 header=self.header(self.committer.committed_revision), watch_id=-1))
 
     def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: _Stream) -> None:
-        header = self.header()
-        wid = c.watch_id
-        if not wid:
-            wid = mine.next_id()
-        elif wid in mine.watchers:
-            out.put_nowait(rpc_pb2.WatchResponse(
-                header=header, watch_id=-1, created=True, canceled=True,
-                cancel_reason="mvcc: duplicate watch ID provided on the WatchStream"))
+        # the revision this stream has been sent everything up to: a write still being
+        # committed reaches the new watcher as an event, so it is not in this header
+        header = self.header(self.committer.committed_revision)
+        key = bytes(c.key) or b"\0"  # etcd: an empty key is the smallest one
+        end = bytes(c.range_end)
+        refused = None
+        if end and end != b"\0" and key >= end:
+            refused = "mvcc: watcher range is empty"
+        elif c.watch_id and c.watch_id in mine.watchers:  # 0 asks for a new id
+            refused = "mvcc: duplicate watch ID provided on the WatchStream"
+        if refused is not None:
+            out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=-1, created=True,
+                                                 canceled=True, cancel_reason=refused))
             return
+        wid = c.watch_id or mine.next_id()
         out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=wid, created=True))
         start = c.start_revision
-        if start and start < self.state.compact_revision:
-            # etcd 3.4: no revision in this header and no cancel_reason
+        first = self.state.first_revision
+        if start and start < first:
+            # etcd 3.4: no revision in this header and no cancel_reason; the first kept
+            # revision is -1 before any compaction, so a start below that is "compacted"
             gone = rpc_pb2.ResponseHeader()
             gone.CopyFrom(header)
             gone.ClearField("revision")
-            out.put_nowait(rpc_pb2.WatchResponse(
-                header=gone, watch_id=wid, canceled=True,
-                compact_revision=self.state.compact_revision))
+            out.put_nowait(rpc_pb2.WatchResponse(header=gone, watch_id=wid, canceled=True,
+                                                 compact_revision=first))
             return
         filters = set(c.filters)
-        w = _Watcher(wid, bytes(c.key), bytes(c.range_end), c.prev_kv,
+        w = _Watcher(wid, key, end, c.prev_kv,
                      rpc_pb2.WatchCreateRequest.NOPUT in filters,
                      rpc_pb2.WatchCreateRequest.NODELETE in filters, out, c.progress_notify,
                      start)
@@ -648,6 +670,27 @@ class StoreService:
             header=header, version=VERSION, dbSize=size, dbSizeInUse=size,
             leader=s.member_id, raftIndex=revision, raftTerm=RAFT_TERM,
             raftAppliedIndex=revision)
+
+    async def Snapshot(self, requests: AsyncIterator[Any], context: Context
+                       ) -> AsyncIterator[Any]:
+        """etcd's snapshot: a consistent copy of the database taken while writes go on,
+        streamed in chunks (format: overlay/store/embedded/snapshot.py)."""
+        async for _ in requests:
+            break
+        path, remove = snapshot.snapshot_file(self.state.path.parent)
+        try:
+            header = self.header(self.committer.committed_revision)
+            try:
+                await asyncio.to_thread(snapshot.take, self.state.path, path)
+            except sqlite3.Error as e:
+                raise Abort(Code.INTERNAL, f"etcdserver: snapshot failed: {e}") from e
+            log.info("store: sending a snapshot of %s (%d bytes)", self.state.path,
+                     path.stat().st_size)
+            for blob, remaining in snapshot.chunks(path):
+                yield rpc_pb2.SnapshotResponse(header=header, remaining_bytes=remaining,
+                                               blob=blob)
+        finally:
+            remove()
 
     async def Alarm(self, request: Any, context: Context) -> Any:
         """This store raises no alarms (no space quota, no corruption check): the list is
@@ -794,6 +837,7 @@ class EmbeddedServer:
         self._expiry: asyncio.Task[None] | None = None
         self._progress: asyncio.Task[None] | None = None
         self._lock: DataDirLock | None = None
+        self._gateway: Gateway | None = None
 
     @property
     def endpoint(self) -> str:
@@ -809,7 +853,12 @@ class EmbeddedServer:
             self._unlock()
             raise OSError(f"store: cannot open {self.data_dir / 'store.db'}: {e}") from e
         self.service = StoreService(self.state, [])
-        server = Server(methods(self.service), MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES)
+        table = methods(self.service)
+        server = Server(table, MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES)
+        committer = self.service.committer
+        self._gateway = Gateway(table, StoreProbe(self.state, lambda: committer.broken is not None,
+                                                  lambda: len(committer.watchers)))
+        server.http1 = self._gateway.accept  # HTTP/1.1 on the same port: etcd's JSON API
         addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         tls: ssl.SSLContext | None = None
         try:
@@ -866,6 +915,8 @@ class EmbeddedServer:
                     await task
         if self._server is not None:
             await self._server.stop()
+        if self._gateway is not None:
+            self._gateway.close()
         if self.service is not None:
             await self.service.committer.drain()
         if self.state is not None:
