@@ -262,15 +262,32 @@ class SubnetEnv:
         self.ipmasq = ipmasq
 
 
-def parse_subnet_env(text: str, where: str) -> SubnetEnv:
-    """Parse ``KEY=VALUE`` lines; missing or bad keys are named in the error."""
-    values: dict[str, str] = {}
+def subnet_vars(text: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines (optional matching quotes, ``#`` comments, ``export``).
+
+    The same rules as ``overlay.subnetfile.parse_vars``, kept here so the plugin does
+    not import ``overlay`` (its ``ipaddress`` use alone costs a slice of the ADD
+    budget); tests/unit/test_subnet_env.py runs both on one table of inputs.
+    """
+    out: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip().strip('"')
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def parse_subnet_env(text: str, where: str) -> SubnetEnv:
+    """Parse ``KEY=VALUE`` lines; missing or bad keys are named in the error."""
+    values = subnet_vars(text)
     need = ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
     missing = [k for k in need if k not in values]
     if missing:

@@ -250,19 +250,20 @@ class Daemon:
                 self.server.stop()
                 raise
         self.server.start()
-        tasks: list[asyncio.Task[object]] = [asyncio.create_task(self.feed.run()),
-                                              asyncio.create_task(self._mark_ready())]
-        if late_config is not None:
-            tasks.append(asyncio.create_task(self._apply_late(late_config, explicit)))
         try:
-            await stop.wait()
+            # one group: a task that fails takes the others down with it (and reaches
+            # the caller) instead of leaving dnsd answering without a feed
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self.feed.run()), tg.create_task(self._mark_ready())]
+                if late_config is not None:
+                    tasks.append(tg.create_task(self._apply_late(late_config, explicit)))
+                await stop.wait()
+                for task in tasks:
+                    task.cancel()
         finally:
-            for task in tasks:
-                task.cancel()
             if late_config is not None:
                 late_config.cancel()
-                tasks.append(late_config)
-            await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(late_config, return_exceptions=True)
             if http is not None:
                 http.close()
             self.server.stop()

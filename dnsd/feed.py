@@ -97,15 +97,12 @@ class Feed:
 
     async def _session(self, store: Store) -> None:
         """Follow until the watch or the probe fails; re-raise that failure."""
-        tasks = [asyncio.create_task(self._sync(store)), asyncio.create_task(self._probe(store))]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            async with asyncio.TaskGroup() as tg:  # the first failure cancels the other
+                tg.create_task(self._sync(store))
+                tg.create_task(self._probe(store))
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
 
     async def _sync(self, store: Store) -> None:
         while True:

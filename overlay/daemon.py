@@ -133,7 +133,9 @@ class Flanneld:
         self._lost_reason = ""
         self._reconcile_lock = asyncio.Lock()
         self._dirty = asyncio.Event()
-        self._warned: set[tuple[str, str]] = set()
+        self._warned: set[tuple[str, int, str]] = set()  # (subnet, revision, why) logged
+        self._malformed: dict[str, tuple[int, str]] = {}  # key -> (revision, reason) logged
+        self._problems: set[tuple[str, int]] = set()  # backend problems of the last pass
         self._renew_delay = min(cfg.renew_interval(), RENEW_RETRY)
 
     # -- public view -------------------------------------------------------
@@ -321,31 +323,37 @@ class Flanneld:
     def peers(self) -> list[Lease]:
         """Peer leases the backend should program: own lease and foreign types left out."""
         state = self._require()
-        mine = state.backend.name
         out: list[Lease] = []
-        network, own = state.config.network, state.own.subnet
         for lease in state.table.values():
-            if lease.subnet == own:
+            if lease.subnet == state.own.subnet:
                 continue
-            btype = lease.backend_type or ""
-            if btype != mine and not (btype == "" and mine == "udp"):
-                self._warn_once(lease, f"backend type {btype!r}, we run {mine!r}")
-                continue
-            # never route outside the cluster network or over our own containers
-            if not lease.subnet.subnet_of(network):
-                self._warn_once(lease, f"subnet outside the network {network}")
-                continue
-            if lease.subnet.overlaps(own):
-                self._warn_once(lease, f"subnet overlaps our own {own}")
-                continue
-            if lease.public_ip == self.ext.public_ip:
-                self._warn_once(lease, "it names our own public IP (a stale lease of ours?)")
+            why = self._unusable(lease)
+            if why is not None:
+                self._warn_once(lease, why)
                 continue
             out.append(lease)
         return out
 
+    def _unusable(self, lease: Lease) -> str | None:
+        """Why a peer lease must not be programmed, or None."""
+        state = self._require()
+        mine = state.backend.name
+        network, own = state.config.network, state.own.subnet
+        btype = lease.backend_type or ""
+        if btype != mine and not (btype == "" and mine == "udp"):
+            return f"backend type {btype!r}, we run {mine!r}"
+        # never route outside the cluster network or over our own containers
+        if not lease.subnet.subnet_of(network):
+            return f"subnet outside the network {network}"
+        if lease.subnet.overlaps(own):
+            return f"subnet overlaps our own {own}"
+        if lease.public_ip == self.ext.public_ip:
+            return "it names our own public IP (a stale lease of ours?)"
+        return None
+
     def _warn_once(self, lease: Lease, why: str) -> None:
-        marker = (str(lease.subnet), why)
+        """One WARNING per lease revision and reason, however often the peers are listed."""
+        marker = (str(lease.subnet), lease.mod_revision, why)
         if marker not in self._warned:
             self._warned.add(marker)
             log.warning("ignoring lease %s from %s: %s", lease.subnet, lease.public_ip, why)
@@ -353,11 +361,19 @@ class Flanneld:
     def _set_table(self, update: Update) -> None:
         state = self._require()
         for err in update.errors:
-            self.health.malformed_leases_total += 1
-            log.warning("ignoring malformed lease: %s", err)
+            seen = (err.revision, err.reason)
+            if self._malformed.get(err.key) != seen:  # once per revision of the key
+                self._malformed[err.key] = seen
+                self.health.malformed_leases_total += 1
+                log.warning("ignoring malformed lease: %s", err)
         own = state.own.subnet
         for ev in update.events:
             if ev.lease.subnet == own:
+                continue
+            why = self._unusable(ev.lease)
+            if why is not None:  # never "added" (or "removed"): it is not a peer of ours
+                if ev.kind is EventKind.ADDED:
+                    self._warn_once(ev.lease, why)
                 continue
             if ev.kind is EventKind.ADDED:
                 log.info("peer %s via %s (%s) added", ev.lease.subnet, ev.lease.public_ip,
@@ -366,6 +382,17 @@ class Flanneld:
                 log.info("peer %s via %s removed", ev.lease.subnet, ev.lease.public_ip)
         state.table = update.table
         self.health.leases_known = len(state.table)
+
+    def _report_problems(self, why: str, errors: Sequence[str], peers: Sequence[Lease]) -> None:
+        """Log each peer the backend could not program once per lease revision (not per pass)."""
+        current: set[tuple[str, int]] = set()
+        for err in errors:
+            rev = next((p.mod_revision for p in peers if err.startswith(f"peer {p.subnet}:")), 0)
+            marker = (err, rev)
+            current.add(marker)
+            if marker not in self._problems:
+                log.warning("reconcile (%s): %s", why, err)
+        self._problems = current  # a problem that goes and comes back is logged again
 
     async def reconcile(self, why: str) -> None:
         """Program the backend with the complete peer set."""
@@ -385,10 +412,8 @@ class Flanneld:
                 return
             self.health.reconciles_total += 1
             self.health.peers_programmed = report.peers
-            if report.errors:
-                self.health.reconcile_errors_total += len(report.errors)
-                for err in report.errors:
-                    log.warning("reconcile (%s): %s", why, err)
+            self.health.reconcile_errors_total += len(report.errors)
+            self._report_problems(why, report.errors, peers)
             if report.added or report.removed or report.changed:
                 log.info("reconciled (%s): %d peers, +%d -%d ~%d", why, report.peers,
                          report.added, report.removed, report.changed)

@@ -32,7 +32,8 @@ SUBCOMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="weftctl", description="Administer a weft cluster: store, network, DNS, sandbox."
+        prog="weftctl",
+        description="Administer a weft cluster: store, network, DNS, scheduled units, sandbox.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     from overlay.version import version_text

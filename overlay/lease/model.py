@@ -28,10 +28,11 @@ DEFAULT_PREFIX = "/coreos.com/network"  # flannel's -etcd-prefix: the key layout
 class LeaseFormatError(LeaseError, ValueError):
     """A lease key or value that is not flannel's format; names the key."""
 
-    def __init__(self, key: str, reason: str) -> None:
+    def __init__(self, key: str, reason: str, revision: int = 0) -> None:
         super().__init__(f"lease {key}: {reason}")
         self.key = key
         self.reason = reason
+        self.revision = revision  # the key's mod revision when known (0 = unknown)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,8 +57,12 @@ def same_lease(a: Lease, b: Lease) -> bool:
 
 
 def _decode(kv: KeyValue) -> Lease:
+    """The lease in ``kv``; a ``LeaseFormatError`` carries the key's mod revision."""
     key = kv.key.decode("utf-8", "replace")
-    return decode_lease(key, kv.value, kv.lease, kv.mod_revision)
+    try:
+        return decode_lease(key, kv.value, kv.lease, kv.mod_revision)
+    except LeaseFormatError as exc:
+        raise LeaseFormatError(exc.key, exc.reason, kv.mod_revision) from None
 
 
 def table_from_listing(items: Iterable[KeyValue]) -> Update:

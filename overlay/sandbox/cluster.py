@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Protocol, TextIO
 
+from overlay import subnetfile
 from overlay.sandbox.model import (
     CNI_NETWORK_NAME,
     DAEMONS,
@@ -63,7 +64,6 @@ from overlay.sandbox.model import (
     host_table,
     lease_column,
     lease_state,
-    parse_subnet_env,
     render_table,
     resolv_conf,
     reverse_name,
@@ -443,7 +443,7 @@ class Sandbox:
             env_path = subnet_file(self.host_site(h))
             subnet = "-"
             if env_path.exists():
-                subnet = parse_subnet_env(env_path.read_text()).get("FLANNEL_SUBNET", "-")
+                subnet = subnetfile.parse_vars(env_path.read_text()).get("FLANNEL_SUBNET", "-")
             containers = " ".join(
                 f"{c.name} {c.ip.split('/')[0] or '-'} {c.dns}"
                 for c in self.state.containers if c.host == h.name) or "-"

@@ -450,14 +450,3 @@ def host_table(rows: Sequence[HostRow]) -> str:
                              for r in rows])
     return render_table(("host", "underlay ip", "subnet", "vtep mac", "containers"),
                         [(r.host, r.ip, r.subnet, r.vtep_mac, r.containers) for r in rows])
-
-
-def parse_subnet_env(text: str) -> dict[str, str]:
-    """``KEY=VALUE`` lines of flannel's subnet.env (blank lines and comments ignored)."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            out[key.strip()] = value.strip()
-    return out

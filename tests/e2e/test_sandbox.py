@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from overlay.sandbox.cluster import alive, load_state
-from overlay.sandbox.model import State, parse_subnet_env
+from overlay.sandbox.model import State
+from overlay.subnetfile import parse_vars as parse_subnet_env
 from overlay.testbed import list_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(240)]

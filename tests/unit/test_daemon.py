@@ -448,3 +448,55 @@ async def test_subnet_taken_over_moves_to_a_new_one(h: Harness,
     assert be.attached[-1].subnet == d.own.subnet
     assert subnetfile.read(h.tmp / "h" / "subnet.env").subnet == d.own.subnet
     await until(lambda: old.subnet in be.programmed, "the new owner programmed as a peer")
+
+
+class MacCheckingBackend(FakeBackend):
+    """Reports a peer with an unusable VtepMAC as the vxlan planner does, every pass."""
+
+    async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
+        from overlay.backend.plan import PeerProblem, normalize_mac
+
+        good = [p for p in peers if normalize_mac(p.backend_data.get("VtepMAC"))]
+        problems = tuple(str(PeerProblem(p.subnet, f"BackendData.VtepMAC "
+                                         f"{p.backend_data.get('VtepMAC')!r} is not a unicast "
+                                         "MAC address")) for p in peers if p not in good)
+        report = await super().reconcile(good)
+        return ReconcileReport(report.added, report.removed, 0, problems, report.peers)
+
+
+async def test_bad_leases_are_logged_once_per_revision_not_per_pass(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "overlay.daemon")
+    h.store = FlakyWatchStore(h.clock)
+    await h.store.put(CONFIG, GOOD)
+    d, be, _ = await h.running(backend=MacCheckingBackend())
+    bad_mac = encode_lease(Lease(N("10.244.70.0/24"), A("198.18.0.70"), "vxlan",
+                                 {"VNI": 1, "VtepMAC": "zz"}))
+    await h.put_peer("10.244.70.0/24", "", raw=bad_mac)
+    await h.put_peer("10.244.71.0/24", "", raw=b"not json")
+    await h.put_peer("10.250.1.0/24", "198.18.0.72")  # outside the network
+    await until(lambda: "VtepMAC 'zz'" in caplog.text and "not JSON" in caplog.text,
+                "the first warnings")
+    for _ in range(3):  # periodic passes and a re-list after a dropped watch
+        await h.clock.tick(10)
+        await settle()
+    from overlay.store.api import CompactedError
+
+    h.store.fail_with = CompactedError(1)
+    await h.put_peer("10.244.73.0/24", "198.18.0.73")
+    await until(lambda: d.health.watch_resyncs_total == 1 or h.clock.sleepers > 0, "relist")
+    await h.clock.tick(1)
+    await until(lambda: N("10.244.73.0/24") in be.programmed, "peer 73 after the re-list")
+    await h.clock.tick(10)
+    await settle()
+    text = caplog.text
+    assert text.count("VtepMAC 'zz'") == 1, text
+    assert text.count("not JSON") == 1 and d.health.malformed_leases_total == 1, text
+    assert text.count("outside the network") == 1, text
+    assert "peer 10.250.1.0/24 via 198.18.0.72 (vxlan) added" not in text, text
+    # a new revision of the same bad value is news: logged once more
+    await h.put_peer("10.244.70.0/24", "", raw=bad_mac)
+    await h.put_peer("10.244.71.0/24", "", raw=b"not json")
+    await until(lambda: caplog.text.count("not JSON") == 2, "the new revision's warning")
+    await h.clock.tick(10)
+    await until(lambda: caplog.text.count("VtepMAC 'zz'") == 2, "the new revision's problem")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from overlay import subnetfile
 from overlay.sandbox import model
 from overlay.sandbox.model import (
     DAEMONS,
@@ -146,8 +147,8 @@ def test_unknown_target_lists_the_known_ones() -> None:
 
 
 def test_host_table_and_subnet_env() -> None:
-    env = model.parse_subnet_env("# x\nFLANNEL_NETWORK=10.244.0.0/16\n"
-                                 "FLANNEL_SUBNET=10.244.7.1/24\n\nFLANNEL_MTU=1450\n")
+    env = subnetfile.parse_vars("# x\nFLANNEL_NETWORK=10.244.0.0/16\n"
+                                "FLANNEL_SUBNET=10.244.7.1/24\n\nFLANNEL_MTU=1450\n")
     assert env == {"FLANNEL_NETWORK": "10.244.0.0/16", "FLANNEL_SUBNET": "10.244.7.1/24",
                    "FLANNEL_MTU": "1450"}
     table = model.host_table([model.HostRow("h1", "198.18.0.11", env["FLANNEL_SUBNET"],

@@ -34,7 +34,6 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import ssl
@@ -819,6 +818,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A background group that ended by an error (not by ``stop``): say so loudly."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("store: lease expiry/progress stopped: %r", task.exception(),
+                  exc_info=task.exception())
+
+
 class EmbeddedServer:
     """The store server: open the data dir, serve gRPC, expire leases, stop cleanly."""
 
@@ -834,8 +840,7 @@ class EmbeddedServer:
         self.state: State | None = None
         self.service: StoreService | None = None
         self._server: Server | None = None
-        self._expiry: asyncio.Task[None] | None = None
-        self._progress: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         self._lock: DataDirLock | None = None
         self._gateway: Gateway | None = None
 
@@ -882,10 +887,16 @@ class EmbeddedServer:
             raise
         self.service.client_urls = [self.endpoint]
         self._server = server
-        self._expiry = asyncio.create_task(self._expire_loop())
-        self._progress = asyncio.create_task(self._progress_loop())
+        self._maintenance = asyncio.create_task(self._maintain())
+        self._maintenance.add_done_callback(_log_failure)
         log.info("store: serving %s, data dir %s, revision %d", self.endpoint,
                  self.data_dir, self.state.revision)
+
+    async def _maintain(self) -> None:
+        """Lease expiry and progress notifications, as one group until ``stop``."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._expire_loop())
+            tg.create_task(self._progress_loop())
 
     async def _expire_loop(self) -> None:
         assert self.state is not None and self.service is not None
@@ -908,11 +919,9 @@ class EmbeddedServer:
             await self._server.wait_closed()
 
     async def stop(self) -> None:
-        for task in (self._expiry, self._progress):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)  # logged if failed
         if self._server is not None:
             await self._server.stop()
         if self._gateway is not None:
