@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,37 +17,26 @@ import pytest
 from overlay.sandbox.cluster import load_state
 from overlay.sandbox.model import State
 from overlay.store.embedded.launch import start_etcd
+from tests.e2e.test_sandbox import exec_in as in_ns
+from tests.e2e.test_sandbox import weftctl as sandbox
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.etcd, pytest.mark.timeout(300)]
 
-BIN = Path(sys.executable).absolute().parent
-WEFTCTL = str(BIN / "weftctl")
+WEFTCTL = str(Path(sys.executable).absolute().parent / "weftctl")
 ETCD_PORT = 23790  # inside the sandbox's own underlay namespace: nothing else is there
 
 
-def sandbox(state_dir: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, WEFT_SANDBOX_DIR=str(state_dir))
-    return subprocess.run([WEFTCTL, "sandbox", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
-def in_ns(state_dir: Path, target: str, *cmd: str) -> subprocess.CompletedProcess[str]:
-    return sandbox(state_dir, "exec", target, "--", *cmd, timeout=60)
-
-
 @pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
+def sandbox_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "sandbox"
-    try:
-        yield d
-    finally:
-        if (d / "state.json").exists():
-            sandbox(d, "down", timeout=60)
+    yield d
+    if (d / "state.json").exists():
+        sandbox(d, "down", timeout=60)
 
 
-def dump(state_dir: Path, endpoint: str) -> dict[str, object]:
+def dump(d: Path, endpoint: str) -> dict[str, object]:
     """Every key under / in the store at ``endpoint`` (JSON values decoded)."""
-    out = in_ns(state_dir, "underlay", "etcdctl", "--endpoints", endpoint, "get", "/",
+    out = in_ns(d, "underlay", "etcdctl", "--endpoints", endpoint, "get", "/",
                 "--prefix", "-w", "json")
     assert out.returncode == 0, out.stderr
     kvs = json.loads(out.stdout).get("kvs", [])
@@ -61,7 +48,8 @@ def ips(state: State) -> dict[str, str]:
     return {c.ident: c.ip.split("/")[0] for c in state.containers}
 
 
-def test_move_a_live_sandbox_to_etcd(state_dir: Path, tmp_path: Path) -> None:
+def test_move_a_live_sandbox_to_etcd(sandbox_dir: Path, tmp_path: Path) -> None:
+    state_dir = sandbox_dir
     if shutil.which("etcd") is None or shutil.which("etcdctl") is None:
         pytest.skip("needs Debian's etcd-server and etcd-client")
     up = sandbox(state_dir, "up", "--hosts", "3", "--store", "embedded", "--lease-ttl", "60")

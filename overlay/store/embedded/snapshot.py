@@ -84,9 +84,9 @@ def take(db_path: Path, dest: Path) -> None:
 
 
 def chunks(path: Path, size: int = CHUNK) -> Iterator[tuple[bytes, int]]:
-    """The snapshot stream of the database file at ``path``: (blob, bytes remaining after
-    it), the SHA-256 of the database last."""
-    total = path.stat().st_size + DIGEST_BYTES
+    """The snapshot stream of the database file at ``path``: (blob, database bytes remaining
+    after it), then the SHA-256 of the database with 0 remaining, as etcd sends them."""
+    total = path.stat().st_size
     sent = 0
     digest = hashlib.sha256()
     with path.open("rb") as f:
