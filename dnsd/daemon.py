@@ -154,8 +154,8 @@ class Daemon:
         self.lock = threading.Lock()
         self.server = DnsServer(Engine(cfg.engine), self.index, self.lock,
                                 ServerConfig(cfg.host, cfg.port, cfg.round_robin,
-                                             cfg.udp_batch, cfg.stubzones),
-                                cfg.forwarder)
+                                             cfg.udp_batch, cfg.stubzones, cfg.read_timeout),
+                                cfg.forwarding)
         self._stub_problems: frozenset[stub.StubProblem] = frozenset()
         self.feed = Feed(self._connect, self.index, self.lock, self._changed)
         self.started = time.monotonic()
@@ -202,7 +202,8 @@ class Daemon:
             new = dataclasses.replace(new, host=self.cfg.host, port=self.cfg.port)
         changes = skyconfig.describe_changes(self.cfg, new)
         with self.lock:
-            self.server.reconfigure(Engine(new.engine), new.forwarder, new.round_robin)
+            self.server.reconfigure(Engine(new.engine), new.forwarding, new.round_robin,
+                                    new.read_timeout)
             self.cfg = new
             self._changed()
         log.info("%s arrived after start-up and is now applied: %s", key,
