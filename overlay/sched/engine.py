@@ -20,7 +20,8 @@ after each burst of changes run one pass (``plan_pass``, pure):
 2. ``place`` computes the assignments; the pass turns the difference into one
    transaction per unit: every transaction compares ``leader``'s create revision with
    this engine's (a deposed leader writes nothing), each deleted assignment's mod
-   revision, and each new assignment's absence. A move is the delete and the put in
+   revision (and, off a lost machine, that machine's continued absence), and each new
+   assignment's absence. A move is the delete and the put in
    one transaction, so no store state ever has a unit on two machines.
 3. ``unscheduled/<unit>`` carries the reason for units with no machine; a lost machine
    whose units have all moved is dropped from ``members/``.
@@ -140,6 +141,11 @@ def plan_pass(snap: Snapshot, layout: Layout, leader_key: bytes, leader_rev: int
         key = layout.assign(ch.machine, ch.unit).encode()
         cmps, ops, why = entry(ch.unit)
         cmps.append(Compare(key, "mod", rev))
+        if ch.machine not in present:
+            # moving off a lost machine: only while it is still absent. An agent that
+            # came back registers before it reads its assignments, so it either sees
+            # the move or the move fails: never both copies running.
+            cmps.append(Compare(layout.machine(ch.machine).encode(), "create", 0))
         ops.append(TxnOp(key, delete=True))
         why.append(f"off {ch.machine} ({ch.reason})")
     for ch in plan.add:

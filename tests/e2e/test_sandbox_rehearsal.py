@@ -8,8 +8,6 @@ it as it found it); the finalizer runs `sandbox down` whatever happens.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,21 +16,15 @@ import pytest
 
 from overlay.sandbox.cluster import load_state
 from overlay.sandbox.model import State
-from tests.e2e.test_sandbox import WEFTCTL, _missing, assert_nothing_left, ip_of
+from tests.e2e.test_sandbox import _missing, assert_nothing_left, exec_in, ip_of, weftctl
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(240)]
 
 TTL = 4  # seconds: a killed host's lease is gone soon after
 
 
-def sandbox(state_dir: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, WEFT_SANDBOX_DIR=str(state_dir))
-    return subprocess.run([WEFTCTL, "sandbox", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
-def in_container(state_dir: Path, target: str, *cmd: str) -> subprocess.CompletedProcess[str]:
-    return sandbox(state_dir, "exec", target, "--", *cmd, timeout=30)
+sandbox = weftctl  # `weftctl sandbox ARGS` with the state dir in the environment
+in_container = exec_in
 
 
 def status_json(state_dir: Path) -> dict[str, object]:

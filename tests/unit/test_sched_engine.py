@@ -72,6 +72,9 @@ def test_lost_machine_moves_only_after_grace_in_one_txn_then_leaves_members() ->
     assert ops([move]) == [("del", LAYOUT.assign("m1", "a.service")),
                            ("put", LAYOUT.assign("m2", "a.service"))]
     assert ("mod", 5) in [(c.target, c.expect) for c in move.compares]
+    # only while m1 is still absent: a returning agent registers before it reads
+    assert (LAYOUT.machine("m1").encode(), "create", 0) in [
+        (c.key, c.target, c.expect) for c in move.compares]
     assert ops([forget]) == [("del", LAYOUT.member("m1"))]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from aetcd.rpc import rpc_pb2
 
+from overlay.metrics import gauge, render
 from overlay.store.embedded.gateway import (
     ROUTES,
     HttpError,
@@ -13,7 +14,6 @@ from overlay.store.embedded.gateway import (
     error_body,
     from_json,
     json_objects,
-    metrics_text,
     to_json,
 )
 from overlay.store.embedded.grpcwire import Code
@@ -75,9 +75,10 @@ def test_stream_bodies() -> None:
 
 def test_error_body_and_metrics() -> None:
     assert error_body(Code.NOT_FOUND, "gone") == b'{"error":"gone","message":"gone","code":5}'
-    assert metrics_text([("a_total", "gauge", "A.", 3), ('b{x="y"}', "gauge", "B.", 0.5)]) == (
-        b"# HELP a_total A.\n# TYPE a_total gauge\na_total 3\n"
-        b'# HELP b B.\n# TYPE b gauge\nb{x="y"} 0.5\n')
+    # rendered by overlay.metrics, the renderer every daemon shares
+    assert render([gauge("a_total", "A.", 3), gauge("b", "B.", {("y",): 0.5}, ("x",))]) == (
+        "# HELP a_total A.\n# TYPE a_total gauge\na_total 3\n"
+        '# HELP b B.\n# TYPE b gauge\nb{x="y"} 0.5\n')
 
 
 def test_routes_cover_etcd_34_paths() -> None:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from aetcd.rpc import rpc_pb2
 from google.protobuf import json_format
 
+from overlay.metrics import Family, counter, gauge, render
 from overlay.store.embedded.grpcwire import Abort, Code, Context, Method
 from overlay.store.embedded.state import RangeOp, State
 
@@ -320,8 +321,8 @@ class Probe(Protocol):
 
     def healthy(self) -> bool: ...
 
-    def metrics(self) -> list[tuple[str, str, str, float]]:
-        """(name, type, help, value) samples."""
+    def metrics(self) -> list[Family]:
+        """The metric families /metrics renders (overlay.metrics)."""
         ...
 
 
@@ -337,46 +338,34 @@ class StoreProbe:
     def healthy(self) -> bool:
         return not self._broken()
 
-    def metrics(self) -> list[tuple[str, str, str, float]]:
+    def metrics(self) -> list[Family]:
         s = self.state
         keys = s.range(RangeOp(b"\0", b"\0", count_only=True)).count
         size = s.db_size()
         return [
-            ("etcd_server_has_leader", "gauge",
-             "Whether or not a leader exists. 1 is existence, 0 is not.", 1),
-            ("etcd_server_is_leader", "gauge",
-             "Whether or not this member is a leader. 1 if is, 0 otherwise.", 1),
-            (f'etcd_server_version{{server_version="{API_VERSION}"}}', "gauge",
-             "Which version is running. 1 for 'server_version' label with current version.",
-             1),
-            ("etcd_server_health_failures", "counter",
-             "The total number of failed health checks (1 once commits fail).",
-             0 if self.healthy() else 1),
-            ("etcd_debugging_mvcc_keys_total", "gauge", "Total number of keys.", keys),
-            ("etcd_debugging_mvcc_current_revision", "gauge",
-             "The current revision of store.", s.revision),
-            ("etcd_debugging_mvcc_compact_revision", "gauge",
-             "The revision of the last compaction in store.", s.compact_revision),
-            ("etcd_debugging_mvcc_watcher_total", "gauge", "Total number of watchers.",
-             self._watchers()),
-            ("etcd_debugging_lease_total", "gauge", "The number of live leases.",
-             len(s.leases)),
-            ("etcd_mvcc_db_total_size_in_bytes", "gauge",
-             "Total size of the underlying database physically allocated in bytes.", size),
-            ("etcd_mvcc_db_total_size_in_use_in_bytes", "gauge",
-             "Total size of the underlying database logically in use in bytes.", size),
+            gauge("etcd_server_has_leader",
+                  "Whether or not a leader exists. 1 is existence, 0 is not.", 1),
+            gauge("etcd_server_is_leader",
+                  "Whether or not this member is a leader. 1 if is, 0 otherwise.", 1),
+            gauge("etcd_server_version",
+                  "Which version is running. 1 for 'server_version' label with current version.",
+                  {(API_VERSION,): 1}, labels=("server_version",)),
+            counter("etcd_server_health_failures",
+                    "The total number of failed health checks (1 once commits fail).",
+                    0 if self.healthy() else 1),
+            gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", keys),
+            gauge("etcd_debugging_mvcc_current_revision", "The current revision of store.",
+                  s.revision),
+            gauge("etcd_debugging_mvcc_compact_revision",
+                  "The revision of the last compaction in store.", s.compact_revision),
+            gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.",
+                  self._watchers()),
+            gauge("etcd_debugging_lease_total", "The number of live leases.", len(s.leases)),
+            gauge("etcd_mvcc_db_total_size_in_bytes",
+                  "Total size of the underlying database physically allocated in bytes.", size),
+            gauge("etcd_mvcc_db_total_size_in_use_in_bytes",
+                  "Total size of the underlying database logically in use in bytes.", size),
         ]
-
-
-def metrics_text(samples: list[tuple[str, str, str, float]]) -> bytes:
-    """Prometheus' text format (0.0.4)."""
-    out: list[str] = []
-    for name, typ, help_text, value in samples:
-        base = name.split("{", 1)[0]
-        out.append(f"# HELP {base} {help_text}")
-        out.append(f"# TYPE {base} {typ}")
-        out.append(f"{name} {value:g}" if value != int(value) else f"{name} {int(value)}")
-    return ("\n".join(out) + "\n").encode()
 
 
 class Gateway:
@@ -502,7 +491,7 @@ class HttpConnection(asyncio.Protocol):
             "application/json"
 
     def _metrics(self) -> tuple[int, bytes, str]:
-        return 200, metrics_text(self.gateway.probe.metrics()), \
+        return 200, render(self.gateway.probe.metrics()).encode(), \
             "text/plain; version=0.0.4; charset=utf-8"
 
     async def _call(self, route: Route, req: Request) -> bool:
