@@ -563,7 +563,7 @@ def _build(options: Options, out: Writer) -> int:
             progress.line("scheduler: web.service started, resolved and answering"
                           if proven else "scheduler demo FAILED (see above)")
         out.write("\nnext: weftctl sandbox status | exec c1.h1 -- ip addr | logs flanneld@h2 "
-                  "| kill h2 | down")
+                  "| kill h2 | start h2 | down")
         if options.state_dir != DEFAULT_STATE_DIR:
             out.write(f"   (add --state-dir {options.state_dir})")
         out.write("\n")

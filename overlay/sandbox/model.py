@@ -212,7 +212,9 @@ def _flanneld_argv(ctx: Context, site: Site) -> list[str]:
 
 def _flanneld_probes(ctx: Context, site: Site) -> Sequence[Probe]:
     return (Probe("file", path=str(subnet_file(site))),
-            Probe("http", "127.0.0.1", FLANNELD_HEALTHZ_PORT, "/healthz"))
+            # /readyz: lease held, data path attached, subnet.env written by this run (a
+            # restarted flanneld finds the old file; /healthz only says "alive")
+            Probe("http", "127.0.0.1", FLANNELD_HEALTHZ_PORT, "/readyz"))
 
 
 def _dnsd_argv(ctx: Context, site: Site) -> list[str]:
