@@ -31,6 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(version_text("dnsd") + "\n")
         return 0
     setup_logging(logging.DEBUG if cfg.verbose else logging.INFO, cfg.log_format)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    if cfg.systemd:
+        log.info("-systemd: readiness goes to systemd through $NOTIFY_SOCKET when it is set; "
+                 "dnsd binds -addr itself (no socket activation)")
     explicit = explicit_flags(args, os.environ)
 
     async def amain() -> int:

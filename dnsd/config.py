@@ -3,7 +3,11 @@
 Flags take one or two dashes and fall back to ``SKYDNS_*`` (and SkyDNS's
 ``ETCD_*`` / ``PROMETHEUS_PORT``) environment variables; the store connection
 flags are weft's shared ones (``overlay.flags.add_store_flags``) with SkyDNS's
-variables and aliases. Nothing below this module reads the environment.
+variables and aliases. Every flag SkyDNS has is accepted, so a SkyDNS unit starts
+dnsd unchanged: ``-no-rec``, ``-rtimeout``, ``-username``/``-password``,
+``-systemd`` and ``-etcd3`` mean what they mean there (``DnsdConfig``), the rest
+(``SKYDNS_IGNORED``) are named in one warning that ``main`` logs
+(``DnsdConfig.warnings``). Nothing below this module reads the environment.
 ``skyconfig`` merges the ``<path-prefix>/config`` key over a ``DnsdConfig``.
 """
 
@@ -11,9 +15,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from overlay.flags import FlagParser, StoreFlagEnv, add_store_flags, store_config
+from overlay.flags import (
+    FlagParser,
+    StoreFlagEnv,
+    add_store_flags,
+    go_duration,
+    ignored_warning,
+    store_config,
+)
 from overlay.service import LOG_FORMATS
 from overlay.store.api import StoreConfig
 
@@ -28,10 +39,28 @@ from .forward import (
 )
 
 DEFAULT_NETWORKS = parse_networks(DEFAULT_ALLOW)
+DEFAULT_READ_TIMEOUT = 2.0  # SkyDNS's -rtimeout default
 # after the parser's SKYDNS_ETCD_* names: SkyDNS's ETCD_* variables and weft's auth ones
 DNSD_STORE_ENV = StoreFlagEnv(endpoints=("ETCD_MACHINES", "ETCD_ENDPOINTS"),
                               cafile=("ETCD_CACERT",), certfile=("ETCD_TLSPEM",),
-                              keyfile=("ETCD_TLSKEY",))
+                              keyfile=("ETCD_TLSKEY",),
+                              username=("WEFT_ETCD_USERNAME", "ETCD_USERNAME"),
+                              password=("WEFT_ETCD_PASSWORD", "ETCD_PASSWORD"))
+_NO_CACHE = "dnsd's answer cache is always on and emptied on every store change"
+# SkyDNS's flags with no meaning in dnsd, as the same fields of /skydns/config
+# (skyconfig.IGNORED): (name, why, boolean). Accepted so a SkyDNS unit's ExecStart
+# starts dnsd unchanged; named in one WARNING at start-up.
+SKYDNS_IGNORED: tuple[tuple[str, str, bool], ...] = (
+    ("local", "no local.dns.<domain> alias is served", False),
+    ("hostmaster", "the SOA mailbox is hostmaster.<zone>", False),
+    ("dnssec", "dnsd does not sign answers", False),
+    ("ns-rotate", "dnsd picks the first upstream by query ID, the next on failure", True),
+    ("ndots", "out-of-zone names are forwarded whatever their label count", False),
+    ("rcache", _NO_CACHE, False),
+    ("rcache-ttl", _NO_CACHE, False),
+    ("scache", "no signatures, so no signature cache", False),
+    ("discover", "etcd v2 machine discovery; dnsd uses -etcd-endpoints as given", True),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +80,16 @@ class DnsdConfig:
     log_format: str = "text"  # overlay.service.LOG_FORMATS
     notify_socket: str | None = None  # systemd's $NOTIFY_SOCKET: READY=1 once the index is loaded
     version: bool = False  # -version: print it and exit
+    no_rec: bool = False  # SkyDNS -no-rec / no_rec: never forward, whatever the nameservers
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # per upstream try (forwarding, stub zones)
+    systemd: bool = False  # SkyDNS -systemd: accepted (readiness goes to NOTIFY_SOCKET anyway)
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # for main to log
+
+    @property
+    def forwarding(self) -> Forwarder | None:
+        """The forwarder out-of-zone queries go to; None when forwarding is off
+        (no nameservers, or no_rec)."""
+        return None if self.no_rec else self.forwarder
 
 
 def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
@@ -74,8 +113,15 @@ def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("ca-cert", "alias of -etcd-cafile (SkyDNS)", None)
     p.add("tls-pem", "alias of -etcd-certfile (SkyDNS)", None)
     p.add("tls-key", "alias of -etcd-keyfile (SkyDNS)", None)
+    p.add("username", "alias of -etcd-username (SkyDNS)", None)
+    p.add("password", "alias of -etcd-password (SkyDNS); prefer the ETCD_PASSWORD or "
+          "WEFT_ETCD_PASSWORD environment variable, a command-line value shows in `ps`", None)
     p.add("nameservers", "upstreams for out-of-zone queries, comma separated host[:port]; "
           "forwarding is OFF unless given", "")
+    p.add_bool("no-rec", "never forward out-of-zone queries, even with -nameservers "
+               "(SkyDNS: no recursive service)", False)
+    p.add("rtimeout", "read timeout of each try at an upstream (forwarding, stub zones), "
+          "a Go duration", "2s", metavar="DURATION")
     p.add("forward-allow", "client networks allowed to use forwarding, comma separated",
           DEFAULT_ALLOW)
     p.add_bool("stubzones", "relay names in the stub zones stored under "
@@ -92,6 +138,13 @@ def flag_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           "systemd's JOURNAL_STREAM is our stderr) or json (one object per line)", "text",
           env=("WEFT_LOG_FORMAT",))
     p.add_bool("version", "print the version and exit", False)
+    p.add_bool("systemd", "run as a systemd service: readiness is reported to systemd "
+               "(sd_notify READY=1) whenever $NOTIFY_SOCKET is set, with or without this "
+               "flag; unlike SkyDNS, dnsd binds -addr itself (no socket activation)", False)
+    p.add_bool("etcd3", "SkyDNS: talk etcd's v3 API. dnsd always does, so this changes "
+               "nothing (false is ignored with a warning)", None)
+    for name, why, boolean in SKYDNS_IGNORED:
+        p.add_ignored(name, why, boolean)
     return p
 
 
@@ -110,8 +163,13 @@ def parse_config(argv: Sequence[str] | None,
         a.etcd_cafile = a.etcd_cafile or a.ca_cert
         a.etcd_certfile = a.etcd_certfile or a.tls_pem
         a.etcd_keyfile = a.etcd_keyfile or a.tls_key
+        a.etcd_username = a.etcd_username or a.username
+        a.etcd_password = a.etcd_password or a.password
         store = store_config(a, DNSD_STORE_ENV, environ)
-        forwarder = make_forwarder(a.nameservers.split(","), a.forward_allow)
+        read_timeout = go_duration(a.rtimeout)
+        if not 0.001 <= read_timeout <= 60:
+            raise ValueError(f"-rtimeout {a.rtimeout}: want 1ms..60s")
+        forwarder = make_forwarder(a.nameservers.split(","), a.forward_allow, read_timeout)
         allow = parse_networks(a.forward_allow)
         if not 0 <= a.metrics_port <= 65535:
             raise ValueError(f"-metrics-port {a.metrics_port} out of range")
@@ -123,7 +181,11 @@ def parse_config(argv: Sequence[str] | None,
         raise  # parser.error exits; this keeps the type checker informed
     prefix = "/" + (a.etcd_prefix or a.path_prefix).strip("/")
     env = os.environ if environ is None else environ
+    warnings = [w for w in (ignored_warning(a),) if w is not None]
+    if a.etcd3 is False:
+        warnings.append("-etcd3=false ignored: dnsd only talks etcd's v3 API")
     return DnsdConfig(host, port, engine, prefix, store, forwarder, a.round_robin,
                       a.udp_batch, a.metrics_port, a.verbose,
                       allow, a.stubzones, a.log_format, env.get("NOTIFY_SOCKET") or None,
-                      a.version)
+                      a.version, no_rec=a.no_rec, read_timeout=read_timeout,
+                      systemd=a.systemd, warnings=tuple(warnings))

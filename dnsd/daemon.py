@@ -154,8 +154,8 @@ class Daemon:
         self.lock = threading.Lock()
         self.server = DnsServer(Engine(cfg.engine), self.index, self.lock,
                                 ServerConfig(cfg.host, cfg.port, cfg.round_robin,
-                                             cfg.udp_batch, cfg.stubzones),
-                                cfg.forwarder)
+                                             cfg.udp_batch, cfg.stubzones, cfg.read_timeout),
+                                cfg.forwarding)
         self._stub_problems: frozenset[stub.StubProblem] = frozenset()
         self.feed = Feed(self._connect, self.index, self.lock, self._changed)
         self.started = time.monotonic()
@@ -202,7 +202,8 @@ class Daemon:
             new = dataclasses.replace(new, host=self.cfg.host, port=self.cfg.port)
         changes = skyconfig.describe_changes(self.cfg, new)
         with self.lock:
-            self.server.reconfigure(Engine(new.engine), new.forwarder, new.round_robin)
+            self.server.reconfigure(Engine(new.engine), new.forwarding, new.round_robin,
+                                    new.read_timeout)
             self.cfg = new
             self._changed()
         log.info("%s arrived after start-up and is now applied: %s", key,
@@ -231,7 +232,7 @@ class Daemon:
             return 200, "text/plain; version=0.0.4", self.metrics_text()
         if path in ("/healthz", "/health"):  # liveness: we answer, so we serve
             ready, text = self.health()
-            return 200, "text/plain", ("ok" if ready else f"ok, serving; not ready: {text}") + "\n"
+            return 200, "text/plain", (text if ready else f"ok, serving; not ready: {text}") + "\n"
         if path in ("/readyz", "/ready"):
             ready, text = self.health()
             return (200 if ready else 503), "text/plain", text + "\n"

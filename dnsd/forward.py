@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,18 @@ class Forwarder:
             addr = addr.ipv4_mapped
         return any(addr.version == net.version and addr in net for net in self.allow)
 
-    def relay(self, query: bytes, tcp: bool) -> bytes | None:
-        """The first good upstream reply, or None when all failed."""
+    def relay(self, query: bytes, tcp: bool,
+              tried: Callable[[str], None] | None = None) -> bytes | None:
+        """The first good upstream reply, or None when all failed. ``tried`` is told
+        each upstream (``ip:port``, ``[ip6]:port``) a query is sent to."""
         if len(query) < 12:
             return None
         ident = struct.unpack_from("!H", query)[0]
         n = len(self.upstreams)
         for i in range(n):
             host, port = self.upstreams[(ident + i) % n]
+            if tried is not None:
+                tried(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
             try:
                 reply = _tcp(host, port, query, self.timeout) if tcp else \
                     _udp(host, port, query, ident, self.timeout)

@@ -24,6 +24,7 @@ at this boundary; nothing a client sends can stop the loops.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import functools
@@ -36,13 +37,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from overlay.metrics import Histogram
+
 from . import batchio
 from .batchio import BatchSocket
 from .engine import Engine
 from .forward import Forwarder
 from .index import Index
 from .message import Answer, Rcode
-from .metrics import Metrics
+from .metrics import COREDNS_BUCKETS, DROPPED, OUTSIDE, Metrics, server_label
 from .stub import STUB_DATA, STUB_OPTION, Server, StubTable
 from .wire import (
     TCP_LIMIT,
@@ -72,7 +75,7 @@ INF = float("inf")
 MAX_TCP_CONNECTIONS = 128
 TCP_IDLE_SECONDS = 10.0
 ROTATIONS = 8
-STUB_TIMEOUT = 2.0  # per upstream try when no forwarder (and its read timeout) is set
+STUB_TIMEOUT = 2.0  # per upstream try (SkyDNS's -rtimeout default)
 
 Reply = Callable[[bytes], None]
 
@@ -84,6 +87,7 @@ class ServerConfig:
     round_robin: bool = True
     batch: bool = True  # recvmmsg/sendmmsg when the platform has them
     stubzones: bool = False  # relay names in stub zones (SkyDNS -stubzones)
+    stub_timeout: float = STUB_TIMEOUT  # read timeout per stub nameserver try (-rtimeout)
 
 
 class DnsServer:
@@ -100,7 +104,7 @@ class DnsServer:
         self.metrics = metrics or Metrics()
         self.ready = False  # set once the index holds a first listing
         self.stubs = StubTable()  # replaced whole by the shell; read without the lock
-        self._stub_timeout = forwarder.timeout if forwarder is not None else STUB_TIMEOUT
+        self._stub_timeout = config.stub_timeout
         self._cache: dict[bytes, CachedAnswer] = {}
         self._exact: dict[bytes, ExactAnswer] = {}
         self._stopping = threading.Event()
@@ -122,6 +126,11 @@ class DnsServer:
             self.tcp.close()
             raise
         self.port: int = port
+        m = self.metrics
+        m.server = server_label(config.host, port)
+        m.family = "2" if family == socket.AF_INET6 else "1"
+        m.zones = ",".join(".".join(z) + "." for z in engine.config.zones)
+        self._timed: list[Histogram] = []  # UDP thread: duration histograms of fast hits
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -162,7 +171,7 @@ class DnsServer:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def reconfigure(self, engine: Engine, forwarder: Forwarder | None,
-                    round_robin: bool) -> None:
+                    round_robin: bool, stub_timeout: float = STUB_TIMEOUT) -> None:
         """Swap the answer rules and forwarding of a running server (call with ``lock`` held).
 
         For SkyDNS's config key arriving after start-up; the listen address stays.
@@ -170,11 +179,12 @@ class DnsServer:
         """
         self.engine = engine
         self.forwarder = forwarder
-        self.config = dataclasses.replace(self.config, round_robin=round_robin)
-        if forwarder is not None:
-            self._stub_timeout = forwarder.timeout
-            if self._pool is None and self._threads:  # started without forwarding
-                self._pool = ThreadPoolExecutor(8, thread_name_prefix="dnsd-forward")
+        self.config = dataclasses.replace(self.config, round_robin=round_robin,
+                                          stub_timeout=stub_timeout)
+        self._stub_timeout = stub_timeout
+        if forwarder is not None and self._pool is None and self._threads:
+            # started without forwarding
+            self._pool = ThreadPoolExecutor(8, thread_name_prefix="dnsd-forward")
 
     def invalidate(self) -> None:
         """Forget every precomputed answer (call with ``lock`` held, after an index change)."""
@@ -189,10 +199,11 @@ class DnsServer:
         m = self.metrics
         entries: list[CachedAnswer | ExactAnswer] = [*cached, *exact]
         for entry in entries:
-            if entry.hits:
-                m.count(entry.rtype, entry.rcode, entry.hits)
-                m.cache_hits += entry.hits
+            hits = entry.hits
+            if hits:
                 entry.hits = 0
+                m.count(entry.rtype, entry.rcode, hits, entry.zone, "udp")
+                m.hit(hits, entry.denial)
 
     def sync_metrics(self) -> None:
         """Fold live entries' hit counters into the metrics (before rendering them)."""
@@ -215,6 +226,7 @@ class DnsServer:
         exact = exact_map.get(data[2:])
         if exact is not None:
             exact.hits += 1
+            self._timed.append(exact.latency)
             return data[:2] + next(exact.responses)
         # 2. same question (any case/ID/RD): echo it before the cached records
         key = fast_key(data)
@@ -226,12 +238,13 @@ class DnsServer:
         head = entry.hdr[data[2] & 1]
         question = data[12:key[1]]
         entry.hits += 1
+        self._timed.append(entry.latency)
         if entry.expires == INF:
             if len(exact_map) >= EXACT_LIMIT:
                 self._fold((), list(exact_map.values()))
                 exact_map.clear()
             exact_map[data[2:]] = ExactAnswer(
-                [head + question + tail for tail in entry.tail_list], entry.rtype, entry.rcode)
+                [head + question + tail for tail in entry.tail_list], entry)
         return data[:2] + head + question + next(entry.tails)
 
     def _udp_loop(self) -> None:
@@ -242,6 +255,7 @@ class DnsServer:
         fast = self._fast
         metrics = self.metrics
         perf = time.perf_counter
+        timed = self._timed
         tick = 0
         stopping = self._stopping.is_set
         while True:
@@ -261,8 +275,12 @@ class DnsServer:
                 reply = fast(data)
                 if reply is not None:
                     send(reply, addr)
+                    took = perf() - t0
+                    for h in timed:
+                        h.observe(took)
+                    timed.clear()
                     if not tick & 15:
-                        metrics.observe(perf() - t0)
+                        metrics.observe(took)
                     continue
                 self._slow(data, addr, False, _udp_reply(send, addr))
             except Exception:  # the boundary: never let one packet stop the loop
@@ -276,6 +294,8 @@ class DnsServer:
         metrics = self.metrics
         perf = time.perf_counter
         stopping = self._stopping.is_set
+        timed = self._timed
+        bounds = COREDNS_BUCKETS
         while True:
             t0 = 0.0
             got = 0
@@ -301,9 +321,21 @@ class DnsServer:
                     except Exception:  # the boundary: never let one packet stop the loop
                         metrics.errors += 1
                         log.exception("udp: failed to answer a packet")
-                if batch.flush() and got:
-                    # one sample per batch: the mean time per datagram in it
-                    metrics.observe((perf() - t0) / got)
+                flushed = batch.flush()
+                if got:
+                    # the mean time per datagram in the batch: one sample of weft's own
+                    # histogram; and for each fast answer in it, CoreDNS's, whose bucket
+                    # is found once (the slow answers were observed in _slow)
+                    mean = (perf() - t0) / got
+                    if flushed:
+                        metrics.observe(mean)
+                    if timed:
+                        b = bisect.bisect_left(bounds, mean)
+                        for h in timed:
+                            h.counts[b] += 1
+                            h.count += 1
+                            h.sum += mean
+                        timed.clear()
             except OSError:
                 if stopping():
                     return
@@ -364,31 +396,40 @@ class DnsServer:
         t0 = time.perf_counter()
         metrics = self.metrics
         ra = self.forwarder is not None
+        proto = "tcp" if tcp else "udp"
         try:
             query = parse_query(data)
         except DropError:
             metrics.dropped += 1
             return
         except FormError as err:
-            metrics.count(0, int(err.rcode))
+            metrics.count(0, int(err.rcode), zone=DROPPED, proto=proto)
             reply(error_response(err, ra))
             return
         metrics.cache_misses += 1
-        qtype = query.question.qtype
+        zone = self.engine.zone_of(query.question.labels)
+        req = _Request(query, OUTSIDE if zone is None else ".".join(zone) + ".", proto, t0)
         try:
-            out = self._answer(query, addr, tcp, reply)
+            out = self._answer(req, addr, reply)
         except Exception:
             metrics.errors += 1
-            log.exception("answering %s %s failed", query.question.name, qtype)
+            log.exception("answering %s %s failed", query.question.name, query.question.qtype)
             out = plain_response(query, Rcode.SERVFAIL, ra)
-            metrics.count(qtype, int(Rcode.SERVFAIL))
+            self._answered(req, Rcode.SERVFAIL)
         if out is not None:
             reply(out)
             metrics.observe(time.perf_counter() - t0)
 
-    def _answer(self, query: Query, addr: tuple[str, int], tcp: bool,
-                reply: Reply) -> bytes | None:
+    def _answered(self, req: _Request, rcode: int) -> None:
+        """Count an answer to ``req`` (and its time, in CoreDNS's histogram)."""
+        qtype = req.query.question.qtype
+        self.metrics.count(qtype, int(rcode), 1, req.zone, req.proto)
+        self.metrics.duration(req.zone, qtype).observe(time.perf_counter() - req.t0)
+
+    def _answer(self, req: _Request, addr: tuple[str, int], reply: Reply) -> bytes | None:
         metrics = self.metrics
+        query = req.query
+        tcp = req.proto == "tcp"
         ra = self.forwarder is not None
         qtype = query.question.qtype
         limit = TCP_LIMIT if tcp else udp_limit(query)
@@ -396,52 +437,57 @@ class DnsServer:
         ident = query.ident.to_bytes(2, "big")
         stub = self.stubs.lookup(query.question.labels) if self.config.stubzones else None
         if stub is not None:
-            return self._stub(query, tcp, reply, stub[1])
+            return self._stub(req, reply, stub[1])
         key = query.cache_key
         entry = self._cache.get(key)
         if entry is not None and entry.expires > time.monotonic():
-            entry.hits += 1  # folded into the request counters later
             metrics.cache_misses -= 1  # it was a hit after all, just not on the fast path
+            metrics.hit(1, entry.denial)
             if entry.limit_needed > limit:
                 metrics.truncated += 1
-            return entry.render(ident, rd, query.question_wire, limit)
+            out = entry.render(ident, rd, query.question_wire, limit)
+            self._answered(req, entry.rcode)
+            return out
         with self.lock:
             if self.config.stubzones:
                 # again under the lock: a stub record may have arrived while this thread
                 # waited, and an answer cached now would shadow the stub zone
                 stub = self.stubs.lookup(query.question.labels)
                 if stub is not None:
-                    return self._stub(query, tcp, reply, stub[1])
+                    return self._stub(req, reply, stub[1])
             now = time.monotonic()
             answer = self.engine.resolve(self.index, query.question, now,
                                          serial=self.index.revision)
             if answer.forward:
-                return self._forward(query, addr, tcp, reply, answer)
+                return self._forward(req, addr, reply, answer)
             if not self.ready:  # in-zone, but the index has not been loaded yet
-                metrics.count(qtype, int(Rcode.SERVFAIL))
+                self._answered(req, Rcode.SERVFAIL)
                 return plain_response(query, Rcode.SERVFAIL, ra)
             try:
                 prepared = prepare(answer, query, ra)
             except EncodeError as exc:
                 log.warning("cannot encode the answer to %s: %s", query.question.name, exc)
-                metrics.count(qtype, int(Rcode.SERVFAIL))
+                self._answered(req, Rcode.SERVFAIL)
                 return plain_response(query, Rcode.SERVFAIL, ra)
             variants = rotations(prepared, ROTATIONS) if self.config.round_robin \
                 else [prepared]
             cached = CachedAnswer(variants, now + LEASED_CACHE_SECONDS if answer.leased
                                   else INF, qtype, int(answer.rcode),
-                                  len(query.question_wire))
+                                  len(query.question_wire), req.zone,
+                                  metrics.duration(req.zone, qtype))
             if len(self._cache) >= CACHE_LIMIT:
                 self.invalidate()
             self._cache[key] = cached
-        metrics.count(qtype, int(answer.rcode))
         if cached.limit_needed > limit:
             metrics.truncated += 1
-        return cached.render(ident, rd, query.question_wire, limit)
+        out = cached.render(ident, rd, query.question_wire, limit)
+        self._answered(req, answer.rcode)
+        return out
 
-    def _stub(self, query: Query, tcp: bool, reply: Reply,
+    def _stub(self, req: _Request, reply: Reply,
               servers: tuple[Server, ...]) -> bytes | None:
         """Relay to a stub zone's nameservers (any client: the operator set them)."""
+        query = req.query
         if query.edns is not None and query.edns.stub:
             # another stub server relayed this to us: relaying on could loop (SkyDNS drops)
             self.metrics.dropped += 1
@@ -449,45 +495,54 @@ class DnsServer:
                       query.question.name)
             return None
         if self._pool is None:  # not started (in-process tests): nothing can relay
-            self.metrics.count(query.question.qtype, int(Rcode.SERVFAIL))
+            self._answered(req, Rcode.SERVFAIL)
             return plain_response(query, Rcode.SERVFAIL, self.forwarder is not None)
         fwd = Forwarder(servers, (), self._stub_timeout)
-        self._relay(query, tcp, reply, fwd, _requery(query, stub=True))
+        self._relay(req, reply, fwd, _requery(query, stub=True))
         return None
 
-    def _forward(self, query: Query, addr: tuple[str, int], tcp: bool, reply: Reply,
+    def _forward(self, req: _Request, addr: tuple[str, int], reply: Reply,
                  answer: Answer) -> bytes | None:
         ra = self.forwarder is not None
-        qtype = query.question.qtype
         fwd = self.forwarder
         if fwd is None or self._pool is None or not fwd.allowed(addr[0]):
-            self.metrics.count(qtype, int(answer.rcode))
-            return plain_response(query, answer.rcode, ra)
-        self._relay(query, tcp, reply, fwd, _requery(query))
+            self._answered(req, answer.rcode)
+            return plain_response(req.query, answer.rcode, ra)
+        self._relay(req, reply, fwd, _requery(req.query))
         return None
 
-    def _relay(self, query: Query, tcp: bool, reply: Reply, fwd: Forwarder,
-               raw: bytes) -> None:
+    def _relay(self, req: _Request, reply: Reply, fwd: Forwarder, raw: bytes) -> None:
         """Send ``raw`` upstream on the worker pool; the reply (or SERVFAIL) goes back."""
         assert self._pool is not None
         ra = self.forwarder is not None
-        qtype = query.question.qtype
+        query = req.query
+        tcp = req.proto == "tcp"
         self.metrics.forwarded += 1
 
         def work() -> None:
             try:
-                got = fwd.relay(raw, tcp)
+                got = fwd.relay(raw, tcp, self.metrics.tried)
                 if got is None:
-                    self.metrics.count(qtype, int(Rcode.SERVFAIL))
+                    self._answered(req, Rcode.SERVFAIL)
                     reply(plain_response(query, Rcode.SERVFAIL, ra))
                 else:
-                    self.metrics.count(qtype, got[3] & 0xF)
+                    self._answered(req, got[3] & 0xF)
                     reply(got)
             except Exception:
                 self.metrics.errors += 1
                 log.exception("forwarding %s failed", query.question.name)
 
         self._pool.submit(work)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A parsed query on its way through the slow path, with what its metrics need."""
+
+    query: Query
+    zone: str  # the zone label (metrics.OUTSIDE for names in none of dnsd's zones)
+    proto: str  # "udp" or "tcp"
+    t0: float  # perf_counter() when it arrived
 
 
 def _udp_reply(send: Callable[[bytes, tuple[str, int]], int],

@@ -9,9 +9,10 @@ Fields and what dnsd does with them:
 
 - honoured: ``dns_addr`` (``ip:port``; empty ip = all addresses, as ``-addr``),
   ``domain``, ``nameservers`` (list of ``ip[:port]``; turns forwarding on, as
-  ``-nameservers``), ``no_rec`` (true turns forwarding off), ``read_timeout``
-  (the forwarder's timeout; a number is Go's ``time.Duration`` in nanoseconds,
-  as SkyDNS writes it, a string like ``"2s"``/``"500ms"`` is also taken),
+  ``-nameservers``), ``no_rec`` (as ``-no-rec``: true turns forwarding off, false
+  turns a ``-no-rec`` back off), ``read_timeout`` (as ``-rtimeout``: the
+  upstream read timeout; a number is Go's ``time.Duration`` in nanoseconds, as
+  SkyDNS writes it, a string like ``"2s"``/``"500ms"`` is also taken),
   ``round_robin``, ``ttl``, ``min_ttl``, ``priority`` (SRV/MX priority for
   records that say 0).
 - accepted but ignored (listed in one INFO line): ``local``, ``hostmaster``
@@ -51,12 +52,13 @@ HONOURED = ("dns_addr", "domain", "nameservers", "no_rec", "read_timeout", "roun
             "ttl", "min_ttl", "priority")
 IGNORED = ("local", "hostmaster", "dnssec", "ns_rotate", "scache", "rcache", "rcache_ttl",
            "ndot", "ndots", "systemd", "etcd3")
-# the dnsd flag each honoured field overrides (fields without a flag cannot be explicit)
-FLAG_OF = {"dns_addr": "addr", "domain": "domain", "nameservers": "nameservers",
-           "no_rec": "nameservers", "round_robin": "round-robin", "ttl": "ttl",
-           "min_ttl": "min-ttl"}
+# the dnsd flags each honoured field overrides (fields without a flag cannot be explicit);
+# no_rec true overrides -nameservers too, since it turns the forwarding they set off
+FLAG_OF: dict[str, tuple[str, ...]] = {
+    "dns_addr": ("addr",), "domain": ("domain",), "nameservers": ("nameservers",),
+    "no_rec": ("no-rec", "nameservers"), "read_timeout": ("rtimeout",),
+    "round_robin": ("round-robin",), "ttl": ("ttl",), "min_ttl": ("min-ttl",)}
 MAX_TTL = 2**31 - 1  # RFC 2181 8
-DEFAULT_READ_TIMEOUT = 2.0  # dnsd's forwarder default, used when only the key turns it on
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +226,9 @@ def merge(cfg: DnsdConfig, sky: SkyConfig,
     ``explicit`` holds the dnsd flag names (``ttl``, ``min-ttl``...) that were set
     on the command line or in the environment rather than left at their default.
     """
-    overrides = tuple(Override(f, FLAG_OF[f], getattr(sky, f)) for f in sky.present()
-                      if FLAG_OF.get(f) in explicit and not (f == "no_rec" and not sky.no_rec))
+    overrides = tuple(Override(f, flag, getattr(sky, f)) for f in sky.present()
+                      for flag in FLAG_OF.get(f, ()) if flag in explicit
+                      and not (f == "no_rec" and flag == "nameservers" and not sky.no_rec))
     host, port = sky.dns_addr or (cfg.host, cfg.port)
     engine = cfg.engine
     if sky.domain is not None:
@@ -239,18 +242,18 @@ def merge(cfg: DnsdConfig, sky: SkyConfig,
         priority=sky.priority if sky.priority is not None else engine.priority)
     old = cfg.forwarder
     upstreams = sky.nameservers or (old.upstreams if old else ())
-    timeout = sky.read_timeout or (old.timeout if old else DEFAULT_READ_TIMEOUT)
-    forwarder = None
-    if upstreams and not sky.no_rec:
-        forwarder = Forwarder(upstreams, cfg.forward_allow, timeout)
+    timeout = sky.read_timeout or cfg.read_timeout
+    forwarder = Forwarder(upstreams, cfg.forward_allow, timeout) if upstreams else None
+    no_rec = cfg.no_rec if sky.no_rec is None else sky.no_rec
     round_robin = cfg.round_robin if sky.round_robin is None else sky.round_robin
     merged = dataclasses.replace(cfg, host=host, port=port, engine=engine,
-                                 forwarder=forwarder, round_robin=round_robin)
+                                 forwarder=forwarder, no_rec=no_rec, read_timeout=timeout,
+                                 round_robin=round_robin)
     return merged, overrides
 
 
 # flags a /skydns/config field can override
-_OVERRIDABLE = frozenset(FLAG_OF.values())
+_OVERRIDABLE = frozenset(flag for flags in FLAG_OF.values() for flag in flags)
 
 
 def explicit_flags(argv: Sequence[str], environ: Mapping[str, str]) -> frozenset[str]:
@@ -273,7 +276,7 @@ def describe_changes(old: DnsdConfig, new: DnsdConfig) -> list[str]:
         return ",".join(".".join(z) + "." for z in cfg.engine.zones)
 
     def forwarding(cfg: DnsdConfig) -> str:
-        fwd = cfg.forwarder
+        fwd = cfg.forwarding
         if fwd is None:
             return "off"
         return (",".join(f"{h}:{p}" for h, p in fwd.upstreams)

@@ -46,6 +46,7 @@ import dnslib
 import dnslib.buffer
 
 from overlay.errors import DnsError
+from overlay.metrics import Histogram
 
 from .message import CLASS_IN, HINFO, MX, RR, SOA, SRV, Answer, Question, Rcode, RType
 from .stub import STUB_DATA, STUB_OPTION
@@ -447,13 +448,17 @@ def rotations(prepared: Prepared, count: int) -> list[Prepared]:
 
 
 class CachedAnswer:
-    """Everything the fast path needs for one cache key (and the packing to cut it)."""
+    """Everything the fast path needs for one cache key (and the packing to cut it).
 
-    __slots__ = ("expires", "hdr", "hits", "limit_needed", "rcode", "rtype", "tail_list",
-                 "tails", "variants")
+    ``zone`` and ``latency`` are what the metrics file its hits under: the zone
+    label and the duration histogram of its (zone, type).
+    """
+
+    __slots__ = ("denial", "expires", "hdr", "hits", "latency", "limit_needed", "rcode",
+                 "rtype", "tail_list", "tails", "variants", "zone")
 
     def __init__(self, variants: Sequence[Prepared], expires: float, rtype: int,
-                 rcode: int, question_len: int) -> None:
+                 rcode: int, question_len: int, zone: str, latency: Histogram) -> None:
         first = variants[0]
         self.hdr = (first.header10(0), first.header10(1))
         self.limit_needed = 12 + question_len + first.size_after_question
@@ -465,6 +470,9 @@ class CachedAnswer:
         self.expires = expires
         self.rtype = rtype
         self.rcode = rcode
+        self.denial = rcode != Rcode.NOERROR or first.counts[0] == 0  # NXDOMAIN/NODATA
+        self.zone = zone
+        self.latency = latency
 
     def render(self, ident: bytes, rd: int, question_wire: bytes, limit: int) -> bytes:
         """The response for a client that takes ``limit`` bytes (cut, TC set, if needed)."""
@@ -476,13 +484,16 @@ class CachedAnswer:
 class ExactAnswer:
     """A whole response minus the ID, for a byte-identical repeat of a query."""
 
-    __slots__ = ("hits", "rcode", "responses", "rtype")
+    __slots__ = ("denial", "hits", "latency", "rcode", "responses", "rtype", "zone")
 
-    def __init__(self, responses: Sequence[bytes], rtype: int, rcode: int) -> None:
+    def __init__(self, responses: Sequence[bytes], entry: CachedAnswer) -> None:
         self.responses: Iterator[bytes] = itertools.cycle(responses) \
             if len(responses) > 1 else itertools.repeat(responses[0])
-        self.rtype = rtype
-        self.rcode = rcode
+        self.rtype = entry.rtype
+        self.rcode = entry.rcode
+        self.denial = entry.denial
+        self.zone = entry.zone
+        self.latency = entry.latency
         self.hits = 0
 
 

@@ -16,6 +16,10 @@
 #                      systemd (how the test runs this on sandbox hosts)
 #   WEFT_ROOT       prefix for every file written                   [""]
 #   WEFT_WAIT       seconds to wait for the cluster                 [120]
+#   WEFT_STORE      etcd: a 3-member Debian etcd cluster              [etcd]
+#                   embedded: weft's store unit (weft-store.service) on node 1 only
+#   WEFT_ETCD_HEARTBEAT_MS, WEFT_ETCD_ELECTION_MS
+#                   etcd's heartbeat/election timeouts (slow emulated VMs) [etcd's]
 set -euo pipefail
 
 NODE_INDEX=${NODE_INDEX:?NODE_INDEX (1-based) is required}
@@ -27,6 +31,9 @@ WEFT_BACKEND=${WEFT_BACKEND:-vxlan}
 WEFT_VM=${WEFT_VM:-1}
 WEFT_ROOT=${WEFT_ROOT:-}
 WEFT_WAIT=${WEFT_WAIT:-120}
+WEFT_STORE=${WEFT_STORE:-etcd}
+# Debian packages a VM needs (qemu-cluster.sh bakes exactly these into its image)
+WEFT_PACKAGES="etcd-server etcd-client python3-venv python3-pip iproute2 nftables bind9-dnsutils iputils-ping containernetworking-plugins"
 
 IFS=, read -r -a IPS <<<"$NODE_IPS"
 NODES=${#IPS[@]}
@@ -36,8 +43,11 @@ if (( NODE_INDEX < 1 || NODE_INDEX > NODES )); then
 fi
 NODE_IP=${IPS[NODE_INDEX - 1]}
 NAME="weft$NODE_INDEX"
-ENDPOINTS=$(printf 'http://%s:2379,' "${IPS[@]}")
-ENDPOINTS=${ENDPOINTS%,}
+case $WEFT_STORE in
+    etcd) ENDPOINTS=$(printf 'http://%s:2379,' "${IPS[@]}"); ENDPOINTS=${ENDPOINTS%,} ;;
+    embedded) ENDPOINTS=http://${IPS[0]}:2379 ;;
+    *) echo "provision: WEFT_STORE=$WEFT_STORE is neither etcd nor embedded" >&2; exit 2 ;;
+esac
 WEFTCTL="$WEFT_PREFIX/bin/weftctl"
 
 log() { printf '[%s %s] %s\n' "$NAME" "$(date +%T)" "$*"; }
@@ -45,19 +55,29 @@ log() { printf '[%s %s] %s\n' "$NAME" "$(date +%T)" "$*"; }
 # -- VM-only steps --------------------------------------------------------------
 
 install_packages() {
-    log "installing Debian packages"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends etcd-server etcd-client python3-venv \
-        python3-pip iproute2 nftables bind9-dnsutils iputils-ping containernetworking-plugins
+    local p missing=()
+    # shellcheck disable=SC2086  # a word list on purpose
+    for p in $WEFT_PACKAGES; do
+        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if (( ${#missing[@]} == 0 )); then
+        log "Debian packages already installed (baked image)"
+    else
+        log "installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
     # Debian starts a single-member etcd on install; ours is a cluster with its own data dir.
     systemctl stop etcd || true
 }
 
 install_weft() {
     log "installing weft from $WEFT_SRC into $WEFT_PREFIX"
-    python3 -m venv "$WEFT_PREFIX"
-    "$WEFT_PREFIX/bin/pip" install -q "$WEFT_SRC"
+    # Debian's pip installs into the venv (pip --python): no second pip in the venv,
+    # which saves minutes on an emulated VM (ensurepip unpacks and compiles pip+setuptools)
+    python3 -m venv --without-pip "$WEFT_PREFIX"
+    python3 -m pip --python "$WEFT_PREFIX/bin/python3" install -q "$WEFT_SRC"
 }
 
 # -- steps shared by VMs and the test ----------------------------------------------
@@ -80,6 +100,10 @@ ETCD_INITIAL_CLUSTER=${cluster%,}
 ETCD_INITIAL_CLUSTER_STATE=new
 ETCD_INITIAL_CLUSTER_TOKEN=weft-vagrant
 EOF
+    if [[ -n ${WEFT_ETCD_HEARTBEAT_MS:-} ]]; then
+        printf 'ETCD_HEARTBEAT_INTERVAL=%s\nETCD_ELECTION_TIMEOUT=%s\n' "$WEFT_ETCD_HEARTBEAT_MS" \
+            "${WEFT_ETCD_ELECTION_MS:-$((WEFT_ETCD_HEARTBEAT_MS * 10))}" >>"$WEFT_ROOT/etc/default/etcd"
+    fi
     log "etcd member $NAME of ${cluster%,}"
 }
 
@@ -98,8 +122,13 @@ SKYDNS_ADDR=$NODE_IP:53
 SKYDNS_DOMAIN=skydns.local.
 ETCD_MACHINES=$ENDPOINTS
 EOF
+    local units=(flanneld.service dnsd.service)
+    if [[ $WEFT_STORE == embedded ]] && (( NODE_INDEX == 1 )); then
+        units+=(weft-store.service)
+        echo "WEFT_STORE_LISTEN=$NODE_IP:2379" >"$WEFT_ROOT/etc/weft/store.env"
+    fi
     "$WEFTCTL" install-units --dest "$WEFT_ROOT/etc/systemd/system" --prefix "$WEFT_PREFIX" \
-        --from "$WEFT_SRC/systemd" flanneld.service dnsd.service
+        --from "$WEFT_SRC/systemd" "${units[@]}"
     "$WEFTCTL" cni install --bin-dir "$WEFT_ROOT/opt/cni/bin" --conf-dir "$WEFT_ROOT/etc/cni/net.d" \
         --subnet-file "$WEFT_ROOT/run/flannel/subnet.env" \
         --data-dir "$WEFT_ROOT/var/lib/cni/networks" --force
@@ -111,7 +140,8 @@ start_service() {
     local name=$1 envfile=$2
     shift 2
     if [[ $WEFT_VM == 1 ]]; then
-        systemctl daemon-reload
+        # one daemon-reload for all the units written (seconds each on a slow VM)
+        [[ -n ${reloaded:-} ]] || { systemctl daemon-reload; reloaded=1; }
         systemctl enable "$name"
         # --no-block: the first etcd member only becomes ready once a quorum has joined
         systemctl restart --no-block "$name"
@@ -182,12 +212,20 @@ main() {
     fi
     [[ -x $WEFTCTL ]] || { echo "provision: $WEFTCTL missing (WEFT_PREFIX?)" >&2; exit 2; }
     export PATH="$WEFT_PREFIX/bin:$PATH"
-    write_etcd_config
     write_weft_config
-    if [[ $WEFT_VM == 1 ]]; then
-        start_service etcd "$WEFT_ROOT/etc/default/etcd"
+    if [[ $WEFT_STORE == embedded ]]; then
+        if [[ $WEFT_VM == 1 ]]; then systemctl disable --now etcd || true; fi
+        if (( NODE_INDEX == 1 )); then
+            # shellcheck disable=SC2046
+            start_service weft-store "$WEFT_ROOT/etc/weft/store.env" $(unit_exec weft-store.service)
+        fi
     else
-        start_service etcd "$WEFT_ROOT/etc/default/etcd" etcd
+        write_etcd_config
+        if [[ $WEFT_VM == 1 ]]; then
+            start_service etcd "$WEFT_ROOT/etc/default/etcd"
+        else
+            start_service etcd "$WEFT_ROOT/etc/default/etcd" etcd
+        fi
     fi
     # shellcheck disable=SC2046  # ExecStart is a command line: split it on purpose
     start_service flanneld "$WEFT_ROOT/etc/weft/flanneld.env" $(unit_exec flanneld.service)
@@ -197,7 +235,7 @@ main() {
         log "done; node $NODES writes the network config and checks the cluster"
         return 0
     fi
-    wait_for "etcd quorum" env ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" endpoint health
+    wait_for "the store ($WEFT_STORE)" env ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" endpoint health
     "$WEFTCTL" network set --network "$WEFT_NETWORK" --backend "$WEFT_BACKEND" \
         -etcd-endpoints "$ENDPOINTS"
     log "network config: $("$WEFTCTL" network get -etcd-endpoints "$ENDPOINTS")"

@@ -8,8 +8,6 @@ it as it found it); the finalizer runs `sandbox down` whatever happens.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,21 +16,15 @@ import pytest
 
 from overlay.sandbox.cluster import load_state
 from overlay.sandbox.model import State
-from tests.e2e.test_sandbox import WEFTCTL, _missing, assert_nothing_left, ip_of
+from tests.e2e.test_sandbox import _missing, assert_nothing_left, exec_in, ip_of, weftctl
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(240)]
 
 TTL = 4  # seconds: a killed host's lease is gone soon after
 
 
-def sandbox(state_dir: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, WEFT_SANDBOX_DIR=str(state_dir))
-    return subprocess.run([WEFTCTL, "sandbox", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
-def in_container(state_dir: Path, target: str, *cmd: str) -> subprocess.CompletedProcess[str]:
-    return sandbox(state_dir, "exec", target, "--", *cmd, timeout=30)
+sandbox = weftctl  # `weftctl sandbox ARGS` with the state dir in the environment
+in_container = exec_in
 
 
 def status_json(state_dir: Path) -> dict[str, object]:
@@ -122,8 +114,8 @@ def test_a_killed_host_expires_then_comes_back_as_after_a_reboot(
     started = sandbox(state_dir, "start", "h2")
     assert started.returncode == 0 and "started flanneld@h2" in started.stdout, (
         started.stdout + started.stderr)
-    h2 = host_entry(status_json(state_dir), "h2")
-    assert h2["lease"] == "live" and h2["subnet"] == subnet  # the same subnet again
+    h2 = host_entry(status_json(state_dir), "h2")  # started = ready: the lease is held
+    assert h2["lease"] == "live" and h2["subnet"] == subnet, h2  # the same subnet again
     ping = in_container(state_dir, "c1.h1", "ping", "-n", "-c", "1", "-W", "2",
                         ip_of(state, "c1.h2"))
     until(lambda: in_container(state_dir, "c1.h1", "ping", "-n", "-c", "1", "-W", "1",

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,34 @@ def test_vagrant_validate(tmp_path: Path) -> None:
         assert node in proc.stdout
 
 
-def test_provision_script_passes_shellcheck() -> None:
+@pytest.mark.parametrize("script", ["provision.sh", "qemu-cluster.sh", "vm-checks.sh",
+                                    "cni-container.sh", "vm/customize.sh"])
+def test_vagrant_scripts_pass_shellcheck(script: str) -> None:
     _need("shellcheck", "shellcheck")
-    proc = subprocess.run(["shellcheck", "-x", str(VAGRANT / "provision.sh")],
+    proc = subprocess.run(["shellcheck", "-x", str(VAGRANT / script)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_qemu_cluster_image_bakes_every_package_provision_installs() -> None:
+    # the VMs have no network: provision.sh must find every package already there
+    proc = subprocess.run(["bash", "-c", f"source <(sed -n '/^image_packages()/,/^}}/p; "
+                           f"/^VM_PACKAGES=/,/podman\"/p' {VAGRANT / 'qemu-cluster.sh'}); "
+                           f"HERE={VAGRANT}; image_packages"],
+                          capture_output=True, text=True, timeout=30)
+    baked = set(proc.stdout.split())
+    wanted = (VAGRANT / "provision.sh").read_text().split('WEFT_PACKAGES="', 1)[1].split('"')[0]
+    assert baked >= set(wanted.split()) and "systemd" in baked, proc.stderr
+
+
+def test_qemu_cluster_refuses_commands_on_a_cluster_that_is_not_up(tmp_path: Path) -> None:
+    env = dict(os.environ, WEFT_VM_STATE=str(tmp_path / "none"))
+    proc = subprocess.run([str(VAGRANT / "qemu-cluster.sh"), "exec", "vm2", "--", "true"],
+                          capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode != 0 and "is not up" in proc.stderr, proc.stderr
+    usage = subprocess.run([str(VAGRANT / "qemu-cluster.sh")], capture_output=True, text=True,
+                           timeout=30)
+    assert usage.returncode == 2 and "qemu-cluster.sh up" in usage.stdout, usage.stdout
 
 
 @pytest.mark.parametrize(
@@ -115,3 +139,29 @@ def test_provision_non_vm_steps_on_three_testbed_hosts(tmp_path: Path) -> None:
             dig = tb.exec(tb.hosts[h].netns, ["dig", f"@{tb.hosts[h].ip}", "skydns.local", "SOA",
                                                "+short", "+time=2", "+tries=2"], check=False)
             assert dig.returncode == 0, dig.stdout + dig.stderr
+
+
+def test_vm_agent_runs_commands_dropped_into_its_channel(tmp_path: Path) -> None:
+    """The guest side of `qemu-cluster.sh exec`: claim <id>.cmd, output to .out, rc last."""
+    chan = tmp_path / "chan"
+    agent = subprocess.Popen([sys.executable, str(VAGRANT / "vm" / "weft-vm-agent")],
+                             env=dict(os.environ, WEFT_VM_CHAN=str(chan)))
+    try:
+        deadline = time.monotonic() + 30
+        while not (chan / "ready").exists():
+            assert time.monotonic() < deadline and agent.poll() is None, "agent not ready"
+            time.sleep(0.05)
+        jobs = {"a": "echo out; echo err >&2; exit 3\n", "b": "sleep 0.5; printf '%s' done\n"}
+        for job, script in jobs.items():
+            (chan / f"{job}.cmd.tmp").write_text(script)
+            (chan / f"{job}.cmd.tmp").rename(chan / f"{job}.cmd")
+        while not all((chan / f"{job}.rc").exists() for job in jobs):
+            assert time.monotonic() < deadline, sorted(p.name for p in chan.iterdir())
+            time.sleep(0.05)
+        assert (chan / "a.rc").read_text() == "3\n"
+        assert (chan / "a.out").read_text() == "out\nerr\n"
+        assert (chan / "b.rc").read_text() == "0\n" and (chan / "b.out").read_text() == "done"
+        assert not list(chan.glob("*.cmd"))  # claimed (renamed to .run), never run twice
+    finally:
+        agent.kill()
+        agent.wait()

@@ -48,6 +48,17 @@ CASES = [
     ("prometheus-port-env", [], {"PROMETHEUS_PORT": "9153"}, lambda c: c.metrics_port == 9153),
     ("path-prefix", ["-path-prefix", "skydns2/"], {}, lambda c: c.prefix == "/skydns2"),
     ("etcd-prefix-alias", ["-etcd-prefix", "/dns"], {}, lambda c: c.prefix == "/dns"),
+    ("no-rec-beats-nameservers", ["-nameservers", "9.9.9.9", "-no-rec"], {},
+     lambda c: c.no_rec and c.forwarding is None and c.forwarder is not None),
+    ("rtimeout-sets-forward-timeout", ["-nameservers", "9.9.9.9", "-rtimeout=500ms"], {},
+     lambda c: c.read_timeout == 0.5 and c.forwarding.timeout == 0.5),
+    ("username-password-aliases", ["-username", "dns", "-password", "pw"], {},
+     lambda c: (c.store.username, c.store.password) == ("dns", "pw")),
+    ("skydns-auth-env", [], {"ETCD_USERNAME": "dns", "ETCD_PASSWORD": "pw"},
+     lambda c: (c.store.username, c.store.password) == ("dns", "pw")),
+    ("systemd", ["-systemd"], {}, lambda c: c.systemd and not c.warnings),
+    ("etcd3-is-what-dnsd-does", ["-etcd3"], {}, lambda c: not c.warnings),
+    ("etcd3-false-warns", ["-etcd3=false"], {}, lambda c: "-etcd3=false" in c.warnings[0]),
 ]
 
 
@@ -64,6 +75,9 @@ BAD = [
     ("bad-allow", ["-nameservers", "1.1.1.1", "-forward-allow", "nonsense"]),
     ("no-zone", ["-domain", ","]),
     ("bad-bool", ["-round-robin=maybe"]),
+    ("bad-rtimeout", ["-rtimeout", "2"]),
+    ("rtimeout-too-long", ["-rtimeout", "5m"]),
+    ("bad-no-rec", ["-no-rec=perhaps"]),
 ]
 
 
@@ -73,3 +87,23 @@ def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -
         parse_config(argv, environ={})
     assert info.value.code == 2
     assert capsys.readouterr().err.strip()
+
+
+def test_a_skydns_unit_line_starts_with_one_warning() -> None:
+    """Every SkyDNS flag an existing unit may pass is accepted; those dnsd has no use for
+    are named in one warning (as the same /skydns/config fields are)."""
+    argv = ["-etcd3", "-no-rec", "-systemd", "-rtimeout=2s", "-username", "u",
+            "-password", "p", "-local", "dns1.skydns.local.", "-ndots", "2", "-rcache", "100",
+            "-rcache-ttl", "60", "-scache", "1000", "-ns-rotate=false", "-dnssec",
+            "Kskydns.local.+005+38250", "-hostmaster", "ops@skydns.local.", "-discover",
+            "-nameservers", "8.8.8.8:53"]
+    cfg = parse_config(argv, environ={})
+    assert cfg.forwarding is None and cfg.read_timeout == 2.0 and cfg.systemd
+    assert (cfg.store.username, cfg.store.password) == ("u", "p")
+    (warning,) = cfg.warnings
+    for name in ("local", "ndots", "rcache", "rcache-ttl", "scache", "ns-rotate", "dnssec",
+                 "hostmaster", "discover"):
+        assert f"-{name} (" in warning
+    for honoured in ("etcd3", "no-rec", "systemd", "rtimeout", "username", "password"):
+        assert f"-{honoured} (" not in warning
+    assert parse_config([], environ={}).warnings == ()

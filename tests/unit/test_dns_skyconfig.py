@@ -130,10 +130,22 @@ def test_no_rec_turns_forwarding_off() -> None:
     cfg = parse_config(["-nameservers", "9.9.9.9"], environ={})
     out, overrides = merge(cfg, parse(b'{"no_rec": true, "read_timeout": 1000000}'),
                            explicit=("nameservers",))
-    assert out.forwarder is None
+    assert out.forwarding is None
     assert overrides == (Override("no_rec", "nameservers", True),)
     out, overrides = merge(cfg, parse(b'{"no_rec": false}'), explicit=("nameservers",))
-    assert out.forwarder == cfg.forwarder and overrides == ()
+    assert out.forwarding == cfg.forwarder and overrides == ()
+
+
+def test_no_rec_false_in_the_key_beats_the_flag_as_in_skydns() -> None:
+    argv = ["-nameservers", "9.9.9.9", "-no-rec", "-rtimeout=3s"]
+    cfg = parse_config(argv, environ={})
+    assert cfg.forwarding is None and cfg.forwarder is not None
+    out, overrides = merge(cfg, parse(b'{"no_rec": false, "read_timeout": "1s"}'),
+                           explicit_flags(argv, {}))
+    assert out.forwarding is not None and out.forwarding.timeout == 1.0
+    assert out.read_timeout == 1.0
+    assert overrides == (Override("no_rec", "no-rec", False),
+                         Override("read_timeout", "rtimeout", 1.0))
 
 
 def test_key_beats_explicit_flag_and_says_so() -> None:
@@ -153,10 +165,12 @@ def test_key_beats_explicit_flag_and_says_so() -> None:
     (["--min-ttl=5"], {}, {"min-ttl"}),
     (["-round-robin=false", "-addr=127.0.0.1:53"], {}, {"round-robin", "addr"}),
     (["-verbose", "-metrics-port", "9"], {}, set()),
+    (["-no-rec", "-rtimeout=1s"], {}, {"no-rec", "rtimeout"}),
     ([], {"SKYDNS_ADDR": "127.0.0.1:53", "SKYDNS_NAMESERVERS": "1.1.1.1"},
      {"addr", "nameservers"}),
     ([], {"SKYDNS_PATH_PREFIX": "/x"}, set()),
-], ids=["one-dash", "two-dash-equals", "bool-and-equals", "not-overridable", "env", "env-other"])
+], ids=["one-dash", "two-dash-equals", "bool-and-equals", "not-overridable", "skydns-only",
+        "env", "env-other"])
 def test_explicit_flags(argv: list[str], env: dict[str, str], want: set[str]) -> None:
     assert explicit_flags(argv, env) == want
 

@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2016  # single-quoted scripts run in the guest and expand there
+# The checks `qemu-cluster.sh test` runs on three provisioned VMs (vm1..vm3), under
+# systemd as PID 1. RUNNER is a command with two verbs:
+#   RUNNER exec VM -- ARGV...   run ARGV as root in VM (prints output, returns its rc)
+#   RUNNER poweroff VM          cut VM's power
+# so the same checks can drive any way of running the VMs.
+#
+#   vm-checks.sh RUNNER
+#
+# Settings: WEFT_VM_LEASE_TTL (flanneld's -subnet-lease-ttl in the VMs) [30]
+# Exit status: 0 when every check passed; prints "N passed, N failed" last.
+set -uo pipefail
+
+RUNNER=${1:?usage: vm-checks.sh RUNNER}
+TTL=${WEFT_VM_LEASE_TTL:-30}
+NODES=3
+DOMAIN=skydns.local
+passed=0
+failed=0
+failures=()
+
+x() {  # x VM ARGV...
+    local vm=$1
+    shift
+    "$RUNNER" exec "$vm" -- "$@"
+}
+xs() {  # xs VM SCRIPT: a bash script in VM
+    x "$1" bash -c "$2"
+}
+say() { printf '[vm-checks %s] %s\n' "$(date +%T)" "$*"; }
+
+check() {  # check NAME CMD...: run CMD (a function), count and show the result
+    local name=$1 out rc t0=$SECONDS
+    shift
+    "$@" >"$TMP/check.out" 2>&1  # not in a subshell: checks may set variables
+    rc=$?
+    out=$(<"$TMP/check.out")
+    if ((rc == 0)); then
+        passed=$((passed + 1))
+        say "ok   $name ($((SECONDS - t0))s)${out:+: $(tail -1 <<<"$out")}"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        say "FAIL $name ($((SECONDS - t0))s, rc=$rc)"
+        tail -25 <<<"$out" | sed 's/^/       /'
+    fi
+    return 0
+}
+
+retry() {  # retry SECONDS CMD...: until CMD succeeds; the last attempt's output
+    local deadline=$((SECONDS + $1)) out
+    shift
+    while true; do
+        if out=$("$@" 2>&1); then
+            [[ -n $out ]] && echo "$out"
+            return 0
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "$out"
+            return 1
+        fi
+        sleep 2
+    done
+}
+
+ENDPOINTS='$(sed -n "s/^FLANNELD_ETCD_ENDPOINTS=//p" /etc/weft/flanneld.env)'
+subnet_of() { xs "$1" 'sed -n "s/^FLANNEL_SUBNET=//p" /run/flannel/subnet.env'; }
+
+# -- the checks ---------------------------------------------------------------------
+
+system_running() {  # running, or degraded only through units that are not weft's
+    local vm=$1 state failed_units
+    state=$(x "$vm" systemctl is-system-running)
+    failed_units=$(x "$vm" systemctl list-units --failed --plain --no-legend | awk '{print $1}')
+    echo "$vm: $state${failed_units:+ (failed: $(tr "\n" " " <<<"$failed_units"))}"
+    case $state in
+        running) return 0 ;;
+        degraded) ! grep -E 'etcd|flanneld|dnsd|weft' <<<"$failed_units" ;;
+        *) return 1 ;;
+    esac
+}
+
+units_active() {
+    x "$1" systemctl is-active flanneld dnsd "${@:2}"
+}
+
+ready_after_lease() {  # Type=notify, and ActiveEnterTimestamp after subnet.env was written
+    xs "$1" '
+        type=$(systemctl show -P Type flanneld)
+        [[ $type == notify ]] || { echo "flanneld Type=$type, not notify"; exit 1; }
+        active=$(busctl get-property org.freedesktop.systemd1 /org/freedesktop/systemd1/unit/flanneld_2eservice org.freedesktop.systemd1.Unit ActiveEnterTimestamp | cut -d" " -f2)
+        written=$(( $(stat -c %Y /run/flannel/subnet.env) * 1000000 + 10#$(stat -c %y /run/flannel/subnet.env | sed "s/.*\.\([0-9]\{6\}\).*/\1/") ))
+        echo "subnet.env written at $written us, active at $active us (+$(( (active - written) / 1000 )) ms)"
+        (( active >= written ))'
+}
+
+has_capability() {  # has_capability VM UNIT CAPNUM CAPNAME: the main process has it in CapEff
+    xs "$1" "pid=\$(systemctl show -P MainPID $2); eff=\$(awk '/^CapEff/ {print \$2}' /proc/\$pid/status)
+        echo \"$2 pid \$pid uid \$(awk '/^Uid/ {print \$2}' /proc/\$pid/status) CapEff \$eff\"
+        (( 0x\$eff & (1 << $3) )) || { echo '$2 lacks $4'; exit 1; }"
+}
+
+declare -A CIP=()
+add_containers() {
+    local i ip
+    for ((i = 1; i <= NODES; i++)); do
+        ip=$(x "vm$i" bash /weft/vagrant/cni-container.sh add "c$i") || { echo "$ip"; return 1; }
+        CIP[$i]=${ip%/*}
+        echo "c$i on vm$i: $ip"
+    done
+}
+
+ping_from() {  # ping_from I J: container cI on vmI pings container cJ
+    x "vm$1" ip netns exec "c$1" ping -n -c 3 -i 0.3 -W 3 "${CIP[$2]}"
+}
+
+ping_matrix() {
+    local i j
+    for ((i = 1; i <= NODES; i++)); do
+        for ((j = 1; j <= NODES; j++)); do
+            ((i == j)) && continue
+            retry 60 ping_from "$i" "$j" >/dev/null || { ping_from "$i" "$j"; return 1; }
+        done
+    done
+    echo "every container pings every other ($(x vm1 ip -o route show | grep -c '^10\.244') overlay routes on vm1)"
+}
+
+dns_across() {  # a name registered on vm1 resolves from a container on vm3
+    x vm1 bash -c "weftctl dns set c1.weft.$DOMAIN --host ${CIP[1]} -etcd-endpoints $ENDPOINTS" ||
+        return 1
+    local got
+    got=$(retry 30 x vm3 bash -c "out=\$(ip netns exec c3 dig @198.18.0.13 c1.weft.$DOMAIN A +short +time=3 +tries=2) && [[ \$out == ${CIP[1]} ]] && echo \$out")
+    echo "c1.weft.$DOMAIN from c3 on vm3: $got"
+    [[ $got == "${CIP[1]}" ]]
+}
+
+restart_under_flood() {  # restart flanneld on vm2 while c1 floods c2: no loss, same subnet
+    local before after ping_out pid
+    before=$(subnet_of vm2)
+    x vm1 ip netns exec c1 ping -n -q -i 0.01 -c 3000 -W 2 "${CIP[2]}" >"$TMP/flood" 2>&1 &
+    pid=$!
+    sleep 5
+    x vm2 systemctl restart flanneld || return 1
+    x vm2 systemctl is-active flanneld || return 1
+    wait "$pid"
+    ping_out=$(cat "$TMP/flood")
+    after=$(subnet_of vm2)
+    echo "$ping_out" | tail -2
+    echo "vm2 subnet before $before, after $after"
+    [[ $before == "$after" && -n $before ]] && grep -q ' 0% packet loss' <<<"$ping_out"
+}
+
+killed_and_restarted() {  # SIGKILL: Restart= brings it back, same subnet, data path works
+    local old new before
+    before=$(subnet_of vm2)
+    old=$(x vm2 systemctl show -P MainPID flanneld)
+    x vm2 systemctl kill -s KILL flanneld || return 1
+    retry 120 xs vm2 "[[ \$(systemctl is-active flanneld) == active ]] && (( \$(systemctl show -P MainPID flanneld) != $old ))" ||
+        return 1
+    new=$(x vm2 systemctl show -P MainPID flanneld)
+    echo "flanneld pid $old killed, now $new (NRestarts=$(x vm2 systemctl show -P NRestarts flanneld)), subnet $(subnet_of vm2)"
+    [[ $(subnet_of vm2) == "$before" ]] && retry 30 ping_from 1 2 >/dev/null
+}
+
+journal_priorities() {  # flanneld's INFO lines at priority 6; WARNING/ERROR lines at 4/3
+    x "$1" bash -c 'journalctl -u flanneld -o json --no-pager | python3 -c "
+import json, sys
+info = bad = 0
+for line in sys.stdin:
+    e = json.loads(line)
+    m, p = e.get(\"MESSAGE\"), int(e.get(\"PRIORITY\", 6))
+    if not isinstance(m, str) or e.get(\"_PID\") == \"1\" or e.get(\"SYSLOG_IDENTIFIER\") == \"systemd\":
+        continue
+    head = m.split()[:4]  # the level word: after a timestamp, or first
+    info += p == 6 and \"DEBUG\" not in head
+    for word, worst in ((\"WARNING\", 4), (\"ERROR\", 3), (\"CRITICAL\", 2)):
+        if word in head and p > worst:
+            bad += 1
+            print(f\"priority {p} for: {m}\")
+print(f\"{info} INFO lines at priority 6, {bad} warnings/errors at a wrong priority\")
+sys.exit(0 if info and not bad else 1)
+"'
+}
+
+switch_backend() {  # switch_backend TYPE: the operator's way (flanneld reads it at start)
+    local i
+    for ((i = 1; i <= NODES; i++)); do x "vm$i" systemctl stop flanneld; done
+    x vm1 bash -c "weftctl network set --network 10.244.0.0/16 --backend $1 -etcd-endpoints $ENDPOINTS" ||
+        return 1
+    for ((i = 1; i <= NODES; i++)); do
+        xs "vm$i" 'for l in /sys/class/net/flannel.*; do [[ -e $l ]] && ip link del "${l##*/}"; done; systemctl start flanneld' ||
+            return 1
+    done
+    x vm1 bash -c "weftctl leases -etcd-endpoints $ENDPOINTS"
+}
+
+host_gw_routes() {  # vm1 routes vm2's subnet via vm2's underlay address
+    local s2
+    s2=$(subnet_of vm2)
+    retry 60 xs vm1 "ip route show ${s2%.*}.0/24 | grep 'via 198.18.0.12 dev eth0'"
+}
+
+podman_runs() {  # podman 4.3 (network_backend = cni) runs a busybox rootfs on weft's network
+    local i j
+    for ((i = 1; i <= NODES; i++)); do
+        j=$((i % NODES + 1))
+        xs "vm$i" "set -e
+            mkdir -p /etc/containers/containers.conf.d
+            printf '[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"/opt/cni/bin\", \"/usr/lib/cni\"]\nnetwork_config_dir = \"/etc/cni/net.d\"\n' \
+                >/etc/containers/containers.conf.d/weft.conf
+            r=/var/lib/weft-busybox
+            mkdir -p \$r/bin \$r/etc \$r/proc \$r/sys \$r/dev \$r/tmp \$r/run
+            cp /bin/busybox \$r/bin/busybox
+            ln -sf busybox \$r/bin/sh
+            podman network ls --format '{{.Name}} {{.Driver}}' | grep -w weft
+            podman run --rm --network weft --rootfs \$r /bin/busybox sh -c \
+                'ip -4 -o addr show eth0; ping -c 3 -W 5 ${CIP[$j]}'" || return 1
+        echo "vm$i: podman's container pinged c$j on vm$j"
+    done
+}
+
+poweroff_vm2() {  # its lease expires; vm1 and vm3 drop its route
+    local s2 t0=$SECONDS
+    s2=$(subnet_of vm2)
+    s2=${s2%.*}.0/24
+    "$RUNNER" poweroff vm2 || return 1
+    retry $((TTL + 120)) xs vm1 "! weftctl leases -etcd-endpoints $ENDPOINTS | grep -q '${s2%/*}'" >/dev/null ||
+        { echo "vm2's lease $s2 still listed"; return 1; }
+    echo "vm2's lease $s2 gone after $((SECONDS - t0))s (TTL ${TTL}s)"
+    retry 60 xs vm1 "[[ -z \$(ip route show $s2) ]]" >/dev/null || { echo "vm1 still routes $s2"; return 1; }
+    retry 60 xs vm3 "[[ -z \$(ip route show $s2) ]]" >/dev/null || { echo "vm3 still routes $s2"; return 1; }
+    echo "vm1 and vm3 dropped the route to $s2 $((SECONDS - t0))s after the power cut"
+    retry 30 ping_from 1 3 >/dev/null && retry 30 ping_from 3 1 >/dev/null
+}
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+for ((i = 1; i <= NODES; i++)); do
+    check "vm$i: systemctl is-system-running" system_running "vm$i"
+    check "vm$i: flanneld and dnsd active" units_active "vm$i"
+    check "vm$i: flanneld ready (sd_notify) after its lease was written" ready_after_lease "vm$i"
+    check "vm$i: flanneld has CAP_NET_ADMIN" has_capability "vm$i" flanneld 12 CAP_NET_ADMIN
+    check "vm$i: dnsd has CAP_NET_BIND_SERVICE" has_capability "vm$i" dnsd 10 CAP_NET_BIND_SERVICE
+done
+check "containers made by the CNI plugin on each VM" add_containers
+check "vxlan: containers on different VMs ping each other" ping_matrix
+check "dig from a container on vm3 resolves a name registered on vm1" dns_across
+check "vm2: systemctl restart flanneld under a ping flood loses no packet, keeps the subnet" restart_under_flood
+check "vm2: systemctl kill -s KILL flanneld is restarted by Restart= and recovers" killed_and_restarted
+check "host-gw: backend switched and flanneld restarted on every VM" switch_backend host-gw
+check "host-gw: vm1 routes vm2's subnet via vm2's address" host_gw_routes
+check "host-gw: containers on different VMs ping each other" ping_matrix
+check "vm1: journalctl -u flanneld priorities" journal_priorities vm1
+check "podman (CNI backend) runs a container on weft's network on each VM" podman_runs
+check "power off vm2: its lease expires and the others drop its routes" poweroff_vm2
+check "vm1: journalctl -u flanneld priorities after the power cut" journal_priorities vm1
+
+say "failed: ${failures[*]:-none}"
+echo "$passed passed, $failed failed"
+((failed == 0))
