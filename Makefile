@@ -46,14 +46,17 @@ vm-test: vm-deps
 	vagrant/qemu-cluster.sh test
 
 # make demo DEMO_ARGS="--hosts 5 --backend host-gw"; the state dir follows $WEFT_SANDBOX_DIR
-# (run again while a sandbox is up: says so and exits 0, changing nothing)
+# (run again while a sandbox is up: says so and exits 0, changing nothing). It ends by
+# killing the host of the demo unit web.service to show the unit move (sandbox failover).
 demo: deps
 	@rc=0; .venv/bin/weftctl sandbox up $(DEMO_ARGS) || rc=$$?; \
 	if [ $$rc -eq 3 ]; then \
 		echo "make demo: the sandbox is already up; nothing changed."; \
 		echo "  weftctl sandbox status shows it, weftctl sandbox down removes it."; \
 		exit 0; \
-	fi; exit $$rc
+	fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	.venv/bin/weftctl sandbox failover
 
 bench: deps
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -232,7 +232,7 @@ class Daemon:
             return 200, "text/plain; version=0.0.4", self.metrics_text()
         if path in ("/healthz", "/health"):  # liveness: we answer, so we serve
             ready, text = self.health()
-            return 200, "text/plain", ("ok" if ready else f"ok, serving; not ready: {text}") + "\n"
+            return 200, "text/plain", (text if ready else f"ok, serving; not ready: {text}") + "\n"
         if path in ("/readyz", "/ready"):
             ready, text = self.health()
             return (200 if ready else 503), "text/plain", text + "\n"

@@ -137,7 +137,8 @@ def build_config(args: argparse.Namespace) -> tuple[AgentConfig, StoreConfig]:
                                                                              store),
         port=args.port, metadata=parse_metadata(args.metadata or ""), prefix=args.sched_prefix,
         domain=args.domain if args.domain.endswith(".") else args.domain + ".",
-        timings=timings, state_dir=state_dir, engine=not args.no_engine)
+        timings=timings, state_dir=state_dir, engine=not args.no_engine,
+        netns_prefix=args.netns_prefix or "")
     return cfg, store
 
 
@@ -237,6 +238,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
          "PID 1 in this network namespace)", choices=RUNNERS)
     flag("cni-conf", DEFAULT_CNI_CONF, "CNI network config (list) for Network=true units")
     flag("cni-path", DEFAULT_CNI_PATH, "where CNI plugins are")
+    flag("netns-prefix", None, "name prefix of Network=true units' network namespaces "
+         "[default weft-<machine id prefix>]")
     p.add_argument("-no-engine", "--no-engine", action="store_true",
                    default=(_env("no-engine", "") or "").lower() in ("1", "true", "yes"),
                    help="never lead the engine (fleet's disable_engine) (env "

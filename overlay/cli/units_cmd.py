@@ -7,7 +7,7 @@ install's prefix, which defaults to the installation running this command (so a
 venv install gets its own absolute paths; the wheel ships the README there).
 Nothing is enabled or started: the command prints the ``systemctl`` lines to run.
 
-By default only the daemons' units are written (flanneld, dnsd): the embedded
+By default only the daemons' units are written (flanneld, dnsd, weft-agent): the embedded
 store's unit is written when asked for (``--with-store`` or by name), because
 hosts of a cluster share one store (a real etcd or one embedded store) and a
 store unit enabled on every host would give each its own private one.
@@ -27,7 +27,7 @@ DEFAULT_BIN = "/usr/local/bin/"
 DEFAULT_DOC = "/usr/local/share/doc/weft/"
 DEFAULT_DEST = Path("/etc/systemd/system")
 STORE_UNIT = "weft-store.service"
-DAEMON_UNITS = ("flanneld.service", "dnsd.service")
+DAEMON_UNITS = ("flanneld.service", "dnsd.service", "weft-agent.service")
 UNITS = (STORE_UNIT, *DAEMON_UNITS)
 
 
@@ -112,10 +112,10 @@ def _install(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "install-units", help="write weft's systemd units (flanneld, dnsd; the store's "
-                              "when asked)",
+        "install-units", help="write weft's systemd units (flanneld, dnsd, weft-agent; the "
+                              "store's when asked)",
         description="Render weft's systemd units with this installation's absolute paths "
-                    "and write them. Settings go in /etc/weft/{store,flanneld,dnsd}.env. "
+                    "and write them. Settings go in /etc/weft/{store,flanneld,dnsd,agent}.env. "
                     "The daemons are ordered after etcd.service and weft-store.service "
                     "but never start a store: write the embedded store's unit "
                     f"({STORE_UNIT}) only on the one host that runs it.")

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.log_format not in LOG_FORMATS:  # a default from WEFT_LOG_FORMAT skips choices=
+        parser.error(f"WEFT_LOG_FORMAT={args.log_format!r}: must be one of "
+                     f"{', '.join(LOG_FORMATS)}")
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     func = getattr(args, "func", None)
     if func is None:

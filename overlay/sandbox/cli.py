@@ -111,6 +111,18 @@ def _down(args: argparse.Namespace) -> int:
     return cluster.down(_state_dir(args), sys.stdout)
 
 
+def _partition(args: argparse.Namespace) -> int:
+    return cluster.set_partition(_state_dir(args), args.host, True, sys.stdout)
+
+
+def _failover(args: argparse.Namespace) -> int:
+    return cluster.failover(_state_dir(args), sys.stdout)
+
+
+def _heal(args: argparse.Namespace) -> int:
+    return cluster.set_partition(_state_dir(args), args.host, False, sys.stdout)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     default_dir = os.environ.get(STATE_DIR_ENV, str(DEFAULT_STATE_DIR))
     common = argparse.ArgumentParser(add_help=False)
@@ -173,6 +185,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="from now on the daemons use this store (e.g. after `weftctl store "
                         "migrate` to an etcd): the target's running daemons restart on it")
     p.set_defaults(func=_guard(_start))
+
+    p = sub.add_parser("partition", parents=[common],
+                       help="cut a host's underlay link: its daemons live on, the store and "
+                            "its peers are out of reach")
+    p.add_argument("host", metavar="HOST")
+    p.set_defaults(func=_guard(_partition))
+
+    p = sub.add_parser("heal", parents=[common], help="restore a partitioned host's underlay link")
+    p.add_argument("host", metavar="HOST")
+    p.set_defaults(func=_guard(_heal))
+
+    p = sub.add_parser("failover", parents=[common],
+                       help="kill the host of the demo unit web.service and show it move "
+                            "(the end of `make demo`)")
+    p.set_defaults(func=_guard(_failover))
 
     p = sub.add_parser("down", parents=[common],
                        help="stop everything, delete the namespaces and the state dir")

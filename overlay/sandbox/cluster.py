@@ -34,13 +34,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Protocol, TextIO
 
 from overlay import subnetfile
+from overlay.sandbox import demo
 from overlay.sandbox.model import (
     CNI_NETWORK_NAME,
     DAEMONS,
@@ -354,6 +355,8 @@ class Sandbox:
         """Start one daemon and record it (in ``replacing``'s place when restarting)."""
         site.dir.mkdir(parents=True, exist_ok=True)
         argv = spec.argv(self.context, site)
+        for path, text in spec.files(self.context, site).items():
+            path.write_text(text)
         logfile = self.state_dir / "logs" / f"{spec.name}@{site.host}.log"
         pid, start = spawn_detached(site.netns, argv, logfile)
         record = DaemonRecord(spec.name, site.host, site.netns, pid, start, argv, str(logfile))
@@ -555,8 +558,12 @@ def _build(options: Options, out: Writer) -> int:
         sb.save()
         out.write("\n" + host_table(sb.rows()) + "\n\n")
         proven = _proof(sb, out, progress)
+        if {"agent", "flanneld", "dnsd"} <= started and sb.state.containers:
+            proven = demo.start_web(sb.state, sb.state_dir, out) and proven
+            progress.line("scheduler: web.service started, resolved and answering"
+                          if proven else "scheduler demo FAILED (see above)")
         out.write("\nnext: weftctl sandbox status | exec c1.h1 -- ip addr | logs flanneld@h2 "
-                  "| kill h2 | down")
+                  "| kill h2 | start h2 | down")
         if options.state_dir != DEFAULT_STATE_DIR:
             out.write(f"   (add --state-dir {options.state_dir})")
         out.write("\n")
@@ -726,18 +733,30 @@ def _host_json(sb: Sandbox, row: HostRow, leases: dict[str, int | None] | None
                            for c in sb.state.containers if c.host == row.host]}
 
 
+def exec_env(sb: Sandbox, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of ``exec``'d commands: the sandbox's store for etcdctl
+    (``ETCDCTL_ENDPOINTS``, ``ETCDCTL_API=3``) and weftctl (``WEFT_ETCD_ENDPOINTS``), and
+    weft's programs on the PATH, so ``exec h1 -- weftctl list-units`` needs no flags."""
+    endpoint = sb.context.endpoint
+    path = environ.get("PATH", os.defpath)
+    return {**environ, "ETCDCTL_ENDPOINTS": endpoint, "ETCDCTL_API": "3",
+            "WEFT_ETCD_ENDPOINTS": endpoint, "PATH": f"{bin_dir()}:{path}"}
+
+
 def exec_in(state_dir: Path, target: str, argv: Sequence[str]) -> int:
     state = require_state(state_dir)
     netns = state.namespace_of(target)
+    env = exec_env(Sandbox(state_dir, state), os.environ)
     if not argv:
         argv = [os.environ.get("SHELL", "/bin/sh")]
     # `ip netns exec` answers a failed exec with 255; say what a shell says instead
-    missing = command_status(argv[0], os.environ.get("PATH", os.defpath))
+    missing = command_status(argv[0], env["PATH"])
     if missing is not None:
         code, why = missing
         sys.stderr.write(f"weftctl sandbox exec: {argv[0]}: {why}\n")
         return code
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], check=False).returncode
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], check=False,
+                          env=env).returncode
 
 
 def command_status(command: str, path: str) -> tuple[int, str] | None:
@@ -871,3 +890,29 @@ def down(state_dir: Path, out: TextIO) -> int:
               f"{len(state.hosts) + len(state.containers) + 1} namespaces and {state_dir} "
               "removed\n")
     return 0
+
+
+def set_partition(state_dir: Path, host: str, cut: bool, out: TextIO) -> int:
+    """``partition``/``heal``: take the host's port on the underlay bridge down or up.
+
+    The host keeps its own eth0, addresses and routes (its daemons see only silence, as
+    with a pulled cable upstream); nothing in the root namespace is touched.
+    """
+    sb = Sandbox(state_dir, require_state(state_dir))
+    h = sb.state.host(host)
+    # the testbed names a host's underlay-side veth p<position> (h1 -> p1)
+    port = f"p{sb.state.hosts.index(h) + 1}"
+    run(["ip", "-n", sb.state.underlay_ns, "link", "set", port, "down" if cut else "up"])
+    if cut:
+        out.write(f"{h.name} partitioned: its underlay link ({port}) is down; its daemons run "
+                  f"on without the store or peers (heal with `weftctl sandbox heal {h.name}`)\n")
+    else:
+        out.write(f"{h.name} healed: its underlay link ({port}) is up again\n")
+    return 0
+
+
+def failover(state_dir: Path, out: TextIO) -> int:
+    """``failover``: kill the host of the demo web unit; show it move, resolve and answer."""
+    sb = Sandbox(state_dir, require_state(state_dir))
+    kill = [str(bin_dir() / "weftctl"), "sandbox", "kill", "--state-dir", str(state_dir)]
+    return 0 if demo.failover(sb.state, out, kill) else 1

@@ -20,6 +20,7 @@ Nothing here runs a process or touches the network; probes are descriptions that
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import ipaddress
 import json
@@ -34,6 +35,7 @@ from overlay.errors import WeftError
 STORE_PORT = 2379
 FLANNELD_HEALTHZ_PORT = 9101  # inside each host namespace, so a fixed port is safe
 DNSD_METRICS_PORT = 9153
+AGENT_PORT = 9180  # the scheduler agent's HTTP endpoint, on each host's underlay address
 DNS_PORT = 53
 DOMAIN = "skydns.local."
 NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
@@ -159,6 +161,8 @@ class DaemonSpec:
     argv: Callable[[Context, Site], list[str]]
     probes: Callable[[Context, Site], Sequence[Probe]]
     ready_within: float = 20.0  # seconds ``up`` waits for its probes
+    # files written before each start (path -> text), e.g. a config the argv names
+    files: Callable[[Context, Site], Mapping[Path, str]] = lambda ctx, site: {}
 
 
 def _module_missing(module: str) -> Callable[[Options], str | None]:
@@ -208,7 +212,9 @@ def _flanneld_argv(ctx: Context, site: Site) -> list[str]:
 
 def _flanneld_probes(ctx: Context, site: Site) -> Sequence[Probe]:
     return (Probe("file", path=str(subnet_file(site))),
-            Probe("http", "127.0.0.1", FLANNELD_HEALTHZ_PORT, "/healthz"))
+            # /readyz: lease held, data path attached, subnet.env written by this run (a
+            # restarted flanneld finds the old file; /healthz only says "alive")
+            Probe("http", "127.0.0.1", FLANNELD_HEALTHZ_PORT, "/readyz"))
 
 
 def _dnsd_argv(ctx: Context, site: Site) -> list[str]:
@@ -222,6 +228,37 @@ def _dnsd_probes(ctx: Context, site: Site) -> Sequence[Probe]:
             Probe("http", str(site.ip), DNSD_METRICS_PORT, "/readyz"))
 
 
+def agent_machine_id(site: Site) -> str:
+    """A stable machine id per sandbox host (every host shares /etc/machine-id)."""
+    return hashlib.sha1(site.netns.encode()).hexdigest()[:32]
+
+
+def agent_cni_conf(site: Site) -> Path:
+    return site.dir / "agent-cni.conflist"
+
+
+def _agent_files(ctx: Context, site: Site) -> Mapping[Path, str]:
+    # the same network, subnet.env and IPAM dir as the sandbox's own containers
+    conf = {"cniVersion": "1.0.0", "name": CNI_NETWORK_NAME, "plugins": [
+        {"type": "weft", "subnetFile": str(subnet_file(site)), "dataDir": str(site.dir / "cni")}]}
+    return {agent_cni_conf(site): json.dumps(conf, indent=2) + "\n"}
+
+
+def _agent_argv(ctx: Context, site: Site) -> list[str]:
+    return [str(ctx.bin_dir / "weftctl"), "agent", "-etcd-endpoints", ctx.endpoint,
+            "-machine-id", agent_machine_id(site), "-public-ip", str(site.ip),
+            "-port", str(AGENT_PORT), "-metadata", f"host={site.host}",
+            "-state-dir", str(site.dir / "agent"), "-runner", "supervisor",
+            "-cni-conf", str(agent_cni_conf(site)),
+            "-cni-path", f"{ctx.bin_dir}:/usr/lib/cni", "-domain", DOMAIN,
+            # unit namespaces named after the host's, so `down` removes any left behind
+            "-netns-prefix", site.netns]
+
+
+def _agent_probes(ctx: Context, site: Site) -> Sequence[Probe]:
+    return (Probe("http", str(site.ip), AGENT_PORT, "/healthz"),)
+
+
 # Order matters: ``up`` starts them top to bottom and waits for each to be healthy.
 # The store is first (everyone needs it); the network config is written right after it.
 DAEMONS: tuple[DaemonSpec, ...] = (
@@ -231,6 +268,9 @@ DAEMONS: tuple[DaemonSpec, ...] = (
     # dnsd sits on h1's underlay address: every container reaches it without NAT
     # (h1 routes replies back over the overlay), and the root namespace stays untouched.
     DaemonSpec("dnsd", "first-host", _module_missing("dnsd.cli"), _dnsd_argv, _dnsd_probes),
+    # the scheduler agent: after flanneld (Network=true units need subnet.env) and dnsd
+    DaemonSpec("agent", "each-host", _module_missing("overlay.cli.agent_cmd"), _agent_argv,
+               _agent_probes, files=_agent_files),
 )
 
 

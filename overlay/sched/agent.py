@@ -49,7 +49,12 @@ from overlay.sched.errors import SchedError
 from overlay.sched.fence import Fence, PeerReport, Timings, fence_decision
 from overlay.sched.keys import KeyKind, Layout, service_key
 from overlay.sched.model import Assignment, DesiredState, MachineRecord, UnitState
-from overlay.sched.netattach import Attacher, AttachError, container_id
+from overlay.sched.netattach import (
+    Attacher,
+    AttachError,
+    container_id,
+    default_netns_prefix,
+)
 from overlay.sched.runner import (
     Runner,
     RunnerError,
@@ -90,6 +95,7 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/weft/agent")
     engine: bool = True
     version: str = "weft"
+    netns_prefix: str = ""  # "" = weft-<machine id prefix>
 
 
 @dataclass(slots=True)
@@ -183,9 +189,8 @@ class Agent:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for name in list(self._running):
-            with contextlib.suppress(Exception):
-                await self._stop_unit(name, publish=False)
+        await asyncio.gather(*(self._stop_unit(name, publish=False)
+                               for name in list(self._running)), return_exceptions=True)
         await self.runner.close()
         if self.lease:
             with contextlib.suppress(StoreError, TimeoutError):
@@ -222,13 +227,18 @@ class Agent:
                 else:
                     await self._call(self.store.keepalive(self.lease), t.renew)
                     self.renewed_at = sent
+                if self.fence is Fence.STOP:
+                    # registered again first, then read what is still ours: the engine
+                    # moves units off a machine only while it is absent, so whatever
+                    # this listing shows cannot be running elsewhere
+                    listing = await self._call(self.store.list(
+                        self.keys.assign_prefix(self.cfg.machine_id).encode()))
+                    self._assign_listed({kv.key: kv.value for kv in listing.items})
                 if self.fence is not Fence.HOLD:
                     log.warning("agent %s: store reachable again after %s", self.cfg.machine_id,
                                 self.fence.value)
-                    was_stopped = self.fence is Fence.STOP
                     self.fence = Fence.HOLD
-                    if was_stopped:
-                        self._wake.set()  # start again whatever is still assigned here
+                    self._wake.set()  # start again whatever is still assigned here
                 self.ready.set()
             except LeaseNotFoundError:
                 log.warning("agent %s: presence lease %x expired; registering again",
@@ -341,6 +351,7 @@ class Agent:
                 log.warning("ignoring %s", exc)
                 continue
             assigned[a.name] = a
+        self._dirty.update(set(self._assigned) - set(assigned))
         self._assigned = assigned
         self._wake.set()
 
@@ -351,6 +362,7 @@ class Agent:
                 name = self.keys.parse(key).unit
                 if ev.type is EventType.DELETE:
                     self._assigned.pop(name, None)
+                    self._dirty.add(name)  # its state key goes too, even if it never ran
                 else:
                     self._assigned[name] = Assignment.from_json(key, ev.kv.value)
             except SchedError as exc:
@@ -397,7 +409,8 @@ class Agent:
         if unit.weft.network:
             if self.attacher is None:
                 raise AttachError(a.name, "Network=true but this agent has no CNI config")
-            cid = container_id(self.cfg.machine_id, a.name)
+            cid = container_id(self.cfg.netns_prefix
+                               or default_netns_prefix(self.cfg.machine_id), a.name)
             iface = await self.attacher.add(cid)
             address = iface.ip
             spec = with_netns(spec, cid, (("WEFT_ADDRESS", str(address)),))

@@ -20,7 +20,8 @@ after each burst of changes run one pass (``plan_pass``, pure):
 2. ``place`` computes the assignments; the pass turns the difference into one
    transaction per unit: every transaction compares ``leader``'s create revision with
    this engine's (a deposed leader writes nothing), each deleted assignment's mod
-   revision, and each new assignment's absence. A move is the delete and the put in
+   revision (and, off a lost machine, that machine's continued absence), and each new
+   assignment's absence. A move is the delete and the put in
    one transaction, so no store state ever has a unit on two machines.
 3. ``unscheduled/<unit>`` carries the reason for units with no machine; a lost machine
    whose units have all moved is dropped from ``members/``.
@@ -140,6 +141,11 @@ def plan_pass(snap: Snapshot, layout: Layout, leader_key: bytes, leader_rev: int
         key = layout.assign(ch.machine, ch.unit).encode()
         cmps, ops, why = entry(ch.unit)
         cmps.append(Compare(key, "mod", rev))
+        if ch.machine not in present:
+            # moving off a lost machine: only while it is still absent. An agent that
+            # came back registers before it reads its assignments, so it either sees
+            # the move or the move fails: never both copies running.
+            cmps.append(Compare(layout.machine(ch.machine).encode(), "create", 0))
         ops.append(TxnOp(key, delete=True))
         why.append(f"off {ch.machine} ({ch.reason})")
     for ch in plan.add:
@@ -243,16 +249,16 @@ class Engine:
         return True
 
     async def _wait_for_vacancy(self) -> None:
-        """Return when ``leader`` is deleted (or after a while, to look again)."""
+        """Return when ``leader`` is deleted. One idle watch stream, no polling: a quiet
+        cluster's followers send the store nothing (the client resumes a lost stream from
+        the next revision, and a store that stays away ends the wait with an error)."""
         kv = await self.store.get(self.leader_key)
         if kv is None:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.timings.ttl * 6):
-                async for batch in self.store.watch(self.leader_key, kv.mod_revision + 1):
-                    if any(ev.type is EventType.DELETE and ev.kv.key == self.leader_key
-                           for ev in batch):
-                        return
+        async for batch in self.store.watch(self.leader_key, kv.mod_revision + 1):
+            if any(ev.type is EventType.DELETE and ev.kv.key == self.leader_key
+                   for ev in batch):
+                return
 
     async def _lead(self) -> None:
         self.leading = True

@@ -16,8 +16,9 @@ The agent is the runtime here, behaving as libcni does with a network config lis
 * **GC** after a crash (agent start): every cached attachment that no running unit owns
   gets a DEL and its netns is deleted (see ``gc`` for why CNI's own GC is not sent).
 
-The container id is ``weft-<machine-id prefix>-<unit>`` and the netns name the same,
-so units of different agents sharing one kernel (the sandbox) never collide.
+The container id is ``weft-<machine-id prefix>-<unit>`` (``-netns-prefix`` replaces the
+first part) and the netns name the same, so units of different agents sharing one
+kernel (the sandbox) never collide.
 """
 
 from __future__ import annotations
@@ -93,10 +94,15 @@ class NetConf:
             raise AttachError(path, f"cannot read the CNI config ({exc.strerror})") from exc
 
 
-def container_id(machine: str, unit: str) -> str:
-    """``weft-<12 hex of the machine id>-<unit, made name-safe>`` (also the netns name)."""
+def default_netns_prefix(machine: str) -> str:
+    return f"weft-{machine[:12]}"
+
+
+def container_id(prefix: str, unit: str) -> str:
+    """``<prefix>-<unit, made name-safe>``, also the netns name; the prefix defaults to
+    ``weft-<12 hex of the machine id>`` (``default_netns_prefix``)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "-", unit)
-    return f"weft-{machine[:12]}-{safe}"[:200]
+    return f"{prefix}-{safe}"[:200]
 
 
 def result_address(result: dict[str, object]) -> ipaddress.IPv4Interface | None:

@@ -114,8 +114,8 @@ def test_a_killed_host_expires_then_comes_back_as_after_a_reboot(
     started = sandbox(state_dir, "start", "h2")
     assert started.returncode == 0 and "started flanneld@h2" in started.stdout, (
         started.stdout + started.stderr)
-    h2 = host_entry(status_json(state_dir), "h2")
-    assert h2["lease"] == "live" and h2["subnet"] == subnet  # the same subnet again
+    h2 = host_entry(status_json(state_dir), "h2")  # started = ready: the lease is held
+    assert h2["lease"] == "live" and h2["subnet"] == subnet, h2  # the same subnet again
     ping = in_container(state_dir, "c1.h1", "ping", "-n", "-c", "1", "-W", "2",
                         ip_of(state, "c1.h2"))
     until(lambda: in_container(state_dir, "c1.h1", "ping", "-n", "-c", "1", "-W", "1",

@@ -117,6 +117,26 @@ async def test_runs_restarts_reports_and_stops(store_proc: StoreProcess, tmp_pat
         await admin.close()
 
 
+async def test_loaded_unit_reports_inactive_and_its_state_goes_with_the_assignment(
+        store_proc: StoreProcess, tmp_path: Path) -> None:
+    keys = LAYOUT
+    admin = await connect(StoreConfig((store_proc.endpoint,)))
+    try:
+        async with running_agent(store_proc.endpoint, tmp_path):
+            a = Assignment("idle.service", "h", unit("import time; time.sleep(60)"),
+                           DesiredState.LOADED)
+            akey = keys.assign("m1", "idle.service").encode()
+            skey = keys.state("idle.service", "m1").encode()
+            await admin.put(akey, a.to_json())
+            await until(lambda: admin.get(skey))
+            kv = await admin.get(skey)
+            assert kv is not None and json.loads(kv.value)["active"] == "inactive"
+            await admin.delete(akey)
+            await until(lambda: _gone(admin.get(skey)))
+    finally:
+        await admin.close()
+
+
 async def _sub(coro: object, sub: str) -> bool:
     got = await coro  # type: ignore[misc]
     return bool(got) and got.get("sub") == sub

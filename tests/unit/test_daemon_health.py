@@ -89,3 +89,15 @@ def test_sd_notify(tmp_path: Path, abstract: bool) -> None:
         assert sock.recv(100) == b"READY=1"
     assert not sd_notify("READY=1", None)
     assert not sd_notify("READY=1", str(tmp_path / "absent.sock"))
+
+
+@pytest.mark.parametrize(("path", "before", "after"),
+                         [("/healthz", 200, 200), ("/health", 200, 200),
+                          ("/readyz", 503, 200), ("/ready", 503, 200)],
+                         ids=["healthz", "health-alias", "readyz", "ready-alias"])
+def test_liveness_never_waits_for_readiness(path: str, before: int, after: int) -> None:
+    # CoreDNS's split: liveness says "the process serves", readiness "it can do its job"
+    state = HealthState()
+    assert respond(state, path)[0] == before
+    state.lease_held = state.datapath_ready = state.subnet_file_written = True
+    assert respond(state, path)[0] == after

@@ -41,3 +41,13 @@ def test_every_executable_answers_version(argv: list[str], prefix: str) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(prefix), proc.stdout + proc.stderr
     assert version_text("x").split()[1] in proc.stdout
+
+
+@pytest.mark.parametrize("exe", ["weftctl", "dnsd", "flanneld"])
+def test_a_bad_log_format_is_refused_clearly(exe: str) -> None:
+    path = Path(sys.executable).absolute().parent / exe
+    argv = [str(path), "network", "get"] if exe == "weftctl" else [str(path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "WEFT_LOG_FORMAT": "xml"})
+    assert proc.returncode == 2, proc.stderr
+    assert "'xml': must be one of text, json" in proc.stderr

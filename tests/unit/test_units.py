@@ -141,8 +141,11 @@ def test_rendered_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 
 # Highest `systemd-analyze security` exposure each unit may score (0 = locked down,
 # 10 = unsafe). dnsd's goal is <= 4.0; flanneld runs as root with CAP_NET_ADMIN (the
-# data path), the store as root without capabilities.
-EXPOSURE_LIMITS = {"dnsd.service": 4.0, "flanneld.service": 4.0, "weft-store.service": 4.0}
+# data path), the store as root without capabilities. The agent runs arbitrary units
+# (as child processes when systemd is not PID 1), creates network namespaces and execs
+# CNI plugins: root with every capability is its job, so only its ceiling is pinned.
+EXPOSURE_LIMITS = {"dnsd.service": 4.0, "flanneld.service": 4.0, "weft-store.service": 4.0,
+                   "weft-agent.service": 9.2}
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,

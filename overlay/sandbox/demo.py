@@ -1,0 +1,153 @@
+"""The scheduler's part of the sandbox demo: a web unit placed, found and moved.
+
+``up`` ends with ``start_web``: a ``web.service`` unit (``python3 -m http.server`` with
+``[X-Weft] Network=true`` and ``Service=web:8000``) started with ``weftctl start`` from a
+host, its name resolved with ``dig`` from a container on another host, and an HTTP GET
+through the overlay. ``weftctl sandbox failover [UNIT]`` (the end of ``make demo``) kills
+the unit's host and shows the unit coming back elsewhere with its name following.
+
+Everything is driven through the CLI inside the sandbox's namespaces (``weftctl`` with
+``ETCDCTL_ENDPOINTS`` set, ``dig``, a Python GET), as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Protocol
+
+from overlay.sandbox.model import DOMAIN, SandboxError, State
+from overlay.testbed import run
+
+WEB_UNIT = "web.service"
+WEB_PORT = 8000
+FAILOVER_WITHIN = 30.0
+
+
+class Writer(Protocol):
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+
+
+def web_unit_text(www: Path) -> str:
+    return ("[Unit]\nDescription=weft demo web server\n\n[Service]\n"
+            f"ExecStart=/usr/bin/python3 -m http.server {WEB_PORT} --directory {www}\n"
+            "Restart=always\nRestartSec=1\n\n"
+            f"[X-Weft]\nNetwork=true\nService=web:{WEB_PORT}\n")
+
+
+def _weftctl(state: State, host: str, *args: str, timeout: float = 60
+             ) -> subprocess.CompletedProcess[str]:
+    weftctl = str(Path(sys.executable).parent / "weftctl")
+    return run(["ip", "netns", "exec", state.host(host).netns, "env",
+                f"ETCDCTL_ENDPOINTS=http://{state.store_ip}:2379", weftctl, *args],
+               check=False, timeout=timeout)
+
+
+def _units(state: State, host: str) -> dict[str, dict[str, object]]:
+    proc = _weftctl(state, host, "list-units", "--json")
+    if proc.returncode != 0:
+        raise SandboxError("weftctl list-units", (proc.stderr or proc.stdout).strip())
+    return {str(u["unit"]): u for u in json.loads(proc.stdout)}
+
+
+def _host_of(state: State, ip: object) -> str:
+    return next((h.name for h in state.hosts if h.ip == ip), "?")
+
+
+def _dig(state: State, netns: str, name: str) -> list[str]:
+    proc = run(["ip", "netns", "exec", netns, "dig", f"@{state.dns_ip}", name, "+short",
+                "+time=1", "+tries=1"], check=False, timeout=10)
+    return sorted(w for w in proc.stdout.split() if w[:1].isdigit())
+
+
+def _get(netns: str, address: str) -> str:
+    code = (f"import urllib.request as u; r = u.urlopen('http://{address}:{WEB_PORT}/', "
+            "timeout=2); print(r.status, r.read().decode().splitlines()[0][:60])")
+    proc = run(["ip", "netns", "exec", netns, "python3", "-c", code], check=False, timeout=10)
+    return proc.stdout.strip()
+
+
+def _observer(state: State, skip: set[str]) -> tuple[str, str]:
+    """(host, container netns) where dig and the GET run from: on a host not in ``skip``
+    if there is one (a one-host sandbox looks from its own container)."""
+    usable = [c for c in state.containers if c.ip]
+    for c in usable:
+        if c.host not in skip:
+            return c.host, c.netns
+    if usable:
+        return usable[0].host, usable[0].netns
+    raise SandboxError("demo", "no container to look from")
+
+
+def _wait_web(state: State, host: str, within: float, not_at: str = "",
+              ) -> tuple[str, str, float]:
+    """(host, address, seconds) once the web unit runs (elsewhere than ``not_at``)."""
+    t0 = time.monotonic()
+    while True:
+        u = _units(state, host).get(WEB_UNIT, {})
+        addr = str(u.get("address") or "")
+        if u.get("sub") == "running" and addr and addr != not_at:
+            return _host_of(state, u.get("ip")), addr, time.monotonic() - t0
+        if time.monotonic() - t0 > within:
+            raise SandboxError(WEB_UNIT, f"not running within {within:.0f} s ({u or 'no state'})")
+        time.sleep(0.3)
+
+
+def _show_name(state: State, out: Writer, where: str, skip: set[str], address: str,
+               within: float) -> bool:
+    obs_host, netns = _observer(state, skip)
+    t0 = time.monotonic()
+    got: list[str] = []
+    while time.monotonic() - t0 < within:
+        got = _dig(state, netns, f"web.{DOMAIN}")
+        if got == [address]:
+            break
+        time.sleep(0.3)
+    out.write(f"$ weftctl sandbox exec c1.{obs_host} -- dig @{state.dns_ip} web.{DOMAIN} +short"
+              f"   # from {obs_host}, the unit runs on {where}\n{chr(10).join(got) or '(none)'}\n")
+    answer = _get(netns, address)
+    out.write(f"$ weftctl sandbox exec c1.{obs_host} -- curl http://{address}:{WEB_PORT}/\n"
+              f"{answer or '(no answer)'}\n")
+    out.flush()
+    return got == [address] and answer.startswith("200")
+
+
+def start_web(state: State, state_dir: Path, out: Writer) -> bool:
+    """Start the demo web unit and show it resolved and answering from another host."""
+    www = state_dir / "www"
+    www.mkdir(exist_ok=True)
+    (www / "index.html").write_text("<h1>hello from a weft unit</h1>\n")
+    unit = state_dir / WEB_UNIT
+    unit.write_text(web_unit_text(www))
+    first = state.hosts[0].name
+    proc = _weftctl(state, first, "start", str(unit))
+    out.write(f"$ weftctl sandbox exec {first} -- weftctl start {unit}\n"
+              f"{(proc.stdout + proc.stderr).strip()}\n")
+    if proc.returncode != 0:
+        return False
+    host, address, _ = _wait_web(state, first, 30)
+    return _show_name(state, out, host, {host}, address, 10)
+
+
+def failover(state: State, out: Writer, kill: list[str]) -> bool:
+    """Kill the web unit's host (``kill``: the argv that kills a host, less the host) and
+    show the unit, its name and its answer coming back on another host."""
+    if len(state.hosts) < 2:
+        out.write("failover: a one-host sandbox has nowhere to move a unit to; skipped\n")
+        return True
+    any_host = state.hosts[0].name
+    host, address, _ = _wait_web(state, any_host, 10)
+    ask = next(h.name for h in state.hosts if h.name != host)
+    out.write(f"{WEB_UNIT} runs on {host} at {address}; killing {host}\n")
+    out.flush()
+    proc = run([*kill, host], check=False, timeout=60)
+    out.write(proc.stdout)
+    t0 = time.monotonic()
+    new_host, new_address, _ = _wait_web(state, ask, FAILOVER_WITHIN, not_at=address)
+    took = time.monotonic() - t0
+    out.write(f"{WEB_UNIT} moved to {new_host} ({new_address}) {took:.1f} s after the kill\n")
+    return _show_name(state, out, new_host, {host, new_host}, new_address, 10)
