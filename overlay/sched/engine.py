@@ -249,16 +249,16 @@ class Engine:
         return True
 
     async def _wait_for_vacancy(self) -> None:
-        """Return when ``leader`` is deleted (or after a while, to look again)."""
+        """Return when ``leader`` is deleted. One idle watch stream, no polling: a quiet
+        cluster's followers send the store nothing (the client resumes a lost stream from
+        the next revision, and a store that stays away ends the wait with an error)."""
         kv = await self.store.get(self.leader_key)
         if kv is None:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.timings.ttl * 6):
-                async for batch in self.store.watch(self.leader_key, kv.mod_revision + 1):
-                    if any(ev.type is EventType.DELETE and ev.kv.key == self.leader_key
-                           for ev in batch):
-                        return
+        async for batch in self.store.watch(self.leader_key, kv.mod_revision + 1):
+            if any(ev.type is EventType.DELETE and ev.kv.key == self.leader_key
+                   for ev in batch):
+                return
 
     async def _lead(self) -> None:
         self.leading = True

@@ -163,3 +163,70 @@ async def test_one_leader_places_and_a_successor_takes_over() -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_engine_on_a_fake_clock_waits_out_grace_then_moves_in_one_revision() -> None:
+    from tests.fakeclock import FakeClock
+
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    leases = {m: await store.grant(int(T.ttl)) for m in ("m1", "m2", "m3")}
+    for m, lease in leases.items():
+        await store.put(LAYOUT.machine(m).encode(), machine(m).to_json(), lease)
+        await store.put(LAYOUT.member(m).encode(), machine(m).to_json())
+    await store.put(LAYOUT.unit("a.service").encode(), unit("a.service").to_json())
+    engine = Engine(store, "m2", T, LAYOUT, clock)
+    assert await engine._campaign()
+
+    async def where() -> list[str]:
+        listing = await store.list(LAYOUT.prefix(KeyKind.ASSIGN).encode())
+        return [LAYOUT.parse(kv.key.decode()).machine for kv in listing.items]
+
+    await engine.one_pass()
+    assert await where() == ["m1"]  # least loaded, ties by id
+    # m1 goes silent: m2 and m3 (and the engine's own lease) keep renewing
+    for _ in range(int(T.ttl / T.renew) + 1):
+        clock.advance(T.renew)
+        for m in ("m2", "m3"):
+            await store.keepalive(leases[m])
+        await store.keepalive(engine.lease)
+    store.expire_leases()
+    await engine.one_pass()
+    assert await where() == ["m1"], "moved inside the grace period"
+    clock.advance(T.grace - 0.1)
+    await engine.one_pass()
+    assert await where() == ["m1"]
+    clock.advance(0.1)
+    rev = store.revision
+    await engine.one_pass()
+    assert await where() == ["m2"]
+    kv = await store.get(LAYOUT.assign("m2", "a.service").encode())
+    assert kv is not None and kv.mod_revision == rev + 1, "delete + put in one revision"
+    assert await store.get(LAYOUT.member("m1").encode()) is None
+
+
+async def test_engine_moves_nothing_when_a_majority_vanishes_at_once() -> None:
+    from tests.fakeclock import FakeClock
+
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    leases = {m: await store.grant(int(T.ttl)) for m in ("m1", "m2", "m3")}
+    for m, lease in leases.items():
+        await store.put(LAYOUT.machine(m).encode(), machine(m).to_json(), lease)
+        await store.put(LAYOUT.member(m).encode(), machine(m).to_json())
+    await store.put(LAYOUT.unit("a.service").encode(), unit("a.service").to_json())
+    engine = Engine(store, "m3", T, LAYOUT, clock)
+    assert await engine._campaign()
+    await engine.one_pass()
+    for _ in range(10):  # m1 and m2 silent (a store-side event), only m3 renews
+        clock.advance(T.renew)
+        await store.keepalive(leases["m3"])
+        await store.keepalive(engine.lease)
+    store.expire_leases()
+    for _ in range(5):
+        clock.advance(T.grace)
+        await store.keepalive(leases["m3"])
+        await store.keepalive(engine.lease)
+        await engine.one_pass()
+    listing = await store.list(LAYOUT.prefix(KeyKind.ASSIGN).encode())
+    assert [LAYOUT.parse(kv.key.decode()).machine for kv in listing.items] == ["m1"]
