@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from overlay.store.api import CompactedError, LeaseNotFoundError
-from overlay.store.embedded import server
+from overlay.store.embedded import committer, server
 from overlay.store.embedded.grpcwire import Code
 from overlay.store.embedded.server import _status, parse_listen
 from overlay.store.embedded.state import DuplicateKeyError, PutOp, State
@@ -57,10 +57,10 @@ async def test_commit_waits_for_company_only_under_a_crowd(
 ) -> None:
     # a window this long would time the test out: every commit here must start at once
     # (no crowd) or as soon as the crowd is in (early end of the window)
-    monkeypatch.setattr(server, "_BATCH_WINDOW_S", 60.0)
-    monkeypatch.setattr(server, "_BUSY_GAP_S", 60.0)  # every write counts as "right after"
+    monkeypatch.setattr(committer, "_BATCH_WINDOW_S", 60.0)
+    monkeypatch.setattr(committer, "_BUSY_GAP_S", 60.0)  # every write counts as "right after"
     state = State(tmp_path / "store.db")
-    c = server.Committer(state, lambda rev=0: None)
+    c = committer.Committer(state, lambda rev=0: None)
     try:
         c.active_calls = 3  # a few writers: never a window
         for i in range(3):
@@ -119,7 +119,7 @@ async def test_watch_created_while_a_write_commits_says_the_committed_revision(
         rev, _ = state.put(PutOp(b"/w/a", b"1"))  # applied, commit not started
         out: asyncio.Queue[rpc_pb2.WatchResponse] = asyncio.Queue()
         svc._watch_create(rpc_pb2.WatchCreateRequest(key=b"/w/", range_end=b"/w0"), out,
-                          server._Stream())
+                          committer.WatchStream())
         created = out.get_nowait()
         assert created.created and created.header.revision == rev - 1
         await asyncio.wait_for(svc.committer.durable(), 5)

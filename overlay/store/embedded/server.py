@@ -5,20 +5,8 @@ Theory of operation:
 * One asyncio event loop owns the ``State``. Every handler runs to its write
   synchronously (no await between check and apply), so requests are
   serialised exactly as etcd's single apply loop would.
-* Group commit: a write handler applies its change in memory, then awaits
-  ``Committer.durable()``. The committer writes every change applied so far in
-  one SQLite transaction (one fsync), publishes the committed events to
-  watchers and only then releases the waiting handlers, which acknowledge.
-  A lone writer is committed inline (cheapest); when several wait, the fsync
-  runs in a worker thread and writes arriving meanwhile form the next batch.
-  Under a crowd (20 or more calls in flight at once within the last 0.1-0.2 s)
-  a write arriving right after a commit waits up to 2 ms for as many writers
-  as were recently in flight, so under 50 clients batches are ~15-20 writes
-  rather than ~1.5 and the per-commit cost (transaction, thread hop, wake-ups)
-  is shared; with fewer writers waiting would cost more than it saves.
-  Nothing is acknowledged or watched before it is on disk. A read that saw
-  writes still in flight waits for their commit before answering, so no
-  reader observes an undoable write.
+* Group commit and watch fan-out: ``committer`` (a write is acknowledged, and
+  watched, only once it is on disk).
 * Watches: each Watch stream keeps its watchers; creating one with a start
   revision replays the committed events from that revision (synchronously, so
   it cannot miss or duplicate an event committed concurrently) and then
@@ -39,27 +27,23 @@ import sqlite3
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from aetcd.rpc import kv_pb2, rpc_pb2
+from aetcd.rpc import rpc_pb2
 
 from overlay.store.api import (
     CompactedError,
-    EventType,
-    KeyValue,
     LeaseNotFoundError,
     StoreError,
-    WatchEvent,
 )
 from overlay.store.embedded import snapshot
+from overlay.store.embedded.committer import Committer, Watcher, WatchStream, pb_kv
 from overlay.store.embedded.gateway import Gateway, StoreProbe
 from overlay.store.embedded.grpcwire import Abort, Code, Context, Method, Server, server_tls
 from overlay.store.embedded.lock import DataDirLock, lock_data_dir
 from overlay.store.embedded.state import (
-    Batch,
     Compare,
     DeleteOp,
     DeleteResult,
@@ -79,7 +63,7 @@ from overlay.store.embedded.state import (
     TxnOp,
     TxnResult,
 )
-from overlay.store.mvcc import MAX_REQUEST_BYTES, MAX_TXN_OPS, FutureRevisionError, in_range
+from overlay.store.mvcc import MAX_REQUEST_BYTES, MAX_TXN_OPS, FutureRevisionError
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +73,8 @@ VERSION = "3.4.23-weft"
 GRPC_OVERHEAD_BYTES = 512 * 1024  # etcd allows this much gRPC framing on top
 RAFT_TERM = 2
 _LEASE_TICK_S = 0.5  # etcd checks lease expiry every 500 ms
-_BUSY_GAP_S = 0.00025  # a write this soon after the last commit means concurrent writers
-# under a crowd a commit waits up to this long for as many writers as were recently
-# in flight: one fsync and one thread hop then serve ~15-20 writes instead of ~1.5
-# (50-client put/s 1.5-2x), while each of those writers already waits several ms in
-# gRPC's queue
-_BATCH_WINDOW_S = 0.002
 PROGRESS_INTERVAL_S = 600.0  # etcd's --experimental-watch-progress-notify-interval (10m)
 _REPLAY_BATCH_REVS = 1000  # etcd's watchBatchMaxRevs: revisions per catch-up response
-_CROWD = 20  # calls in flight at once (recent peak) from which a commit waits for company
-_PEAK_PERIOD_S = 0.1  # how recent
 
 _ERR_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 _ERR_FUTURE = "etcdserver: mvcc: required revision is a future revision"
@@ -147,22 +123,6 @@ def _sized(request: Any) -> Any:
 
 
 # -- wire <-> state -------------------------------------------------------------
-
-
-def _pb_kv(kv: KeyValue) -> Any:
-    return kv_pb2.KeyValue(key=kv.key, value=kv.value, create_revision=kv.create_revision,
-                           mod_revision=kv.mod_revision, version=kv.version, lease=kv.lease)
-
-
-def _pb_event(ev: WatchEvent, prev_kv: bool) -> Any:
-    if ev.type is EventType.PUT:
-        m = kv_pb2.Event(type=kv_pb2.Event.PUT, kv=_pb_kv(ev.kv))
-    else:
-        m = kv_pb2.Event(type=kv_pb2.Event.DELETE,
-                         kv=kv_pb2.KeyValue(key=ev.kv.key, mod_revision=ev.kv.mod_revision))
-    if prev_kv and ev.prev is not None:
-        m.prev_kv.CopyFrom(_pb_kv(ev.prev))
-    return m
 
 
 def _range_op(r: Any) -> RangeOp:
@@ -236,208 +196,6 @@ def _txn_op(r: Any, budget: int = MAX_TXN_OPS) -> TxnOp:
         return tuple(out)
 
     return TxnOp(tuple(_compare(c) for c in r.compare), ops(r.success), ops(r.failure))
-
-
-# -- commit and watch fan-out ---------------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class _Watcher:
-    id: int
-    key: bytes
-    range_end: bytes
-    prev_kv: bool
-    no_put: bool
-    no_delete: bool
-    out: asyncio.Queue[Any]
-    progress_notify: bool = False
-    min_revision: int = 0  # a start revision still in the future: nothing before it
-
-    def select(self, events: list[WatchEvent]) -> list[Any]:
-        return [
-            _pb_event(e, self.prev_kv) for e in events
-            if in_range(e.kv.key, self.key, self.range_end)
-            and not (self.no_put and e.type is EventType.PUT)
-            and not (self.no_delete and e.type is EventType.DELETE)
-        ]
-
-
-@dataclass(slots=True, eq=False)
-class _Stream:
-    """One Watch stream's watchers. As in etcd, ids the server picks come from a counter
-    that only goes up (skipping ids in use), so a canceled id is not handed out again."""
-
-    watchers: dict[int, _Watcher] = field(default_factory=dict)
-    _next: int = 0
-
-    def next_id(self) -> int:
-        while self._next in self.watchers:
-            self._next += 1
-        self._next += 1
-        return self._next - 1
-
-
-class Committer:
-    """Group commit: while one batch is being fsync'd (in a worker thread), every write
-    applied meanwhile joins the next batch; a write is acknowledged after its batch."""
-
-    def __init__(self, state: State, header: Any) -> None:
-        self._state = state
-        self._header = header
-        self._waiters: list[asyncio.Future[None]] = []
-        self._scheduled = False
-        self._writing = False
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
-        self.watchers: set[_Watcher] = set()
-        self.broken: Exception | None = None
-        # every revision up to this one is on disk and was sent to the watchers
-        self.committed_revision = state.revision
-        self.active_calls = 0  # unary RPCs being handled (kept by the registration shim)
-        self._started = 0.0
-        self._last_end = 0.0  # when the last commit finished
-        self._window: asyncio.TimerHandle | None = None  # a commit waiting for company
-        # peak of active_calls in this and the previous _PEAK_PERIOD_S: how many writers
-        # a commit under load may wait for
-        self._peak = self._peak_before = 0
-        self._period_start = 0.0
-
-    @property
-    def busy(self) -> bool:
-        """Writes are applied in memory but not yet durable."""
-        return self._writing or self._scheduled or self._state.dirty
-
-    @property
-    def _expect(self) -> int:
-        return max(self._peak, self._peak_before)
-
-    def durable(self) -> Awaitable[None]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(fut)
-        if self.active_calls > self._peak:
-            self._peak = self.active_calls
-        if self._window is not None and len(self._waiters) >= self._expect:
-            # as many as recently were in flight at once are in: no reason to wait longer
-            self._window.cancel()
-            self._window = None
-            loop.call_soon(self._start)
-        else:
-            self.kick()
-        return fut
-
-    def kick(self) -> None:
-        if not self._scheduled and not self._writing:
-            self._scheduled = True
-            loop = asyncio.get_running_loop()
-            expect = self._expect
-            if (expect >= _CROWD and len(self._waiters) < expect
-                    and time.monotonic() - self._last_end < _BUSY_GAP_S):
-                self._window = loop.call_later(_BATCH_WINDOW_S, self._start)
-            else:
-                loop.call_soon(self._start)
-
-    def _fail(self, waiters: list[asyncio.Future[None]], e: Exception) -> None:
-        if self.broken is None:
-            log.error("store: commit failed, refusing writes from now on: %s", e)
-            self.broken = e
-        for w in waiters:
-            if not w.done():
-                w.set_exception(StoreError(f"commit failed: {e}"))
-
-    def _start(self) -> None:
-        self._scheduled = False
-        self._window = None
-        waiters, self._waiters = self._waiters, []
-        if self.broken is not None:
-            self._fail(waiters, self.broken)
-            return
-        batch = self._state.take()
-        if batch is None:
-            for w in waiters:
-                if not w.done():
-                    w.set_result(None)
-            return
-        loop = asyncio.get_running_loop()
-        now = time.monotonic()
-        idle = now - self._last_end > _BUSY_GAP_S
-        if len(waiters) <= 1 and self.active_calls <= 1 and idle:
-            # a lone writer on an idle store (a sequential client needs far longer than
-            # _BUSY_GAP_S to answer an ack with its next write): an inline fsync is
-            # cheaper than two thread wake-ups. With company, the loop must keep
-            # serving during the fsync so the next batch can form.
-            try:
-                self._state.write(batch)
-            except Exception as e:
-                self._done(None, e, batch, waiters)
-            else:
-                self._done(None, None, batch, waiters)
-            return
-        self._writing = True
-        self._started = time.monotonic()
-        fut = loop.run_in_executor(self._pool, self._state.write, batch)
-        fut.add_done_callback(lambda f: self._done(f, None, batch, waiters))
-
-    def _done(self, f: asyncio.Future[None] | None, error: BaseException | None, batch: Batch,
-              waiters: list[asyncio.Future[None]]) -> None:
-        self._writing = False
-        self._last_end = now = time.monotonic()
-        if now - self._period_start > _PEAK_PERIOD_S:
-            self._period_start = now
-            self._peak_before, self._peak = self._peak, 0
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("store: commit of %d write(s) (%s) in %.2f ms, %d in flight at peak",
-                      len(waiters), "thread" if f is not None else "inline",
-                      (time.monotonic() - self._started) * 1000 if f is not None else 0,
-                      self._expect)
-        exc = f.exception() if f is not None else error
-        if exc is not None:
-            self._fail(waiters + self._waiters, exc if isinstance(exc, Exception)
-                       else RuntimeError(str(exc)))
-            self._waiters = []
-            return
-        self.committed_revision = batch.revision
-        for rev, events in self._state.finish(batch):
-            header = self._header(rev)
-            for watcher in list(self.watchers):
-                if rev < watcher.min_revision:
-                    continue
-                selected = watcher.select(events)
-                if selected:
-                    watcher.out.put_nowait(rpc_pb2.WatchResponse(
-                        header=header, watch_id=watcher.id, events=selected))
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
-        if self._state.auto_compact():
-            log.info("store: compacted history before revision %d",
-                     self._state.compact_revision)
-        if self._waiters or self._state.dirty:
-            self.kick()
-
-    async def idle(self) -> None:
-        """Return when no commit is running or due; none can start before the caller's
-        next await, so it may use the database on the loop until then."""
-        while self._writing or self._scheduled:
-            await self.durable()
-
-    def notify_progress(self) -> None:
-        """etcd's progress notification: each watcher created with ``progress_notify``
-        hears the committed revision (no events), so a quiet watch still learns how far
-        it is up to date."""
-        header = self._header(self.committed_revision)
-        for w in self.watchers:
-            if w.progress_notify:
-                w.out.put_nowait(rpc_pb2.WatchResponse(header=header, watch_id=w.id))
-
-    async def drain(self) -> None:
-        """Wait until nothing is being written (before closing the state)."""
-        if self._window is not None:  # no more company is coming
-            self._window.cancel()
-            self._window = None
-            asyncio.get_running_loop().call_soon(self._start)
-        while self._writing or self._scheduled:
-            await asyncio.sleep(0.005)
-        self._pool.shutdown(wait=True)
 
 
 # -- servicers ------------------------------------------------------------------
@@ -565,7 +323,7 @@ class StoreService:
     ) -> AsyncIterator[Any]:
         # watch ids are per stream and start at 0, as in etcd
         out: asyncio.Queue[Any] = asyncio.Queue()
-        mine = _Stream()
+        mine = WatchStream()
 
         async def read() -> None:
             try:
@@ -587,7 +345,7 @@ class StoreService:
                 self.committer.watchers.discard(w)
 
     def _watch_request(self, req: Any, out: asyncio.Queue[Any],
-                       mine: _Stream) -> None:
+                       mine: WatchStream) -> None:
         which = req.WhichOneof("request_union")
         if which == "create_request":
             self._watch_create(req.create_request, out, mine)
@@ -604,7 +362,7 @@ class StoreService:
             out.put_nowait(rpc_pb2.WatchResponse(
                 header=self.header(self.committer.committed_revision), watch_id=-1))
 
-    def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: _Stream) -> None:
+    def _watch_create(self, c: Any, out: asyncio.Queue[Any], mine: WatchStream) -> None:
         # the revision this stream has been sent everything up to: a write still being
         # committed reaches the new watcher as an event, so it is not in this header
         header = self.header(self.committer.committed_revision)
@@ -633,7 +391,7 @@ class StoreService:
                                                  compact_revision=first))
             return
         filters = set(c.filters)
-        w = _Watcher(wid, key, end, c.prev_kv,
+        w = Watcher(wid, key, end, c.prev_kv,
                      rpc_pb2.WatchCreateRequest.NOPUT in filters,
                      rpc_pb2.WatchCreateRequest.NODELETE in filters, out, c.progress_notify,
                      start)
@@ -718,20 +476,20 @@ class StoreService:
 
 
 def _range_response(header: Any, res: RangeResult) -> Any:
-    return rpc_pb2.RangeResponse(header=header, kvs=[_pb_kv(kv) for kv in res.kvs],
+    return rpc_pb2.RangeResponse(header=header, kvs=[pb_kv(kv) for kv in res.kvs],
                                  more=res.more, count=res.count)
 
 
 def _put_response(header: Any, res: PutResult) -> Any:
     r = rpc_pb2.PutResponse(header=header)
     if res.prev is not None:
-        r.prev_kv.CopyFrom(_pb_kv(res.prev))
+        r.prev_kv.CopyFrom(pb_kv(res.prev))
     return r
 
 
 def _delete_response(header: Any, res: DeleteResult) -> Any:
     return rpc_pb2.DeleteRangeResponse(header=header, deleted=res.deleted,
-                                       prev_kvs=[_pb_kv(kv) for kv in res.prevs])
+                                       prev_kvs=[pb_kv(kv) for kv in res.prevs])
 
 
 def _txn_response(header: Any, res: TxnResult) -> Any:
