@@ -94,7 +94,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           default="text", env=("WEFT_LOG_FORMAT",), metavar="FORMAT")
     p.add_bool("version", "print the version and exit")
     for name, why, boolean in FLANNEL_REFUSED:
-        help = f"flannel's; refused when set: {why.split('.')[0]}"
+        help = f"flannel's; refused when set: {why.split('. ')[0]}"
         if boolean:
             p.add_bool(name, help)
         else:

@@ -82,6 +82,9 @@ def test_help_documents_every_flag_and_env(capsys: pytest.CaptureFixture[str]) -
         assert f"-{flag}" in text
         assert "FLANNELD_" + flag.upper().replace("-", "_") in text.replace("\n", "").replace(
             " ", "")
+    squeezed = "".join(text.split())  # however argparse wraps it
+    assert "refusedwhenset:flannel0.9'smulti-networkmodeisnotinweft" in squeezed
+    assert "acceptedforcompatibilityandignored:-public-ipv6" in squeezed
 
 
 A = ipaddress.IPv4Address
