@@ -236,7 +236,10 @@ def test_make_demo_twice_and_while_up(state_dir: Path) -> None:
                 again.stdout + again.stderr)
             assert (state_dir / "state.json").read_text() == recorded
             assert {ns for ns in list_netns() if ns.startswith(state.tag + "-")} == ours
-            assert len(ours) == 1 + 3 + 3  # underlay, hosts, containers
+            # underlay, hosts, containers (plus the scheduler demo unit's own namespace)
+            assert {state.underlay_ns, *(h.netns for h in state.hosts),
+                    *(c.netns for c in state.containers)} <= ours
+            assert len(state.hosts) == len(state.containers) == 3
             healthy_status(state_dir)
         down = weftctl(state_dir, "down")
         assert down.returncode == 0, down.stdout + down.stderr
