@@ -148,6 +148,13 @@ def agents_worker(spec_json: str) -> None:
     """Run the agents described by ``spec_json``; print one JSON line per ready agent."""
     spec = json.loads(spec_json)
     import ipaddress
+    import logging
+
+    if os.environ.get("WEFT_BENCH_LOG_DIR"):  # debugging a run: one log file per worker
+        logging.basicConfig(
+            filename=os.path.join(os.environ["WEFT_BENCH_LOG_DIR"],
+                                  f"{spec['agents'][0]['id']}.log"),
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     from overlay.sched.agent import Agent, AgentConfig
     from overlay.sched.engine import run_engine

@@ -129,7 +129,7 @@ class DnsServer:
         m = self.metrics
         m.server = server_label(config.host, port)
         m.family = "2" if family == socket.AF_INET6 else "1"
-        m.zones = ",".join(".".join(z) + "." for z in engine.config.zones)
+        m.zones = _zones_label(engine)
         self._timed: list[Histogram] = []  # UDP thread: duration histograms of fast hits
 
     # -- lifecycle ---------------------------------------------------------------
@@ -178,6 +178,7 @@ class DnsServer:
         The caller invalidates the cached answers.
         """
         self.engine = engine
+        self.metrics.zones = _zones_label(engine)
         self.forwarder = forwarder
         self.config = dataclasses.replace(self.config, round_robin=round_robin,
                                           stub_timeout=stub_timeout)
@@ -543,6 +544,11 @@ class _Request:
     zone: str  # the zone label (metrics.OUTSIDE for names in none of dnsd's zones)
     proto: str  # "udp" or "tcp"
     t0: float  # perf_counter() when it arrived
+
+
+def _zones_label(engine: Engine) -> str:
+    """CoreDNS's cache ``zones`` label: the zones answered, comma separated."""
+    return ",".join(".".join(z) + "." for z in engine.config.zones)
 
 
 def _udp_reply(send: Callable[[bytes, tuple[str, int]], int],

@@ -93,14 +93,32 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           "systemd's JOURNAL_STREAM is our stderr) or json (one object per line)",
           default="text", env=("WEFT_LOG_FORMAT",), metavar="FORMAT")
     p.add_bool("version", "print the version and exit")
-    p.add_bool("kube-subnet-mgr", "flannel's Kubernetes subnet manager (leases from the "
-               "Kubernetes API): not in weft, which leases from etcd or its own store; true "
-               "is refused")
+    for name, why, boolean in FLANNEL_REFUSED:
+        help = f"flannel's; refused when set: {why.split('. ')[0]}"
+        if boolean:
+            p.add_bool(name, help)
+        else:
+            p.add(name, help, metavar="VALUE")
     for name, why, boolean in FLANNEL_IGNORED:
         p.add_ignored(name, why, boolean)
     return p
 
 
+# flannel's flags for modes weft does not have: (name, why, boolean); set (true or
+# non-empty), flanneld exits 2 saying why and what to do instead, rather than run
+# something other than what the unit asks for
+FLANNEL_REFUSED: tuple[tuple[str, str, bool], ...] = (
+    ("kube-subnet-mgr", "weft's flanneld leases subnets from etcd (or `weftctl store "
+     "serve`), not from the Kubernetes API. Drop -kube-subnet-mgr (and "
+     "FLANNELD_KUBE_SUBNET_MGR), point -etcd-endpoints at the store and put the network "
+     "config (net-conf.json) under <etcd-prefix>/config with `weftctl network set`", True),
+    ("networks", "flannel 0.9's multi-network mode is not in weft. Run one flanneld per "
+     "network, each with its own -etcd-prefix and -subnet-file", False),
+    ("listen", "flannel 0.9's server mode is not in weft: every flanneld talks to the "
+     "store itself. Drop -listen and give the clients -etcd-endpoints", False),
+    ("remote", "flannel 0.9's client mode is not in weft: every flanneld talks to the "
+     "store itself. Replace -remote with -etcd-endpoints", False),
+)
 _KUBE_ONLY = "used only with -kube-subnet-mgr, which weft does not have"
 _KLOG = "klog's; weft's log detail is set by -v alone"
 # flannel's flags (and the glog/klog ones its units pass) that mean nothing in weft:
@@ -122,6 +140,10 @@ FLANNEL_IGNORED: tuple[tuple[str, str, bool], ...] = (
     ("alsologtostderr", "weft always logs to stderr", True),
     ("log_dir", "weft always logs to stderr", False),
     ("stderrthreshold", "weft always logs to stderr", False),
+    ("subnet-dir", "used only with flannel 0.9's -networks", False),
+    ("remote-keyfile", "used only with flannel 0.9's -remote", False),
+    ("remote-certfile", "used only with flannel 0.9's -remote", False),
+    ("remote-cafile", "used only with flannel 0.9's -remote", False),
 )
 
 
@@ -140,12 +162,9 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
     args = parser.parse(argv)
     if args.version:
         return args, DaemonConfig(), StoreConfig()
-    if args.kube_subnet_mgr:
-        parser.error("-kube-subnet-mgr: weft's flanneld leases subnets from etcd (or "
-                     "`weftctl store serve`), not from the Kubernetes API. Drop "
-                     "-kube-subnet-mgr (and FLANNELD_KUBE_SUBNET_MGR), point -etcd-endpoints "
-                     "at the store and put the network config (net-conf.json) under "
-                     "<etcd-prefix>/config with `weftctl network set`")
+    for name, why, _ in FLANNEL_REFUSED:
+        if getattr(args, name.replace("-", "_")):
+            parser.error(f"-{name}: {why}")
     if not 1 <= args.subnet_lease_renew_margin <= 1439:
         parser.error(f"-subnet-lease-renew-margin {args.subnet_lease_renew_margin}: must be "
                      "1..1439 minutes")

@@ -390,20 +390,31 @@ class Sandbox:
         return "etcdctl put (weftctl network set is not in this build yet)"
 
     def register_dns(self, c: ContainerRecord) -> str:
-        """The container's A record and its PTR (``<reversed ip>.in-addr.arpa`` -> name)."""
+        """The container's A record and its PTR (``<reversed ip>.in-addr.arpa`` -> name).
+
+        The A record goes through ``weftctl dns set`` (what an operator would type);
+        the PTR through one ``etcdctl put`` when etcdctl is there: a Go binary starts
+        in milliseconds where a second Python process costs a second on a busy box.
+        """
         ctx = self.context
         ip = ipaddress.IPv4Interface(c.ip).ip
-        records = ((c.dns, str(ip)), (reverse_name(ip), c.dns))
+        records = [(c.dns, str(ip)), (reverse_name(ip), c.dns)]
+        how = "etcdctl put (weftctl dns is not in this build yet)"
         if _module_present("dnsd.admin"):
-            for name, host in records:
-                self.in_underlay([str(ctx.bin_dir / "weftctl"), "dns", "set", name, "--host",
-                                  host, "-etcd-endpoints", ctx.endpoint])
-            return "weftctl dns set"
+            name, host = records.pop(0)
+            self.in_underlay([str(ctx.bin_dir / "weftctl"), "dns", "set", name, "--host",
+                              host, "-etcd-endpoints", ctx.endpoint])
+            how = "weftctl dns set"
+            if shutil.which("etcdctl") is None:
+                for name, host in records:
+                    self.in_underlay([str(ctx.bin_dir / "weftctl"), "dns", "set", name,
+                                      "--host", host, "-etcd-endpoints", ctx.endpoint])
+                return how
         for name, host in records:
             key = "/skydns/" + "/".join(reversed(name.rstrip(".").split(".")))
             self.in_underlay(["etcdctl", "--endpoints", ctx.endpoint, "put", key,
                               json.dumps({"host": host})])
-        return "etcdctl put (weftctl dns is not in this build yet)"
+        return how
 
     # -- containers (CNI) --
 

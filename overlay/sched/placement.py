@@ -47,9 +47,18 @@ class PlacementUnit:
 
 
 def placement_unit(record: UnitRecord, source: str = "") -> PlacementUnit:
-    """Parse a stored unit for placement (``UnitFileError`` if its file is bad)."""
-    parsed = parse_unit(record.name, record.contents, source or record.name)
-    return PlacementUnit(record.name, parsed.fleet, record.desired)
+    """Parse a stored unit for placement (``UnitFileError`` if its file is bad).
+
+    Units are immutable, so the parse is cached by name and contents: an engine pass
+    over 1,000 unchanged units does not parse 1,000 files again.
+    """
+    return PlacementUnit(record.name, _fleet_options(record.name, record.contents,
+                                                     source or record.name), record.desired)
+
+
+@functools.lru_cache(maxsize=16384)
+def _fleet_options(name: str, contents: str, source: str) -> FleetOptions:
+    return parse_unit(name, contents, source).fleet
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,16 +125,19 @@ class _Cluster:
         self.units = units
         self.machines = machines
         self.on: dict[str, set[str]] = {m: set() for m in machines}
+        self.load: dict[str, int] = dict.fromkeys(machines, 0)
         self.where: dict[str, set[str]] = {}
         # units whose options can refuse a neighbour; the common unit has none
         self.picky = {n for n, u in units.items() if u.fleet.conflicts or u.fleet.replaces}
 
     def put(self, unit: str, machine: str) -> None:
         self.on[machine].add(unit)
+        self.load[machine] = len(self.on[machine])
         self.where.setdefault(unit, set()).add(machine)
 
     def take(self, unit: str, machine: str) -> None:
         self.on[machine].discard(unit)
+        self.load[machine] = len(self.on[machine])
         self.where.get(unit, set()).discard(machine)
 
     def refusal(self, u: PlacementUnit, m: str) -> str:
@@ -274,8 +286,7 @@ def place(units: Collection[PlacementUnit], machines: Collection[MachineRecord],
         best: str | None = None
         best_load = 0
         reasons: dict[str, str] = {}
-        for m in present:
-            load = len(cl.on[m])
+        for m, load in cl.load.items():
             if best is not None and (load > best_load or (load == best_load and m > best)):
                 continue  # cannot beat the best so far: skip the checks
             why = cl.refusal(u, m)
@@ -288,7 +299,7 @@ def place(units: Collection[PlacementUnit], machines: Collection[MachineRecord],
             continue
         unscheduled.pop(name, None)
         cl.put(name, best)
-        for other in sorted(cl.on[best]):
+        for other in sorted(cl.on[best]) if u.fleet.replaces else ():
             if other != name and _replaces(u, other, by_name) and pushes < len(by_name):
                 pushes += 1  # bounded, so replace chains cannot loop
                 cl.take(other, best)

@@ -26,6 +26,7 @@ it. A template's options are checked by expanding it for the sample instance
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,8 +67,10 @@ class UnitName:
         return f"{self.prefix}@{instance}.{self.type}"
 
 
+@functools.lru_cache(maxsize=16384)
 def parse_unit_name(name: str) -> UnitName:
-    """Split and check a unit name; ``ValueError`` says what is wrong."""
+    """Split and check a unit name; ``ValueError`` says what is wrong (cached: every
+    store key the scheduler reads carries a unit name)."""
     if not name or len(name) > UNIT_NAME_MAX:
         raise ValueError(f"unit name {name!r} must be 1 to {UNIT_NAME_MAX} characters")
     stem, dot, utype = name.rpartition(".")

@@ -338,6 +338,7 @@ async def txn_checks(s: Side, k: bytes) -> list[Any]:
         _txn([_del(k), _put(k)]),
         _txn([_put(k), _del(k)]),
         _txn([_del(k + b"/", k + b"0"), _put(k + b"/x")]),
+        _txn([_del(b"\xff" + k, b"\0"), _put(b"\xff" + k + b"/x")]),  # to the end
         _txn([_put(k), RP(request_txn=_txn([_put(k)]))]),
         _txn([RP(request_txn=_txn([_put(k + b"/y")], [_put(k + b"/y")]))]),
         _txn([_put(k + b"/q")], [_put(k), _put(k)]),

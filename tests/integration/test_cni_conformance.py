@@ -155,7 +155,6 @@ BAD_INPUT = [
     ("empty-stdin", {}, b"", 6, "empty"),
     ("invalid-json", {}, b"{not json", 6, "not valid JSON"),
     ("json-array", {}, b"[1]", 6, "not an object"),
-    ("no-command", {"CNI_COMMAND": None}, None, 4, "CNI_COMMAND"),
     ("bad-command", {"CNI_COMMAND": "FROB"}, None, 4, "FROB"),
     ("no-netns", {"CNI_NETNS": None}, None, 4, "CNI_NETNS"),
     ("no-ifname", {"CNI_IFNAME": None}, None, 4, "CNI_IFNAME"),
@@ -205,6 +204,23 @@ def test_bad_input_gets_code_and_changes_nothing(
     assert "eth0" not in host_links(env.ns_of(ns))
     # logs go to stderr only; stdout is exactly one JSON document
     assert res.stdout.count("\n") == 1
+
+
+def test_no_command_prints_the_about_text_and_changes_nothing(env: Env) -> None:
+    # as libcni's skel does for the reference plugins: CNI_COMMAND unset means a human
+    # ran the binary; it says what it is on stderr, exits 0 and touches nothing
+    d = env.driver()
+    ns = env.container()
+    conf = d.plugin_conf(d.conflist["plugins"][0], None, None)
+    e: dict[str, str] = {**_base_env(ns)}
+    e.pop("CNI_COMMAND", None)
+    before = env.state()
+    res = d.exec_raw("weft", e, json.dumps(conf).encode())
+    assert res.rc == 0 and res.stdout == "", res.stdout
+    assert res.stderr.startswith("CNI weft plugin: weft ")
+    assert "CNI protocol versions supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0" in res.stderr
+    assert env.state() == before
+    assert "eth0" not in host_links(env.ns_of(ns))
 
 
 def test_cni_args_ignore_unknown_and_k8s(env: Env) -> None:

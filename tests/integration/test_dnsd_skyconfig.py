@@ -198,6 +198,8 @@ async def test_slow_store_at_start_then_the_key_applies_late(embedded_endpoint: 
             proxy.open()  # the store answers at last
             reply = _wait_answer(d.port, "web.example.org.", timeout=40)
             assert addresses(reply) == ["10.9.0.7"] and [rr.ttl for rr in reply.rr] == [42]
+            body = d.http("/metrics")[1]  # CoreDNS's zone labels follow the new domain
+            assert 'zones="example.org."' in body and 'zone="example.org."' in body, body
             log = d.log.read_text()
     finally:
         proxy.close()

@@ -82,6 +82,9 @@ def test_help_documents_every_flag_and_env(capsys: pytest.CaptureFixture[str]) -
         assert f"-{flag}" in text
         assert "FLANNELD_" + flag.upper().replace("-", "_") in text.replace("\n", "").replace(
             " ", "")
+    squeezed = "".join(text.split())  # however argparse wraps it
+    assert "refusedwhenset:flannel0.9'smulti-networkmodeisnotinweft" in squeezed
+    assert "acceptedforcompatibilityandignored:-public-ipv6" in squeezed
 
 
 A = ipaddress.IPv4Address
@@ -171,18 +174,25 @@ def test_flannel_daemonset_args() -> None:
         "iptables-forward-rules", "net-config-path"]
 
 
-@pytest.mark.parametrize(("argv", "env"), [
-    (DAEMONSET_KUBE_ARGS, {}),
-    (["-kube-subnet-mgr=true"], {}),
-    ([], {"FLANNELD_KUBE_SUBNET_MGR": "true"}),
-], ids=["kube-flannel.yml", "flag", "env"])
-def test_kube_subnet_mgr_is_refused_clearly(argv: list[str], env: dict[str, str],
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("argv", "env", "words"), [
+    (DAEMONSET_KUBE_ARGS, {}, ["-kube-subnet-mgr", "etcd", "weftctl network set"]),
+    (["-kube-subnet-mgr=true"], {}, ["-kube-subnet-mgr", "etcd", "weftctl network set"]),
+    ([], {"FLANNELD_KUBE_SUBNET_MGR": "true"}, ["-kube-subnet-mgr", "weftctl network set"]),
+    (["-networks=blue,green", "-subnet-dir=/run/flannel/networks"], {},
+     ["-networks", "one flanneld per network"]),
+    (["-remote=198.18.0.1:8888", "-remote-cafile=/ca.pem"], {}, ["-remote", "-etcd-endpoints"]),
+    (["-listen=:8888"], {}, ["-listen", "-etcd-endpoints"]),
+], ids=["kube-flannel.yml", "kube-flag", "kube-env", "networks", "remote", "listen"])
+def test_modes_weft_lacks_are_refused_clearly(argv: list[str], env: dict[str, str],
+                                              words: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A Kubernetes-only flag set to true, or flannel 0.9's multi-network and client/server
+    modes: exit 2 saying what to do instead, never run something else silently."""
     with pytest.raises(SystemExit) as info:
         parse_args(argv, env)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "-kube-subnet-mgr" in err and "etcd" in err and "weftctl network set" in err
+    assert all(w in err for w in words), err
 
 
 # every flag of flannel 0.2x's main.go, plus the klog flags it copies (-v, -vmodule,
@@ -200,6 +210,9 @@ FLANNEL_FLAGS = [
     "-net-config-path=/etc/kube-flannel/net-conf.json", "-set-node-network-unavailable=true",
     "-use-multi-cluster-cidr=false", "-v=3", "-vmodule=kube=2", "-log_backtrace_at=main.go:1",
     "-logtostderr=true", "-alsologtostderr", "-log_dir=/var/log", "-stderrthreshold=2",
+    # flannel 0.9's, meaningful only with -networks / -remote (refused when set)
+    "-subnet-dir=/run/flannel/networks", "-remote-keyfile=/k.pem", "-remote-certfile=/c.pem",
+    "-remote-cafile=/ca.pem", "-networks=", "-listen=", "-remote=",
 ]
 
 

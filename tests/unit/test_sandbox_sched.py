@@ -52,7 +52,9 @@ def test_exec_env_points_every_client_at_the_sandbox_store() -> None:
 
 
 def test_demo_unit_is_a_valid_network_service() -> None:
-    unit = parse_unit("web.service", web_unit_text(Path("/srv/www")), "web.service")
+    unit = parse_unit("web.service", web_unit_text(Path("/srv/www"), ["h2", "h3"]),
+                      "web.service")
+    assert unit.fleet.metadata == {"host": frozenset({"h2", "h3"})}
     assert unit.weft.network and unit.weft.service is not None
     assert (unit.weft.service.name, unit.weft.service.port) == ("web", 8000)
     assert unit.exec_start[0].argv[-2:] == ("--directory", "/srv/www")

@@ -224,7 +224,10 @@ def check_overlaps(ops: Sequence[Op]) -> tuple[set[bytes], list[tuple[bytes, byt
     """etcd's check of one Txn branch: a put may not hit a key another put or a delete of
     the branch touches, nested Txns included (a key put in both branches of one nested
     Txn is fine: only one runs). DuplicateKeyError if one does; else (puts, deletes)."""
-    dels = [(o.key, o.range_end) for o in ops if isinstance(o, DeleteOp)]
+    # etcd compares intervals as plain strings here, so a delete "to the end" (range_end
+    # \0) is an empty interval that no put hits
+    dels = [(o.key, o.range_end) for o in ops
+            if isinstance(o, DeleteOp) and o.range_end != b"\0"]
 
     def deleted(key: bytes) -> bool:
         return any(in_range(key, start, end) for start, end in dels)
