@@ -228,7 +228,7 @@ class StoreFlagEnv:
 
 # weftctl's network and leases commands: the values a host's flanneld uses work unchanged
 FLANNELD_STORE_ENV = StoreFlagEnv(
-    endpoints=("FLANNELD_ETCD_ENDPOINTS", "ETCDCTL_ENDPOINTS"),
+    endpoints=("FLANNELD_ETCD_ENDPOINTS", "WEFT_ETCD_ENDPOINTS", "ETCDCTL_ENDPOINTS"),
     cafile=("FLANNELD_ETCD_CAFILE", "ETCDCTL_CACERT"),
     certfile=("FLANNELD_ETCD_CERTFILE", "ETCDCTL_CERT"),
     keyfile=("FLANNELD_ETCD_KEYFILE", "ETCDCTL_KEY"),
@@ -236,7 +236,7 @@ FLANNELD_STORE_ENV = StoreFlagEnv(
     password=("WEFT_ETCD_PASSWORD", "FLANNELD_ETCD_PASSWORD"))
 # weftctl dns: SkyDNS's variables for the endpoints
 SKYDNS_STORE_ENV = StoreFlagEnv(endpoints=("ETCD_ENDPOINTS", "ETCD_MACHINES"))
-# weftctl store status / snapshot save: the host's flanneld variables, then etcdctl's
+# weftctl store status / snapshot save: the same (the host's flanneld's, weft's, etcdctl's)
 WEFT_STORE_ENV = FLANNELD_STORE_ENV
 
 # flag -> (help, metavar); the connection flags every program shares

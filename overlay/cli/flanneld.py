@@ -126,8 +126,9 @@ _KLOG = "klog's; weft's log detail is set by -v alone"
 # start weft unchanged; named in one warning at start-up.
 FLANNEL_IGNORED: tuple[tuple[str, str, bool], ...] = (
     ("public-ipv6", "weft's overlay is IPv4-only", False),
-    ("iptables-forward-rules", "weft accepts forwarding to and from the network in its "
-     "nftables table, which -ip-masq installs", True),
+    ("iptables-forward-rules", "weft adds no rules to iptables' FORWARD chain (its "
+     "nftables table's forward-accept chain, installed with -ip-masq, cannot override "
+     "a FORWARD drop policy such as Docker's)", True),
     ("kube-api-url", _KUBE_ONLY, False),
     ("kubeconfig-file", _KUBE_ONLY, False),
     ("kube-annotation-prefix", _KUBE_ONLY, False),

@@ -252,6 +252,8 @@ class Agent:
 
     async def _fence_check(self) -> None:
         t = self.cfg.timings
+        if self.fence is Fence.STOP:
+            return  # fenced stays fenced until the store answers (the presence loop)
         decision = fence_decision(self.cfg.machine_id, self.renewed_ago(), self.members, None, t)
         if decision is Fence.PROBE:
             reports = await self._probe_peers()

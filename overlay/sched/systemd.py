@@ -192,7 +192,9 @@ class SystemdRunner:
 
     async def close(self) -> None:
         for name in list(self._specs):
-            await self.stop(name)
+            st = self._status.get(name)
+            if st is None or st.running:
+                await self.stop(name)
         if self._poller is not None:
             self._poller.cancel()
 

@@ -53,3 +53,27 @@ def test_split_checks_digest_and_kind() -> None:
         split(Path("f"), bolt + hashlib.sha256(bolt).digest())
     with pytest.raises(SnapshotError, match="not a snapshot"):
         split(Path("f"), b"short")
+
+
+def test_failed_restore_leaves_no_dir_behind(tmp_path: Path) -> None:
+    from overlay.store.embedded.snapshot import restore
+
+    db = b"SQLite format 3\0" + b"\xff" * 4000  # the right digest, not a database
+    bad = tmp_path / "bad.snap"
+    bad.write_bytes(db + hashlib.sha256(db).digest())
+    with pytest.raises(SnapshotError, match=r"unreadable database|integrity"):
+        restore(bad, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SnapshotError):
+        restore(bad, tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []  # an empty dir given stays empty
+
+
+def test_restore_refuses_a_non_empty_dir(tmp_path: Path) -> None:
+    from overlay.store.embedded.snapshot import restore
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "store.db").write_bytes(b"x")
+    with pytest.raises(SnapshotError, match="not empty"):
+        restore(tmp_path / "whatever.snap", tmp_path / "d")

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overlay.store.api import StoreError
-from overlay.store.embedded.lock import lock_data_dir
+from overlay.store.embedded.lock import LOCK_FILE, lock_data_dir
 
 DB_FILE = "store.db"
 CHUNK = 32 * 1024
@@ -72,7 +73,7 @@ class SnapshotStatus:
 def take(db_path: Path, dest: Path) -> None:
     """Copy the live database at ``db_path`` to ``dest`` as of one committed transaction,
     without blocking writers (blocks the calling thread: run it in a worker)."""
-    src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    src = sqlite3.connect(_read_only_uri(db_path), uri=True)
     try:
         dst = sqlite3.connect(str(dest))
         try:
@@ -81,6 +82,11 @@ def take(db_path: Path, dest: Path) -> None:
             dst.close()
     finally:
         src.close()
+
+
+def _read_only_uri(path: Path) -> str:
+    """SQLite's read-only URI for ``path`` (percent-encoded: any character may be in it)."""
+    return path.absolute().as_uri() + "?mode=ro"
 
 
 def chunks(path: Path, size: int = CHUNK) -> Iterator[tuple[bytes, int]]:
@@ -134,7 +140,7 @@ def _opened(path: Path, db: bytes) -> Iterator[sqlite3.Connection]:
     with tempfile.TemporaryDirectory(prefix="weft-snapshot-") as tmp:
         copy = Path(tmp) / DB_FILE
         copy.write_bytes(db)
-        conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+        conn = sqlite3.connect(_read_only_uri(copy), uri=True)
         try:
             yield conn
         except sqlite3.DatabaseError as e:
@@ -189,6 +195,21 @@ def restore(path: Path, data_dir: Path, skip_hash_check: bool = False,
                                   "store, so give a new (or empty) directory")
     blob = _read(path)
     db = split(path, blob, skip_hash_check)
+    created = not data_dir.exists()
+    try:
+        return _restore(path, db, len(blob), data_dir, now)
+    except BaseException:
+        # leave nothing that would make a second attempt find the dir "not empty"
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (data_dir / LOCK_FILE).unlink()
+        raise
+
+
+def _restore(path: Path, db: bytes, size: int, data_dir: Path,
+             now: Callable[[], float]) -> SnapshotStatus:
     with lock_data_dir(data_dir):
         part = data_dir / (DB_FILE + ".part")
         part.write_bytes(db)
@@ -223,7 +244,7 @@ def restore(path: Path, data_dir: Path, skip_hash_check: bool = False,
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
             raise
-    return SnapshotStatus(zlib.crc32(db), revision, keys, len(blob))
+    return SnapshotStatus(zlib.crc32(db), revision, keys, size)
 
 
 # -- presentation (etcdctl's) ----------------------------------------------------------------
