@@ -46,6 +46,7 @@ from overlay.backend.base import (
     BackendConfigError,
     BackendError,
     ExternalInterface,
+    Measured,
     lease_backend_type,
 )
 from overlay.backend.plan import desired_blackholes
@@ -162,6 +163,8 @@ class Flanneld:
             data = await backend.prepare()
         except (BackendError, BackendConfigError) as exc:
             raise FatalError(f"the {backend.name} data path cannot start: {exc}") from exc
+        if isinstance(backend, Measured):
+            self.health.datapath_families = backend.metric_families
         own = await self._acquire(config, backend, data)
         self._state = _State(config, backend, own, data)
         try:

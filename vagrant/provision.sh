@@ -18,6 +18,7 @@
 #   WEFT_WAIT       seconds to wait for the cluster                 [120]
 #   WEFT_STORE      etcd: a 3-member Debian etcd cluster              [etcd]
 #                   embedded: weft's store unit (weft-store.service) on node 1 only
+#   WEFT_LEASE_TTL  flanneld's -subnet-lease-ttl in seconds          [flannel's 24 h]
 #   WEFT_ETCD_HEARTBEAT_MS, WEFT_ETCD_ELECTION_MS
 #                   etcd's heartbeat/election timeouts (slow emulated VMs) [etcd's]
 set -euo pipefail
@@ -117,6 +118,9 @@ FLANNELD_IP_MASQ=true
 FLANNELD_HEALTHZ_IP=127.0.0.1
 FLANNELD_HEALTHZ_PORT=9101
 EOF
+    if [[ -n ${WEFT_LEASE_TTL:-} ]]; then
+        echo "FLANNELD_SUBNET_LEASE_TTL=$WEFT_LEASE_TTL" >>"$WEFT_ROOT/etc/weft/flanneld.env"
+    fi
     cat >"$WEFT_ROOT/etc/weft/dnsd.env" <<EOF
 SKYDNS_ADDR=$NODE_IP:53
 SKYDNS_DOMAIN=skydns.local.
@@ -131,7 +135,8 @@ EOF
         --from "$WEFT_SRC/systemd" "${units[@]}"
     "$WEFTCTL" cni install --bin-dir "$WEFT_ROOT/opt/cni/bin" --conf-dir "$WEFT_ROOT/etc/cni/net.d" \
         --subnet-file "$WEFT_ROOT/run/flannel/subnet.env" \
-        --data-dir "$WEFT_ROOT/var/lib/cni/networks" --force
+        --data-dir "$WEFT_ROOT/var/lib/cni/networks" --force \
+        --cni-version 1.0.0  # what Debian's podman 4.3 (libcni 1.1) accepts; 1.1.0 it refuses
 }
 
 # start_service NAME ENVFILE CMD...: systemd on a VM; without it (WEFT_VM=0) run CMD

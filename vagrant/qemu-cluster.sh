@@ -28,6 +28,7 @@
 #   WEFT_VM_WAIT     seconds to wait for boot, and for the cluster in provision.sh [900]
 #   WEFT_VM_KEEP     1: leave the VMs up when `up` fails, to look inside [0]
 #   WEFT_BACKEND     vxlan | host-gw | udp                          [vxlan]
+#   WEFT_VM_LEASE_TTL flanneld's subnet lease TTL in the VMs (power-cut check) [30]
 #   WEFT_STORE       etcd (3-member Debian etcd) | embedded (weft-store on vm1) [etcd]
 set -euo pipefail
 
@@ -42,6 +43,7 @@ WAIT=${WEFT_VM_WAIT:-900}
 KEEP=${WEFT_VM_KEEP:-0}
 BACKEND=${WEFT_BACKEND:-vxlan}
 STORE=${WEFT_STORE:-etcd}
+LEASE_TTL=${WEFT_VM_LEASE_TTL:-30}
 NODES=3
 UNDERLAY=198.18.0
 SUITE=bookworm
@@ -225,7 +227,7 @@ provision() {
             --exclude .weft-sandbox/ --exclude __pycache__/ --exclude .mypy_cache/ \
             /mnt/weft-src/ /weft/ && exec env "$@" bash /weft/vagrant/provision.sh' provision \
             NODE_INDEX="$i" NODE_IPS="$ips" WEFT_SRC=/weft WEFT_PREFIX=/opt/weft \
-            WEFT_BACKEND="$BACKEND" WEFT_STORE="$STORE" WEFT_VM=1 WEFT_WAIT="$WAIT" \
+            WEFT_BACKEND="$BACKEND" WEFT_STORE="$STORE" WEFT_VM=1 WEFT_WAIT="$WAIT" WEFT_LEASE_TTL="$LEASE_TTL" \
             WEFT_ETCD_HEARTBEAT_MS=500 WEFT_ETCD_ELECTION_MS=5000 \
             PIP_NO_INDEX=1 PIP_FIND_LINKS=/mnt/weft-wheels PIP_DISABLE_PIP_VERSION_CHECK=1 \
             >"$STATE/vm$i/provision.log" 2>&1 &
@@ -318,7 +320,8 @@ root_snapshot() {  # what must not change in the root namespace
 
 cmd_test() {
     if [[ -f $STATE/env ]]; then
-        WEFT_VM_CLUSTER=$CLUSTER WEFT_VM_STATE=$STATE bash "$HERE/vm-checks.sh" "$0"
+        WEFT_VM_CLUSTER=$CLUSTER WEFT_VM_STATE=$STATE WEFT_VM_LEASE_TTL=$LEASE_TTL \
+            bash "$HERE/vm-checks.sh" "$0"
         return
     fi
     local before after rc=0 t0=$SECONDS
@@ -326,7 +329,8 @@ cmd_test() {
     trap 'cmd_down' EXIT
     cmd_up
     log "running the checks"
-    WEFT_VM_CLUSTER=$CLUSTER WEFT_VM_STATE=$STATE bash "$HERE/vm-checks.sh" "$0" || rc=$?
+    WEFT_VM_CLUSTER=$CLUSTER WEFT_VM_STATE=$STATE WEFT_VM_LEASE_TTL=$LEASE_TTL \
+            bash "$HERE/vm-checks.sh" "$0" || rc=$?
     trap - EXIT
     cmd_down
     after=$(root_snapshot)

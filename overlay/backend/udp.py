@@ -12,9 +12,11 @@ Forwarder: two threads, one per direction, each blocking in ``poll`` on one
 descriptor and then draining it (``os.read``/``sendto``, ``recv``/``os.write``;
 the GIL is released in every system call, so the directions overlap on two
 cores). The peer table is a dict ``{(subnet int) -> (PublicIP, port)}`` per
-prefix length, swapped atomically by ``reconcile``; packets to unknown
-subnets are dropped and counted. Slow by nature (two user copies per packet):
-flannel calls it debugging-only.
+prefix length, swapped atomically by ``reconcile``. What happens at the edges
+(TTL decrement, ICMP net-unreachable / time-exceeded / fragmentation-needed back
+to the sender, drop reasons) is decided by the pure ``overlay.backend.udpedge``;
+counters are exported through flanneld's ``/metrics`` (``metric_families``).
+Slow by nature (two user copies per packet): flannel calls it debugging-only.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from overlay import metrics
 from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport, int_field
 from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel, converge
 from overlay.backend.plan import KernelState, Plan, Route, desired_udp
+from overlay.backend.udpedge import Drop, egress
 from overlay.lease.model import Lease
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,19 @@ def open_tun(name: str) -> int:
     return fd
 
 
+def _accept_local(dev: str) -> None:
+    """Let the kernel take the ICMP errors the forwarder writes to the TUN: they come
+    from the TUN's own address, which the kernel drops as martian unless
+    ``accept_local`` is set on the device."""
+    path = f"/proc/sys/net/ipv4/conf/{dev}/accept_local"
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+    except OSError as exc:
+        log.warning("udp: cannot set %s (%s): ICMP errors to local senders will be lost",
+                    path, exc)
+
+
 def build_table(peers: Sequence[Lease], own: Lease | None, port: int) -> PeerTable:
     table: PeerTable = {}
     for p in peers:
@@ -84,23 +101,33 @@ def build_table(peers: Sequence[Lease], own: Lease | None, port: int) -> PeerTab
 
 
 class Forwarder:
-    """TUN <-> UDP packet pump (see module doc); ``table`` may be replaced at any time."""
+    """TUN <-> UDP packet pump (see module doc); ``table`` may be replaced at any time.
 
-    def __init__(self, tun: int, sock: socket.socket) -> None:
+    ``source`` is the TUN's address as an int (ICMP errors come from it; 0 = none yet),
+    ``path_mtu`` the largest inner packet the underlay carries unfragmented."""
+
+    def __init__(self, tun: int, sock: socket.socket, path_mtu: int = 65_535) -> None:
         self.tun = tun
         self.sock = sock
         self.table: PeerTable = {}
-        self.sent = 0
-        self.received = 0
-        self.tx_dropped = 0  # no peer for the destination, bad packet, send failed
-        self.rx_dropped = 0
+        self.source = 0
+        self.path_mtu = path_mtu
+        self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
+        self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
+        self.icmp_sent = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._tun_to_udp, name="udp-tx", daemon=True),
                          threading.Thread(target=self._udp_to_tun, name="udp-rx", daemon=True)]
 
     @property
     def dropped(self) -> int:
-        return self.tx_dropped + self.rx_dropped
+        return sum(self.drops.values())
+
+    def _count(self, local: dict[Drop, int]) -> None:
+        for reason, n in local.items():
+            if n:
+                self.drops[reason] += n
+                local[reason] = 0
 
     def start(self) -> None:
         for t in self._threads:
@@ -115,17 +142,21 @@ class Forwarder:
     def _tun_to_udp(self) -> None:
         poller = select.poll()
         poller.register(self.tun, select.POLLIN)
-        readv, sendto, tun = os.readv, self.sock.sendto, self.tun
+        readv, sendto, write, tun = os.readv, self.sock.sendto, os.write, self.tun
         buf = bytearray(65536)  # reused: no allocation per packet
         view = memoryview(buf)
         bufs = [buf]
-        sent = dropped = 0
+        sent = nbytes = icmp = 0
+        drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         while not self._stop.is_set():
-            self.sent, self.tx_dropped = self.sent + sent, self.tx_dropped + dropped
-            sent = dropped = 0
+            self.tx_packets += sent
+            self.tx_bytes += nbytes
+            self.icmp_sent += icmp
+            self._count(drops)
+            sent = nbytes = icmp = 0
             if not poller.poll(_POLL_MS):
                 continue
-            table = self.table
+            table, source, path_mtu = self.table, self.source, self.path_mtu
             masks = [((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, nets)
                      for plen, nets in table.items()]
             for _ in range(_BATCH):
@@ -138,23 +169,29 @@ class Forwarder:
                         return
                     log.debug("udp: tun read: %s", exc)
                     break
-                if n < 20 or buf[0] >> 4 != 4:
-                    dropped += 1
-                    continue
-                dst = int.from_bytes(buf[16:20], "big")
                 addr = None
-                for mask, nets in masks:
-                    addr = nets.get(dst & mask)
-                    if addr is not None:
-                        break
-                if addr is None:
-                    dropped += 1
+                if n >= 20:
+                    dst = int.from_bytes(buf[16:20], "big")
+                    for mask, nets in masks:
+                        addr = nets.get(dst & mask)
+                        if addr is not None:
+                            break
+                reason, answer = egress(buf, n, addr is not None, path_mtu, source)
+                if reason is not None or addr is None:
+                    drops[reason or Drop.NO_ROUTE] += 1
+                    if answer is not None:
+                        try:
+                            write(tun, answer)
+                            icmp += 1
+                        except OSError as exc:
+                            log.debug("udp: tun write (icmp): %s", exc)
                     continue
                 try:
                     sendto(view[:n], addr)
                     sent += 1
+                    nbytes += n
                 except OSError as exc:
-                    dropped += 1
+                    drops[Drop.SEND_ERROR] += 1
                     log.debug("udp: send to %s: %s", addr, exc)
 
     def _udp_to_tun(self) -> None:
@@ -163,10 +200,13 @@ class Forwarder:
         recv_into, write, tun = self.sock.recv_into, os.write, self.tun
         buf = bytearray(65536)
         view = memoryview(buf)
-        received = dropped = 0
+        received = nbytes = 0
+        drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         while not self._stop.is_set():
-            self.received, self.rx_dropped = self.received + received, self.rx_dropped + dropped
-            received = dropped = 0
+            self.rx_packets += received
+            self.rx_bytes += nbytes
+            self._count(drops)
+            received = nbytes = 0
             if not poller.poll(_POLL_MS):
                 continue
             for _ in range(_BATCH):
@@ -180,14 +220,36 @@ class Forwarder:
                     log.debug("udp: recv: %s", exc)
                     break
                 if n < 20 or buf[0] >> 4 != 4:
-                    dropped += 1
+                    drops[Drop.MALFORMED] += 1
                     continue
                 try:
                     write(tun, view[:n])
                     received += 1
+                    nbytes += n
                 except OSError as exc:
-                    dropped += 1
+                    drops[Drop.TUN_WRITE_ERROR] += 1
                     log.debug("udp: tun write: %s", exc)
+
+    def families(self) -> list[metrics.Family]:
+        """The forwarder's counters as Prometheus families (rendered by flanneld's /metrics)."""
+        return [
+            metrics.counter("weft_udp_packets_total",
+                            "Inner packets moved by the udp forwarder, by direction "
+                            "(tx: TUN to the underlay, rx: underlay to TUN).",
+                            {("tx",): self.tx_packets, ("rx",): self.rx_packets},
+                            labels=("direction",)),
+            metrics.counter("weft_udp_bytes_total",
+                            "Inner packet bytes moved by the udp forwarder, by direction.",
+                            {("tx",): self.tx_bytes, ("rx",): self.rx_bytes},
+                            labels=("direction",)),
+            metrics.counter("weft_udp_dropped_total",
+                            "Packets the udp forwarder dropped, by reason.",
+                            {(r.value,): n for r, n in self.drops.items()},
+                            labels=("reason",)),
+            metrics.counter("weft_udp_icmp_sent_total",
+                            "ICMP errors (unreachable, time exceeded, fragmentation "
+                            "needed) the udp forwarder sent back.", self.icmp_sent),
+        ]
 
 
 class UdpBackend:
@@ -230,11 +292,12 @@ class UdpBackend:
                     f"udp: cannot bind {self.ext.ip}:{self.config.port}: {exc}") from None
             sock.setblocking(False)
             self._sock = sock
-            self._fwd = Forwarder(self._tun, sock)
+            self._fwd = Forwarder(self._tun, sock, self.mtu)
             self._fwd.start()
             log.info("udp: %s open, forwarding on %s:%s", self.device, self.ext.ip,
                      self.config.port)
         mtu, dev = self.mtu, self.device
+        _accept_local(dev)
 
         def setup(k: Kernel) -> None:
             link = k.link(dev)
@@ -247,6 +310,8 @@ class UdpBackend:
 
     async def attach(self, own: Lease) -> None:
         self._own = own
+        if self._fwd is not None:
+            self._fwd.source = int(own.subnet.network_address)
         want = [ipaddress.IPv4Interface(f"{own.subnet.network_address}/32")]
         dev = self.device
 
@@ -275,6 +340,10 @@ class UdpBackend:
     async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
         snapshot = list(peers)
         return await self._k.run(lambda k: self._reconcile(k, snapshot))
+
+    def metric_families(self) -> list[metrics.Family]:
+        """The forwarder's counters (none before ``prepare``)."""
+        return self._fwd.families() if self._fwd is not None else []
 
     async def close(self) -> None:
         """Stops the forwarder; the TUN device (and its routes) go with its descriptor."""

@@ -255,6 +255,7 @@ def test_udp_forwarder_routes_by_subnet_and_drops_unknown() -> None:
     import time
 
     from overlay.backend.udp import Forwarder, build_table
+    from overlay.backend.udpedge import Drop
 
     def ipv4(dst: str) -> bytes:
         hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0,
@@ -280,15 +281,17 @@ def test_udp_forwarder_routes_by_subnet_and_drops_unknown() -> None:
     try:
         tun_app.send(ipv4("10.244.3.9"))  # no udp peer: dropped
         tun_app.send(ipv4("10.244.2.7"))
-        got = peer.recv(2048)
-        assert got == ipv4("10.244.2.7")  # the raw IP packet is the whole UDP payload
+        got, want = peer.recv(2048), ipv4("10.244.2.7")
+        # the raw IP packet is the whole UDP payload, its TTL one less (the tunnel is a hop)
+        assert got[8] == want[8] - 1 and got[:8] + got[9:10] + got[12:] == \
+            want[:8] + want[9:10] + want[12:]
         peer.sendto(ipv4("10.244.1.2"), sock.getsockname())
         assert tun_app.recv(2048) == ipv4("10.244.1.2")
         deadline = time.monotonic() + 5  # counters are published after each batch
-        while (fwd.dropped, fwd.sent, fwd.received) != (1, 1, 1) \
+        while (fwd.dropped, fwd.tx_packets, fwd.rx_packets) != (1, 1, 1) \
                 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert (fwd.tx_dropped, fwd.sent, fwd.received) == (1, 1, 1)
+        assert (fwd.drops[Drop.NO_ROUTE], fwd.tx_packets, fwd.rx_packets) == (1, 1, 1)
     finally:
         fwd.stop()
         for s in (tun_app, tun_fwd, sock, peer):
