@@ -68,7 +68,8 @@ def test_valid_configs(obj: dict[str, object], subnet_len: int, smin: str, smax:
     ],
     ids=["bad-json", "not-object", "no-network", "network-garbage", "network-too-small",
          "subnetlen-too-short", "subnetlen-31", "subnetlen-string", "min-outside",
-         "max-misaligned", "min-above-max", "unknown-backend", "backend-not-object", "ipv6-no-network"],
+         "max-misaligned", "min-above-max", "unknown-backend", "backend-not-object",
+         "ipv6-no-network"],
 )
 def test_invalid_configs_name_the_field(raw: bytes, field: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
