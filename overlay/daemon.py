@@ -51,7 +51,13 @@ from overlay.backend.base import (
 )
 from overlay.backend.plan import desired_blackholes
 from overlay.clock import Clock, SystemClock
-from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
+from overlay.config import (
+    ConfigError,
+    DaemonConfig,
+    NetworkConfig,
+    check_daemon_support,
+    parse_network_config,
+)
 from overlay.errors import WeftError
 from overlay.health import HealthState
 from overlay.lease.allocator import NetworkFullError
@@ -291,6 +297,7 @@ class Flanneld:
             if raw is not None:
                 try:
                     config = parse_network_config(raw)
+                    check_daemon_support(config)
                     backend = self.backend_factory(config, self.ext)
                     if last_problem is not None:
                         log.info("network config is now valid: %s", config.network)
