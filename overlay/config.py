@@ -318,6 +318,7 @@ class DaemonConfig:
     masq_interval: float = 5.0  # masquerade rule re-check (flannel: -iptables-resync, 5 s)
     masq_fully_random: bool = True  # flannel: off with -ip-masq-fully-random-disable
     blackhole_route: bool = False  # flannel: -ip-blackhole-route, drop own-subnet strays
+    ingress_members_only: bool = True  # -vxlan-ingress-members-only (overlay.ingress)
 
     def renew_interval(self) -> float:
         """Seconds between renewals: TTL - margin, or TTL/3 when the margin is not smaller.

@@ -29,7 +29,7 @@ from overlay.config import (
     DaemonConfig,
     NetworkConfig,
 )
-from overlay.daemon import BlackholeSync, Masquerade
+from overlay.daemon import BlackholeSync, IngressGuard, Masquerade
 from overlay.flags import (
     FlagParser,
     StoreFlagEnv,
@@ -78,6 +78,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add_bool("ip-blackhole-route", "add a blackhole route for this host's subnet, so "
                "traffic to its addresses no container holds is dropped here instead of "
                "following the default route (the bridge's own route still wins)")
+    p.add_bool("vxlan-ingress-members-only", "drop VXLAN/udp datagrams to the backend's port "
+               "from any address that holds no lease (nftables table ip weft_ingress; "
+               "vxlan and udp backends); =false turns it off and removes the table",
+               default=True)
     p.add("iptables-resync", "seconds between checks that the masquerade rules are intact "
           "(kept under flannel's name)", default=5, type=int, metavar="SECONDS")
     p.add("subnet-lease-renew-margin", "renew the lease this many minutes before it expires "
@@ -195,6 +199,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         masq_interval=float(args.iptables_resync),
         masq_fully_random=not args.ip_masq_fully_random_disable,
         blackhole_route=bool(args.ip_blackhole_route),
+        ingress_members_only=bool(args.vxlan_ingress_members_only),
         lease_ttl=args.subnet_lease_ttl,
         renew_margin=args.subnet_lease_renew_margin,
         healthz_ip=args.healthz_ip,
@@ -209,6 +214,19 @@ def make_backend(config: NetworkConfig, ext: ExternalInterface) -> Backend:
     from overlay.backend.registry import make_backend as from_registry  # pyroute2: load late
 
     return from_registry(config.backend_type, config.backend, ext, network=config.network)
+
+
+def ingress_factory(config: NetworkConfig) -> IngressGuard | None:
+    """The members-only guard on the tunnel backend's UDP port (overlay.ingress);
+    None for host-gw, which has no tunnel."""
+    from overlay.backend.registry import parse_backend
+    from overlay.ingress import MembersOnly
+
+    settings = parse_backend(config.backend_type, config.backend)
+    port = getattr(settings, "port", None)
+    if not isinstance(port, int) or not port:
+        return None
+    return MembersOnly(config.backend_type or "vxlan", port)
 
 
 def masq_factory(cfg: DaemonConfig) -> Callable[[NetworkConfig, Lease], Masquerade]:
@@ -267,7 +285,7 @@ async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterfac
     try:
         async with blackhole_sync() as blackhole:
             daemon = Flanneld(cfg, store, ext, make_backend, masq_factory(cfg),
-                              health=health, blackhole=blackhole)
+                              health=health, blackhole=blackhole, ingress=ingress_factory)
             await daemon.run()
     finally:
         if server is not None:
