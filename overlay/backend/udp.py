@@ -9,14 +9,20 @@ payload of one UDP datagram to ``<peer PublicIP>:<Port>`` (8285); datagrams
 received on that port are written to the TUN as they are.
 
 Forwarder: two threads, one per direction, each blocking in ``poll`` on one
-descriptor and then draining it (``os.read``/``sendto``, ``recv``/``os.write``;
-the GIL is released in every system call, so the directions overlap on two
-cores). The peer table is a dict ``{(subnet int) -> (PublicIP, port)}`` per
-prefix length, swapped atomically by ``reconcile``. What happens at the edges
-(TTL decrement, ICMP net-unreachable / time-exceeded / fragmentation-needed back
-to the sender, drop reasons) is decided by the pure ``overlay.backend.udpedge``;
+descriptor and then draining it; the GIL is released in every system call, so
+the directions overlap on two cores. Out: packets read from the TUN back to back
+into one buffer; consecutive ones of one size to one peer leave in one
+``sendmsg`` with ``UDP_SEGMENT`` (UDP GSO: the kernel cuts them into one datagram
+per packet, so the wire format is unchanged). In: the socket has ``UDP_GRO``, so
+one ``recvmsg`` may return many same-sized datagrams back to back, cut apart and
+written to the TUN one by one. ``WEFT_UDP_OFFLOAD=0`` in flanneld's environment
+turns both off (one system call per datagram). The peer table is a dict
+``{(subnet int) -> (PublicIP, port)}`` per prefix length, swapped atomically by
+``reconcile``. What happens at the edges (TTL decrement, ICMP net-unreachable /
+time-exceeded / fragmentation-needed back to the sender, drop reasons) is decided
+by the pure ``overlay.backend.udpedge``;
 counters are exported through flanneld's ``/metrics`` (``metric_families``).
-Slow by nature (two user copies per packet): flannel calls it debugging-only.
+Still one TUN system call per packet each way (no TUN offloads yet).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -50,6 +57,11 @@ _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
 _BATCH = 64
+_SOL_UDP = 17  # IPPROTO_UDP
+_UDP_SEGMENT = 103  # linux/udp.h: GSO segment size on send
+_UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams
+_GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS
+_GSO_BYTES = 65_000  # one GSO send stays below the 64 KiB IP limit
 _POLL_MS = 200
 
 PeerTable = dict[int, dict[int, tuple[str, int]]]  # prefixlen -> {net int -> addr}
@@ -106,7 +118,8 @@ class Forwarder:
     ``source`` is the TUN's address as an int (ICMP errors come from it; 0 = none yet),
     ``path_mtu`` the largest inner packet the underlay carries unfragmented."""
 
-    def __init__(self, tun: int, sock: socket.socket, path_mtu: int = 65_535) -> None:
+    def __init__(self, tun: int, sock: socket.socket, path_mtu: int = 65_535,
+                 offload: bool = False) -> None:
         self.tun = tun
         self.sock = sock
         self.table: PeerTable = {}
@@ -115,6 +128,7 @@ class Forwarder:
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         self.icmp_sent = 0
+        self.gso = offload  # UDP_SEGMENT sends (off again if the kernel refuses)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._tun_to_udp, name="udp-tx", daemon=True),
                          threading.Thread(target=self._udp_to_tun, name="udp-rx", daemon=True)]
@@ -140,14 +154,49 @@ class Forwarder:
                 t.join(timeout=2)
 
     def _tun_to_udp(self) -> None:
+        """Read packets from the TUN; consecutive ones of one size to one peer leave in
+        one ``sendmsg`` with ``UDP_SEGMENT`` (the kernel cuts them into one datagram per
+        packet: flannel's wire format), up to ``_GSO_SEGMENTS`` or 64 KiB at a time."""
         poller = select.poll()
         poller.register(self.tun, select.POLLIN)
-        readv, sendto, write, tun = os.readv, self.sock.sendto, os.write, self.tun
-        buf = bytearray(65536)  # reused: no allocation per packet
+        readv, write, tun = os.readv, os.write, self.tun
+        buf = bytearray(_GSO_BYTES + 65536)  # a batch of packets, back to back
         view = memoryview(buf)
-        bufs = [buf]
         sent = nbytes = icmp = 0
         drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
+        batch_addr: tuple[str, int] | None = None
+        off = seg = count = 0
+
+        def flush() -> None:
+            nonlocal sent, nbytes, off, count, batch_addr
+            if count == 0 or batch_addr is None:
+                return
+            try:
+                if count == 1:
+                    self.sock.sendto(view[:off], batch_addr)
+                else:
+                    self.sock.sendmsg([view[:off]], [(_SOL_UDP, _UDP_SEGMENT,
+                                                      struct.pack("=H", seg))], 0, batch_addr)
+                sent += count
+                nbytes += off
+            except OSError as exc:
+                if count > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
+                    log.warning("udp: no UDP GSO here (%s); sending one datagram per call",
+                                exc)
+                    self.gso = False
+                    for o in range(0, off, seg):  # resend this batch one by one
+                        try:
+                            self.sock.sendto(view[o:min(o + seg, off)], batch_addr)
+                            sent += 1
+                            nbytes += min(seg, off - o)
+                        except OSError:
+                            drops[Drop.SEND_ERROR] += 1
+                else:
+                    drops[Drop.SEND_ERROR] += count
+                    log.debug("udp: send to %s: %s", batch_addr, exc)
+            off = count = 0
+            batch_addr = None
+
         while not self._stop.is_set():
             self.tx_packets += sent
             self.tx_bytes += nbytes
@@ -159,9 +208,11 @@ class Forwarder:
             table, source, path_mtu = self.table, self.source, self.path_mtu
             masks = [((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, nets)
                      for plen, nets in table.items()]
+            gso = self.gso
             for _ in range(_BATCH):
+                pkt = view[off:off + 65536]
                 try:
-                    n = readv(tun, bufs)
+                    n = readv(tun, [pkt])
                 except BlockingIOError:
                     break
                 except OSError as exc:
@@ -171,12 +222,12 @@ class Forwarder:
                     break
                 addr = None
                 if n >= 20:
-                    dst = int.from_bytes(buf[16:20], "big")
+                    dst = int.from_bytes(pkt[16:20], "big")
                     for mask, nets in masks:
                         addr = nets.get(dst & mask)
                         if addr is not None:
                             break
-                reason, answer = egress(buf, n, addr is not None, path_mtu, source)
+                reason, answer = egress(pkt, n, addr is not None, path_mtu, source)
                 if reason is not None or addr is None:
                     drops[reason or Drop.NO_ROUTE] += 1
                     if answer is not None:
@@ -186,20 +237,29 @@ class Forwarder:
                         except OSError as exc:
                             log.debug("udp: tun write (icmp): %s", exc)
                     continue
-                try:
-                    sendto(view[:n], addr)
-                    sent += 1
-                    nbytes += n
-                except OSError as exc:
-                    drops[Drop.SEND_ERROR] += 1
-                    log.debug("udp: send to %s: %s", addr, exc)
+                if count and (addr != batch_addr or n > seg):  # does not join the batch
+                    tmp = bytes(pkt[:n])
+                    flush()
+                    view[:n] = tmp
+                if count == 0:
+                    batch_addr, seg = addr, n
+                off += n
+                count += 1
+                # a shorter packet ends a GSO batch (only the last segment may be short)
+                if not gso or n < seg or count >= _GSO_SEGMENTS or off + seg > _GSO_BYTES:
+                    flush()
+            flush()
 
     def _udp_to_tun(self) -> None:
+        """Datagrams to the TUN; with ``UDP_GRO`` one ``recvmsg`` may carry many
+        same-sized datagrams back to back (the kernel says their size), cut apart here."""
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
-        recv_into, write, tun = self.sock.recv_into, os.write, self.tun
+        recvmsg_into, write, tun = self.sock.recvmsg_into, os.write, self.tun
         buf = bytearray(65536)
         view = memoryview(buf)
+        bufs = [buf]
+        cmsg_space = socket.CMSG_SPACE(4)
         received = nbytes = 0
         drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         while not self._stop.is_set():
@@ -211,7 +271,7 @@ class Forwarder:
                 continue
             for _ in range(_BATCH):
                 try:
-                    n = recv_into(buf)
+                    n, anc, _flags, _addr = recvmsg_into(bufs, cmsg_space)
                 except BlockingIOError:
                     break
                 except OSError as exc:
@@ -219,16 +279,23 @@ class Forwarder:
                         return
                     log.debug("udp: recv: %s", exc)
                     break
-                if n < 20 or buf[0] >> 4 != 4:
-                    drops[Drop.MALFORMED] += 1
-                    continue
-                try:
-                    write(tun, view[:n])
-                    received += 1
-                    nbytes += n
-                except OSError as exc:
-                    drops[Drop.TUN_WRITE_ERROR] += 1
-                    log.debug("udp: tun write: %s", exc)
+                seg = n
+                for level, kind, data in anc:
+                    if level == _SOL_UDP and kind == _UDP_GRO and len(data) >= 2:
+                        seg = int.from_bytes(data[:4] if len(data) >= 4 else data[:2],
+                                             sys.byteorder) or n
+                for o in range(0, n, seg):
+                    m = min(seg, n - o)
+                    if m < 20 or buf[o] >> 4 != 4:
+                        drops[Drop.MALFORMED] += 1
+                        continue
+                    try:
+                        write(tun, view[o:o + m])
+                        received += 1
+                        nbytes += m
+                    except OSError as exc:
+                        drops[Drop.TUN_WRITE_ERROR] += 1
+                        log.debug("udp: tun write: %s", exc)
 
     def families(self) -> list[metrics.Family]:
         """The forwarder's counters as Prometheus families (rendered by flanneld's /metrics)."""
@@ -291,8 +358,14 @@ class UdpBackend:
                 raise BackendError(
                     f"udp: cannot bind {self.ext.ip}:{self.config.port}: {exc}") from None
             sock.setblocking(False)
+            offload = os.environ.get("WEFT_UDP_OFFLOAD", "1") != "0"
+            if offload:
+                try:
+                    sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+                except OSError as exc:  # kernels before 5.0
+                    log.info("udp: no UDP GRO (%s); one datagram per receive", exc)
             self._sock = sock
-            self._fwd = Forwarder(self._tun, sock, self.mtu)
+            self._fwd = Forwarder(self._tun, sock, self.mtu, offload=offload)
             self._fwd.start()
             log.info("udp: %s open, forwarding on %s:%s", self.device, self.ext.ip,
                      self.config.port)

@@ -1,0 +1,62 @@
+"""The udp forwarder's batched paths (UDP GSO out, UDP GRO in) on loopback, with a
+datagram socketpair standing in for the TUN: one datagram per inner packet on the wire."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import time
+
+from overlay.backend.udp import Forwarder, build_table
+from overlay.lease.model import Lease
+
+A = ipaddress.IPv4Address
+N = ipaddress.IPv4Network
+OWN = Lease(N("10.244.1.0/24"), A("127.0.0.1"), "")
+
+
+def ipv4(dst: str, size: int, tag: int) -> bytes:
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, tag, 0, 64, 17, 0,
+                      socket.inet_aton("10.244.1.2"), socket.inet_aton(dst))
+    return hdr + bytes([tag]) * (size - 20)
+
+
+def test_gso_out_and_gro_in_keep_one_packet_per_datagram() -> None:
+    tun_app, tun_fwd = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (sock, peer):
+        s.bind(("127.0.0.1", 0))
+    sock.setsockopt(17, 104, 1)  # UDP_GRO, as prepare() sets it
+    peer.settimeout(5)
+    tun_app.settimeout(5)
+    sock.setblocking(False)
+    tun_fwd.setblocking(False)
+    fwd = Forwarder(tun_fwd.fileno(), sock, offload=True)
+    port = peer.getsockname()[1]
+    fwd.table = build_table([Lease(N("10.244.2.0/24"), A("127.0.0.1"), "")], OWN, port)
+    # queued before the pump starts, so they are read in one batch: 5 full-size + 1 short
+    out = [ipv4("10.244.2.7", 1400, i) for i in range(5)] + [ipv4("10.244.2.7", 300, 5)]
+    for p in out:
+        tun_app.send(p)
+    fwd.start()
+    try:
+        got = [peer.recv(65536) for _ in out]
+        assert [len(g) for g in got] == [1400] * 5 + [300]  # segmented by the kernel
+        assert [g[4:6] for g in got] == [p[4:6] for p in out]  # in order
+        assert all(g[8] == 63 for g in got)
+        # a coalesced super-datagram in: the TUN gets one write per segment
+        segs = [ipv4("10.244.1.2", 1000, 10 + i) for i in range(4)]
+        peer.sendmsg([b"".join(segs)], [(17, 103, struct.pack("=H", 1000))], 0,
+                     sock.getsockname())
+        back = [tun_app.recv(65536) for _ in segs]
+        assert back == segs
+        deadline = time.monotonic() + 5
+        while (fwd.tx_packets, fwd.rx_packets) != (6, 4) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (fwd.tx_packets, fwd.rx_packets, fwd.dropped) == (6, 4, 0)
+    finally:
+        fwd.stop()
+        for s in (tun_app, tun_fwd, sock, peer):
+            s.close()
