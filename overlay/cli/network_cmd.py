@@ -281,6 +281,12 @@ def docker_opts(env: dict[str, str], individual: bool, combined: bool, key: str,
     if not no_masq and env.get("FLANNEL_IPMASQ"):
         flannel_masq = env["FLANNEL_IPMASQ"].strip().lower() == "true"
         opts.append(("DOCKER_OPT_IPMASQ", f"--ip-masq={'false' if flannel_masq else 'true'}"))
+    if env.get("FLANNEL_IPV6_SUBNET"):  # weft's addition (flannel's script has no IPv6)
+        try:
+            fixed = str(ipaddress.IPv6Interface(env["FLANNEL_IPV6_SUBNET"]).network)
+        except ValueError:
+            fixed = env["FLANNEL_IPV6_SUBNET"]  # passed on as written; dockerd says why
+        opts.append(("DOCKER_OPT_IPV6", f"--ipv6 --fixed-cidr-v6={fixed}"))
     if env.get("FLANNEL_MTU"):
         opts.append(("DOCKER_OPT_MTU", f"--mtu={env['FLANNEL_MTU']}"))
     out: list[str] = []
@@ -299,7 +305,7 @@ def cmd_docker_opts(args: argparse.Namespace, stdout: TextIO | None = None) -> i
         sys.stderr.write(f"weftctl docker-opts: {path}: {exc.strerror}\n")
         return 1
     env = subnetfile.parse_vars(text)
-    if "FLANNEL_SUBNET" not in env:
+    if "FLANNEL_SUBNET" not in env and "FLANNEL_IPV6_SUBNET" not in env:
         sys.stderr.write(f"weftctl docker-opts: {path}: FLANNEL_SUBNET is missing\n")
         return 1
     content = docker_opts(env, args.individual, args.combined, args.key, args.no_masq)
