@@ -42,9 +42,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from overlay import metrics
-from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport, int_field
+from overlay.backend.base import (
+    BackendConfigError,
+    BackendError,
+    ExternalInterface,
+    ReconcileReport,
+    int_field,
+)
 from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel, converge
 from overlay.backend.plan import KernelState, Plan, Route, desired_udp
+from overlay.backend.udpcrypt import OVERHEAD, SUITE, Crypto, KeyFileError, load_keys
 from overlay.backend.udpedge import Drop, egress
 from overlay.lease.model import Lease
 
@@ -57,6 +64,7 @@ _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
 _BATCH = 64
+_SEALED = 0x81  # udpcrypt.MAGIC: the first byte of an encrypted datagram
 _SOL_UDP = 17  # IPPROTO_UDP
 _UDP_SEGMENT = 103  # linux/udp.h: GSO segment size on send
 _UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams
@@ -70,11 +78,40 @@ PeerTable = dict[int, dict[int, tuple[str, int]]]  # prefixlen -> {net int -> ad
 @dataclass(frozen=True, slots=True)
 class UdpConfig:
     port: int = DEFAULT_UDP_PORT
+    key_files: tuple[str, ...] = ()  # Encryption.KeyFile: encrypt when set (first seals)
 
 
 def parse_config(cfg: Mapping[str, Any]) -> UdpConfig:
-    """flannel's udp Backend field: Port (0 = 8285)."""
-    return UdpConfig(port=int_field(cfg, "Port", 0, 0, 65_535) or DEFAULT_UDP_PORT)
+    """flannel's udp Backend field: Port (0 = 8285); weft's ``Encryption``:
+    ``{"KeyFile": PATH}`` or ``{"KeyFile": [NEW, OLD]}`` during a key roll."""
+    port = int_field(cfg, "Port", 0, 0, 65_535) or DEFAULT_UDP_PORT
+    enc = cfg.get("Encryption")
+    if enc is None:
+        return UdpConfig(port=port)
+    if not isinstance(enc, Mapping):
+        raise BackendConfigError("Encryption", f"must be an object, got {enc!r}")
+    files = enc.get("KeyFile")
+    paths = [files] if isinstance(files, str) else files
+    if not isinstance(paths, list) or not 1 <= len(paths) <= 2 or not all(
+            isinstance(p, str) and p.startswith("/") for p in paths):
+        raise BackendConfigError("Encryption.KeyFile", "must be an absolute path, or a list "
+                                 f"of two during a key roll, got {files!r}")
+    return UdpConfig(port=port, key_files=tuple(paths))
+
+
+def encryption_mismatch(peer: Lease, suite: str) -> str | None:
+    """Why ``peer`` cannot talk to us (we seal with ``suite``, "" = plaintext), or None."""
+    theirs = peer.backend_data.get("Encryption", "") if peer.backend_data else ""
+    if theirs == suite:
+        return None
+    if not suite:
+        return (f"peer {peer.public_ip} ({peer.subnet}) encrypts ({theirs}) and this host does "
+                "not: refused (set the same Backend.Encryption on every host)")
+    if not theirs:
+        return (f"peer {peer.public_ip} ({peer.subnet}) does not encrypt and this host does: "
+                "refused, never falling back to plaintext")
+    return (f"peer {peer.public_ip} ({peer.subnet}) encrypts with {theirs}, this host with "
+            f"{suite}: refused")
 
 
 def open_tun(name: str) -> int:
@@ -102,10 +139,15 @@ def _accept_local(dev: str) -> None:
                     path, exc)
 
 
-def build_table(peers: Sequence[Lease], own: Lease | None, port: int) -> PeerTable:
+def build_table(peers: Sequence[Lease], own: Lease | None, port: int,
+                suite: str | None = None) -> PeerTable:
+    """The forwarder's peer table; with ``suite`` (ours, "" = plaintext) peers that
+    disagree on encryption are left out (``encryption_mismatch`` says why)."""
     table: PeerTable = {}
     for p in peers:
         if p.backend_type not in ("", "udp") or (own is not None and p.subnet == own.subnet):
+            continue
+        if suite is not None and encryption_mismatch(p, suite) is not None:
             continue
         table.setdefault(p.subnet.prefixlen, {})[int(p.subnet.network_address)] = (
             str(p.public_ip), port)
@@ -119,7 +161,7 @@ class Forwarder:
     ``path_mtu`` the largest inner packet the underlay carries unfragmented."""
 
     def __init__(self, tun: int, sock: socket.socket, path_mtu: int = 65_535,
-                 offload: bool = False) -> None:
+                 offload: bool = False, crypto: Crypto | None = None) -> None:
         self.tun = tun
         self.sock = sock
         self.table: PeerTable = {}
@@ -128,7 +170,8 @@ class Forwarder:
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         self.icmp_sent = 0
-        self.gso = offload  # UDP_SEGMENT sends (off again if the kernel refuses)
+        self.crypto = crypto  # seal/open every datagram (no GSO batching then)
+        self.gso = offload and crypto is None  # UDP_SEGMENT sends (off if the kernel refuses)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._tun_to_udp, name="udp-tx", daemon=True),
                          threading.Thread(target=self._udp_to_tun, name="udp-rx", daemon=True)]
@@ -160,6 +203,7 @@ class Forwarder:
         poller = select.poll()
         poller.register(self.tun, select.POLLIN)
         readv, write, tun = os.readv, os.write, self.tun
+        sendto, crypto = self.sock.sendto, self.crypto
         buf = bytearray(_GSO_BYTES + 65536)  # a batch of packets, back to back
         view = memoryview(buf)
         sent = nbytes = icmp = 0
@@ -237,6 +281,15 @@ class Forwarder:
                         except OSError as exc:
                             log.debug("udp: tun write (icmp): %s", exc)
                     continue
+                if crypto is not None:
+                    try:
+                        sendto(crypto.seal(pkt[:n], addr[0]), addr)
+                        sent += 1
+                        nbytes += n
+                    except OSError as exc:
+                        drops[Drop.SEND_ERROR] += 1
+                        log.debug("udp: send to %s: %s", addr, exc)
+                    continue
                 if count and (addr != batch_addr or n > seg):  # does not join the batch
                     tmp = bytes(pkt[:n])
                     flush()
@@ -256,6 +309,7 @@ class Forwarder:
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         recvmsg_into, write, tun = self.sock.recvmsg_into, os.write, self.tun
+        crypto = self.crypto
         buf = bytearray(65536)
         view = memoryview(buf)
         bufs = [buf]
@@ -271,7 +325,7 @@ class Forwarder:
                 continue
             for _ in range(_BATCH):
                 try:
-                    n, anc, _flags, _addr = recvmsg_into(bufs, cmsg_space)
+                    n, anc, _flags, src = recvmsg_into(bufs, cmsg_space)
                 except BlockingIOError:
                     break
                 except OSError as exc:
@@ -286,11 +340,21 @@ class Forwarder:
                                              sys.byteorder) or n
                 for o in range(0, n, seg):
                     m = min(seg, n - o)
-                    if m < 20 or buf[o] >> 4 != 4:
+                    packet: bytes | memoryview = view[o:o + m]
+                    if crypto is not None:
+                        opened = crypto.open(packet, src[0])
+                        if isinstance(opened, Drop):
+                            drops[opened] += 1
+                            continue
+                        packet, m = opened, len(opened)
+                    elif m and buf[o] == _SEALED:
+                        drops[Drop.ENCRYPTED] += 1
+                        continue
+                    if m < 20 or packet[0] >> 4 != 4:
                         drops[Drop.MALFORMED] += 1
                         continue
                     try:
-                        write(tun, view[o:o + m])
+                        write(tun, packet)
                         received += 1
                         nbytes += m
                     except OSError as exc:
@@ -339,10 +403,23 @@ class UdpBackend:
 
     @property
     def mtu(self) -> int:
-        return self.ext.mtu - UDP_OVERHEAD
+        return self.ext.mtu - UDP_OVERHEAD - (OVERHEAD if self.config.key_files else 0)
+
+    @property
+    def suite(self) -> str:
+        """The encryption this host publishes and expects ("" = plaintext, flannel's)."""
+        return SUITE if self.config.key_files else ""
 
     async def prepare(self) -> Mapping[str, Any]:
         if self._fwd is None:
+            crypto = None
+            if self.config.key_files:
+                try:
+                    keys = load_keys(self.config.key_files)
+                except KeyFileError as exc:
+                    raise BackendError(f"udp: {exc}") from None
+                crypto = Crypto(keys, self.ext.public_ip)
+                log.info("udp: encrypting (%s, %d key file(s))", SUITE, len(keys))
             try:
                 self._tun = open_tun(self.device)
             except OSError as exc:
@@ -365,7 +442,7 @@ class UdpBackend:
                 except OSError as exc:  # kernels before 5.0
                     log.info("udp: no UDP GRO (%s); one datagram per receive", exc)
             self._sock = sock
-            self._fwd = Forwarder(self._tun, sock, self.mtu, offload=offload)
+            self._fwd = Forwarder(self._tun, sock, self.mtu, offload=offload, crypto=crypto)
             self._fwd.start()
             log.info("udp: %s open, forwarding on %s:%s", self.device, self.ext.ip,
                      self.config.port)
@@ -379,7 +456,7 @@ class UdpBackend:
             k.set_link(link.index, mtu=mtu, up=True)
 
         await self._k.run(setup)
-        return {}
+        return {"Encryption": SUITE} if self.config.key_files else {}
 
     async def attach(self, own: Lease) -> None:
         self._own = own
@@ -398,9 +475,12 @@ class UdpBackend:
         await self._k.run(address)
 
     def _reconcile(self, k: Kernel, peers: Sequence[Lease]) -> ReconcileReport:
-        table = build_table(peers, self._own, self.config.port)
+        table = build_table(peers, self._own, self.config.port, self.suite)
         if self._fwd is not None:
             self._fwd.table = table
+        refused = tuple(why for p in peers if p.backend_type in ("", "udp")
+                        and (self._own is None or p.subnet != self._own.subnet)
+                        and (why := encryption_mismatch(p, self.suite)) is not None)
         count = sum(len(v) for v in table.values())
         if self.network is not None:
             plan = replace(desired_udp(self.network, self.device), peers=count)
@@ -408,7 +488,9 @@ class UdpBackend:
             plan = Plan(KernelState(routes=frozenset(
                 Route(ipaddress.IPv4Network((n, pl)), self.device)
                 for pl, nets in table.items() for n in nets)), peers=count)
-        return converge(k, plan, None, self.network, "udp")
+        report = converge(k, plan, None, self.network, "udp")
+        # refusals are reported as errors: flanneld logs each one (once) loudly
+        return replace(report, errors=report.errors + refused) if refused else report
 
     async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:
         snapshot = list(peers)

@@ -39,6 +39,10 @@ class Drop(enum.Enum):
     TOO_BIG = "too_big"
     SEND_ERROR = "send_error"
     TUN_WRITE_ERROR = "tun_write_error"
+    AUTH_FAILED = "auth_failed"  # encryption: tag mismatch or unknown key
+    REPLAY = "replay"  # encryption: counter seen or older than the window
+    PLAINTEXT = "plaintext_refused"  # encryption on here, a plaintext datagram came
+    ENCRYPTED = "encrypted_refused"  # encryption off here, a sealed datagram came
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:
