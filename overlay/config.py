@@ -44,8 +44,8 @@ MIN_NETWORK_PREFIX = 28
 MAX_SUBNET_LEN = 30
 MIN_IPV6_NETWORK_PREFIX = 124  # flannel: "Minimum useful network prefix is /124"
 MAX_IPV6_SUBNET_LEN = 126
-NO_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
-Addr = TypeVar("Addr", ipaddress.IPv4Address, ipaddress.IPv6Address)  # flannel's zero Network when EnableIPv4 is false
+NO_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")  # flannel's zero Network when EnableIPv4 is false
+Addr = TypeVar("Addr", ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 
 def default_subnet_len(network: ipaddress.IPv4Network) -> int:
