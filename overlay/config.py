@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from overlay import ipnet
 from overlay.backend.base import BACKEND_OPTIONS as BACKEND_OPTIONS
@@ -45,6 +45,7 @@ MAX_SUBNET_LEN = 30
 MIN_IPV6_NETWORK_PREFIX = 124  # flannel: "Minimum useful network prefix is /124"
 MAX_IPV6_SUBNET_LEN = 126
 NO_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")  # flannel's zero Network when EnableIPv4 is false
+Addr = TypeVar("Addr", ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 
 def default_subnet_len(network: ipaddress.IPv4Network) -> int:
@@ -124,22 +125,9 @@ def _check_ipv4(obj: Mapping[str, Any]) -> tuple[ipaddress.IPv4Network, int,
 
     first, last = ipnet.nth_subnet(network, subnet_len, 1), ipnet.nth_subnet(
         network, subnet_len, -1)
-    bounds: dict[str, ipaddress.IPv4Address] = {}
-    for name, default in (("SubnetMin", first.network_address),
-                          ("SubnetMax", last.network_address)):
-        addr = _address(obj, name)
-        if addr is None:
-            bounds[name] = default
-            continue
-        if addr not in network:
-            raise ConfigError(name, f"{addr} is outside Network {network}")
-        if not ipnet.is_aligned(addr, subnet_len):
-            raise ConfigError(name, f"{addr} is not aligned to SubnetLen /{subnet_len}")
-        bounds[name] = addr
-    if bounds["SubnetMin"] > bounds["SubnetMax"]:
-        raise ConfigError("SubnetMin", f"{bounds['SubnetMin']} is above SubnetMax "
-                          f"{bounds['SubnetMax']}")
-    return network, subnet_len, bounds["SubnetMin"], bounds["SubnetMax"]
+    smin, smax = _bounds(obj, "", network, subnet_len,
+                         (first.network_address, last.network_address), _address)
+    return network, subnet_len, smin, smax
 
 
 def _check_ipv6(obj: Mapping[str, Any]) -> tuple[ipaddress.IPv6Network, int,
@@ -168,28 +156,43 @@ def _check_ipv6(obj: Mapping[str, Any]) -> tuple[ipaddress.IPv6Network, int,
                           f"of at least four addresses)")
     first, last = (ipnet.nth_subnet(network, subnet_len, 1),
                    ipnet.nth_subnet(network, subnet_len, -1))
-    bounds: dict[str, ipaddress.IPv6Address] = {}
-    for name, default in (("IPv6SubnetMin", first.network_address),
-                          ("IPv6SubnetMax", last.network_address)):
-        raw = obj.get(name)
-        if raw is None or raw == "":
-            bounds[name] = default
+    smin, smax = _bounds(obj, "IPv6", network, subnet_len,
+                         (first.network_address, last.network_address), _address6)
+    return network, subnet_len, smin, smax
+
+
+def _address6(obj: Mapping[str, Any], name: str) -> ipaddress.IPv6Address | None:
+    raw = obj.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        if not isinstance(raw, str):
+            raise TypeError(raw)
+        return ipaddress.IPv6Address(raw)
+    except (ValueError, TypeError):
+        raise ConfigError(name, f"{raw!r} is not an IPv6 address") from None
+
+
+def _bounds(obj: Mapping[str, Any], family: str,
+            network: ipaddress.IPv4Network | ipaddress.IPv6Network, subnet_len: int,
+            defaults: tuple[Addr, Addr], parse: Callable[[Mapping[str, Any], str], Addr | None]
+            ) -> tuple[Addr, Addr]:
+    """``<family>SubnetMin``/``Max``: given ones inside the network and aligned, Min ≤ Max."""
+    lo_name, hi_name = f"{family}SubnetMin", f"{family}SubnetMax"
+    found: list[Addr] = []
+    for name, default in zip((lo_name, hi_name), defaults, strict=True):
+        addr = parse(obj, name)
+        if addr is None:
+            found.append(default)
             continue
-        try:
-            if not isinstance(raw, str):
-                raise TypeError(raw)
-            addr = ipaddress.IPv6Address(raw)
-        except (ValueError, TypeError):
-            raise ConfigError(name, f"{raw!r} is not an IPv6 address") from None
         if addr not in network:
-            raise ConfigError(name, f"{addr} is outside IPv6Network {network}")
+            raise ConfigError(name, f"{addr} is outside {family}Network {network}")
         if not ipnet.is_aligned(addr, subnet_len):
-            raise ConfigError(name, f"{addr} is not aligned to IPv6SubnetLen /{subnet_len}")
-        bounds[name] = addr
-    if bounds["IPv6SubnetMin"] > bounds["IPv6SubnetMax"]:
-        raise ConfigError("IPv6SubnetMin", f"{bounds['IPv6SubnetMin']} is above "
-                          f"IPv6SubnetMax {bounds['IPv6SubnetMax']}")
-    return network, subnet_len, bounds["IPv6SubnetMin"], bounds["IPv6SubnetMax"]
+            raise ConfigError(name, f"{addr} is not aligned to {family}SubnetLen /{subnet_len}")
+        found.append(addr)
+    if found[0] > found[1]:
+        raise ConfigError(lo_name, f"{found[0]} is above {hi_name} {found[1]}")
+    return found[0], found[1]
 
 
 def _check_backend(obj: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

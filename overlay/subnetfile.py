@@ -24,8 +24,10 @@ import contextlib
 import ipaddress
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from overlay import ipnet
 from overlay.errors import WeftError
@@ -41,6 +43,7 @@ class SubnetFileError(WeftError, ValueError):
 
 
 NO_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")  # network/subnet of an IPv6-only file
+Net = TypeVar("Net", ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,24 +98,10 @@ def parse(text: str, path: Path = Path("subnet.env")) -> SubnetEnv:
             raise SubnetFileError(path, f"{name} is missing")
     network = subnet = NO_IPV4
     if ipv4:
-        try:
-            network = ipaddress.IPv4Network(env["FLANNEL_NETWORK"], strict=False)
-        except ValueError as exc:
-            raise SubnetFileError(path, f"FLANNEL_NETWORK: {exc}") from None
-        try:
-            subnet = ipaddress.IPv4Interface(env["FLANNEL_SUBNET"]).network
-        except ValueError as exc:
-            raise SubnetFileError(path, f"FLANNEL_SUBNET: {exc}") from None
+        network, subnet = _pair(env, "", ipaddress.IPv4Network, ipaddress.IPv4Interface, path)
     net6 = sub6 = None
     if "FLANNEL_IPV6_NETWORK" in need:
-        try:
-            net6 = ipaddress.IPv6Network(env["FLANNEL_IPV6_NETWORK"], strict=False)
-        except ValueError as exc:
-            raise SubnetFileError(path, f"FLANNEL_IPV6_NETWORK: {exc}") from None
-        try:
-            sub6 = ipaddress.IPv6Interface(env["FLANNEL_IPV6_SUBNET"]).network
-        except ValueError as exc:
-            raise SubnetFileError(path, f"FLANNEL_IPV6_SUBNET: {exc}") from None
+        net6, sub6 = _pair(env, "IPV6_", ipaddress.IPv6Network, ipaddress.IPv6Interface, path)
     try:
         mtu = int(env["FLANNEL_MTU"])
     except ValueError:
@@ -122,6 +111,21 @@ def parse(text: str, path: Path = Path("subnet.env")) -> SubnetEnv:
     if masq not in ("true", "false"):
         raise SubnetFileError(path, f"FLANNEL_IPMASQ {masq!r} is not true/false")
     return SubnetEnv(network, subnet, mtu, masq == "true", net6, sub6, ipv4)
+
+
+def _pair(env: dict[str, str], family: str, net_type: Callable[..., Net],
+          iface_type: Callable[[str], ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+          path: Path) -> tuple[Net, Net]:
+    """``FLANNEL_<family>NETWORK`` and the network of ``FLANNEL_<family>SUBNET``."""
+    values: list[Net] = []
+    for name in (f"FLANNEL_{family}NETWORK", f"FLANNEL_{family}SUBNET"):
+        try:
+            text = env[name]
+            values.append(net_type(text, strict=False) if name.endswith("NETWORK")
+                          else net_type(iface_type(text).network))
+        except ValueError as exc:
+            raise SubnetFileError(path, f"{name}: {exc}") from None
+    return values[0], values[1]
 
 
 def read(path: Path) -> SubnetEnv:

@@ -58,6 +58,8 @@ class ExternalInterface:
     ip: ipaddress.IPv4Address  # address on the interface
     public_ip: ipaddress.IPv4Address  # advertised (``-public-ip``, defaults to ``ip``)
     mtu: int
+    ip6: ipaddress.IPv6Address | None = None  # the interface's first global IPv6 address
+    public_ip6: ipaddress.IPv6Address | None = None  # ``-public-ipv6``, defaults to ``ip6``
 
 
 @dataclass(frozen=True, slots=True)

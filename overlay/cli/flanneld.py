@@ -70,6 +70,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           "-iface nor -iface-regex is given)", metavar="IP")
     p.add("public-ip", "IP address other hosts reach this one at (NAT) [default: the "
           "interface's address]", metavar="IP")
+    p.add("public-ipv6", "IPv6 address other hosts reach this one at, advertised as the "
+          "lease's PublicIPv6 in dual-stack networks [default: the interface's first global "
+          "IPv6 address]", metavar="IP6")
     p.add("subnet-file", "file the leased subnet is written to", default=str(DEFAULT_SUBNET_FILE),
           metavar="PATH")
     p.add_bool("ip-masq", "masquerade traffic leaving the overlay network (nftables)")
@@ -129,7 +132,6 @@ _KLOG = "klog's; weft's log detail is set by -v alone"
 # (name, why, boolean). Accepted so a flannel unit's ExecStart or a DaemonSet's args
 # start weft unchanged; named in one warning at start-up.
 FLANNEL_IGNORED: tuple[tuple[str, str, bool], ...] = (
-    ("public-ipv6", "weft's overlay is IPv4-only", False),
     ("iptables-forward-rules", "weft adds no rules to iptables' FORWARD chain (its "
      "nftables table's forward-accept chain, installed with -ip-masq, cannot override "
      "a FORWARD drop policy such as Docker's)", True),
@@ -188,6 +190,11 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
                 ipaddress.IPv4Address(value)
             except ValueError:
                 parser.error(f"-{flag.replace('_', '-')} {value!r}: not an IPv4 address")
+    if args.public_ipv6:
+        try:
+            ipaddress.IPv6Address(args.public_ipv6)
+        except ValueError:
+            parser.error(f"-public-ipv6 {args.public_ipv6!r}: not an IPv6 address")
     try:
         store_cfg = store_config(args, FLANNELD_ENV)
     except ValueError as exc:
@@ -309,12 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ext = discover(args.iface or (), args.iface_regex or (),
                        ipaddress.IPv4Address(args.public_ip) if args.public_ip else None,
                        ipaddress.IPv4Address(args.iface_can_reach) if args.iface_can_reach
-                       else None)
+                       else None,
+                       ipaddress.IPv6Address(args.public_ipv6) if args.public_ipv6 else None)
     except InterfaceError as exc:
         log.error("cannot choose the external interface: %s", exc)
         return 1
     log.info("using interface %s (%s), public IP %s, MTU %d", ext.name, ext.ip, ext.public_ip,
              ext.mtu)
+    if ext.public_ip6 is not None:
+        log.info("public IPv6 %s (advertised in dual-stack networks)", ext.public_ip6)
     return run_until_signalled(amain(cfg, store_cfg, ext))
 
 

@@ -32,8 +32,7 @@ from overlay.lease.model import (
     parse_subnet_keys,
     subnet_key,
 )
-from overlay.store.memory import MemoryStore
-from tests.fakeclock import FakeClock
+from tests.unit.test_lease_manager import RacingStore
 
 A = ipaddress.IPv4Address
 N = ipaddress.IPv4Network
@@ -163,23 +162,6 @@ def test_ipv6_only_host_is_known_by_public_ipv6() -> None:
                         public_ipv6=A6("fd00:198:18::13"))
     assert (new.reason, new.subnet, new.subnet6) == (Reason.RANDOM, N("0.0.0.0/0"),
                                                      N6("fd00:9:0:2::/64"))
-
-
-class RacingStore(MemoryStore):
-    """A flannel host writes the dual-stack key we chose just before our create lands."""
-
-    def __init__(self, races: int) -> None:
-        super().__init__(FakeClock())
-        self.races = races
-
-    async def create(self, key: bytes, value: bytes, lease: int = 0) -> int | None:
-        if self.races > 0:
-            self.races -= 1
-            sn4, sn6 = parse_subnet_keys(key.decode())
-            rival = Lease(sn4, A("198.18.0.90"), "vxlan", VXLAN, ipv6_subnet=sn6,
-                          public_ipv6=A6("fd00:198:18::90"), backend_v6_data=VXLAN6)
-            await self.put(key, encode_lease(rival))
-        return await super().create(key, value, lease)
 
 
 async def test_manager_dual_stack_race_restart_and_renew() -> None:
