@@ -15,6 +15,7 @@ from tests.integration.test_backend_harness import (
     cluster,
     collect,
     ip_show,
+    metric_value,
     ping_matrix,
     start_sniffer,
 )
@@ -81,13 +82,6 @@ def test_udp_three_hosts(tmp_path: Path) -> None:
                              "10.244.2.2"], check=False).returncode == 0
 
 
-def _counter(text: str, sample: str) -> int:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return int(float(line.split()[-1]))
-    raise AssertionError(f"{sample} not in metrics:\n{text}")
-
-
 def test_udp_edges_icmp_ttl_mtu_counters_and_restart(tmp_path: Path) -> None:
     with open_testbed(2) as tb, cluster(tb, "udp", log_dir=tmp_path) as c:
         for name in HOSTS[:2]:
@@ -113,12 +107,12 @@ def test_udp_edges_icmp_ttl_mtu_counters_and_restart(tmp_path: Path) -> None:
                          "10.244.2.2"], check=False)
         assert "mtu = 1472" in r.stdout + r.stderr, r
         text = c.hosts["h1"].driver.call({"op": "metrics"})["text"]
-        assert _counter(text, 'weft_udp_dropped_total{reason="no_route"}') >= 1
-        assert _counter(text, 'weft_udp_dropped_total{reason="ttl_expired"}') >= 1
-        assert _counter(text, 'weft_udp_dropped_total{reason="too_big"}') >= 1
-        assert _counter(text, 'weft_udp_packets_total{direction="tx"}') >= 2
-        assert _counter(text, 'weft_udp_bytes_total{direction="rx"}') >= 2 * 84
-        assert _counter(text, "weft_udp_icmp_sent_total") >= 3
+        assert metric_value(text, 'weft_udp_dropped_total{reason="no_route"}') >= 1
+        assert metric_value(text, 'weft_udp_dropped_total{reason="ttl_expired"}') >= 1
+        assert metric_value(text, 'weft_udp_dropped_total{reason="too_big"}') >= 1
+        assert metric_value(text, 'weft_udp_packets_total{direction="tx"}') >= 2
+        assert metric_value(text, 'weft_udp_bytes_total{direction="rx"}') >= 2 * 84
+        assert metric_value(text, "weft_udp_icmp_sent_total") >= 3
         # restart: a new forwarder on the same lease carries traffic again within 2 s
         c.stop("h1")
         c.start("h1")

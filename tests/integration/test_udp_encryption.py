@@ -12,18 +12,12 @@ from overlay.testbed import open_testbed
 from tests.integration.test_backend_harness import (
     cluster,
     collect,
+    metric_value,
     ping_matrix,
     start_sniffer,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(150)]
-
-
-def _counter(text: str, sample: str) -> int:
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return int(float(line.split()[-1]))
-    raise AssertionError(f"{sample} not in metrics:\n{text}")
 
 
 def test_encrypted_udp(tmp_path: Path) -> None:
@@ -56,5 +50,5 @@ def test_encrypted_udp(tmp_path: Path) -> None:
         c.reconcile_all()
         assert not tb.wait_ping(tb.containers["h3/c"].netns, "10.244.1.2", within=2)
         text = c.hosts["h1"].driver.call({"op": "metrics"})["text"]
-        assert _counter(text, 'weft_udp_dropped_total{reason="auth_failed"}') >= 1
+        assert metric_value(text, 'weft_udp_dropped_total{reason="auth_failed"}') >= 1
         assert ping_matrix(tb, ["h1", "h2"]) == []

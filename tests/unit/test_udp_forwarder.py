@@ -12,7 +12,9 @@ import pytest
 
 from overlay.backend.udp import Forwarder, build_table
 from overlay.backend.udpcrypt import Crypto
+from overlay.backend.udpedge import Drop
 from overlay.lease.model import Lease
+from tests.udprig import Rig, loopback_rig
 
 A = ipaddress.IPv4Address
 N = ipaddress.IPv4Network
@@ -27,16 +29,12 @@ def ipv4(dst: str, size: int, tag: int) -> bytes:
 
 @pytest.mark.parametrize("sealed", [False, True])
 def test_gso_out_and_gro_in_keep_one_packet_per_datagram(sealed: bool) -> None:
-    tun_app, tun_fwd = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for s in (sock, peer):
-        s.bind(("127.0.0.1", 0))
-    sock.setsockopt(17, 104, 1)  # UDP_GRO, as prepare() sets it
-    peer.settimeout(5)
-    tun_app.settimeout(5)
-    sock.setblocking(False)
-    tun_fwd.setblocking(False)
+    with loopback_rig(gro=True) as rig:
+        run_gso_gro(rig, sealed)
+
+
+def run_gso_gro(rig: Rig, sealed: bool) -> None:
+    tun_app, tun_fwd, sock, peer = rig.tun_app, rig.tun_fwd, rig.sock, rig.peer
     me = Crypto((bytes(32),), A("127.0.0.1")) if sealed else None
     them = Crypto((bytes(32),), A("127.0.0.1"))
     fwd = Forwarder(tun_fwd.fileno(), sock, offload=True, crypto=me)
@@ -68,5 +66,30 @@ def test_gso_out_and_gro_in_keep_one_packet_per_datagram(sealed: bool) -> None:
         assert (fwd.tx_packets, fwd.rx_packets, fwd.dropped) == (6, 4, 0)
     finally:
         fwd.stop()
-        for s in (tun_app, tun_fwd, sock, peer):
-            s.close()
+
+
+def test_routes_by_subnet_ignores_other_types_and_drops_unknown() -> None:
+    with loopback_rig() as rig:
+        fwd = Forwarder(rig.tun_fwd.fileno(), rig.sock)
+        port = rig.peer_port
+        leases = [Lease(N("10.244.2.0/24"), A("127.0.0.1"), ""),
+                  Lease(N("10.244.3.0/24"), A("127.0.0.1"), "vxlan")]  # other type: ignored
+        fwd.table = build_table(leases, OWN, port)
+        assert fwd.table == {24: {int(A("10.244.2.0")): ("127.0.0.1", port)}}
+        fwd.start()
+        try:
+            rig.tun_app.send(ipv4("10.244.3.9", 28, 1))  # no udp peer: dropped
+            rig.tun_app.send(ipv4("10.244.2.7", 28, 2))
+            got, want = rig.peer.recv(2048), ipv4("10.244.2.7", 28, 2)
+            # the raw IP packet is the whole UDP payload, its TTL one less (a hop)
+            assert got[8] == want[8] - 1 and got[:8] + got[9:10] + got[12:] == \
+                want[:8] + want[9:10] + want[12:]
+            rig.peer.sendto(ipv4("10.244.1.2", 28, 3), rig.sock.getsockname())
+            assert rig.tun_app.recv(2048) == ipv4("10.244.1.2", 28, 3)
+            deadline = time.monotonic() + 5  # counters are published after each batch
+            while (fwd.dropped, fwd.tx_packets, fwd.rx_packets) != (1, 1, 1) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert (fwd.drops[Drop.NO_ROUTE], fwd.tx_packets, fwd.rx_packets) == (1, 1, 1)
+        finally:
+            fwd.stop()

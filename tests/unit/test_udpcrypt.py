@@ -24,6 +24,7 @@ from overlay.backend.udpcrypt import (
 )
 from overlay.backend.udpedge import Drop
 from overlay.lease.model import Lease
+from tests.udprig import Rig, loopback_rig
 
 A = ipaddress.IPv4Address
 N = ipaddress.IPv4Network
@@ -126,15 +127,12 @@ def test_config_and_peer_agreement() -> None:
 
 
 def test_forwarder_seals_on_the_wire_and_opens_what_comes_back() -> None:
-    tun_app, tun_fwd = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for s in (sock, peer):
-        s.bind(("127.0.0.1", 0))
-    peer.settimeout(5)
-    tun_app.settimeout(5)
-    sock.setblocking(False)
-    tun_fwd.setblocking(False)
+    with loopback_rig() as rig:
+        run_sealed(rig)
+
+
+def run_sealed(rig: Rig) -> None:
+    tun_app, tun_fwd, sock, peer = rig.tun_app, rig.tun_fwd, rig.sock, rig.peer
     me, them = Crypto((K1,), A("127.0.0.1")), Crypto((K1,), A("127.0.0.1"))
     fwd = Forwarder(tun_fwd.fileno(), sock, offload=True, crypto=me)
     port = peer.getsockname()[1]
@@ -160,5 +158,3 @@ def test_forwarder_seals_on_the_wire_and_opens_what_comes_back() -> None:
         assert (fwd.drops[Drop.REPLAY], fwd.drops[Drop.PLAINTEXT], fwd.rx_packets) == (1, 1, 1)
     finally:
         fwd.stop()
-        for s in (tun_app, tun_fwd, sock, peer):
-            s.close()
