@@ -48,9 +48,11 @@ from tests.backend_driver import (  # noqa: E402
     lease_from_json,
 )
 
-SCENARIOS = ("underlay", "hand-vxlan", "weft-vxlan", "hand-host-gw", "weft-host-gw", "weft-udp")
+SCENARIOS = ("underlay", "hand-vxlan", "weft-vxlan", "hand-host-gw", "weft-host-gw", "weft-udp",
+             "weft-udp-enc")
 PAIRS = (("weft-vxlan", "hand-vxlan"), ("weft-host-gw", "hand-host-gw"),
-         ("weft-udp", "hand-vxlan"))  # udp against kernel VXLAN under the same contention
+         ("weft-udp", "hand-vxlan"),  # udp against kernel VXLAN under the same contention
+         ("weft-udp-enc", "weft-udp"))  # encryption's cost (goal >= 0.5)
 NETWORK = "10.244.0.0/16"
 PORT = 5201
 
@@ -107,14 +109,23 @@ def _hand_hostgw(tb: Testbed, pair: Pair) -> int:
 
 @contextlib.contextmanager
 def _weft(tb: Testbed, btype: str, pair: Pair) -> Iterator[int]:
-    """Run weft's backend on both hosts of ``pair`` for the duration of the block."""
+    """Run weft's backend on both hosts of ``pair`` for the duration of the block
+    (``udp-enc``: udp with Encryption, a fresh key in a temporary file)."""
+    config: dict[str, object] = {}
+    if btype == "udp-enc":
+        key = Path(f"/tmp/weft-bench-{secrets.token_hex(4)}.key")
+        key.write_text(secrets.token_hex(32))
+        stack_key: Path | None = key
+        btype, config = "udp", {"Type": "udp", "Encryption": {"KeyFile": str(key)}}
+    else:
+        stack_key = None
     drivers: list[DriverProcess] = []
     leases: list[dict[str, object]] = []
     mtu = 1500
     try:
         for i, name in enumerate(pair, 1):
             d = DriverProcess(tb.hosts[name].netns, btype, "eth0", network=NETWORK,
-                              python=sys.executable)
+                              config=config, python=sys.executable)
             drivers.append(d)
             ready = d.call({"op": "prepare"})
             mtu = int(ready["mtu"])
@@ -129,6 +140,8 @@ def _weft(tb: Testbed, btype: str, pair: Pair) -> Iterator[int]:
     finally:
         for d in drivers:
             d.stop()
+        if stack_key is not None:
+            stack_key.unlink(missing_ok=True)
 
 
 def _flow(tb: Testbed, kind: str, pair: Pair, stack: contextlib.ExitStack) -> tuple[str, str, str]:
@@ -260,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in res.items():
         if k.startswith("ratio:"):
             goal = "  (goal >= 0.3)" if k == "ratio:weft-udp/hand-vxlan" else \
+                "  (goal >= 0.5)" if k == "ratio:weft-udp-enc/weft-udp" else \
                 "  (goal >= 0.95)" if "hand" in k.split("/")[1] and "weft" in k else ""
             print(f"{k:36s} {v:6.3f}x{goal}")
         else:

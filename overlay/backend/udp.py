@@ -170,8 +170,8 @@ class Forwarder:
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         self.icmp_sent = 0
-        self.crypto = crypto  # seal/open every datagram (no GSO batching then)
-        self.gso = offload and crypto is None  # UDP_SEGMENT sends (off if the kernel refuses)
+        self.crypto = crypto  # seal/open every datagram
+        self.gso = offload  # UDP_SEGMENT sends (off again if the kernel refuses)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._tun_to_udp, name="udp-tx", daemon=True),
                          threading.Thread(target=self._udp_to_tun, name="udp-rx", daemon=True)]
@@ -203,16 +203,17 @@ class Forwarder:
         poller = select.poll()
         poller.register(self.tun, select.POLLIN)
         readv, write, tun = os.readv, os.write, self.tun
-        sendto, crypto = self.sock.sendto, self.crypto
+        crypto = self.crypto
         buf = bytearray(_GSO_BYTES + 65536)  # a batch of packets, back to back
         view = memoryview(buf)
+        scratch = memoryview(bytearray(65536))  # with encryption: the plaintext read
         sent = nbytes = icmp = 0
         drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         batch_addr: tuple[str, int] | None = None
-        off = seg = count = 0
+        off = seg = count = inner = 0  # inner: plaintext bytes in the batch
 
         def flush() -> None:
-            nonlocal sent, nbytes, off, count, batch_addr
+            nonlocal sent, nbytes, off, count, inner, batch_addr
             if count == 0 or batch_addr is None:
                 return
             try:
@@ -222,7 +223,7 @@ class Forwarder:
                     self.sock.sendmsg([view[:off]], [(_SOL_UDP, _UDP_SEGMENT,
                                                       struct.pack("=H", seg))], 0, batch_addr)
                 sent += count
-                nbytes += off
+                nbytes += inner
             except OSError as exc:
                 if count > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
                     log.warning("udp: no UDP GSO here (%s); sending one datagram per call",
@@ -232,13 +233,13 @@ class Forwarder:
                         try:
                             self.sock.sendto(view[o:min(o + seg, off)], batch_addr)
                             sent += 1
-                            nbytes += min(seg, off - o)
                         except OSError:
                             drops[Drop.SEND_ERROR] += 1
+                    nbytes += inner
                 else:
                     drops[Drop.SEND_ERROR] += count
                     log.debug("udp: send to %s: %s", batch_addr, exc)
-            off = count = 0
+            off = count = inner = 0
             batch_addr = None
 
         while not self._stop.is_set():
@@ -254,7 +255,7 @@ class Forwarder:
                      for plen, nets in table.items()]
             gso = self.gso
             for _ in range(_BATCH):
-                pkt = view[off:off + 65536]
+                pkt = scratch if crypto is not None else view[off:off + 65536]
                 try:
                     n = readv(tun, [pkt])
                 except BlockingIOError:
@@ -281,16 +282,14 @@ class Forwarder:
                         except OSError as exc:
                             log.debug("udp: tun write (icmp): %s", exc)
                     continue
-                if crypto is not None:
-                    try:
-                        sendto(crypto.seal(pkt[:n], addr[0]), addr)
-                        sent += 1
-                        nbytes += n
-                    except OSError as exc:
-                        drops[Drop.SEND_ERROR] += 1
-                        log.debug("udp: send to %s: %s", addr, exc)
-                    continue
-                if count and (addr != batch_addr or n > seg):  # does not join the batch
+                plain_n = n
+                if crypto is not None:  # sealed datagrams batch like plain ones
+                    sealed = crypto.seal(pkt[:n], addr[0])
+                    n = len(sealed)
+                    if count and (addr != batch_addr or n > seg):
+                        flush()
+                    view[off:off + n] = sealed
+                elif count and (addr != batch_addr or n > seg):  # does not join the batch
                     tmp = bytes(pkt[:n])
                     flush()
                     view[:n] = tmp
@@ -298,6 +297,7 @@ class Forwarder:
                     batch_addr, seg = addr, n
                 off += n
                 count += 1
+                inner += plain_n
                 # a shorter packet ends a GSO batch (only the last segment may be short)
                 if not gso or n < seg or count >= _GSO_SEGMENTS or off + seg > _GSO_BYTES:
                     flush()

@@ -155,7 +155,7 @@ class Crypto:
         header = struct.pack("!BB8sQ", MAGIC, self.seal_id, self.session, tx.counter)
         nonce = b"\0\0\0\0" + header[10:]
         tx.counter += 1
-        return header + tx.aead.encrypt(nonce, bytes(plain), header)
+        return header + tx.aead.encrypt(nonce, plain, header)
 
     def open(self, data: bytes | memoryview, src: str) -> bytes | Drop:
         """The inner packet of a datagram from ``src``, or why it is dropped."""
@@ -178,7 +178,7 @@ class Crypto:
             return Drop.REPLAY
         header = bytes(data[:HEADER])
         try:
-            plain = aead.decrypt(b"\0\0\0\0" + header[10:], bytes(data[HEADER:]), header)
+            plain = aead.decrypt(b"\0\0\0\0" + header[10:], data[HEADER:], header)
         except InvalidTag:
             return Drop.AUTH_FAILED
         window.accept(counter)

@@ -8,7 +8,10 @@ import socket
 import struct
 import time
 
+import pytest
+
 from overlay.backend.udp import Forwarder, build_table
+from overlay.backend.udpcrypt import Crypto
 from overlay.lease.model import Lease
 
 A = ipaddress.IPv4Address
@@ -22,7 +25,8 @@ def ipv4(dst: str, size: int, tag: int) -> bytes:
     return hdr + bytes([tag]) * (size - 20)
 
 
-def test_gso_out_and_gro_in_keep_one_packet_per_datagram() -> None:
+@pytest.mark.parametrize("sealed", [False, True])
+def test_gso_out_and_gro_in_keep_one_packet_per_datagram(sealed: bool) -> None:
     tun_app, tun_fwd = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -33,7 +37,9 @@ def test_gso_out_and_gro_in_keep_one_packet_per_datagram() -> None:
     tun_app.settimeout(5)
     sock.setblocking(False)
     tun_fwd.setblocking(False)
-    fwd = Forwarder(tun_fwd.fileno(), sock, offload=True)
+    me = Crypto((bytes(32),), A("127.0.0.1")) if sealed else None
+    them = Crypto((bytes(32),), A("127.0.0.1"))
+    fwd = Forwarder(tun_fwd.fileno(), sock, offload=True, crypto=me)
     port = peer.getsockname()[1]
     fwd.table = build_table([Lease(N("10.244.2.0/24"), A("127.0.0.1"), "")], OWN, port)
     # queued before the pump starts, so they are read in one batch: 5 full-size + 1 short
@@ -43,12 +49,16 @@ def test_gso_out_and_gro_in_keep_one_packet_per_datagram() -> None:
     fwd.start()
     try:
         got = [peer.recv(65536) for _ in out]
+        if sealed:
+            assert all(g[0] == 0x81 for g in got)
+            got = [bytes(them.open(g, "127.0.0.1")) for g in got]  # type: ignore[arg-type]
         assert [len(g) for g in got] == [1400] * 5 + [300]  # segmented by the kernel
         assert [g[4:6] for g in got] == [p[4:6] for p in out]  # in order
         assert all(g[8] == 63 for g in got)
         # a coalesced super-datagram in: the TUN gets one write per segment
         segs = [ipv4("10.244.1.2", 1000, 10 + i) for i in range(4)]
-        peer.sendmsg([b"".join(segs)], [(17, 103, struct.pack("=H", 1000))], 0,
+        wire = [them.seal(p, "127.0.0.1") for p in segs] if sealed else segs
+        peer.sendmsg([b"".join(wire)], [(17, 103, struct.pack("=H", len(wire[0])))], 0,
                      sock.getsockname())
         back = [tun_app.recv(65536) for _ in segs]
         assert back == segs
