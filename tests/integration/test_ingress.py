@@ -4,6 +4,7 @@ address that holds no lease is dropped and counted; members' traffic flows."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,3 +56,38 @@ def test_spoofed_datagrams_dropped_and_counted_members_unaffected(
             assert asyncio.run(guard.remove())
         assert "weft_ingress" not in tb.exec(h1.netns, ["nft", "list", "tables"]).stdout
         assert ping_matrix(tb, ["h1", "h2"]) == []
+
+
+def test_a_join_under_ping_loses_nothing(tmp_path: Path) -> None:
+    """flanneld's order on a join: the member set first, then the routes. A member's
+    flow runs through it without loss and the newcomer is reachable at once."""
+    with open_testbed(3) as tb, cluster(tb, "vxlan", log_dir=tmp_path) as c:
+        for name in ("h1", "h2"):
+            c.start(name)
+        h1, h2, h3 = (tb.hosts[n] for n in ("h1", "h2", "h3"))
+        guard = MembersOnly("vxlan", 8472, nft=("ip", "netns", "exec", h1.netns, "nft"))
+        asyncio.run(guard.update([h2.ip]))
+        c.reconcile_all()
+        try:
+            assert ping_matrix(tb, ["h1", "h2"]) == []
+            flow = subprocess.Popen(
+                ["ip", "netns", "exec", tb.containers["h2/c"].netns, "ping", "-n", "-q",
+                 "-i", "0.05", "-c", "60", "-W", "1", "10.244.1.2"],
+                stdout=subprocess.PIPE, text=True)
+            try:
+                c.start("h3")
+                asyncio.run(guard.update([h2.ip, h3.ip]))  # before h1 routes h3
+                c.reconcile_all()
+                h3c = tb.containers["h3/c"].netns
+                joined = tb.exec(h3c, ["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1",
+                                       "10.244.1.2"], check=False)
+                out, _ = flow.communicate(timeout=30)
+            finally:
+                if flow.poll() is None:
+                    flow.kill()
+                    flow.wait()
+            assert " 0% packet loss" in out, out
+            assert " 0% packet loss" in joined.stdout, joined.stdout
+            assert asyncio.run(guard.poll())[0] == 0
+        finally:
+            asyncio.run(guard.remove())
