@@ -4,8 +4,9 @@ Modules: ``records`` (SkyDNS JSON), ``keys`` (name <-> key), ``index`` (the
 watch-fed in-memory tree), ``engine`` (the answer rules, pure), ``message`` and
 ``wire`` (DNS values and wire format, precomputed answers), ``server`` (UDP/TCP
 front end), ``batchio`` (recvmmsg/sendmmsg), ``feed`` (store -> index),
-``forward`` (opt-in recursion), ``metrics``, ``cli`` (the ``dnsd`` command) and
-``admin`` (``weftctl dns``).
+``forward`` (opt-in recursion), ``metrics``, ``config`` (``DnsdConfig`` and its
+flags), ``skyconfig`` (the ``<prefix>/config`` key), ``daemon`` (the running pieces),
+``cli`` (``main`` only) and ``admin`` (``weftctl dns``).
 
 Quick start::
 

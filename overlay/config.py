@@ -11,7 +11,13 @@ or raises ``ConfigError`` naming the offending field. flannel's rules apply:
   and Min must not exceed Max.
 * ``Backend`` defaults to ``{"Type": "vxlan"}``: flannel's documentation says vxlan
   (its code falls back to udp; weft follows the documentation).
-* IPv6 (``EnableIPv6``) and ``EnableIPv4: false`` are refused: weft is IPv4-only.
+* ``EnableIPv4`` defaults to true, ``EnableIPv6`` to false (both must be booleans;
+  at least one must be true). With IPv4 off, the IPv4 fields are not checked
+  (flannel's CheckNetworkConfig skips them) and keep flannel's zero values.
+* With ``EnableIPv6``: ``IPv6Network`` is required and must be a /124 or larger;
+  ``IPv6SubnetLen`` defaults to 64 when its prefix is ≤ 62, else prefix + 2, and
+  must lie in ``prefix + 2 .. 126``; ``IPv6SubnetMin``/``Max`` default to the
+  second and the last subnet and obey the IPv4 rules (inside, aligned, Min ≤ Max).
 
 ``DaemonConfig`` holds flanneld's flags once parsed at the edge (cli/flanneld.py).
 Nothing here reads the environment or the store.
@@ -21,10 +27,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from overlay import ipnet
 from overlay.backend.base import BACKEND_OPTIONS as BACKEND_OPTIONS
@@ -36,10 +42,27 @@ from overlay.lease.network import NetworkConfig as NetworkConfig
 
 MIN_NETWORK_PREFIX = 28
 MAX_SUBNET_LEN = 30
+MIN_IPV6_NETWORK_PREFIX = 124  # flannel: "Minimum useful network prefix is /124"
+MAX_IPV6_SUBNET_LEN = 126
+NO_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")  # flannel's zero Network when EnableIPv4 is false
+Addr = TypeVar("Addr", ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 
 def default_subnet_len(network: ipaddress.IPv4Network) -> int:
     return 24 if network.prefixlen <= 22 else network.prefixlen + 2
+
+
+def default_ipv6_subnet_len(network: ipaddress.IPv6Network) -> int:
+    return 64 if network.prefixlen <= 62 else network.prefixlen + 2
+
+
+def _bool(obj: Mapping[str, Any], name: str, default: bool) -> bool:
+    raw = obj.get(name)
+    if raw is None:
+        return default
+    if not isinstance(raw, bool):
+        raise ConfigError(name, f"{raw!r} is not true or false")
+    return raw
 
 
 def _address(obj: Mapping[str, Any], name: str) -> ipaddress.IPv4Address | None:
@@ -63,6 +86,24 @@ def _int(obj: Mapping[str, Any], name: str) -> int | None:
 
 def check_network_config(obj: Mapping[str, Any]) -> NetworkConfig:
     """Validate a decoded config object; ``ConfigError`` names the field at fault."""
+    enable_ipv4 = _bool(obj, "EnableIPv4", True)
+    enable_ipv6 = _bool(obj, "EnableIPv6", False)
+    if not enable_ipv4 and not enable_ipv6:
+        raise ConfigError("EnableIPv4", "false while EnableIPv6 is not true: no address "
+                          "family is left")
+    btype, backend = _check_backend(obj)
+    net6, len6, min6, max6 = _check_ipv6(obj) if enable_ipv6 else (None, 0, None, None)
+    if enable_ipv4:
+        network, subnet_len, smin, smax = _check_ipv4(obj)
+    else:
+        network, subnet_len, smin, smax = NO_IPV4, 0, NO_IPV4[0], NO_IPV4[0]
+    return NetworkConfig(network, subnet_len, smin, smax, btype, backend, enable_ipv4,
+                         enable_ipv6, net6, len6, min6, max6)
+
+
+def _check_ipv4(obj: Mapping[str, Any]) -> tuple[ipaddress.IPv4Network, int,
+                                                   ipaddress.IPv4Address,
+                                                   ipaddress.IPv4Address]:
     raw_net = obj.get("Network")
     if raw_net is None or raw_net == "":
         raise ConfigError("Network", "missing (e.g. \"10.244.0.0/16\")")
@@ -75,10 +116,6 @@ def check_network_config(obj: Mapping[str, Any]) -> NetworkConfig:
     if network.prefixlen > MIN_NETWORK_PREFIX:
         raise ConfigError("Network", f"{network} is too small; it must be a "
                           f"/{MIN_NETWORK_PREFIX} or larger")
-    if obj.get("EnableIPv4") is False:
-        raise ConfigError("EnableIPv4", "IPv6-only networks are not supported by weft")
-    if obj.get("EnableIPv6"):
-        raise ConfigError("EnableIPv6", "IPv6 is not supported by weft")
 
     subnet_len = _int(obj, "SubnetLen") or default_subnet_len(network)
     lo, hi = network.prefixlen + 2, MAX_SUBNET_LEN
@@ -88,22 +125,77 @@ def check_network_config(obj: Mapping[str, Any]) -> NetworkConfig:
 
     first, last = ipnet.nth_subnet(network, subnet_len, 1), ipnet.nth_subnet(
         network, subnet_len, -1)
-    bounds: dict[str, ipaddress.IPv4Address] = {}
-    for name, default in (("SubnetMin", first.network_address),
-                          ("SubnetMax", last.network_address)):
-        addr = _address(obj, name)
+    smin, smax = _bounds(obj, "", network, subnet_len,
+                         (first.network_address, last.network_address), _address)
+    return network, subnet_len, smin, smax
+
+
+def _check_ipv6(obj: Mapping[str, Any]) -> tuple[ipaddress.IPv6Network, int,
+                                                   ipaddress.IPv6Address,
+                                                   ipaddress.IPv6Address]:
+    """flannel's IPv6 rules (CheckNetworkConfig's EnableIPv6 half)."""
+    raw_net = obj.get("IPv6Network")
+    if raw_net is None or raw_net == "":
+        raise ConfigError("IPv6Network", "missing while EnableIPv6 is true (e.g. "
+                          "\"fd00:10:244::/56\")")
+    if not isinstance(raw_net, str):
+        raise ConfigError("IPv6Network", f"{raw_net!r} is not a string")
+    try:
+        network = ipaddress.IPv6Network(raw_net, strict=False)
+    except ValueError as exc:
+        raise ConfigError("IPv6Network", f"{raw_net!r} is not an IPv6 network: "
+                          f"{exc}") from None
+    if network.prefixlen > MIN_IPV6_NETWORK_PREFIX:
+        raise ConfigError("IPv6Network", f"{network} is too small; it must be a "
+                          f"/{MIN_IPV6_NETWORK_PREFIX} or larger")
+    subnet_len = _int(obj, "IPv6SubnetLen") or default_ipv6_subnet_len(network)
+    lo, hi = network.prefixlen + 2, MAX_IPV6_SUBNET_LEN
+    if not lo <= subnet_len <= hi:
+        raise ConfigError("IPv6SubnetLen", f"{subnet_len} is out of range {lo}..{hi} for "
+                          f"IPv6Network {network} (it must leave at least four subnets "
+                          f"of at least four addresses)")
+    first, last = (ipnet.nth_subnet(network, subnet_len, 1),
+                   ipnet.nth_subnet(network, subnet_len, -1))
+    smin, smax = _bounds(obj, "IPv6", network, subnet_len,
+                         (first.network_address, last.network_address), _address6)
+    return network, subnet_len, smin, smax
+
+
+def _address6(obj: Mapping[str, Any], name: str) -> ipaddress.IPv6Address | None:
+    raw = obj.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        if not isinstance(raw, str):
+            raise TypeError(raw)
+        return ipaddress.IPv6Address(raw)
+    except (ValueError, TypeError):
+        raise ConfigError(name, f"{raw!r} is not an IPv6 address") from None
+
+
+def _bounds(obj: Mapping[str, Any], family: str,
+            network: ipaddress.IPv4Network | ipaddress.IPv6Network, subnet_len: int,
+            defaults: tuple[Addr, Addr], parse: Callable[[Mapping[str, Any], str], Addr | None]
+            ) -> tuple[Addr, Addr]:
+    """``<family>SubnetMin``/``Max``: given ones inside the network and aligned, Min ≤ Max."""
+    lo_name, hi_name = f"{family}SubnetMin", f"{family}SubnetMax"
+    found: list[Addr] = []
+    for name, default in zip((lo_name, hi_name), defaults, strict=True):
+        addr = parse(obj, name)
         if addr is None:
-            bounds[name] = default
+            found.append(default)
             continue
         if addr not in network:
-            raise ConfigError(name, f"{addr} is outside Network {network}")
+            raise ConfigError(name, f"{addr} is outside {family}Network {network}")
         if not ipnet.is_aligned(addr, subnet_len):
-            raise ConfigError(name, f"{addr} is not aligned to SubnetLen /{subnet_len}")
-        bounds[name] = addr
-    if bounds["SubnetMin"] > bounds["SubnetMax"]:
-        raise ConfigError("SubnetMin", f"{bounds['SubnetMin']} is above SubnetMax "
-                          f"{bounds['SubnetMax']}")
+            raise ConfigError(name, f"{addr} is not aligned to {family}SubnetLen /{subnet_len}")
+        found.append(addr)
+    if found[0] > found[1]:
+        raise ConfigError(lo_name, f"{found[0]} is above {hi_name} {found[1]}")
+    return found[0], found[1]
 
+
+def _check_backend(obj: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     backend = obj.get("Backend")
     if backend is None:
         backend = {"Type": DEFAULT_BACKEND}
@@ -116,8 +208,7 @@ def check_network_config(obj: Mapping[str, Any]) -> NetworkConfig:
     if btype not in BACKENDS:
         raise ConfigError("Backend.Type", f"unknown backend type {btype!r} (known: "
                           f"{', '.join(BACKENDS)})")
-    return NetworkConfig(network, subnet_len, bounds["SubnetMin"], bounds["SubnetMax"],
-                         btype, dict(backend))
+    return btype, dict(backend)
 
 
 def parse_network_config(data: bytes | str) -> NetworkConfig:
@@ -131,20 +222,48 @@ def parse_network_config(data: bytes | str) -> NetworkConfig:
     return check_network_config(obj)
 
 
+def check_daemon_support(config: NetworkConfig) -> None:
+    """What flanneld itself cannot run yet: IPv6 leases and data paths (issue 17).
+
+    The config is valid (``weftctl network set`` stores it, and flannel hosts use
+    it), but a weft flanneld joining an IPv6 cluster without its IPv6 half would
+    leave its containers unreachable over IPv6, so it waits instead.
+    """
+    if config.enable_ipv6:
+        raise ConfigError("EnableIPv6", "IPv6 and dual-stack networks are valid but "
+                          "weft's flanneld does not run them yet")
+
+
 def build_network_json(network: str, subnet_len: int | None = None,
                        backend: str = DEFAULT_BACKEND, vni: int | None = None,
                        port: int | None = None, direct_routing: bool = False,
-                       subnet_min: str | None = None, subnet_max: str | None = None
-                       ) -> dict[str, Any]:
-    """The JSON ``weftctl network set`` stores; validated before it is returned."""
-    obj: dict[str, Any] = {"Network": network}
+                       subnet_min: str | None = None, subnet_max: str | None = None,
+                       *, ipv6_network: str | None = None, ipv6_subnet_len: int | None = None,
+                       ipv4: bool = True) -> dict[str, Any]:
+    """The JSON ``weftctl network set`` stores; validated before it is returned.
+
+    ``network`` may be empty only with ``ipv4=False`` (flannel's IPv6-only
+    ``"EnableIPv4": false``); ``ipv6_network`` sets ``EnableIPv6`` and
+    ``IPv6Network`` as flannel's documentation writes a dual-stack config.
+    """
+    obj: dict[str, Any] = {}
+    if network:
+        obj["Network"] = network
+        _check_requested_network(network)
     if subnet_len:
         obj["SubnetLen"] = subnet_len
     if subnet_min:
         obj["SubnetMin"] = subnet_min
     if subnet_max:
         obj["SubnetMax"] = subnet_max
-    _check_requested_network(network)
+    if not ipv4:
+        obj["EnableIPv4"] = False
+    if ipv6_network:
+        obj["EnableIPv6"] = True
+        obj["IPv6Network"] = ipv6_network
+        _check_requested_network(ipv6_network, "IPv6Network")
+    if ipv6_subnet_len:
+        obj["IPv6SubnetLen"] = ipv6_subnet_len
     _check_backend_options(backend, vni, port, direct_routing)
     be: dict[str, Any] = {"Type": backend}
     if vni is not None:
@@ -158,14 +277,14 @@ def build_network_json(network: str, subnet_len: int | None = None,
     return obj
 
 
-def _check_requested_network(network: str) -> None:
+def _check_requested_network(network: str, name: str = "Network") -> None:
     """An operator's ``--network`` must be a network address: host bits are a typo."""
     try:
-        ipaddress.IPv4Network(network)
+        ipaddress.ip_network(network)
     except ValueError as exc:
         if "has host bits set" in str(exc):
-            fixed = ipaddress.IPv4Network(network, strict=False)
-            raise ConfigError("Network", f"{network} has host bits set (did you mean "
+            fixed = ipaddress.ip_network(network, strict=False)
+            raise ConfigError(name, f"{network} has host bits set (did you mean "
                               f"{fixed}?)") from None
         # anything else is check_network_config's to explain
 
@@ -202,6 +321,7 @@ class DaemonConfig:
     masq_interval: float = 5.0  # masquerade rule re-check (flannel: -iptables-resync, 5 s)
     masq_fully_random: bool = True  # flannel: off with -ip-masq-fully-random-disable
     blackhole_route: bool = False  # flannel: -ip-blackhole-route, drop own-subnet strays
+    ingress_members_only: bool = True  # -vxlan-ingress-members-only (overlay.ingress)
 
     def renew_interval(self) -> float:
         """Seconds between renewals: TTL - margin, or TTL/3 when the margin is not smaller.

@@ -36,7 +36,7 @@ import contextlib
 import ipaddress
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -46,17 +46,25 @@ from overlay.backend.base import (
     BackendConfigError,
     BackendError,
     ExternalInterface,
+    Measured,
     lease_backend_type,
 )
 from overlay.backend.plan import desired_blackholes
 from overlay.clock import Clock, SystemClock
-from overlay.config import ConfigError, DaemonConfig, NetworkConfig, parse_network_config
+from overlay.config import (
+    ConfigError,
+    DaemonConfig,
+    NetworkConfig,
+    check_daemon_support,
+    parse_network_config,
+)
 from overlay.errors import WeftError
 from overlay.health import HealthState
 from overlay.lease.allocator import NetworkFullError
 from overlay.lease.manager import AcquireError, LeaseLostError, LeaseManager
 from overlay.lease.model import EventKind, Lease, config_key, subnets_prefix
 from overlay.lease.watcher import Update, apply_watch_events, resync, table_from_listing
+from overlay.metrics import Family
 from overlay.service import sd_notify
 from overlay.store.api import CompactedError, Store, StoreError
 
@@ -79,6 +87,30 @@ class Masquerade(Protocol):
 
 
 MasqFactory = Callable[[NetworkConfig, Lease], Masquerade]
+
+
+class IngressGuard(Protocol):
+    """Members-only ingress on the backend's UDP port (overlay.ingress provides it)."""
+
+    async def update(self, members: Iterable[ipaddress.IPv4Address]) -> bool:
+        """Allow exactly ``members`` (installing the guard if needed); True if changed."""
+        ...
+
+    async def refresh(self) -> None:
+        """Restore the guard if it vanished; read its counters."""
+        ...
+
+    async def remove(self) -> bool:
+        """Take the guard away (exit, flag off)."""
+        ...
+
+    def families(self) -> Sequence[Family]:
+        """Its counters for /metrics."""
+        ...
+
+
+# network config -> the guard for its backend's port, or None (no tunnel: host-gw)
+IngressFactory = Callable[[NetworkConfig], IngressGuard | None]
 # (wanted blackhole routes, cluster network) -> error messages; overlay.backend.netlink
 BlackholeSync = Callable[[frozenset[ipaddress.IPv4Network], ipaddress.IPv4Network],
                          Awaitable[Sequence[str]]]
@@ -117,6 +149,7 @@ class Flanneld:
         clock: Clock | None = None,
         health: HealthState | None = None,
         blackhole: BlackholeSync | None = None,
+        ingress: IngressFactory | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -124,6 +157,8 @@ class Flanneld:
         self.backend_factory = backend_factory
         self.masq_factory = masq_factory
         self.blackhole = blackhole
+        self.ingress_factory = ingress
+        self._ingress: IngressGuard | None = None
         self._blackholes_clean = False  # flag off and no blackhole of ours left
         self.clock: Clock = clock or SystemClock()
         self.health = health or HealthState()
@@ -156,6 +191,8 @@ class Flanneld:
             data = await backend.prepare()
         except (BackendError, BackendConfigError) as exc:
             raise FatalError(f"the {backend.name} data path cannot start: {exc}") from exc
+        self._ingress = await self._make_ingress(config)
+        self.health.datapath_families = self._datapath_families
         own = await self._acquire(config, backend, data)
         self._state = _State(config, backend, own, data)
         try:
@@ -183,12 +220,54 @@ class Flanneld:
                 tg.create_task(self._config_watch(), name="config-watch")
                 if self.masq_factory is not None and self.cfg.ip_masq:
                     tg.create_task(self._masq_loop(), name="masq")
+                if self._ingress is not None:
+                    tg.create_task(self._ingress_loop(), name="ingress")
         finally:
+            if self._ingress is not None:
+                try:
+                    await self._ingress.remove()
+                except Exception as exc:  # boundary: exiting anyway; say why it stayed
+                    log.error("removing the ingress guard failed: %s", exc)
             # handles only: the lease, devices, routes and rules all stay for the next start
             try:
                 await backend.close()
             except Exception as exc:  # boundary: closing must not mask why we stop
                 log.debug("closing the data path: %s", exc)
+
+    def _datapath_families(self) -> list[Family]:
+        state = self._state
+        families: list[Family] = []
+        if state is not None and isinstance(state.backend, Measured):
+            families.extend(state.backend.metric_families())
+        if self._ingress is not None:
+            families.extend(self._ingress.families())
+        return families
+
+    async def _make_ingress(self, config: NetworkConfig) -> IngressGuard | None:
+        """The members-only guard, or None (no factory, no tunnel, flag off: then a
+        guard an earlier run left is removed)."""
+        if self.ingress_factory is None:
+            return None
+        guard = self.ingress_factory(config)
+        if guard is None:
+            return None
+        if not self.cfg.ingress_members_only:
+            try:
+                if await guard.remove():
+                    log.info("-vxlan-ingress-members-only=false: ingress guard removed")
+            except Exception as exc:  # boundary: e.g. no nft binary; nothing to clean then
+                log.debug("no ingress guard to clean up: %s", exc)
+            return None
+        return guard
+
+    async def _ingress_loop(self) -> None:
+        assert self._ingress is not None
+        while True:
+            await self.clock.sleep(self.cfg.masq_interval)
+            try:
+                await self._ingress.refresh()
+            except Exception as exc:  # boundary: a failed nft run must not kill the daemon
+                log.error("checking the ingress guard failed: %s", exc)
 
     async def _retry(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Run ``op`` until the store answers (backoff up to 5 s)."""
@@ -218,6 +297,7 @@ class Flanneld:
             if raw is not None:
                 try:
                     config = parse_network_config(raw)
+                    check_daemon_support(config)
                     backend = self.backend_factory(config, self.ext)
                     if last_problem is not None:
                         log.info("network config is now valid: %s", config.network)
@@ -400,6 +480,12 @@ class Flanneld:
         async with self._reconcile_lock:
             await self._sync_blackhole(why)
             peers = self.peers()
+            if self._ingress is not None:  # before the routes: no blackout on join
+                try:
+                    await self._ingress.update(p.public_ip for p in peers)
+                except Exception as exc:  # boundary: nft failing must not stop the overlay
+                    log.error("updating the ingress members failed (retried on the next "
+                              "reconcile): %s", exc)
             try:
                 report = await state.backend.reconcile(peers)
             except BackendError as exc:

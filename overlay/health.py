@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from overlay import metrics
@@ -37,6 +38,8 @@ class HealthState:
     lease_acquisitions_total: int = 0
     malformed_leases_total: int = 0
     watch_resyncs_total: int = 0
+    # more families scraped from the data path (e.g. the udp forwarder's counters)
+    datapath_families: Callable[[], Sequence[metrics.Family]] | None = None
 
     @property
     def ready(self) -> bool:
@@ -68,6 +71,8 @@ def render_metrics(state: HealthState) -> str:
         name, help_text, getattr(state, attr)) for name, kind, help_text, attr in _METRICS]
     families.append(metrics.gauge(
         "weft_ready", "1 when lease, data path and subnet.env are in place.", int(state.ready)))
+    if state.datapath_families is not None:
+        families.extend(state.datapath_families())
     return metrics.render(families)
 
 

@@ -6,6 +6,12 @@ interface routing to ``-iface-can-reach``, else the interface of the default
 route. ``-public-ip`` overrides the advertised
 address (NAT); without it the interface's first IPv4 address is advertised.
 
+IPv6 (flannel's dual-stack lookup): an ``-iface`` may also be an IPv6 address,
+which picks the interface holding it; the interface's IPv6 address is that one
+or else its first global one (link-local and other scopes are never advertised),
+and ``-public-ipv6`` overrides what is advertised as PublicIPv6. The IPv4 address
+is still required (weft's flanneld does not run IPv6-only hosts yet).
+
 ``choose`` is pure over ``Interface`` records; ``read_interfaces`` and
 ``default_route_interface`` read them from ``ip -j`` in the current network
 namespace (flanneld runs inside the host's namespace).
@@ -35,6 +41,7 @@ class Interface:
     mtu: int
     addresses: tuple[ipaddress.IPv4Address, ...]
     up: bool = True
+    addresses6: tuple[ipaddress.IPv6Address, ...] = ()  # global scope only
 
 
 def choose(
@@ -43,15 +50,17 @@ def choose(
     iface: Sequence[str] = (),
     iface_regex: Sequence[str] = (),
     public_ip: ipaddress.IPv4Address | None = None,
+    public_ipv6: ipaddress.IPv6Address | None = None,
 ) -> ExternalInterface:
     """The external interface by flannel's rules; ``InterfaceError`` names what failed."""
     by_name = {i.name: i for i in interfaces}
     chosen: Interface | None = None
     ip: ipaddress.IPv4Address | None = None
+    ip6: ipaddress.IPv6Address | None = None
     if iface:
         for spec in iface:
             try:
-                want = ipaddress.IPv4Address(spec)
+                want = ipaddress.ip_address(spec)
             except ValueError:
                 cand = by_name.get(spec)
                 if cand is not None and cand.addresses:
@@ -59,7 +68,11 @@ def choose(
                     break
                 continue
             for cand in interfaces:
-                if want in cand.addresses:
+                if isinstance(want, ipaddress.IPv6Address):
+                    if want in cand.addresses6 and cand.addresses:
+                        chosen, ip, ip6 = cand, cand.addresses[0], want
+                        break
+                elif want in cand.addresses:
                     chosen, ip = cand, want
                     break
             if chosen:
@@ -97,17 +110,23 @@ def choose(
             raise InterfaceError(f"default-route interface {default_dev} has no IPv4 address")
         ip = chosen.addresses[0]
     assert ip is not None
-    return ExternalInterface(chosen.name, chosen.index, ip, public_ip or ip, chosen.mtu)
+    if ip6 is None and chosen.addresses6:
+        ip6 = chosen.addresses6[0]
+    return ExternalInterface(chosen.name, chosen.index, ip, public_ip or ip, chosen.mtu,
+                             ip6, public_ipv6 or ip6)
 
 
 def parse_ip_addr_json(text: str) -> list[Interface]:
-    """``ip -j addr show`` output as ``Interface`` records (IPv4 addresses only)."""
+    """``ip -j addr show`` output as ``Interface`` records (IPv4 + global IPv6 addresses)."""
     out: list[Interface] = []
     for link in json.loads(text or "[]"):
         addrs = tuple(ipaddress.IPv4Address(a["local"]) for a in link.get("addr_info", ())
                       if a.get("family") == "inet" and "local" in a)
+        addrs6 = tuple(ipaddress.IPv6Address(a["local"]) for a in link.get("addr_info", ())
+                       if a.get("family") == "inet6" and "local" in a
+                       and a.get("scope") == "global")
         out.append(Interface(link["ifname"], int(link["ifindex"]), int(link.get("mtu", 1500)),
-                             addrs, "UP" in link.get("flags", ())))
+                             addrs, "UP" in link.get("flags", ()), addrs6))
     return out
 
 
@@ -143,7 +162,8 @@ def route_interface(dest: ipaddress.IPv4Address) -> str | None:
 
 def discover(iface: Sequence[str] = (), iface_regex: Sequence[str] = (),
              public_ip: ipaddress.IPv4Address | None = None,
-             can_reach: ipaddress.IPv4Address | None = None) -> ExternalInterface:
+             can_reach: ipaddress.IPv4Address | None = None,
+             public_ipv6: ipaddress.IPv6Address | None = None) -> ExternalInterface:
     """Read this namespace's interfaces and choose (the shell around ``choose``).
 
     Without -iface/-iface-regex the interface is the one routing to ``can_reach``
@@ -157,4 +177,4 @@ def discover(iface: Sequence[str] = (), iface_regex: Sequence[str] = (),
                 raise InterfaceError(f"-iface-can-reach {can_reach}: no route to it")
         else:
             default_dev = default_route_interface()
-    return choose(read_interfaces(), default_dev, iface, iface_regex, public_ip)
+    return choose(read_interfaces(), default_dev, iface, iface_regex, public_ip, public_ipv6)

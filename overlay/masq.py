@@ -77,6 +77,23 @@ def render(network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network,
     ])
 
 
+async def run_nft(nft: Sequence[str], args: Sequence[str], stdin: str | None = None,
+                  check: bool = True) -> tuple[int, str]:
+    """Run ``nft`` (a command prefix) with ``args``: (exit status, stdout); raises
+    ``MasqError`` when it cannot run or, with ``check``, fails."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *nft, *args, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    except OSError as exc:  # nft not installed, not executable
+        raise MasqError(" ".join(args), -1, f"cannot run {nft[0]}: {exc}") from None
+    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    rc = proc.returncode or 0
+    if check and rc != 0:
+        raise MasqError(" ".join(args), rc, err.decode(errors="replace"))
+    return rc, out.decode(errors="replace")
+
+
 @dataclass
 class Masquerade:
     """weft's nftables table for one (network, own subnet), applied with ``nft``.
@@ -98,17 +115,7 @@ class Masquerade:
 
     async def _nft(self, args: Sequence[str], stdin: str | None = None,
                    check: bool = True) -> tuple[int, str]:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.nft, *args, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        except OSError as exc:  # nft not installed, not executable
-            raise MasqError(" ".join(args), -1, f"cannot run {self.nft[0]}: {exc}") from None
-        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
-        rc = proc.returncode or 0
-        if check and rc != 0:
-            raise MasqError(" ".join(args), rc, err.decode(errors="replace"))
-        return rc, out.decode(errors="replace")
+        return await run_nft(self.nft, args, stdin, check)
 
     async def listing(self) -> str | None:
         """The live table as ``nft list`` prints it; None when it does not exist."""

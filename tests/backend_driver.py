@@ -22,11 +22,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from overlay import metrics
 from overlay.backend.base import (
     DEFAULT_BACKEND,
     Backend,
     BackendConfigError,
     BackendError,
+    Measured,
     lease_backend_type,
 )
 from overlay.backend.registry import BACKEND_TYPES, make_backend
@@ -65,6 +67,9 @@ async def _serve(backend: Backend) -> int:
             elif op == "reconcile":
                 peers = [lease_from_json(p) for p in req.get("peers", [])]
                 reply = {"ok": True, "report": _report_json(await backend.reconcile(peers))}
+            elif op == "metrics":
+                families = backend.metric_families() if isinstance(backend, Measured) else []
+                reply = {"ok": True, "text": metrics.render(families)}
             elif op == "close":
                 await backend.close()
                 sys.stdout.write(json.dumps({"ok": True}) + "\n")

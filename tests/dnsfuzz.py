@@ -38,10 +38,12 @@ class Dnsd:
     prefix: str
     domain: str
     log: Path
+    host: str = "127.0.0.1"  # the -addr host (the metrics port listens there too)
 
     def http(self, path: str) -> tuple[int, str]:
+        host = f"[{self.host}]" if ":" in self.host else self.host
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}",
+            with urllib.request.urlopen(f"http://{host}:{self.metrics_port}{path}",
                                         timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
@@ -58,19 +60,21 @@ class Dnsd:
 @contextlib.contextmanager
 def run_dnsd(endpoint: str, tmp: Path, *extra: str, domain: str = "skydns.local.",
              wait_ready: bool = True, env: dict[str, str] | None = None,
-             log_path: Path | None = None) -> Iterator[Dnsd]:
-    """The real daemon on free loopback ports with its own key prefix."""
+             log_path: Path | None = None, host: str = "127.0.0.1") -> Iterator[Dnsd]:
+    """The real daemon on free loopback ports with its own key prefix (``host`` "::1":
+    listening on IPv6 loopback)."""
     port = free_port()
     mport = free_port()
     prefix = f"/skydns-test-{uuid.uuid4().hex[:8]}"
     log = log_path or tmp / f"dnsd-{port}.log"
-    argv = [str(ROOT / ".venv/bin/dnsd"), f"-addr=127.0.0.1:{port}", "-etcd-endpoints",
+    bracketed = f"[{host}]" if ":" in host else host
+    argv = [str(ROOT / ".venv/bin/dnsd"), f"-addr={bracketed}:{port}", "-etcd-endpoints",
             endpoint, "-path-prefix", prefix, "-domain", domain, "-metrics-port", str(mport),
             *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 env=None if env is None else {**os.environ, **env})
-    d = Dnsd(proc, port, mport, prefix, domain, log)
+    d = Dnsd(proc, port, mport, prefix, domain, log, host)
     try:
         if wait_ready:
             deadline = time.monotonic() + 20

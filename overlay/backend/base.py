@@ -33,12 +33,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from overlay.errors import BackendError as BackendError  # the data path's root error
 from overlay.errors import ConfigError
 from overlay.lease.model import Lease
 from overlay.lease.network import DEFAULT_BACKEND as DEFAULT_BACKEND
+from overlay.metrics import Family
 
 
 class BackendConfigError(ConfigError):
@@ -57,6 +58,8 @@ class ExternalInterface:
     ip: ipaddress.IPv4Address  # address on the interface
     public_ip: ipaddress.IPv4Address  # advertised (``-public-ip``, defaults to ``ip``)
     mtu: int
+    ip6: ipaddress.IPv6Address | None = None  # the interface's first global IPv6 address
+    public_ip6: ipaddress.IPv6Address | None = None  # ``-public-ipv6``, defaults to ``ip6``
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,13 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Release sockets/handles; leaves kernel state in place."""
         ...
+
+
+@runtime_checkable
+class Measured(Protocol):
+    """A backend that exports data-path counters (flanneld's ``/metrics`` renders them)."""
+
+    def metric_families(self) -> Sequence[Family]: ...
 
 
 BackendFactory = Callable[[Mapping[str, Any], ExternalInterface], Backend]

@@ -9,7 +9,7 @@ parsed by its own module's ``parse_config`` (flannel's names):
 * ``vxlan``: ``VNI`` (1, 1..16777215), ``Port`` (0 = 8472), ``Learning`` (false),
   ``DirectRouting`` (false), ``MTU`` (underlay MTU override), ``GBP`` (only false).
 * ``host-gw``: no fields.
-* ``udp``: ``Port`` (8285).
+* ``udp``: ``Port`` (8285), weft's ``Encryption`` (``{"KeyFile": PATH or [PATH, PATH]}``).
 
 The line-driven test harness that drives one backend in a namespace is
 ``tests/backend_driver.py``.

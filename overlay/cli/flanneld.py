@@ -29,7 +29,7 @@ from overlay.config import (
     DaemonConfig,
     NetworkConfig,
 )
-from overlay.daemon import BlackholeSync, Masquerade
+from overlay.daemon import BlackholeSync, IngressGuard, Masquerade
 from overlay.flags import (
     FlagParser,
     StoreFlagEnv,
@@ -70,6 +70,9 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           "-iface nor -iface-regex is given)", metavar="IP")
     p.add("public-ip", "IP address other hosts reach this one at (NAT) [default: the "
           "interface's address]", metavar="IP")
+    p.add("public-ipv6", "IPv6 address other hosts reach this one at, advertised as the "
+          "lease's PublicIPv6 in dual-stack networks [default: the interface's first global "
+          "IPv6 address]", metavar="IP6")
     p.add("subnet-file", "file the leased subnet is written to", default=str(DEFAULT_SUBNET_FILE),
           metavar="PATH")
     p.add_bool("ip-masq", "masquerade traffic leaving the overlay network (nftables)")
@@ -78,6 +81,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add_bool("ip-blackhole-route", "add a blackhole route for this host's subnet, so "
                "traffic to its addresses no container holds is dropped here instead of "
                "following the default route (the bridge's own route still wins)")
+    p.add_bool("vxlan-ingress-members-only", "drop VXLAN/udp datagrams to the backend's port "
+               "from any address that holds no lease (nftables table ip weft_ingress; "
+               "vxlan and udp backends); =false turns it off and removes the table",
+               default=True)
     p.add("iptables-resync", "seconds between checks that the masquerade rules are intact "
           "(kept under flannel's name)", default=5, type=int, metavar="SECONDS")
     p.add("subnet-lease-renew-margin", "renew the lease this many minutes before it expires "
@@ -125,7 +132,6 @@ _KLOG = "klog's; weft's log detail is set by -v alone"
 # (name, why, boolean). Accepted so a flannel unit's ExecStart or a DaemonSet's args
 # start weft unchanged; named in one warning at start-up.
 FLANNEL_IGNORED: tuple[tuple[str, str, bool], ...] = (
-    ("public-ipv6", "weft's overlay is IPv4-only", False),
     ("iptables-forward-rules", "weft adds no rules to iptables' FORWARD chain (its "
      "nftables table's forward-accept chain, installed with -ip-masq, cannot override "
      "a FORWARD drop policy such as Docker's)", True),
@@ -184,6 +190,11 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
                 ipaddress.IPv4Address(value)
             except ValueError:
                 parser.error(f"-{flag.replace('_', '-')} {value!r}: not an IPv4 address")
+    if args.public_ipv6:
+        try:
+            ipaddress.IPv6Address(args.public_ipv6)
+        except ValueError:
+            parser.error(f"-public-ipv6 {args.public_ipv6!r}: not an IPv6 address")
     try:
         store_cfg = store_config(args, FLANNELD_ENV)
     except ValueError as exc:
@@ -195,6 +206,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         masq_interval=float(args.iptables_resync),
         masq_fully_random=not args.ip_masq_fully_random_disable,
         blackhole_route=bool(args.ip_blackhole_route),
+        ingress_members_only=bool(args.vxlan_ingress_members_only),
         lease_ttl=args.subnet_lease_ttl,
         renew_margin=args.subnet_lease_renew_margin,
         healthz_ip=args.healthz_ip,
@@ -209,6 +221,19 @@ def make_backend(config: NetworkConfig, ext: ExternalInterface) -> Backend:
     from overlay.backend.registry import make_backend as from_registry  # pyroute2: load late
 
     return from_registry(config.backend_type, config.backend, ext, network=config.network)
+
+
+def ingress_factory(config: NetworkConfig) -> IngressGuard | None:
+    """The members-only guard on the tunnel backend's UDP port (overlay.ingress);
+    None for host-gw, which has no tunnel."""
+    from overlay.backend.registry import parse_backend
+    from overlay.ingress import MembersOnly
+
+    settings = parse_backend(config.backend_type, config.backend)
+    port = getattr(settings, "port", None)
+    if not isinstance(port, int) or not port:
+        return None
+    return MembersOnly(config.backend_type or "vxlan", port)
 
 
 def masq_factory(cfg: DaemonConfig) -> Callable[[NetworkConfig, Lease], Masquerade]:
@@ -267,7 +292,7 @@ async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterfac
     try:
         async with blackhole_sync() as blackhole:
             daemon = Flanneld(cfg, store, ext, make_backend, masq_factory(cfg),
-                              health=health, blackhole=blackhole)
+                              health=health, blackhole=blackhole, ingress=ingress_factory)
             await daemon.run()
     finally:
         if server is not None:
@@ -291,12 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ext = discover(args.iface or (), args.iface_regex or (),
                        ipaddress.IPv4Address(args.public_ip) if args.public_ip else None,
                        ipaddress.IPv4Address(args.iface_can_reach) if args.iface_can_reach
-                       else None)
+                       else None,
+                       ipaddress.IPv6Address(args.public_ipv6) if args.public_ipv6 else None)
     except InterfaceError as exc:
         log.error("cannot choose the external interface: %s", exc)
         return 1
     log.info("using interface %s (%s), public IP %s, MTU %d", ext.name, ext.ip, ext.public_ip,
              ext.mtu)
+    if ext.public_ip6 is not None:
+        log.info("public IPv6 %s (advertised in dual-stack networks)", ext.public_ip6)
     return run_until_signalled(amain(cfg, store_cfg, ext))
 
 

@@ -62,10 +62,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     net = subparsers.add_parser("network", help="set or show the overlay network config")
     nsub = net.add_subparsers(dest="network_command", metavar="ACTION")
     s = nsub.add_parser("set", help="write the network config (flannel JSON)")
-    s.add_argument("--network", required=True, help="cluster CIDR, e.g. 10.244.0.0/16")
+    s.add_argument("--network", default="", help="cluster CIDR, e.g. 10.244.0.0/16 "
+                   "(required unless --no-ipv4)")
     s.add_argument("--subnet-len", type=int, help="host subnet length [24 for /22 or larger]")
     s.add_argument("--subnet-min", help="first subnet to hand out [the second one]")
     s.add_argument("--subnet-max", help="last subnet to hand out [the last one]")
+    s.add_argument("--ipv6-network", help="IPv6 cluster CIDR, e.g. fd00:10:244::/56: "
+                   "dual-stack (flannel's EnableIPv6 + IPv6Network)")
+    s.add_argument("--ipv6-subnet-len", type=int,
+                   help="IPv6 host subnet length [64 for /62 or larger, else prefix + 2]")
+    s.add_argument("--no-ipv4", action="store_true",
+                   help="IPv6-only (flannel's \"EnableIPv4\": false); needs --ipv6-network")
     s.add_argument("--backend", default="vxlan", choices=tuple(BACKENDS),
                    help="data path [vxlan, flannel's documented default]")
     s.add_argument("--vni", type=int, help="VXLAN network identifier [1]")
@@ -129,7 +136,8 @@ def cmd_set(args: argparse.Namespace) -> int:
     try:
         obj = build_network_json(args.network, args.subnet_len, args.backend, args.vni,
                                  args.port, args.direct_routing, args.subnet_min,
-                                 args.subnet_max)
+                                 args.subnet_max, ipv6_network=args.ipv6_network,
+                                 ipv6_subnet_len=args.ipv6_subnet_len, ipv4=not args.no_ipv4)
     except ConfigError as exc:
         sys.stderr.write(f"weftctl network set: {exc}\n")
         return 2
@@ -273,6 +281,12 @@ def docker_opts(env: dict[str, str], individual: bool, combined: bool, key: str,
     if not no_masq and env.get("FLANNEL_IPMASQ"):
         flannel_masq = env["FLANNEL_IPMASQ"].strip().lower() == "true"
         opts.append(("DOCKER_OPT_IPMASQ", f"--ip-masq={'false' if flannel_masq else 'true'}"))
+    if env.get("FLANNEL_IPV6_SUBNET"):  # weft's addition (flannel's script has no IPv6)
+        try:
+            fixed = str(ipaddress.IPv6Interface(env["FLANNEL_IPV6_SUBNET"]).network)
+        except ValueError:
+            fixed = env["FLANNEL_IPV6_SUBNET"]  # passed on as written; dockerd says why
+        opts.append(("DOCKER_OPT_IPV6", f"--ipv6 --fixed-cidr-v6={fixed}"))
     if env.get("FLANNEL_MTU"):
         opts.append(("DOCKER_OPT_MTU", f"--mtu={env['FLANNEL_MTU']}"))
     out: list[str] = []
@@ -291,7 +305,7 @@ def cmd_docker_opts(args: argparse.Namespace, stdout: TextIO | None = None) -> i
         sys.stderr.write(f"weftctl docker-opts: {path}: {exc.strerror}\n")
         return 1
     env = subnetfile.parse_vars(text)
-    if "FLANNEL_SUBNET" not in env:
+    if "FLANNEL_SUBNET" not in env and "FLANNEL_IPV6_SUBNET" not in env:
         sys.stderr.write(f"weftctl docker-opts: {path}: FLANNEL_SUBNET is missing\n")
         return 1
     content = docker_opts(env, args.individual, args.combined, args.key, args.no_masq)

@@ -9,6 +9,12 @@
 3. **Random**: scanning from SubnetMin, the first ``CANDIDATES`` free subnets
    are collected and one is picked with the injected ``random.Random``.
 
+With IPv6 enabled (flannel's allocateSubnet) the same order picks the IPv6
+subnet too: a reused lease must fit in both families (``fits6``), a previous pair
+is taken only when both halves fit and are free, and a random pick draws each
+family from its own first ``CANDIDATES`` free subnets. In an IPv6-only network
+the IPv4 half is flannel's zero 0.0.0.0/0 and a host is known by its PublicIPv6.
+
 No subnet left raises ``NetworkFullError``. The function never touches the
 store: the caller creates the key with a create-if-absent transaction and calls
 again (with the fresh listing) when it loses a race.
@@ -33,11 +39,16 @@ CANDIDATES = 100  # flannel picks at random among the first 100 free subnets
 class NetworkFullError(LeaseError, RuntimeError):
     """No free subnet is left between SubnetMin and SubnetMax."""
 
-    def __init__(self, config: NetworkConfig, taken: int) -> None:
+    def __init__(self, config: NetworkConfig, taken: int, ipv6: bool = False) -> None:
         super().__init__(
             f"network full: no free /{config.subnet_len} left in {config.network} between "
-            f"{config.subnet_min} and {config.subnet_max} ({taken} leased)")
-        self.network = config.network
+            f"{config.subnet_min} and {config.subnet_max} ({taken} leased)"
+            if not ipv6 else
+            f"network full: no free /{config.ipv6_subnet_len} left in IPv6Network "
+            f"{config.ipv6_network} between {config.ipv6_subnet_min} and "
+            f"{config.ipv6_subnet_max} ({taken} leased)")
+        self.network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = (
+            config.ipv6_network if ipv6 else config.network)
         self.taken = taken
 
 
@@ -53,6 +64,7 @@ class Choice:
     reason: Reason
     existing: Lease | None = None  # REUSED: the lease to re-put (compare on its revision)
     stale: tuple[Lease, ...] = ()  # leases with our PublicIP that no longer fit: delete
+    subnet6: ipaddress.IPv6Network | None = None  # the IPv6 half when IPv6 is enabled
 
 
 def choose_subnet(
@@ -62,36 +74,86 @@ def choose_subnet(
     rng: random.Random,
     previous: ipaddress.IPv4Network | None = None,
     avoid: Collection[ipaddress.IPv4Network] = (),
+    *,
+    public_ipv6: ipaddress.IPv6Address | None = None,
+    previous6: ipaddress.IPv6Network | None = None,
+    avoid6: Collection[ipaddress.IPv6Network] = (),
 ) -> Choice:
-    """Pick our subnet from the current leases (see the module docstring).
+    """Pick our subnet(s) from the current leases (see the module docstring).
 
-    ``avoid`` lists subnets not to pick at random or as previous even if they look
-    free (e.g. one we just lost a race for and whose winner is not listed yet).
+    ``avoid``/``avoid6`` list subnets not to pick at random or as previous even if
+    they look free (e.g. one we just lost a race for and whose winner is not listed
+    yet).
     """
     leases = list(leases)
-    mine = [le for le in leases if le.public_ip == public_ip]
-    stale = tuple(le for le in mine if not config.fits(le.subnet))
-    fitting = sorted((le for le in mine if config.fits(le.subnet)),
-                     key=lambda le: int(le.subnet.network_address))
+    if config.enable_ipv4:
+        mine = [le for le in leases if le.public_ip == public_ip]
+    else:  # IPv6-only: every PublicIP is 0.0.0.0, the host is its PublicIPv6
+        mine = [le for le in leases if public_ipv6 is not None
+                and le.public_ipv6 == public_ipv6]
+
+    def fits(le: Lease) -> bool:
+        return (not config.enable_ipv4 or config.fits(le.subnet)) and config.fits6(
+            le.ipv6_subnet)
+
+    stale = tuple(le for le in mine if not fits(le))
+    fitting = sorted((le for le in mine if fits(le)),
+                     key=lambda le: (int(le.subnet.network_address),
+                                     int(le.ipv6_subnet.network_address)
+                                     if le.ipv6_subnet is not None else 0))
     if fitting:
         # Several leases with our IP (e.g. left by a crashed twin): keep the first,
         # the others are ours too and only waste space, so they go as stale.
         keep = fitting[0]
-        return Choice(keep.subnet, Reason.REUSED, keep, stale + tuple(fitting[1:]))
-    taken = {le.subnet for le in leases} | set(avoid)
-    if previous is not None and config.fits(previous) and previous not in taken:
-        return Choice(previous, Reason.PREVIOUS, None, stale)
-    odd = _odd(taken, config)
-    free: list[ipaddress.IPv4Network] = []
-    for subnet in ipnet.subnets_between(config.subnet_min, config.subnet_max,
-                                        config.subnet_len):
-        if subnet not in taken and not any(subnet.overlaps(t) for t in odd):
-            free.append(subnet)
+        return Choice(keep.subnet, Reason.REUSED, keep, stale + tuple(fitting[1:]),
+                      keep.ipv6_subnet)
+    # 0.0.0.0/0 is an IPv6-only lease's zero IPv4 half, not an IPv4 subnet in use
+    taken = {le.subnet for le in leases if le.subnet.prefixlen} | {
+        a for a in avoid if a.prefixlen}
+    taken6 = {le.ipv6_subnet for le in leases if le.ipv6_subnet is not None} | set(avoid6)
+    prev_ok = (not config.enable_ipv4
+               or (previous is not None and config.fits(previous) and previous not in taken))
+    prev6_ok = not config.enable_ipv6 or (config.fits6(previous6) and previous6 not in taken6)
+    if (previous is not None or previous6 is not None) and prev_ok and prev6_ok:
+        return Choice(previous if config.enable_ipv4 and previous is not None
+                      else config.network, Reason.PREVIOUS, None, stale,
+                      previous6 if config.enable_ipv6 else None)
+    subnet = config.network  # IPv6-only: flannel's zero IPv4 half
+    if config.enable_ipv4:
+        odd = _odd(taken, config)
+        free: list[ipaddress.IPv4Network] = []
+        for cand in ipnet.subnets_between(config.subnet_min, config.subnet_max,
+                                          config.subnet_len):
+            if cand not in taken and not any(cand.overlaps(t) for t in odd):
+                free.append(cand)
+                if len(free) >= CANDIDATES:
+                    break
+        if not free:
+            raise NetworkFullError(config, len(leases))
+        subnet = rng.choice(free)
+    subnet6 = choose_subnet6(config, taken6, rng, len(leases)) if config.enable_ipv6 else None
+    return Choice(subnet, Reason.RANDOM, None, stale, subnet6)
+
+
+def choose_subnet6(config: NetworkConfig, taken: Collection[ipaddress.IPv6Network],
+                   rng: random.Random, leased: int = 0) -> ipaddress.IPv6Network:
+    """A random IPv6 subnet among the first ``CANDIDATES`` free ones (flannel's scan).
+
+    Taken subnets of another length (an older IPv6SubnetLen) block what they overlap.
+    """
+    net6, smin, smax = config.ipv6_network, config.ipv6_subnet_min, config.ipv6_subnet_max
+    if net6 is None or smin is None or smax is None:
+        raise ValueError("choose_subnet6 needs a config with IPv6 enabled")
+    odd = [t for t in taken if t.prefixlen != config.ipv6_subnet_len]
+    free: list[ipaddress.IPv6Network] = []
+    for cand in ipnet.subnets_between6(smin, smax, config.ipv6_subnet_len):
+        if cand not in taken and not any(cand.overlaps(t) for t in odd):
+            free.append(cand)
             if len(free) >= CANDIDATES:
                 break
     if not free:
-        raise NetworkFullError(config, len(leases))
-    return Choice(rng.choice(free), Reason.RANDOM, None, stale)
+        raise NetworkFullError(config, leased, ipv6=True)
+    return rng.choice(free)
 
 
 def _odd(taken: set[ipaddress.IPv4Network], config: NetworkConfig

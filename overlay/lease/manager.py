@@ -34,8 +34,8 @@ from overlay.lease.model import (
     config_key,
     decode_lease,
     encode_lease,
-    parse_subnet_key,
-    subnet_key,
+    lease_key,
+    parse_subnet_keys,
     subnets_prefix,
 )
 from overlay.lease.network import NetworkConfig
@@ -92,38 +92,60 @@ class LeaseManager:
         backend_type: str,
         backend_data: Mapping[str, Any],
         previous: ipaddress.IPv4Network | None = None,
+        *,
+        public_ipv6: ipaddress.IPv6Address | None = None,
+        backend_v6_data: Mapping[str, Any] | None = None,
+        previous6: ipaddress.IPv6Network | None = None,
     ) -> Acquired:
-        """Hold a subnet (see the module docstring); ``NetworkFullError`` if none is left."""
+        """Hold a subnet (see the module docstring); ``NetworkFullError`` if none is left.
+
+        With IPv6 enabled in ``config`` the lease also holds an IPv6 subnet and is
+        keyed by both (flannel's dual-stack key); a lost race avoids both halves.
+        """
         lost: set[ipaddress.IPv4Network] = set()
+        lost6: set[ipaddress.IPv6Network] = set()
         for _ in range(MAX_ATTEMPTS):
             listing = await self.list()
             table = table_from_listing(listing.items)
-            # keys whose values are malformed still occupy their subnet
-            occupied = set(lost)
+            # keys whose values are malformed still occupy their subnet(s)
+            occupied, occupied6 = set(lost), set(lost6)
             for kv in listing.items:
                 with contextlib.suppress(LeaseFormatError):
-                    occupied.add(parse_subnet_key(kv.key.decode("utf-8", "replace")))
-            choice = choose_subnet(config, table.table.values(), public_ip, self.rng,
-                                   previous, occupied - set(table.table))
+                    sn4, sn6 = parse_subnet_keys(kv.key.decode("utf-8", "replace"))
+                    occupied.add(sn4)
+                    if sn6 is not None:
+                        occupied6.add(sn6)
+            leases = list(table.table.values())
+            choice = choose_subnet(
+                config, leases, public_ip, self.rng, previous, occupied - set(table.table),
+                public_ipv6=public_ipv6, previous6=previous6,
+                avoid6=occupied6 - {le.ipv6_subnet for le in leases})
             await self._delete_stale(choice)
-            lease = Lease(choice.subnet, public_ip, backend_type, dict(backend_data))
+            lease = Lease(choice.subnet, public_ip, backend_type, dict(backend_data),
+                          ipv6_subnet=choice.subnet6, public_ipv6=public_ipv6,
+                          backend_v6_data=dict(backend_v6_data or {}))
             got = await self._write(choice, lease)
             if got is not None:
                 return Acquired(got, choice.reason)
-            log.info("lost the race for %s to another host; choosing again", choice.subnet)
-            lost.add(choice.subnet)
+            log.info("lost the race for %s to another host; choosing again",
+                     lease_key("", lease).rsplit("/", 1)[-1])
+            if config.enable_ipv4:
+                lost.add(choice.subnet)
+            if choice.subnet6 is not None:
+                lost6.add(choice.subnet6)
             previous = None if previous == choice.subnet else previous
+            previous6 = None if previous6 == choice.subnet6 else previous6
         raise AcquireError(f"no subnet could be written after {MAX_ATTEMPTS} attempts")
 
     async def _delete_stale(self, choice: Choice) -> None:
         for stale in choice.stale:
-            key = subnet_key(self.prefix, stale.subnet).encode()
+            key = lease_key(self.prefix, stale).encode()
             log.info("deleting lease %s with our PublicIP: it no longer fits the config",
                      stale.subnet)
             await self.store.delete(key)
 
     async def _write(self, choice: Choice, lease: Lease) -> Lease | None:
-        key = subnet_key(self.prefix, lease.subnet).encode()
+        key = lease_key(self.prefix, lease).encode()
         value = encode_lease(lease)
         lease_id = await self.store.grant(self.ttl)
         if choice.existing is not None:
@@ -148,7 +170,7 @@ class LeaseManager:
             raise LeaseLostError(own.subnet, "its etcd lease expired or was revoked") from None
         if ttl <= 0:
             raise LeaseLostError(own.subnet, "its etcd lease expired")
-        self.check_key(own, await self.store.get(subnet_key(self.prefix, own.subnet).encode()))
+        self.check_key(own, await self.store.get(lease_key(self.prefix, own).encode()))
         return ttl
 
     def check_key(self, own: Lease, kv: KeyValue | None) -> None:

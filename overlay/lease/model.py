@@ -4,11 +4,18 @@ Key:   ``<prefix>/subnets/10.244.3.0-24``
 Value: ``{"PublicIP":"198.18.0.11","PublicIPv6":null,"BackendType":"vxlan",
          "BackendData":{"VNI":1,"VtepMAC":"0e:…"}}``
 
+Dual-stack (flannel's MakeSubnetKey with an IPv6 subnet) keys the lease by both
+subnets, the IPv6 one as Go prints it (RFC 5952, lowercase, ``::``):
+``<prefix>/subnets/10.244.3.0-24&fd00:10:244:3::-64``, and the value gains
+``"PublicIPv6":"fd00::11"`` and ``"BackendV6Data":{…}`` (omitted when empty, as
+flannel's ``omitempty``). IPv6-only leases keep flannel's zero IPv4 half:
+``0.0.0.0-0&fd00:10:244:3::-64`` with ``"PublicIP":"0.0.0.0"``.
+
 ``encode_lease`` emits flannel's field order and spacing-free JSON so a flannel
 host reading our value (and vice versa) sees exactly what it would write itself.
 Decoding is strict about what routing depends on (PublicIP must be an IPv4
-address) and lenient about everything else (unknown fields, such as
-``PublicIPv6``, are ignored).
+address, PublicIPv6 null or an IPv6 address) and lenient about everything else
+(unknown fields are ignored).
 """
 
 from __future__ import annotations
@@ -44,11 +51,24 @@ class Lease:
     # bookkeeping from the store, not part of the JSON value
     lease_id: int = 0  # etcd lease (0 = none / unknown)
     mod_revision: int = 0
+    # IPv6 half (flannel's IPv6Subnet, PublicIPv6, BackendV6Data); None/empty when IPv4-only
+    ipv6_subnet: ipaddress.IPv6Network | None = None
+    public_ipv6: ipaddress.IPv6Address | None = None
+    backend_v6_data: Mapping[str, Any] = field(default_factory=dict)
 
 
-def subnet_key(prefix: str, subnet: ipaddress.IPv4Network) -> str:
-    """``/coreos.com/network/subnets/10.244.3.0-24``."""
-    return f"{prefix.rstrip('/')}/subnets/{subnet.network_address}-{subnet.prefixlen}"
+def subnet_key(prefix: str, subnet: ipaddress.IPv4Network,
+               subnet6: ipaddress.IPv6Network | None = None) -> str:
+    """``/coreos.com/network/subnets/10.244.3.0-24`` (``…&fd00:10:244:3::-64`` with IPv6)."""
+    leaf = f"{subnet.network_address}-{subnet.prefixlen}"
+    if subnet6 is not None:
+        leaf += f"&{subnet6.network_address}-{subnet6.prefixlen}"
+    return f"{prefix.rstrip('/')}/subnets/{leaf}"
+
+
+def lease_key(prefix: str, lease: Lease) -> str:
+    """The key ``lease`` lives under (both subnets when it has an IPv6 half)."""
+    return subnet_key(prefix, lease.subnet, lease.ipv6_subnet)
 
 
 def subnets_prefix(prefix: str) -> str:
@@ -64,30 +84,46 @@ def parse_subnet_key(key: str) -> ipaddress.IPv4Network:
 
     The dual-stack form ``10.1.2.0-24&fd00::-64`` yields its IPv4 half.
     """
-    leaf = key.rsplit("/", 1)[-1].split("&", 1)[0]
-    addr, sep, plen = leaf.partition("-")
+    return parse_subnet_keys(key)[0]
+
+
+def parse_subnet_keys(key: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]:
+    """Both subnets of a lease key: ``10.1.2.0-24&fd00::-64`` gives (10.1.2.0/24, fd00::/64)."""
+    leaf4, amp, leaf6 = key.rsplit("/", 1)[-1].partition("&")
+    addr, sep, plen = leaf4.partition("-")
     if not sep:
         raise LeaseFormatError(key, "key does not end in <address>-<prefixlen>")
     try:
-        return ipaddress.IPv4Network(f"{addr}/{int(plen)}")
+        subnet = ipaddress.IPv4Network(f"{addr}/{int(plen)}")
     except ValueError as exc:
         raise LeaseFormatError(key, f"bad subnet in key: {exc}") from None
+    if not amp:
+        return subnet, None
+    addr6, sep6, plen6 = leaf6.rpartition("-")
+    try:
+        if not sep6 or not plen6.isdigit():
+            raise ValueError("no -<prefixlen>")
+        return subnet, ipaddress.IPv6Network(f"{addr6}/{int(plen6)}")
+    except ValueError as exc:
+        raise LeaseFormatError(key, f"bad IPv6 subnet in key: {exc}") from None
 
 
 def encode_lease(lease: Lease) -> bytes:
     """flannel's JSON for a lease value (field order as flannel marshals it)."""
     value: dict[str, Any] = {
         "PublicIP": str(lease.public_ip),
-        "PublicIPv6": None,
+        "PublicIPv6": None if lease.public_ipv6 is None else str(lease.public_ipv6),
         "BackendType": lease.backend_type,
         "BackendData": dict(lease.backend_data) if lease.backend_data else None,
     }
+    if lease.backend_v6_data:  # flannel: `json:",omitempty"`
+        value["BackendV6Data"] = dict(lease.backend_v6_data)
     return json.dumps(value, separators=(",", ":")).encode()
 
 
 def decode_lease(key: str, value: bytes, lease_id: int = 0, mod_revision: int = 0) -> Lease:
     """Parse a lease key and value; ``LeaseFormatError`` says what is wrong."""
-    subnet = parse_subnet_key(key)
+    subnet, subnet6 = parse_subnet_keys(key)
     try:
         obj = json.loads(value)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -107,7 +143,18 @@ def decode_lease(key: str, value: bytes, lease_id: int = 0, mod_revision: int = 
     bdata = obj.get("BackendData") or {}
     if not isinstance(bdata, dict):
         raise LeaseFormatError(key, "BackendData is not an object")
-    return Lease(subnet, public_ip, btype, bdata, lease_id, mod_revision)
+    raw_ip6 = obj.get("PublicIPv6")
+    try:
+        if raw_ip6 is not None and not isinstance(raw_ip6, str):
+            raise TypeError(raw_ip6)
+        public_ipv6 = None if raw_ip6 is None else ipaddress.IPv6Address(raw_ip6)
+    except (ValueError, TypeError):
+        raise LeaseFormatError(key, f"PublicIPv6 {raw_ip6!r} is not IPv6") from None
+    bdata6 = obj.get("BackendV6Data") or {}
+    if not isinstance(bdata6, dict):
+        raise LeaseFormatError(key, "BackendV6Data is not an object")
+    return Lease(subnet, public_ip, btype, bdata, lease_id, mod_revision, subnet6,
+                 public_ipv6, bdata6)
 
 
 class EventKind(enum.Enum):

@@ -144,12 +144,14 @@ def start_web(state: State, state_dir: Path, out: Writer) -> bool:
     # off h1 (dnsd's host) when there is anywhere else to go
     unit.write_text(web_unit_text(www, [h.name for h in state.hosts[1:]]))
     first = state.hosts[0].name
-    proc = _weftctl(state, first, "start", str(unit))
-    out.write(f"$ weftctl sandbox exec {first} -- weftctl start {unit}\n"
+    # --no-block, then watch its state with etcdctl: start's own wait polls once a second
+    proc = _weftctl(state, first, "start", "--no-block", str(unit))
+    out.write(f"$ weftctl sandbox exec {first} -- weftctl start --no-block {unit}\n"
               f"{(proc.stdout + proc.stderr).strip()}\n")
     if proc.returncode != 0:
         return False
-    host, address, _ = _wait_web(state, 30)
+    host, address, took = _wait_web(state, 30)
+    out.write(f"{WEB_UNIT} active on {host} at {address} ({took:.1f} s later)\n")
     return _show_name(state, out, host, {host}, address, 10)
 
 

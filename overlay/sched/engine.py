@@ -69,6 +69,7 @@ from overlay.store.api import (
 log = logging.getLogger(__name__)
 
 DEBOUNCE = 0.05  # coalesce a burst of submits into one pass
+WRITES_IN_FLIGHT = 64  # a pass's guarded transactions sent concurrently
 
 
 class Deposed(Exception):
@@ -356,16 +357,25 @@ class Engine:
             if result.held_reason and result.held_reason != self._last_held:
                 log.warning("engine: %s", result.held_reason)
             self._last_held = result.held_reason
+            # units are independent and each write is guarded: send them together (the
+            # store batches concurrent commits), the members bookkeeping after the moves
+            units = [w for w in result.writes if not w.unit.startswith("members/")]
+            rest = [w for w in result.writes if w.unit.startswith("members/")]
             conflicts = 0
-            for w in result.writes:
-                rev = await self.store.txn(w.compares, w.ops)
-                if rev is None:
-                    kv = await self.store.get(self.leader_key)
-                    if kv is None or kv.create_revision != self.leader_rev:
-                        raise Deposed("the leader key is no longer ours")
-                    conflicts += 1
-                else:
-                    log.info("engine: %s %s", w.unit, w.why)
+            for batch in (units, rest):
+                for i in range(0, len(batch), WRITES_IN_FLIGHT):
+                    chunk = batch[i:i + WRITES_IN_FLIGHT]
+                    revs = await asyncio.gather(*(self.store.txn(w.compares, w.ops)
+                                                  for w in chunk))
+                    for w, rev in zip(chunk, revs, strict=True):
+                        if rev is None:
+                            conflicts += 1
+                        else:
+                            log.info("engine: %s %s", w.unit, w.why)
+            if conflicts:
+                kv = await self.store.get(self.leader_key)
+                if kv is None or kv.create_revision != self.leader_rev:
+                    raise Deposed("the leader key is no longer ours")
             if not conflicts:
                 return
         self._wake.set()  # still racing someone (a weftctl command): try again soon

@@ -32,7 +32,10 @@ pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(240)]
 REPO = Path(__file__).resolve().parents[2]
 WEFTCTL = str(Path(sys.executable).absolute().parent / "weftctl")
 SHORT_TTL = 5  # seconds: peers must drop a killed host within TTL + slack
-UP_BUDGET = 40.0  # s; the goal is < 20 s, this is the failure line on a loaded 2-core box
+# s; the goal is < 20 s, this is the failure line on a loaded 2-core box. `up` now also
+# starts an agent per host and ends with the scheduler demo (a unit placed, CNI-attached,
+# resolved and fetched): ~4 s idle, ~15 s at load average 20.
+UP_BUDGET = 55.0
 NEEDED = {
     "flanneld": "overlay.cli.flanneld",
     "the weft CNI plugin": "cni.main",

@@ -191,3 +191,11 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metric_value(text: str, sample: str) -> int:
+    """The value of ``sample`` (name with labels) in Prometheus text ``text``."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return int(float(line.split()[-1]))
+    raise AssertionError(f"{sample} not in metrics:\n{text}")

@@ -85,3 +85,36 @@ def test_network_set_refuses_to_orphan_live_leases(store_endpoint: str,
     rc, _, err = run(capsys, "network", "set", "--network", "10.31.0.0/16", "--backend",
                      "host-gw", "--vni", "5", *flags)
     assert rc == 2 and "--vni does not apply to the host-gw backend" in err
+
+
+def test_network_set_ipv6_and_flannel_json_round_trip(store_endpoint: str,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """Issue 17: --ipv6-network/--ipv6-subnet-len/--no-ipv4 write flannel's keys; a
+    config written by hand in flannel's documented form reads back byte for byte."""
+    prefix = f"/test6-{id(capsys)}/network"
+    flags = ["-etcd-endpoints", store_endpoint, "-etcd-prefix", prefix]
+    rc, _, err = run(capsys, "network", "set", "--network", "10.32.0.0/16", "--ipv6-network",
+                     "fd00:32::/56", "--ipv6-subnet-len", "64", *flags)
+    assert rc == 0, err
+    rc, out, _ = run(capsys, "network", "get", *flags)
+    assert rc == 0
+    assert out == ('{"Network":"10.32.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:32::/56",'
+                   '"IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}\n')
+    rc, _, err = run(capsys, "network", "set", "--no-ipv4", "--ipv6-network", "fd00:32::/56",
+                     "--force", *flags)
+    assert rc == 0, err
+    rc, out, _ = run(capsys, "network", "get", *flags)
+    assert json.loads(out) == {"EnableIPv4": False, "EnableIPv6": True,
+                               "IPv6Network": "fd00:32::/56", "Backend": {"Type": "vxlan"}}
+    for bad, field in ((["--network", "10.32.0.0/16", "--ipv6-network", "fd00:32::/56",
+                         "--ipv6-subnet-len", "57"], "IPv6SubnetLen"),
+                       (["--no-ipv4"], "EnableIPv4"),
+                       (["--ipv6-network", "fd00:32::/56"], "Network")):
+        rc, _, err = run(capsys, "network", "set", *bad, *flags)
+        assert rc == 2 and field in err, (bad, err)
+    flannel_doc = ('{"EnableIPv6": true, "Network": "10.244.0.0/16", '
+                   '"IPv6Network": "2001:cafe:42::/56", "Backend": {"Type": "vxlan"}}')
+    asyncio.run(put_lease(store_endpoint, f"{prefix}/config", flannel_doc, 0))
+    rc, out, err = run(capsys, "network", "get", *flags)
+    assert (rc, out, err) == (0, flannel_doc + "\n", "")

@@ -26,7 +26,9 @@ from overlay.store.api import StoreConfig
 from overlay.store.client import connect
 from overlay.store.embedded.launch import StoreProcess, start_embedded
 
-FAST = Timings(ttl=2, renew=0.5, grace=1.0, probe_timeout=0.3)
+# short enough to keep the fencing test quick, long enough that a loaded machine (load
+# average 20 on 2 cores) does not miss renewals and re-register in the middle of a test
+FAST = Timings(ttl=3, renew=0.5, grace=1.5, probe_timeout=0.3)
 
 
 def unit(code: str, extra: str = "") -> str:
@@ -34,7 +36,7 @@ def unit(code: str, extra: str = "") -> str:
             f"{extra}")
 
 
-async def until(check: Callable[[], object], within: float = 10.0) -> None:
+async def until(check: Callable[[], object], within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     while True:
         got = check()
@@ -173,7 +175,7 @@ async def test_cut_off_agent_stops_its_units_within_ttl(store_proc: StoreProcess
         store_proc.stop(kill=True)
         cut = time.monotonic()
         await until(lambda: (s := agent.runner.status("s.service")) is not None
-                    and not s.running, FAST.ttl + 3)
+                    and not s.running, FAST.ttl + 5)
         took = time.monotonic() - cut
-        assert took <= FAST.ttl + FAST.renew + 1.0, took
+        assert took <= FAST.ttl + FAST.renew + 2.0, took
         assert agent.fence.value == "stop"

@@ -248,53 +248,6 @@ async def test_kernel_thread_turns_failures_into_backend_errors() -> None:
         await kt.run(lambda k: 42)
 
 
-def test_udp_forwarder_routes_by_subnet_and_drops_unknown() -> None:
-    """The udp pump over a datagram socketpair standing in for the TUN, on loopback."""
-    import socket
-    import struct
-    import time
-
-    from overlay.backend.udp import Forwarder, build_table
-
-    def ipv4(dst: str) -> bytes:
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0,
-                          socket.inet_aton("10.244.1.2"), socket.inet_aton(dst))
-        return hdr + b"payload!"
-
-    tun_app, tun_fwd = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for s in (sock, peer):
-        s.bind(("127.0.0.1", 0))
-    peer.settimeout(5)
-    tun_app.settimeout(5)
-    sock.setblocking(False)
-    tun_fwd.setblocking(False)
-    fwd = Forwarder(tun_fwd.fileno(), sock)
-    port = peer.getsockname()[1]
-    leases = [Lease(N("10.244.2.0/24"), A("127.0.0.1"), ""),
-              Lease(N("10.244.3.0/24"), A("127.0.0.1"), "vxlan")]  # other type: ignored
-    fwd.table = build_table(leases, OWN, port)
-    assert fwd.table == {24: {int(A("10.244.2.0")): ("127.0.0.1", port)}}
-    fwd.start()
-    try:
-        tun_app.send(ipv4("10.244.3.9"))  # no udp peer: dropped
-        tun_app.send(ipv4("10.244.2.7"))
-        got = peer.recv(2048)
-        assert got == ipv4("10.244.2.7")  # the raw IP packet is the whole UDP payload
-        peer.sendto(ipv4("10.244.1.2"), sock.getsockname())
-        assert tun_app.recv(2048) == ipv4("10.244.1.2")
-        deadline = time.monotonic() + 5  # counters are published after each batch
-        while (fwd.dropped, fwd.sent, fwd.received) != (1, 1, 1) \
-                and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert (fwd.tx_dropped, fwd.sent, fwd.received) == (1, 1, 1)
-    finally:
-        fwd.stop()
-        for s in (tun_app, tun_fwd, sock, peer):
-            s.close()
-
-
 async def test_routes_of_another_network_are_left_alone() -> None:
     k, kt = fake()
     other = Route(N("10.99.1.0/24"), "eth0", A("198.18.0.9"))  # another daemon's, same proto

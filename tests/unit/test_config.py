@@ -64,11 +64,12 @@ def test_valid_configs(obj: dict[str, object], subnet_len: int, smin: str, smax:
         (b'{"Network": "10.0.0.0/16", "Backend": {"Type": "wireguard"}}', "Backend.Type",
          "unknown backend"),
         (b'{"Network": "10.0.0.0/16", "Backend": "vxlan"}', "Backend", "object"),
-        (b'{"Network": "10.0.0.0/16", "EnableIPv6": true}', "EnableIPv6", "IPv6"),
+        (b'{"Network": "10.0.0.0/16", "EnableIPv6": true}', "IPv6Network", "missing"),
     ],
     ids=["bad-json", "not-object", "no-network", "network-garbage", "network-too-small",
          "subnetlen-too-short", "subnetlen-31", "subnetlen-string", "min-outside",
-         "max-misaligned", "min-above-max", "unknown-backend", "backend-not-object", "ipv6"],
+         "max-misaligned", "min-above-max", "unknown-backend", "backend-not-object",
+         "ipv6-no-network"],
 )
 def test_invalid_configs_name_the_field(raw: bytes, field: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:

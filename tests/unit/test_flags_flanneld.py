@@ -84,7 +84,8 @@ def test_help_documents_every_flag_and_env(capsys: pytest.CaptureFixture[str]) -
             " ", "")
     squeezed = "".join(text.split())  # however argparse wraps it
     assert "refusedwhenset:flannel0.9'smulti-networkmodeisnotinweft" in squeezed
-    assert "acceptedforcompatibilityandignored:-public-ipv6" in squeezed
+    assert "acceptedforcompatibilityandignored:-iptables-forward-rules" in squeezed
+    assert "-public-ipv6" in text and "FLANNELD_PUBLIC_IPV6" in squeezed  # a real flag now
 
 
 A = ipaddress.IPv4Address
@@ -128,6 +129,47 @@ def test_parse_ip_addr_json() -> None:
             '{"family":"inet6","local":"fe80::1","prefixlen":64}]}]')
     (eth0,) = parse_ip_addr_json(text)
     assert eth0 == Interface("eth0", 2, 1500, (A("198.18.0.11"),), True)
+
+
+A6 = ipaddress.IPv6Address
+DUAL_IFACES = [Interface("eth0", 2, 1500, (A("198.18.0.11"),), True,
+                         (A6("2001:db8::11"), A6("2001:db8::12"))),
+               Interface("eth1", 3, 9000, (A("10.9.0.5"),), True, (A6("fd00:9::5"),)),
+               Interface("eth2", 4, 1500, (A("10.8.0.5"),), True, ())]
+
+
+def test_parse_ip_addr_json_keeps_global_ipv6_only() -> None:
+    text = ('[{"ifindex":2,"ifname":"eth0","flags":["UP"],"mtu":1500,"addr_info":'
+            '[{"family":"inet","local":"198.18.0.11","prefixlen":24},'
+            '{"family":"inet6","local":"2001:db8::11","prefixlen":64,"scope":"global"},'
+            '{"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}]}]')
+    (eth0,) = parse_ip_addr_json(text)
+    assert eth0.addresses6 == (A6("2001:db8::11"),)
+
+
+@pytest.mark.parametrize(("iface", "public6", "name", "ip6", "pub6"), [
+    (["eth0"], None, "eth0", "2001:db8::11", "2001:db8::11"),  # first global address
+    (["2001:db8::12"], None, "eth0", "2001:db8::12", "2001:db8::12"),  # -iface by IPv6
+    (["fd00:9::5"], "2001:db8::99", "eth1", "fd00:9::5", "2001:db8::99"),  # -public-ipv6 wins
+    (["eth2"], None, "eth2", None, None),  # no IPv6 on it: IPv4-only host
+    (["eth2"], "2001:db8::99", "eth2", None, "2001:db8::99"),  # NAT: advertised anyway
+])
+def test_choose_interface_ipv6(iface: list[str], public6: str | None, name: str,
+                               ip6: str | None, pub6: str | None) -> None:
+    ext = choose(DUAL_IFACES, None, iface,
+                 public_ipv6=None if public6 is None else A6(public6))
+    assert (ext.name, ext.ip6, ext.public_ip6) == (
+        name, None if ip6 is None else A6(ip6), None if pub6 is None else A6(pub6))
+
+
+def test_public_ipv6_flag_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    args, _, _ = parse_args(["-public-ipv6", "2001:db8::11"], {})
+    assert args.public_ipv6 == "2001:db8::11" and not args.ignored_flags
+    args, _, _ = parse_args([], {"FLANNELD_PUBLIC_IPV6": "fd00::11"})
+    assert args.public_ipv6 == "fd00::11"
+    with pytest.raises(SystemExit):
+        parse_args(["-public-ipv6", "198.18.0.11"], {})
+    assert "-public-ipv6 '198.18.0.11': not an IPv6 address" in capsys.readouterr().err
 
 
 # -- flannel's whole flag list: a flannel unit or DaemonSet starts weft unchanged ---------
@@ -234,15 +276,15 @@ def test_ignored_flags_get_one_warning_naming_them(caplog: pytest.LogCaptureFixt
         raise InterfaceError("stop here")
 
     monkeypatch.setattr(overlay.iface, "discover", no_interface)
-    monkeypatch.setenv("FLANNELD_PUBLIC_IPV6", "2001:db8::11")
+    monkeypatch.setenv("FLANNELD_KUBE_API_URL", "https://198.18.0.1:6443")
     caplog.set_level(logging.INFO)
     assert flanneld.main(["-vmodule=vxlan=4", "-ip-masq", "-iface=eth0"]) == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "-vmodule" in warnings[0] and "-public-ipv6 (weft's overlay is IPv4-only)" \
+    assert "-vmodule" in warnings[0] and "-kube-api-url (used only with -kube-subnet-mgr" \
         in warnings[0] and "-ip-masq" not in warnings[0] and "-iface" not in warnings[0]
     caplog.clear()
-    monkeypatch.delenv("FLANNELD_PUBLIC_IPV6")
+    monkeypatch.delenv("FLANNELD_KUBE_API_URL")
     assert flanneld.main(["-ip-masq", "-kube-subnet-mgr=false"]) == 1
     assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
 

@@ -11,11 +11,12 @@ import pytest
 from overlay.config import check_network_config
 from overlay.lease.allocator import NetworkFullError, Reason
 from overlay.lease.manager import LeaseLostError, LeaseManager
-from overlay.lease.model import Lease, encode_lease, subnet_key
+from overlay.lease.model import Lease, encode_lease, parse_subnet_keys, subnet_key
 from overlay.store.memory import MemoryStore
 from tests.fakeclock import FakeClock
 
 A = ipaddress.IPv4Address
+A6 = ipaddress.IPv6Address
 N = ipaddress.IPv4Network
 P = "/coreos.com/network"
 ME = A("198.18.0.11")
@@ -32,8 +33,10 @@ class RacingStore(MemoryStore):
     async def create(self, key: bytes, value: bytes, lease: int = 0) -> int | None:
         if self.races > 0:
             self.races -= 1
-            rival = Lease(N(key.decode().rsplit("/", 1)[1].replace("-", "/")),
-                          A(f"198.18.0.{90 + self.races}"), "vxlan", {})
+            sn4, sn6 = parse_subnet_keys(key.decode())  # a dual-stack key holds both halves
+            rival = Lease(sn4, A(f"198.18.0.{90 + self.races}"), "vxlan", {},
+                          ipv6_subnet=sn6,
+                          public_ipv6=None if sn6 is None else A6(f"fd00::{90 + self.races}"))
             await self.put(key, encode_lease(rival))
         return await super().create(key, value, lease)
 

@@ -23,6 +23,10 @@ VARS = [  # (text, the variables both parsers must see)
     ("no equals sign\n=empty key\nD=a=b\n", {"": "empty key", "D": "a=b"}),
     ("A=1\nA=2\n", {"A": "2"}),
     ("DOCKER_OPT_BIP=\"--bip=10.244.7.1/24\"\r\n", {"DOCKER_OPT_BIP": "--bip=10.244.7.1/24"}),
+    (BASE + "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n",
+     {"FLANNEL_NETWORK": "10.244.0.0/16", "FLANNEL_SUBNET": "10.244.7.1/24",
+      "FLANNEL_MTU": "1450", "FLANNEL_IPMASQ": "true",
+      "FLANNEL_IPV6_NETWORK": "fd00:10:244::/56", "FLANNEL_IPV6_SUBNET": "fd00:10:244:7::1/64"}),
 ]
 
 

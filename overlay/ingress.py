@@ -1,0 +1,166 @@
+"""Members-only ingress: only hosts that hold a lease may send into the data path.
+
+flannel accepts VXLAN (8472) and udp (8285) datagrams from anyone who can reach
+the port, so any machine on the underlay can inject packets into the overlay.
+weft keeps an nftables set of the PublicIPs that hold a lease (fed from the
+lease watch: the peers the backend is about to program) and drops, and counts,
+datagrams to its backend's port from any other source. Its own table,
+``ip weft_ingress`` (the masquerade table ``ip weft`` is replaced whole by
+``overlay.masq``, so the two never share one):
+
+    table ip weft_ingress {
+        counter dropped { }
+        set members { type ipv4_addr; elements = { <PublicIP>, ... } }
+        chain prerouting {
+            type filter hook prerouting priority raw; policy accept;
+            udp dport <port> ip saddr != @members counter name "dropped" drop
+        }
+    }
+
+Ordering (the daemon's reconcile): the set is replaced *before* the backend
+programs the peers, in one ``nft -f`` transaction (``flush set`` + ``add
+element``), so a joining peer is accepted no later than its routes exist and a
+departed one is dropped no later than its routes go, and there is never a moment
+with an empty set. The counter survives set updates; ``ensure`` re-creates the
+table if someone deleted it. ``remove`` deletes the table (flanneld exiting,
+``-vxlan-ingress-members-only=false``).
+
+Limits: the match is on the outer source address, so a peer whose datagrams
+leave from an address other than its lease's PublicIP (``-public-ip`` behind
+NAT) is dropped: turn the guard off there. It stops off-cluster injection, not a
+member spoofing another member (encryption does that, for udp).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from overlay import metrics
+from overlay.masq import FAMILY, run_nft
+
+log = logging.getLogger(__name__)
+
+TABLE = "weft_ingress"
+_COUNTER = re.compile(r"packets (\d+) bytes (\d+)")
+
+
+def render(port: int, members: Iterable[ipaddress.IPv4Address], table: str = TABLE) -> str:
+    """The nft script that replaces table ``ip <table>`` (counter reset to zero)."""
+    elements = sorted(set(members))
+    lines = [f"table {FAMILY} {table} {{}}", f"delete table {FAMILY} {table}",
+             f"table {FAMILY} {table} {{", "\tcounter dropped {", "\t}",
+             "\tset members {", "\t\ttype ipv4_addr"]
+    if elements:
+        lines.append(f"\t\telements = {{ {', '.join(map(str, elements))} }}")
+    lines += ["\t}", "\tchain prerouting {",
+              "\t\ttype filter hook prerouting priority raw; policy accept;",
+              f'\t\tudp dport {port} ip saddr != @members counter name "dropped" drop',
+              "\t}", "}", ""]
+    return "\n".join(lines)
+
+
+def render_members(members: Iterable[ipaddress.IPv4Address], table: str = TABLE) -> str:
+    """The nft script that replaces the member set in one transaction."""
+    elements = sorted(set(members))
+    lines = [f"flush set {FAMILY} {table} members"]
+    if elements:
+        lines.append(f"add element {FAMILY} {table} members "
+                     f"{{ {', '.join(map(str, elements))} }}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_counter(listing: str) -> tuple[int, int]:
+    """(packets, bytes) from ``nft list counter`` output; (0, 0) if absent."""
+    m = _COUNTER.search(listing)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+@dataclass
+class MembersOnly:
+    """The guard for one backend (``backend`` names it in metrics) on UDP ``port``.
+
+    ``nft`` is the command prefix (``("ip", "netns", "exec", NS, "nft")`` in tests).
+    """
+
+    backend: str
+    port: int
+    nft: Sequence[str] = ("nft",)
+    table: str = TABLE
+    dropped_packets: int = 0  # as last read by ``poll``
+    dropped_bytes: int = 0
+    _base: tuple[int, int] = (0, 0)  # counts of tables since re-created
+    _members: frozenset[ipaddress.IPv4Address] | None = field(default=None, repr=False)
+
+    async def update(self, members: Iterable[ipaddress.IPv4Address]) -> bool:
+        """Make the set exactly ``members`` (creating the table if needed); True if changed."""
+        want = frozenset(members)
+        if want == self._members:
+            return False
+        if self._members is None or not await self._exists():
+            self._base = (self.dropped_packets, self.dropped_bytes)
+            await run_nft(self.nft, ["-f", "-"], render(self.port, want, self.table))
+            log.info("ingress: only %d lease holders may send to udp port %d (table %s %s)",
+                     len(want), self.port, FAMILY, self.table)
+        else:
+            await run_nft(self.nft, ["-f", "-"], render_members(want, self.table))
+            log.debug("ingress: members now %s", ", ".join(map(str, sorted(want))))
+        self._members = want
+        return True
+
+    async def _exists(self) -> bool:
+        rc, _ = await run_nft(self.nft, ["list", "set", FAMILY, self.table, "members"],
+                              check=False)
+        return rc == 0
+
+    async def ensure(self) -> bool:
+        """Re-create the table if it vanished (members as last set); True if it did."""
+        if self._members is None or await self._exists():
+            return False
+        members, self._members = self._members, None
+        await self.update(members)
+        log.warning("ingress table %s %s was missing; restored", FAMILY, self.table)
+        return True
+
+    async def poll(self) -> tuple[int, int]:
+        """Read the drop counter into ``dropped_packets``/``dropped_bytes``."""
+        rc, out = await run_nft(self.nft, ["list", "counter", FAMILY, self.table, "dropped"],
+                                check=False)
+        if rc == 0:  # a re-created table restarts at zero: add what the old ones counted
+            packets, nbytes = parse_counter(out)
+            self.dropped_packets = self._base[0] + packets
+            self.dropped_bytes = self._base[1] + nbytes
+        return self.dropped_packets, self.dropped_bytes
+
+    async def refresh(self) -> None:
+        """The periodic check: restore a vanished table, read the drop counter."""
+        await self.ensure()
+        await self.poll()
+
+    def families(self) -> list[metrics.Family]:
+        """Drops (as last read) and the member count, labelled with the backend."""
+        key = (self.backend,)
+        return [
+            metrics.counter("weft_ingress_dropped_total",
+                            "Datagrams to the backend's port from addresses holding no lease, "
+                            "dropped (read from nftables every -iptables-resync seconds).",
+                            {key: self.dropped_packets}, labels=("backend",)),
+            metrics.counter("weft_ingress_dropped_bytes_total",
+                            "Bytes of those dropped datagrams.",
+                            {key: self.dropped_bytes}, labels=("backend",)),
+            metrics.gauge("weft_ingress_members", "PublicIPs allowed to send to the port.",
+                          {key: len(self._members or ())}, labels=("backend",)),
+        ]
+
+    async def remove(self) -> bool:
+        """Delete the table; True if there was one."""
+        self._members = None
+        rc, _ = await run_nft(self.nft, ["list", "table", FAMILY, self.table], check=False)
+        if rc != 0:
+            return False
+        await run_nft(self.nft, ["delete", "table", FAMILY, self.table])
+        log.info("ingress table %s %s removed", FAMILY, self.table)
+        return True
