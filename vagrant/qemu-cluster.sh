@@ -205,13 +205,14 @@ cmd_up() {
     ip -n "$NETNS" link add br0 type bridge
     ip -n "$NETNS" addr add "$UNDERLAY.1/24" dev br0
     ip -n "$NETNS" link set br0 up
+    local t_boot=$SECONDS
     for ((i = 1; i <= NODES; i++)); do boot_vm "$i" "$image" "$wheels"; done
     log "booting $NODES VMs in namespace $NETNS (TCG; consoles in $STATE/vmN/console.log)"
     for ((i = 1; i <= NODES; i++)); do wait_ready "vm$i"; done
     for ((i = 1; i <= NODES; i++)); do
         vm_exec "vm$i" "$WAIT" systemctl is-system-running --wait >/dev/null || true
     done
-    log "booted in $((SECONDS - t0))s; provisioning with vagrant/provision.sh"
+    log "booted in $((SECONDS - t_boot))s; provisioning with vagrant/provision.sh"
     provision
     trap - ERR
     log "up in $((SECONDS - t0))s: vagrant/qemu-cluster.sh exec vm1 -- weftctl leases"

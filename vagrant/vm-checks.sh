@@ -172,22 +172,28 @@ killed_and_restarted() {  # SIGKILL: Restart= brings it back, same subnet, data 
     [[ $(subnet_of vm2) == "$before" ]] && retry 30 ping_from 1 2 >/dev/null
 }
 
-journal_priorities() {  # flanneld's INFO lines at priority 6; WARNING/ERROR lines at 4/3
+journal_priorities() {  # flanneld's INFO lines at priority 6; WARNING/ERROR lines at 4/3, and the
+    # error every flanneld logs before `weftctl network set` ("no network config") below 6
     x "$1" bash -c 'journalctl -u flanneld -o json --no-pager | python3 -c "
 import json, sys
 info = bad = 0
+levels = {}
 for line in sys.stdin:
     e = json.loads(line)
     m, p = e.get(\"MESSAGE\"), int(e.get(\"PRIORITY\", 6))
     if not isinstance(m, str) or e.get(\"_PID\") == \"1\" or e.get(\"SYSLOG_IDENTIFIER\") == \"systemd\":
         continue
     head = m.split()[:4]  # the level word: after a timestamp, or first
+    levels[p] = levels.get(p, 0) + 1
+    if \"no network config\" in m and p > 4:
+        bad += 1
+        print(f\"priority {p} for: {m}\")
     info += p == 6 and \"DEBUG\" not in head
     for word, worst in ((\"WARNING\", 4), (\"ERROR\", 3), (\"CRITICAL\", 2)):
         if word in head and p > worst:
             bad += 1
             print(f\"priority {p} for: {m}\")
-print(f\"{info} INFO lines at priority 6, {bad} warnings/errors at a wrong priority\")
+print(f\"{info} INFO lines at priority 6, {bad} warnings/errors at a wrong priority; entries by priority {dict(sorted(levels.items()))}\")
 sys.exit(0 if info and not bad else 1)
 "'
 }
