@@ -96,16 +96,19 @@ async def test_runs_restarts_reports_and_stops(store_proc: StoreProcess, tmp_pat
             assert first is not None and first["machine"] == "m1"
             kv = await admin.get(keys.state("sleeper.service", "m1").encode())
             assert kv is not None and kv.lease == agent.lease
+            async def pids_logged() -> int:
+                body = await http_get("127.0.0.1", agent.http_port,
+                                      "/journal/sleeper.service?n=50", 2)
+                return sum(1 for line in json.loads(body)["lines"] if line.startswith("pid "))
+
+            # the state says running at spawn: wait for the unit's own first line before the
+            # kill, or a loaded machine kills it before it ever logs
+            await until(lambda: _at_least(pids_logged(), 1))
             # crash it: Restart=always brings it back with a new pid
             import os
             import signal
             os.kill(int(str(first["pid"])), signal.SIGKILL)
             await until(lambda: _pid_changed(state(), first["pid"]))
-
-            async def pids_logged() -> int:
-                body = await http_get("127.0.0.1", agent.http_port,
-                                      "/journal/sleeper.service?n=50", 2)
-                return sum(1 for line in json.loads(body)["lines"] if line.startswith("pid "))
 
             await until(lambda: _at_least(pids_logged(), 2))
             presence = json.loads(await http_get("127.0.0.1", agent.http_port, "/presence", 2))
