@@ -578,9 +578,15 @@ class Flanneld:
         state.table[own.subnet] = own
         await self.reconcile("re-acquired")
 
-    def _note_own(self, update: Update) -> None:
-        """Flag the lease as lost when a watch batch deleted or took over our key."""
+    def _note_own(self, update: Update, seen: int) -> None:
+        """Flag the lease as lost when a watch batch deleted or took over our key.
+
+        ``seen`` is the store revision the update reflects: one older than our key's
+        (a lagging watch delivering the expiry of a lease we already re-acquired) says
+        nothing about the current key, and acting on it would revoke the fresh lease."""
         state = self._require()
+        if seen < state.own.mod_revision:
+            return
         current = update.table.get(state.own.subnet)
         if current is None:
             self._lost_reason = "its key was deleted or expired"
@@ -603,7 +609,7 @@ class Flanneld:
                     rev = max(ev.kv.mod_revision for ev in batch) + 1
                     state = self._require()
                     update = apply_watch_events(state.table, batch)
-                    self._apply(update)
+                    self._apply(update, rev - 1)
                 await self.clock.sleep(STORE_BACKOFF[0])  # the stream ended: watch again from rev
                 continue
             except CompactedError as exc:
@@ -618,14 +624,14 @@ class Flanneld:
             listing = await self._retry(self.leases.list, "re-listing leases")
             self.health.watch_resyncs_total += 1
             state = self._require()
-            self._apply(resync(state.table, listing.items))
+            self._apply(resync(state.table, listing.items), listing.revision)
             rev = listing.revision + 1
 
-    def _apply(self, update: Update) -> None:
+    def _apply(self, update: Update, seen: int) -> None:
         state = self._require()
         own_before = state.own.subnet
         self._set_table(update)
-        self._note_own(update)
+        self._note_own(update, seen)
         if any(ev.lease.subnet != own_before for ev in update.events):
             self._dirty.set()  # the reconciler coalesces bursts into one pass
 

@@ -508,3 +508,51 @@ async def test_bad_leases_are_logged_once_per_revision_not_per_pass(
     await until(lambda: caplog.text.count("not JSON") == 2, "the new revision's warning")
     await h.clock.tick(10)
     await until(lambda: caplog.text.count("VtepMAC 'zz'") == 2, "the new revision's problem")
+
+
+class LaggingWatchStore(MemoryStore):
+    """A lease watch that falls behind: while ``hold`` is set, its batches are kept back and
+    delivered, in order, before the next batch after ``hold`` is cleared (a slow store)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.hold = False
+        self.held: list[list[Any]] = []
+
+    async def watch(self, prefix: bytes, start_revision: int
+                    ) -> AsyncIterator[list[Any]]:  # type: ignore[override]
+        async for batch in super().watch(prefix, start_revision):
+            if not prefix.endswith(b"/subnets/"):
+                yield batch
+            elif self.hold:
+                self.held.append(batch)
+            else:
+                while self.held:
+                    yield self.held.pop(0)
+                yield batch
+
+
+async def test_stale_delete_of_a_reacquired_key_is_not_a_new_loss(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    # Seen on slow VMs: the renew loop re-acquired an expired lease before the lagging watch
+    # delivered that expiry; the stale delete then looked like a new loss, and each
+    # re-acquire revoked the fresh lease, making the next stale delete: a loop.
+    caplog.set_level(logging.INFO, "overlay.daemon")
+    h.store = LaggingWatchStore(h.clock)
+    await h.store.put(CONFIG, GOOD)
+    d, _be, _ = await h.running()
+    own = d.own
+    assert own is not None
+    h.store.hold = True
+    await h.store.revoke(own.lease_id)  # the key's delete waits in the lagging watch
+    await h.clock.tick(11)
+    await until(lambda: d.own is not None and d.own.lease_id != own.lease_id, "re-acquired")
+    assert d.health.lease_acquisitions_total == 2
+    h.store.hold = False
+    await h.put_peer("10.244.60.0/24", "198.18.0.60")  # the watch catches up
+    for _ in range(5):
+        await h.clock.tick(11)
+    assert d.health.lease_acquisitions_total == 2, caplog.text
+    assert caplog.text.count("re-acquiring") == 1
+    stored = await h.key(own.subnet)
+    assert stored is not None and d.own is not None and stored.lease_id == d.own.lease_id
