@@ -232,12 +232,6 @@ class Engine:
                 log.debug("engine %s: store: %s", self.machine_id, exc)
             finally:
                 self.leading = False
-            # A child of _lead()'s TaskGroup failing (Deposed) while this task is being
-            # cancelled makes the group raise that error and drop the cancel (3.11); honour
-            # the cancel here, or the engine campaigns again and never shuts down.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
             await self.clock.sleep(self.timings.renew)
 
     async def _campaign(self) -> bool:
