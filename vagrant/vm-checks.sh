@@ -9,6 +9,7 @@
 #   vm-checks.sh RUNNER
 #
 # Settings: WEFT_VM_LEASE_TTL (flanneld's -subnet-lease-ttl in the VMs) [30]
+#           WEFT_VM_UNDERLAY: the VMs' /24, vmN at .1N [198.18.0]; WEFT_VM_DEV: its NIC [eth0]
 #           WEFT_VM_ONLY: a regex; run only the checks whose names match it (and the
 #           containers, which the others use) -- to rerun some on a running cluster
 # Exit status: 0 when every check passed; prints "N passed, N failed" last.
@@ -16,6 +17,8 @@ set -uo pipefail
 
 RUNNER=${1:?usage: vm-checks.sh RUNNER}
 TTL=${WEFT_VM_LEASE_TTL:-30}
+UNDERLAY=${WEFT_VM_UNDERLAY:-198.18.0}
+DEV=${WEFT_VM_DEV:-eth0}
 NODES=3
 DOMAIN=skydns.local
 passed=0
@@ -139,7 +142,7 @@ dns_across() {  # a name registered on vm1 resolves from a container on vm3
     x vm1 bash -c "weftctl dns set c1.weft.$DOMAIN --host ${CIP[1]} -etcd-endpoints $ENDPOINTS" ||
         return 1
     local got
-    got=$(retry 30 x vm3 bash -c "out=\$(ip netns exec c3 dig @198.18.0.13 c1.weft.$DOMAIN A +short +time=3 +tries=2) && [[ \$out == ${CIP[1]} ]] && echo \$out")
+    got=$(retry 30 x vm3 bash -c "out=\$(ip netns exec c3 dig @$UNDERLAY.13 c1.weft.$DOMAIN A +short +time=3 +tries=2) && [[ \$out == ${CIP[1]} ]] && echo \$out")
     echo "c1.weft.$DOMAIN from c3 on vm3: $got"
     [[ $got == "${CIP[1]}" ]]
 }
@@ -214,7 +217,7 @@ switch_backend() {  # switch_backend TYPE: the operator's way (flanneld reads it
 host_gw_routes() {  # vm1 routes vm2's subnet via vm2's underlay address
     local s2
     s2=$(subnet_of vm2)
-    retry 60 xs vm1 "ip route show ${s2%.*}.0/24 | grep 'via 198.18.0.12 dev eth0'"
+    retry 60 xs vm1 "ip route show ${s2%.*}.0/24 | grep 'via $UNDERLAY.12 dev $DEV'"
 }
 
 podman_runs() {  # podman 4.3 (network_backend = cni) runs a busybox rootfs on weft's network
@@ -262,15 +265,18 @@ sched() {  # sched VM ARGS...: weftctl's fleet verbs in VM against the cluster's
     xs "$vm" "$SCHED weftctl $(printf '%q ' "$@")"
 }
 
-agent_runs() {  # weft-agent active under systemd, chose the systemd runner, is listed
+agent_runs() {  # weft-agent active under systemd, chose the systemd runner, and shares
+    # PID 1's mount namespace (else the netns it makes are invisible to systemd)
     xs "$1" 'systemctl is-active weft-agent &&
+        pid=$(systemctl show -P MainPID weft-agent) &&
+        [[ $(readlink /proc/$pid/ns/mnt) == $(readlink /proc/1/ns/mnt) ]] &&
         journalctl -u weft-agent -o cat --no-pager | grep -m1 "(systemd runner"'
 }
 
 machines_listed() {  # every agent in weftctl list-machines
     local out
     out=$(sched vm1 list-machines --no-legend) && echo "$out" &&
-        [[ $(grep -c ' 198\.18\.0\.' <<<"$out") == "$NODES" ]]
+        [[ $(grep -c " ${UNDERLAY//./\\.}\\." <<<"$out") == "$NODES" ]]
 }
 agents_listed() {
     local out
@@ -307,10 +313,11 @@ web_on() {  # web_on IP: web.service is active on the machine at IP (prints its 
 WEB_ADDR=""
 sched_start() {  # weftctl start: pin on weft3, web on weft2, run by systemd as runtime units
     unit_files || return 1
-    sched vm1 start --block-attempts 300 /root/units/pin.service || return 1
-    sched vm1 start --block-attempts 300 /root/units/web.service || return 1
+    # (blocks at most ~200 s, within the exec channel's 300 s)
+    sched vm1 start --block-attempts 200 /root/units/pin.service || return 1
+    sched vm1 start --block-attempts 200 /root/units/web.service || return 1
     local row
-    row=$(retry 120 web_on 198.18.0.12) ||
+    row=$(retry 120 web_on "$UNDERLAY.12") ||
         { sched vm1 list-units; return 1; }
     WEB_ADDR=${row##* }
     sched vm1 list-units
@@ -328,12 +335,12 @@ sched_start() {  # weftctl start: pin on weft3, web on weft2, run by systemd as 
 
 web_answer() {  # web_answer VM CONTAINER ADDR: resolve web.skydns.local, GET it: "ADDR BODY"
     xs "$1" "set -e; a=\$(ip netns exec $2 dig @$(vm_ip_of "$1") web.$DOMAIN A +short +time=3 +tries=2 | sort | paste -sd,)
-        [[ \$a == $3 ]] || { echo \"web.$DOMAIN: \$a (want $3)\"; exit 1; }
+        [[ \$a == '$3' ]] || { echo \"web.$DOMAIN: \$a (want $3)\"; exit 1; }
         body=\$(ip netns exec $2 python3 -c 'import sys, urllib.request
 print(urllib.request.urlopen(\"http://\" + sys.argv[1] + \":8000/\", timeout=5).read().decode().strip())' \$a)
         echo \"\$a \$body\""
 }
-vm_ip_of() { echo "198.18.0.$((10 + ${1#vm}))"; }
+vm_ip_of() { echo "$UNDERLAY.$((10 + ${1#vm}))"; }
 
 sched_name() {  # the name resolves (dig from c1 on vm1) to the unit's address, which serves
     local out
@@ -345,7 +352,7 @@ sched_name() {  # the name resolves (dig from c1 on vm1) to the unit's address, 
 
 sched_moved() {  # after vm2's power cut: web.service on vm3, its name follows
     local row addr out
-    row=$(retry 180 web_on 198.18.0.13) ||
+    row=$(retry 180 web_on "$UNDERLAY.13") ||
         { echo "web.service: $row"; sched vm1 list-units; return 1; }
     echo "web.service active on vm3 $((SECONDS - POWEROFF_AT))s after the power cut"
     addr=${row##* }
