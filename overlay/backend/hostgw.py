@@ -63,6 +63,9 @@ class HostGwBackend:
                 "must be on the interface (no NAT) — use vxlan, or fix -public-ip/-iface")
         return {}
 
+    async def prepare_v6(self) -> Mapping[str, Any]:
+        return {}  # flannel's host-gw BackendV6Data
+
     async def attach(self, own: Lease) -> None:
         self._own = own
 

@@ -410,6 +410,10 @@ class UdpBackend:
         """The encryption this host publishes and expects ("" = plaintext, flannel's)."""
         return SUITE if self.config.key_files else ""
 
+    async def prepare_v6(self) -> Mapping[str, Any]:
+        raise BackendError("the udp backend is IPv4-only, as flannel's: use vxlan or host-gw "
+                           "with EnableIPv6")
+
     async def prepare(self) -> Mapping[str, Any]:
         if self._fwd is None:
             crypto = None

@@ -28,6 +28,7 @@ from typing import Any
 
 from overlay.backend.base import (
     BackendConfigError,
+    BackendError,
     ExternalInterface,
     ReconcileReport,
     bool_field,
@@ -129,6 +130,9 @@ class VxlanBackend:
         self._index = link.index
         self.vtep_mac = link.mac
         return {"VNI": self.config.vni, "VtepMAC": link.mac}
+
+    async def prepare_v6(self) -> Mapping[str, Any]:
+        raise BackendError("vxlan: the IPv6 half (flannel-v6.<VNI>) is not built yet")
 
     async def attach(self, own: Lease) -> None:
         self._own = own

@@ -323,8 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("using interface %s (%s), public IP %s, MTU %d", ext.name, ext.ip, ext.public_ip,
              ext.mtu)
-    if ext.public_ip6 is not None:
-        log.info("public IPv6 %s (advertised in dual-stack networks)", ext.public_ip6)
+    if ext.public_ipv6 is not None:
+        log.info("public IPv6 %s (advertised in dual-stack networks)", ext.public_ipv6)
     return run_until_signalled(amain(cfg, store_cfg, ext))
 
 
