@@ -390,6 +390,7 @@ class UdpBackend:
 
     def __init__(self, config: UdpConfig, ext: ExternalInterface, *,
                  network: ipaddress.IPv4Network | None = None,
+                 network6: ipaddress.IPv6Network | None = None,  # unused: IPv4-only
                  kernel: KernelThread | None = None) -> None:
         self.config = config
         self.ext = ext

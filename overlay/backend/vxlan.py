@@ -85,10 +85,12 @@ class VxlanBackend:
 
     def __init__(self, config: VxlanConfig, ext: ExternalInterface,
                  kernel: KernelThread | None = None, *,
-                 network: ipaddress.IPv4Network | None = None) -> None:
+                 network: ipaddress.IPv4Network | None = None,
+                 network6: ipaddress.IPv6Network | None = None) -> None:
         self.config = config
         self.ext = ext
         self.network = network  # routes outside it are never touched
+        self.network6 = network6  # the same for the IPv6 half
         self.device = f"flannel.{config.vni}"
         self._k = kernel or KernelThread(NetlinkKernel)
         self._own: Lease | None = None

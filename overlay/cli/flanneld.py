@@ -220,7 +220,8 @@ def make_backend(config: NetworkConfig, ext: ExternalInterface) -> Backend:
     """The data path named by ``Backend.Type`` (overlay.backend.registry)."""
     from overlay.backend.registry import make_backend as from_registry  # pyroute2: load late
 
-    return from_registry(config.backend_type, config.backend, ext, network=config.network)
+    return from_registry(config.backend_type, config.backend, ext, network=config.network,
+                         network6=config.ipv6_network)
 
 
 def ingress_factory(config: NetworkConfig) -> IngressGuard | None:
