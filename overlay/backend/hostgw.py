@@ -40,10 +40,12 @@ class HostGwBackend:
 
     def __init__(self, config: HostGwConfig, ext: ExternalInterface,
                  kernel: KernelThread | None = None, *,
-                 network: ipaddress.IPv4Network | None = None) -> None:
+                 network: ipaddress.IPv4Network | None = None,
+                 network6: ipaddress.IPv6Network | None = None) -> None:
         self.config = config
         self.ext = ext
         self.network = network  # routes outside it are never touched
+        self.network6 = network6  # the same for the IPv6 half
         self._k = kernel or KernelThread(NetlinkKernel)
         self._own: Lease | None = None
 
@@ -62,6 +64,9 @@ class HostGwBackend:
                 f"(it has: {have}); peers route to this host's public IP directly, so it "
                 "must be on the interface (no NAT) — use vxlan, or fix -public-ip/-iface")
         return {}
+
+    async def prepare_v6(self) -> Mapping[str, Any]:
+        return {}  # flannel's host-gw BackendV6Data
 
     async def attach(self, own: Lease) -> None:
         self._own = own

@@ -28,6 +28,7 @@ from typing import Any
 
 from overlay.backend.base import (
     BackendConfigError,
+    BackendError,
     ExternalInterface,
     ReconcileReport,
     bool_field,
@@ -84,10 +85,12 @@ class VxlanBackend:
 
     def __init__(self, config: VxlanConfig, ext: ExternalInterface,
                  kernel: KernelThread | None = None, *,
-                 network: ipaddress.IPv4Network | None = None) -> None:
+                 network: ipaddress.IPv4Network | None = None,
+                 network6: ipaddress.IPv6Network | None = None) -> None:
         self.config = config
         self.ext = ext
         self.network = network  # routes outside it are never touched
+        self.network6 = network6  # the same for the IPv6 half
         self.device = f"flannel.{config.vni}"
         self._k = kernel or KernelThread(NetlinkKernel)
         self._own: Lease | None = None
@@ -129,6 +132,9 @@ class VxlanBackend:
         self._index = link.index
         self.vtep_mac = link.mac
         return {"VNI": self.config.vni, "VtepMAC": link.mac}
+
+    async def prepare_v6(self) -> Mapping[str, Any]:
+        raise BackendError("vxlan: the IPv6 half (flannel-v6.<VNI>) is not built yet")
 
     async def attach(self, own: Lease) -> None:
         self._own = own

@@ -220,7 +220,8 @@ def make_backend(config: NetworkConfig, ext: ExternalInterface) -> Backend:
     """The data path named by ``Backend.Type`` (overlay.backend.registry)."""
     from overlay.backend.registry import make_backend as from_registry  # pyroute2: load late
 
-    return from_registry(config.backend_type, config.backend, ext, network=config.network)
+    return from_registry(config.backend_type, config.backend, ext, network=config.network,
+                         network6=config.ipv6_network)
 
 
 def ingress_factory(config: NetworkConfig) -> IngressGuard | None:
@@ -324,8 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("using interface %s (%s), public IP %s, MTU %d", ext.name, ext.ip, ext.public_ip,
              ext.mtu)
-    if ext.public_ip6 is not None:
-        log.info("public IPv6 %s (advertised in dual-stack networks)", ext.public_ip6)
+    if ext.public_ipv6 is not None:
+        log.info("public IPv6 %s (advertised in dual-stack networks)", ext.public_ipv6)
     return run_until_signalled(amain(cfg, store_cfg, ext))
 
 

@@ -56,6 +56,9 @@ class FakeBackend:
     async def prepare(self) -> Mapping[str, Any]:
         return {"VNI": 1, "VtepMAC": "0e:00:00:00:00:aa"}
 
+    async def prepare_v6(self) -> Mapping[str, Any]:
+        return {"VNI": 1, "VtepMAC": "0e:00:00:00:00:ab"}
+
     async def attach(self, own: Lease) -> None:
         self.attached.append(own)
 

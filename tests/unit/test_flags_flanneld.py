@@ -158,7 +158,7 @@ def test_choose_interface_ipv6(iface: list[str], public6: str | None, name: str,
                                ip6: str | None, pub6: str | None) -> None:
     ext = choose(DUAL_IFACES, None, iface,
                  public_ipv6=None if public6 is None else A6(public6))
-    assert (ext.name, ext.ip6, ext.public_ip6) == (
+    assert (ext.name, ext.iface_ipv6, ext.public_ipv6) == (
         name, None if ip6 is None else A6(ip6), None if pub6 is None else A6(pub6))
 
 
