@@ -9,8 +9,9 @@ Theory of operation
    a field out of range, a backend the data path refuses) log once per distinct
    value and wait for a change (a watch on the key, with a periodic re-read).
 2. **data path**: ``backend_factory(config, ext)`` and ``prepare()`` give the
-   backend data to publish (e.g. the VTEP MAC); with ``EnableIPv6`` also
-   ``prepare_v6()`` (flannel's BackendV6Data; udp refuses, being IPv4-only).
+   backend data to publish (e.g. the VTEP MAC), only with ``EnableIPv4``; with
+   ``EnableIPv6`` ``prepare_v6()`` (flannel's BackendV6Data; udp refuses, being
+   IPv4-only).
 3. **lease**: acquire (reuse by PublicIP, else previous subnet, else random),
    then ``attach`` the backend to it and, with ``-ip-masq``, ensure the rules.
    Dual-stack leases hold both halves (the previous pair comes from subnet.env's
@@ -49,7 +50,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar
 
 from overlay import ipnet, subnetfile
 from overlay.backend.base import (
@@ -97,15 +98,6 @@ BackendFactory = Callable[[NetworkConfig, ExternalInterface], Backend]
 
 NO_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")  # an IPv6-only lease's IPv4 half
 NO_IP = ipaddress.IPv4Address("0.0.0.0")  # an IPv6-only lease's PublicIP (flannel's)
-
-
-@runtime_checkable
-class DualStack(Protocol):
-    """A backend with an IPv6 half (overlay.backend's vxlan and host-gw)."""
-
-    async def prepare_v6(self) -> Mapping[str, Any]:
-        """Create the IPv6 devices; flannel's BackendV6Data to publish."""
-        ...
 
 
 class Masquerade(Protocol):
@@ -222,10 +214,12 @@ class Flanneld:
 
     async def run(self) -> None:
         config, backend = await self._wait_for_config()
-        try:
-            data = await backend.prepare()
-        except (BackendError, BackendConfigError) as exc:
-            raise FatalError(f"the {backend.name} data path cannot start: {exc}") from exc
+        data: Mapping[str, Any] = {}
+        if config.enable_ipv4:  # an IPv6-only host has no IPv4 device (no flannel.<VNI>)
+            try:
+                data = await backend.prepare()
+            except (BackendError, BackendConfigError) as exc:
+                raise FatalError(f"the {backend.name} data path cannot start: {exc}") from exc
         data6 = await self._prepare_v6(config, backend)
         self._ingress = await self._make_ingress(config)
         self.health.datapath_families = self._datapath_families
@@ -274,7 +268,6 @@ class Flanneld:
         """The backend's IPv6 half (``EnableIPv6``): BackendV6Data; FatalError if refused."""
         if not config.enable_ipv6:
             return {}
-        assert isinstance(backend, DualStack)  # _wait_for_config checked it
         try:
             return await backend.prepare_v6()
         except (BackendError, BackendConfigError) as exc:
@@ -347,9 +340,6 @@ class Flanneld:
                     check_daemon_support(config)
                     check_interface(config, self.ext)
                     backend = self.backend_factory(config, self.ext)
-                    if config.enable_ipv6 and not isinstance(backend, DualStack):
-                        raise BackendError(f"EnableIPv6: the {backend.name} data path has "
-                                           "no IPv6 half")
                     if last_problem is not None:
                         log.info("network config is now valid: %s", config.network)
                     return config, backend
@@ -396,7 +386,7 @@ class Flanneld:
         prev4 = previous[0] if config.enable_ipv4 and previous[0].prefixlen else None
         prev6 = previous[1] if config.enable_ipv6 else None
         public_ip = self.ext.public_ip if config.enable_ipv4 else NO_IP
-        public_ip6 = self.ext.public_ip6 if config.enable_ipv6 else None
+        public_ip6 = self.ext.public_ipv6 if config.enable_ipv6 else None
         last_error = ""
         attempt = 0
         while True:
@@ -481,7 +471,7 @@ class Flanneld:
     def _view(self, lease: Lease) -> Lease | str:
         state = self._require()
         return peer_view(lease, state.own, state.config, state.backend.name,
-                         self.ext.public_ip, self.ext.public_ip6)
+                         self.ext.public_ip, self.ext.public_ipv6)
 
     def _warn_once(self, lease: Lease, why: str) -> None:
         """One WARNING per lease revision and reason, however often the peers are listed."""
@@ -756,7 +746,7 @@ def check_interface(config: NetworkConfig, ext: ExternalInterface) -> None:
     if config.enable_ipv4 and ext.public_ip == NO_IP:
         raise ConfigError("EnableIPv4", f"interface {ext.name} has no IPv4 address (pick "
                           "another with -iface, or set \"EnableIPv4\": false)")
-    if config.enable_ipv6 and ext.public_ip6 is None:
+    if config.enable_ipv6 and ext.public_ipv6 is None:
         raise ConfigError("EnableIPv6", f"interface {ext.name} has no global IPv6 address "
                           "(pick one with -iface, or give -public-ipv6)")
 

@@ -17,7 +17,7 @@ import pytest
 from overlay import subnetfile
 from overlay.backend.base import Backend, BackendError, ExternalInterface, ReconcileReport
 from overlay.config import DaemonConfig, NetworkConfig, parse_network_config
-from overlay.daemon import DualStack, FatalError, Flanneld, peer_view
+from overlay.daemon import FatalError, Flanneld, peer_view
 from overlay.lease.model import (
     Lease,
     SubnetPair,
@@ -55,12 +55,14 @@ class DualBackend:
         self.attached: list[Lease] = []
         self.programmed: dict[SubnetPair, Lease] = {}
         self.prepared_v6 = 0
+        self.prepared = 0
 
     @property
     def mtu(self) -> int:
         return 1450
 
     async def prepare(self) -> Mapping[str, Any]:
+        self.prepared += 1
         return {"VNI": 1, "VtepMAC": "0e:00:00:00:00:aa"}
 
     async def prepare_v6(self) -> Mapping[str, Any]:
@@ -81,7 +83,6 @@ class DualBackend:
 
 
 _: Backend = DualBackend()
-assert isinstance(DualBackend(), DualStack)
 
 
 def ext(i: int, v4: bool = True, v6: bool = True) -> ExternalInterface:
@@ -177,6 +178,12 @@ async def test_ipv6_only_hosts_do_not_collide_on_the_zero_ipv4_half(rig: Rig) ->
         await until(lambda be=be: len(be.programmed) == 2, "two peers each")  # type: ignore[misc]
         assert subnets_of(mine) not in be.programmed
         assert d.health.leases_known == 3
+    d1, be1, _ = hosts[0]
+    assert be1.prepared == 0 and be1.prepared_v6 == 1  # no IPv4 device on IPv6-only hosts
+    assert d1.own is not None
+    stored = await rig.stored(d1.own)
+    assert stored is not None and stored.backend_data == {}  # flannel: BackendData null
+    assert stored.backend_v6_data == {"VNI": 1, "VtepMAC": "0e:00:00:00:00:bb"}
     env = subnetfile.read(rig.tmp / "h11" / "subnet.env")
     assert not env.ipv4 and env.ipv6_subnet == owns[0].ipv6_subnet  # type: ignore[union-attr]
     text = (rig.tmp / "h11" / "subnet.env").read_text()
@@ -187,7 +194,6 @@ async def test_ipv6_only_hosts_do_not_collide_on_the_zero_ipv4_half(rig: Rig) ->
     assert gone is not None
     await rig.stop(t3)
     await rig.store.delete(lease_key(PREFIX, gone).encode())
-    be1 = hosts[0][1]
     await until(lambda: subnets_of(gone) not in be1.programmed, "h3 removed on h1")
     assert len(be1.programmed) == 1
 

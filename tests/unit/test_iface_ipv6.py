@@ -33,7 +33,7 @@ def test_ipv6_only_interfaces_are_chosen(iface: list[str], regex: list[str],
                                          default: str | None,
                                          want: tuple[str, str, str]) -> None:
     ext = choose(IFACES, default, iface, regex)
-    assert (ext.name, str(ext.public_ip), str(ext.public_ip6)) == want
+    assert (ext.name, str(ext.public_ip), str(ext.public_ipv6)) == want
 
 
 V4 = parse_network_config(b'{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}')
