@@ -240,11 +240,12 @@ def ingress_factory(config: NetworkConfig) -> IngressGuard | None:
 
 
 def masq_factory(cfg: DaemonConfig) -> Callable[[NetworkConfig, Lease], Masquerade]:
-    """flannel's -ip-masq rules for the own subnet in the network (overlay.masq)."""
-    from overlay.masq import Masquerade as NftMasquerade
+    """flannel's -ip-masq rules for the own subnet(s) in the network, one nft table per
+    family the network enables (overlay.masq)."""
+    from overlay.masq import for_lease
 
     def make(config: NetworkConfig, own: Lease) -> Masquerade:
-        return NftMasquerade(config.network, own.subnet, fully_random=cfg.masq_fully_random)
+        return for_lease(config, own, fully_random=cfg.masq_fully_random)
 
     return make
 
