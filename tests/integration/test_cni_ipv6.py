@@ -127,20 +127,27 @@ def test_dual_stack_add_check_del_each_version(env: Env, version: str) -> None:
     d.delete("ds1", ns)  # idempotent
 
 
-def test_ipv6_only_host(env: Env) -> None:
+@pytest.mark.parametrize("version", VERSIONS)
+def test_ipv6_only_host(env: Env, version: str) -> None:
     write_subnet_env(env.tmp / "subnet.env", subnet=None, subnet6=SUB6)
-    d = env.driver("1.0.0")
+    d = env.driver(version)
     a, b = env.container(), env.container()
     ra, rb = d.add("v6a", a), d.add("v6b", b)
-    validate_result("1.0.0", ra)
+    validate_result(version, ra)
     assert [ip["address"] for ip in ra["ips"]] == ["fd00:10:244:5::2/64"]
     assert [ip["address"] for ip in rb["ips"]] == ["fd00:10:244:5::3/64"]
     assert ra["routes"] == [{"dst": "::/0", "gw": GW6}, {"dst": "fd00:10:244::/56", "gw": GW6}]
     assert env.tb.ping(env.ns_of(a), "fd00:10:244:5::3", timeout=2)  # across the bridge
     assert "inet " not in env.ip(env.ns_of(a), "addr", "show", "dev", "eth0")
     assert "inet " not in env.ip(env.host.netns, "addr", "show", "dev", "cni0")
-    d.check("v6a", a)
-    assert ipam_files(env.tmp) == ["fd00:10:244:5::2", "fd00:10:244:5::3"]
+    if version >= "0.4.0":
+        d.check("v6a", a)
+    if version == "1.1.0":
+        assert d.gc([("v6a", "eth0")]) == [] and ipam_files(env.tmp) == ["fd00:10:244:5::2"]
+        assert "eth0" not in host_links(env.ns_of(b))
+        d.status()
+    else:
+        assert ipam_files(env.tmp) == ["fd00:10:244:5::2", "fd00:10:244:5::3"]
     assert (env.tmp / "ipam/weftnet/last_reserved_ip.0").read_text() == "fd00:10:244:5::3"
     d.delete("v6a", a)
     d.delete("v6b", b)
