@@ -177,6 +177,37 @@ def test_ranges_for_both_families_in_the_netconf(env: Env) -> None:
     assert d.gc([]) == [] and ipam_files(env.tmp) == []
 
 
+def test_several_ipv6_gateways_of_the_config_live_side_by_side(env: Env) -> None:
+    """Two IPv6 ranges of one set inside the cluster network: the second range's gateway
+    joins the first's on the bridge (a gateway of the config is never "stale"), while a
+    gateway of an earlier lease still is (test_stale_ipv6_gateway_...)."""
+    ipam = {"ranges": [[{"subnet": "fd00:10:244:8::/126"}, {"subnet": "fd00:10:244:9::/64"}]]}
+    d = env.driver(ipam=ipam)
+    got = [d.add(f"g{i}", env.container())["ips"][0]["address"] for i in range(3)]
+    assert got == ["fd00:10:244:8::2/126", "fd00:10:244:8::3/126", "fd00:10:244:9::2/64"]
+    br = env.ip(env.host.netns, "-6", "addr", "show", "dev", "cni0")
+    assert "fd00:10:244:8::1/126" in br and "fd00:10:244:9::1/64" in br
+
+
+def test_stale_ipv6_gateway_replaced_when_empty_else_clear_error(env: Env) -> None:
+    d = env.driver()
+    ns = env.container()
+    d.add("s1", ns)
+    d.delete("s1", ns)
+    write_subnet_env(env.tmp / "subnet.env", subnet6="fd00:10:244:9::1/64")
+    assert d.add("s2", ns)["ips"][1]["address"] == "fd00:10:244:9::2/64"
+    br = env.ip(env.host.netns, "-6", "addr", "show", "dev", "cni0")
+    assert "fd00:10:244:9::1/64" in br and "fd00:10:244:5::1" not in br
+    assert "fe80::" in br  # the bridge's link-local address is not weft's to remove
+    write_subnet_env(env.tmp / "subnet.env", subnet6="fd00:10:244:a::1/64")
+    before = env.state()
+    with pytest.raises(CniFailure) as err:
+        d.add("s3", env.container())
+    assert err.value.code == 102
+    assert "already has IP address fd00:10:244:9::1/64" in err.value.error["msg"]
+    assert env.state() == before
+
+
 def test_requested_addresses_of_both_families(env: Env) -> None:
     d = env.driver()
     ns = env.container()
@@ -253,6 +284,7 @@ BAD = [
         "subnet": "fd00::/64", "rangeStart": "fd01::5"}]]}}, 7, "rangeStart fd01::5"),
     ("v4-gateway-in-v6-range", None, {"ipam": {"ranges": [[{
         "subnet": "fd00::/64", "gateway": "10.0.0.1"}]]}}, 7, "ipam.ranges[0][0].gateway"),
+    ("mtu-below-ipv6-minimum", None, {"mtu": 1200}, 7, "mtu 1200"),
     ("overlapping-sets", None, {"ipam": {"ranges": [[{"subnet": "fd00::/64"}],
                                                    [{"subnet": "fd00::/48"}]]}},
      7, "overlaps"),
