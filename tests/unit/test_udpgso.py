@@ -39,7 +39,7 @@ def valid(seg: bytes) -> bool:
     return checksum(seg[:ihl]) == 0 and checksum(pseudo + tcp) == 0
 
 
-def arr(data: bytes | bytearray) -> np.ndarray:  # type: ignore[type-arg]
+def arr(data: bytes | bytearray) -> udpgso.Bytes:
     return np.frombuffer(bytearray(data), dtype=np.uint8)
 
 
