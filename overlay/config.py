@@ -321,6 +321,7 @@ class DaemonConfig:
     masq_fully_random: bool = True  # flannel: off with -ip-masq-fully-random-disable
     blackhole_route: bool = False  # flannel: -ip-blackhole-route, drop own-subnet strays
     ingress_members_only: bool = True  # -vxlan-ingress-members-only (overlay.ingress)
+    forward_rules: bool = True  # -iptables-forward-rules (overlay.fwdrules)
 
     def renew_interval(self) -> float:
         """Seconds between renewals: TTL - margin, or TTL/3 when the margin is not smaller.

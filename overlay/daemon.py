@@ -113,6 +113,9 @@ class Masquerade(Protocol):
 
 
 MasqFactory = Callable[[NetworkConfig, Lease], Masquerade]
+# network config -> -iptables-forward-rules' rule sets, one per enabled family
+# (overlay.fwdrules provides them; ensure/remove as Masquerade's)
+ForwardFactory = Callable[[NetworkConfig], Sequence[Masquerade]]
 
 
 class IngressGuard(Protocol):
@@ -177,6 +180,7 @@ class Flanneld:
         health: HealthState | None = None,
         blackhole: BlackholeSync | None = None,
         ingress: IngressFactory | None = None,
+        forward: ForwardFactory | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -186,6 +190,8 @@ class Flanneld:
         self.blackhole = blackhole
         self.ingress_factory = ingress
         self._ingress: IngressGuard | None = None
+        self.forward_factory = forward
+        self._forward: Sequence[Masquerade] = ()
         self._blackholes_clean = False  # flag off and no blackhole of ours left
         self.clock: Clock = clock or SystemClock()
         self.health = health or HealthState()
@@ -230,6 +236,7 @@ class Flanneld:
         except (BackendError, BackendConfigError) as exc:
             raise FatalError(f"the {backend.name} data path cannot use lease {describe(own)}: "
                              f"{exc}") from exc
+        await self._start_forward_rules(config)
         listing = await self._retry(self.leases.list, "listing leases")
         self._set_table(table_from_listing(listing.items))
         await self.reconcile("start-up")
@@ -248,7 +255,7 @@ class Flanneld:
                 tg.create_task(self._reconcile_loop(), name="reconcile")
                 tg.create_task(self._resync_loop(), name="resync")
                 tg.create_task(self._config_watch(), name="config-watch")
-                if self.masq_factory is not None and self.cfg.ip_masq:
+                if (self.masq_factory is not None and self.cfg.ip_masq) or self._forward:
                     tg.create_task(self._masq_loop(), name="masq")
                 if self._ingress is not None:
                     tg.create_task(self._ingress_loop(), name="ingress")
@@ -727,17 +734,35 @@ class Flanneld:
             took = self.clock.monotonic() - started
             interval = max(self.cfg.resync_interval, took * RESYNC_BUDGET)
 
+    async def _start_forward_rules(self, config: NetworkConfig) -> None:
+        """-iptables-forward-rules: write them (they stay across restarts, as the masquerade
+        table does), or with the flag off remove what an earlier run left."""
+        if self.forward_factory is None:
+            return
+        rule_sets = self.forward_factory(config)
+        for rules in rule_sets:
+            try:
+                if self.cfg.forward_rules:
+                    await rules.ensure()
+                else:
+                    await rules.remove()
+            except Exception as exc:  # boundary: iptables failing must not stop the overlay
+                log.error("iptables FORWARD rules: %s; retrying every %.0f s", exc,
+                          self.cfg.masq_interval)
+        self._forward = rule_sets if self.cfg.forward_rules else ()
+
     async def _masq_loop(self) -> None:
+        """Every -iptables-resync seconds: masquerade and FORWARD rules still in place?"""
         while True:
             await self.clock.sleep(self.cfg.masq_interval)
             state = self._require()
-            if state.masq is None:
-                continue
-            try:
-                if await state.masq.ensure():
-                    log.warning("masquerade rules were missing or altered; restored")
-            except Exception as exc:  # boundary: a failed nft run must not kill the daemon
-                log.error("checking masquerade rules failed: %s", exc)
+            for what, rules in ([("masquerade", state.masq)] if state.masq else []) + [
+                    ("iptables FORWARD", r) for r in self._forward]:
+                try:
+                    if await rules.ensure():
+                        log.warning("%s rules were missing or altered; restored", what)
+                except Exception as exc:  # boundary: a failed run must not kill the daemon
+                    log.error("checking %s rules failed: %s", what, exc)
 
 
 def check_interface(config: NetworkConfig, ext: ExternalInterface) -> None:
