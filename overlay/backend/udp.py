@@ -616,6 +616,7 @@ class UdpBackend:
 
     def __init__(self, config: UdpConfig, ext: ExternalInterface, *,
                  network: ipaddress.IPv4Network | None = None,
+                 network6: ipaddress.IPv6Network | None = None,  # unused: IPv4-only
                  kernel: KernelThread | None = None) -> None:
         self.config = config
         self.ext = ext
@@ -635,6 +636,10 @@ class UdpBackend:
     def suite(self) -> str:
         """The encryption this host publishes and expects ("" = plaintext, flannel's)."""
         return SUITE if self.config.key_files else ""
+
+    async def prepare_v6(self) -> Mapping[str, Any]:
+        raise BackendError("the udp backend is IPv4-only, as flannel's: use vxlan or host-gw "
+                           "with EnableIPv6")
 
     async def prepare(self) -> Mapping[str, Any]:
         if self._fwd is None:

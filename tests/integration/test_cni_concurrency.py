@@ -106,6 +106,47 @@ def test_100_parallel_adds_then_dels_leave_nothing(bed: tuple[Testbed, CniDriver
     assert "weft-" not in nft_ruleset(host), "masquerade rules left behind"
 
 
+def test_50_parallel_dual_stack_adds_no_duplicate_in_either_family(
+        bed: tuple[Testbed, CniDriver, Path]) -> None:
+    """Both families' allocations under one lock per ADD: 50 at once give 50 distinct
+    addresses in each family, every container holding exactly its pair."""
+    tb, d, tmp = bed
+    write_subnet_env(tmp / "subnet.env", subnet="10.244.5.1/24",
+                     subnet6="fd00:10:244:5::1/64")
+    host = tb.hosts["h1"].netns
+    n = 50
+    nss = [tb.add_container("h1", f"d{i}").netns_path for i in range(n)]
+    conf = d.plugin_conf(d.conflist["plugins"][0], None, None)
+    procs = [d.popen("weft", _env("ADD", f"ds{i}", nss[i]), conf) for i in range(n)]
+    results = []
+    for i, p in enumerate(procs):
+        res = d.collect(p)
+        assert res.rc == 0, (i, res)
+        results.append(json.loads(res.stdout))
+    v4 = [r["ips"][0]["address"] for r in results]
+    v6 = [r["ips"][1]["address"] for r in results]
+    assert len(set(v4)) == n and len(set(v6)) == n, "duplicate addresses handed out"
+    assert all(":" in a for a in v6) and "fd00:10:244:5::1/64" not in v6
+    files = ipam_files(tmp)
+    assert len(files) == 2 * n
+    for a4, a6, i in zip(v4, v6, range(n), strict=True):
+        for a in (a4, a6):
+            assert (tmp / "ipam/weftnet" / a.split("/")[0]).read_bytes() == \
+                f"ds{i}\r\neth0".encode()
+    masq = nft_ruleset(host)
+    assert all(a.split("/")[0] in masq for a in v4 + v6)
+    for ns, a in zip(nss[:3], v6[:3], strict=True):
+        out = subprocess.run(["ip", "-n", ns.rsplit("/", 1)[1], "-6", "addr", "show", "eth0"],
+                             capture_output=True, text=True).stdout
+        assert a in out and "tentative" not in out
+    procs = [d.popen("weft", _env("DEL", f"ds{i}", nss[i]), conf) for i in range(n)]
+    for i, p in enumerate(procs):
+        res = d.collect(p)
+        assert res.rc == 0, (i, res)
+    assert ipam_files(tmp) == [] and _veths(host) == []
+    assert "weft-" not in nft_ruleset(host), "masquerade rules left behind"
+
+
 STEPS = [
     # step, what must be visible before the kill
     ("allocated", "file"),
