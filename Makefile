@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 # uv from PATH, else the one pip installs into python3 (its shim may not be on PATH yet)
 UV = $$(command -v uv >/dev/null 2>&1 && echo uv || echo python3 -m uv)
-APT_PACKAGES := etcd-server etcd-client iproute2 nftables bind9-dnsutils iperf3 dnsperf \
+APT_PACKAGES := etcd-server etcd-client iproute2 nftables iptables bind9-dnsutils iperf3 dnsperf \
 	containernetworking-plugins knot tcpdump iputils-ping procps psmisc kmod \
 	shellcheck ruby systemd vagrant make
 # only for make vm-test (three QEMU VMs; not part of make test)

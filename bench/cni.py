@@ -11,7 +11,12 @@ from a driver process that itself runs inside one scratch host namespace:
   ratios are printed too, since the machine's load hits both sides of one round alike);
 
 for weft as installed (a resident helper serves every exec after the first)
-and weft installed with ``--no-helper`` (each exec does all the work itself).
+and weft installed with ``--no-helper`` (each exec does all the work itself);
+
+* dual-stack ADD and DEL latency p50/p99 (issue 17): weft on a dual-stack
+  subnet.env (FLANNEL_SUBNET + FLANNEL_IPV6_SUBNET) vs the reference bridge +
+  host-local with ``ranges`` for both families and both cluster routes, as
+  flannel's CNI configures them, interleaved with the IPv4 rows.
 
 Goals (issue 4): weft ADD p50 <= 2x the reference; 100 parallel ADDs <= 1x.
 Run: ``.venv/bin/python bench/cni.py`` (root; about a minute). Everything lives
@@ -36,6 +41,9 @@ PAR_ROUNDS = 3  # parallel figures are the median of this many rounds, order rot
 # ref: Debian bridge + host-local; weft: as installed (resident helper after the first
 # exec); weft-inproc: installed with --no-helper (every exec does all the work itself)
 KINDS = ("ref", "weft", "weft-inproc")
+# dual-stack (IPv4 + IPv6), sequential latency only: reference and weft as installed
+DS_KINDS = ("ref-ds", "weft-ds")
+SEQ_KINDS = KINDS + DS_KINDS
 
 
 def pct(values: list[float], p: float) -> float:
@@ -99,19 +107,19 @@ def _inner(spec_path: str) -> int:
             results.update(((kind, f"par{i}"), out) for i, out in enumerate(outs))
         return dt
 
-    res: dict[str, dict[str, list[float] | float]] = {k: {} for k in KINDS}
+    res: dict[str, dict[str, list[float] | float]] = {k: {} for k in SEQ_KINDS}
     seq = spec["seq"]
-    for kind in KINDS:  # warm page cache / pyc and start weft's helper; not measured
+    for kind in SEQ_KINDS:  # warm page cache / pyc and start weft's helper; not measured
         run(kind, "ADD", "warm", seq[kind][0])
         run(kind, "DEL", "warm", seq[kind][0])
     time.sleep(0.5)
     for cmd in ("ADD", "DEL"):
-        lat: dict[str, list[float]] = {k: [] for k in KINDS}
+        lat: dict[str, list[float]] = {k: [] for k in SEQ_KINDS}
         for i in range(len(seq["weft"])):
-            shift = i % len(KINDS)  # rotate the order so load hits every kind alike
-            for kind in KINDS[shift:] + KINDS[:shift]:
+            shift = i % len(SEQ_KINDS)  # rotate the order so load hits every kind alike
+            for kind in SEQ_KINDS[shift:] + SEQ_KINDS[:shift]:
                 lat[kind].append(run(kind, cmd, f"seq{i}", seq[kind][i]))
-        for kind in KINDS:
+        for kind in SEQ_KINDS:
             res[kind][cmd] = lat[kind]
     rounds: dict[str, dict[str, list[float]]] = {k: {"ADD": [], "DEL": []} for k in KINDS}
     for rnd in range(PAR_ROUNDS):  # the same namespaces each round: DEL leaves them clean
@@ -158,12 +166,28 @@ def main() -> int:
                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.245.5.0/24"}]],
                              "routes": [{"dst": "10.244.0.0/16"}],
                              "dataDir": str(tmp / "ref-ipam")}}
+        (tmp / "subnet3.env").write_text(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n"
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n"
+            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+        ds_conf = {"cniVersion": "1.0.0", "name": "weftnet3", "type": "weft",
+                   "bridge": "cni3", "subnetFile": str(tmp / "subnet3.env"),
+                   "dataDir": str(tmp / "weft3-ipam")}
+        ref_ds_conf = {"cniVersion": "1.0.0", "name": "refnet4", "type": "bridge",
+                       "bridge": "cni4", "isGateway": True, "isDefaultGateway": True,
+                       "hairpinMode": True, "mtu": 1450, "ipMasq": False,
+                       "ipam": {"type": "host-local",
+                                "ranges": [[{"subnet": "10.245.7.0/24"}],
+                                           [{"subnet": "fd00:10:245:7::/64"}]],
+                                "routes": [{"dst": "10.244.0.0/16"},
+                                           {"dst": "fd00:10:244::/56"}],
+                                "dataDir": str(tmp / "ref4-ipam")}}
         t0 = time.monotonic()
         seq = {k: [tb.add_container("h1", f"{j}s{i}").netns_path for i in range(N_SEQ)]
-               for j, k in enumerate(KINDS)}
+               for j, k in enumerate(SEQ_KINDS)}
         par = {k: [tb.add_container("h1", f"{j}p{i}").netns_path for i in range(N_PAR)]
                for j, k in enumerate(KINDS)}
-        print(f"setup: {len(KINDS) * (N_SEQ + N_PAR)} container namespaces in "
+        print(f"setup: {len(SEQ_KINDS) * N_SEQ + len(KINDS) * N_PAR} container namespaces in "
               f"{time.monotonic() - t0:.1f} s", flush=True)
         spec = {"weft": {"bin": str(weft_bin), "path": str(weft_bin.parent),
                          "conf": json.dumps(weft_conf)},
@@ -171,10 +195,14 @@ def main() -> int:
                                 "conf": json.dumps(inproc_conf)},
                 "ref": {"bin": f"{REF_DIR}/bridge", "path": REF_DIR,
                         "conf": json.dumps(ref_conf)},
+                "weft-ds": {"bin": str(weft_bin), "path": str(weft_bin.parent),
+                            "conf": json.dumps(ds_conf)},
+                "ref-ds": {"bin": f"{REF_DIR}/bridge", "path": REF_DIR,
+                           "conf": json.dumps(ref_ds_conf)},
                 "seq": seq, "par": par}
         (tmp / "spec.json").write_text(json.dumps(spec))
         proc = tb.exec(tb.hosts["h1"].netns, [sys.executable, str(Path(__file__).resolve()),
-                                               "--inner", str(tmp / "spec.json")], timeout=170)
+                                               "--inner", str(tmp / "spec.json")], timeout=300)
         res = json.loads(proc.stdout)
     ms = 1000.0
     r = res["ref"]
@@ -196,6 +224,14 @@ def main() -> int:
                                             strict=True)]
             cells += f"{'/'.join(f'{x:.2f}' for x in ratios):>18}"
         print(f"{f'  per-round {cmd} ratio (x)':36} {'':>10}{cells}")
+    rd = res["ref-ds"]
+    print(f"{'dual-stack (IPv4 + IPv6)':36} {'reference':>10} {'weft':>16}")
+    for cmd in ("ADD", "DEL"):
+        for p in (50, 99):
+            rv = pct(rd[cmd], p) * ms
+            v = pct(res["weft-ds"][cmd], p) * ms
+            print(f"{cmd + f' latency p{p} (ms, n={N_SEQ})':36} {rv:10.1f} "
+                  f"{v:9.1f} ({v / rv:4.2f}x)")
     print("reference = Debian containernetworking-plugins bridge + host-local "
           "(/usr/lib/cni), same host namespace, same run")
     return 0

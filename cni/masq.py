@@ -1,10 +1,11 @@
 """Container masquerade (``ipMasq``) with nftables, in the namespace the plugin runs in.
 
-One table per network, ``ip weft-<network>``: a set ``masq`` of container IPs
-and a nat postrouting chain masquerading traffic from those IPs to anything
-outside the cluster network and not multicast. ADD adds an element (creating
+One table per network and family, ``ip weft-<network>`` and (dual-stack,
+IPv6) ``ip6 weft-<network>``: a set ``masq`` of container IPs and a nat
+postrouting chain masquerading traffic from those IPs to anything outside the
+cluster network and not multicast (224.0.0.0/4, ff00::/8). ADD adds an element (creating
 the table if needed, all in one ``nft -f`` transaction); DEL removes it, and
-removes the whole table with the network's last allocation, so nothing is left
+removes the tables with the network's last allocation, so nothing is left
 behind. ``render_*`` are pure; ``apply`` is the only place that execs nft.
 """
 
@@ -15,10 +16,11 @@ import os
 import zlib
 
 from cni.errors import IOFailure
+from cni.ip6 import IPv6, Net6
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from cni.ip4 import IPv4, Net4
 
@@ -55,32 +57,50 @@ class MasqLock:
             self.fd = -1
 
 
-def render_setup(network: str, cluster: Net4,
-                 members: Iterable[tuple[IPv4, str]],
+def _family(ip: IPv4 | IPv6 | Net4 | Net6) -> tuple[str, str, str, str]:
+    """(nft family, set type, address selector, multicast) of ``ip``'s family."""
+    if isinstance(ip, IPv6 | Net6):
+        return "ip6", "ipv6_addr", "ip6", "ff00::/8"
+    return "ip", "ipv4_addr", "ip", "224.0.0.0/4"
+
+
+def render_setup(network: str, clusters: Sequence[Net4 | Net6],
+                 members: Iterable[tuple[IPv4 | IPv6, str]],
                  flush_members: bool = False) -> str:
-    """Create or refresh the table, then add ``members`` (ip, containerID)."""
+    """Create or refresh the table of each family in ``clusters`` (IPv4: ``ip
+    weft-<net>``, IPv6: ``ip6 weft-<net>``, as flannel's ``flannel-ipv6``), then add
+    ``members`` (ip, containerID) to the set of their family."""
     t = table_name(network)
-    lines = [
-        f"add table ip {t}",
-        f"add set ip {t} masq {{ type ipv4_addr; }}",
-        f"add chain ip {t} postrouting {{ type nat hook postrouting priority srcnat; "
-        "policy accept; }",
-        f"flush chain ip {t} postrouting",
-        f"add rule ip {t} postrouting ip saddr @masq ip daddr != {cluster} "
-        f'ip daddr != 224.0.0.0/4 masquerade comment "weft network {t[5:]}"',
-    ]
-    if flush_members:
-        lines.append(f"flush set ip {t} masq")
+    lines = []
+    for cluster in clusters:
+        fam, set_type, sel, mcast = _family(cluster)
+        lines += [
+            f"add table {fam} {t}",
+            f"add set {fam} {t} masq {{ type {set_type}; }}",
+            f"add chain {fam} {t} postrouting {{ type nat hook postrouting priority srcnat; "
+            "policy accept; }",
+            f"flush chain {fam} {t} postrouting",
+            f"add rule {fam} {t} postrouting {sel} saddr @masq {sel} daddr != {cluster} "
+            f'{sel} daddr != {mcast} masquerade comment "weft network {t[5:]}"',
+        ]
+        if flush_members:
+            lines.append(f"flush set {fam} {t} masq")
     for ip, cid in members:
-        lines.append(f'add element ip {t} masq {{ {ip} comment "id: {cid[:100]}" }}')
+        fam = _family(ip)[0]
+        lines.append(f'add element {fam} {t} masq {{ {ip} comment "id: {cid[:100]}" }}')
     return "\n".join(lines) + "\n"
 
 
-def render_remove(network: str, ip: IPv4 | None, last: bool) -> str:
+def render_remove(network: str, ip: IPv4 | IPv6 | None, last: bool) -> str:
+    """Drop one element, or (``last``) both families' tables: each delete follows an
+    ``add``, so a table that is not there (IPv4-only network, repeated DEL) is no error."""
     t = table_name(network)
     if last:
-        return f"delete table ip {t}\n"
-    return f"delete element ip {t} masq {{ {ip} }}\n" if ip is not None else ""
+        return "".join(f"add table {fam} {t}\ndelete table {fam} {t}\n" for fam in ("ip", "ip6"))
+    if ip is None:
+        return ""
+    fam = _family(ip)[0]
+    return f"delete element {fam} {t} masq {{ {ip} }}\n"
 
 
 def apply(script: str, tolerate_missing: bool = False) -> None:
@@ -101,9 +121,11 @@ def apply(script: str, tolerate_missing: bool = False) -> None:
         raise IOFailure(f"ipMasq: nft rejected the rules: {err}", script)
 
 
-def enable_forwarding() -> None:
-    """IPv4 forwarding in the current namespace (the host's), as the bridge plugin does."""
-    path = "/proc/sys/net/ipv4/ip_forward"
+def enable_forwarding(version: int = 4) -> None:
+    """Forwarding in the current namespace (the host's), as the bridge plugin does:
+    ``net.ipv4.ip_forward``, for IPv6 ``net.ipv6.conf.all.forwarding``."""
+    path = ("/proc/sys/net/ipv6/conf/all/forwarding" if version == 6
+            else "/proc/sys/net/ipv4/ip_forward")
     try:
         with open(path, "rb") as f:
             if f.read(1) == b"1":
@@ -111,4 +133,4 @@ def enable_forwarding() -> None:
         with open(path, "wb") as f:
             f.write(b"1")
     except OSError as e:
-        raise IOFailure(f"cannot enable IPv4 forwarding: {e.strerror}") from None
+        raise IOFailure(f"cannot enable IPv{version} forwarding: {e.strerror}") from None

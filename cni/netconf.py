@@ -11,11 +11,15 @@ from __future__ import annotations
 from cni import wire
 from cni.errors import ConfigError, DecodeError, EnvError, TryAgainError, VersionError
 from cni.ip4 import IPv4, Net4, parse_interface
+from cni.ip6 import IPv6, Net6, parse_interface6
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from typing import Any
+    from collections.abc import Callable, Mapping
+    from typing import Any, TypeVar
+
+    A = TypeVar("A", IPv4, IPv6)
+    N = TypeVar("N", Net4, Net6)
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
@@ -249,17 +253,30 @@ def requested_mac(conf: NetConf, env: Env) -> bytes | None:
 
 
 class SubnetEnv:
-    """flanneld's subnet.env: the host's leased subnet, the cluster network, MTU, masq."""
+    """flanneld's subnet.env: the host's leased subnet(s), the cluster network(s), MTU, masq.
 
-    __slots__ = ("gateway", "ipmasq", "mtu", "network", "subnet")
+    The IPv4 trio (``network``, ``subnet``, ``gateway``) is None on an IPv6-only
+    host, the IPv6 trio (``network6``...) when the file has no FLANNEL_IPV6_* lines.
+    """
 
-    def __init__(self, network: Net4, subnet: Net4, gateway: IPv4, mtu: int,
-                 ipmasq: bool) -> None:
+    __slots__ = ("gateway", "gateway6", "ipmasq", "mtu", "network", "network6", "subnet",
+                 "subnet6")
+
+    def __init__(self, network: Net4 | None, subnet: Net4 | None, gateway: IPv4 | None,
+                 mtu: int, ipmasq: bool, network6: Net6 | None = None,
+                 subnet6: Net6 | None = None, gateway6: IPv6 | None = None) -> None:
         self.network = network
         self.subnet = subnet
         self.gateway = gateway
         self.mtu = mtu
         self.ipmasq = ipmasq
+        self.network6 = network6
+        self.subnet6 = subnet6
+        self.gateway6 = gateway6
+
+    def cluster(self, version: int) -> Net4 | Net6 | None:
+        """The cluster network of one family (FLANNEL_NETWORK / FLANNEL_IPV6_NETWORK)."""
+        return self.network if version == 4 else self.network6
 
 
 def subnet_vars(text: str) -> dict[str, str]:
@@ -285,26 +302,61 @@ def subnet_vars(text: str) -> dict[str, str]:
     return out
 
 
+def _field_error(where: str, key: str, text: str, family: int, e: ValueError) -> ConfigError:
+    return ConfigError(f"{where}: {key} {text!r} is not an IPv{family} network ({e})",
+                       "flanneld writes this file; is it corrupted?")
+
+
+def _check_room(where: str, key: str, text: str, prefixlen: int, limit: int) -> None:
+    if prefixlen > limit:
+        raise ConfigError(f"{where}: {key} {text} is too small for containers")
+
+
+def _pair(values: dict[str, str], where: str, family: str, net: Callable[[str, bool], N],
+          iface: Callable[[str], tuple[A, N]], limit: int) -> tuple[N, N, A]:
+    """(FLANNEL_<family>NETWORK, FLANNEL_<family>SUBNET's network, the gateway =
+    FLANNEL_<family>SUBNET's address) of one family; errors name the variable."""
+    key = f"FLANNEL_{family}NETWORK"
+    text = values[key].split(",")[0]
+    try:
+        network = net(text, False)
+        key = f"FLANNEL_{family}SUBNET"
+        text = values[key]
+        ip, subnet = iface(text)
+    except ValueError as e:
+        raise _field_error(where, key, text, 6 if family else 4, e) from None
+    _check_room(where, key, text, subnet.prefixlen, limit)
+    return network, subnet, ip if ip != subnet.network_address else ip + 1
+
+
 def parse_subnet_env(text: str, where: str) -> SubnetEnv:
-    """Parse ``KEY=VALUE`` lines; missing or bad keys are named in the error."""
+    """Parse ``KEY=VALUE`` lines; missing or bad keys are named in the error.
+
+    IPv4 needs FLANNEL_NETWORK + FLANNEL_SUBNET, IPv6 FLANNEL_IPV6_NETWORK +
+    FLANNEL_IPV6_SUBNET; a file has one pair or both (flanneld's dual-stack and
+    IPv6-only files), plus FLANNEL_MTU and FLANNEL_IPMASQ.
+    """
     values = subnet_vars(text)
-    need = ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ")
+    v6 = "FLANNEL_IPV6_NETWORK" in values or "FLANNEL_IPV6_SUBNET" in values
+    v4 = "FLANNEL_NETWORK" in values or "FLANNEL_SUBNET" in values or not v6
+    need = [*(("FLANNEL_NETWORK", "FLANNEL_SUBNET") if v4 else ()),
+            *(("FLANNEL_IPV6_NETWORK", "FLANNEL_IPV6_SUBNET") if v6 else ()),
+            "FLANNEL_MTU", "FLANNEL_IPMASQ"]
     missing = [k for k in need if k not in values]
     if missing:
         raise TryAgainError(f"{where} lacks {', '.join(missing)}",
                             "flanneld writes this file once it holds a lease")
     try:
-        network = Net4.parse(values["FLANNEL_NETWORK"].split(",")[0], strict=False)
-        ip, subnet = parse_interface(values["FLANNEL_SUBNET"])
         mtu = int(values["FLANNEL_MTU"])
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    if subnet.prefixlen > 30:
-        raise ConfigError(f"{where}: FLANNEL_SUBNET {values['FLANNEL_SUBNET']} is too small "
-                          "for containers")
-    gateway = ip if ip != subnet.network_address else subnet.network_address + 1
-    return SubnetEnv(network, subnet, gateway, mtu,
-                     values["FLANNEL_IPMASQ"].lower() in ("true", "1"))
+    except ValueError:
+        raise ConfigError(f"{where}: FLANNEL_MTU {values['FLANNEL_MTU']!r} is not a number"
+                          ) from None
+    net4, sub4, gw4 = (_pair(values, where, "", Net4.parse, parse_interface, 30) if v4
+                       else (None, None, None))
+    net6, sub6, gw6 = (_pair(values, where, "IPV6_", Net6.parse, parse_interface6, 126) if v6
+                       else (None, None, None))
+    return SubnetEnv(net4, sub4, gw4, mtu, values["FLANNEL_IPMASQ"].lower() in ("true", "1"),
+                     net6, sub6, gw6)
 
 
 def read_subnet_env(path: str) -> SubnetEnv:

@@ -30,7 +30,7 @@ from cni.errors import KernelError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
 NETLINK_ROUTE = 0
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 1, 2, 4
@@ -43,11 +43,12 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_PROTINFO, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_NET_NS_FD = 12, 18, 20, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, VETH_INFO_PEER = 1, 2, 1
 IFLA_BRPORT_MODE = 4  # hairpin
-IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
+IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
+IFA_F_NODAD, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x02, 0x08, 0x40
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
 NLA_F_NESTED = 0x8000
 IFF_UP = 1
-AF_UNSPEC, AF_BRIDGE, AF_INET = 0, 7, 2
+AF_UNSPEC, AF_BRIDGE, AF_INET, AF_INET6 = 0, 7, 2, 10
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
 CLONE_NEWNET = 0x40000000
 ENODEV, EEXIST, ESRCH, EADDRNOTAVAIL = 19, 17, 3, 99
@@ -166,6 +167,39 @@ def setns(fd: int) -> None:
 
         err = _ctypes.get_errno()
         raise KernelError(f"setns into a network namespace failed: {os.strerror(err)}", err)
+
+
+def write_sysctls(settings: Sequence[tuple[str, str]], netns_fd: int = -1,
+                  ) -> list[tuple[str, str]]:
+    """Write ``/proc/sys/<key>`` (``net/ipv6/conf/eth0/accept_dad``) = value for each
+    setting, in the namespace open on ``netns_fd`` (else the current one): the calling
+    thread switches there and back, as ``open_in`` does. A value already in place is
+    not rewritten. Returns the (key, reason) of the writes that failed."""
+    failed: list[tuple[str, str]] = []
+    home = -1
+    if netns_fd >= 0:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        setns(netns_fd)
+    try:
+        for key, value in settings:
+            path = "/proc/sys/" + key
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    if os.read(fd, 64).strip() != value.encode():
+                        os.lseek(fd, 0, os.SEEK_SET)
+                        os.write(fd, value.encode())
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                failed.append((key, e.strerror or str(e)))
+    finally:
+        if home >= 0:
+            try:
+                setns(home)
+            finally:
+                os.close(home)
+    return failed
 
 
 class Netlink:
@@ -313,22 +347,29 @@ class Netlink:
 
     # -- addresses and routes ---------------------------------------------
 
-    def addresses(self, index: int) -> list[tuple[bytes, int]]:
-        """IPv4 addresses on link ``index`` as (4 packed bytes, prefix length)."""
+    def addresses(self, index: int, family: int = AF_INET) -> list[tuple[bytes, int, int]]:
+        """Addresses of ``family`` on link ``index`` as (packed, prefix length, IFA_F_* flags)."""
         out = []
-        for body in self.dump(RTM_GETADDR, _IFADDR.pack(AF_INET, 0, 0, 0, 0), "list addresses"):
-            _, plen, _, _, idx = _IFADDR.unpack_from(body)
-            if idx != index:
+        for body in self.dump(RTM_GETADDR, _IFADDR.pack(family, 0, 0, 0, 0), "list addresses"):
+            fam, plen, flags, _, idx = _IFADDR.unpack_from(body)
+            if idx != index or fam != family:
                 continue
             attrs = parse_attrs(body, _IFADDR.size)
             local = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+            if IFA_FLAGS in attrs:
+                flags = struct.unpack("=I", attrs[IFA_FLAGS])[0]
             if local:
-                out.append((local, plen))
+                out.append((local, plen, flags))
         return out
 
-    def add_address(self, index: int, addr: bytes, prefixlen: int, broadcast: bytes) -> None:
-        body = (_IFADDR.pack(AF_INET, prefixlen, 0, 0, index) + attr(IFA_LOCAL, addr)
-                + attr(IFA_ADDRESS, addr) + attr(IFA_BROADCAST, broadcast))
+    def add_address(self, index: int, addr: bytes, prefixlen: int, broadcast: bytes | None,
+                    nodad: bool = False) -> None:
+        """Add an address (the family from its length); ``nodad``: usable at once (IPv6)."""
+        family = AF_INET6 if len(addr) == 16 else AF_INET
+        body = (_IFADDR.pack(family, prefixlen, IFA_F_NODAD if nodad else 0, 0, index)
+                + attr(IFA_LOCAL if family == AF_INET else IFA_ADDRESS, addr)
+                + (attr(IFA_ADDRESS, addr) if family == AF_INET else b"")
+                + (attr(IFA_BROADCAST, broadcast) if broadcast else b""))
         try:
             self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, "add address")
         except KernelError as e:
@@ -336,8 +377,9 @@ class Netlink:
                 raise
 
     def delete_address(self, index: int, addr: bytes, prefixlen: int) -> None:
-        body = (_IFADDR.pack(AF_INET, prefixlen, 0, 0, index) + attr(IFA_LOCAL, addr)
-                + attr(IFA_ADDRESS, addr))
+        family = AF_INET6 if len(addr) == 16 else AF_INET
+        body = (_IFADDR.pack(family, prefixlen, 0, 0, index) + attr(IFA_ADDRESS, addr)
+                + (attr(IFA_LOCAL, addr) if family == AF_INET else b""))
         try:
             self.request(RTM_DELADDR, 0, body, "delete address")
         except KernelError as e:
@@ -349,7 +391,8 @@ class Netlink:
         interfaces (``ip route append``, as the bridge plugin does), so a second interface
         of a container on the same network gets its own; the very same route already
         there is not an error."""
-        body = (_RTMSG.pack(AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
+        family = AF_INET6 if len(gateway) == 16 else AF_INET
+        body = (_RTMSG.pack(family, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT,
                             RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
                 + (attr(RTA_DST, dst) if dst_len else b"") + attr(RTA_GATEWAY, gateway)
                 + attr_u32(RTA_OIF, oif))
@@ -359,16 +402,17 @@ class Netlink:
             if e.errno != EEXIST:
                 raise
 
-    def routes(self) -> list[tuple[bytes, int, bytes, int]]:
-        """Main-table IPv4 routes as (dst, dst_len, gateway, oif)."""
+    def routes(self, family: int = AF_INET) -> list[tuple[bytes, int, bytes, int]]:
+        """Main-table routes of ``family`` as (dst, dst_len, gateway, oif)."""
         out = []
-        body = _RTMSG.pack(AF_INET, 0, 0, 0, 0, 0, 0, 0, 0)
+        body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+        zero = b"\0" * (16 if family == AF_INET6 else 4)
         for reply in self.dump(RTM_GETROUTE, body, "list routes"):
-            _, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(reply)
-            if table != RT_TABLE_MAIN:
+            fam, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(reply)
+            if table != RT_TABLE_MAIN or fam != family:
                 continue
             attrs = parse_attrs(reply, _RTMSG.size)
             oif = struct.unpack("=I", attrs[RTA_OIF])[0] if RTA_OIF in attrs else 0
-            out.append((attrs.get(RTA_DST, b"\0\0\0\0"), dst_len,
+            out.append((attrs.get(RTA_DST, zero), dst_len,
                         attrs.get(RTA_GATEWAY, b""), oif))
         return out

@@ -9,7 +9,8 @@ if TYPE_CHECKING:
 
 def shape(version: str, interfaces: list[dict[str, Any]], ips: list[dict[str, Any]],
           routes: list[dict[str, Any]], dns: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The result for ``version`` (0.3.x/0.4.0 add ``ips[].version``; 1.1.0 keeps ``mtu``)."""
+    """The result for ``version`` (0.3.x/0.4.0 add ``ips[].version``, "4" or "6";
+    1.1.0 keeps ``mtu``)."""
     legacy = version.startswith("0.")
     modern_fields = version == "1.1.0"
     out_ifs = []
@@ -22,7 +23,7 @@ def shape(version: str, interfaces: list[dict[str, Any]], ips: list[dict[str, An
     for ip in ips:
         d = dict(ip)
         if legacy:
-            d["version"] = "4"
+            d["version"] = "6" if ":" in str(d.get("address", "")) else "4"
         out_ips.append(d)
     return {"cniVersion": version, "interfaces": out_ifs, "ips": out_ips,
             "routes": [dict(r) for r in routes], "dns": dict(dns or {})}

@@ -223,15 +223,14 @@ def parse_network_config(data: bytes | str) -> NetworkConfig:
 
 
 def check_daemon_support(config: NetworkConfig) -> None:
-    """What flanneld itself cannot run yet: IPv6 leases and data paths (issue 17).
+    """What weft's flanneld cannot run although the config is valid for flannel hosts.
 
-    The config is valid (``weftctl network set`` stores it, and flannel hosts use
-    it), but a weft flanneld joining an IPv6 cluster without its IPv6 half would
-    leave its containers unreachable over IPv6, so it waits instead.
+    The udp backend is IPv4-only, as flannel's (flannel refuses EnableIPv6 with it
+    too): such a flanneld waits, saying so, rather than joining without its IPv6 half.
     """
-    if config.enable_ipv6:
-        raise ConfigError("EnableIPv6", "IPv6 and dual-stack networks are valid but "
-                          "weft's flanneld does not run them yet")
+    if config.enable_ipv6 and config.backend_type == "udp":
+        raise ConfigError("EnableIPv6", "the udp backend is IPv4-only (as flannel's); "
+                          "use vxlan or host-gw for an IPv6 or dual-stack network")
 
 
 def build_network_json(network: str, subnet_len: int | None = None,
@@ -322,6 +321,7 @@ class DaemonConfig:
     masq_fully_random: bool = True  # flannel: off with -ip-masq-fully-random-disable
     blackhole_route: bool = False  # flannel: -ip-blackhole-route, drop own-subnet strays
     ingress_members_only: bool = True  # -vxlan-ingress-members-only (overlay.ingress)
+    forward_rules: bool = True  # -iptables-forward-rules (overlay.fwdrules)
 
     def renew_interval(self) -> float:
         """Seconds between renewals: TTL - margin, or TTL/3 when the margin is not smaller.

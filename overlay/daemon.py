@@ -9,9 +9,14 @@ Theory of operation
    a field out of range, a backend the data path refuses) log once per distinct
    value and wait for a change (a watch on the key, with a periodic re-read).
 2. **data path**: ``backend_factory(config, ext)`` and ``prepare()`` give the
-   backend data to publish (e.g. the VTEP MAC).
+   backend data to publish (e.g. the VTEP MAC), only with ``EnableIPv4``; with
+   ``EnableIPv6`` ``prepare_v6()`` (flannel's BackendV6Data; udp refuses, being
+   IPv4-only).
 3. **lease**: acquire (reuse by PublicIP, else previous subnet, else random),
    then ``attach`` the backend to it and, with ``-ip-masq``, ensure the rules.
+   Dual-stack leases hold both halves (the previous pair comes from subnet.env's
+   FLANNEL_SUBNET and FLANNEL_IPV6_SUBNET); IPv6-only leases keep flannel's zero
+   IPv4 half (0.0.0.0/0, PublicIP 0.0.0.0) and a host is known by its PublicIPv6.
 4. **peers**: snapshot the leases and ``reconcile`` the backend with all of
    them at once — this is the start-up reconciliation that also removes
    entries of peers that vanished while we were down.
@@ -21,6 +26,13 @@ Theory of operation
    the snapshot revision; a compaction or a broken watch re-lists and diffs),
    **resync** (periodic full reconcile, self-healing deleted kernel entries),
    **masq** (periodic re-check of the masquerade rules).
+
+The lease table is keyed by the pair of subnets a lease key names (IPv6-only
+leases all share the IPv4 half). ``peer_view`` decides, purely, which peer
+leases the backend gets and with which halves: a family the network does not
+enable is stripped, IPv4-only peers in a dual-stack network keep their IPv4
+half only (mixed clusters), and a half outside the network or over our own is
+refused with a logged reason.
 
 Nothing is torn down on exit: the lease stays (it expires unless we come back
 and reuse it) and so does the kernel state, so a restart does not blip traffic.
@@ -37,7 +49,7 @@ import ipaddress
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from overlay import ipnet, subnetfile
@@ -62,7 +74,17 @@ from overlay.errors import WeftError
 from overlay.health import HealthState
 from overlay.lease.allocator import NetworkFullError
 from overlay.lease.manager import AcquireError, LeaseLostError, LeaseManager
-from overlay.lease.model import EventKind, Lease, config_key, subnets_prefix
+from overlay.lease.model import (
+    EventKind,
+    Lease,
+    SubnetPair,
+    config_key,
+    describe,
+    has_ipv4,
+    owner,
+    subnets_of,
+    subnets_prefix,
+)
 from overlay.lease.watcher import Update, apply_watch_events, resync, table_from_listing
 from overlay.metrics import Family
 from overlay.service import sd_notify
@@ -72,6 +94,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BackendFactory = Callable[[NetworkConfig, ExternalInterface], Backend]
+
+
+NO_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")  # an IPv6-only lease's IPv4 half
+NO_IP = ipaddress.IPv4Address("0.0.0.0")  # an IPv6-only lease's PublicIP (flannel's)
 
 
 class Masquerade(Protocol):
@@ -87,6 +113,9 @@ class Masquerade(Protocol):
 
 
 MasqFactory = Callable[[NetworkConfig, Lease], Masquerade]
+# network config -> -iptables-forward-rules' rule sets, one per enabled family
+# (overlay.fwdrules provides them; ensure/remove as Masquerade's)
+ForwardFactory = Callable[[NetworkConfig], Sequence[Masquerade]]
 
 
 class IngressGuard(Protocol):
@@ -131,7 +160,8 @@ class _State:
     backend: Backend
     own: Lease
     backend_data: Mapping[str, Any]
-    table: dict[ipaddress.IPv4Network, Lease] = field(default_factory=dict)
+    backend_v6_data: Mapping[str, Any] = field(default_factory=dict)
+    table: dict[SubnetPair, Lease] = field(default_factory=dict)
     masq: Masquerade | None = None
 
 
@@ -150,6 +180,7 @@ class Flanneld:
         health: HealthState | None = None,
         blackhole: BlackholeSync | None = None,
         ingress: IngressFactory | None = None,
+        forward: ForwardFactory | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -159,6 +190,8 @@ class Flanneld:
         self.blackhole = blackhole
         self.ingress_factory = ingress
         self._ingress: IngressGuard | None = None
+        self.forward_factory = forward
+        self._forward: Sequence[Masquerade] = ()
         self._blackholes_clean = False  # flag off and no blackhole of ours left
         self.clock: Clock = clock or SystemClock()
         self.health = health or HealthState()
@@ -187,19 +220,23 @@ class Flanneld:
 
     async def run(self) -> None:
         config, backend = await self._wait_for_config()
-        try:
-            data = await backend.prepare()
-        except (BackendError, BackendConfigError) as exc:
-            raise FatalError(f"the {backend.name} data path cannot start: {exc}") from exc
+        data: Mapping[str, Any] = {}
+        if config.enable_ipv4:  # an IPv6-only host has no IPv4 device (no flannel.<VNI>)
+            try:
+                data = await backend.prepare()
+            except (BackendError, BackendConfigError) as exc:
+                raise FatalError(f"the {backend.name} data path cannot start: {exc}") from exc
+        data6 = await self._prepare_v6(config, backend)
         self._ingress = await self._make_ingress(config)
         self.health.datapath_families = self._datapath_families
-        own = await self._acquire(config, backend, data)
-        self._state = _State(config, backend, own, data)
+        own = await self._acquire(config, backend, data, data6)
+        self._state = _State(config, backend, own, data, data6)
         try:
             await self._attach(own)
         except (BackendError, BackendConfigError) as exc:
-            raise FatalError(f"the {backend.name} data path cannot use lease {own.subnet}: "
+            raise FatalError(f"the {backend.name} data path cannot use lease {describe(own)}: "
                              f"{exc}") from exc
+        await self._start_forward_rules(config)
         listing = await self._retry(self.leases.list, "listing leases")
         self._set_table(table_from_listing(listing.items))
         await self.reconcile("start-up")
@@ -210,7 +247,7 @@ class Flanneld:
         self.health.datapath_ready = True
         if sd_notify("READY=1", self.cfg.notify_socket):
             log.info("notified systemd: READY=1")
-        log.info("ready: subnet %s, %d peers", own.subnet, len(self.peers()))
+        log.info("ready: subnet %s, %d peers", describe(own), len(self.peers()))
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._renew_loop(), name="renew")
@@ -218,7 +255,7 @@ class Flanneld:
                 tg.create_task(self._reconcile_loop(), name="reconcile")
                 tg.create_task(self._resync_loop(), name="resync")
                 tg.create_task(self._config_watch(), name="config-watch")
-                if self.masq_factory is not None and self.cfg.ip_masq:
+                if (self.masq_factory is not None and self.cfg.ip_masq) or self._forward:
                     tg.create_task(self._masq_loop(), name="masq")
                 if self._ingress is not None:
                     tg.create_task(self._ingress_loop(), name="ingress")
@@ -233,6 +270,16 @@ class Flanneld:
                 await backend.close()
             except Exception as exc:  # boundary: closing must not mask why we stop
                 log.debug("closing the data path: %s", exc)
+
+    async def _prepare_v6(self, config: NetworkConfig, backend: Backend) -> Mapping[str, Any]:
+        """The backend's IPv6 half (``EnableIPv6``): BackendV6Data; FatalError if refused."""
+        if not config.enable_ipv6:
+            return {}
+        try:
+            return await backend.prepare_v6()
+        except (BackendError, BackendConfigError) as exc:
+            raise FatalError(f"EnableIPv6: the {backend.name} data path cannot run IPv6: "
+                             f"{exc}") from exc
 
     def _datapath_families(self) -> list[Family]:
         state = self._state
@@ -298,6 +345,7 @@ class Flanneld:
                 try:
                     config = parse_network_config(raw)
                     check_daemon_support(config)
+                    check_interface(config, self.ext)
                     backend = self.backend_factory(config, self.ext)
                     if last_problem is not None:
                         log.info("network config is now valid: %s", config.network)
@@ -335,17 +383,25 @@ class Flanneld:
                     await t
 
     async def _acquire(self, config: NetworkConfig, backend: Backend,
-                       data: Mapping[str, Any], previous: ipaddress.IPv4Network | None = None,
-                       ) -> Lease:
+                       data: Mapping[str, Any], data6: Mapping[str, Any],
+                       previous: SubnetPair | None = None) -> Lease:
+        """Hold a lease (retried until it works). ``previous`` (re-acquire) else the
+        subnet file's pair is preferred; reuse by PublicIP(v6) comes first anyway."""
         if previous is None:
-            previous = subnetfile.read_previous_subnet(self.cfg.subnet_file)
+            previous = (subnetfile.read_previous_subnet(self.cfg.subnet_file) or NO_IPV4,
+                        subnetfile.read_previous_subnet6(self.cfg.subnet_file))
+        prev4 = previous[0] if config.enable_ipv4 and previous[0].prefixlen else None
+        prev6 = previous[1] if config.enable_ipv6 else None
+        public_ip = self.ext.public_ip if config.enable_ipv4 else NO_IP
+        public_ip6 = self.ext.public_ipv6 if config.enable_ipv6 else None
         last_error = ""
         attempt = 0
         while True:
             try:
-                got = await self.leases.acquire(config, self.ext.public_ip,
+                got = await self.leases.acquire(config, public_ip,
                                                 lease_backend_type(backend.name), data,
-                                                previous)
+                                                prev4, public_ipv6=public_ip6,
+                                                backend_v6_data=data6, previous6=prev6)
             except (NetworkFullError, AcquireError, StoreError) as exc:
                 if str(exc) != last_error:
                     log.error("cannot acquire a lease: %s; retrying", exc)
@@ -355,7 +411,7 @@ class Flanneld:
                 continue
             self.health.lease_held = True
             self.health.lease_acquisitions_total += 1
-            log.info("acquired lease %s for %s (%s)", got.lease.subnet, self.ext.public_ip,
+            log.info("acquired lease %s for %s (%s)", describe(got.lease), owner(got.lease),
                      got.reason.value)
             return got.lease
 
@@ -386,12 +442,16 @@ class Flanneld:
 
     def _write_subnet_file(self) -> None:
         state = self._require()
-        env = subnetfile.SubnetEnv(state.config.network, state.own.subnet, state.backend.mtu,
-                                   self.cfg.ip_masq)
+        config, own = state.config, state.own
+        env = subnetfile.SubnetEnv(config.network, own.subnet, state.backend.mtu,
+                                   self.cfg.ip_masq, config.ipv6_network, own.ipv6_subnet,
+                                   ipv4=config.enable_ipv4)
         subnetfile.write(self.cfg.subnet_file, env)
         self.health.subnet_file_written = True
-        log.info("wrote %s (FLANNEL_SUBNET=%s)", self.cfg.subnet_file,
-                 ipnet.gateway(env.subnet))
+        shown = [f"FLANNEL_SUBNET={ipnet.gateway(env.subnet)}"] if env.ipv4 else []
+        if env.ipv6_subnet is not None:
+            shown.append(f"FLANNEL_IPV6_SUBNET={ipnet.gateway6(env.ipv6_subnet)}")
+        log.info("wrote %s (%s)", self.cfg.subnet_file, ", ".join(shown))
 
     def _require(self) -> _State:
         if self._state is None:
@@ -403,40 +463,29 @@ class Flanneld:
     def peers(self) -> list[Lease]:
         """Peer leases the backend should program: own lease and foreign types left out."""
         state = self._require()
+        mine = subnets_of(state.own)
         out: list[Lease] = []
         for lease in state.table.values():
-            if lease.subnet == state.own.subnet:
+            if subnets_of(lease) == mine:
                 continue
-            why = self._unusable(lease)
-            if why is not None:
-                self._warn_once(lease, why)
+            view = self._view(lease)
+            if isinstance(view, str):
+                self._warn_once(lease, view)
                 continue
-            out.append(lease)
+            out.append(view)
         return out
 
-    def _unusable(self, lease: Lease) -> str | None:
-        """Why a peer lease must not be programmed, or None."""
+    def _view(self, lease: Lease) -> Lease | str:
         state = self._require()
-        mine = state.backend.name
-        network, own = state.config.network, state.own.subnet
-        btype = lease.backend_type or ""
-        if btype != mine and not (btype == "" and mine == "udp"):
-            return f"backend type {btype!r}, we run {mine!r}"
-        # never route outside the cluster network or over our own containers
-        if not lease.subnet.subnet_of(network):
-            return f"subnet outside the network {network}"
-        if lease.subnet.overlaps(own):
-            return f"subnet overlaps our own {own}"
-        if lease.public_ip == self.ext.public_ip:
-            return "it names our own public IP (a stale lease of ours?)"
-        return None
+        return peer_view(lease, state.own, state.config, state.backend.name,
+                         self.ext.public_ip, self.ext.public_ipv6)
 
     def _warn_once(self, lease: Lease, why: str) -> None:
         """One WARNING per lease revision and reason, however often the peers are listed."""
-        marker = (str(lease.subnet), lease.mod_revision, why)
+        marker = (describe(lease), lease.mod_revision, why)
         if marker not in self._warned:
             self._warned.add(marker)
-            log.warning("ignoring lease %s from %s: %s", lease.subnet, lease.public_ip, why)
+            log.warning("ignoring lease %s from %s: %s", describe(lease), owner(lease), why)
 
     def _set_table(self, update: Update) -> None:
         state = self._require()
@@ -446,20 +495,20 @@ class Flanneld:
                 self._malformed[err.key] = seen
                 self.health.malformed_leases_total += 1
                 log.warning("ignoring malformed lease: %s", err)
-        own = state.own.subnet
+        own = subnets_of(state.own)
         for ev in update.events:
-            if ev.lease.subnet == own:
+            if subnets_of(ev.lease) == own:
                 continue
-            why = self._unusable(ev.lease)
-            if why is not None:  # never "added" (or "removed"): it is not a peer of ours
+            view = self._view(ev.lease)
+            if isinstance(view, str):  # never "added" (or "removed"): not a peer of ours
                 if ev.kind is EventKind.ADDED:
-                    self._warn_once(ev.lease, why)
+                    self._warn_once(ev.lease, view)
                 continue
             if ev.kind is EventKind.ADDED:
-                log.info("peer %s via %s (%s) added", ev.lease.subnet, ev.lease.public_ip,
+                log.info("peer %s via %s (%s) added", describe(view), owner(view),
                          ev.lease.backend_type or "-")
             else:
-                log.info("peer %s via %s removed", ev.lease.subnet, ev.lease.public_ip)
+                log.info("peer %s via %s removed", describe(view), owner(view))
         state.table = update.table
         self.health.leases_known = len(state.table)
 
@@ -467,7 +516,8 @@ class Flanneld:
         """Log each peer the backend could not program once per lease revision (not per pass)."""
         current: set[tuple[str, int]] = set()
         for err in errors:
-            rev = next((p.mod_revision for p in peers if err.startswith(f"peer {p.subnet}:")), 0)
+            rev = next((p.mod_revision for p in peers
+                        if err.startswith((f"peer {p.subnet}:", f"peer {p.ipv6_subnet}:"))), 0)
             marker = (err, rev)
             current.add(marker)
             if marker not in self._problems:
@@ -482,7 +532,7 @@ class Flanneld:
             peers = self.peers()
             if self._ingress is not None:  # before the routes: no blackout on join
                 try:
-                    await self._ingress.update(p.public_ip for p in peers)
+                    await self._ingress.update(p.public_ip for p in peers if has_ipv4(p))
                 except Exception as exc:  # boundary: nft failing must not stop the overlay
                     log.error("updating the ingress members failed (retried on the next "
                               "reconcile): %s", exc)
@@ -515,6 +565,8 @@ class Flanneld:
         if self.blackhole is None or (self._blackholes_clean and not self.cfg.blackhole_route):
             return  # flag off: a leftover can only predate this run, and it is gone
         state = self._require()
+        if not state.config.enable_ipv4:
+            return  # IPv4-only flag; 0.0.0.0/0 is no subnet to blackhole
         want = desired_blackholes(state.own.subnet, self.cfg.blackhole_route)
         try:
             errors = await self.blackhole(want, state.config.network)
@@ -551,31 +603,31 @@ class Flanneld:
                 continue
             except StoreError as exc:
                 log.warning("renewing lease %s failed (%s); retrying in %.0f s",
-                            state.own.subnet, exc, self._renew_delay)
+                            describe(state.own), exc, self._renew_delay)
                 await self.clock.sleep(self._renew_delay)
                 continue
             self.health.lease_renewals_total += 1
-            log.debug("renewed lease %s (ttl %d s)", state.own.subnet, ttl)
+            log.debug("renewed lease %s (ttl %d s)", describe(state.own), ttl)
 
     async def _reacquire(self, reason: str) -> None:
         state = self._require()
         old = state.own
         log.warning("lease %s lost (%s); re-acquiring, same subnet if still free",
-                    old.subnet, reason)
+                    describe(old), reason)
         self.health.lease_held = False
         await self.leases.release_quietly(old)
         own = await self._acquire(state.config, state.backend, state.backend_data,
-                                  previous=old.subnet)
+                                  state.backend_v6_data, previous=subnets_of(old))
         state.own = own
-        if own.subnet != old.subnet:
+        if subnets_of(own) != subnets_of(old):
             log.warning("lease moved from %s to %s: containers on the old subnet lose "
-                        "connectivity", old.subnet, own.subnet)
+                        "connectivity", describe(old), describe(own))
             try:
                 await self._attach(own)
                 self._write_subnet_file()
             except (BackendError, OSError) as exc:
-                log.error("moving the data path to %s failed: %s", own.subnet, exc)
-        state.table[own.subnet] = own
+                log.error("moving the data path to %s failed: %s", describe(own), exc)
+        state.table[subnets_of(own)] = own
         await self.reconcile("re-acquired")
 
     def _note_own(self, update: Update, seen: int) -> None:
@@ -587,12 +639,13 @@ class Flanneld:
         state = self._require()
         if seen < state.own.mod_revision:
             return
-        current = update.table.get(state.own.subnet)
+        current = update.table.get(subnets_of(state.own))
         if current is None:
             self._lost_reason = "its key was deleted or expired"
             self._lost.set()
-        elif current.public_ip != state.own.public_ip:
-            self._lost_reason = f"it now belongs to {current.public_ip}"
+        elif (current.public_ip, current.public_ipv6) != (state.own.public_ip,
+                                                          state.own.public_ipv6):
+            self._lost_reason = f"it now belongs to {owner(current)}"
             self._lost.set()
 
     async def _watch_loop(self, start: int) -> None:
@@ -629,10 +682,10 @@ class Flanneld:
 
     def _apply(self, update: Update, seen: int) -> None:
         state = self._require()
-        own_before = state.own.subnet
+        own_before = subnets_of(state.own)
         self._set_table(update)
         self._note_own(update, seen)
-        if any(ev.lease.subnet != own_before for ev in update.events):
+        if any(subnets_of(ev.lease) != own_before for ev in update.events):
             self._dirty.set()  # the reconciler coalesces bursts into one pass
 
     async def _reconcile_loop(self) -> None:
@@ -681,17 +734,89 @@ class Flanneld:
             took = self.clock.monotonic() - started
             interval = max(self.cfg.resync_interval, took * RESYNC_BUDGET)
 
+    async def _start_forward_rules(self, config: NetworkConfig) -> None:
+        """-iptables-forward-rules: write them (they stay across restarts, as the masquerade
+        table does), or with the flag off remove what an earlier run left."""
+        if self.forward_factory is None:
+            return
+        rule_sets = self.forward_factory(config)
+        for rules in rule_sets:
+            try:
+                if self.cfg.forward_rules:
+                    await rules.ensure()
+                else:
+                    await rules.remove()
+            except Exception as exc:  # boundary: iptables failing must not stop the overlay
+                log.error("iptables FORWARD rules: %s; retrying every %.0f s", exc,
+                          self.cfg.masq_interval)
+        self._forward = rule_sets if self.cfg.forward_rules else ()
+
     async def _masq_loop(self) -> None:
+        """Every -iptables-resync seconds: masquerade and FORWARD rules still in place?"""
         while True:
             await self.clock.sleep(self.cfg.masq_interval)
             state = self._require()
-            if state.masq is None:
-                continue
-            try:
-                if await state.masq.ensure():
-                    log.warning("masquerade rules were missing or altered; restored")
-            except Exception as exc:  # boundary: a failed nft run must not kill the daemon
-                log.error("checking masquerade rules failed: %s", exc)
+            for what, rules in ([("masquerade", state.masq)] if state.masq else []) + [
+                    ("iptables FORWARD", r) for r in self._forward]:
+                try:
+                    if await rules.ensure():
+                        log.warning("%s rules were missing or altered; restored", what)
+                except Exception as exc:  # boundary: a failed run must not kill the daemon
+                    log.error("checking %s rules failed: %s", what, exc)
+
+
+def check_interface(config: NetworkConfig, ext: ExternalInterface) -> None:
+    """``ConfigError`` naming the family when the chosen interface cannot serve it
+    (an IPv6 network on a host without a global IPv6 address, or the reverse)."""
+    if config.enable_ipv4 and ext.public_ip == NO_IP:
+        raise ConfigError("EnableIPv4", f"interface {ext.name} has no IPv4 address (pick "
+                          "another with -iface, or set \"EnableIPv4\": false)")
+    if config.enable_ipv6 and ext.public_ipv6 is None:
+        raise ConfigError("EnableIPv6", f"interface {ext.name} has no global IPv6 address "
+                          "(pick one with -iface, or give -public-ipv6)")
+
+
+def peer_view(lease: Lease, own: Lease, config: NetworkConfig, backend: str,
+              public_ip: ipaddress.IPv4Address, public_ip6: ipaddress.IPv6Address | None,
+              ) -> Lease | str:
+    """The peer lease as the backend should program it, or why it must not be. Pure.
+
+    A half the network does not enable is stripped (an IPv4-only network ignores
+    IPv6 halves; an IPv6-only one, IPv4 halves); a peer without any enabled half
+    (an IPv4-only host in an IPv6-only network) is refused. A half outside the
+    network, over our own subnet, or naming our own public address refuses the
+    whole lease: it cannot be trusted.
+    """
+    btype = lease.backend_type or ""
+    if btype != backend and not (btype == "" and backend == "udp"):
+        return f"backend type {btype!r}, we run {backend!r}"
+    view = lease
+    if not config.enable_ipv4 and has_ipv4(view):
+        view = replace(view, subnet=NO_IPV4, public_ip=NO_IP)
+    if not config.enable_ipv6 and view.ipv6_subnet is not None:
+        view = replace(view, ipv6_subnet=None, public_ipv6=None, backend_v6_data={})
+    if not has_ipv4(view) and view.ipv6_subnet is None:
+        return "it has no subnet in a family the network enables (" + (
+            "IPv6-only network" if not config.enable_ipv4 else "IPv4-only network") + ")"
+    # never route outside the cluster network or over our own containers
+    if has_ipv4(view):
+        if not view.subnet.subnet_of(config.network):
+            return f"subnet outside the network {config.network}"
+        if has_ipv4(own) and view.subnet.overlaps(own.subnet):
+            return f"subnet overlaps our own {own.subnet}"
+        if view.public_ip == public_ip:
+            return "it names our own public IP (a stale lease of ours?)"
+    if view.ipv6_subnet is not None:
+        net6 = config.ipv6_network
+        if net6 is None or not view.ipv6_subnet.subnet_of(net6):
+            return f"IPv6 subnet outside the IPv6Network {net6}"
+        if own.ipv6_subnet is not None and view.ipv6_subnet.overlaps(own.ipv6_subnet):
+            return f"IPv6 subnet overlaps our own {own.ipv6_subnet}"
+        if view.public_ipv6 is None:
+            return "it has an IPv6 subnet but no PublicIPv6"
+        if view.public_ipv6 == public_ip6:
+            return "it names our own public IPv6 (a stale lease of ours?)"
+    return view
 
 
 def backoff(attempt: int) -> float:

@@ -9,8 +9,12 @@ address (NAT); without it the interface's first IPv4 address is advertised.
 IPv6 (flannel's dual-stack lookup): an ``-iface`` may also be an IPv6 address,
 which picks the interface holding it; the interface's IPv6 address is that one
 or else its first global one (link-local and other scopes are never advertised),
-and ``-public-ipv6`` overrides what is advertised as PublicIPv6. The IPv4 address
-is still required (weft's flanneld does not run IPv6-only hosts yet).
+and ``-public-ipv6`` overrides what is advertised as PublicIPv6. An interface with
+only IPv6 addresses is chosen too (an IPv6-only host): its IPv4 address is then
+0.0.0.0, and the daemon refuses an IPv4 network on it naming ``EnableIPv4``, as it
+refuses an IPv6 network on a host without a global IPv6 address. Without
+``-iface``, a host without an IPv4 default route uses its IPv6 default route's
+interface. ``-iface-regex`` tries IPv4 addresses, then IPv6 ones, then names.
 
 ``choose`` is pure over ``Interface`` records; ``read_interfaces`` and
 ``default_route_interface`` read them from ``ip -j`` in the current network
@@ -29,6 +33,8 @@ from dataclasses import dataclass
 from overlay.backend.base import ExternalInterface
 from overlay.errors import WeftError
 
+NO_IP = ipaddress.IPv4Address("0.0.0.0")  # the IPv4 address of an IPv6-only interface
+
 
 class InterfaceError(WeftError, RuntimeError):
     """No usable external interface; says which flag asked for what."""
@@ -42,6 +48,10 @@ class Interface:
     addresses: tuple[ipaddress.IPv4Address, ...]
     up: bool = True
     addresses6: tuple[ipaddress.IPv6Address, ...] = ()  # global scope only
+
+    @property
+    def addressed(self) -> bool:
+        return bool(self.addresses or self.addresses6)
 
 
 def choose(
@@ -63,14 +73,14 @@ def choose(
                 want = ipaddress.ip_address(spec)
             except ValueError:
                 cand = by_name.get(spec)
-                if cand is not None and cand.addresses:
-                    chosen, ip = cand, cand.addresses[0]
+                if cand is not None and cand.addressed:
+                    chosen = cand
                     break
                 continue
             for cand in interfaces:
                 if isinstance(want, ipaddress.IPv6Address):
-                    if want in cand.addresses6 and cand.addresses:
-                        chosen, ip, ip6 = cand, cand.addresses[0], want
+                    if want in cand.addresses6:
+                        chosen, ip6 = cand, want
                         break
                 elif want in cand.addresses:
                     chosen, ip = cand, want
@@ -79,8 +89,8 @@ def choose(
                 break
         if chosen is None:
             raise InterfaceError(
-                f"-iface {', '.join(iface)}: no such interface with an IPv4 address "
-                f"(have: {', '.join(sorted(by_name)) or 'none'})")
+                f"-iface {', '.join(iface)}: no such interface with an IPv4 or global IPv6 "
+                f"address (have: {', '.join(sorted(by_name)) or 'none'})")
     elif iface_regex:
         for pattern in iface_regex:
             try:
@@ -93,10 +103,14 @@ def choose(
                 if hit is not None:
                     chosen, ip = cand, hit
                     break
+                hit6 = next((a for a in cand.addresses6 if rx.search(str(a))), None)
+                if hit6 is not None:
+                    chosen, ip6 = cand, hit6
+                    break
             else:
                 for cand in interfaces:
-                    if cand.addresses and rx.search(cand.name):
-                        chosen, ip = cand, cand.addresses[0]
+                    if cand.addressed and rx.search(cand.name):
+                        chosen = cand
                         break
             if chosen:
                 break
@@ -106,10 +120,11 @@ def choose(
         if default_dev is None:
             raise InterfaceError("no default route; pick the interface with -iface")
         chosen = by_name.get(default_dev)
-        if chosen is None or not chosen.addresses:
-            raise InterfaceError(f"default-route interface {default_dev} has no IPv4 address")
-        ip = chosen.addresses[0]
-    assert ip is not None
+        if chosen is None or not chosen.addressed:
+            raise InterfaceError(f"default-route interface {default_dev} has no IPv4 or "
+                                 "global IPv6 address")
+    if ip is None:
+        ip = chosen.addresses[0] if chosen.addresses else NO_IP
     if ip6 is None and chosen.addresses6:
         ip6 = chosen.addresses6[0]
     return ExternalInterface(chosen.name, chosen.index, ip, public_ip or ip, chosen.mtu,
@@ -138,9 +153,9 @@ def read_interfaces() -> list[Interface]:
     return parse_ip_addr_json(proc.stdout)
 
 
-def _route_dev(*args: str) -> str | None:
-    """The first ``dev`` in ``ip -j -4 route <args>``, or None (no route, ip failed)."""
-    proc = subprocess.run(["ip", "-j", "-4", "route", *args], capture_output=True,
+def _route_dev(*args: str, family: str = "-4") -> str | None:
+    """The first ``dev`` in ``ip -j <family> route <args>``, or None (no route, ip failed)."""
+    proc = subprocess.run(["ip", "-j", family, "route", *args], capture_output=True,
                           text=True, check=False, timeout=10)
     if proc.returncode != 0:
         return None
@@ -151,8 +166,8 @@ def _route_dev(*args: str) -> str | None:
 
 
 def default_route_interface() -> str | None:
-    """The default route's interface, or None."""
-    return _route_dev("show", "default")
+    """The IPv4 default route's interface, else the IPv6 one's (IPv6-only host), or None."""
+    return _route_dev("show", "default") or _route_dev("show", "default", family="-6")
 
 
 def route_interface(dest: ipaddress.IPv4Address) -> str | None:

@@ -10,6 +10,12 @@ with address ``198.18.0.<10+i>/24``. Each *container* is a namespace that the
 caller wires up (the CNI plugin does it in the real flow; ``add_container``
 does it by hand for tests that predate the plugin).
 
+With ``ipv6=True`` the underlay is dual-stack: ``ul0`` also holds
+``fd00:198:18::1/64`` and host i ``fd00:198:18::<10+i>/64`` (ULA space, only
+inside the namespaces), IPv6 forwarding is on in the hosts, and containers may
+get an IPv6 address beside (or instead of) the IPv4 one. Every IPv6 address is
+added ``nodad`` so it is usable at once (no duplicate address detection wait).
+
 Nothing here touches the root namespace: every ``ip`` command runs with
 ``-n <ns>`` or inside ``ip netns exec``; veth pairs are created inside the
 underlay namespace and their peers moved straight into the host namespace.
@@ -41,7 +47,14 @@ from typing import IO
 from overlay.errors import WeftError
 
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
-HOST_BASE = 10  # host i gets UNDERLAY[HOST_BASE + i]
+UNDERLAY6 = ipaddress.IPv6Network("fd00:198:18::/64")  # with ipv6=True only
+HOST_BASE = 10  # host i gets UNDERLAY[HOST_BASE + i] (and ip6_of(i) with ipv6)
+
+
+def ip6_of(index: int) -> ipaddress.IPv6Address:
+    """Host ``index``'s IPv6 underlay address: fd00:198:18::<10+index> (decimal digits,
+    so host 1 is ``fd00:198:18::11`` like its ``198.18.0.11``)."""
+    return ipaddress.IPv6Address(f"{UNDERLAY6.network_address}{HOST_BASE + index}")
 
 
 class TestbedError(WeftError):
@@ -89,6 +102,7 @@ class Host:
     netns: str  # namespace name
     ip: ipaddress.IPv4Address  # underlay address on eth0
     iface: str = "eth0"
+    ip6: ipaddress.IPv6Address | None = None  # IPv6 underlay address (ipv6 testbeds)
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv]
@@ -100,6 +114,7 @@ class Container:
     netns: str
     host: Host
     ip: ipaddress.IPv4Interface | None = None
+    ip6: ipaddress.IPv6Interface | None = None
 
     @property
     def netns_path(self) -> str:
@@ -117,6 +132,7 @@ class Testbed:
 
     tag: str = field(default_factory=lambda: "w" + secrets.token_hex(3))
     mtu: int = 1500
+    ipv6: bool = False  # dual-stack underlay (see the module docstring)
     hosts: dict[str, Host] = field(default_factory=dict)
     containers: dict[str, Container] = field(default_factory=dict)
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -133,6 +149,11 @@ class Testbed:
         """Address of the underlay namespace itself (where a shared store listens)."""
         return UNDERLAY[1]
 
+    @property
+    def underlay_ip6(self) -> ipaddress.IPv6Address:
+        """The underlay namespace's IPv6 address (ipv6 testbeds)."""
+        return UNDERLAY6[1]
+
     def build(self, n_hosts: int) -> Testbed:
         """Create the underlay and ``n_hosts`` hosts (h1..hN); undo all on failure."""
         atexit.register(self.destroy)
@@ -143,6 +164,9 @@ class Testbed:
             run(["ip", "-n", ul, "link", "set", "ul0", "mtu", str(self.mtu), "up"])
             run(["ip", "-n", ul, "addr", "add", f"{self.underlay_ip}/{UNDERLAY.prefixlen}",
                  "dev", "ul0"])
+            if self.ipv6:
+                run(["ip", "-n", ul, "addr", "add",
+                     f"{self.underlay_ip6}/{UNDERLAY6.prefixlen}", "dev", "ul0", "nodad"])
             for i in range(1, n_hosts + 1):
                 self.add_host(f"h{i}")
         except BaseException:
@@ -155,7 +179,7 @@ class Testbed:
         index = len(self.hosts) + 1
         ip = UNDERLAY[HOST_BASE + index]
         ns = f"{self.tag}-{name}"
-        host = Host(name, ns, ip)
+        host = Host(name, ns, ip, ip6=ip6_of(index) if self.ipv6 else None)
         self._make_ns(ns)
         self.hosts[name] = host
         ul = self.underlay_ns
@@ -166,40 +190,55 @@ class Testbed:
         run(["ip", "-n", ns, "link", "set", "eth0", "mtu", str(self.mtu), "up"])
         run(["ip", "-n", ns, "addr", "add", f"{ip}/{UNDERLAY.prefixlen}", "dev", "eth0"])
         self.sysctl(ns, "net.ipv4.ip_forward", "1")
+        if host.ip6 is not None:
+            run(["ip", "-n", ns, "addr", "add", f"{host.ip6}/{UNDERLAY6.prefixlen}",
+                 "dev", "eth0", "nodad"])
+            self.sysctl(ns, "net.ipv6.conf.all.forwarding", "1")
         return host
 
     def add_container(self, host: str, name: str,
                       address: ipaddress.IPv4Interface | None = None,
                       gateway: ipaddress.IPv4Address | None = None,
-                      bridge: str = "cni0", mtu: int | None = None) -> Container:
-        """A container namespace; with ``address`` it is wired to ``bridge`` by hand.
+                      bridge: str = "cni0", mtu: int | None = None,
+                      address6: ipaddress.IPv6Interface | None = None) -> Container:
+        """A container namespace; with ``address`` (and/or ``address6``) it is wired to
+        ``bridge`` by hand.
 
-        Without ``address`` only the namespace (with lo up) is made, for the CNI
-        plugin to wire. With it: a veth into ``bridge`` on the host (created with
-        the gateway address if absent) and a default route via ``gateway``.
+        Without an address only the namespace (with lo up) is made, for the CNI
+        plugin to wire. With one: a veth into ``bridge`` on the host (created with
+        the gateway address if absent; the IPv6 gateway is the subnet's ``::1``,
+        as flannel's FLANNEL_IPV6_SUBNET) and default routes via the gateways.
         """
         h = self.hosts[host]
         ns = f"{self.tag}-{host}{name}"
         self._make_ns(ns)
-        c = Container(name, ns, h, address)
+        c = Container(name, ns, h, address, address6)
         self.containers[f"{host}/{name}"] = c
-        if address is None:
+        if address is None and address6 is None:
             return c
-        gw = gateway or next(address.network.hosts())
         hn = h.netns
         mtu_args = ["mtu", str(mtu)] if mtu else []
-        if run(["ip", "-n", hn, "link", "show", bridge], check=False).returncode != 0:
+        fresh = run(["ip", "-n", hn, "link", "show", bridge], check=False).returncode != 0
+        if fresh:
             run(["ip", "-n", hn, "link", "add", bridge, *mtu_args, "type", "bridge"])
-            run(["ip", "-n", hn, "addr", "add", f"{gw}/{address.network.prefixlen}",
-                 "dev", bridge])
             run(["ip", "-n", hn, "link", "set", bridge, "up"])
         veth = f"v{name}"[:15]
         run(["ip", "-n", hn, "link", "add", veth, *mtu_args, "type", "veth",
              "peer", "name", "eth0", "netns", ns])
         run(["ip", "-n", hn, "link", "set", veth, "master", bridge, "up"])
         run(["ip", "-n", ns, "link", "set", "eth0", *mtu_args, "up"])
-        run(["ip", "-n", ns, "addr", "add", str(address), "dev", "eth0"])
-        run(["ip", "-n", ns, "route", "add", "default", "via", str(gw)])
+        for addr, gw in ((address, gateway), (address6, None)):
+            if addr is None:
+                continue
+            gw_ip = gw or next(addr.network.hosts())
+            nodad = ["nodad"] if addr.version == 6 else []
+            fam = f"-{addr.version}"
+            have = run(["ip", "-n", hn, fam, "addr", "show", "dev", bridge]).stdout
+            if f" {gw_ip}/" not in have:
+                run(["ip", "-n", hn, "addr", "add", f"{gw_ip}/{addr.network.prefixlen}",
+                     "dev", bridge, *nodad])
+            run(["ip", "-n", ns, "addr", "add", str(addr), "dev", "eth0", *nodad])
+            run(["ip", "-n", ns, fam, "route", "add", "default", "via", str(gw_ip)])
         return c
 
     def _make_ns(self, name: str) -> None:
@@ -301,9 +340,11 @@ def list_netns() -> list[str]:
 
 
 @contextlib.contextmanager
-def open_testbed(n_hosts: int, tag: str | None = None) -> Iterator[Testbed]:
-    """``with open_testbed(3) as tb:`` — built on entry, destroyed on exit, whatever happens."""
-    tb = Testbed(tag=tag) if tag else Testbed()
+def open_testbed(n_hosts: int, tag: str | None = None, *, ipv6: bool = False
+                 ) -> Iterator[Testbed]:
+    """``with open_testbed(3) as tb:`` — built on entry, destroyed on exit, whatever happens.
+    ``ipv6=True`` makes the underlay dual-stack."""
+    tb = Testbed(tag=tag, ipv6=ipv6) if tag else Testbed(ipv6=ipv6)
     tb.build(n_hosts)
     try:
         yield tb

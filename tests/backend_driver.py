@@ -6,6 +6,8 @@ exec``), it reads JSON requests on stdin (``{"op": "prepare"}``,
 ``{"op": "attach", "lease": L}``, ``{"op": "reconcile", "peers": [L, ...]}``,
 ``{"op": "close"}`` with ``L = {"subnet": "10.244.1.0/24", "public_ip": ...,
 "type": "vxlan", "data": {...}}``) and writes one JSON reply per line on stdout.
+The IPv6 half: ``{"op": "prepare_v6"}`` and, in ``L``, ``"subnet6"``, ``"public_ip6"``,
+``"data6"`` (an IPv6-only lease has ``"subnet": "0.0.0.0/0"``).
 ``DriverProcess`` is the client side. (Moved here from overlay/backend/registry.py:
 test code does not ship in the production package.)
 """
@@ -34,12 +36,29 @@ from overlay.backend.base import (
 from overlay.backend.registry import BACKEND_TYPES, make_backend
 from overlay.lease.model import Lease
 
-__all__ = ["DriverProcess", "lease_backend_type", "lease_from_json"]
+__all__ = ["DriverProcess", "lease_backend_type", "lease_from_json", "lease_to_json"]
 
 
 def lease_from_json(obj: Mapping[str, Any]) -> Lease:
+    subnet6, public6 = obj.get("subnet6"), obj.get("public_ip6")
     return Lease(ipaddress.IPv4Network(obj["subnet"]), ipaddress.IPv4Address(obj["public_ip"]),
-                 str(obj.get("type", "")), dict(obj.get("data") or {}))
+                 str(obj.get("type", "")), dict(obj.get("data") or {}),
+                 ipv6_subnet=ipaddress.IPv6Network(subnet6) if subnet6 else None,
+                 public_ipv6=ipaddress.IPv6Address(public6) if public6 else None,
+                 backend_v6_data=dict(obj.get("data6") or {}))
+
+
+def lease_to_json(lease: Lease) -> dict[str, Any]:
+    """The harness's dict for ``lease`` (inverse of ``lease_from_json``)."""
+    out: dict[str, Any] = {"subnet": str(lease.subnet), "public_ip": str(lease.public_ip),
+                           "type": lease.backend_type, "data": dict(lease.backend_data)}
+    if lease.ipv6_subnet is not None:
+        out["subnet6"] = str(lease.ipv6_subnet)
+    if lease.public_ipv6 is not None:
+        out["public_ip6"] = str(lease.public_ipv6)
+    if lease.backend_v6_data:
+        out["data6"] = dict(lease.backend_v6_data)
+    return out
 
 
 def _report_json(r: Any) -> dict[str, Any]:
@@ -61,6 +80,9 @@ async def _serve(backend: Backend) -> int:
             op = req.get("op")
             if op == "prepare":
                 reply = {"ok": True, "data": dict(await backend.prepare()), "mtu": backend.mtu}
+            elif op == "prepare_v6":
+                reply = {"ok": True, "data": dict(await backend.prepare_v6()),
+                         "mtu": backend.mtu}
             elif op == "attach":
                 await backend.attach(lease_from_json(req["lease"]))
                 reply = {"ok": True}
@@ -95,14 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iface", required=True)
     ap.add_argument("--public-ip", default=None)
     ap.add_argument("--network", default=None)
+    ap.add_argument("--public-ipv6", default=None)
+    ap.add_argument("--network6", default=None)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     pub = ipaddress.IPv4Address(args.public_ip) if args.public_ip else None
-    ext = external_interface(args.iface, pub)
+    pub6 = ipaddress.IPv6Address(args.public_ipv6) if args.public_ipv6 else None
+    ext = external_interface(args.iface, pub, public_ipv6=pub6)
     net = ipaddress.IPv4Network(args.network) if args.network else None
-    backend = make_backend(args.type, json.loads(args.config), ext, network=net)
+    net6 = ipaddress.IPv6Network(args.network6) if args.network6 else None
+    backend = make_backend(args.type, json.loads(args.config), ext, network=net, network6=net6)
     return asyncio.run(_serve(backend))
 
 
@@ -111,7 +137,8 @@ class DriverProcess:
 
     def __init__(self, netns: str, type_: str, iface: str, *, config: Mapping[str, Any] | None
                  = None, network: str | None = None, public_ip: str | None = None,
-                 python: str = sys.executable, log_path: str | None = None) -> None:
+                 python: str = sys.executable, log_path: str | None = None,
+                 network6: str | None = None, public_ipv6: str | None = None) -> None:
         import subprocess
 
         argv = ["ip", "netns", "exec", netns, python, "-m", "tests.backend_driver",
@@ -120,6 +147,10 @@ class DriverProcess:
             argv += ["--network", network]
         if public_ip:
             argv += ["--public-ip", public_ip]
+        if network6:
+            argv += ["--network6", network6]
+        if public_ipv6:
+            argv += ["--public-ipv6", public_ipv6]
         err = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             # run from the project root so no stray module (e.g. bench/overlay.py)

@@ -299,11 +299,16 @@ def validate_error(error: dict[str, Any], code: int) -> None:
 WEFT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def write_subnet_env(path: Path, subnet: str = "10.244.5.1/24",
+def write_subnet_env(path: Path, subnet: str | None = "10.244.5.1/24",
                      network: str = "10.244.0.0/16", mtu: int = 1450,
-                     ipmasq: bool = True) -> None:
-    path.write_text(f"FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={subnet}\n"
-                    f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={str(ipmasq).lower()}\n")
+                     ipmasq: bool = True, subnet6: str | None = None,
+                     network6: str = "fd00:10:244::/56") -> None:
+    """subnet.env as flanneld writes it: ``subnet`` None is IPv6-only, ``subnet6``
+    (e.g. ``fd00:10:244:5::1/64``) adds the IPv6 pair."""
+    text = f"FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={subnet}\n" if subnet else ""
+    if subnet6:
+        text += f"FLANNEL_IPV6_NETWORK={network6}\nFLANNEL_IPV6_SUBNET={subnet6}\n"
+    path.write_text(text + f"FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={str(ipmasq).lower()}\n")
 
 
 def install_weft(bin_dir: Path) -> Path:
@@ -332,7 +337,8 @@ def host_links(netns: str) -> list[str]:
 
 def ipam_files(tmp: Path, name: str = "weftnet") -> list[str]:
     d = tmp / "ipam" / name
-    return sorted(p.name for p in d.iterdir() if p.name[0].isdigit()) if d.exists() else []
+    return sorted(p.name for p in d.iterdir()
+                  if p.name[0] in "0123456789abcdef:" and p.name != "lock") if d.exists() else []
 
 
 def nft_ruleset(netns: str) -> str:

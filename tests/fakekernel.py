@@ -15,13 +15,15 @@ from dataclasses import dataclass, field, replace
 from overlay.backend.netlink import Kernel, KernelError, Link, VxlanInfo, VxlanSpec
 from overlay.backend.plan import Blackhole, KernelState, Neigh, Op, OpKind, Route
 
+Addr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
 
 @dataclass
 class FakeKernel:
     """An in-memory ``Kernel`` for unit tests; ``calls`` records what was asked."""
 
     links: dict[str, Link] = field(default_factory=dict)
-    addrs: dict[int, set[ipaddress.IPv4Interface]] = field(default_factory=dict)
+    addrs: dict[int, set[Addr]] = field(default_factory=dict)  # both families
     state: KernelState = field(default_factory=KernelState)
     calls: list[str] = field(default_factory=list)
     fail: set[OpKind] = field(default_factory=set)  # op kinds that fail in apply
@@ -29,7 +31,7 @@ class FakeKernel:
     _next: int = 100
 
     def add_link(self, name: str, kind: str = "veth", mtu: int = 1500,
-                 addrs: Sequence[ipaddress.IPv4Interface] = ()) -> Link:
+                 addrs: Sequence[Addr] = ()) -> Link:
         self._next += 1
         link = Link(self._next, name, kind, "02:00:00:00:00:%02x" % (self._next % 256), mtu,
                     True)
@@ -39,7 +41,7 @@ class FakeKernel:
 
     def link(self, name: str) -> Link | None:
         try:
-            ip = ipaddress.IPv4Address(name)
+            ip = ipaddress.ip_address(name)
         except ValueError:
             link = self.links.get(name)
         else:
@@ -47,7 +49,12 @@ class FakeKernel:
                          if ip in {a.ip for a in self.addrs.get(lk.index, set())}), None)
         if link is None:
             return None
-        return replace(link, addresses=tuple(sorted(self.addrs.get(link.index, set()))))
+        have = self.addrs.get(link.index, set())
+        return replace(
+            link,
+            addresses=tuple(sorted(a for a in have if isinstance(a, ipaddress.IPv4Interface))),
+            addresses6=tuple(sorted(a for a in have if isinstance(a, ipaddress.IPv6Interface)
+                                    and not a.ip.is_link_local)))
 
     def create_vxlan(self, spec: VxlanSpec) -> Link:
         self.calls.append(f"create {spec.name} mac={spec.mac} mtu={spec.mtu}")
@@ -66,10 +73,12 @@ class FakeKernel:
             if link.index == index:
                 del self.links[name]
                 self.addrs.pop(index, None)
-                # the kernel drops what hung off the device with it
+                # the kernel drops what hung off the device with it (a VTEP holds
+                # one family's neighbours and FDB entries)
+                fam = link.vxlan.local.version if link.vxlan and link.vxlan.local else 0
                 self.state = KernelState(
-                    frozenset() if link.kind == "vxlan" else self.state.neighs,
-                    frozenset() if link.kind == "vxlan" else self.state.fdbs,
+                    frozenset(n for n in self.state.neighs if n.ip.version != fam),
+                    frozenset(f for f in self.state.fdbs if f.dst.version != fam),
                     frozenset(r for r in self.state.routes if r.dev != name))
 
     def set_link(self, index: int, *, mtu: int | None = None, up: bool = True) -> None:
@@ -78,16 +87,22 @@ class FakeKernel:
             if link.index == index:
                 self.links[name] = replace(link, mtu=mtu or link.mtu, up=up)
 
-    def set_addresses(self, index: int, want: Sequence[ipaddress.IPv4Interface]) -> bool:
-        changed = self.addrs.get(index, set()) != set(want)
+    def set_addresses(self, index: int, want: Sequence[Addr], family: int = 4) -> bool:
+        have = self.addrs.get(index, set())
+        mine = {a for a in have if a.version == family and not a.ip.is_link_local}
+        changed = mine != set(want)
         if changed:
             self.calls.append(f"addrs {index} {sorted(map(str, want))}")
-        self.addrs[index] = set(want)
+        self.addrs[index] = (have - mine) | set(want)
         return changed
 
-    def observe(self, vtep: str | None) -> KernelState:
-        self.calls.append("observe")
-        return replace(self.state, blackholes=frozenset(self.holes))
+    def observe(self, vtep: str | None, family: int = 4) -> KernelState:
+        self.calls.append("observe" if family == 4 else "observe6")
+        st = self.state
+        return KernelState(frozenset(n for n in st.neighs if n.ip.version == family),
+                           frozenset(f for f in st.fdbs if f.dst.version == family),
+                           frozenset(r for r in st.routes if r.dst.version == family),
+                           frozenset(self.holes) if family == 4 else frozenset())
 
     def apply(self, ops: Sequence[Op], vtep: str | None) -> list[str]:
         errors: list[str] = []

@@ -14,6 +14,8 @@ The daemon's life cycle with a backend is:
    (e.g. ``flannel.1`` without its address) and return the ``backend_data`` to
    publish in the lease (``{"VNI": 1, "VtepMAC": "…"}`` for vxlan; ``{}`` else).
    Must be idempotent: an existing device with the right settings is kept.
+   With ``EnableIPv6``, ``await backend.prepare_v6()`` does the same for the
+   IPv6 half (``flannel-v6.<VNI>``) and returns the lease's ``BackendV6Data``.
 3. ``await backend.attach(own)`` — once the lease is held: address the device
    with ``<subnet>.0/32`` etc.
 4. ``await backend.reconcile(peers)`` — called with the *complete* set of peer
@@ -58,8 +60,8 @@ class ExternalInterface:
     ip: ipaddress.IPv4Address  # address on the interface
     public_ip: ipaddress.IPv4Address  # advertised (``-public-ip``, defaults to ``ip``)
     mtu: int
-    ip6: ipaddress.IPv6Address | None = None  # the interface's first global IPv6 address
-    public_ip6: ipaddress.IPv6Address | None = None  # ``-public-ipv6``, defaults to ``ip6``
+    iface_ipv6: ipaddress.IPv6Address | None = None  # the interface's first global IPv6 address
+    public_ipv6: ipaddress.IPv6Address | None = None  # ``-public-ipv6``, defaults to ``iface_ipv6``
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,11 @@ class Backend(Protocol):
     def mtu(self) -> int: ...
 
     async def prepare(self) -> Mapping[str, Any]: ...
+
+    async def prepare_v6(self) -> Mapping[str, Any]:
+        """The IPv6 half of ``prepare`` (``BackendV6Data``); called only when the network
+        config has ``EnableIPv6``. Raises ``BackendError`` for an IPv4-only backend."""
+        ...
 
     async def attach(self, own: Lease) -> None: ...
 

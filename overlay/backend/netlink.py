@@ -34,6 +34,8 @@ from overlay.backend.plan import (
     ROUTE_PROTO,
     Blackhole,
     Fdb,
+    IPAddress,
+    IPNetwork,
     KernelState,
     Neigh,
     Op,
@@ -57,6 +59,7 @@ RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
 SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253
+IFA_F_NODAD = 0x02
 _ZERO_MAC = "00:00:00:00:00:00"
 # deleting something already gone is success
 _GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL}
@@ -68,7 +71,7 @@ T = TypeVar("T")
 class VxlanInfo:
     vni: int
     port: int
-    local: ipaddress.IPv4Address | None
+    local: IPAddress | None  # IFLA_VXLAN_LOCAL or IFLA_VXLAN_LOCAL6
     link: int  # index of the underlay device (0 = none)
     learning: bool
 
@@ -83,6 +86,7 @@ class Link:
     up: bool
     vxlan: VxlanInfo | None = None
     addresses: tuple[ipaddress.IPv4Interface, ...] = ()  # its IPv4 addresses
+    addresses6: tuple[ipaddress.IPv6Interface, ...] = ()  # its IPv6 ones, link-local excepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,7 @@ class VxlanSpec:
     name: str
     vni: int
     port: int
-    local: ipaddress.IPv4Address
+    local: IPAddress  # an IPv6 address makes an IPv6 VTEP (flannel-v6.<VNI>)
     link: int
     mtu: int
     mac: str
@@ -118,7 +122,7 @@ class Kernel(Protocol):
     and weft's routes, neighbours, FDB entries and blackholes as one observable state."""
 
     def link(self, name: str) -> Link | None:
-        """The link named ``name`` (or, given an IPv4 address, the link holding it), with
+        """The link named ``name`` (or, given an IP address, the link holding it), with
         its addresses; None when there is none."""
         ...
 
@@ -128,13 +132,16 @@ class Kernel(Protocol):
 
     def set_link(self, index: int, *, mtu: int | None = None, up: bool = True) -> None: ...
 
-    def set_addresses(self, index: int, want: Sequence[ipaddress.IPv4Interface]) -> bool:
-        """Make the device's IPv4 addresses exactly ``want``; True if anything changed."""
+    def set_addresses(self, index: int,
+                      want: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+                      family: int = 4) -> bool:
+        """Make the device's ``family`` addresses exactly ``want`` (IPv6: link-local ones
+        are left alone, new ones skip DAD); True if anything changed."""
         ...
 
-    def observe(self, vtep: str | None) -> KernelState:
+    def observe(self, vtep: str | None, family: int = 4) -> KernelState:
         """Permanent neighbours and remote FDB entries on ``vtep``, weft's routes and
-        weft's blackhole routes (``ROUTE_PROTO``, ``BLACKHOLE_METRIC``)."""
+        weft's blackhole routes (``ROUTE_PROTO``, ``BLACKHOLE_METRIC``), of one family."""
         ...
 
     def apply(self, ops: Sequence[Op], vtep: str | None) -> list[str]:
@@ -145,14 +152,16 @@ class Kernel(Protocol):
         ...
 
 
-def converge(k: Kernel, plan: Plan, vtep: str | None, network: ipaddress.IPv4Network | None,
-             label: str) -> ReconcileReport:
-    """Make the kernel match ``plan`` (within ``network``), log what changed, report it.
+def converge(k: Kernel, plan: Plan, vtep: str | None, network: IPNetwork | None,
+             label: str, family: int = 4) -> ReconcileReport:
+    """Make the kernel match ``plan`` (within ``network``, one address family), log what
+    changed, report it.
 
-    The one apply step every backend shares: observe once, diff against the plan
-    (pure), run the operations, summarise. ``label`` prefixes the log lines.
+    The one apply step every backend shares, for each half: observe once, diff
+    against the plan (pure), run the operations, summarise. ``label`` prefixes the
+    log lines.
     """
-    ops = diff(plan.state, within(k.observe(vtep), network))
+    ops = diff(plan.state, within(k.observe(vtep, family), network, family))
     errors = k.apply(ops, vtep) if ops else []
     for op in ops:
         log.debug("%s: %s", label, op)
@@ -229,11 +238,11 @@ class NetlinkKernel:
             kind = info.get_attr("IFLA_INFO_KIND") or ""
             data = info.get_attr("IFLA_INFO_DATA")
             if kind == "vxlan" and data is not None:
-                local = data.get_attr("IFLA_VXLAN_LOCAL")
+                local = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr("IFLA_VXLAN_LOCAL6")
                 vx = VxlanInfo(
                     vni=int(data.get_attr("IFLA_VXLAN_ID") or 0),
                     port=int(data.get_attr("IFLA_VXLAN_PORT") or 0),
-                    local=ipaddress.IPv4Address(local) if local else None,
+                    local=ipaddress.ip_address(local) if local else None,
                     link=int(data.get_attr("IFLA_VXLAN_LINK") or 0),
                     learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
                 )
@@ -246,13 +255,14 @@ class NetlinkKernel:
 
     def link(self, name: str) -> Link | None:
         try:
-            ip: ipaddress.IPv4Address | None = ipaddress.IPv4Address(name)
+            ip: IPAddress | None = ipaddress.ip_address(name)
         except ValueError:
             ip = None
         if ip is not None:
-            for msg in self._ipr.get_addr(family=socket.AF_INET):
+            fam = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+            for msg in self._ipr.get_addr(family=fam):
                 addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-                if addr == str(ip):
+                if addr is not None and ipaddress.ip_address(addr) == ip:
                     owner = self._ipr.get_links(int(msg["index"]))[0].get_attr("IFLA_IFNAME")
                     return self.link(str(owner))
             return None
@@ -262,13 +272,15 @@ class NetlinkKernel:
             return None
         link = self._to_link(self._ipr.get_links(int(found[0]))[0])
         self._names[name] = link.index
-        return replace(link, addresses=self._addresses(link.index))
+        return replace(link, addresses=self._addresses(link.index),
+                       addresses6=self._addresses6(link.index))
 
     def create_vxlan(self, spec: VxlanSpec) -> Link:
+        local = "vxlan_local" if spec.local.version == 4 else "vxlan_local6"
         self._call(f"create vxlan {spec.name}", lambda: self._ipr.link(
             "add", ifname=spec.name, kind="vxlan", vxlan_id=spec.vni, vxlan_port=spec.port,
-            vxlan_local=str(spec.local), vxlan_link=spec.link,
-            vxlan_learning=int(spec.learning), address=spec.mac, mtu=spec.mtu))
+            vxlan_link=spec.link, vxlan_learning=int(spec.learning), address=spec.mac,
+            mtu=spec.mtu, **{local: str(spec.local)}))
         link = self.link(spec.name)
         if link is None:
             raise KernelError(f"create vxlan {spec.name}", errno.ENODEV, "vanished after add")
@@ -295,8 +307,20 @@ class NetlinkKernel:
             out.append(ipaddress.IPv4Interface(f"{addr}/{msg['prefixlen']}"))
         return tuple(out)
 
-    def set_addresses(self, index: int, want: Sequence[ipaddress.IPv4Interface]) -> bool:
-        have = set(self._addresses(index))
+    def _addresses6(self, index: int) -> tuple[ipaddress.IPv6Interface, ...]:
+        out = []
+        for msg in self._ipr.get_addr(index=index, family=socket.AF_INET6):
+            addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+            a = ipaddress.IPv6Interface(f"{addr}/{msg['prefixlen']}")
+            if not a.ip.is_link_local:
+                out.append(a)
+        return tuple(out)
+
+    def set_addresses(self, index: int,
+                      want: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+                      family: int = 4) -> bool:
+        have: set[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = set(
+            self._addresses(index) if family == 4 else self._addresses6(index))
         changed = False
         for cmd, todo in (("del", have - set(want)), ("add", set(want) - have)):
             for a in todo:
@@ -304,41 +328,50 @@ class NetlinkKernel:
                 changed = True
         return changed
 
-    def _addr(self, cmd: str, index: int, a: ipaddress.IPv4Interface) -> None:
+    def _addr(self, cmd: str, index: int,
+              a: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
+        kw: dict[str, Any] = {}
+        if a.version == 6:
+            kw = {"family": socket.AF_INET6}
+            if cmd == "add":  # usable at once: an address on a VTEP needs no DAD
+                kw["flags"] = IFA_F_NODAD
         self._call(f"{cmd} address {a}", lambda: self._ipr.addr(
-            cmd, index=index, address=str(a.ip), prefixlen=a.network.prefixlen))
+            cmd, index=index, address=str(a.ip), prefixlen=a.network.prefixlen, **kw))
 
     # -- state ----------------------------------------------------------------
 
-    def observe(self, vtep: str | None) -> KernelState:
+    def observe(self, vtep: str | None, family: int = 4) -> KernelState:
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        ip_address = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+        ip_network = ipaddress.IPv4Network if family == 4 else ipaddress.IPv6Network
         names = {int(m["index"]): str(m.get_attr("IFLA_IFNAME")) for m in self._ipr.get_links()}
         self._names = {v: k for k, v in names.items()}
         neighs: set[Neigh] = set()
         fdbs: set[Fdb] = set()
         vidx = self._names.get(vtep) if vtep else None
         if vidx is not None:
-            for m in self._ipr.get_neighbours(ifindex=vidx, family=socket.AF_INET):
+            for m in self._ipr.get_neighbours(ifindex=vidx, family=af):
                 mac = m.get_attr("NDA_LLADDR")
                 dst = m.get_attr("NDA_DST")
                 if m["state"] & NUD_PERMANENT and mac and dst:
-                    neighs.add(Neigh(ipaddress.IPv4Address(dst), str(mac).lower()))
+                    neighs.add(Neigh(ip_address(dst), str(mac).lower()))
             for m in self._ipr.fdb("dump", ifindex=vidx):
                 mac = m.get_attr("NDA_LLADDR")
                 dst = m.get_attr("NDA_DST")
                 if m["ifindex"] != vidx or not mac or not dst or mac == _ZERO_MAC:
                     continue
                 try:
-                    fdbs.add(Fdb(str(mac).lower(), ipaddress.IPv4Address(dst)))
-                except ValueError:  # an IPv6 remote: not ours
+                    fdbs.add(Fdb(str(mac).lower(), ip_address(dst)))
+                except ValueError:  # a remote of the other family: not this pass's
                     continue
         routes: set[Route] = set()
         holes: set[ipaddress.IPv4Network] = set()
-        for m in self._ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+        for m in self._ipr.get_routes(family=af, table=MAIN_TABLE):
             if m["proto"] != ROUTE_PROTO:
                 continue
-            dst = m.get_attr("RTA_DST") or "0.0.0.0"
+            dst = m.get_attr("RTA_DST") or ("0.0.0.0" if family == 4 else "::")
             if m["type"] == RTN_BLACKHOLE:  # the -ip-blackhole-route blackhole: not a backend's
-                if (m.get_attr("RTA_PRIORITY") or 0) == BLACKHOLE_METRIC:
+                if family == 4 and (m.get_attr("RTA_PRIORITY") or 0) == BLACKHOLE_METRIC:
                     holes.add(ipaddress.IPv4Network(f"{dst}/{m['dst_len']}"))
                 continue
             if m["type"] != RTN_UNICAST:
@@ -346,9 +379,9 @@ class NetlinkKernel:
             gw = m.get_attr("RTA_GATEWAY")
             oif = m.get_attr("RTA_OIF")
             routes.add(Route(
-                ipaddress.IPv4Network(f"{dst}/{m['dst_len']}"),
+                ip_network(f"{dst}/{m['dst_len']}"),
                 names.get(int(oif), f"if{oif}") if oif is not None else "",
-                ipaddress.IPv4Address(gw) if gw else None,
+                ip_address(gw) if gw else None,
                 bool(m["flags"] & RTNH_F_ONLINK)))
         return KernelState(frozenset(neighs), frozenset(fdbs), frozenset(routes),
                            frozenset(holes))
@@ -377,7 +410,9 @@ class NetlinkKernel:
                       table=MAIN_TABLE, proto=ROUTE_PROTO, type=RTN_BLACKHOLE,
                       priority=BLACKHOLE_METRIC)
         elif isinstance(e, Route):
-            kw: dict[str, Any] = {"dst": str(e.dst), "table": MAIN_TABLE, "proto": ROUTE_PROTO}
+            kw: dict[str, Any] = {"dst": str(e.dst), "table": MAIN_TABLE, "proto": ROUTE_PROTO,
+                                  "family": socket.AF_INET6 if e.dst.version == 6
+                                  else socket.AF_INET}
             if op.kind is OpKind.ROUTE_DEL:
                 ipr.route("del", **kw)
                 return
@@ -392,11 +427,12 @@ class NetlinkKernel:
             ipr.route("replace", **kw)
         elif isinstance(e, Neigh):
             dev = self._vtep_index(op, vtep)
+            fam = socket.AF_INET6 if e.ip.version == 6 else socket.AF_INET
             if op.kind is OpKind.NEIGH_DEL:
-                ipr.neigh("del", ifindex=dev, dst=str(e.ip), lladdr=e.mac)
+                ipr.neigh("del", ifindex=dev, dst=str(e.ip), lladdr=e.mac, family=fam)
             else:
                 ipr.neigh("replace", ifindex=dev, dst=str(e.ip), lladdr=e.mac,
-                          state=NUD_PERMANENT)
+                          state=NUD_PERMANENT, family=fam)
         else:
             dev = self._vtep_index(op, vtep)
             if op.kind is OpKind.FDB_DEL:
@@ -413,11 +449,14 @@ class NetlinkKernel:
 
 
 def external_interface(name_or_ip: str, public_ip: ipaddress.IPv4Address | None = None,
-                       kernel: Kernel | None = None) -> ExternalInterface:
-    """Resolve ``-iface`` (a device name or one of its IPv4 addresses) in this namespace.
+                       kernel: Kernel | None = None, *,
+                       public_ipv6: ipaddress.IPv6Address | None = None) -> ExternalInterface:
+    """Resolve ``-iface`` (a device name or one of its addresses) in this namespace.
 
-    Raises ``BackendError`` naming the interface when it does not exist or has
-    no IPv4 address.
+    ``iface_ipv6`` is the interface's first non-link-local IPv6 address (the given
+    one when ``name_or_ip`` is IPv6). A device with IPv6 but no IPv4 address (an
+    IPv6-only underlay) gets ``ip`` 0.0.0.0. Raises ``BackendError`` naming the
+    interface when it does not exist or has no address at all.
     """
     if kernel is None:
         # pyroute2's synchronous IPRoute cannot start inside a running event loop:
@@ -425,7 +464,7 @@ def external_interface(name_or_ip: str, public_ip: ipaddress.IPv4Address | None 
         def fresh() -> ExternalInterface:
             k = NetlinkKernel()
             try:
-                return external_interface(name_or_ip, public_ip, k)
+                return external_interface(name_or_ip, public_ip, k, public_ipv6=public_ipv6)
             finally:
                 k.close()
 
@@ -433,21 +472,21 @@ def external_interface(name_or_ip: str, public_ip: ipaddress.IPv4Address | None 
             return pool.submit(fresh).result()
     k = kernel
     try:
-        wanted: ipaddress.IPv4Address | None = ipaddress.IPv4Address(name_or_ip)
+        wanted: IPAddress | None = ipaddress.ip_address(name_or_ip)
     except ValueError:
         wanted = None
     link = k.link(name_or_ip)
-    if wanted is None:
-        if link is None:
-            raise BackendError(f"interface {name_or_ip!r} does not exist")
-        if not link.addresses:
-            raise BackendError(f"interface {name_or_ip!r} has no IPv4 address")
-        ip = link.addresses[0].ip
-    else:
-        if link is None:
-            raise BackendError(f"no interface has the address {wanted}")
-        ip = wanted
-    return ExternalInterface(link.name, link.index, ip, public_ip or ip, link.mtu)
+    if link is None:
+        raise BackendError(f"interface {name_or_ip!r} does not exist" if wanted is None
+                           else f"no interface has the address {wanted}")
+    if not link.addresses and not link.addresses6:
+        raise BackendError(f"interface {name_or_ip!r} has no IPv4 or IPv6 address")
+    ip = (wanted if isinstance(wanted, ipaddress.IPv4Address)
+          else link.addresses[0].ip if link.addresses else ipaddress.IPv4Address(0))
+    ip6 = (wanted if isinstance(wanted, ipaddress.IPv6Address)
+           else link.addresses6[0].ip if link.addresses6 else None)
+    return ExternalInterface(link.name, link.index, ip, public_ip or ip, link.mtu,
+                             iface_ipv6=ip6, public_ipv6=public_ipv6 or ip6)
 
 
 class KernelThread:

@@ -23,6 +23,14 @@ blips and the kernel never ARPs for a peer on the VTEP:
 5. delete stale neighbours, then stale FDB entries (e.g. a peer's old MAC,
    which flannel leaves behind).
 
+Both address families use the same types and the same ``diff``: a lease has an
+IPv4 half (``subnet``, ``PublicIP``, ``BackendData``; absent when the subnet is
+flannel's ``0.0.0.0/0`` of an IPv6-only network) and an optional IPv6 half
+(``IPv6Subnet``, ``PublicIPv6``, ``BackendV6Data``). A backend plans and
+converges each half on its own (``family=4`` / ``6``; vxlan's IPv6 half lives on
+``flannel-v6.<VNI>``), so a peer with only one half gets only that half's
+entries, and ``within`` keeps one family's routes out of the other's pass.
+
 Everything here is pure: no netlink, no clock. ``Lease`` values whose backend
 data cannot be used are reported as ``PeerProblem`` instead of raising, so one
 bad lease never stops the others from being programmed.
@@ -34,8 +42,9 @@ import enum
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from overlay.backend.base import ReconcileReport
 from overlay.lease.model import Lease
@@ -50,6 +59,9 @@ ROUTE_PROTO = 0x57
 # came first). Above it, the blackhole only catches what no bridge route covers.
 BLACKHOLE_METRIC = 1024
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -57,7 +69,7 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 class Neigh:
     """A permanent neighbour on the VTEP device."""
 
-    ip: ipaddress.IPv4Address
+    ip: IPAddress
     mac: str
 
 
@@ -66,16 +78,16 @@ class Fdb:
     """A permanent FDB entry (self) on the VTEP: frames for ``mac`` go to ``dst``."""
 
     mac: str
-    dst: ipaddress.IPv4Address
+    dst: IPAddress
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class Route:
     """``dst via gateway dev <dev> [onlink]`` (``gateway`` None = a device route)."""
 
-    dst: ipaddress.IPv4Network
+    dst: IPNetwork
     dev: str
-    gateway: ipaddress.IPv4Address | None = None
+    gateway: IPAddress | None = None
     onlink: bool = False
 
 
@@ -102,7 +114,7 @@ class KernelState:
 class PeerProblem:
     """A peer lease that could not be planned (bad VtepMAC etc.)."""
 
-    subnet: ipaddress.IPv4Network
+    subnet: IPNetwork
     reason: str
 
     def __str__(self) -> str:
@@ -143,8 +155,34 @@ class Op:
 class VxlanSettings:
     device: str  # flannel.<VNI>
     ext_device: str
-    ext_networks: tuple[ipaddress.IPv4Network, ...] = ()  # connected nets of ext
+    ext_networks: tuple[IPNetwork, ...] = ()  # connected nets of ext (this family's)
     direct_routing: bool = False
+    family: int = 4  # which half of the leases: 4 (flannel.<VNI>) or 6 (flannel-v6.<VNI>)
+
+
+@dataclass(frozen=True, slots=True)
+class Half:
+    """One address family's part of a lease: its subnet, public address and backend data."""
+
+    subnet: IPNetwork
+    public_ip: IPAddress
+    data: Mapping[str, Any]
+
+
+def lease_half(lease: Lease, family: int) -> Half | None:
+    """The IPv4 (``family=4``) or IPv6 half of ``lease``; None when it has none.
+
+    An IPv6-only lease keeps flannel's zero IPv4 half (``0.0.0.0/0``): no IPv4 half.
+    An IPv6 subnet without a ``PublicIPv6`` cannot be reached: no IPv6 half either
+    (``_peers`` reports it).
+    """
+    if family == 4:
+        if lease.subnet.prefixlen == 0:
+            return None
+        return Half(lease.subnet, lease.public_ip, lease.backend_data)
+    if lease.ipv6_subnet is None or lease.public_ipv6 is None:
+        return None
+    return Half(lease.ipv6_subnet, lease.public_ipv6, lease.backend_v6_data)
 
 
 def normalize_mac(value: object) -> str | None:
@@ -157,67 +195,94 @@ def normalize_mac(value: object) -> str | None:
     return mac
 
 
-def derive_vtep_mac(public_ip: ipaddress.IPv4Address, vni: int) -> str:
+def derive_vtep_mac(public_ip: IPAddress, vni: int) -> str:
     """A locally administered unicast MAC from (public IP, VNI): stable across reboots.
 
     The same host with the same address always announces the same VtepMAC, so
     peers never keep a stale neighbour or FDB entry after a reboot (flannel's
-    #1795), without any state on disk.
+    #1795), without any state on disk. ``flannel-v6.<VNI>`` gets its own MAC,
+    derived from the public IPv6 address.
     """
     digest = hashlib.sha256(f"weft-vtep/{public_ip}/{vni}".encode()).digest()
     first = (digest[0] & 0xFC) | 0x02  # locally administered, unicast
     return ":".join(f"{b:02x}" for b in (first, *digest[1:6]))
 
 
-def is_direct(ip: ipaddress.IPv4Address, networks: Iterable[ipaddress.IPv4Network]) -> bool:
+def is_direct(ip: IPAddress, networks: Iterable[IPNetwork]) -> bool:
     """True when ``ip`` is on a connected network of the external interface."""
-    return any(ip in net for net in networks)
+    return any(ip.version == net.version and ip in net for net in networks)
 
 
-def _peers(own: Lease | None, peers: Sequence[Lease], types: tuple[str, ...]) -> list[Lease]:
-    """Peers of the wanted backend types, own subnet excluded, one lease per subnet."""
-    seen: dict[ipaddress.IPv4Network, Lease] = {}
+def _peers(own: Lease | None, peers: Sequence[Lease], types: tuple[str, ...], family: int
+           ) -> tuple[list[Half], list[PeerProblem]]:
+    """The ``family`` halves of the peers of the wanted backend types, own subnet
+    excluded, one per subnet; IPv6 subnets without a PublicIPv6 as problems."""
+    mine = lease_half(own, family) if own is not None else None
+    seen: dict[IPNetwork, Half] = {}
+    problems: list[PeerProblem] = []
     for lease in peers:
-        if own is not None and lease.subnet == own.subnet:
-            continue
         if lease.backend_type not in types:
             continue
-        seen[lease.subnet] = lease
-    return [seen[k] for k in sorted(seen)]
+        half = lease_half(lease, family)
+        if half is None:
+            if family == 6 and lease.ipv6_subnet is not None:
+                problems.append(PeerProblem(lease.ipv6_subnet, "has no PublicIPv6"))
+            continue
+        if mine is not None and half.subnet == mine.subnet:
+            continue
+        seen[half.subnet] = half
+    return [seen[k] for k in sorted(seen, key=_net_key)], problems
+
+
+def _addr_key(a: IPAddress) -> tuple[int, int]:
+    return a.version, int(a)
+
+
+def _net_key(n: IPNetwork) -> tuple[int, int, int]:
+    return n.version, int(n.network_address), n.prefixlen
+
+
+def _fdb_key(f: Fdb) -> tuple[str, int, int]:
+    return f.mac, f.dst.version, int(f.dst)
 
 
 def desired_vxlan(own: Lease | None, peers: Sequence[Lease], s: VxlanSettings) -> Plan:
-    """Neighbour + FDB + onlink route per vxlan peer (or a direct route, see DirectRouting)."""
+    """Neighbour + FDB + onlink route per vxlan peer (or a direct route, see DirectRouting),
+    for the lease half ``s.family``: IPv4 ``<peer>.0 -> VtepMAC`` on ``flannel.<VNI>``,
+    IPv6 ``<peer v6 subnet address> -> BackendV6Data.VtepMAC`` on ``flannel-v6.<VNI>``."""
     neighs: set[Neigh] = set()
     fdbs: set[Fdb] = set()
     routes: set[Route] = set()
-    problems: list[PeerProblem] = []
+    halves, problems = _peers(own, peers, ("vxlan",), s.family)
+    field_name = "BackendData" if s.family == 4 else "BackendV6Data"
     count = 0
-    for lease in _peers(own, peers, ("vxlan",)):
-        if s.direct_routing and is_direct(lease.public_ip, s.ext_networks):
-            routes.add(Route(lease.subnet, s.ext_device, lease.public_ip))
+    for h in halves:
+        if s.direct_routing and is_direct(h.public_ip, s.ext_networks):
+            routes.add(Route(h.subnet, s.ext_device, h.public_ip))
             count += 1
             continue
-        mac = normalize_mac(lease.backend_data.get("VtepMAC"))
+        mac = normalize_mac(h.data.get("VtepMAC"))
         if mac is None:
             problems.append(PeerProblem(
-                lease.subnet, f"BackendData.VtepMAC {lease.backend_data.get('VtepMAC')!r} "
+                h.subnet, f"{field_name}.VtepMAC {h.data.get('VtepMAC')!r} "
                 "is not a unicast MAC address"))
             continue
-        gw = lease.subnet.network_address
+        gw = h.subnet.network_address
         neighs.add(Neigh(gw, mac))
-        fdbs.add(Fdb(mac, lease.public_ip))
-        routes.add(Route(lease.subnet, s.device, gw, onlink=True))
+        fdbs.add(Fdb(mac, h.public_ip))
+        routes.add(Route(h.subnet, s.device, gw, onlink=True))
         count += 1
     return Plan(KernelState(frozenset(neighs), frozenset(fdbs), frozenset(routes)),
                 tuple(problems), count)
 
 
-def desired_hostgw(own: Lease | None, peers: Sequence[Lease], ext_device: str) -> Plan:
-    """``<peer subnet> via <peer PublicIP> dev <ext>`` per host-gw peer."""
-    routes = {Route(p.subnet, ext_device, p.public_ip)
-              for p in _peers(own, peers, ("host-gw",))}
-    return Plan(KernelState(routes=frozenset(routes)), (), len(routes))
+def desired_hostgw(own: Lease | None, peers: Sequence[Lease], ext_device: str,
+                   family: int = 4) -> Plan:
+    """``<peer subnet> via <peer PublicIP> dev <ext>`` per host-gw peer (``family=6``:
+    ``<peer v6 subnet> via <peer PublicIPv6>``)."""
+    halves, problems = _peers(own, peers, ("host-gw",), family)
+    routes = {Route(h.subnet, ext_device, h.public_ip) for h in halves}
+    return Plan(KernelState(routes=frozenset(routes)), tuple(problems), len(routes))
 
 
 def desired_udp(network: ipaddress.IPv4Network, device: str) -> Plan:
@@ -256,18 +321,26 @@ def blackhole_diff(want: frozenset[ipaddress.IPv4Network],
     return BlackholeOps(tuple(sorted(want - seen)), tuple(sorted(ours - want)))
 
 
-def within(observed: KernelState, network: ipaddress.IPv4Network | None) -> KernelState:
-    """Only the routes inside the cluster network (None: all of them).
+def within(observed: KernelState, network: IPNetwork | None,
+           family: int | None = None) -> KernelState:
+    """Only the entries of one address family (``family``, else ``network``'s; None and
+    no network: all) and the routes inside the cluster network (None: all of them).
 
     Two daemons in one namespace serving different networks (one per
     ``-etcd-prefix``, flannel's multi-network answer) thus never remove each
-    other's routes although both mark them with ``ROUTE_PROTO``.
+    other's routes although both mark them with ``ROUTE_PROTO``; and a backend's
+    IPv4 pass never removes the routes of its IPv6 pass, nor the reverse.
     """
-    if network is None:
+    fam = family if family is not None else (network.version if network is not None else None)
+    if fam is None:
         return observed
-    return KernelState(observed.neighs, observed.fdbs,
-                       frozenset(r for r in observed.routes if r.dst.subnet_of(network)),
-                       observed.blackholes)
+    return KernelState(
+        frozenset(n for n in observed.neighs if n.ip.version == fam),
+        frozenset(f for f in observed.fdbs if f.dst.version == fam),
+        frozenset(r for r in observed.routes if r.dst.version == fam
+                  and (network is None or network.version != fam
+                       or r.dst.subnet_of(network))),  # type: ignore[arg-type]
+        observed.blackholes)
 
 
 def diff(desired: KernelState, observed: KernelState) -> tuple[Op, ...]:
@@ -278,15 +351,24 @@ def diff(desired: KernelState, observed: KernelState) -> tuple[Op, ...]:
     have_r = {r.dst: r for r in observed.routes}
 
     ops: list[Op] = []
-    ops += [Op(OpKind.ROUTE_DEL, have_r[d]) for d in sorted(have_r) if d not in want_r]
+    ops += [Op(OpKind.ROUTE_DEL, have_r[d]) for d in sorted(have_r, key=_net_key)
+            if d not in want_r]
     ops += [Op(OpKind.NEIGH_SET, want_n[ip], change=ip in have_n)
-            for ip in sorted(want_n) if have_n.get(ip) != want_n[ip]]
-    ops += [Op(OpKind.FDB_ADD, f) for f in sorted(desired.fdbs - observed.fdbs)]
+            for ip in sorted(want_n, key=_addr_key) if have_n.get(ip) != want_n[ip]]
+    ops += [Op(OpKind.FDB_ADD, f) for f in sorted(desired.fdbs - observed.fdbs, key=_fdb_key)]
     ops += [Op(OpKind.ROUTE_SET, want_r[d], change=d in have_r)
-            for d in sorted(want_r) if have_r.get(d) != want_r[d]]
-    ops += [Op(OpKind.NEIGH_DEL, have_n[ip]) for ip in sorted(have_n) if ip not in want_n]
-    ops += [Op(OpKind.FDB_DEL, f) for f in sorted(observed.fdbs - desired.fdbs)]
+            for d in sorted(want_r, key=_net_key) if have_r.get(d) != want_r[d]]
+    ops += [Op(OpKind.NEIGH_DEL, have_n[ip]) for ip in sorted(have_n, key=_addr_key)
+            if ip not in want_n]
+    ops += [Op(OpKind.FDB_DEL, f) for f in sorted(observed.fdbs - desired.fdbs, key=_fdb_key)]
     return tuple(ops)
+
+
+def merge_reports(a: ReconcileReport, b: ReconcileReport) -> ReconcileReport:
+    """One report for a backend's two halves (``peers``: the larger half's count, so a
+    dual-stack peer counts once)."""
+    return ReconcileReport(a.added + b.added, a.removed + b.removed, a.changed + b.changed,
+                           (*a.errors, *b.errors), max(a.peers, b.peers))
 
 
 def summarize(ops: Sequence[Op], errors: Sequence[str], problems: Sequence[PeerProblem],

@@ -65,16 +65,19 @@ def parse_backend(type_: str | None, config: Mapping[str, Any] | None) -> Backen
 
 def make_backend(type_: str | None, config: Mapping[str, Any] | None, ext: ExternalInterface,
                  *, network: ipaddress.IPv4Network | None = None,
+                 network6: ipaddress.IPv6Network | None = None,
                  kernel: KernelThread | None = None) -> Backend:
     """Build the backend named ``type_`` (None/"" = vxlan) for ``ext``.
 
     ``network`` is the cluster network (``Network``): backends only ever touch
     routes inside it (so daemons for different networks coexist), and the udp
     backend routes all of it into its TUN device (else one route per peer).
+    ``network6`` is the same for the IPv6 half (``IPv6Network``).
     ``kernel`` defaults to netlink in the calling process's namespace.
     """
     cfg: Mapping[str, Any] = config or {}
     settings = parse_backend(type_, cfg)
     module = importlib.import_module(BACKENDS[_kind(type_, cfg)].module)
-    backend: Backend = module.BACKEND_CLASS(settings, ext, kernel=kernel, network=network)
+    backend: Backend = module.BACKEND_CLASS(settings, ext, kernel=kernel, network=network,
+                                             network6=network6)
     return backend

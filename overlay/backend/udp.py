@@ -41,7 +41,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from overlay import metrics
+from overlay.backend import udpgso
 from overlay.backend.base import (
     BackendConfigError,
     BackendError,
@@ -114,11 +117,15 @@ def encryption_mismatch(peer: Lease, suite: str) -> str | None:
             f"{suite}: refused")
 
 
-def open_tun(name: str) -> int:
-    """Open (creating) TUN device ``name`` without packet info; returns the fd."""
+def open_tun(name: str, vnet: bool = False) -> int:
+    """Open (creating) TUN device ``name`` without packet info; returns the fd. With
+    ``vnet``: ``IFF_VNET_HDR`` and the CSUM + TSO4 offloads (``udpgso``)."""
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    flags = _IFF_TUN | _IFF_NO_PI | (udpgso.IFF_VNET_HDR if vnet else 0)
     try:
-        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI))
+        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+        if vnet:
+            fcntl.ioctl(fd, udpgso.TUNSETOFFLOAD, udpgso.TUN_F_CSUM | udpgso.TUN_F_TSO4)
     except OSError:
         os.close(fd)
         raise
@@ -154,14 +161,103 @@ def build_table(peers: Sequence[Lease], own: Lease | None, port: int,
     return table
 
 
+class _Batch:
+    """Datagrams to one peer, back to back, leaving in one ``sendmsg`` with
+    ``UDP_SEGMENT`` (the kernel cuts them into one datagram each: flannel's wire
+    format), up to ``_GSO_SEGMENTS`` or ~64 KiB at a time; only the last may be short."""
+
+    def __init__(self, fwd: Forwarder) -> None:
+        self.fwd = fwd
+        self.buf = bytearray(_GSO_BYTES + 65536)
+        self.view = memoryview(self.buf)
+        self.addr: tuple[str, int] | None = None
+        self.off = self.seg = self.count = self.inner = 0  # inner: plaintext bytes
+        self.sent = self.nbytes = 0  # datagrams and inner bytes out, since last taken
+        self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
+
+    def add(self, data: bytes | memoryview, plain: int, addr: tuple[str, int]) -> None:
+        n = len(data)
+        if self.count and (addr != self.addr or n > self.seg):  # does not join the batch
+            self.flush()
+        off = self.off
+        self.view[off:off + n] = data
+        if self.count == 0:
+            self.addr, self.seg = addr, n
+        self.off = off + n
+        self.count += 1
+        self.inner += plain
+        if (not self.fwd.gso or n < self.seg or self.count >= _GSO_SEGMENTS
+                or self.off + self.seg > _GSO_BYTES):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.count and self.addr is not None:
+            self.send(self.view[:self.off], self.seg, self.count, self.inner, self.addr)
+        self.off = self.count = self.inner = 0
+        self.addr = None
+
+    def send(self, data: memoryview, seg: int, count: int, inner: int,
+             addr: tuple[str, int]) -> None:
+        """``count`` datagrams of ``seg`` bytes (the last maybe shorter) in one call."""
+        sock = self.fwd.sock
+        try:
+            if count == 1:
+                sock.sendto(data, addr)
+            else:
+                sock.sendmsg([data], [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", seg))], 0, addr)
+            self.sent += count
+            self.nbytes += inner
+        except OSError as exc:
+            if count > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
+                log.warning("udp: no UDP GSO here (%s); sending one datagram per call", exc)
+                self.fwd.gso = False
+                for o in range(0, len(data), seg):  # resend this batch one by one
+                    try:
+                        sock.sendto(data[o:o + seg], addr)
+                        self.sent += 1
+                    except OSError:
+                        self.drops[Drop.SEND_ERROR] += 1
+                self.nbytes += inner
+            else:
+                self.drops[Drop.SEND_ERROR] += count
+                log.debug("udp: send to %s: %s", addr, exc)
+
+    def send_run(self, data: memoryview, seg: int, count: int, inner: int,
+                 addr: tuple[str, int]) -> None:
+        """Segments already back to back (``udpgso.segment``'s output): sent in as few
+        calls as UDP GSO allows, after what is pending."""
+        self.flush()
+        if not self.fwd.gso:
+            for o in range(0, len(data), seg):
+                self.send(data[o:o + seg], seg, 1, min(seg, len(data) - o), addr)
+            return
+        step = max(1, min(_GSO_SEGMENTS, _GSO_BYTES // seg))
+        total = len(data)
+        for first in range(0, count, step):
+            o, e = first * seg, min((first + step) * seg, total)
+            c = min(step, count - first)
+            self.send(data[o:e], seg, c, inner * (e - o) // total if c < count else inner, addr)
+
+
+def _lookup(masks: list[tuple[int, dict[int, tuple[str, int]]]],
+            dst: int) -> tuple[str, int] | None:
+    for mask, nets in masks:
+        addr = nets.get(dst & mask)
+        if addr is not None:
+            return addr
+    return None
+
+
 class Forwarder:
     """TUN <-> UDP packet pump (see module doc); ``table`` may be replaced at any time.
 
     ``source`` is the TUN's address as an int (ICMP errors come from it; 0 = none yet),
-    ``path_mtu`` the largest inner packet the underlay carries unfragmented."""
+    ``path_mtu`` the largest inner packet the underlay carries unfragmented; ``vnet``:
+    the TUN was opened with ``IFF_VNET_HDR`` (and offloads: ``udpgso``)."""
 
     def __init__(self, tun: int, sock: socket.socket, path_mtu: int = 65_535,
-                 offload: bool = False, crypto: Crypto | None = None) -> None:
+                 offload: bool = False, crypto: Crypto | None = None,
+                 vnet: bool = False) -> None:
         self.tun = tun
         self.sock = sock
         self.table: PeerTable = {}
@@ -172,9 +268,13 @@ class Forwarder:
         self.icmp_sent = 0
         self.crypto = crypto  # seal/open every datagram
         self.gso = offload  # UDP_SEGMENT sends (off again if the kernel refuses)
+        self.vnet = vnet
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._tun_to_udp, name="udp-tx", daemon=True),
-                         threading.Thread(target=self._udp_to_tun, name="udp-rx", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._tun_to_udp_vnet if vnet else self._tun_to_udp,
+                             name="udp-tx", daemon=True),
+            threading.Thread(target=self._udp_to_tun_vnet if vnet else self._udp_to_tun,
+                             name="udp-rx", daemon=True)]
 
     @property
     def dropped(self) -> int:
@@ -186,6 +286,13 @@ class Forwarder:
                 self.drops[reason] += n
                 local[reason] = 0
 
+    def _take_tx(self, batch: _Batch, icmp: int) -> None:
+        self.tx_packets += batch.sent
+        self.tx_bytes += batch.nbytes
+        self.icmp_sent += icmp
+        batch.sent = batch.nbytes = 0
+        self._count(batch.drops)
+
     def start(self) -> None:
         for t in self._threads:
             t.start()
@@ -196,66 +303,29 @@ class Forwarder:
             if t.is_alive():
                 t.join(timeout=2)
 
+    def _masks(self) -> list[tuple[int, dict[int, tuple[str, int]]]]:
+        return [((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, nets)
+                for plen, nets in self.table.items()]
+
     def _tun_to_udp(self) -> None:
-        """Read packets from the TUN; consecutive ones of one size to one peer leave in
-        one ``sendmsg`` with ``UDP_SEGMENT`` (the kernel cuts them into one datagram per
-        packet: flannel's wire format), up to ``_GSO_SEGMENTS`` or 64 KiB at a time."""
+        """Plain TUN: one packet per read; consecutive ones of one size to one peer
+        leave in one ``UDP_SEGMENT`` send (``_Batch``)."""
         poller = select.poll()
         poller.register(self.tun, select.POLLIN)
         readv, write, tun = os.readv, os.write, self.tun
         crypto = self.crypto
-        buf = bytearray(_GSO_BYTES + 65536)  # a batch of packets, back to back
-        view = memoryview(buf)
-        scratch = memoryview(bytearray(65536))  # with encryption: the plaintext read
-        sent = nbytes = icmp = 0
-        drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
-        batch_addr: tuple[str, int] | None = None
-        off = seg = count = inner = 0  # inner: plaintext bytes in the batch
-
-        def flush() -> None:
-            nonlocal sent, nbytes, off, count, inner, batch_addr
-            if count == 0 or batch_addr is None:
-                return
-            try:
-                if count == 1:
-                    self.sock.sendto(view[:off], batch_addr)
-                else:
-                    self.sock.sendmsg([view[:off]], [(_SOL_UDP, _UDP_SEGMENT,
-                                                      struct.pack("=H", seg))], 0, batch_addr)
-                sent += count
-                nbytes += inner
-            except OSError as exc:
-                if count > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
-                    log.warning("udp: no UDP GSO here (%s); sending one datagram per call",
-                                exc)
-                    self.gso = False
-                    for o in range(0, off, seg):  # resend this batch one by one
-                        try:
-                            self.sock.sendto(view[o:min(o + seg, off)], batch_addr)
-                            sent += 1
-                        except OSError:
-                            drops[Drop.SEND_ERROR] += 1
-                    nbytes += inner
-                else:
-                    drops[Drop.SEND_ERROR] += count
-                    log.debug("udp: send to %s: %s", batch_addr, exc)
-            off = count = inner = 0
-            batch_addr = None
-
+        batch = _Batch(self)
+        drops = batch.drops
+        scratch = memoryview(bytearray(65536))
+        icmp = 0
         while not self._stop.is_set():
-            self.tx_packets += sent
-            self.tx_bytes += nbytes
-            self.icmp_sent += icmp
-            self._count(drops)
-            sent = nbytes = icmp = 0
+            self._take_tx(batch, icmp)
+            icmp = 0
             if not poller.poll(_POLL_MS):
                 continue
-            table, source, path_mtu = self.table, self.source, self.path_mtu
-            masks = [((0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, nets)
-                     for plen, nets in table.items()]
-            gso = self.gso
+            masks, source, path_mtu = self._masks(), self.source, self.path_mtu
             for _ in range(_BATCH):
-                pkt = scratch if crypto is not None else view[off:off + 65536]
+                pkt = scratch
                 try:
                     n = readv(tun, [pkt])
                 except BlockingIOError:
@@ -265,13 +335,7 @@ class Forwarder:
                         return
                     log.debug("udp: tun read: %s", exc)
                     break
-                addr = None
-                if n >= 20:
-                    dst = int.from_bytes(pkt[16:20], "big")
-                    for mask, nets in masks:
-                        addr = nets.get(dst & mask)
-                        if addr is not None:
-                            break
+                addr = _lookup(masks, int.from_bytes(pkt[16:20], "big")) if n >= 20 else None
                 reason, answer = egress(pkt, n, addr is not None, path_mtu, source)
                 if reason is not None or addr is None:
                     drops[reason or Drop.NO_ROUTE] += 1
@@ -282,26 +346,107 @@ class Forwarder:
                         except OSError as exc:
                             log.debug("udp: tun write (icmp): %s", exc)
                     continue
-                plain_n = n
-                if crypto is not None:  # sealed datagrams batch like plain ones
-                    sealed = crypto.seal(pkt[:n], addr[0])
-                    n = len(sealed)
-                    if count and (addr != batch_addr or n > seg):
-                        flush()
-                    view[off:off + n] = sealed
-                elif count and (addr != batch_addr or n > seg):  # does not join the batch
-                    tmp = bytes(pkt[:n])
-                    flush()
-                    view[:n] = tmp
-                if count == 0:
-                    batch_addr, seg = addr, n
-                off += n
-                count += 1
-                inner += plain_n
-                # a shorter packet ends a GSO batch (only the last segment may be short)
-                if not gso or n < seg or count >= _GSO_SEGMENTS or off + seg > _GSO_BYTES:
-                    flush()
-            flush()
+                batch.add(crypto.seal(pkt[:n], addr[0]) if crypto is not None else pkt[:n],
+                          n, addr)
+            batch.flush()
+
+    def _tun_to_udp_vnet(self) -> None:
+        """TUN with offloads: a TCP super-packet (up to 64 KiB) per read, cut into
+        MSS-sized segments by ``udpgso.segment`` and sent in one or two ``UDP_SEGMENT``
+        calls; partial checksums completed; other packets batch as on a plain TUN."""
+        poller = select.poll()
+        poller.register(self.tun, select.POLLIN)
+        readv, writev, tun = os.readv, os.writev, self.tun
+        crypto = self.crypto
+        batch = _Batch(self)
+        drops = batch.drops
+        rbuf = bytearray(udpgso.VNET_HDR_LEN + 65536)
+        rview = memoryview(rbuf)
+        rarr = np.frombuffer(rbuf, dtype=np.uint8)
+        pkt = rview[udpgso.VNET_HDR_LEN:]
+        parr = rarr[udpgso.VNET_HDR_LEN:]
+        sbuf = bytearray(2 * 65536)  # segments of one super-packet
+        sview = memoryview(sbuf)
+        sarr = np.frombuffer(sbuf, dtype=np.uint8)
+        plain_hdr = udpgso.vnet_header()
+        icmp = 0
+        while not self._stop.is_set():
+            self._take_tx(batch, icmp)
+            icmp = 0
+            if not poller.poll(_POLL_MS):
+                continue
+            masks, source, path_mtu = self._masks(), self.source, self.path_mtu
+            for _ in range(_BATCH):
+                try:
+                    n = readv(tun, [rview]) - udpgso.VNET_HDR_LEN
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        return
+                    log.debug("udp: tun read: %s", exc)
+                    break
+                if n < 20:
+                    drops[Drop.MALFORMED] += 1
+                    continue
+                flags, gso_type, _, mss, cstart, coff = udpgso.parse_vnet(rbuf)
+                h = 0
+                if gso_type != udpgso.GSO_NONE:
+                    h = udpgso.tcp_header_len(parr, n) if (
+                        gso_type & ~udpgso.GSO_ECN) == udpgso.GSO_TCPV4 else 0
+                    if h == 0 or mss == 0:
+                        drops[Drop.MALFORMED] += 1
+                        continue
+                elif flags & udpgso.F_NEEDS_CSUM and not udpgso.complete_csum(
+                        parr, n, cstart, coff):
+                    drops[Drop.MALFORMED] += 1
+                    continue
+                addr = _lookup(masks, int.from_bytes(pkt[16:20], "big"))
+                # a super-packet is judged by its first segment (each is h + mss long)
+                reason, answer = egress(pkt, min(n, h + mss) if h else n, addr is not None,
+                                        path_mtu, source)
+                if reason is not None or addr is None:
+                    drops[reason or Drop.NO_ROUTE] += 1
+                    if answer is not None:
+                        try:
+                            writev(tun, [plain_hdr, answer])
+                            icmp += 1
+                        except OSError as exc:
+                            log.debug("udp: tun write (icmp): %s", exc)
+                    continue
+                if not h:
+                    batch.add(crypto.seal(pkt[:n], addr[0]) if crypto is not None
+                              else pkt[:n], n, addr)
+                    continue
+                k = udpgso.segment(parr, n, mss, sarr)
+                width, total = h + mss, n + (k - 1) * h
+                if crypto is None:
+                    batch.send_run(sview[:total], width, k, total, addr)
+                    continue
+                for o in range(0, total, width):
+                    seg = sview[o:min(o + width, total)]
+                    batch.add(crypto.seal(seg, addr[0]), len(seg), addr)
+            batch.flush()
+
+    def _recv(self, recvmsg_into: Any, bufs: list[bytearray],
+              cmsg_space: int) -> tuple[int, int, str] | None:
+        """One (GRO) receive: (bytes, datagram size, source address); None when the
+        socket is drained or failing; raises EOFError once the socket is closed."""
+        try:
+            n, anc, _flags, src = recvmsg_into(bufs, cmsg_space)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise EOFError from None
+            log.debug("udp: recv: %s", exc)
+            return None
+        seg = n
+        for level, kind, data in anc:
+            if level == _SOL_UDP and kind == _UDP_GRO and len(data) >= 2:
+                seg = int.from_bytes(data[:4] if len(data) >= 4 else data[:2],
+                                     sys.byteorder) or n
+        return n, seg, src[0]
 
     def _udp_to_tun(self) -> None:
         """Datagrams to the TUN; with ``UDP_GRO`` one ``recvmsg`` may carry many
@@ -309,7 +454,6 @@ class Forwarder:
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         recvmsg_into, write, tun = self.sock.recvmsg_into, os.write, self.tun
-        crypto = self.crypto
         buf = bytearray(65536)
         view = memoryview(buf)
         bufs = [buf]
@@ -325,36 +469,118 @@ class Forwarder:
                 continue
             for _ in range(_BATCH):
                 try:
-                    n, anc, _flags, src = recvmsg_into(bufs, cmsg_space)
-                except BlockingIOError:
+                    got = self._recv(recvmsg_into, bufs, cmsg_space)
+                except EOFError:
+                    return
+                if got is None:
                     break
-                except OSError as exc:
-                    if exc.errno == errno.EBADF:
-                        return
-                    log.debug("udp: recv: %s", exc)
-                    break
-                seg = n
-                for level, kind, data in anc:
-                    if level == _SOL_UDP and kind == _UDP_GRO and len(data) >= 2:
-                        seg = int.from_bytes(data[:4] if len(data) >= 4 else data[:2],
-                                             sys.byteorder) or n
+                n, seg, src = got
                 for o in range(0, n, seg):
                     m = min(seg, n - o)
-                    packet: bytes | memoryview = view[o:o + m]
-                    if crypto is not None:
-                        opened = crypto.open(packet, src[0])
-                        if isinstance(opened, Drop):
-                            drops[opened] += 1
-                            continue
-                        packet, m = opened, len(opened)
-                    elif m and buf[o] == _SEALED:
-                        drops[Drop.ENCRYPTED] += 1
-                        continue
-                    if m < 20 or packet[0] >> 4 != 4:
-                        drops[Drop.MALFORMED] += 1
+                    packet = self._inner(view[o:o + m], src, drops)
+                    if packet is None:
                         continue
                     try:
                         write(tun, packet)
+                        received += 1
+                        nbytes += len(packet)
+                    except OSError as exc:
+                        drops[Drop.TUN_WRITE_ERROR] += 1
+                        log.debug("udp: tun write: %s", exc)
+
+    def _inner(self, datagram: memoryview, src: str,
+               drops: dict[Drop, int]) -> bytes | memoryview | None:
+        """The inner packet of one datagram (opened when encrypting), or None (counted)."""
+        packet: bytes | memoryview = datagram
+        if self.crypto is not None:
+            opened = self.crypto.open(datagram, src)
+            if isinstance(opened, Drop):
+                drops[opened] += 1
+                return None
+            packet = opened
+        elif len(datagram) and datagram[0] == _SEALED:
+            drops[Drop.ENCRYPTED] += 1
+            return None
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            drops[Drop.MALFORMED] += 1
+            return None
+        return packet
+
+    def _udp_to_tun_vnet(self) -> None:
+        """Datagrams to a TUN with offloads: consecutive segments of one TCP flow in a
+        GRO receive are joined (``udpgso.coalesce``) and written as one super-packet;
+        anything else is written one packet per call."""
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        recvmsg_into, writev, write, tun = self.sock.recvmsg_into, os.writev, os.write, self.tun
+        crypto = self.crypto
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        bufs = [buf]
+        obuf = bytearray(udpgso.VNET_HDR_LEN + 2 * 65536)
+        oview = memoryview(obuf)
+        oarr = np.frombuffer(obuf, dtype=np.uint8)
+        plain_hdr = udpgso.vnet_header()
+        cmsg_space = socket.CMSG_SPACE(4)
+        received = nbytes = 0
+        drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
+        while not self._stop.is_set():
+            self.rx_packets += received
+            self.rx_bytes += nbytes
+            self._count(drops)
+            received = nbytes = 0
+            if not poller.poll(_POLL_MS):
+                continue
+            for _ in range(_BATCH):
+                try:
+                    got = self._recv(recvmsg_into, bufs, cmsg_space)
+                except EOFError:
+                    return
+                if got is None:
+                    break
+                n, seg, src = got
+                data, darr = view, arr
+                if crypto is not None or n <= seg:
+                    inner = [p for o in range(0, n, seg)
+                             if (p := self._inner(view[o:o + min(seg, n - o)], src, drops))
+                             is not None]
+                    if len(inner) < 2 or any(len(p) != len(inner[0]) for p in inner[:-1]) \
+                            or len(inner[-1]) > len(inner[0]):
+                        for p in inner:
+                            try:
+                                writev(tun, [plain_hdr, p])
+                                received += 1
+                                nbytes += len(p)
+                            except OSError as exc:
+                                drops[Drop.TUN_WRITE_ERROR] += 1
+                                log.debug("udp: tun write: %s", exc)
+                        continue
+                    joined = bytearray(b"".join(inner))
+                    seg, n = len(inner[0]), len(joined)
+                    data, darr = memoryview(joined), np.frombuffer(joined, dtype=np.uint8)
+                o = 0
+                while o < n:
+                    count = 0
+                    if (n - o > seg and data[o] == 0x45 and data[o + 9] == 6
+                            and seg > 20 + (data[o + 32] >> 4) * 4):
+                        count = udpgso.coalescible(darr[o:n], n - o, seg)
+                    try:
+                        if count >= 2:
+                            size = udpgso.coalesce(darr[o:n], n - o, seg, count, oarr)
+                            write(tun, oview[:size])
+                            end = min(n, o + count * seg)
+                            nbytes += end - o
+                            received += count
+                            o = end
+                            continue
+                        m = min(seg, n - o)
+                        o += m
+                        packet = data[o - m:o] if crypto is not None else self._inner(
+                            data[o - m:o], src, drops)
+                        if packet is None:
+                            continue
+                        writev(tun, [plain_hdr, packet])
                         received += 1
                         nbytes += m
                     except OSError as exc:
@@ -390,6 +616,7 @@ class UdpBackend:
 
     def __init__(self, config: UdpConfig, ext: ExternalInterface, *,
                  network: ipaddress.IPv4Network | None = None,
+                 network6: ipaddress.IPv6Network | None = None,  # unused: IPv4-only
                  kernel: KernelThread | None = None) -> None:
         self.config = config
         self.ext = ext
@@ -410,6 +637,10 @@ class UdpBackend:
         """The encryption this host publishes and expects ("" = plaintext, flannel's)."""
         return SUITE if self.config.key_files else ""
 
+    async def prepare_v6(self) -> Mapping[str, Any]:
+        raise BackendError("the udp backend is IPv4-only, as flannel's: use vxlan or host-gw "
+                           "with EnableIPv6")
+
     async def prepare(self) -> Mapping[str, Any]:
         if self._fwd is None:
             crypto = None
@@ -420,8 +651,9 @@ class UdpBackend:
                     raise BackendError(f"udp: {exc}") from None
                 crypto = Crypto(keys, self.ext.public_ip)
                 log.info("udp: encrypting (%s, %d key file(s))", SUITE, len(keys))
+            offload = os.environ.get("WEFT_UDP_OFFLOAD", "1") != "0"
             try:
-                self._tun = open_tun(self.device)
+                self._tun = open_tun(self.device, vnet=offload)
             except OSError as exc:
                 raise BackendError(f"udp: cannot open TUN {self.device}: {exc}") from None
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -435,14 +667,14 @@ class UdpBackend:
                 raise BackendError(
                     f"udp: cannot bind {self.ext.ip}:{self.config.port}: {exc}") from None
             sock.setblocking(False)
-            offload = os.environ.get("WEFT_UDP_OFFLOAD", "1") != "0"
             if offload:
                 try:
                     sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
                 except OSError as exc:  # kernels before 5.0
                     log.info("udp: no UDP GRO (%s); one datagram per receive", exc)
             self._sock = sock
-            self._fwd = Forwarder(self._tun, sock, self.mtu, offload=offload, crypto=crypto)
+            self._fwd = Forwarder(self._tun, sock, self.mtu, offload=offload, crypto=crypto,
+                                  vnet=offload)
             self._fwd.start()
             log.info("udp: %s open, forwarding on %s:%s", self.device, self.ext.ip,
                      self.config.port)

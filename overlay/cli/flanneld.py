@@ -85,8 +85,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
                "from any address that holds no lease (nftables table ip weft_ingress; "
                "vxlan and udp backends); =false turns it off and removes the table",
                default=True)
-    p.add("iptables-resync", "seconds between checks that the masquerade rules are intact "
-          "(kept under flannel's name)", default=5, type=int, metavar="SECONDS")
+    p.add_bool("iptables-forward-rules", "accept the cluster network in iptables' FORWARD "
+               "chain (flannel's FLANNEL-FWD chain; needed where Docker set the FORWARD "
+               "policy to DROP, which no nftables accept overrides); =false removes them",
+               default=True)
+    p.add("iptables-resync", "seconds between checks that the masquerade and FORWARD rules "
+          "are intact (kept under flannel's name)", default=5, type=int, metavar="SECONDS")
     p.add("subnet-lease-renew-margin", "renew the lease this many minutes before it expires "
           "(1-1439)", default=DEFAULT_RENEW_MARGIN, type=int, metavar="MINUTES")
     p.add("subnet-lease-ttl", "lifetime of the subnet lease in seconds (short values for tests)",
@@ -132,9 +136,6 @@ _KLOG = "klog's; weft's log detail is set by -v alone"
 # (name, why, boolean). Accepted so a flannel unit's ExecStart or a DaemonSet's args
 # start weft unchanged; named in one warning at start-up.
 FLANNEL_IGNORED: tuple[tuple[str, str, bool], ...] = (
-    ("iptables-forward-rules", "weft adds no rules to iptables' FORWARD chain (its "
-     "nftables table's forward-accept chain, installed with -ip-masq, cannot override "
-     "a FORWARD drop policy such as Docker's)", True),
     ("kube-api-url", _KUBE_ONLY, False),
     ("kubeconfig-file", _KUBE_ONLY, False),
     ("kube-annotation-prefix", _KUBE_ONLY, False),
@@ -207,6 +208,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         masq_fully_random=not args.ip_masq_fully_random_disable,
         blackhole_route=bool(args.ip_blackhole_route),
         ingress_members_only=bool(args.vxlan_ingress_members_only),
+        forward_rules=bool(args.iptables_forward_rules),
         lease_ttl=args.subnet_lease_ttl,
         renew_margin=args.subnet_lease_renew_margin,
         healthz_ip=args.healthz_ip,
@@ -220,7 +222,8 @@ def make_backend(config: NetworkConfig, ext: ExternalInterface) -> Backend:
     """The data path named by ``Backend.Type`` (overlay.backend.registry)."""
     from overlay.backend.registry import make_backend as from_registry  # pyroute2: load late
 
-    return from_registry(config.backend_type, config.backend, ext, network=config.network)
+    return from_registry(config.backend_type, config.backend, ext, network=config.network,
+                         network6=config.ipv6_network)
 
 
 def ingress_factory(config: NetworkConfig) -> IngressGuard | None:
@@ -237,13 +240,26 @@ def ingress_factory(config: NetworkConfig) -> IngressGuard | None:
 
 
 def masq_factory(cfg: DaemonConfig) -> Callable[[NetworkConfig, Lease], Masquerade]:
-    """flannel's -ip-masq rules for the own subnet in the network (overlay.masq)."""
-    from overlay.masq import Masquerade as NftMasquerade
+    """flannel's -ip-masq rules for the own subnet(s) in the network, one nft table per
+    family the network enables (overlay.masq)."""
+    from overlay.masq import for_lease
 
     def make(config: NetworkConfig, own: Lease) -> Masquerade:
-        return NftMasquerade(config.network, own.subnet, fully_random=cfg.masq_fully_random)
+        return for_lease(config, own, fully_random=cfg.masq_fully_random)
 
     return make
+
+
+def forward_rules(config: NetworkConfig) -> list[Masquerade]:
+    """-iptables-forward-rules' chains: iptables for Network, ip6tables for IPv6Network."""
+    from overlay.fwdrules import ForwardRules
+
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    if config.enable_ipv4:
+        nets.append(config.network)
+    if config.enable_ipv6 and config.ipv6_network is not None:
+        nets.append(config.ipv6_network)
+    return [ForwardRules(n) for n in nets]
 
 
 @contextlib.asynccontextmanager
@@ -292,7 +308,8 @@ async def amain(cfg: DaemonConfig, store_cfg: StoreConfig, ext: ExternalInterfac
     try:
         async with blackhole_sync() as blackhole:
             daemon = Flanneld(cfg, store, ext, make_backend, masq_factory(cfg),
-                              health=health, blackhole=blackhole, ingress=ingress_factory)
+                              health=health, blackhole=blackhole, ingress=ingress_factory,
+                              forward=forward_rules)
             await daemon.run()
     finally:
         if server is not None:
@@ -323,8 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log.info("using interface %s (%s), public IP %s, MTU %d", ext.name, ext.ip, ext.public_ip,
              ext.mtu)
-    if ext.public_ip6 is not None:
-        log.info("public IPv6 %s (advertised in dual-stack networks)", ext.public_ip6)
+    if ext.public_ipv6 is not None:
+        log.info("public IPv6 %s (advertised in dual-stack networks)", ext.public_ipv6)
     return run_until_signalled(amain(cfg, store_cfg, ext))
 
 

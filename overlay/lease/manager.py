@@ -33,8 +33,10 @@ from overlay.lease.model import (
     LeaseFormatError,
     config_key,
     decode_lease,
+    describe,
     encode_lease,
     lease_key,
+    owner,
     parse_subnet_keys,
     subnets_prefix,
 )
@@ -50,8 +52,8 @@ MAX_ATTEMPTS = 20  # lost races in a row before giving up (each re-lists)
 class LeaseLostError(LeaseError):
     """Our lease is gone; ``reason`` says how (expired, deleted, taken over)."""
 
-    def __init__(self, subnet: ipaddress.IPv4Network, reason: str) -> None:
-        super().__init__(f"lease for {subnet} lost: {reason}")
+    def __init__(self, subnet: ipaddress.IPv4Network, reason: str, label: str = "") -> None:
+        super().__init__(f"lease for {label or subnet} lost: {reason}")
         self.subnet = subnet
         self.reason = reason
 
@@ -117,7 +119,8 @@ class LeaseManager:
                         occupied6.add(sn6)
             leases = list(table.table.values())
             choice = choose_subnet(
-                config, leases, public_ip, self.rng, previous, occupied - set(table.table),
+                config, leases, public_ip, self.rng, previous,
+                occupied - {sn for sn, _ in table.table},
                 public_ipv6=public_ipv6, previous6=previous6,
                 avoid6=occupied6 - {le.ipv6_subnet for le in leases})
             await self._delete_stale(choice)
@@ -141,7 +144,7 @@ class LeaseManager:
         for stale in choice.stale:
             key = lease_key(self.prefix, stale).encode()
             log.info("deleting lease %s with our PublicIP: it no longer fits the config",
-                     stale.subnet)
+                     describe(stale))
             await self.store.delete(key)
 
     async def _write(self, choice: Choice, lease: Lease) -> Lease | None:
@@ -167,22 +170,26 @@ class LeaseManager:
         try:
             ttl = await self.store.keepalive(own.lease_id)
         except LeaseNotFoundError:
-            raise LeaseLostError(own.subnet, "its etcd lease expired or was revoked") from None
+            raise LeaseLostError(own.subnet, "its etcd lease expired or was revoked",
+                                 describe(own)) from None
         if ttl <= 0:
-            raise LeaseLostError(own.subnet, "its etcd lease expired")
+            raise LeaseLostError(own.subnet, "its etcd lease expired", describe(own))
         self.check_key(own, await self.store.get(lease_key(self.prefix, own).encode()))
         return ttl
 
     def check_key(self, own: Lease, kv: KeyValue | None) -> None:
         """Raise ``LeaseLostError`` unless ``kv`` is still our lease."""
         if kv is None:
-            raise LeaseLostError(own.subnet, "its key was deleted from the store")
+            raise LeaseLostError(own.subnet, "its key was deleted from the store", describe(own))
         try:
             current = decode_lease(kv.key.decode("utf-8", "replace"), kv.value)
         except LeaseFormatError as exc:
-            raise LeaseLostError(own.subnet, f"its value was overwritten ({exc})") from None
-        if current.public_ip != own.public_ip or kv.lease != own.lease_id:
-            raise LeaseLostError(own.subnet, f"it now belongs to {current.public_ip}")
+            raise LeaseLostError(own.subnet, f"its value was overwritten ({exc})",
+                                 describe(own)) from None
+        if (current.public_ip != own.public_ip or current.public_ipv6 != own.public_ipv6
+                or kv.lease != own.lease_id):
+            raise LeaseLostError(own.subnet, f"it now belongs to {owner(current)}",
+                                 describe(own))
 
     async def release_quietly(self, own: Lease) -> None:
         """Revoke an etcd lease we no longer use (errors ignored)."""

@@ -57,6 +57,39 @@ class Lease:
     backend_v6_data: Mapping[str, Any] = field(default_factory=dict)
 
 
+# What a lease key names: its IPv4 subnet and its IPv6 subnet (None when IPv4-only).
+# IPv6-only leases all share the IPv4 half 0.0.0.0/0, so tables of leases are keyed by
+# the pair, never by the IPv4 subnet alone.
+SubnetPair = tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]
+
+
+def subnets_of(lease: Lease) -> SubnetPair:
+    """The pair of subnets ``lease``'s key names (a lease table's key)."""
+    return lease.subnet, lease.ipv6_subnet
+
+
+def has_ipv4(lease: Lease) -> bool:
+    """False for an IPv6-only lease (flannel's zero IPv4 half 0.0.0.0/0)."""
+    return lease.subnet.prefixlen != 0
+
+
+def describe(lease: Lease) -> str:
+    """The lease's subnets for logs: ``10.244.3.0/24``, ``10.244.3.0/24+fd00::/64``,
+    ``fd00::/64`` (IPv6-only)."""
+    if lease.ipv6_subnet is None:
+        return str(lease.subnet)
+    if not has_ipv4(lease):
+        return str(lease.ipv6_subnet)
+    return f"{lease.subnet}+{lease.ipv6_subnet}"
+
+
+def owner(lease: Lease) -> str:
+    """The host a lease names, for logs: its PublicIP, or PublicIPv6 when IPv6-only."""
+    if lease.public_ip.packed == bytes(4) and lease.public_ipv6 is not None:
+        return str(lease.public_ipv6)
+    return str(lease.public_ip)
+
+
 def subnet_key(prefix: str, subnet: ipaddress.IPv4Network,
                subnet6: ipaddress.IPv6Network | None = None) -> str:
     """``/coreos.com/network/subnets/10.244.3.0-24`` (``…&fd00:10:244:3::-64`` with IPv6)."""

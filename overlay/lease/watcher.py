@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-flanneld keeps an in-memory table ``subnet -> Lease`` of every valid lease under
-``<prefix>/subnets/``. It is built from a snapshot (``table_from_listing``) and
-then moved forward by watch events (``apply_watch_events``). When a watch falls
-behind a compaction, the daemon re-lists and ``diff``s the new snapshot
-against the table, so peers that came and went meanwhile are still seen.
+flanneld keeps an in-memory table ``(subnet, subnet6) -> Lease`` of every valid
+lease under ``<prefix>/subnets/``, keyed by the pair of subnets its key names
+(IPv6-only leases all have the IPv4 half 0.0.0.0/0, so the IPv4 subnet alone
+collides). It is built from a snapshot (``table_from_listing``) and then moved
+forward by watch events (``apply_watch_events``). When a watch falls behind a
+compaction, the daemon re-lists and ``diff``s the new snapshot against the
+table, so peers that came and went meanwhile are still seen.
 
 Malformed keys or values never enter the table: they come back as
 ``LeaseFormatError``s for the shell to log, and a key whose value turns
@@ -14,14 +16,13 @@ malformed is dropped from the table (a REMOVED event), so no route is ever
 built from data that cannot be trusted.
 
 Two leases are "the same" for routing when PublicIP, BackendType and
-BackendData agree; a changed revision alone (a renewal by re-put) yields no
-event.
+BackendData agree (and their IPv6 halves: PublicIPv6, BackendV6Data); a
+changed revision alone (a renewal by re-put) yields no event.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -30,19 +31,21 @@ from overlay.lease.model import (
     Lease,
     LeaseEvent,
     LeaseFormatError,
+    SubnetPair,
     decode_lease,
-    parse_subnet_key,
+    parse_subnet_keys,
+    subnets_of,
 )
 from overlay.store.api import EventType, KeyValue, WatchEvent
 
-Table = Mapping[ipaddress.IPv4Network, Lease]
+Table = Mapping[SubnetPair, Lease]
 
 
 @dataclass(frozen=True, slots=True)
 class Update:
     """The outcome of feeding a listing or events to a table."""
 
-    table: dict[ipaddress.IPv4Network, Lease]
+    table: dict[SubnetPair, Lease]
     events: tuple[LeaseEvent, ...] = ()
     errors: tuple[LeaseFormatError, ...] = ()
 
@@ -53,7 +56,9 @@ def same_lease(a: Lease, b: Lease) -> bool:
         return True
     return (a.subnet == b.subnet and a.public_ip == b.public_ip
             and a.backend_type == b.backend_type
-            and dict(a.backend_data) == dict(b.backend_data))
+            and dict(a.backend_data) == dict(b.backend_data)
+            and a.ipv6_subnet == b.ipv6_subnet and a.public_ipv6 == b.public_ipv6
+            and dict(a.backend_v6_data) == dict(b.backend_v6_data))
 
 
 def _decode(kv: KeyValue) -> Lease:
@@ -67,7 +72,7 @@ def _decode(kv: KeyValue) -> Lease:
 
 def table_from_listing(items: Iterable[KeyValue]) -> Update:
     """A fresh table from a snapshot; malformed entries are reported, not kept."""
-    table: dict[ipaddress.IPv4Network, Lease] = {}
+    table: dict[SubnetPair, Lease] = {}
     errors: list[LeaseFormatError] = []
     for kv in items:
         try:
@@ -75,7 +80,7 @@ def table_from_listing(items: Iterable[KeyValue]) -> Update:
         except LeaseFormatError as exc:
             errors.append(exc)
             continue
-        table[lease.subnet] = lease
+        table[subnets_of(lease)] = lease
     return Update(table, (), tuple(errors))
 
 
@@ -106,18 +111,18 @@ def apply_watch_events(old: Table, batch: Iterable[WatchEvent]) -> Update:
         key = ev.kv.key.decode("utf-8", "replace")
         if ev.type is EventType.DELETE:
             try:
-                subnet = parse_subnet_key(key)
+                pair = parse_subnet_keys(key)
             except LeaseFormatError as exc:
                 errors.append(exc)
                 continue
-            table.pop(subnet, None)
+            table.pop(pair, None)
             continue
         try:
             lease = _decode(ev.kv)
         except LeaseFormatError as exc:
             errors.append(exc)
             with contextlib.suppress(LeaseFormatError):
-                table.pop(parse_subnet_key(key), None)  # never route on untrusted data
+                table.pop(parse_subnet_keys(key), None)  # never route on untrusted data
             continue
-        table[lease.subnet] = lease
+        table[subnets_of(lease)] = lease
     return Update(table, diff(old, table), tuple(errors))

@@ -16,6 +16,7 @@ from overlay.sandbox.model import (
     DEFAULT_STATE_DIR,
     MAX_HOSTS,
     NETWORK,
+    NETWORK6,
     STORES,
     AlreadyUpError,
     Options,
@@ -59,10 +60,17 @@ def _network(text: str) -> ipaddress.IPv4Network:
         raise argparse.ArgumentTypeError(f"not an IPv4 network CIDR: {exc}") from None
 
 
+def _network6(text: str) -> ipaddress.IPv6Network:
+    try:
+        return ipaddress.IPv6Network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IPv6 network CIDR: {exc}") from None
+
+
 def _up(args: argparse.Namespace) -> int:
     options = Options(hosts=args.hosts, store=args.store, backend=args.backend,
                       state_dir=_state_dir(args), lease_ttl=args.lease_ttl,
-                      network=args.network)
+                      network=args.network, ipv6=args.ipv6, network6=args.network6)
     return cluster.up(options, sys.stdout)
 
 
@@ -147,6 +155,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "so peers visibly drop a killed host")
     p.add_argument("--network", type=_network, default=NETWORK, metavar="CIDR",
                    help=f"overlay network (default {NETWORK})")
+    p.add_argument("--ipv6", action="store_true",
+                   help="dual-stack: IPv6 underlay (fd00:198:18::/64) and overlay (EnableIPv6, "
+                        "--network6); the proof pings and digs (AAAA) over IPv6 too "
+                        "(vxlan or host-gw)")
+    p.add_argument("--network6", type=_network6, default=NETWORK6, metavar="CIDR",
+                   help=f"the overlay's IPv6Network with --ipv6 (default {NETWORK6}; must lie "
+                        "in fd00::/8 or 2001:db8::/32)")
     p.set_defaults(func=_guard(_up))
 
     p = sub.add_parser("status", parents=[common],

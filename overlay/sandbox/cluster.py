@@ -47,6 +47,7 @@ from overlay.sandbox.model import (
     DAEMONS,
     DEFAULT_STATE_DIR,
     DOMAIN,
+    NETWORK6,
     AlreadyUpError,
     ContainerRecord,
     Context,
@@ -62,12 +63,12 @@ from overlay.sandbox.model import (
     State,
     daemon_spec,
     dns_name,
+    dns_records,
     host_table,
     lease_column,
     lease_state,
     render_table,
     resolv_conf,
-    reverse_name,
     subnet_file,
 )
 from overlay.testbed import Testbed, delete_netns, list_netns, netns_exists, run
@@ -277,7 +278,9 @@ class Sandbox:
         return Options(hosts=int(str(o["hosts"])), store=str(o["store"]),
                        backend=str(o["backend"]), state_dir=self.state_dir,
                        lease_ttl=int(str(o["lease_ttl"])),
-                       network=ipaddress.IPv4Network(str(o["network"])))
+                       network=ipaddress.IPv4Network(str(o["network"])),
+                       ipv6=bool(o.get("ipv6", False)),
+                       network6=ipaddress.IPv6Network(str(o.get("network6", NETWORK6))))
 
     @property
     def context(self) -> Context:
@@ -380,8 +383,9 @@ class Sandbox:
         o = self.options
         ctx = self.context
         if _module_present("overlay.cli.network_cmd"):
+            v6 = ["--ipv6-network", str(o.network6)] if o.ipv6 else []
             self.in_underlay([str(ctx.bin_dir / "weftctl"), "network", "set",
-                              "--network", str(o.network), "--backend", o.backend,
+                              "--network", str(o.network), *v6, "--backend", o.backend,
                               "-etcd-endpoints", ctx.endpoint])
             return "weftctl network set"
         config = json.dumps({"Network": str(o.network), "Backend": {"Type": o.backend}})
@@ -397,8 +401,7 @@ class Sandbox:
         in milliseconds where a second Python process costs a second on a busy box.
         """
         ctx = self.context
-        ip = ipaddress.IPv4Interface(c.ip).ip
-        records = [(c.dns, str(ip)), (reverse_name(ip), c.dns)]
+        records = dns_records(c)  # A + PTR; with --ipv6 also AAAA + ip6.arpa PTR
         how = "etcdctl put (weftctl dns is not in this build yet)"
         if _module_present("dnsd.admin"):
             name, host = records.pop(0)
@@ -459,7 +462,8 @@ class Sandbox:
             if env_path.exists():
                 subnet = subnetfile.parse_vars(env_path.read_text()).get("FLANNEL_SUBNET", "-")
             containers = " ".join(
-                f"{c.name} {c.ip.split('/')[0] or '-'} {c.dns}"
+                f"{c.name} {c.ip.split('/')[0] or '-'}"
+                + (f" {c.ip6.split('/')[0]}" if c.ip6 else "") + f" {c.dns}"
                 for c in self.state.containers if c.host == h.name) or "-"
             lease = lease_column(subnet, leases) if with_leases else ""
             rows.append(HostRow(h.name, h.ip, subnet, vtep_mac(h.netns), containers, lease))
@@ -539,11 +543,13 @@ def up(options: Options, stdout: Writer) -> int:
 
 def _build(options: Options, out: Writer) -> int:
     progress = Progress(out)
-    tb = Testbed()
+    tb = Testbed(ipv6=options.ipv6)
+    extra: dict[str, object] = (
+        {"ipv6": True, "network6": str(options.network6)} if options.ipv6 else {})
     state = State(
         tag=tb.tag,
         options={"hosts": options.hosts, "store": options.store, "backend": options.backend,
-                 "lease_ttl": options.lease_ttl, "network": str(options.network)},
+                 "lease_ttl": options.lease_ttl, "network": str(options.network), **extra},
         underlay_ns=tb.underlay_ns, store_ip=str(tb.underlay_ip), dns_ip="",
     )
     sb = Sandbox(options.state_dir, state)
@@ -557,11 +563,14 @@ def _build(options: Options, out: Writer) -> int:
         for name, host in tb.hosts.items():
             hdir = options.state_dir / name
             hdir.mkdir(parents=True, exist_ok=True)
-            state.hosts.append(HostRecord(name, host.netns, str(host.ip), str(hdir)))
+            state.hosts.append(HostRecord(name, host.netns, str(host.ip), str(hdir),
+                                          str(host.ip6) if host.ip6 else ""))
         state.dns_ip = state.hosts[0].ip
         sb.save()
-        progress.line(f"namespaces: underlay {tb.underlay_ns} (ul0 {tb.underlay_ip}/24), hosts "
-                      + ", ".join(f"{h.name} {h.ip}" for h in state.hosts))
+        progress.line(f"namespaces: underlay {tb.underlay_ns} (ul0 {tb.underlay_ip}/24"
+                      + (f", {tb.underlay_ip6}/64" if options.ipv6 else "") + "), hosts "
+                      + ", ".join(f"{h.name} {h.ip}" + (f" {h.ip6}" if h.ip6 else "")
+                                  for h in state.hosts))
         started = _start_daemons(sb, progress)
         if "flanneld" in started:
             _containers(sb, progress)
@@ -609,8 +618,9 @@ def _start_daemons(sb: Sandbox, progress: Progress) -> set[str]:
         started.add(spec.name)
         if spec.name == "store":
             how = sb.write_network_config()
-            progress.line(f"network config {sb.options.network} backend {sb.options.backend} "
-                          f"written ({how})")
+            v6 = f" + {sb.options.network6}" if sb.options.ipv6 else ""
+            progress.line(f"network config {sb.options.network}{v6} backend "
+                          f"{sb.options.backend} written ({how})")
     return started
 
 
@@ -639,19 +649,44 @@ def _containers(sb: Sandbox, progress: Progress) -> None:
     def add(pair: tuple[HostRecord, ContainerRecord]) -> None:
         h, c = pair
         ips = sb.cni("ADD", h, c).get("ips")
-        if isinstance(ips, list) and ips and isinstance(ips[0], dict):
-            c.ip = str(ips[0].get("address", ""))
+        for entry in ips if isinstance(ips, list) else ():
+            address = str(entry.get("address", "")) if isinstance(entry, dict) else ""
+            if ":" in address:
+                c.ip6 = c.ip6 or address
+            elif address:
+                c.ip = c.ip or address
+        if sb.options.ipv6 and not c.ip6:
+            c.ip6 = wire_ipv6_by_hand(sb, h, c)
 
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         list(pool.map(add, pairs))
     sb.save()
     progress.line("containers via the weft CNI plugin: " + ", ".join(
-        f"{c.ident} {c.ip}" for c in sb.state.containers))
+        f"{c.ident} {c.ip}" + (f" {c.ip6}" if c.ip6 else "") for c in sb.state.containers))
     named = [c for c in sb.state.containers if c.ip]
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         hows = set(pool.map(sb.register_dns, named))
     progress.line("DNS names registered (" + ", ".join(sorted(hows)) + "): "
                   + ", ".join(c.dns for c in named))
+
+
+def wire_ipv6_by_hand(sb: Sandbox, h: HostRecord, c: ContainerRecord) -> str:
+    """Give a container an IPv6 address when the CNI plugin gave none (a plugin without
+    IPv6): ``<FLANNEL_IPV6_SUBNET>::2`` on its eth0, the gateway ``::1`` on cni0, as the
+    plugin's host-local layout would. Returns the CIDR, "" if subnet.env has no IPv6."""
+    env = subnetfile.read(subnet_file(sb.host_site(h)))
+    if env.ipv6_subnet is None:
+        return ""
+    net6 = env.ipv6_subnet
+    gw, addr = net6.network_address + 1, net6.network_address + 2
+    have = run(["ip", "-n", h.netns, "-6", "addr", "show", "dev", "cni0"]).stdout
+    if f" {gw}/" not in have:
+        run(["ip", "-n", h.netns, "addr", "add", f"{gw}/{net6.prefixlen}", "dev", "cni0",
+             "nodad"])
+    run(["ip", "-n", c.netns, "addr", "add", f"{addr}/{net6.prefixlen}", "dev", "eth0",
+         "nodad"])
+    run(["ip", "-n", c.netns, "-6", "route", "add", "default", "via", str(gw)])
+    return f"{addr}/{net6.prefixlen}"
 
 
 def _until(argv: Sequence[str], ok: Callable[[subprocess.CompletedProcess[str]], bool],
@@ -665,32 +700,41 @@ def _until(argv: Sequence[str], ok: Callable[[subprocess.CompletedProcess[str]],
         time.sleep(0.1)
 
 
+def _says(text: str) -> Callable[[subprocess.CompletedProcess[str]], bool]:
+    return lambda proc: text in proc.stdout
+
+
 def _proof(sb: Sandbox, out: Writer, progress: Progress) -> bool:
     """Print a cross-host ping and a dig from containers; False if either failed."""
     good = True
     cs = [c for c in sb.state.containers if c.ip]
     if len(cs) >= 2:
         src, dst = cs[0], cs[1]
-        ip = dst.ip.split("/")[0]
-        # routes appear within one lease-watch round; give them a few seconds
-        _until(["ip", "netns", "exec", src.netns, "ping", "-n", "-c", "1", "-W", "1", ip],
-               lambda p: p.returncode == 0, 10)
-        proc = run(["ip", "netns", "exec", src.netns, "ping", "-n", "-c", "3", "-i", "0.2",
-                    "-W", "1", ip], check=False)
-        good = good and proc.returncode == 0
-        out.write(f"$ weftctl sandbox exec {src.ident} -- ping -c 3 {ip}   # {dst.dns}\n")
-        out.write(proc.stdout + proc.stderr + "\n")
+        # --ipv6: the same ping over IPv6, container to container across hosts
+        for ip in [dst.ip.split("/")[0], *([dst.ip6.split("/")[0]] if dst.ip6 else [])]:
+            # routes appear within one lease-watch round; give them a few seconds
+            _until(["ip", "netns", "exec", src.netns, "ping", "-n", "-c", "1", "-W", "1", ip],
+                   lambda p: p.returncode == 0, 10)
+            proc = run(["ip", "netns", "exec", src.netns, "ping", "-n", "-c", "3", "-i",
+                        "0.2", "-W", "1", ip], check=False)
+            good = good and proc.returncode == 0
+            out.write(f"$ weftctl sandbox exec {src.ident} -- ping -c 3 {ip}   # {dst.dns}\n")
+            out.write(proc.stdout + proc.stderr + "\n")
     else:
         out.write("proof: cross-host ping skipped (needs flanneld and the CNI plugin on two "
                   "hosts; skipped: " + "; ".join(sb.state.skipped) + ")\n")
     if any(d.name == "dnsd" for d in sb.state.daemons) and cs:
         src, target = cs[-1], cs[0]
-        proc = _until(["ip", "netns", "exec", src.netns, "dig", f"@{sb.state.dns_ip}",
-                       target.dns, "A", "+time=2", "+tries=2", "+noall", "+answer", "+stats"],
-                      lambda p: target.ip.split("/")[0] in p.stdout, 5)
-        good = good and target.ip.split("/")[0] in proc.stdout
-        out.write(f"$ weftctl sandbox exec {src.ident} -- dig @{sb.state.dns_ip} {target.dns}\n")
-        out.write(proc.stdout + proc.stderr)
+        asks = [("A", target.ip)] + ([("AAAA", target.ip6)] if target.ip6 else [])
+        for qtype, cidr in asks:
+            want = cidr.split("/")[0]
+            proc = _until(["ip", "netns", "exec", src.netns, "dig", f"@{sb.state.dns_ip}",
+                           target.dns, qtype, "+time=2", "+tries=2", "+noall", "+answer",
+                           "+stats"], _says(want), 5)
+            good = good and want in proc.stdout
+            out.write(f"$ weftctl sandbox exec {src.ident} -- dig @{sb.state.dns_ip} "
+                      f"{target.dns}" + (f" {qtype}" if qtype != "A" else "") + "\n")
+            out.write(proc.stdout + proc.stderr)
     else:
         out.write("proof: dig skipped (needs dnsd and a container)\n")
     progress.line("proof done" if good else "proof FAILED: the sandbox is left up for "

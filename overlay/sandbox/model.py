@@ -39,7 +39,11 @@ AGENT_PORT = 9180  # the scheduler agent's HTTP endpoint, on each host's underla
 DNS_PORT = 53
 DOMAIN = "skydns.local."
 NETWORK = ipaddress.IPv4Network("10.244.0.0/16")
+NETWORK6 = ipaddress.IPv6Network("fd00:10:244::/56")  # --ipv6: the overlay's IPv6Network
 UNDERLAY_NET = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmark space
+UNDERLAY_NET6 = ipaddress.IPv6Network("fd00:198:18::/64")  # --ipv6: overlay.testbed's
+# --ipv6 networks must stay in space that is never routed: ULA or the documentation prefix
+IPV6_SAFE = (ipaddress.IPv6Network("fd00::/8"), ipaddress.IPv6Network("2001:db8::/32"))
 MAX_HOSTS = 16
 BACKENDS = ("vxlan", "host-gw", "udp")
 STORES = ("embedded", "etcd")
@@ -85,6 +89,8 @@ class Options:
     state_dir: Path = DEFAULT_STATE_DIR
     lease_ttl: int = DEFAULT_LEASE_TTL
     network: ipaddress.IPv4Network = NETWORK
+    ipv6: bool = False  # dual-stack underlay and overlay (``up --ipv6``)
+    network6: ipaddress.IPv6Network = NETWORK6
 
     def check(self) -> Options:
         if not 1 <= self.hosts <= MAX_HOSTS:
@@ -103,6 +109,19 @@ class Options:
                                  "or larger)")
         if self.lease_ttl < 2:
             raise BadOptionError("--lease-ttl", f"must be at least 2 s, got {self.lease_ttl}")
+        if self.ipv6:
+            if self.backend == "udp":
+                raise BadOptionError("--backend", "udp is IPv4-only (as flannel's); --ipv6 "
+                                     "needs vxlan or host-gw")
+            if not any(self.network6.subnet_of(safe) for safe in IPV6_SAFE):
+                raise BadOptionError("--network6", f"{self.network6} is outside fd00::/8 and "
+                                     "2001:db8::/32 (a sandbox stays in unrouted space)")
+            if self.network6.overlaps(UNDERLAY_NET6):
+                raise BadOptionError("--network6", f"{self.network6} overlaps the sandbox "
+                                     f"underlay {UNDERLAY_NET6}")
+            if self.network6.prefixlen > 62:
+                raise BadOptionError("--network6", f"{self.network6} is too small (a /62 or "
+                                     "larger gives /64 subnets)")
         return self
 
 
@@ -306,6 +325,7 @@ class HostRecord:
     netns: str
     ip: str
     dir: str
+    ip6: str = ""  # IPv6 underlay address (--ipv6)
 
 
 @dataclass(slots=True)
@@ -315,6 +335,7 @@ class ContainerRecord:
     netns: str
     ip: str = ""  # CIDR as the plugin returned it, e.g. "10.244.3.2/24"
     dns: str = ""  # "c1.h1.skydns.local"
+    ip6: str = ""  # IPv6 CIDR (--ipv6), e.g. "fd00:10:244:3::2/64"
 
     @property
     def ident(self) -> str:
@@ -408,9 +429,23 @@ def dns_name(container: str, host: str, domain: str = DOMAIN) -> str:
     return f"{container}.{host}.{domain.rstrip('.')}"
 
 
-def reverse_name(ip: ipaddress.IPv4Address) -> str:
-    """The in-addr.arpa name a PTR record for ``ip`` lives at (SkyDNS: /skydns/arpa/in-addr/..)."""
+def reverse_name(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The in-addr.arpa (ip6.arpa) name a PTR record for ``ip`` lives at (SkyDNS:
+    /skydns/arpa/in-addr/.., /skydns/arpa/ip6/..)."""
     return ip.reverse_pointer
+
+
+def dns_records(c: ContainerRecord) -> list[tuple[str, str]]:
+    """(name, host) records for a container: its A and PTR; with an IPv6 address also
+    AAAA and the ip6.arpa PTR. A dual-stack name holds its records under two child
+    keys (``v4.<name>``, ``v6.<name>``), SkyDNS's idiom for several records at one name
+    (a SkyDNS key is a value or a directory, never both)."""
+    out: list[tuple[str, str]] = []
+    addrs = [ipaddress.ip_interface(a).ip for a in (c.ip, c.ip6) if a]
+    for ip in addrs:
+        name = c.dns if len(addrs) == 1 else f"v{ip.version}.{c.dns}"
+        out += [(name, str(ip)), (reverse_name(ip), c.dns)]
+    return out
 
 
 def resolv_conf(dns_ip: str, domain: str = DOMAIN) -> str:

@@ -81,6 +81,17 @@ DEFAULT_PORT = 9180
 T = TypeVar("T")
 
 
+
+def _decoded(items: Mapping[bytes, bytes], parse: Callable[[str, bytes], T]) -> list[T]:
+    """Each stored record ``parse`` accepts; a bad one is logged and skipped, never fatal."""
+    out = []
+    for key, value in items.items():
+        try:
+            out.append(parse(key.decode(errors="replace"), value))
+        except SchedError as exc:
+            log.warning("ignoring %s", exc)
+    return out
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     """Everything ``weftctl agent`` parsed; checked at the edge."""
@@ -301,15 +312,7 @@ class Agent:
         await self._watch_loop(prefix, self._members_listed, self._members_events)
 
     def _members_listed(self, items: Mapping[bytes, bytes]) -> None:
-        members = {}
-        for key, value in items.items():
-            try:
-                m = MachineRecord.from_json(key.decode(errors="replace"), value)
-            except SchedError as exc:
-                log.warning("ignoring %s", exc)
-                continue
-            members[m.id] = m
-        self.members = members
+        self.members = {m.id: m for m in _decoded(items, MachineRecord.from_json)}
 
     def _members_events(self, events: list[WatchEvent]) -> None:
         for ev in events:
@@ -345,14 +348,7 @@ class Agent:
         await self._watch_loop(prefix, self._assign_listed, self._assign_events)
 
     def _assign_listed(self, items: Mapping[bytes, bytes]) -> None:
-        assigned = {}
-        for key, value in items.items():
-            try:
-                a = Assignment.from_json(key.decode(errors="replace"), value)
-            except SchedError as exc:
-                log.warning("ignoring %s", exc)
-                continue
-            assigned[a.name] = a
+        assigned = {a.name: a for a in _decoded(items, Assignment.from_json)}
         self._dirty.update(set(self._assigned) - set(assigned))
         self._assigned = assigned
         self._wake.set()

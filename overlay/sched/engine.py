@@ -265,17 +265,30 @@ class Engine:
         self.leading = True
         self._lost_since.clear()
         self._last_held = ""
+        # Not a TaskGroup: on Python 3.11 a TaskGroup whose child fails drops a cancel of
+        # the parent that lands at the same moment ("errors have priority"), so an agent
+        # being stopped while its leadership lapses would campaign forever; and it leaves
+        # the parent's cancelling() count raised, so the count cannot tell the two apart.
+        # asyncio.wait() never swallows the caller's cancel.
+        children = [asyncio.create_task(self._keepalive())]
+        children += [asyncio.create_task(self._watch(self.layout.prefix(kind).encode()))
+                     for kind in (KeyKind.UNIT, KeyKind.MACHINE, KeyKind.MEMBER)]
+        children.append(asyncio.create_task(self._passes()))
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._keepalive())
-                for kind in (KeyKind.UNIT, KeyKind.MACHINE, KeyKind.MEMBER):
-                    tg.create_task(self._watch(self.layout.prefix(kind).encode()))
-                tg.create_task(self._passes())
-        except* Deposed as group:
-            raise group.exceptions[0] from None
-        except* (StoreError, TimeoutError, OSError) as group:
-            raise Deposed(f"store: {group.exceptions[0]}") from None
+            done, _ = await asyncio.wait(children, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
+            for exc in failed:
+                if isinstance(exc, Deposed):
+                    raise exc
+            for exc in failed:
+                if isinstance(exc, (StoreError, TimeoutError, OSError)):
+                    raise Deposed(f"store: {exc}") from None
+            if failed:
+                raise failed[0]  # a bug: let it surface
         finally:
+            for t in children:
+                t.cancel()
+            await asyncio.gather(*children, return_exceptions=True)
             self.leading = False
             if self.lease:
                 with contextlib.suppress(StoreError, TimeoutError, OSError):

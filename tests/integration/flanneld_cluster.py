@@ -79,8 +79,18 @@ class Cluster:
         return self.tb.exec(self.tb.underlay_ns, [WEFTCTL, *args, "-etcd-endpoints",
                                                   self.endpoint], check=False)
 
-    def network_set(self, backend: str = "vxlan", network: str = "10.244.0.0/16") -> None:
-        proc = self.weftctl("network", "set", "--network", network, "--backend", backend)
+    def network_set(self, backend: str = "vxlan", network: str = "10.244.0.0/16",
+                    ipv6_network: str | None = None, ipv4: bool = True) -> None:
+        """``weftctl network set``; ``ipv6_network`` makes it dual-stack, ``ipv4=False``
+        IPv6-only."""
+        args = ["network", "set", "--backend", backend]
+        if ipv4:
+            args += ["--network", network]
+        if ipv6_network is not None:
+            args += ["--ipv6-network", ipv6_network]
+        if not ipv4:
+            args += ["--no-ipv4"]
+        proc = self.weftctl(*args)
         assert proc.returncode == 0, proc.stderr
 
     def put_raw(self, key: str, value: str) -> None:
@@ -137,9 +147,10 @@ class Cluster:
     def env(self, host: str) -> subnetfile.SubnetEnv:
         return subnetfile.read(self.subnet_file(host))
 
-    def routes(self, host: str) -> set[str]:
-        """Destinations of the host's IPv4 routes (``ip -j route``)."""
-        out = self.tb.exec(self.tb.hosts[host].netns, ["ip", "-j", "route", "show"]).stdout
+    def routes(self, host: str, family: int = 4) -> set[str]:
+        """Destinations of the host's IPv4 (``family=6``: IPv6) routes (``ip -j route``)."""
+        out = self.tb.exec(self.tb.hosts[host].netns,
+                           ["ip", "-j", f"-{family}", "route", "show"]).stdout
         return {r["dst"] for r in json.loads(out or "[]")}
 
     def wait_routes(self, host: str, present: Set[str] = frozenset(),
@@ -156,10 +167,18 @@ class Cluster:
             time.sleep(0.05)
 
     def container(self, host: str) -> Container:
+        """A container on ``host``'s subnet(s): <subnet>.2 and, with an IPv6 half in
+        subnet.env, <subnet6>::2 (gateways .1 and ::1, as the CNI plugin wires them)."""
         env = self.env(host)
-        gw = next(env.subnet.hosts())
-        addr = ipaddress.IPv4Interface(f"{gw + 1}/{env.subnet.prefixlen}")
-        return self.tb.add_container(host, "c", addr, gateway=gw, mtu=env.mtu)
+        addr = addr6 = None
+        gw = None
+        if env.ipv4:
+            gw = next(env.subnet.hosts())
+            addr = ipaddress.IPv4Interface(f"{gw + 1}/{env.subnet.prefixlen}")
+        if env.ipv6_subnet is not None:
+            addr6 = ipaddress.IPv6Interface(
+                f"{env.ipv6_subnet.network_address + 2}/{env.ipv6_subnet.prefixlen}")
+        return self.tb.add_container(host, "c", addr, gateway=gw, mtu=env.mtu, address6=addr6)
 
     def close(self) -> None:
         for host in list(self.procs):
@@ -168,9 +187,11 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(n_hosts: int, store: str, tmp: Path) -> Iterator[Cluster]:
-    """A testbed of ``n_hosts`` with its store started; everything gone on leaving."""
-    with open_testbed(n_hosts) as tb:
+def running_cluster(n_hosts: int, store: str, tmp: Path, *, ipv6: bool = False
+                    ) -> Iterator[Cluster]:
+    """A testbed of ``n_hosts`` with its store started; everything gone on leaving.
+    ``ipv6=True``: a dual-stack underlay (``open_testbed(..., ipv6=True)``)."""
+    with open_testbed(n_hosts, ipv6=ipv6) as tb:
         c = Cluster(tb, store, tmp)
         try:
             yield c

@@ -219,7 +219,7 @@ def test_external_interface_errors() -> None:
     k.add_link("eth1")
     with pytest.raises(BackendError, match="'nope' does not exist"):
         external_interface("nope", kernel=k)
-    with pytest.raises(BackendError, match="no IPv4 address"):
+    with pytest.raises(BackendError, match="no IPv4 or IPv6 address"):
         external_interface("eth1", kernel=k)
     with pytest.raises(BackendError, match="no interface has the address"):
         external_interface("192.0.2.1", kernel=k)

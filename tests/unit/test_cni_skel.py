@@ -311,10 +311,10 @@ MALFORMED_IDS = ["ips-int", "ips-object", "entries-not-objects", "address-int",
 
 @pytest.mark.parametrize("prev", MALFORMED_PREV, ids=MALFORMED_IDS)
 def test_prev_result_garbage_yields_no_ips(prev: dict[str, Any]) -> None:
-    from cni.commands import _prev_container_ip, _prev_ips
+    from cni.commands import _prev_container_ips, _prev_ips
 
     assert _prev_ips(prev) == []
-    assert _prev_container_ip(prev, "eth0") == (None, None)
+    assert _prev_container_ips(prev, "eth0") == ([], None)
 
 
 @pytest.mark.parametrize("prev", MALFORMED_PREV, ids=MALFORMED_IDS)
@@ -343,3 +343,69 @@ def test_deeply_nested_stdin_is_code_6(command: str) -> None:
     rc, err = run({**BASE, "CNI_COMMAND": command}, b"[" * 100_000)
     assert rc == 1
     validate_error(err, 6)
+
+
+# -- dual-stack and IPv6-only (issue 17) ---------------------------------------------
+
+V6_LINES = "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:7::1/64\n"
+TAIL = "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+
+
+def test_subnet_env_dual_stack_and_ipv6_only() -> None:
+    both = parse_subnet_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n"
+                            + V6_LINES + TAIL, "f")
+    assert (str(both.subnet), str(both.network6), str(both.subnet6), str(both.gateway6)) == (
+        "10.244.7.0/24", "fd00:10:244::/56", "fd00:10:244:7::/64", "fd00:10:244:7::1")
+    only = parse_subnet_env(V6_LINES + TAIL, "f")
+    assert (only.network, only.subnet, only.gateway) == (None, None, None)
+    assert str(only.cluster(6)) == "fd00:10:244::/56" and only.cluster(4) is None
+    v4 = parse_subnet_env("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n"
+                          + TAIL, "f")
+    assert v4.network6 is None and v4.subnet6 is None
+
+
+@pytest.mark.parametrize(("text", "err", "words"), [
+    ("FLANNEL_IPV6_NETWORK=fd00::/56\n" + TAIL, TryAgainError, "lacks FLANNEL_IPV6_SUBNET"),
+    ("FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=fd00:x::1/64\n" + TAIL, ConfigError,
+     "f: FLANNEL_IPV6_SUBNET 'fd00:x::1/64' is not an IPv6 network"),
+    ("FLANNEL_IPV6_NETWORK=10.0.0.0/8\nFLANNEL_IPV6_SUBNET=fd00::1/64\n" + TAIL, ConfigError,
+     "FLANNEL_IPV6_NETWORK '10.0.0.0/8'"),
+    ("FLANNEL_IPV6_NETWORK=fd00::/56\nFLANNEL_IPV6_SUBNET=fd00::1/127\n" + TAIL, ConfigError,
+     "too small"),
+    ("FLANNEL_SUBNET=10.1.0.1/24\n" + V6_LINES + TAIL, TryAgainError, "lacks FLANNEL_NETWORK"),
+], ids=["no-subnet6", "bad-subnet6", "v4-in-v6-network", "subnet6-tiny", "half-v4-pair"])
+def test_subnet_env_ipv6_errors_name_the_variable(text: str, err: type[Exception],
+                                                   words: str) -> None:
+    with pytest.raises(err) as e:
+        parse_subnet_env(text, "f")
+    assert words in e.value.msg  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_dual_stack_result_shape_per_version(version: str) -> None:
+    r = shape(version, [{"name": "eth0", "mac": "02:00:00:00:00:02", "sandbox": "/x"}],
+              [{"address": "10.0.0.2/24", "gateway": "10.0.0.1", "interface": 0},
+               {"address": "fd00::2/64", "gateway": "fd00::1", "interface": 0}],
+              [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}, {"dst": "::/0", "gw": "fd00::1"}])
+    validate_result(version, r)
+    if version.startswith("0."):
+        assert [ip["version"] for ip in r["ips"]] == ["4", "6"]
+
+
+def test_masq_rules_for_both_families() -> None:
+    from cni import masq
+    from cni.ip4 import IPv4, Net4
+    from cni.ip6 import IPv6, Net6
+
+    script = masq.render_setup("n", [Net4.parse("10.244.0.0/16"), Net6.parse("fd00::/56")],
+                               [(IPv4.parse("10.244.1.2"), "c1"), (IPv6.parse("fd00::2"), "c1")])
+    assert "add set ip6 weft-n masq { type ipv6_addr; }" in script
+    assert ("add rule ip6 weft-n postrouting ip6 saddr @masq ip6 daddr != fd00::/56 "
+            "ip6 daddr != ff00::/8 masquerade") in script
+    assert 'add element ip6 weft-n masq { fd00::2 comment "id: c1" }' in script
+    assert 'add element ip weft-n masq { 10.244.1.2 comment "id: c1" }' in script
+    assert masq.render_remove("n", IPv6.parse("fd00::2"), False) == \
+        "delete element ip6 weft-n masq { fd00::2 }\n"
+    last = masq.render_remove("n", None, True)
+    assert "add table ip6 weft-n\ndelete table ip6 weft-n\n" in last
+    assert "add table ip weft-n\ndelete table ip weft-n\n" in last

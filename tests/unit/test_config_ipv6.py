@@ -161,8 +161,12 @@ def test_build_refuses_ipv6_host_bits() -> None:
     assert "did you mean fd00:10:244::/56" in str(info.value)
 
 
-def test_daemon_waits_on_ipv6_until_it_runs_it() -> None:
+def test_daemon_runs_ipv6_but_not_over_udp() -> None:
     check_daemon_support(parse_network_config(b'{"Network": "10.244.0.0/16"}'))
+    check_daemon_support(parse_network_config(FLANNEL_DUAL_STACK))
+    udp = json.loads(FLANNEL_DUAL_STACK)
+    udp["Backend"] = {"Type": "udp"}
     with pytest.raises(ConfigError) as info:
-        check_daemon_support(parse_network_config(FLANNEL_DUAL_STACK))
+        check_daemon_support(parse_network_config(json.dumps(udp).encode()))
     assert info.value.field == "EnableIPv6"
+    assert "udp backend is IPv4-only" in str(info.value)

@@ -56,6 +56,9 @@ class FakeBackend:
     async def prepare(self) -> Mapping[str, Any]:
         return {"VNI": 1, "VtepMAC": "0e:00:00:00:00:aa"}
 
+    async def prepare_v6(self) -> Mapping[str, Any]:
+        return {"VNI": 1, "VtepMAC": "0e:00:00:00:00:ab"}
+
     async def attach(self, own: Lease) -> None:
         self.attached.append(own)
 
@@ -157,11 +160,12 @@ async def test_waits_for_config_then_picks_it_up(h: Harness,
     assert caplog.text.count("unknown backend type") == 1
     assert caplog.text.count("no network config") == 1
     assert not d.health.ready
-    # a valid dual-stack config (issue 17): flanneld waits, saying it does not run IPv6 yet,
-    # rather than joining without its IPv6 half (no lease, no subnet.env)
+    # a valid dual-stack config on a host without IPv6 (issue 17): flanneld waits, naming
+    # the field, rather than joining without its IPv6 half (no lease, no subnet.env)
     await h.store.put(CONFIG, b'{"Network":"10.244.0.0/16","EnableIPv6":true,'
                               b'"IPv6Network":"fd00:10:244::/56"}')
-    await until(lambda: "does not run them yet" in caplog.text, "ipv6-wait log")
+    await until(lambda: "EnableIPv6: interface eth0 has no global IPv6 address" in caplog.text,
+                "ipv6-wait log")
     await h.clock.tick(3)
     assert not d.health.ready and d.own is None
     assert not (h.tmp / "h" / "subnet.env").exists()

@@ -84,7 +84,8 @@ def test_help_documents_every_flag_and_env(capsys: pytest.CaptureFixture[str]) -
             " ", "")
     squeezed = "".join(text.split())  # however argparse wraps it
     assert "refusedwhenset:flannel0.9'smulti-networkmodeisnotinweft" in squeezed
-    assert "acceptedforcompatibilityandignored:-iptables-forward-rules" in squeezed
+    assert "acceptedforcompatibilityandignored:-kube-api-url" in squeezed
+    assert "-iptables-forward-rules" in text and "FLANNEL-FWD" in squeezed  # a real flag now
     assert "-public-ipv6" in text and "FLANNELD_PUBLIC_IPV6" in squeezed  # a real flag now
 
 
@@ -158,7 +159,7 @@ def test_choose_interface_ipv6(iface: list[str], public6: str | None, name: str,
                                ip6: str | None, pub6: str | None) -> None:
     ext = choose(DUAL_IFACES, None, iface,
                  public_ipv6=None if public6 is None else A6(public6))
-    assert (ext.name, ext.ip6, ext.public_ip6) == (
+    assert (ext.name, ext.iface_ipv6, ext.public_ipv6) == (
         name, None if ip6 is None else A6(ip6), None if pub6 is None else A6(pub6))
 
 
@@ -203,8 +204,8 @@ def test_flannel_systemd_execstart_starts_weft() -> None:
         "/coreos.com/network", True, 10.0, 30)
     assert (cfg.healthz_ip, cfg.healthz_port, args.v, args.iface, args.public_ip) == (
         "127.0.0.1", 8471, 2, ["eth1"], "198.18.0.11")
-    assert [name for name, _ in args.ignored_flags] == [
-        "iptables-forward-rules", "vmodule", "logtostderr"]
+    assert cfg.forward_rules
+    assert [name for name, _ in args.ignored_flags] == ["vmodule", "logtostderr"]
 
 
 def test_flannel_daemonset_args() -> None:
@@ -212,8 +213,8 @@ def test_flannel_daemonset_args() -> None:
                                                         "POD_NAMESPACE": "kube-flannel"})
     assert (cfg.ip_masq, store.endpoints, args.iface_can_reach) == (
         True, ("http://198.18.0.1:2379",), "198.18.0.1")
-    assert [name for name, _ in args.ignored_flags] == [
-        "iptables-forward-rules", "net-config-path"]
+    assert cfg.forward_rules
+    assert [name for name, _ in args.ignored_flags] == ["net-config-path"]
 
 
 @pytest.mark.parametrize(("argv", "env", "words"), [

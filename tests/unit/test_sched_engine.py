@@ -18,7 +18,7 @@ from overlay.sched.model import (
     MachineRecord,
     UnitRecord,
 )
-from overlay.store.api import EventType, Store
+from overlay.store.api import EventType, LeaseNotFoundError, Store
 from overlay.store.memory import MemoryStore
 
 T = Timings(ttl=2, renew=0.5, grace=1.0, probe_timeout=0.3)
@@ -230,3 +230,64 @@ async def test_engine_moves_nothing_when_a_majority_vanishes_at_once() -> None:
         await engine.one_pass()
     listing = await store.list(LAYOUT.prefix(KeyKind.ASSIGN).encode())
     assert [LAYOUT.parse(kv.key.decode()).machine for kv in listing.items] == ["m1"]
+
+
+class _CancelOnKeepalive(MemoryStore):
+    """Cancels ``victim`` from inside keepalive() and then reports the lease gone: the
+    engine's cancel and its deposition land at the same moment."""
+
+    victim: asyncio.Task[None] | None = None
+
+    async def keepalive(self, lease: int) -> int:
+        if self.victim is not None:
+            self.victim.cancel()
+            raise LeaseNotFoundError(lease)
+        return await super().keepalive(lease)
+
+
+async def test_a_cancel_that_lands_with_a_deposition_stops_the_engine() -> None:
+    store = _CancelOnKeepalive()
+    engine = Engine(store, "m1", T, LAYOUT)
+    task = asyncio.create_task(engine.run())
+    try:
+        async with asyncio.timeout(5):
+            while not engine.leading:
+                await asyncio.sleep(0.01)
+        store.victim = task
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done, "the engine swallowed its cancel and campaigned again"
+        assert task.cancelled()
+    finally:
+        store.victim = None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_deposition_alone_does_not_stop_the_engine() -> None:
+    class Lapsing(MemoryStore):
+        lapse = 0
+
+        async def keepalive(self, lease: int) -> int:
+            if self.lapse:
+                self.lapse -= 1
+                raise LeaseNotFoundError(lease)
+            return await super().keepalive(lease)
+
+    store = Lapsing()
+    engine = Engine(store, "m1", T, LAYOUT)
+    task = asyncio.create_task(engine.run())
+    try:
+        async with asyncio.timeout(10):
+            while not engine.leading:
+                await asyncio.sleep(0.01)
+            store.lapse = 1
+            while engine.leading:
+                await asyncio.sleep(0.01)
+            while not engine.leading:  # campaigns again and wins
+                await asyncio.sleep(0.01)
+        assert not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,44 @@
+"""``weftctl sandbox up --ipv6``: its options and DNS records (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from overlay.sandbox.model import BadOptionError, ContainerRecord, Options, dns_records
+
+N6 = ipaddress.IPv6Network
+
+
+@pytest.mark.parametrize(("kw", "flag", "words"), [
+    ({"backend": "udp"}, "--backend", "IPv4-only"),
+    ({"network6": N6("2001:4860::/56")}, "--network6", "outside fd00::/8"),
+    ({"network6": N6("fd00:198:18::/56")}, "--network6", "overlaps the sandbox underlay"),
+    ({"network6": N6("fd00:10:244::/64")}, "--network6", "too small"),
+], ids=["udp", "routed-space", "underlay", "too-small"])
+def test_bad_ipv6_options_name_the_flag(kw: dict[str, object], flag: str, words: str) -> None:
+    with pytest.raises(BadOptionError) as info:
+        Options(ipv6=True, **kw).check()  # type: ignore[arg-type]
+    assert info.value.what == flag and words in str(info.value)
+
+
+def test_ipv6_defaults_pass_and_are_ignored_without_the_flag() -> None:
+    Options(ipv6=True).check()
+    Options(ipv6=True, network6=N6("2001:db8:42::/56"), backend="host-gw").check()
+    Options(backend="udp", network6=N6("2001:4860::/56")).check()  # --ipv6 not given
+
+
+def test_dual_stack_names_hold_a_and_aaaa_under_child_keys() -> None:
+    c = ContainerRecord("c1", "h1", "ns", ip="10.244.3.2/24", dns="c1.h1.skydns.local",
+                        ip6="fd00:10:244:3::2/64")
+    assert dns_records(c) == [
+        ("v4.c1.h1.skydns.local", "10.244.3.2"),
+        ("2.3.244.10.in-addr.arpa", "c1.h1.skydns.local"),
+        ("v6.c1.h1.skydns.local", "fd00:10:244:3::2"),
+        ("2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.3.0.0.0.4.4.2.0.0.1.0.0.0.0.d.f.ip6.arpa",
+         "c1.h1.skydns.local"),
+    ]
+    v4 = ContainerRecord("c1", "h1", "ns", ip="10.244.3.2/24", dns="c1.h1.skydns.local")
+    assert dns_records(v4) == [("c1.h1.skydns.local", "10.244.3.2"),
+                               ("2.3.244.10.in-addr.arpa", "c1.h1.skydns.local")]
