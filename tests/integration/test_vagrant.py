@@ -76,7 +76,8 @@ def test_vagrant_validate_with_the_libvirt_settings_of_vagrant_cluster(tmp_path:
     env = dict(os.environ, VAGRANT_HOME=str(tmp_path / "home"), VAGRANT_CHECKPOINT_DISABLE="1",
                VAGRANT_DOTFILE_PATH=str(tmp_path / "dot"), WEFT_PRIVATE_NET="198.18.2",
                WEFT_LIBVIRT_DRIVER="qemu", WEFT_LIBVIRT_MGMT_NET="198.18.1.0/24",
-               WEFT_LIBVIRT_KERNEL="/k", WEFT_LIBVIRT_INITRD="/i", WEFT_LIBVIRT_CMDLINE="root=/dev/vda",
+               WEFT_LIBVIRT_KERNEL="/k", WEFT_LIBVIRT_INITRD="/i",
+               WEFT_LIBVIRT_CMDLINE="root=/dev/vda",
                WEFT_LIBVIRT_CONSOLE_DIR=str(tmp_path), WEFT_WHEELHOUSE=str(tmp_path),
                WEFT_STORE="embedded", WEFT_AGENT_TTL="15s")
     proc = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=VAGRANT, env=env,
