@@ -278,7 +278,7 @@ class Forwarder:
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         self.icmp_sent = 0
         # super-packets moved whole: (direction, kind) -> count (see ``families``)
-        self.offload: dict[tuple[str, str], int] = dict.fromkeys(
+        self.offload: dict[tuple[str, ...], int] = dict.fromkeys(
             (("tx", "chunked"), ("tx", "segmented"), ("rx", "reassembled"), ("rx", "coalesced")),
             0)
         self.crypto = crypto  # seal/open every datagram
@@ -608,7 +608,7 @@ class Forwarder:
                             "with TUN offloads: tx chunked (to weft peers) or segmented "
                             "(flannel's format), rx reassembled (chunks) or coalesced "
                             "(flannel datagrams joined).",
-                            dict(self.offload),
+                            self.offload,
                             labels=("direction", "kind")),
             metrics.counter("weft_udp_icmp_sent_total",
                             "ICMP errors (unreachable, time exceeded, fragmentation "

@@ -136,9 +136,9 @@ def test_chunks_round_trip_whole_and_datagram_by_datagram(size: int) -> None:
     assert r.feed("a", arr(wire[:cut]), cut, dgram) == [] or cut == 0
     got = r.feed("a", arr(wire[cut:]), n - cut, dgram)
     assert [g.tobytes() for g in got] == [data]
-    got = [g.tobytes() for o in range(0, n, dgram)
-           for g in r.feed("b", arr(wire[o:o + dgram]), len(wire[o:o + dgram]), dgram)]
-    assert got == [data] and r.lost == 0
+    one_by_one = [g.tobytes() for o in range(0, n, dgram)
+                  for g in r.feed("b", arr(wire[o:o + dgram]), len(wire[o:o + dgram]), dgram)]
+    assert one_by_one == [data] and r.lost == 0
 
 
 def test_reassembly_drops_a_broken_sequence_and_keeps_the_next_packet() -> None:
