@@ -3,7 +3,8 @@
 Run as root (it builds a netns testbed; nothing touches the root namespace)::
 
     .venv/bin/python bench/overlay.py [--joins 50] [--peers 1000] [--store embedded|etcd]
-                                      [--scale-rounds 3] [--skip-datapath]
+                                      [--scale-rounds 3] [--skip-datapath] [--skip-scale]
+                                      [--skip-ipv6]
 
 1. **Convergence**: three real flanneld hosts (vxlan) share a store in the
    underlay namespace. 50 new hosts "join" one at a time: a lease is written to
@@ -12,6 +13,11 @@ Run as root (it builds a netns testbed; nothing touches the root namespace)::
    hosts is taken from ``ip monitor route`` streams (CLOCK_MONOTONIC is shared by
    all namespaces). Reference in the same run: the store's own notification
    floor, put acknowledgement to the event arriving at a plain watcher.
+1b. **IPv6 joins** (unless ``--skip-ipv6``): the same on a dual-stack underlay
+   and network (issue 17): each join is a dual-stack lease, and the time to its
+   IPv6 route (``flannel-v6.1``) on all three hosts is taken beside the time to
+   its IPv4 route in the same join; the IPv4 figure and the IPv4-only run above
+   are the same-run references.
 2. **Scale**: 1,000 peer leases in the store, then flanneld starts on a fresh
    host: time until all 1,000 routes are in its kernel, and its RSS (steady and
    peak). References in the same run: the same 1,000 routes added by hand with
@@ -20,7 +26,8 @@ Run as root (it builds a netns testbed; nothing touches the root namespace)::
 3. **Data path** (unless ``--skip-datapath``): runs ``bench/overlay_datapath.py``
    (the data-plane engineer's iperf3 comparison) and prints its figures.
 
-Goals (issue 3): convergence p99 < 250 ms; 1,000 peers programmed < 5 s; RSS < 80 MiB.
+Goals (issue 3; issue 17 for IPv6 joins): convergence p99 < 250 ms; 1,000 peers
+programmed < 5 s; RSS < 80 MiB.
 Importing this module has no side effects.
 """
 
@@ -164,6 +171,26 @@ SCALE_NETWORK = "10.0.0.0/8"  # scale: 1,000 peers do not fit a /16 of /24s
 SCALE_BASE = "10.100.0.0"
 
 
+CONV_NETWORK6 = "fd00:10:244::/56"  # IPv6 joins: /64s, fake peers from :64:: (100) up
+
+
+def fake_peer6(i: int) -> tuple[str, str, str, str]:
+    """(subnet, subnet6, key, value) of dual-stack fake peer ``i`` (flannel's key and value)."""
+    net = ipaddress.IPv4Network((int(ipaddress.IPv4Address("10.244.100.0")) + i * 256, 24))
+    net6 = ipaddress.IPv6Network((int(ipaddress.IPv6Address("fd00:10:244::"))
+                                  + ((100 + i) << 64), 64))
+    ip = str(ipaddress.IPv4Address("198.19.0.0") + i)  # never a live host
+    ip6 = str(ipaddress.IPv6Address("fd00:198:19::") + 1 + i)
+    mac = f"0e:5e:00:00:{(i >> 8) & 255:02x}:{i & 255:02x}"
+    mac6 = f"0e:5e:06:00:{(i >> 8) & 255:02x}:{i & 255:02x}"
+    key = (f"{PREFIX}/subnets/{net.network_address}-{net.prefixlen}"
+           f"&{net6.network_address}-{net6.prefixlen}")
+    value = json.dumps({"PublicIP": ip, "PublicIPv6": ip6, "BackendType": "vxlan",
+                        "BackendData": {"VNI": 1, "VtepMAC": mac},
+                        "BackendV6Data": {"VNI": 1, "VtepMAC": mac6}}, separators=(",", ":"))
+    return str(net), str(net6), key, value
+
+
 def fake_peer(i: int, base: str = "10.244.100.0") -> tuple[str, str, str]:
     """(subnet, key, value) of fake peer ``i``: the ``i``-th /24 from ``base``."""
     net = ipaddress.IPv4Network((int(ipaddress.IPv4Address(base)) + i * 256, 24))
@@ -240,6 +267,49 @@ def bench_convergence(store: str, joins: int, tmp: Path) -> dict[str, float]:
             c.close()
     return {"p50": statistics.median(lat), "p99": percentile(lat, 99), "max": max(lat),
             "floor_p50": statistics.median(floor)}
+
+
+def bench_convergence6(store: str, joins: int, tmp: Path) -> dict[str, float]:
+    """Dual-stack joins on a dual-stack cluster: IPv6 and IPv4 route times of each join."""
+    sys.path.insert(0, str(ROOT))
+    from overlay.testbed import open_testbed
+    from tests.integration.flanneld_cluster import Cluster
+
+    with open_testbed(3, ipv6=True) as tb:
+        c = Cluster(tb, store, tmp)
+        inj = None
+        monitors: list[RouteMonitor] = []
+        try:
+            c.network_set("vxlan", CONV_NETWORK, ipv6_network=CONV_NETWORK6)
+            for h in tb.hosts:
+                c.start(h)
+            for h in tb.hosts:
+                c.wait_ready(h)
+            inj = Injector(tb.underlay_ns, c.endpoint)
+            monitors = [RouteMonitor(h.netns) for h in tb.hosts.values()]
+            time.sleep(0.3)
+            lat6: list[float] = []
+            lat4: list[float] = []
+            for i in range(joins):
+                subnet, subnet6, key, value = fake_peer6(i)
+                reply = inj.call({"op": "put", "key": key, "value": value})
+                t_put = float(str(reply["t0"]))
+                deadline = time.monotonic() + 5
+                while not all(subnet in m.seen and subnet6 in m.seen for m in monitors):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"join {i}: routes {subnet}, {subnet6} not on all "
+                                           "hosts in 5 s")
+                    time.sleep(0.002)
+                lat6.append(max(m.seen[subnet6] for m in monitors) - t_put)
+                lat4.append(max(m.seen[subnet] for m in monitors) - t_put)
+        finally:
+            for m in monitors:
+                m.close()
+            if inj is not None:
+                inj.close()
+            c.close()
+    return {"p50": statistics.median(lat6), "p99": percentile(lat6, 99), "max": max(lat6),
+            "v4_p50": statistics.median(lat4), "v4_p99": percentile(lat4, 99)}
 
 
 def bench_scale(store: str, peers: int, tmp: Path, rounds: int = 3) -> dict[str, float]:
@@ -322,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--scale-rounds", type=int, default=3)
     ap.add_argument("--store", choices=("embedded", "etcd"), default="embedded")
     ap.add_argument("--skip-datapath", action="store_true")
+    ap.add_argument("--skip-scale", action="store_true", help="convergence only")
+    ap.add_argument("--skip-ipv6", action="store_true", help="no IPv6-join convergence")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/overlay.py needs root (network namespaces)", file=sys.stderr)
@@ -340,6 +412,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  reference: store put->watch floor p50 {conv['floor_p50'] * 1000:.1f} ms; "
               f"ratio p50/floor {conv['p50'] / conv['floor_p50']:.1f}x; "
               f"p99/goal(250 ms) {conv['p99'] / 0.25:.2f}")
+        if not args.skip_ipv6:
+            (tmp / "conv6").mkdir()
+            c6 = bench_convergence6(args.store, args.joins, tmp / "conv6")
+            print(f"IPv6 joins ({args.store}, vxlan dual-stack, 3 hosts, {args.joins} joins): "
+                  f"IPv6 route p50 {c6['p50'] * 1000:.1f} ms, p99 {c6['p99'] * 1000:.1f} ms, "
+                  f"max {c6['max'] * 1000:.1f} ms (p99/goal(250 ms) {c6['p99'] / 0.25:.2f})")
+            print(f"  references: the IPv4 route of the same joins p50 "
+                  f"{c6['v4_p50'] * 1000:.1f} ms, p99 {c6['v4_p99'] * 1000:.1f} ms (IPv6/IPv4 "
+                  f"p99 {c6['p99'] / c6['v4_p99']:.2f}x); the IPv4-only joins above (IPv6/IPv4 "
+                  f"p99 {c6['p99'] / conv['p99']:.2f}x)")
+        if args.skip_scale:
+            print(f"total {time.monotonic() - started:.0f} s")
+            return 0
         sc = bench_scale(args.store, args.peers, tmp / "scale", args.scale_rounds)
         print(f"scale ({args.peers} peers, median of {args.scale_rounds} starts): all routes "
               f"programmed {sc['t_all']:.2f} s after start (min {sc['t_min']:.2f}, max "

@@ -15,7 +15,12 @@ sequential`` measures each scenario alone on its own testbed instead, pairs
 back to back in alternating order, ratio = median of the per-round ratios.
 
     .venv/bin/python bench/overlay_datapath.py [--seconds 4] [--rounds 3]
-        [--mode concurrent|sequential] [--streams 1]
+        [--mode concurrent|sequential] [--streams 1] [--only weft-vxlan-v6 hand-vxlan-v6 ...]
+
+The ``*-v6`` scenarios run the same topologies IPv6 end to end (issue 17): an
+IPv6-only network (flannel's ``EnableIPv4: false``) over the dual-stack
+testbed's IPv6 underlay (``fd00:198:18::/64``), containers ``fd00:10:244:<i>::2``;
+vxlan on ``flannel-v6.1`` (MTU 1430), host-gw routes via the peers' PublicIPv6.
 
 Importable without side effects: ``measure(kind, seconds)`` returns Gbit/s of
 one scenario from ``SCENARIOS`` alone; ``measure_pair(a, b, seconds)`` runs two
@@ -53,7 +58,12 @@ SCENARIOS = ("underlay", "hand-vxlan", "weft-vxlan", "hand-host-gw", "weft-host-
 PAIRS = (("weft-vxlan", "hand-vxlan"), ("weft-host-gw", "hand-host-gw"),
          ("weft-udp", "hand-vxlan"),  # udp against kernel VXLAN under the same contention
          ("weft-udp-enc", "weft-udp"))  # encryption's cost (goal >= 0.5)
+# IPv6 rows (v6-kernel's): each pair compares weft with flannel's layout by hand
+SCENARIOS_V6 = ("hand-vxlan-v6", "weft-vxlan-v6", "hand-host-gw-v6", "weft-host-gw-v6")
+PAIRS_V6 = (("weft-vxlan-v6", "hand-vxlan-v6"), ("weft-host-gw-v6", "hand-host-gw-v6"))
+ALL_SCENARIOS = SCENARIOS + SCENARIOS_V6
 NETWORK = "10.244.0.0/16"
+NETWORK6 = "fd00:10:244::/48"
 PORT = 5201
 
 Pair = tuple[str, str]  # (client host, server host)
@@ -144,8 +154,109 @@ def _weft(tb: Testbed, btype: str, pair: Pair) -> Iterator[int]:
             stack_key.unlink(missing_ok=True)
 
 
+# -- IPv6 scenarios ------------------------------------------------------------------
+
+
+def _subnet6(i: int) -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network(f"fd00:10:244:{i}::/64")
+
+
+def _ip6(tb: Testbed, name: str) -> str:
+    ip6 = tb.hosts[name].ip6
+    if ip6 is None:
+        raise RuntimeError("an IPv6 scenario needs the dual-stack testbed (ipv6=True)")
+    return str(ip6)
+
+
+def _hand_vxlan6(tb: Testbed, pair: Pair) -> int:
+    """flannel's IPv6 vxlan state by hand: flannel-v6.1, <v6 subnet>/128, neigh/FDB/route."""
+    macs = {name: _random_mac() for name in pair}
+    for i, name in enumerate(pair, 1):
+        ns = tb.hosts[name].netns
+        tb.exec(ns, ["ip", "link", "add", "flannel-v6.1", "type", "vxlan", "id", "1", "local",
+                     _ip6(tb, name), "dev", "eth0", "dstport", "8472", "nolearning"])
+        tb.exec(ns, ["ip", "link", "set", "flannel-v6.1", "address", macs[name], "mtu", "1430",
+                     "up"])
+        tb.exec(ns, ["ip", "addr", "add", f"{_subnet6(i).network_address}/128", "dev",
+                     "flannel-v6.1", "nodad"])
+    for name in pair:
+        for j, peer in enumerate(pair, 1):
+            if peer == name:
+                continue
+            ns, gw = tb.hosts[name].netns, str(_subnet6(j).network_address)
+            tb.exec(ns, ["ip", "-6", "neigh", "replace", gw, "lladdr", macs[peer], "dev",
+                         "flannel-v6.1", "nud", "permanent"])
+            tb.exec(ns, ["bridge", "fdb", "replace", macs[peer], "dev", "flannel-v6.1", "dst",
+                         _ip6(tb, peer), "self", "permanent"])
+            tb.exec(ns, ["ip", "-6", "route", "replace", str(_subnet6(j)), "via", gw, "dev",
+                         "flannel-v6.1", "onlink"])
+    return 1430
+
+
+def _hand_hostgw6(tb: Testbed, pair: Pair) -> int:
+    for name in pair:
+        for j, peer in enumerate(pair, 1):
+            if peer != name:
+                tb.exec(tb.hosts[name].netns, ["ip", "-6", "route", "replace",
+                                               str(_subnet6(j)), "via", _ip6(tb, peer),
+                                               "dev", "eth0"])
+    return 1500
+
+
+@contextlib.contextmanager
+def _weft6(tb: Testbed, btype: str, pair: Pair) -> Iterator[int]:
+    """weft's backend on both hosts of ``pair`` for an IPv6-only network (prepare_v6
+    only; leases with flannel's 0.0.0.0/0 IPv4 half)."""
+    drivers: list[DriverProcess] = []
+    leases: list[dict[str, object]] = []
+    mtu = 1500
+    try:
+        for i, name in enumerate(pair, 1):
+            d = DriverProcess(tb.hosts[name].netns, btype, "eth0", network6=NETWORK6,
+                              python=sys.executable)
+            drivers.append(d)
+            ready = d.call({"op": "prepare_v6"})
+            mtu = int(ready["mtu"])
+            lease = {"subnet": "0.0.0.0/0", "public_ip": "0.0.0.0",
+                     "type": lease_backend_type(btype), "data": {},
+                     "subnet6": str(_subnet6(i)), "public_ip6": _ip6(tb, name),
+                     "data6": ready["data"]}
+            lease_from_json(lease)  # validates the shape
+            leases.append(lease)
+            d.call({"op": "attach", "lease": lease})
+        for i, d in enumerate(drivers):
+            d.call({"op": "reconcile", "peers": [p for j, p in enumerate(leases) if j != i]})
+        yield mtu
+    finally:
+        for d in drivers:
+            d.stop()
+
+
+def _flow6(tb: Testbed, kind: str, pair: Pair, stack: contextlib.ExitStack
+           ) -> tuple[str, str, str]:
+    """``_flow`` for the ``*-v6`` scenarios (IPv6-only containers)."""
+    a, b = pair
+    if kind == "hand-vxlan-v6":
+        mtu = _hand_vxlan6(tb, pair)
+    elif kind == "hand-host-gw-v6":
+        mtu = _hand_hostgw6(tb, pair)
+    else:
+        mtu = stack.enter_context(_weft6(tb, kind.removeprefix("weft-").removesuffix("-v6"),
+                                         pair))
+    for i, name in enumerate(pair, 1):
+        tb.add_container(name, "c", None, mtu=mtu,
+                         address6=ipaddress.IPv6Interface(f"fd00:10:244:{i}::2/64"))
+    c1, c2 = tb.containers[f"{a}/c"], tb.containers[f"{b}/c"]
+    target = "fd00:10:244:2::2"
+    if not tb.wait_ping(c1.netns, target, within=10):
+        raise RuntimeError(f"{kind}: containers on {a} and {b} cannot reach each other")
+    return c2.netns, c1.netns, target
+
+
 def _flow(tb: Testbed, kind: str, pair: Pair, stack: contextlib.ExitStack) -> tuple[str, str, str]:
     """Program ``kind`` on ``pair``; return (server netns, client netns, target address)."""
+    if kind in SCENARIOS_V6:
+        return _flow6(tb, kind, pair, stack)
     a, b = pair
     if kind == "underlay":
         return tb.hosts[b].netns, tb.hosts[a].netns, str(tb.hosts[b].ip)
@@ -203,9 +314,9 @@ def _iperf(tb: Testbed, flows: Sequence[tuple[str, str, str]], seconds: float,
 
 def measure(kind: str, seconds: float = 4, streams: int = 1) -> float:
     """Throughput in Gbit/s of one scenario from ``SCENARIOS``, alone on a fresh testbed."""
-    if kind not in SCENARIOS:
-        raise ValueError(f"unknown scenario {kind!r}; one of {SCENARIOS}")
-    with open_testbed(2) as tb, contextlib.ExitStack() as stack:
+    if kind not in ALL_SCENARIOS:
+        raise ValueError(f"unknown scenario {kind!r}; one of {ALL_SCENARIOS}")
+    with open_testbed(2, ipv6=kind in SCENARIOS_V6) as tb, contextlib.ExitStack() as stack:
         flow = _flow(tb, kind, ("h1", "h2"), stack)
         return _iperf(tb, [flow], seconds, streams)[0]
 
@@ -213,21 +324,22 @@ def measure(kind: str, seconds: float = 4, streams: int = 1) -> float:
 def measure_pair(a: str, b: str, seconds: float = 4, streams: int = 1) -> tuple[float, float]:
     """Gbit/s of scenarios ``a`` (on h1-h2) and ``b`` (on h3-h4) running at the same time."""
     for k in (a, b):
-        if k not in SCENARIOS:
-            raise ValueError(f"unknown scenario {k!r}; one of {SCENARIOS}")
-    with open_testbed(4) as tb, contextlib.ExitStack() as stack:
+        if k not in ALL_SCENARIOS:
+            raise ValueError(f"unknown scenario {k!r}; one of {ALL_SCENARIOS}")
+    with open_testbed(4, ipv6=a in SCENARIOS_V6 or b in SCENARIOS_V6) as tb, \
+            contextlib.ExitStack() as stack:
         flows = [_flow(tb, a, ("h1", "h2"), stack), _flow(tb, b, ("h3", "h4"), stack)]
         ga, gb = _iperf(tb, flows, seconds, streams)
         return ga, gb
 
 
 def run(seconds: float = 4, rounds: int = 3, streams: int = 1,
-        kinds: tuple[str, ...] = SCENARIOS, mode: str = "concurrent") -> dict[str, float]:
+        kinds: tuple[str, ...] = ALL_SCENARIOS, mode: str = "concurrent") -> dict[str, float]:
     """Median Gbit/s per scenario plus ``ratio:*`` entries (median of per-round ratios)."""
     samples: dict[str, list[float]] = {k: [] for k in kinds}
     paired: dict[str, list[float]] = {}
     for rnd in range(rounds):
-        for a, b in PAIRS:
+        for a, b in PAIRS + PAIRS_V6:
             if a not in kinds or b not in kinds:
                 continue
             # alternate which side goes first (sequential) / which hosts it gets (concurrent)
@@ -262,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--streams", type=int, default=1)
     ap.add_argument("--mode", choices=("concurrent", "sequential"), default="concurrent")
-    ap.add_argument("--only", nargs="*", choices=SCENARIOS, default=list(SCENARIOS))
+    ap.add_argument("--only", nargs="*", choices=ALL_SCENARIOS, default=list(ALL_SCENARIOS))
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)

@@ -72,7 +72,7 @@ from cni.result import shape
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Container, Iterable, Sequence
     from typing import Any
 
     from cni.log import Log
@@ -115,8 +115,10 @@ def _from_packed(data: bytes) -> Addr:
 
 
 def ensure_bridge(nl: Netlink, name: str, gateways: Sequence[tuple[Addr, Net]], mtu: int,
-                  log: Log, previous6: Sequence[Net6] = ()) -> Link:
-    """Bridge ``name`` up with the gateway address of each of ``gateways`` (gw, subnet).
+                  log: Log, previous6: Sequence[Net6] = (),
+                  keep: Sequence[tuple[Addr, Net]] = ()) -> Link:
+    """Bridge ``name`` up with the gateway address of each of ``gateways`` (gw, subnet);
+    ``keep`` are the other gateways the configuration has (never stale).
 
     IPv6 also gets accept_ra=0 (the reference bridge: we own its routes), IPv6
     enabled on it, and its gateway without DAD, so containers reach it at once.
@@ -139,17 +141,19 @@ def ensure_bridge(nl: Netlink, name: str, gateways: Sequence[tuple[Addr, Net]], 
         if f"net/ipv6/conf/{name}/disable_ipv6" in failed:
             raise KernelError(f"cannot enable IPv6 on bridge {name}: "
                               f"{failed[f'net/ipv6/conf/{name}/disable_ipv6']}", 1)
+    kept = {(g.packed, n.prefixlen) for g, n in (*gateways, *keep)}
     for gw, subnet in gateways:
-        _ensure_gateway(nl, link, gw, subnet, log, previous6)
+        _ensure_gateway(nl, link, gw, subnet, log, previous6, kept)
     return link
 
 
 def _ensure_gateway(nl: Netlink, link: Link, gw: Addr, subnet: Net, log: Log,
-                    previous6: Sequence[Net6]) -> None:
+                    previous6: Sequence[Net6], kept: Container[tuple[bytes, int]]) -> None:
     """``gw/len`` on the bridge. Another address in its place is stale (the host got a
     new lease): replaced when no port is attached, else an error naming them. For
     IPv4 that is any other address; for IPv6 (which keeps its link-local address and
-    may carry several subnets) one overlapping ``subnet`` or in the cluster network."""
+    may carry several subnets) one overlapping ``subnet`` or in the cluster network
+    ``previous6``; never a gateway of the configuration (``kept``)."""
     v6 = isinstance(gw, IPv6)
     plen = subnet.prefixlen
     addrs = [(a, p) for a, p, _ in nl.addresses(link.index, AF_INET6 if v6 else AF_INET)]
@@ -157,6 +161,8 @@ def _ensure_gateway(nl: Netlink, link: Link, gw: Addr, subnet: Net, log: Log,
         return
 
     def stale(a: bytes, p: int) -> bool:
+        if (a, p) in kept:
+            return False
         if not isinstance(subnet, Net6):
             return True
         ip = IPv6.from_packed(a)
@@ -275,6 +281,10 @@ def add(env: Env, conf: NetConf, log: Log, pause: Pause) -> dict[str, Any]:
     requested = requested_ips(conf, env)
     container_mac = requested_mac(conf, env) or random_mac()
     mtu = conf.mtu or senv.mtu
+    if mtu < 1280 and any(rset[0].version == 6 for rset in sets):
+        raise ConfigError(f"mtu {mtu} is below IPv6's minimum of 1280 "
+                          f"({'config field mtu' if conf.mtu else 'FLANNEL_MTU'})",
+                          "the kernel turns IPv6 off on links with a smaller MTU")
     host_name = host_veth_name(conf.name, env.container_id, env.ifname)
     nsfd = open_netns(env.netns)
     try:
@@ -297,9 +307,12 @@ def add(env: Env, conf: NetConf, log: Log, pause: Pause) -> dict[str, Any]:
         pause("allocated")
         nl = Netlink.open()
         try:
+            # a previous lease's IPv6 gateway lies in the cluster network; configured
+            # ranges may put several gateways there, all kept
             previous6 = [senv.network6] if senv.network6 is not None else []
             bridge = ensure_bridge(nl, conf.bridge, [(r.gateway, r.subnet) for _, r in got],
-                                   mtu, log, previous6)
+                                   mtu, log, previous6,
+                                   [(r.gateway, r.subnet) for rset in sets for r in rset])
             host_mac = random_mac()
             try:
                 nl.create_veth(host_name, host_mac, env.ifname, container_mac, nsfd, mtu,

@@ -15,8 +15,11 @@ from cni.ip6 import IPv6, Net6, parse_interface6
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from typing import Any
+    from collections.abc import Callable, Mapping
+    from typing import Any, TypeVar
+
+    A = TypeVar("A", IPv4, IPv6)
+    N = TypeVar("N", Net4, Net6)
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
@@ -309,31 +312,20 @@ def _check_room(where: str, key: str, text: str, prefixlen: int, limit: int) -> 
         raise ConfigError(f"{where}: {key} {text} is too small for containers")
 
 
-def _pair4(values: dict[str, str], where: str) -> tuple[Net4, Net4, IPv4]:
-    """(FLANNEL_NETWORK, FLANNEL_SUBNET's network, the gateway = FLANNEL_SUBNET's address)."""
-    key = "FLANNEL_NETWORK"
+def _pair(values: dict[str, str], where: str, family: str, net: Callable[[str, bool], N],
+          iface: Callable[[str], tuple[A, N]], limit: int) -> tuple[N, N, A]:
+    """(FLANNEL_<family>NETWORK, FLANNEL_<family>SUBNET's network, the gateway =
+    FLANNEL_<family>SUBNET's address) of one family; errors name the variable."""
+    key = f"FLANNEL_{family}NETWORK"
     text = values[key].split(",")[0]
     try:
-        network = Net4.parse(text, strict=False)
-        key, text = "FLANNEL_SUBNET", values["FLANNEL_SUBNET"]
-        ip, subnet = parse_interface(text)
+        network = net(text, False)
+        key = f"FLANNEL_{family}SUBNET"
+        text = values[key]
+        ip, subnet = iface(text)
     except ValueError as e:
-        raise _field_error(where, key, text, 4, e) from None
-    _check_room(where, key, text, subnet.prefixlen, 30)
-    return network, subnet, ip if ip != subnet.network_address else ip + 1
-
-
-def _pair6(values: dict[str, str], where: str) -> tuple[Net6, Net6, IPv6]:
-    """The IPv6 trio from FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET."""
-    key = "FLANNEL_IPV6_NETWORK"
-    text = values[key].split(",")[0]
-    try:
-        network = Net6.parse(text, strict=False)
-        key, text = "FLANNEL_IPV6_SUBNET", values["FLANNEL_IPV6_SUBNET"]
-        ip, subnet = parse_interface6(text)
-    except ValueError as e:
-        raise _field_error(where, key, text, 6, e) from None
-    _check_room(where, key, text, subnet.prefixlen, 126)
+        raise _field_error(where, key, text, 6 if family else 4, e) from None
+    _check_room(where, key, text, subnet.prefixlen, limit)
     return network, subnet, ip if ip != subnet.network_address else ip + 1
 
 
@@ -359,8 +351,10 @@ def parse_subnet_env(text: str, where: str) -> SubnetEnv:
     except ValueError:
         raise ConfigError(f"{where}: FLANNEL_MTU {values['FLANNEL_MTU']!r} is not a number"
                           ) from None
-    net4, sub4, gw4 = _pair4(values, where) if v4 else (None, None, None)
-    net6, sub6, gw6 = _pair6(values, where) if v6 else (None, None, None)
+    net4, sub4, gw4 = (_pair(values, where, "", Net4.parse, parse_interface, 30) if v4
+                       else (None, None, None))
+    net6, sub6, gw6 = (_pair(values, where, "IPV6_", Net6.parse, parse_interface6, 126) if v6
+                       else (None, None, None))
     return SubnetEnv(net4, sub4, gw4, mtu, values["FLANNEL_IPMASQ"].lower() in ("true", "1"),
                      net6, sub6, gw6)
 

@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,19 +71,26 @@ def _veths(netns: str) -> list[str]:
     return sorted(n for n in host_links(netns) if n.startswith("veth"))
 
 
+def _parallel(d: CniDriver, cmd: str, prefix: str, nss: list[str]) -> list[dict[str, Any]]:
+    """``cmd`` for container ``<prefix><i>`` in ``nss[i]``, all started at once; the
+    parsed results (ADD) after asserting every exec succeeded."""
+    conf = d.plugin_conf(d.conflist["plugins"][0], None, None)
+    procs = [d.popen("weft", _env(cmd, f"{prefix}{i}", ns), conf) for i, ns in enumerate(nss)]
+    results = []
+    for i, p in enumerate(procs):
+        res = d.collect(p)
+        assert res.rc == 0, (i, res)
+        results.append(json.loads(res.stdout) if res.stdout.strip() else {})
+    return results
+
+
 def test_100_parallel_adds_then_dels_leave_nothing(bed: tuple[Testbed, CniDriver, Path]
                                                    ) -> None:
     tb, d, tmp = bed
     host = tb.hosts["h1"].netns
     n = 100
     nss = [tb.add_container("h1", f"p{i}").netns_path for i in range(n)]
-    conf = d.plugin_conf(d.conflist["plugins"][0], None, None)
-    procs = [d.popen("weft", _env("ADD", f"par{i}", nss[i]), conf) for i in range(n)]
-    results = []
-    for i, p in enumerate(procs):
-        res = d.collect(p)
-        assert res.rc == 0, (i, res)
-        results.append(json.loads(res.stdout))
+    results = _parallel(d, "ADD", "par", nss)
     addrs = [r["ips"][0]["address"] for r in results]
     assert len(set(addrs)) == n, "duplicate addresses handed out"
     _wait(lambda: len(helper_pids(host)) >= 1, "the resident helper")
@@ -97,10 +105,7 @@ def test_100_parallel_adds_then_dels_leave_nothing(bed: tuple[Testbed, CniDriver
         out = subprocess.run(["ip", "-n", ns.rsplit("/", 1)[1], "-4", "addr", "show", "eth0"],
                              capture_output=True, text=True).stdout
         assert a in out
-    procs = [d.popen("weft", _env("DEL", f"par{i}", nss[i]), conf) for i in range(n)]
-    for i, p in enumerate(procs):
-        res = d.collect(p)
-        assert res.rc == 0, (i, res)
+    _parallel(d, "DEL", "par", nss)
     assert ipam_files(tmp) == []
     assert _veths(host) == []
     assert "weft-" not in nft_ruleset(host), "masquerade rules left behind"
@@ -116,13 +121,7 @@ def test_50_parallel_dual_stack_adds_no_duplicate_in_either_family(
     host = tb.hosts["h1"].netns
     n = 50
     nss = [tb.add_container("h1", f"d{i}").netns_path for i in range(n)]
-    conf = d.plugin_conf(d.conflist["plugins"][0], None, None)
-    procs = [d.popen("weft", _env("ADD", f"ds{i}", nss[i]), conf) for i in range(n)]
-    results = []
-    for i, p in enumerate(procs):
-        res = d.collect(p)
-        assert res.rc == 0, (i, res)
-        results.append(json.loads(res.stdout))
+    results = _parallel(d, "ADD", "ds", nss)
     v4 = [r["ips"][0]["address"] for r in results]
     v6 = [r["ips"][1]["address"] for r in results]
     assert len(set(v4)) == n and len(set(v6)) == n, "duplicate addresses handed out"
@@ -139,10 +138,7 @@ def test_50_parallel_dual_stack_adds_no_duplicate_in_either_family(
         out = subprocess.run(["ip", "-n", ns.rsplit("/", 1)[1], "-6", "addr", "show", "eth0"],
                              capture_output=True, text=True).stdout
         assert a in out and "tentative" not in out
-    procs = [d.popen("weft", _env("DEL", f"ds{i}", nss[i]), conf) for i in range(n)]
-    for i, p in enumerate(procs):
-        res = d.collect(p)
-        assert res.rc == 0, (i, res)
+    _parallel(d, "DEL", "ds", nss)
     assert ipam_files(tmp) == [] and _veths(host) == []
     assert "weft-" not in nft_ruleset(host), "masquerade rules left behind"
 

@@ -127,20 +127,27 @@ def test_dual_stack_add_check_del_each_version(env: Env, version: str) -> None:
     d.delete("ds1", ns)  # idempotent
 
 
-def test_ipv6_only_host(env: Env) -> None:
+@pytest.mark.parametrize("version", VERSIONS)
+def test_ipv6_only_host(env: Env, version: str) -> None:
     write_subnet_env(env.tmp / "subnet.env", subnet=None, subnet6=SUB6)
-    d = env.driver("1.0.0")
+    d = env.driver(version)
     a, b = env.container(), env.container()
     ra, rb = d.add("v6a", a), d.add("v6b", b)
-    validate_result("1.0.0", ra)
+    validate_result(version, ra)
     assert [ip["address"] for ip in ra["ips"]] == ["fd00:10:244:5::2/64"]
     assert [ip["address"] for ip in rb["ips"]] == ["fd00:10:244:5::3/64"]
     assert ra["routes"] == [{"dst": "::/0", "gw": GW6}, {"dst": "fd00:10:244::/56", "gw": GW6}]
     assert env.tb.ping(env.ns_of(a), "fd00:10:244:5::3", timeout=2)  # across the bridge
     assert "inet " not in env.ip(env.ns_of(a), "addr", "show", "dev", "eth0")
     assert "inet " not in env.ip(env.host.netns, "addr", "show", "dev", "cni0")
-    d.check("v6a", a)
-    assert ipam_files(env.tmp) == ["fd00:10:244:5::2", "fd00:10:244:5::3"]
+    if version >= "0.4.0":
+        d.check("v6a", a)
+    if version == "1.1.0":
+        assert d.gc([("v6a", "eth0")]) == [] and ipam_files(env.tmp) == ["fd00:10:244:5::2"]
+        assert "eth0" not in host_links(env.ns_of(b))
+        d.status()
+    else:
+        assert ipam_files(env.tmp) == ["fd00:10:244:5::2", "fd00:10:244:5::3"]
     assert (env.tmp / "ipam/weftnet/last_reserved_ip.0").read_text() == "fd00:10:244:5::3"
     d.delete("v6a", a)
     d.delete("v6b", b)
@@ -168,6 +175,37 @@ def test_ranges_for_both_families_in_the_netconf(env: Env) -> None:
     assert len(ipam_files(env.tmp)) == 4
     d.delete("r0", "")
     assert d.gc([]) == [] and ipam_files(env.tmp) == []
+
+
+def test_several_ipv6_gateways_of_the_config_live_side_by_side(env: Env) -> None:
+    """Two IPv6 ranges of one set inside the cluster network: the second range's gateway
+    joins the first's on the bridge (a gateway of the config is never "stale"), while a
+    gateway of an earlier lease still is (test_stale_ipv6_gateway_...)."""
+    ipam = {"ranges": [[{"subnet": "fd00:10:244:8::/126"}, {"subnet": "fd00:10:244:9::/64"}]]}
+    d = env.driver(ipam=ipam)
+    got = [d.add(f"g{i}", env.container())["ips"][0]["address"] for i in range(3)]
+    assert got == ["fd00:10:244:8::2/126", "fd00:10:244:8::3/126", "fd00:10:244:9::2/64"]
+    br = env.ip(env.host.netns, "-6", "addr", "show", "dev", "cni0")
+    assert "fd00:10:244:8::1/126" in br and "fd00:10:244:9::1/64" in br
+
+
+def test_stale_ipv6_gateway_replaced_when_empty_else_clear_error(env: Env) -> None:
+    d = env.driver()
+    ns = env.container()
+    d.add("s1", ns)
+    d.delete("s1", ns)
+    write_subnet_env(env.tmp / "subnet.env", subnet6="fd00:10:244:9::1/64")
+    assert d.add("s2", ns)["ips"][1]["address"] == "fd00:10:244:9::2/64"
+    br = env.ip(env.host.netns, "-6", "addr", "show", "dev", "cni0")
+    assert "fd00:10:244:9::1/64" in br and "fd00:10:244:5::1" not in br
+    assert "fe80::" in br  # the bridge's link-local address is not weft's to remove
+    write_subnet_env(env.tmp / "subnet.env", subnet6="fd00:10:244:a::1/64")
+    before = env.state()
+    with pytest.raises(CniFailure) as err:
+        d.add("s3", env.container())
+    assert err.value.code == 102
+    assert "already has IP address fd00:10:244:9::1/64" in err.value.error["msg"]
+    assert env.state() == before
 
 
 def test_requested_addresses_of_both_families(env: Env) -> None:
@@ -246,6 +284,7 @@ BAD = [
         "subnet": "fd00::/64", "rangeStart": "fd01::5"}]]}}, 7, "rangeStart fd01::5"),
     ("v4-gateway-in-v6-range", None, {"ipam": {"ranges": [[{
         "subnet": "fd00::/64", "gateway": "10.0.0.1"}]]}}, 7, "ipam.ranges[0][0].gateway"),
+    ("mtu-below-ipv6-minimum", None, {"mtu": 1200}, 7, "mtu 1200"),
     ("overlapping-sets", None, {"ipam": {"ranges": [[{"subnet": "fd00::/64"}],
                                                    [{"subnet": "fd00::/48"}]]}},
      7, "overlaps"),
