@@ -25,7 +25,9 @@ printf '[Journal]\nStorage=volatile\n' >"$root/etc/systemd/journald.conf.d/weft-
 # keep their static weft.ip= address and no networkd
 rm -f "$root"/etc/ssh/ssh_host_*
 mkdir -p "$root/etc/systemd/system/ssh.service.d"
-printf '[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n' >"$root/etc/systemd/system/ssh.service.d/weft-vm.conf"
+# (the keys before Debian's `sshd -t`, which fails without them)
+printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' \
+    >"$root/etc/systemd/system/ssh.service.d/weft-vm.conf"
 printf 'UseDNS no\n' >"$root/etc/ssh/sshd_config.d/weft-vm.conf"
 chroot "$root" useradd --create-home --shell /bin/bash vagrant
 printf 'vagrant ALL=(ALL) NOPASSWD: ALL\nDefaults:vagrant !requiretty\n' >"$root/etc/sudoers.d/vagrant"
