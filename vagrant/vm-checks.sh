@@ -269,7 +269,7 @@ agent_runs() {  # weft-agent active under systemd, chose the systemd runner, and
     # PID 1's mount namespace (else the netns it makes are invisible to systemd)
     xs "$1" 'systemctl is-active weft-agent &&
         pid=$(systemctl show -P MainPID weft-agent) &&
-        [[ $(readlink /proc/$pid/ns/mnt) == $(readlink /proc/1/ns/mnt) ]] &&
+        [[ $(readlink /proc/$pid/ns/mnt) == "$(readlink /proc/1/ns/mnt)" ]] &&
         journalctl -u weft-agent -o cat --no-pager | grep -m1 "(systemd runner"'
 }
 
