@@ -361,7 +361,7 @@ case ${1:-} in
     exec) shift; cmd_exec "$@" ;;
     poweroff) cmd_poweroff "${2:?poweroff VM}" ;;
     console) load_state; cat "$STATE/${2:?console VM}/console.log" ;;
-    image) build_image; image_dir ;;       # build (or find) the image, print its dir
+    image) build_image >&2; image_dir ;;  # build (or find) the image, print its dir
     wheels) build_wheelhouse ;;            # the wheelhouse, print its dir
     snapshot) root_snapshot ;;             # what `test` compares before and after
     *) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 2 ;;
