@@ -24,6 +24,8 @@
 #   WEFT_VM_STATE    state dir                         [/run/weft-vm/$WEFT_VM_CLUSTER]
 #   WEFT_VM_CACHE    image and wheelhouse cache                  [/var/cache/weft-vm]
 #   WEFT_VM_MEM      MiB per VM                                     [1024]
+#   WEFT_VM_CPU      QEMU CPU model; TCG's default qemu64 lacks x86-64-v2, which numpy's
+#                    wheels (a weft dependency) require: weftctl dies of SIGILL   [max]
 #   WEFT_VM_NICE     nice level of the QEMU processes               [10]
 #   WEFT_VM_WAIT     seconds to wait for boot, and for the cluster in provision.sh [900]
 #   WEFT_VM_KEEP     1: leave the VMs up when `up` fails, to look inside [0]
@@ -41,6 +43,7 @@ CLUSTER=${WEFT_VM_CLUSTER:-weft}
 STATE=${WEFT_VM_STATE:-/run/weft-vm/$CLUSTER}
 CACHE=${WEFT_VM_CACHE:-/var/cache/weft-vm}
 MEM=${WEFT_VM_MEM:-1024}
+CPU=${WEFT_VM_CPU:-max}
 NICE=${WEFT_VM_NICE:-10}
 WAIT=${WEFT_VM_WAIT:-900}
 KEEP=${WEFT_VM_KEEP:-0}
@@ -168,7 +171,7 @@ boot_vm() {
     ip -n "$NETNS" tuntap add "tap$i" mode tap
     ip -n "$NETNS" link set "tap$i" master br0 up
     ip netns exec "$NETNS" nice -n "$NICE" qemu-system-x86_64 -name "weft-$CLUSTER-$vm" \
-        -accel tcg,tb-size=256 -m "$MEM" -smp 1 -nodefaults -no-user-config -display none \
+        -accel tcg,tb-size=256 -cpu "$CPU" -m "$MEM" -smp 1 -nodefaults -no-user-config -display none \
         -kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
         -append "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.hostname=$vm weft.ip=$(vm_ip "$i")/24 mitigations=off" \
         -drive "file=$STATE/$vm/disk.qcow2,if=virtio,format=qcow2,cache=unsafe" \

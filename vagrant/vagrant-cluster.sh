@@ -162,7 +162,7 @@ cmd_up() {
     make_box
     log "vagrant up ($NODES VMs, TCG; output in $STATE/vagrant-up.log)"
     local t_up=$SECONDS
-    if ! vagrant_ up --no-parallel >"$STATE/vagrant-up.log" 2>&1; then
+    if ! vagrant_ up >"$STATE/vagrant-up.log" 2>&1; then  # the VMs in parallel
         tail -40 "$STATE/vagrant-up.log" >&2
         false
     fi
