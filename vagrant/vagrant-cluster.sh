@@ -186,7 +186,7 @@ cmd_down() {
         fi
     fi
     # whatever still runs in the namespace is ours: libvirtd, dnsmasq, QEMU, vagrant
-    if [[ -n ${NETNS:-} ]] && ip netns list | grep -qw "$NETNS"; then
+    if [[ -n ${NETNS:-} ]] && ip netns list 2>/dev/null | grep -qw "$NETNS"; then
         for sig in TERM KILL; do
             for pid in $(ip netns pids "$NETNS"); do kill -"$sig" "$pid" 2>/dev/null || true; done
             for _ in $(seq 50); do [[ -z $(ip netns pids "$NETNS") ]] && break; sleep 0.1; done
