@@ -40,6 +40,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -78,6 +79,7 @@ _GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS
 _GSO_BYTES = 65_000  # one GSO send stays below the 64 KiB IP limit
 _UDP_MAX = 65_507  # the largest UDP payload (one GSO send)
 _POLL_MS = 200
+_KEY_CHECK_S = 1.0  # how often the key files are looked at
 
 PeerTable = dict[int, dict[int, tuple[str, int]]]  # prefixlen -> {net int -> addr}
 
@@ -250,6 +252,17 @@ class _Batch:
             self.send(data[o:e], seg, c, inner * (e - o) // total if c < count else inner, addr)
 
 
+def _stamp(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((0, 0, 0))
+    return tuple(out)
+
+
 def _lookup(masks: list[tuple[int, dict[int, tuple[str, int]]]],
             dst: int) -> tuple[str, int] | None:
     for mask, nets in masks:
@@ -268,7 +281,7 @@ class Forwarder:
 
     def __init__(self, tun: int, sock: socket.socket, path_mtu: int = 65_535,
                  offload: bool = False, crypto: Crypto | None = None,
-                 vnet: bool = False) -> None:
+                 vnet: bool = False, key_files: Sequence[str] = ()) -> None:
         self.tun = tun
         self.sock = sock
         self.table: PeerTable = {}
@@ -282,6 +295,10 @@ class Forwarder:
             (("tx", "chunked"), ("tx", "segmented"), ("rx", "reassembled"), ("rx", "coalesced")),
             0)
         self.crypto = crypto  # seal/open every datagram
+        self.key_files = tuple(key_files)  # re-read when they change (a roll, no restart)
+        self.key_reloads = 0
+        self._key_stamp = _stamp(self.key_files)
+        self._key_checked = time.monotonic()
         self.gso = offload  # UDP_SEGMENT sends (off again if the kernel refuses)
         self.vnet = vnet
         self.chunk_peers: frozenset[str] = frozenset()  # PublicIPs taking weft chunks
@@ -303,11 +320,32 @@ class Forwarder:
                 local[reason] = 0
 
     def _take_tx(self, batch: _Batch, icmp: int) -> None:
+        if self.key_files and time.monotonic() - self._key_checked >= _KEY_CHECK_S:
+            self._check_keys()
         self.tx_packets += batch.sent
         self.tx_bytes += batch.nbytes
         self.icmp_sent += icmp
         batch.sent = batch.nbytes = 0
         self._count(batch.drops)
+
+    def _check_keys(self) -> None:
+        """Re-read the key files if they changed (mtime, size or inode); keeps the
+        current keys when they cannot be read (e.g. half written)."""
+        self._key_checked = time.monotonic()
+        stamp = _stamp(self.key_files)
+        if stamp == self._key_stamp or self.crypto is None:
+            return
+        try:
+            keys = load_keys(self.key_files)
+        except KeyFileError as exc:
+            log.warning("udp: key files changed but cannot be used (%s); keeping the "
+                        "current keys", exc)
+            return
+        self._key_stamp = stamp
+        resealed = self.crypto.rekey(keys)
+        self.key_reloads += 1
+        log.info("udp: key files re-read: %d key(s)%s", len(keys),
+                 ", sealing with the first one (new session)" if resealed else "")
 
     def start(self) -> None:
         for t in self._threads:
@@ -610,6 +648,9 @@ class Forwarder:
                             "(flannel datagrams joined).",
                             self.offload,
                             labels=("direction", "kind")),
+            metrics.counter("weft_udp_key_reloads_total",
+                            "Times the udp forwarder re-read changed key files "
+                            "(Encryption.KeyFile) without a restart.", self.key_reloads),
             metrics.counter("weft_udp_icmp_sent_total",
                             "ICMP errors (unreachable, time exceeded, fragmentation "
                             "needed) the udp forwarder sent back.", self.icmp_sent),
@@ -750,7 +791,7 @@ class UdpBackend:
                     log.info("udp: no UDP GRO (%s); one datagram per receive", exc)
             self._sock = sock
             self._fwd = Forwarder(self._tun, sock, self.mtu, offload=offload, crypto=crypto,
-                                  vnet=offload)
+                                  vnet=offload, key_files=self.config.key_files)
             self._fwd.start()
             log.info("udp: %s open, forwarding on %s:%s", self.device, self.ext.ip,
                      self.config.port)
