@@ -83,44 +83,64 @@ def _random_mac() -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def _hand_vxlan(tb: Testbed, pair: Pair) -> int:
-    """flannel's vxlan state, by hand: device, address, per-peer neigh/FDB/onlink route."""
+def _subnet6(i: int) -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network(f"fd00:10:244:{i}::/64")
+
+
+def _public(tb: Testbed, name: str, v6: bool) -> str:
+    """Host ``name``'s underlay address of the family in use."""
+    if not v6:
+        return str(tb.hosts[name].ip)
+    ip6 = tb.hosts[name].ip6
+    if ip6 is None:
+        raise RuntimeError("an IPv6 scenario needs the dual-stack testbed (ipv6=True)")
+    return str(ip6)
+
+
+def _hand_vxlan(tb: Testbed, pair: Pair, v6: bool = False) -> int:
+    """flannel's vxlan state, by hand: device, address, per-peer neigh/FDB/onlink route
+    (``v6``: flannel-v6.1, MTU 1430, ``<v6 subnet>/128``)."""
+    dev, mtu, fam = ("flannel-v6.1", 1430, "-6") if v6 else ("flannel.1", 1450, "-4")
+    subnet = _subnet6 if v6 else _subnet
     macs = {name: _random_mac() for name in pair}
     for i, name in enumerate(pair, 1):
-        h = tb.hosts[name]
-        tb.exec(h.netns, ["ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local",
-                          str(h.ip), "dev", "eth0", "dstport", "8472", "nolearning"])
-        tb.exec(h.netns, ["ip", "link", "set", "flannel.1", "address", macs[name], "mtu",
-                          "1450", "up"])
-        tb.exec(h.netns, ["ip", "addr", "add", f"{_subnet(i).network_address}/32", "dev",
-                          "flannel.1"])
+        ns = tb.hosts[name].netns
+        tb.exec(ns, ["ip", "link", "add", dev, "type", "vxlan", "id", "1", "local",
+                     _public(tb, name, v6), "dev", "eth0", "dstport", "8472", "nolearning"])
+        tb.exec(ns, ["ip", "link", "set", dev, "address", macs[name], "mtu", str(mtu), "up"])
+        tb.exec(ns, ["ip", "addr", "add",
+                     f"{subnet(i).network_address}/{subnet(i).max_prefixlen}", "dev", dev,
+                     *(["nodad"] if v6 else [])])
     for name in pair:
         for j, peer in enumerate(pair, 1):
             if peer == name:
                 continue
-            ns, gw = tb.hosts[name].netns, str(_subnet(j).network_address)
-            tb.exec(ns, ["ip", "neigh", "replace", gw, "lladdr", macs[peer], "dev",
-                         "flannel.1", "nud", "permanent"])
-            tb.exec(ns, ["bridge", "fdb", "replace", macs[peer], "dev", "flannel.1", "dst",
-                         str(tb.hosts[peer].ip), "self", "permanent"])
-            tb.exec(ns, ["ip", "route", "replace", str(_subnet(j)), "via", gw, "dev",
-                         "flannel.1", "onlink"])
-    return 1450
+            ns, gw = tb.hosts[name].netns, str(subnet(j).network_address)
+            tb.exec(ns, ["ip", fam, "neigh", "replace", gw, "lladdr", macs[peer], "dev", dev,
+                         "nud", "permanent"])
+            tb.exec(ns, ["bridge", "fdb", "replace", macs[peer], "dev", dev, "dst",
+                         _public(tb, peer, v6), "self", "permanent"])
+            tb.exec(ns, ["ip", fam, "route", "replace", str(subnet(j)), "via", gw, "dev", dev,
+                         "onlink"])
+    return mtu
 
 
-def _hand_hostgw(tb: Testbed, pair: Pair) -> int:
+def _hand_hostgw(tb: Testbed, pair: Pair, v6: bool = False) -> int:
+    subnet = _subnet6 if v6 else _subnet
     for name in pair:
         for j, peer in enumerate(pair, 1):
             if peer != name:
-                tb.exec(tb.hosts[name].netns, ["ip", "route", "replace", str(_subnet(j)),
-                                               "via", str(tb.hosts[peer].ip), "dev", "eth0"])
+                tb.exec(tb.hosts[name].netns, ["ip", "-6" if v6 else "-4", "route", "replace",
+                                               str(subnet(j)), "via", _public(tb, peer, v6),
+                                               "dev", "eth0"])
     return 1500
 
 
 @contextlib.contextmanager
-def _weft(tb: Testbed, btype: str, pair: Pair) -> Iterator[int]:
+def _weft(tb: Testbed, btype: str, pair: Pair, v6: bool = False) -> Iterator[int]:
     """Run weft's backend on both hosts of ``pair`` for the duration of the block
-    (``udp-enc``: udp with Encryption, a fresh key in a temporary file)."""
+    (``udp-enc``: udp with Encryption, a fresh key in a temporary file; ``v6``: an
+    IPv6-only network, prepare_v6 only, leases with flannel's 0.0.0.0/0 IPv4 half)."""
     config: dict[str, object] = {}
     if btype == "udp-enc":
         key = Path(f"/tmp/weft-bench-{secrets.token_hex(4)}.key")
@@ -135,12 +155,18 @@ def _weft(tb: Testbed, btype: str, pair: Pair) -> Iterator[int]:
     try:
         for i, name in enumerate(pair, 1):
             d = DriverProcess(tb.hosts[name].netns, btype, "eth0", network=NETWORK,
-                              config=config, python=sys.executable)
+                              config=config, python=sys.executable,
+                              network6=NETWORK6 if v6 else None)
             drivers.append(d)
-            ready = d.call({"op": "prepare"})
+            ready = d.call({"op": "prepare_v6" if v6 else "prepare"})
             mtu = int(ready["mtu"])
-            lease = {"subnet": str(_subnet(i)), "public_ip": str(tb.hosts[name].ip),
-                     "type": lease_backend_type(btype), "data": ready["data"]}
+            lease: dict[str, object] = {
+                "subnet": str(_subnet(i)), "public_ip": _public(tb, name, False),
+                "type": lease_backend_type(btype), "data": ready["data"]}
+            if v6:
+                lease.update({"subnet": "0.0.0.0/0", "public_ip": "0.0.0.0", "data": {},
+                              "subnet6": str(_subnet6(i)), "public_ip6": _public(tb, name, v6),
+                              "data6": ready["data"]})
             lease_from_json(lease)  # validates the shape
             leases.append(lease)
             d.call({"op": "attach", "lease": lease})
@@ -154,95 +180,17 @@ def _weft(tb: Testbed, btype: str, pair: Pair) -> Iterator[int]:
             stack_key.unlink(missing_ok=True)
 
 
-# -- IPv6 scenarios ------------------------------------------------------------------
-
-
-def _subnet6(i: int) -> ipaddress.IPv6Network:
-    return ipaddress.IPv6Network(f"fd00:10:244:{i}::/64")
-
-
-def _ip6(tb: Testbed, name: str) -> str:
-    ip6 = tb.hosts[name].ip6
-    if ip6 is None:
-        raise RuntimeError("an IPv6 scenario needs the dual-stack testbed (ipv6=True)")
-    return str(ip6)
-
-
-def _hand_vxlan6(tb: Testbed, pair: Pair) -> int:
-    """flannel's IPv6 vxlan state by hand: flannel-v6.1, <v6 subnet>/128, neigh/FDB/route."""
-    macs = {name: _random_mac() for name in pair}
-    for i, name in enumerate(pair, 1):
-        ns = tb.hosts[name].netns
-        tb.exec(ns, ["ip", "link", "add", "flannel-v6.1", "type", "vxlan", "id", "1", "local",
-                     _ip6(tb, name), "dev", "eth0", "dstport", "8472", "nolearning"])
-        tb.exec(ns, ["ip", "link", "set", "flannel-v6.1", "address", macs[name], "mtu", "1430",
-                     "up"])
-        tb.exec(ns, ["ip", "addr", "add", f"{_subnet6(i).network_address}/128", "dev",
-                     "flannel-v6.1", "nodad"])
-    for name in pair:
-        for j, peer in enumerate(pair, 1):
-            if peer == name:
-                continue
-            ns, gw = tb.hosts[name].netns, str(_subnet6(j).network_address)
-            tb.exec(ns, ["ip", "-6", "neigh", "replace", gw, "lladdr", macs[peer], "dev",
-                         "flannel-v6.1", "nud", "permanent"])
-            tb.exec(ns, ["bridge", "fdb", "replace", macs[peer], "dev", "flannel-v6.1", "dst",
-                         _ip6(tb, peer), "self", "permanent"])
-            tb.exec(ns, ["ip", "-6", "route", "replace", str(_subnet6(j)), "via", gw, "dev",
-                         "flannel-v6.1", "onlink"])
-    return 1430
-
-
-def _hand_hostgw6(tb: Testbed, pair: Pair) -> int:
-    for name in pair:
-        for j, peer in enumerate(pair, 1):
-            if peer != name:
-                tb.exec(tb.hosts[name].netns, ["ip", "-6", "route", "replace",
-                                               str(_subnet6(j)), "via", _ip6(tb, peer),
-                                               "dev", "eth0"])
-    return 1500
-
-
-@contextlib.contextmanager
-def _weft6(tb: Testbed, btype: str, pair: Pair) -> Iterator[int]:
-    """weft's backend on both hosts of ``pair`` for an IPv6-only network (prepare_v6
-    only; leases with flannel's 0.0.0.0/0 IPv4 half)."""
-    drivers: list[DriverProcess] = []
-    leases: list[dict[str, object]] = []
-    mtu = 1500
-    try:
-        for i, name in enumerate(pair, 1):
-            d = DriverProcess(tb.hosts[name].netns, btype, "eth0", network6=NETWORK6,
-                              python=sys.executable)
-            drivers.append(d)
-            ready = d.call({"op": "prepare_v6"})
-            mtu = int(ready["mtu"])
-            lease = {"subnet": "0.0.0.0/0", "public_ip": "0.0.0.0",
-                     "type": lease_backend_type(btype), "data": {},
-                     "subnet6": str(_subnet6(i)), "public_ip6": _ip6(tb, name),
-                     "data6": ready["data"]}
-            lease_from_json(lease)  # validates the shape
-            leases.append(lease)
-            d.call({"op": "attach", "lease": lease})
-        for i, d in enumerate(drivers):
-            d.call({"op": "reconcile", "peers": [p for j, p in enumerate(leases) if j != i]})
-        yield mtu
-    finally:
-        for d in drivers:
-            d.stop()
-
-
 def _flow6(tb: Testbed, kind: str, pair: Pair, stack: contextlib.ExitStack
            ) -> tuple[str, str, str]:
     """``_flow`` for the ``*-v6`` scenarios (IPv6-only containers)."""
     a, b = pair
     if kind == "hand-vxlan-v6":
-        mtu = _hand_vxlan6(tb, pair)
+        mtu = _hand_vxlan(tb, pair, v6=True)
     elif kind == "hand-host-gw-v6":
-        mtu = _hand_hostgw6(tb, pair)
+        mtu = _hand_hostgw(tb, pair, v6=True)
     else:
-        mtu = stack.enter_context(_weft6(tb, kind.removeprefix("weft-").removesuffix("-v6"),
-                                         pair))
+        mtu = stack.enter_context(_weft(tb, kind.removeprefix("weft-").removesuffix("-v6"),
+                                        pair, v6=True))
     for i, name in enumerate(pair, 1):
         tb.add_container(name, "c", None, mtu=mtu,
                          address6=ipaddress.IPv6Interface(f"fd00:10:244:{i}::2/64"))

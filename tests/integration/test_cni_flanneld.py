@@ -1,4 +1,5 @@
-"""The weft plugin on real flanneld hosts: containers on different hosts ping each other."""
+"""The weft plugin on real flanneld hosts: containers on different hosts ping each other,
+over IPv4 and (dual-stack network) over IPv6 too."""
 
 from __future__ import annotations
 
@@ -20,44 +21,70 @@ def cluster2(tmp_path: Path) -> Iterator[Cluster]:
         yield c
 
 
-def test_containers_on_two_flanneld_hosts_ping_each_other(cluster2: Cluster,
-                                                          tmp_path: Path) -> None:
-    c = cluster2
-    c.network_set("vxlan")
+@pytest.fixture
+def cluster2_dual(tmp_path: Path) -> Iterator[Cluster]:
+    with running_cluster(2, "embedded", tmp_path, ipv6=True) as c:
+        yield c
+
+
+def _pods_ping_across_hosts(c: Cluster, tmp: Path, per_host: int) -> dict[str, list[str]]:
+    """Start flanneld on h1 and h2, ADD ``per_host`` pods on each with the installed
+    plugin, ping every pod from every other over every address, CHECK and DEL them all;
+    returns each pod's addresses."""
     hosts = ["h1", "h2"]
     for h in hosts:
         c.start(h)
     for h in hosts:
         c.wait_ready(h)
-    bin_dir = tmp_path / "bin"
+    bin_dir = tmp / "bin"
     install_weft(bin_dir)
     drivers = {}
     for h in hosts:
         conf = {"cniVersion": "1.1.0", "name": "weftnet", "plugins": [{
             "type": "weft", "subnetFile": str(c.subnet_file(h)),
-            "dataDir": str(tmp_path / h / "ipam")}]}
-        drivers[h] = CniDriver(conf, [str(bin_dir)], c.tb.hosts[h].netns,
-                               tmp_path / h / "cache")
-    pods: dict[str, tuple[str, str, str]] = {}  # name -> (host, netns path, ip)
+            "dataDir": str(tmp / h / "ipam")}]}
+        drivers[h] = CniDriver(conf, [str(bin_dir)], c.tb.hosts[h].netns, tmp / h / "cache")
+    pods: dict[str, tuple[str, str, list[str]]] = {}  # name -> (host, netns path, ips)
     for h in hosts:
         drivers[h].status()
-        subnet = c.subnet(h)
-        for i in range(2):
+        env = c.env(h)
+        for i in range(per_host):
             ns = c.tb.add_container(h, f"pod{i}").netns_path
             res = drivers[h].add(f"{h}-pod{i}", ns)
-            ip = res["ips"][0]["address"].split("/")[0]
-            assert res["ips"][0]["address"].endswith(f"/{subnet.prefixlen}")
-            assert ip.startswith(str(subnet.network_address).rsplit(".", 1)[0])
-            mtu = res["interfaces"][2]["mtu"]
-            assert mtu == c.env(h).mtu == 1450
-            pods[f"{h}-pod{i}"] = (h, ns, ip)
+            ips = [ip["address"].split("/")[0] for ip in res["ips"]]
+            assert res["ips"][0]["address"].endswith(f"/{env.subnet.prefixlen}")
+            assert ips[0].startswith(str(env.subnet.network_address).rsplit(".", 1)[0])
+            if env.ipv6_subnet is not None:
+                assert res["ips"][1]["address"].endswith(f"/{env.ipv6_subnet.prefixlen}")
+                assert ips[1].startswith(str(env.ipv6_subnet.network_address).rstrip(":"))
+            assert res["interfaces"][2]["mtu"] == env.mtu
+            pods[f"{h}-pod{i}"] = (h, ns, ips)
     for a, b in itertools.permutations(pods, 2):
         src_ns = pods[a][1].rsplit("/", 1)[1]
-        assert c.tb.wait_ping(src_ns, pods[b][2], within=10), \
-            f"{a} ({pods[a][2]}) cannot reach {b} ({pods[b][2]})"
+        for ip in pods[b][2]:
+            assert c.tb.wait_ping(src_ns, ip, within=10), \
+                f"{a} ({pods[a][2]}) cannot reach {b} at {ip}"
     for name, (h, ns, _) in pods.items():
         drivers[h].check(name, ns)
         drivers[h].delete(name, ns)
     for h in hosts:
-        assert ipam_files(tmp_path / h) == []
+        assert ipam_files(tmp / h) == []
         assert not [n for n in host_links(c.tb.hosts[h].netns) if n.startswith("veth")]
+    return {name: ips for name, (_, _, ips) in pods.items()}
+
+
+def test_containers_on_two_flanneld_hosts_ping_each_other(cluster2: Cluster,
+                                                          tmp_path: Path) -> None:
+    cluster2.network_set("vxlan")
+    pods = _pods_ping_across_hosts(cluster2, tmp_path, 2)
+    assert all(len(ips) == 1 for ips in pods.values())
+    assert cluster2.env("h1").mtu == 1450
+
+
+def test_dual_stack_containers_on_two_flanneld_hosts_ping_over_both_families(
+        cluster2_dual: Cluster, tmp_path: Path) -> None:
+    """flanneld's dual-stack subnet.env, unchanged conflist: each pod gets an IPv4 and an
+    IPv6 address and reaches the other host's pod over both (vxlan and flannel-v6)."""
+    cluster2_dual.network_set("vxlan", ipv6_network="fd00:10:244::/56")
+    pods = _pods_ping_across_hosts(cluster2_dual, tmp_path, 1)
+    assert all(len(ips) == 2 and ":" in ips[1] for ips in pods.values()), pods
