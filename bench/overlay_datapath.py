@@ -60,7 +60,7 @@ UDP_NOTES = {
     "weft-udp": "TUN offloads, weft chunks between weft hosts (the default)",
     "weft-udp-seg": "TUN offloads, flannel's format (as to a flannel host)",
     "weft-udp-plain": "WEFT_UDP_OFFLOAD=0: one packet per TUN read/write",
-    "weft-udp-enc": "encrypted, TUN offloads, flannel's format sealed",
+    "weft-udp-enc": "encrypted: one seal per super-packet, in weft chunks",
     "naive-udp": "naive single-threaded select loop, bench/naive_tunudp.py",
 }
 UDP_PAIRS = (*((k, "hand-vxlan") for k in UDP_SCENARIOS),
