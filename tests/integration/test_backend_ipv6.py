@@ -342,3 +342,18 @@ def test_hostgw_mixed_cluster_and_flannel_host(tmp_path: Path) -> None:
         assert c.reconcile("h1")["removed"] == 2
         assert c.reconcile("h3")["removed"] == 1
         assert "fd00:10:244:2::" not in show(tb, "h1", "ip", "-6", "route")
+
+
+def test_vxlan_direct_routing_v6(tmp_path: Path) -> None:
+    with open_testbed(2, ipv6=True) as tb, \
+            hosts(tb, "vxlan", {"DirectRouting": True}, tmp_path) as c:
+        for name in ("h1", "h2"):
+            c.start(name)
+        for name, r in c.reconcile_all().items():
+            assert (r["added"], r["errors"]) == (2, []), (name, r)
+        routes = show(tb, "h1", "ip", "-6", "route")
+        assert "fd00:10:244:2::/64 via fd00:198:18::12 dev eth0 proto 87" in routes, routes
+        assert "PERMANENT" not in show(tb, "h1", "ip", "-6", "neigh", "show", "dev",
+                                       "flannel-v6.1")  # same link: no VXLAN entries
+        assert ping_all(tb, ["h1", "h2"], 6) == []
+        assert ping_all(tb, ["h1", "h2"], 4) == []
