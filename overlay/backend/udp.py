@@ -188,6 +188,9 @@ class _Batch:
         self.sent = self.nbytes = 0  # datagrams and inner bytes out, since last taken
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
 
+    def drops_pending(self) -> bool:
+        return any(self.drops.values())
+
     def add(self, data: bytes | memoryview, plain: int, addr: tuple[str, int]) -> None:
         n = len(data)
         if self.count and (addr != self.addr or n > self.seg):  # does not join the batch
@@ -322,6 +325,8 @@ class Forwarder:
     def _take_tx(self, batch: _Batch, icmp: int) -> None:
         if self.key_files and time.monotonic() - self._key_checked >= _KEY_CHECK_S:
             self._check_keys()
+        if not (batch.sent or icmp or batch.drops_pending()):
+            return
         self.tx_packets += batch.sent
         self.tx_bytes += batch.nbytes
         self.icmp_sent += icmp
