@@ -11,10 +11,13 @@ APT_PACKAGES := etcd-server etcd-client iproute2 nftables iptables bind9-dnsutil
 	shellcheck ruby systemd vagrant make
 # only for make vm-test (three QEMU VMs; not part of make test)
 VM_APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs
+# only for make vagrant-test: Vagrant driving libvirt (started by hand inside a namespace)
+VAGRANT_APT_PACKAGES := vagrant vagrant-libvirt libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
+	dnsmasq-base
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: deps apt python lint test demo bench clean vm-deps vm-test
+.PHONY: deps apt python lint test demo bench clean vm-deps vm-test vagrant-deps vagrant-test
 
 deps: apt python
 
@@ -44,6 +47,14 @@ vm-deps: deps
 
 vm-test: vm-deps
 	vagrant/qemu-cluster.sh test
+
+# the same checks through Vagrant: vagrant-libvirt and a libvirtd of its own inside a
+# namespace, three VMs from a box made of the vm-test image. Not part of make test nor CI.
+vagrant-deps: vm-deps
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(VAGRANT_APT_PACKAGES)"
+
+vagrant-test: vagrant-deps
+	vagrant/vagrant-cluster.sh test
 
 # make demo DEMO_ARGS="--hosts 5 --backend host-gw"; the state dir follows $WEFT_SANDBOX_DIR
 # (run again while a sandbox is up: says so and exits 0, changing nothing). It ends by

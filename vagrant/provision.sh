@@ -21,6 +21,9 @@
 #   WEFT_LEASE_TTL  flanneld's -subnet-lease-ttl in seconds          [flannel's 24 h]
 #   WEFT_ETCD_HEARTBEAT_MS, WEFT_ETCD_ELECTION_MS
 #                   etcd's heartbeat/election timeouts (slow emulated VMs) [etcd's]
+#   WEFT_SCHED      1: the scheduler agent too (weft-agent.service)  [WEFT_VM]
+#   WEFT_AGENT_*    written to /etc/weft/agent.env as they are (any `weftctl agent`
+#                   flag: WEFT_AGENT_TTL=15s, WEFT_AGENT_GRACE=5s ...)
 set -euo pipefail
 
 NODE_INDEX=${NODE_INDEX:?NODE_INDEX (1-based) is required}
@@ -33,6 +36,7 @@ WEFT_VM=${WEFT_VM:-1}
 WEFT_ROOT=${WEFT_ROOT:-}
 WEFT_WAIT=${WEFT_WAIT:-120}
 WEFT_STORE=${WEFT_STORE:-etcd}
+WEFT_SCHED=${WEFT_SCHED:-$WEFT_VM}
 # Debian packages a VM needs (qemu-cluster.sh bakes exactly these into its image)
 WEFT_PACKAGES="etcd-server etcd-client python3-venv python3-pip iproute2 nftables bind9-dnsutils iputils-ping containernetworking-plugins"
 
@@ -127,6 +131,17 @@ SKYDNS_DOMAIN=skydns.local.
 ETCD_MACHINES=$ENDPOINTS
 EOF
     local units=(flanneld.service dnsd.service)
+    if [[ $WEFT_SCHED == 1 ]]; then
+        units+=(weft-agent.service)
+        # the agent is reached (fencing probes, weftctl status/journal) on the node's IP;
+        # metadata host=weftN lets a unit ask for a node (MachineMetadata=host=weft2)
+        {
+            echo "WEFT_AGENT_ETCD_ENDPOINTS=$ENDPOINTS"
+            echo "WEFT_AGENT_PUBLIC_IP=$NODE_IP"
+            echo "WEFT_AGENT_METADATA=host=$NAME"
+            env | grep -E '^WEFT_AGENT_[A-Z_]+=' | grep -v -E '^WEFT_AGENT_(ETCD_ENDPOINTS|PUBLIC_IP)=' || true
+        } >"$WEFT_ROOT/etc/weft/agent.env"
+    fi
     if [[ $WEFT_STORE == embedded ]] && (( NODE_INDEX == 1 )); then
         units+=(weft-store.service)
         echo "WEFT_STORE_LISTEN=$NODE_IP:2379" >"$WEFT_ROOT/etc/weft/store.env"
@@ -236,6 +251,10 @@ main() {
     start_service flanneld "$WEFT_ROOT/etc/weft/flanneld.env" $(unit_exec flanneld.service)
     # shellcheck disable=SC2046
     start_service dnsd "$WEFT_ROOT/etc/weft/dnsd.env" $(unit_exec dnsd.service)
+    if [[ $WEFT_SCHED == 1 ]]; then
+        # shellcheck disable=SC2046
+        start_service weft-agent "$WEFT_ROOT/etc/weft/agent.env" $(unit_exec weft-agent.service)
+    fi
     if (( NODE_INDEX != NODES )); then
         log "done; node $NODES writes the network config and checks the cluster"
         return 0

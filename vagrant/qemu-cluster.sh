@@ -30,6 +30,9 @@
 #   WEFT_BACKEND     vxlan | host-gw | udp                          [vxlan]
 #   WEFT_VM_LEASE_TTL flanneld's subnet lease TTL in the VMs (power-cut check) [30]
 #   WEFT_STORE       etcd (3-member Debian etcd) | embedded (weft-store on vm1) [etcd]
+#   WEFT_VM_AGENT_TTL, WEFT_VM_AGENT_RENEW, WEFT_VM_AGENT_GRACE
+#                    weft-agent's presence TTL, renew interval and reschedule grace
+#                    (margins for emulated CPUs; weftctl agent's are 5s/1s/3s) [15s/3s/5s]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -44,12 +47,15 @@ KEEP=${WEFT_VM_KEEP:-0}
 BACKEND=${WEFT_BACKEND:-vxlan}
 STORE=${WEFT_STORE:-etcd}
 LEASE_TTL=${WEFT_VM_LEASE_TTL:-30}
+AGENT_TTL=${WEFT_VM_AGENT_TTL:-15s}
+AGENT_RENEW=${WEFT_VM_AGENT_RENEW:-3s}
+AGENT_GRACE=${WEFT_VM_AGENT_GRACE:-5s}
 NODES=3
 UNDERLAY=198.18.0
 SUITE=bookworm
 # besides provision.sh's WEFT_PACKAGES: what a bootable VM and the checks need
 VM_PACKAGES="systemd systemd-sysv udev dbus linux-image-amd64 initramfs-tools kmod procps
-rsync python3 busybox-static podman"
+rsync python3 busybox-static podman openssh-server sudo"
 
 log() { printf '[qemu-cluster %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -229,7 +235,9 @@ provision() {
             /mnt/weft-src/ /weft/ && exec env "$@" bash /weft/vagrant/provision.sh' provision \
             NODE_INDEX="$i" NODE_IPS="$ips" WEFT_SRC=/weft WEFT_PREFIX=/opt/weft \
             WEFT_BACKEND="$BACKEND" WEFT_STORE="$STORE" WEFT_VM=1 WEFT_WAIT="$WAIT" WEFT_LEASE_TTL="$LEASE_TTL" \
-            WEFT_ETCD_HEARTBEAT_MS=500 WEFT_ETCD_ELECTION_MS=5000 \
+            WEFT_ETCD_HEARTBEAT_MS=500 WEFT_ETCD_ELECTION_MS=5000 WEFT_SCHED=1 \
+            WEFT_AGENT_TTL="$AGENT_TTL" WEFT_AGENT_RENEW="$AGENT_RENEW" WEFT_AGENT_GRACE="$AGENT_GRACE" \
+            WEFT_AGENT_PROBE_TIMEOUT=2s \
             PIP_NO_INDEX=1 PIP_FIND_LINKS=/mnt/weft-wheels PIP_DISABLE_PIP_VERSION_CHECK=1 \
             >"$STATE/vm$i/provision.log" 2>&1 &
         pids+=($!)
@@ -353,6 +361,8 @@ case ${1:-} in
     exec) shift; cmd_exec "$@" ;;
     poweroff) cmd_poweroff "${2:?poweroff VM}" ;;
     console) load_state; cat "$STATE/${2:?console VM}/console.log" ;;
-    image) build_image; image_dir ;;
-    *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    image) build_image; image_dir ;;       # build (or find) the image, print its dir
+    wheels) build_wheelhouse ;;            # the wheelhouse, print its dir
+    snapshot) root_snapshot ;;             # what `test` compares before and after
+    *) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

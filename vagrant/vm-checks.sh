@@ -9,6 +9,7 @@
 #   vm-checks.sh RUNNER
 #
 # Settings: WEFT_VM_LEASE_TTL (flanneld's -subnet-lease-ttl in the VMs) [30]
+#           WEFT_VM_UNDERLAY: the VMs' /24, vmN at .1N [198.18.0]; WEFT_VM_DEV: its NIC [eth0]
 #           WEFT_VM_ONLY: a regex; run only the checks whose names match it (and the
 #           containers, which the others use) -- to rerun some on a running cluster
 # Exit status: 0 when every check passed; prints "N passed, N failed" last.
@@ -16,6 +17,8 @@ set -uo pipefail
 
 RUNNER=${1:?usage: vm-checks.sh RUNNER}
 TTL=${WEFT_VM_LEASE_TTL:-30}
+UNDERLAY=${WEFT_VM_UNDERLAY:-198.18.0}
+DEV=${WEFT_VM_DEV:-eth0}
 NODES=3
 DOMAIN=skydns.local
 passed=0
@@ -139,7 +142,7 @@ dns_across() {  # a name registered on vm1 resolves from a container on vm3
     x vm1 bash -c "weftctl dns set c1.weft.$DOMAIN --host ${CIP[1]} -etcd-endpoints $ENDPOINTS" ||
         return 1
     local got
-    got=$(retry 30 x vm3 bash -c "out=\$(ip netns exec c3 dig @198.18.0.13 c1.weft.$DOMAIN A +short +time=3 +tries=2) && [[ \$out == ${CIP[1]} ]] && echo \$out")
+    got=$(retry 30 x vm3 bash -c "out=\$(ip netns exec c3 dig @$UNDERLAY.13 c1.weft.$DOMAIN A +short +time=3 +tries=2) && [[ \$out == ${CIP[1]} ]] && echo \$out")
     echo "c1.weft.$DOMAIN from c3 on vm3: $got"
     [[ $got == "${CIP[1]}" ]]
 }
@@ -214,7 +217,7 @@ switch_backend() {  # switch_backend TYPE: the operator's way (flanneld reads it
 host_gw_routes() {  # vm1 routes vm2's subnet via vm2's underlay address
     local s2
     s2=$(subnet_of vm2)
-    retry 60 xs vm1 "ip route show ${s2%.*}.0/24 | grep 'via 198.18.0.12 dev eth0'"
+    retry 60 xs vm1 "ip route show ${s2%.*}.0/24 | grep 'via $UNDERLAY.12 dev $DEV'"
 }
 
 podman_runs() {  # podman 4.3 (network_backend = cni) runs a busybox rootfs on weft's network
@@ -236,11 +239,13 @@ podman_runs() {  # podman 4.3 (network_backend = cni) runs a busybox rootfs on w
     done
 }
 
+POWEROFF_AT=$SECONDS
 poweroff_vm2() {  # its lease expires; vm1 and vm3 drop its route
     local s2 t0=$SECONDS
     s2=$(subnet_of vm2)
     s2=${s2%.*}.0/24
     "$RUNNER" poweroff vm2 || return 1
+    POWEROFF_AT=$SECONDS
     retry $((TTL + 120)) xs vm1 "! weftctl leases -etcd-endpoints $ENDPOINTS | grep -q '${s2%/*}'" >/dev/null ||
         { echo "vm2's lease $s2 still listed"; return 1; }
     echo "vm2's lease $s2 gone after $((SECONDS - t0))s (TTL ${TTL}s)"
@@ -248,6 +253,113 @@ poweroff_vm2() {  # its lease expires; vm1 and vm3 drop its route
     retry 60 xs vm3 "[[ -z \$(ip route show $s2) ]]" >/dev/null || { echo "vm3 still routes $s2"; return 1; }
     echo "vm1 and vm3 dropped the route to $s2 $((SECONDS - t0))s after the power cut"
     retry 30 ping_from 1 3 >/dev/null && retry 30 ping_from 3 1 >/dev/null
+}
+
+
+# -- the scheduler (weft-agent.service on each VM, units under the systemd runner) -------
+
+SCHED='env WEFT_ETCD_ENDPOINTS=$(sed -n "s/^FLANNELD_ETCD_ENDPOINTS=//p" /etc/weft/flanneld.env)'
+sched() {  # sched VM ARGS...: weftctl's fleet verbs in VM against the cluster's store
+    local vm=$1
+    shift
+    xs "$vm" "$SCHED weftctl $(printf '%q ' "$@")"
+}
+
+agent_runs() {  # weft-agent active under systemd, chose the systemd runner, and shares
+    # PID 1's mount namespace (else the netns it makes are invisible to systemd)
+    xs "$1" 'systemctl is-active weft-agent &&
+        pid=$(systemctl show -P MainPID weft-agent) &&
+        [[ $(readlink /proc/$pid/ns/mnt) == $(readlink /proc/1/ns/mnt) ]] &&
+        journalctl -u weft-agent -o cat --no-pager | grep -m1 "(systemd runner"'
+}
+
+machines_listed() {  # every agent in weftctl list-machines
+    local out
+    out=$(sched vm1 list-machines --no-legend) && echo "$out" &&
+        [[ $(grep -c " ${UNDERLAY//./\\.}\\." <<<"$out") == "$NODES" ]]
+}
+agents_listed() {
+    local out
+    out=$(retry 120 machines_listed) || { echo "$out"; return 1; }
+    echo "$out" | tr -s ' ' | paste -sd ';'
+}
+
+# pin.service holds weft3, so web.service (weft2 or weft3) goes to the least loaded: weft2
+unit_files() {
+    xs vm1 'mkdir -p /root/units && cd /root/units &&
+        printf "%s\n" "[Unit]" "Description=weft VM check: holds weft3" "" "[Service]" \
+            "ExecStart=/bin/sleep infinity" "" "[X-Fleet]" "MachineMetadata=host=weft3" >pin.service &&
+        printf "%s\n" "[Unit]" "Description=weft VM check: a web server named web.skydns.local" "" \
+            "[Service]" "ExecStartPre=/bin/mkdir -p /run/weft-web" \
+            "ExecStartPre=/bin/sh -c \"hostname >/run/weft-web/index.html\"" \
+            "ExecStart=/usr/bin/python3 -m http.server 8000 --directory /run/weft-web" \
+            "Restart=always" "RestartSec=1" "" "[X-Fleet]" "MachineMetadata=host=weft2 host=weft3" \
+            "" "[X-Weft]" "Network=true" "Service=web:8000" >web.service'
+}
+
+web_row() {  # web.service's list-units row as "IP ACTIVE ADDRESS"
+    sched vm1 list-units --json | python3 -c '
+import json, sys
+for u in json.load(sys.stdin):
+    if u["unit"] == "web.service":
+        print(u["ip"], u["active"], u["address"])'
+}
+
+web_on() {  # web_on IP: web.service is active on the machine at IP (prints its row)
+    local row
+    row=$(web_row) && echo "$row" && [[ $row == "$1 active "* ]]
+}
+
+WEB_ADDR=""
+sched_start() {  # weftctl start: pin on weft3, web on weft2, run by systemd as runtime units
+    unit_files || return 1
+    # (blocks at most ~200 s, within the exec channel's 300 s)
+    sched vm1 start --block-attempts 200 /root/units/pin.service || return 1
+    sched vm1 start --block-attempts 200 /root/units/web.service || return 1
+    local row
+    row=$(retry 120 web_on "$UNDERLAY.12") ||
+        { sched vm1 list-units; return 1; }
+    WEB_ADDR=${row##* }
+    sched vm1 list-units
+    # the systemd runner: a runtime unit in /run/systemd/system, in the container's netns
+    xs vm2 'systemctl show -p ActiveState -p FragmentPath -p NetworkNamespacePath -p MainPID web.service &&
+        [[ $(systemctl show -P FragmentPath web.service) == /run/systemd/system/web.service ]] &&
+        [[ $(systemctl is-active web.service) == active ]] &&
+        [[ -n $(systemctl show -P NetworkNamespacePath web.service) ]] &&
+        [[ $(systemctl show -P FragmentPath pin.service) == "" || $(systemctl is-active pin.service) != active ]]' ||
+        return 1
+    xs vm3 '[[ $(systemctl show -P FragmentPath pin.service) == /run/systemd/system/pin.service ]] &&
+        systemctl is-active pin.service' || return 1
+    echo "web.service active on vm2 at $WEB_ADDR, a systemd runtime unit; pin.service on vm3"
+}
+
+web_answer() {  # web_answer VM CONTAINER ADDR: resolve web.skydns.local, GET it: "ADDR BODY"
+    xs "$1" "set -e; a=\$(ip netns exec $2 dig @$(vm_ip_of "$1") web.$DOMAIN A +short +time=3 +tries=2 | sort | paste -sd,)
+        [[ \$a == '$3' ]] || { echo \"web.$DOMAIN: \$a (want $3)\"; exit 1; }
+        body=\$(ip netns exec $2 python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen(\"http://\" + sys.argv[1] + \":8000/\", timeout=5).read().decode().strip())' \$a)
+        echo \"\$a \$body\""
+}
+vm_ip_of() { echo "$UNDERLAY.$((10 + ${1#vm}))"; }
+
+sched_name() {  # the name resolves (dig from c1 on vm1) to the unit's address, which serves
+    local out
+    out=$(retry 60 web_answer vm1 c1 "$WEB_ADDR") || { echo "$out"; return 1; }
+    [[ $out == "$WEB_ADDR vm2" ]] || { echo "$out"; return 1; }
+    sched vm1 journal -n 3 web.service || return 1
+    echo "web.$DOMAIN -> $WEB_ADDR from c1 on vm1, GET answered by vm2"
+}
+
+sched_moved() {  # after vm2's power cut: web.service on vm3, its name follows
+    local row addr out
+    row=$(retry 180 web_on "$UNDERLAY.13") ||
+        { echo "web.service: $row"; sched vm1 list-units; return 1; }
+    echo "web.service active on vm3 $((SECONDS - POWEROFF_AT))s after the power cut"
+    addr=${row##* }
+    out=$(retry 120 web_answer vm1 c1 "$addr") || { echo "$out"; return 1; }
+    [[ $out == "$addr vm3" ]] || { echo "$out"; return 1; }
+    sched vm1 list-units
+    echo "web.$DOMAIN -> $addr (was $WEB_ADDR) $((SECONDS - POWEROFF_AT))s after the power cut; GET answered by vm3"
 }
 
 TMP=$(mktemp -d)
@@ -269,8 +381,15 @@ check "host-gw: backend switched and flanneld restarted on every VM" switch_back
 check "host-gw: vm1 routes vm2's subnet via vm2's address" host_gw_routes
 check "host-gw: containers on different VMs ping each other" ping_matrix
 check "vm1: journalctl -u flanneld priorities" journal_priorities vm1
+for ((i = 1; i <= NODES; i++)); do
+    check "vm$i: weft-agent.service active with the systemd runner" agent_runs "vm$i"
+done
+check "sched: weftctl list-machines lists the $NODES agents" agents_listed
+check "sched: weftctl start runs units as systemd runtime units (web on vm2, pin on vm3)" sched_start
+check "sched: web.$DOMAIN resolves from a container on vm1 and serves over the overlay" sched_name
 check "podman (CNI backend) runs a container on weft's network on each VM" podman_runs
 check "power off vm2: its lease expires and the others drop its routes" poweroff_vm2
+check "sched: vm2's web.service moves to vm3 and its name follows" sched_moved
 check "vm1: journalctl -u flanneld priorities after the power cut" journal_priorities vm1
 
 say "failed: ${failures[*]:-none}"

@@ -6,23 +6,26 @@ network via ``flannel0`` (one route per peer when the network is not known).
 
 Wire format (flannel's): each IPv4 packet read from the TUN is sent as the whole
 payload of one UDP datagram to ``<peer PublicIP>:<Port>`` (8285); datagrams
-received on that port are written to the TUN as they are.
+received on that port are written to the TUN as they are. Between weft hosts that
+both publish ``"Chunks": "v1"`` in their lease's BackendData, TCP super-packets
+travel as weft chunks instead (``udpgso``: no segmenting, no checksums in Python);
+everything else, and every datagram to a flannel host, stays in flannel's format.
 
 Forwarder: two threads, one per direction, each blocking in ``poll`` on one
 descriptor and then draining it; the GIL is released in every system call, so
-the directions overlap on two cores. Out: packets read from the TUN back to back
-into one buffer; consecutive ones of one size to one peer leave in one
-``sendmsg`` with ``UDP_SEGMENT`` (UDP GSO: the kernel cuts them into one datagram
-per packet, so the wire format is unchanged). In: the socket has ``UDP_GRO``, so
-one ``recvmsg`` may return many same-sized datagrams back to back, cut apart and
-written to the TUN one by one. ``WEFT_UDP_OFFLOAD=0`` in flanneld's environment
-turns both off (one system call per datagram). The peer table is a dict
-``{(subnet int) -> (PublicIP, port)}`` per prefix length, swapped atomically by
-``reconcile``. What happens at the edges (TTL decrement, ICMP net-unreachable /
-time-exceeded / fragmentation-needed back to the sender, drop reasons) is decided
-by the pure ``overlay.backend.udpedge``;
-counters are exported through flanneld's ``/metrics`` (``metric_families``).
-Still one TUN system call per packet each way (no TUN offloads yet).
+the directions overlap on two cores. With offloads (the default;
+``WEFT_UDP_OFFLOAD=0`` in flanneld's environment turns them all off) the TUN has
+``IFF_VNET_HDR`` + TSO4/CSUM: one read returns a TCP super-packet of up to 64 KiB,
+which leaves as chunks or as MSS-sized segments (``udpgso.segment``) in one or two
+``sendmsg`` calls with ``UDP_SEGMENT`` (UDP GSO); other packets read back to back
+to one peer batch the same way. In: the socket has ``UDP_GRO``, so one ``recvmsg``
+returns many same-sized datagrams; chunks are reassembled, and consecutive flannel
+segments of one TCP flow joined (``udpgso.coalesce``), into one super-packet per
+TUN write. The peer table is a dict ``{(subnet int) -> (PublicIP, port)}`` per
+prefix length, swapped atomically by ``reconcile``. What happens at the edges (TTL
+decrement, ICMP net-unreachable / time-exceeded / fragmentation-needed back to the
+sender, drop reasons) is decided by the pure ``overlay.backend.udpedge``; counters
+are exported through flanneld's ``/metrics`` (``metric_families``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -73,7 +77,9 @@ _UDP_SEGMENT = 103  # linux/udp.h: GSO segment size on send
 _UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams
 _GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS
 _GSO_BYTES = 65_000  # one GSO send stays below the 64 KiB IP limit
+_UDP_MAX = 65_507  # the largest UDP payload (one GSO send)
 _POLL_MS = 200
+_KEY_CHECK_S = 1.0  # how often the key files are looked at
 
 PeerTable = dict[int, dict[int, tuple[str, int]]]  # prefixlen -> {net int -> addr}
 
@@ -144,6 +150,13 @@ def _accept_local(dev: str) -> None:
     except OSError as exc:
         log.warning("udp: cannot set %s (%s): ICMP errors to local senders will be lost",
                     path, exc)
+
+
+def chunk_peers(peers: Sequence[Lease]) -> frozenset[str]:
+    """The PublicIPs of peers that take weft's chunked super-packets (their lease's
+    BackendData says ``"Chunks": "v1"``); the others get flannel's format."""
+    return frozenset(str(p.public_ip) for p in peers
+                     if p.backend_data and p.backend_data.get("Chunks") == udpgso.CHUNKS)
 
 
 def build_table(peers: Sequence[Lease], own: Lease | None, port: int,
@@ -231,12 +244,23 @@ class _Batch:
             for o in range(0, len(data), seg):
                 self.send(data[o:o + seg], seg, 1, min(seg, len(data) - o), addr)
             return
-        step = max(1, min(_GSO_SEGMENTS, _GSO_BYTES // seg))
+        step = max(1, min(_GSO_SEGMENTS, _UDP_MAX // seg))
         total = len(data)
         for first in range(0, count, step):
             o, e = first * seg, min((first + step) * seg, total)
             c = min(step, count - first)
             self.send(data[o:e], seg, c, inner * (e - o) // total if c < count else inner, addr)
+
+
+def _stamp(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((0, 0, 0))
+    return tuple(out)
 
 
 def _lookup(masks: list[tuple[int, dict[int, tuple[str, int]]]],
@@ -257,7 +281,7 @@ class Forwarder:
 
     def __init__(self, tun: int, sock: socket.socket, path_mtu: int = 65_535,
                  offload: bool = False, crypto: Crypto | None = None,
-                 vnet: bool = False) -> None:
+                 vnet: bool = False, key_files: Sequence[str] = ()) -> None:
         self.tun = tun
         self.sock = sock
         self.table: PeerTable = {}
@@ -266,9 +290,18 @@ class Forwarder:
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         self.icmp_sent = 0
+        # super-packets moved whole: (direction, kind) -> count (see ``families``)
+        self.offload: dict[tuple[str, ...], int] = dict.fromkeys(
+            (("tx", "chunked"), ("tx", "segmented"), ("rx", "reassembled"), ("rx", "coalesced")),
+            0)
         self.crypto = crypto  # seal/open every datagram
+        self.key_files = tuple(key_files)  # re-read when they change (a roll, no restart)
+        self.key_reloads = 0
+        self._key_stamp = _stamp(self.key_files)
+        self._key_checked = time.monotonic()
         self.gso = offload  # UDP_SEGMENT sends (off again if the kernel refuses)
         self.vnet = vnet
+        self.chunk_peers: frozenset[str] = frozenset()  # PublicIPs taking weft chunks
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._tun_to_udp_vnet if vnet else self._tun_to_udp,
@@ -287,11 +320,32 @@ class Forwarder:
                 local[reason] = 0
 
     def _take_tx(self, batch: _Batch, icmp: int) -> None:
+        if self.key_files and time.monotonic() - self._key_checked >= _KEY_CHECK_S:
+            self._check_keys()
         self.tx_packets += batch.sent
         self.tx_bytes += batch.nbytes
         self.icmp_sent += icmp
         batch.sent = batch.nbytes = 0
         self._count(batch.drops)
+
+    def _check_keys(self) -> None:
+        """Re-read the key files if they changed (mtime, size or inode); keeps the
+        current keys when they cannot be read (e.g. half written)."""
+        self._key_checked = time.monotonic()
+        stamp = _stamp(self.key_files)
+        if stamp == self._key_stamp or self.crypto is None:
+            return
+        try:
+            keys = load_keys(self.key_files)
+        except KeyFileError as exc:
+            log.warning("udp: key files changed but cannot be used (%s); keeping the "
+                        "current keys", exc)
+            return
+        self._key_stamp = stamp
+        resealed = self.crypto.rekey(keys)
+        self.key_reloads += 1
+        log.info("udp: key files re-read: %d key(s)%s", len(keys),
+                 ", sealing with the first one (new session)" if resealed else "")
 
     def start(self) -> None:
         for t in self._threads:
@@ -369,10 +423,12 @@ class Forwarder:
         sview = memoryview(sbuf)
         sarr = np.frombuffer(sbuf, dtype=np.uint8)
         plain_hdr = udpgso.vnet_header()
-        icmp = 0
+        icmp = ident = chunked = segmented = 0
         while not self._stop.is_set():
             self._take_tx(batch, icmp)
-            icmp = 0
+            self.offload["tx", "chunked"] += chunked
+            self.offload["tx", "segmented"] += segmented
+            icmp = chunked = segmented = 0
             if not poller.poll(_POLL_MS):
                 continue
             masks, source, path_mtu = self._masks(), self.source, self.path_mtu
@@ -418,6 +474,14 @@ class Forwarder:
                     batch.add(crypto.seal(pkt[:n], addr[0]) if crypto is not None
                               else pkt[:n], n, addr)
                     continue
+                if crypto is None and addr[0] in self.chunk_peers and udpgso.chunk_count(
+                        udpgso.VNET_HDR_LEN + n, path_mtu):  # weft peer: no segmenting
+                    ident = (ident + 1) & 0xFFFFFFFF
+                    size = udpgso.chunk(rarr, udpgso.VNET_HDR_LEN + n, path_mtu, ident, sarr)
+                    batch.send_run(sview[:size], path_mtu, -(-size // path_mtu), n, addr)
+                    chunked += 1
+                    continue
+                segmented += 1
                 k = udpgso.segment(parr, n, mss, sarr)
                 width, total = h + mss, n + (k - 1) * h
                 if crypto is None:
@@ -507,29 +571,27 @@ class Forwarder:
         return packet
 
     def _udp_to_tun_vnet(self) -> None:
-        """Datagrams to a TUN with offloads: consecutive segments of one TCP flow in a
-        GRO receive are joined (``udpgso.coalesce``) and written as one super-packet;
-        anything else is written one packet per call."""
+        """Datagrams to a TUN with offloads, by kind: weft chunks are reassembled
+        (``udpgso.Reassembly``) and written as the super-packet they carry; flannel
+        datagrams that are consecutive segments of one TCP flow are joined
+        (``udpgso.coalesce``) and written as one; anything else one packet per call."""
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
-        recvmsg_into, writev, write, tun = self.sock.recvmsg_into, os.writev, os.write, self.tun
-        crypto = self.crypto
+        recvmsg_into = self.sock.recvmsg_into
         buf = bytearray(65536)
         view = memoryview(buf)
         arr = np.frombuffer(buf, dtype=np.uint8)
         bufs = [buf]
-        obuf = bytearray(udpgso.VNET_HDR_LEN + 2 * 65536)
-        oview = memoryview(obuf)
-        oarr = np.frombuffer(obuf, dtype=np.uint8)
-        plain_hdr = udpgso.vnet_header()
+        rx = _VnetRx(self)
         cmsg_space = socket.CMSG_SPACE(4)
-        received = nbytes = 0
-        drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         while not self._stop.is_set():
-            self.rx_packets += received
-            self.rx_bytes += nbytes
-            self._count(drops)
-            received = nbytes = 0
+            self.rx_packets += rx.packets
+            self.rx_bytes += rx.nbytes
+            rx.drops[Drop.CHUNK_LOST] += rx.reasm.lost
+            self.offload["rx", "reassembled"] += rx.reassembled
+            self.offload["rx", "coalesced"] += rx.coalesced
+            rx.packets = rx.nbytes = rx.reasm.lost = rx.reassembled = rx.coalesced = 0
+            self._count(rx.drops)
             if not poller.poll(_POLL_MS):
                 continue
             for _ in range(_BATCH):
@@ -540,52 +602,28 @@ class Forwarder:
                 if got is None:
                     break
                 n, seg, src = got
-                data, darr = view, arr
-                if crypto is not None or n <= seg:
-                    inner = [p for o in range(0, n, seg)
-                             if (p := self._inner(view[o:o + min(seg, n - o)], src, drops))
-                             is not None]
-                    if len(inner) < 2 or any(len(p) != len(inner[0]) for p in inner[:-1]) \
-                            or len(inner[-1]) > len(inner[0]):
-                        for p in inner:
-                            try:
-                                writev(tun, [plain_hdr, p])
-                                received += 1
-                                nbytes += len(p)
-                            except OSError as exc:
-                                drops[Drop.TUN_WRITE_ERROR] += 1
-                                log.debug("udp: tun write: %s", exc)
-                        continue
-                    joined = bytearray(b"".join(inner))
-                    seg, n = len(inner[0]), len(joined)
-                    data, darr = memoryview(joined), np.frombuffer(joined, dtype=np.uint8)
-                o = 0
-                while o < n:
-                    count = 0
-                    if (n - o > seg and data[o] == 0x45 and data[o + 9] == 6
-                            and seg > 20 + (data[o + 32] >> 4) * 4):
-                        count = udpgso.coalescible(darr[o:n], n - o, seg)
-                    try:
-                        if count >= 2:
-                            size = udpgso.coalesce(darr[o:n], n - o, seg, count, oarr)
-                            write(tun, oview[:size])
-                            end = min(n, o + count * seg)
-                            nbytes += end - o
-                            received += count
-                            o = end
-                            continue
-                        m = min(seg, n - o)
-                        o += m
-                        packet = data[o - m:o] if crypto is not None else self._inner(
-                            data[o - m:o], src, drops)
-                        if packet is None:
-                            continue
-                        writev(tun, [plain_hdr, packet])
-                        received += 1
-                        nbytes += m
-                    except OSError as exc:
-                        drops[Drop.TUN_WRITE_ERROR] += 1
-                        log.debug("udp: tun write: %s", exc)
+                if self.crypto is not None:
+                    rx.sealed(view, n, seg, src)
+                    continue
+                chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC
+                if not chunked.any():
+                    rx.flannel(view, arr, n, seg, src)
+                    continue
+                if chunked.all():
+                    rx.chunks(arr, n, seg, src)
+                    continue
+                i = 0  # runs of one kind (GRO may join a chunk run and a datagram)
+                while i < len(chunked):
+                    kind = bool(chunked[i])
+                    j = i + 1
+                    while j < len(chunked) and bool(chunked[j]) == kind:
+                        j += 1
+                    o, e = i * seg, min(j * seg, n)
+                    if kind:
+                        rx.chunks(arr[o:e], e - o, seg, src)
+                    else:
+                        rx.flannel(view[o:e], arr[o:e], e - o, seg, src)
+                    i = j
 
     def families(self) -> list[metrics.Family]:
         """The forwarder's counters as Prometheus families (rendered by flanneld's /metrics)."""
@@ -603,10 +641,89 @@ class Forwarder:
                             "Packets the udp forwarder dropped, by reason.",
                             {(r.value,): n for r, n in self.drops.items()},
                             labels=("reason",)),
+            metrics.counter("weft_udp_offload_packets_total",
+                            "TCP super-packets (up to 64 KiB) the udp forwarder moved whole "
+                            "with TUN offloads: tx chunked (to weft peers) or segmented "
+                            "(flannel's format), rx reassembled (chunks) or coalesced "
+                            "(flannel datagrams joined).",
+                            self.offload,
+                            labels=("direction", "kind")),
+            metrics.counter("weft_udp_key_reloads_total",
+                            "Times the udp forwarder re-read changed key files "
+                            "(Encryption.KeyFile) without a restart.", self.key_reloads),
             metrics.counter("weft_udp_icmp_sent_total",
                             "ICMP errors (unreachable, time exceeded, fragmentation "
                             "needed) the udp forwarder sent back.", self.icmp_sent),
         ]
+
+
+class _VnetRx:
+    """What the receive thread writes to a TUN with offloads (see ``_udp_to_tun_vnet``);
+    counts packets, bytes and drops until the thread takes them."""
+
+    def __init__(self, fwd: Forwarder) -> None:
+        self.fwd = fwd
+        self.reasm = udpgso.Reassembly()
+        self.packets = self.nbytes = self.reassembled = self.coalesced = 0
+        self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
+        self.plain_hdr = udpgso.vnet_header()
+        self.obuf = bytearray(udpgso.VNET_HDR_LEN + 2 * 65536)
+        self.oview = memoryview(self.obuf)
+        self.oarr = np.frombuffer(self.obuf, dtype=np.uint8)
+
+    def _write(self, data: Sequence[bytes | memoryview], packets: int,
+               nbytes: int) -> None:
+        try:
+            os.writev(self.fwd.tun, data)
+            self.packets += packets
+            self.nbytes += nbytes
+        except OSError as exc:
+            self.drops[Drop.TUN_WRITE_ERROR] += 1
+            log.debug("udp: tun write: %s", exc)
+
+    def chunks(self, arr: udpgso.Bytes, n: int, seg: int, src: str) -> None:
+        for packet in self.reasm.feed(src, arr, n, seg):
+            self._write([packet.data], 1, len(packet) - udpgso.VNET_HDR_LEN)
+            self.reassembled += 1
+
+    def sealed(self, view: memoryview, n: int, seg: int, src: str) -> None:
+        """Encrypted datagrams: each opened, then the plaintexts handled as flannel's."""
+        inner = [p for o in range(0, n, seg)
+                 if (p := self.fwd._inner(view[o:o + min(seg, n - o)], src, self.drops))
+                 is not None]
+        if not inner:
+            return
+        size = len(inner[0])
+        if len(inner) < 2 or any(len(p) != size for p in inner[:-1]) or len(inner[-1]) > size:
+            for p in inner:
+                self._write([self.plain_hdr, p], 1, len(p))
+            return
+        joined = bytearray(b"".join(inner))
+        self.flannel(memoryview(joined), np.frombuffer(joined, dtype=np.uint8), len(joined),
+                     size, src, opened=True)
+
+    def flannel(self, data: memoryview, darr: udpgso.Bytes, n: int, seg: int, src: str,
+                opened: bool = False) -> None:
+        """Datagrams of flannel's format (``opened``: plaintexts already checked)."""
+        o = 0
+        while o < n:
+            count = 0
+            if (n - o > seg and data[o] == 0x45 and data[o + 9] == 6
+                    and seg > 20 + (data[o + 32] >> 4) * 4):
+                count = udpgso.coalescible(darr[o:n], n - o, seg)
+            if count >= 2:
+                size = udpgso.coalesce(darr[o:n], n - o, seg, count, self.oarr)
+                end = min(n, o + count * seg)
+                self._write([self.oview[:size]], count, end - o)
+                self.coalesced += 1
+                o = end
+                continue
+            m = min(seg, n - o)
+            o += m
+            packet = data[o - m:o] if opened else self.fwd._inner(data[o - m:o], src,
+                                                                   self.drops)
+            if packet is not None:
+                self._write([self.plain_hdr, packet], 1, m)
 
 
 class UdpBackend:
@@ -674,7 +791,7 @@ class UdpBackend:
                     log.info("udp: no UDP GRO (%s); one datagram per receive", exc)
             self._sock = sock
             self._fwd = Forwarder(self._tun, sock, self.mtu, offload=offload, crypto=crypto,
-                                  vnet=offload)
+                                  vnet=offload, key_files=self.config.key_files)
             self._fwd.start()
             log.info("udp: %s open, forwarding on %s:%s", self.device, self.ext.ip,
                      self.config.port)
@@ -688,7 +805,9 @@ class UdpBackend:
             k.set_link(link.index, mtu=mtu, up=True)
 
         await self._k.run(setup)
-        return {"Encryption": SUITE} if self.config.key_files else {}
+        if self.config.key_files:
+            return {"Encryption": SUITE}
+        return {"Chunks": udpgso.CHUNKS} if self._fwd.vnet else {}
 
     async def attach(self, own: Lease) -> None:
         self._own = own
@@ -709,6 +828,7 @@ class UdpBackend:
     def _reconcile(self, k: Kernel, peers: Sequence[Lease]) -> ReconcileReport:
         table = build_table(peers, self._own, self.config.port, self.suite)
         if self._fwd is not None:
+            self._fwd.chunk_peers = chunk_peers(peers) if self._fwd.vnet else frozenset()
             self._fwd.table = table
         refused = tuple(why for p in peers if p.backend_type in ("", "udp")
                         and (self._own is None or p.subnet != self._own.subnet)

@@ -43,6 +43,7 @@ class Drop(enum.Enum):
     REPLAY = "replay"  # encryption: counter seen or older than the window
     PLAINTEXT = "plaintext_refused"  # encryption on here, a plaintext datagram came
     ENCRYPTED = "encrypted_refused"  # encryption off here, a sealed datagram came
+    CHUNK_LOST = "chunk_lost"  # weft chunks: a super-packet missing a piece (or out of order)
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:

@@ -28,6 +28,7 @@ returns sizes; none allocates more than a few small temporaries per call.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -278,3 +279,144 @@ def coalesce(buf: Bytes, n: int, seg: int, count: int, out: Bytes) -> int:
     pseudo = _fold1(word_sum(pkt[12:20]) + _TCP + total - ihl)
     pkt[ihl + 16], pkt[ihl + 17] = pseudo >> 8, pseudo & 0xFF
     return o + total
+
+
+# --- weft-to-weft chunks (negotiated: BackendData {"Chunks": CHUNKS}) ----------------
+#
+# A super-packet as the TUN gave it (virtio_net_hdr + IP packet) is cut into chunks,
+# each sent as one datagram behind an 8-byte header; every datagram but the last is
+# exactly the path datagram size, so one UDP_SEGMENT send carries them all and one
+# UDP_GRO receive usually returns them all. No per-segment header rewriting or
+# checksum on either side: the receiver writes the super-packet to its TUN as it
+# came (the TCP checksum stays partial; the outer UDP checksums cover every byte).
+#
+#     0      1      2      3     4           8
+#     | 0x82 | index| count| 0   | id (BE32) | data ...
+#
+# 0x82 cannot start a flannel datagram (IPv4: 0x45..0x4f) or a sealed one (0x81).
+
+CHUNKS = "v1"
+CHUNK_MAGIC = 0x82
+CHUNK_HDR = 8
+MAX_CHUNKS = 64
+_CHUNK_TEMPLATE = np.zeros((MAX_CHUNKS, CHUNK_HDR), dtype=np.uint8)
+_CHUNK_TEMPLATE[:, 0] = CHUNK_MAGIC
+_CHUNK_TEMPLATE[:, 1] = np.arange(MAX_CHUNKS, dtype=np.uint8)
+_CHUNK_TEMPLATE.flags.writeable = False
+
+
+def chunk_count(size: int, dgram: int) -> int:
+    """How many chunks ``size`` bytes take in datagrams of ``dgram`` bytes (0: too many)."""
+    k = -(-size // (dgram - CHUNK_HDR)) if dgram > CHUNK_HDR else 0
+    return k if 0 < k <= MAX_CHUNKS else 0
+
+
+def chunk(data: Bytes, size: int, dgram: int, ident: int, out: Bytes) -> int:
+    """Cut ``data[:size]`` into chunk datagrams of ``dgram`` bytes back to back in
+    ``out``; returns the bytes written (``chunk_count`` must be non-zero)."""
+    k = chunk_count(size, dgram)
+    cs = dgram - CHUNK_HDR
+    rows = out[:k * dgram].reshape(k, dgram)
+    rows[:, :CHUNK_HDR] = _CHUNK_TEMPLATE[:k]
+    rows[:, 2] = k
+    rows[:, 4:8] = np.frombuffer(ident.to_bytes(4, "big"), dtype=np.uint8)
+    full = (k - 1) * cs
+    rows[:k - 1, CHUNK_HDR:] = data[:full].reshape(k - 1, cs)
+    last = size - full
+    rows[k - 1, CHUNK_HDR:CHUNK_HDR + last] = data[full:size]
+    return (k - 1) * dgram + CHUNK_HDR + last
+
+
+@dataclass(slots=True)
+class _Partial:
+    ident: int
+    count: int
+    next: int = 0
+    filled: int = 0
+
+
+class Reassembly:
+    """Chunked super-packets from the datagrams of UDP_GRO receives, per source. A
+    receive is cut into runs (one id, consecutive indexes) copied whole into the
+    source's buffer; a run that does not continue the partial packet (a lost or
+    reordered datagram) drops that packet (counted in ``lost``)."""
+
+    def __init__(self) -> None:
+        self._partial: dict[str, _Partial] = {}
+        self._bufs: dict[str, Bytes] = {}
+        self.lost = 0
+
+    def feed(self, src: str, buf: Bytes, n: int, seg: int) -> list[Bytes]:
+        """The super-packets (views, valid until the next ``feed``) completed by the
+        chunk datagrams ``buf[:n]`` (``seg`` bytes each, the last maybe shorter)."""
+        m = -(-n // seg)
+        full = n // seg
+        hdrs = np.empty((m, CHUNK_HDR), dtype=np.uint8)
+        hdrs[:full] = buf[:full * seg].reshape(full, seg)[:, :CHUNK_HDR]
+        if m > full:
+            if n - full * seg <= CHUNK_HDR:
+                m -= 1  # a runt: ignored
+                hdrs = hdrs[:m]
+            else:
+                hdrs[full] = buf[full * seg:full * seg + CHUNK_HDR]
+        done: list[Bytes] = []
+        i = 0
+        while i < m:
+            first = hdrs[i]
+            if first[0] != CHUNK_MAGIC:
+                self._drop(src)
+                i += 1
+                continue
+            rest = hdrs[i:]
+            same = ((rest[:, 0] == CHUNK_MAGIC) & (rest[:, 2] == first[2])
+                    & (rest[:, 4:8] == first[4:8]).all(axis=1)
+                    & (rest[:, 1] == (np.arange(len(rest)) + int(first[1])) & 0xFF))
+            j = i + (int(np.argmin(same)) if not same.all() else len(rest))
+            got = self._run(src, buf, n, seg, i, j, int(first[1]), int(first[2]),
+                            int.from_bytes(first[4:8].tobytes(), "big"))
+            if got is not None:
+                done.append(got)
+            i = j
+        return done
+
+    def _drop(self, src: str) -> None:
+        if self._partial.pop(src, None) is not None:
+            self.lost += 1
+
+    def _run(self, src: str, buf: Bytes, n: int, seg: int, i: int, j: int, idx: int,
+             count: int, ident: int) -> Bytes | None:
+        """Datagrams ``i..j-1`` of one id with consecutive indexes from ``idx``."""
+        st = self._partial.get(src)
+        if idx == 0:
+            if st is not None:
+                self.lost += 1
+            st = self._partial[src] = _Partial(ident, count)
+        elif st is None or (st.ident, st.count, st.next) != (ident, count, idx):
+            self._drop(src)
+            return None
+        data = self._bufs.get(src)
+        if data is None:
+            if len(self._bufs) >= 1024:  # sources gone: forget the oldest buffer
+                old = next(iter(self._bufs))
+                del self._bufs[old]
+                self._partial.pop(old, None)
+            data = self._bufs[src] = np.empty(2 * 65536, dtype=np.uint8)
+        cs = seg - CHUNK_HDR
+        rows = min(j, n // seg) - i  # full datagrams in the run
+        if st.filled + (j - i) * cs > len(data) or idx + (j - i) > count:
+            self._drop(src)
+            return None
+        filled = st.filled
+        if rows > 0:
+            data[filled:filled + rows * cs] = buf[i * seg:(i + rows) * seg].reshape(
+                rows, seg)[:, CHUNK_HDR:].reshape(-1)
+            filled += rows * cs
+        if i + rows < j:  # the short last datagram
+            tail = buf[(i + rows) * seg + CHUNK_HDR:min(n, j * seg)]
+            data[filled:filled + len(tail)] = tail
+            filled += len(tail)
+        st.next, st.filled = idx + (j - i), filled
+        if st.next < count:
+            return None
+        del self._partial[src]
+        return data[:filled]

@@ -50,7 +50,8 @@ def test_vagrant_validate(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("script", ["provision.sh", "qemu-cluster.sh", "vm-checks.sh",
-                                    "cni-container.sh", "vm/customize.sh"])
+                                    "cni-container.sh", "vm/customize.sh",
+                                    "vagrant-cluster.sh"])
 def test_vagrant_scripts_pass_shellcheck(script: str) -> None:
     _need("shellcheck", "shellcheck")
     proc = subprocess.run(["shellcheck", "-x", str(VAGRANT / script)],
@@ -61,12 +62,37 @@ def test_vagrant_scripts_pass_shellcheck(script: str) -> None:
 def test_qemu_cluster_image_bakes_every_package_provision_installs() -> None:
     # the VMs have no network: provision.sh must find every package already there
     proc = subprocess.run(["bash", "-c", f"source <(sed -n '/^image_packages()/,/^}}/p; "
-                           f"/^VM_PACKAGES=/,/podman\"/p' {VAGRANT / 'qemu-cluster.sh'}); "
+                           f"/^VM_PACKAGES=/,/\"$/p' {VAGRANT / 'qemu-cluster.sh'}); "
                            f"HERE={VAGRANT}; image_packages"],
                           capture_output=True, text=True, timeout=30)
     baked = set(proc.stdout.split())
     wanted = (VAGRANT / "provision.sh").read_text().split('WEFT_PACKAGES="', 1)[1].split('"')[0]
     assert baked >= set(wanted.split()) and "systemd" in baked, proc.stderr
+    assert {"openssh-server", "sudo"} <= baked  # the Vagrant box is the same image
+
+
+def test_vagrant_validate_with_the_libvirt_settings_of_vagrant_cluster(tmp_path: Path) -> None:
+    _need("vagrant", "vagrant")
+    env = dict(os.environ, VAGRANT_HOME=str(tmp_path / "home"), VAGRANT_CHECKPOINT_DISABLE="1",
+               VAGRANT_DOTFILE_PATH=str(tmp_path / "dot"), WEFT_PRIVATE_NET="198.18.2",
+               WEFT_LIBVIRT_DRIVER="qemu", WEFT_LIBVIRT_MGMT_NET="198.18.1.0/24",
+               WEFT_LIBVIRT_KERNEL="/k", WEFT_LIBVIRT_INITRD="/i",
+               WEFT_LIBVIRT_CMDLINE="root=/dev/vda",
+               WEFT_LIBVIRT_CONSOLE_DIR=str(tmp_path), WEFT_WHEELHOUSE=str(tmp_path),
+               WEFT_STORE="embedded", WEFT_AGENT_TTL="15s")
+    proc = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=VAGRANT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_vagrant_cluster_refuses_commands_on_a_cluster_that_is_not_up(tmp_path: Path) -> None:
+    env = dict(os.environ, WEFT_VM_STATE=str(tmp_path / "none"))
+    proc = subprocess.run([str(VAGRANT / "vagrant-cluster.sh"), "exec", "vm2", "--", "true"],
+                          capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode != 0 and "is not up" in proc.stderr, proc.stderr
+    down = subprocess.run([str(VAGRANT / "vagrant-cluster.sh"), "down"], capture_output=True,
+                          text=True, timeout=30, env=env)
+    assert down.returncode == 0 and "is not up" in down.stderr, down.stderr
 
 
 def test_qemu_cluster_refuses_commands_on_a_cluster_that_is_not_up(tmp_path: Path) -> None:

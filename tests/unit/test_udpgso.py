@@ -117,3 +117,41 @@ def test_coalescible_stops_at_a_gap_a_push_or_another_flow() -> None:
     syn = bytearray(wire(os.urandom(2000), 1000))
     syn[33] = 0x12
     assert udpgso.coalescible(arr(syn), len(syn), seg) == 0
+
+
+@pytest.mark.parametrize("size", [65_545, 1464 * 3, 100], ids=["64k", "exact", "one"])
+def test_chunks_round_trip_whole_and_datagram_by_datagram(size: int) -> None:
+    data = os.urandom(size)
+    dgram = 1472
+    assert udpgso.chunk_count(size, dgram) == -(-size // 1464)
+    out = np.zeros(2 * 65536, dtype=np.uint8)
+    n = udpgso.chunk(arr(data), size, dgram, 0xABCDEF01, out)
+    wire = out[:n].tobytes()
+    assert wire[0] == udpgso.CHUNK_MAGIC and wire[4:8] == bytes.fromhex("abcdef01")
+    r = udpgso.Reassembly()
+    got = r.feed("198.18.0.1", arr(wire), n, dgram)
+    assert [g.tobytes() for g in got] == [data]
+    # split across receives (two GSO sends, then one datagram at a time)
+    cut = (n // dgram // 2) * dgram
+    assert r.feed("a", arr(wire[:cut]), cut, dgram) == [] or cut == 0
+    got = r.feed("a", arr(wire[cut:]), n - cut, dgram)
+    assert [g.tobytes() for g in got] == [data]
+    one_by_one = [g.tobytes() for o in range(0, n, dgram)
+                  for g in r.feed("b", arr(wire[o:o + dgram]), len(wire[o:o + dgram]), dgram)]
+    assert one_by_one == [data] and r.lost == 0
+
+
+def test_reassembly_drops_a_broken_sequence_and_keeps_the_next_packet() -> None:
+    r = udpgso.Reassembly()
+    packets = [os.urandom(5000), os.urandom(3000)]
+    wires = []
+    for ident, p in enumerate(packets):
+        out = np.zeros(65536, dtype=np.uint8)
+        n = udpgso.chunk(arr(p), len(p), 1472, ident, out)
+        wires.append(out[:n].tobytes())
+    first = wires[0][:1472] + wires[0][2 * 1472:]  # index 1 lost
+    assert r.feed("a", arr(first), len(first), 1472) == [] and r.lost == 1
+    both = wires[0][:1472] + wires[1]  # a packet cut short, then a whole one
+    got = r.feed("a", arr(both), len(both), 1472)
+    assert [g.tobytes() for g in got] == [packets[1]] and r.lost == 2
+    assert udpgso.chunk_count(65_535, 576) == 0  # more than 64 chunks: flannel format
