@@ -474,10 +474,16 @@ class Forwarder:
                     batch.add(crypto.seal(pkt[:n], addr[0]) if crypto is not None
                               else pkt[:n], n, addr)
                     continue
-                if crypto is None and addr[0] in self.chunk_peers and udpgso.chunk_count(
-                        udpgso.VNET_HDR_LEN + n, path_mtu):  # weft peer: no segmenting
+                whole = udpgso.VNET_HDR_LEN + n
+                if addr[0] in self.chunk_peers and udpgso.chunk_count(
+                        whole + (OVERHEAD if crypto else 0), path_mtu):  # no segmenting
                     ident = (ident + 1) & 0xFFFFFFFF
-                    size = udpgso.chunk(rarr, udpgso.VNET_HDR_LEN + n, path_mtu, ident, sarr)
+                    if crypto is None:
+                        size = udpgso.chunk(rarr, whole, path_mtu, ident, sarr)
+                    else:  # one seal for the whole super-packet, opened whole
+                        sealed = crypto.seal(rview[:whole], addr[0])
+                        size = udpgso.chunk(np.frombuffer(sealed, dtype=np.uint8), len(sealed),
+                                            path_mtu, ident, sarr)
                     batch.send_run(sview[:size], path_mtu, -(-size // path_mtu), n, addr)
                     chunked += 1
                     continue
@@ -602,12 +608,9 @@ class Forwarder:
                 if got is None:
                     break
                 n, seg, src = got
-                if self.crypto is not None:
-                    rx.sealed(view, n, seg, src)
-                    continue
                 chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC
                 if not chunked.any():
-                    rx.flannel(view, arr, n, seg, src)
+                    rx.datagrams(view, arr, n, seg, src)
                     continue
                 if chunked.all():
                     rx.chunks(arr, n, seg, src)
@@ -622,7 +625,7 @@ class Forwarder:
                     if kind:
                         rx.chunks(arr[o:e], e - o, seg, src)
                     else:
-                        rx.flannel(view[o:e], arr[o:e], e - o, seg, src)
+                        rx.datagrams(view[o:e], arr[o:e], e - o, seg, src)
                     i = j
 
     def families(self) -> list[metrics.Family]:
@@ -682,9 +685,33 @@ class _VnetRx:
             log.debug("udp: tun write: %s", exc)
 
     def chunks(self, arr: udpgso.Bytes, n: int, seg: int, src: str) -> None:
+        """Chunk datagrams: each super-packet they complete (opened first when
+        encrypting) is written whole."""
+        crypto = self.fwd.crypto
         for packet in self.reasm.feed(src, arr, n, seg):
-            self._write([packet.data], 1, len(packet) - udpgso.VNET_HDR_LEN)
+            data: bytes | memoryview = packet.data
+            if crypto is not None:
+                opened = crypto.open(data, src)
+                if isinstance(opened, Drop):
+                    self.drops[opened] += 1
+                    continue
+                data = opened
+            elif len(data) and data[0] == _SEALED:
+                self.drops[Drop.ENCRYPTED] += 1
+                continue
+            if len(data) < udpgso.VNET_HDR_LEN + 20 or data[udpgso.VNET_HDR_LEN] >> 4 != 4:
+                self.drops[Drop.MALFORMED] += 1
+                continue
+            self._write([data], 1, len(data) - udpgso.VNET_HDR_LEN)
             self.reassembled += 1
+
+    def datagrams(self, view: memoryview, arr: udpgso.Bytes, n: int, seg: int,
+                  src: str) -> None:
+        """Datagrams of flannel's format, sealed or not."""
+        if self.fwd.crypto is not None:
+            self.sealed(view, n, seg, src)
+        else:
+            self.flannel(view, arr, n, seg, src)
 
     def sealed(self, view: memoryview, n: int, seg: int, src: str) -> None:
         """Encrypted datagrams: each opened, then the plaintexts handled as flannel's."""
@@ -805,9 +832,8 @@ class UdpBackend:
             k.set_link(link.index, mtu=mtu, up=True)
 
         await self._k.run(setup)
-        if self.config.key_files:
-            return {"Encryption": SUITE}
-        return {"Chunks": udpgso.CHUNKS} if self._fwd.vnet else {}
+        data = {"Encryption": SUITE} if self.config.key_files else {}
+        return {**data, "Chunks": udpgso.CHUNKS} if self._fwd.vnet else data
 
     async def attach(self, own: Lease) -> None:
         self._own = own

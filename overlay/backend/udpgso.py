@@ -294,6 +294,9 @@ def coalesce(buf: Bytes, n: int, seg: int, count: int, out: Bytes) -> int:
 #     | 0x82 | index| count| 0   | id (BE32) | data ...
 #
 # 0x82 cannot start a flannel datagram (IPv4: 0x45..0x4f) or a sealed one (0x81).
+# With encryption the chunks carry the super-packet sealed whole (udpcrypt's format,
+# one AEAD operation and one replay-window counter per super-packet); the receiver
+# opens what it reassembled, so a forged or lost chunk loses that super-packet only.
 
 CHUNKS = "v1"
 CHUNK_MAGIC = 0x82

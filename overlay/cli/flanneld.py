@@ -71,8 +71,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
     p.add("public-ip", "IP address other hosts reach this one at (NAT) [default: the "
           "interface's address]", metavar="IP")
     p.add("public-ipv6", "IPv6 address other hosts reach this one at, advertised as the "
-          "lease's PublicIPv6 in dual-stack networks [default: the interface's first global "
-          "IPv6 address]", metavar="IP6")
+          "lease's PublicIPv6 in dual-stack and IPv6-only networks (EnableIPv6) [default: "
+          "the interface's first global IPv6 address]", metavar="IP6")
     p.add("subnet-file", "file the leased subnet is written to", default=str(DEFAULT_SUBNET_FILE),
           metavar="PATH")
     p.add_bool("ip-masq", "masquerade traffic leaving the overlay network (nftables)")
@@ -341,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("using interface %s (%s), public IP %s, MTU %d", ext.name, ext.ip, ext.public_ip,
              ext.mtu)
     if ext.public_ipv6 is not None:
-        log.info("public IPv6 %s (advertised in dual-stack networks)", ext.public_ipv6)
+        log.info("public IPv6 %s (advertised in networks with EnableIPv6)", ext.public_ipv6)
     return run_until_signalled(amain(cfg, store_cfg, ext))
 
 

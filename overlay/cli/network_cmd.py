@@ -209,10 +209,19 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def format_leases(rows: Sequence[dict[str, Any]]) -> str:
-    """A fixed-width table of lease rows (pure, for tests)."""
-    header = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "TTL")
-    lines = [header] + [(r["subnet"], r["public_ip"], r["backend"], r["vtep_mac"],
-                         r["ttl"]) for r in rows]
+    """A fixed-width table of lease rows (pure, for tests); IPv6 columns appear when a
+    lease has an IPv6 half (an IPv6-only lease's IPv4 columns read ``-``)."""
+    header: tuple[str, ...] = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "TTL")
+    lines: list[tuple[str, ...]] = [
+        (r["subnet"], r["public_ip"], r["backend"], r["vtep_mac"], r["ttl"]) for r in rows]
+    if any(r.get("ipv6_subnet") for r in rows):
+        header = ("SUBNET", "PUBLIC IP", "IPV6 SUBNET", "PUBLIC IPV6", "BACKEND", "VTEP MAC",
+                  "TTL")
+        lines = [("-" if r["subnet"] == "0.0.0.0/0" else r["subnet"],
+                  "-" if r["public_ip"] == "0.0.0.0" else r["public_ip"],
+                  r.get("ipv6_subnet") or "-", r.get("public_ipv6") or "-", r["backend"],
+                  r["vtep_mac"], r["ttl"]) for r in rows]
+    lines = [header, *lines]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                    + "\n" for line in lines)
@@ -246,13 +255,18 @@ def cmd_leases(args: argparse.Namespace) -> int:
                                  "backend": "(malformed)", "vtep_mac": "-",
                                  "ttl": _ttl_text(ttl), "error": exc.reason})
                     continue
-                mac = lease.backend_data.get("VtepMAC") or "-"
+                mac = (lease.backend_data.get("VtepMAC")
+                       or lease.backend_v6_data.get("VtepMAC") or "-")
                 rows.append({"subnet": str(lease.subnet), "public_ip": str(lease.public_ip),
                              "backend": lease.backend_type or "-", "vtep_mac": str(mac),
-                             "ttl": _ttl_text(ttl), "ttl_seconds": ttl})
+                             "ttl": _ttl_text(ttl), "ttl_seconds": ttl,
+                             "ipv6_subnet": None if lease.ipv6_subnet is None
+                             else str(lease.ipv6_subnet),
+                             "public_ipv6": None if lease.public_ipv6 is None
+                             else str(lease.public_ipv6)})
         finally:
             await store.close()
-        rows.sort(key=lambda r: _sort_key(r["subnet"]))
+        rows.sort(key=lambda r: (_sort_key(r["subnet"]), str(r.get("ipv6_subnet") or "")))
         if args.json:
             for r in rows:
                 sys.stdout.write(json.dumps(r) + "\n")

@@ -1,6 +1,7 @@
 """The udp forwarder with TUN offloads on real TUNs: TCP bulk data arrives intact in
 both wire formats (weft chunks between weft hosts, flannel's datagrams to a host
-without offloads), and each path says in /metrics that it was taken."""
+without offloads or without chunks), encrypted or not, and each path says in /metrics
+that it was taken."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 import secrets
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -66,25 +68,31 @@ def transfer(tb: Testbed, src: str, dst: str) -> None:
 
 def test_bulk_tcp_intact_in_chunks_and_in_flannel_format(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    with open_testbed(3) as tb, cluster(tb, "udp", log_dir=tmp_path) as c:
+    with open_testbed(4) as tb, cluster(tb, "udp", log_dir=tmp_path) as c:
         c.start("h1")
         c.start("h2")
         monkeypatch.setenv("WEFT_UDP_OFFLOAD", "0")  # h3: plain TUN, one packet per call
         c.start("h3")
         monkeypatch.delenv("WEFT_UDP_OFFLOAD")
+        h4 = c.start("h4")  # offloads, but its lease says nothing of chunks (older weft)
+        h4.lease = replace(h4.lease, backend_data={})
         assert c.hosts["h1"].lease.backend_data == {"Chunks": "v1"}
         assert c.hosts["h3"].lease.backend_data == {}
         c.reconcile_all()
-        assert ping_matrix(tb, ["h1", "h2", "h3"]) == []
-        for src, dst in (("h1", "h2"), ("h2", "h1"), ("h1", "h3"), ("h3", "h1")):
+        assert ping_matrix(tb, ["h1", "h2", "h3", "h4"]) == []
+        for src, dst in (("h1", "h2"), ("h2", "h1"), ("h1", "h3"), ("h3", "h1"), ("h1", "h4")):
             transfer(tb, src, dst)
         text = c.hosts["h1"].driver.call({"op": "metrics"})["text"]
         for kind in ('"tx",kind="chunked"', '"tx",kind="segmented"', '"rx",kind="reassembled"'):
             assert metric_value(text, f"weft_udp_offload_packets_total{{direction={kind}}}") > 0
         assert metric_value(text, 'weft_udp_dropped_total{reason="tun_write_error"}') == 0
+        # h1's segments to h4 left in UDP GSO sends: h4 joined them again before its TUN
+        text = c.hosts["h4"].driver.call({"op": "metrics"})["text"]
+        assert metric_value(text, 'weft_udp_offload_packets_total{direction="rx",'
+                                  'kind="coalesced"}') > 0
 
 
-def test_bulk_tcp_intact_encrypted_segments_coalesced(tmp_path: Path) -> None:
+def test_bulk_tcp_intact_encrypted_super_packets_sealed_whole(tmp_path: Path) -> None:
     key = tmp_path / "cluster.key"
     key.write_text(secrets.token_hex(32))
     config = {"Type": "udp", "Encryption": {"KeyFile": str(key)}}
@@ -95,7 +103,7 @@ def test_bulk_tcp_intact_encrypted_segments_coalesced(tmp_path: Path) -> None:
         assert ping_matrix(tb, ["h1", "h2"]) == []
         transfer(tb, "h1", "h2")
         text = c.hosts["h2"].driver.call({"op": "metrics"})["text"]
-        # sealed segments sent with UDP GSO, opened and joined again before the TUN
+        # one seal per super-packet, carried in chunks, opened whole
         assert metric_value(text, 'weft_udp_offload_packets_total{direction="rx",'
-                                  'kind="coalesced"}') > 0
+                                  'kind="reassembled"}') > 0
         assert metric_value(text, 'weft_udp_dropped_total{reason="auth_failed"}') == 0
