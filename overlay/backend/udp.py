@@ -41,7 +41,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -188,6 +188,9 @@ class _Batch:
         self.sent = self.nbytes = 0  # datagrams and inner bytes out, since last taken
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
 
+    def drops_pending(self) -> bool:
+        return any(self.drops.values())
+
     def add(self, data: bytes | memoryview, plain: int, addr: tuple[str, int]) -> None:
         n = len(data)
         if self.count and (addr != self.addr or n > self.seg):  # does not join the batch
@@ -322,6 +325,8 @@ class Forwarder:
     def _take_tx(self, batch: _Batch, icmp: int) -> None:
         if self.key_files and time.monotonic() - self._key_checked >= _KEY_CHECK_S:
             self._check_keys()
+        if not (batch.sent or icmp or batch.drops_pending()):
+            return
         self.tx_packets += batch.sent
         self.tx_bytes += batch.nbytes
         self.icmp_sent += icmp
@@ -498,65 +503,62 @@ class Forwarder:
                     batch.add(crypto.seal(seg, addr[0]), len(seg), addr)
             batch.flush()
 
-    def _recv(self, recvmsg_into: Any, bufs: list[bytearray],
-              cmsg_space: int) -> tuple[int, int, str] | None:
-        """One (GRO) receive: (bytes, datagram size, source address); None when the
-        socket is drained or failing; raises EOFError once the socket is closed."""
-        try:
-            n, anc, _flags, src = recvmsg_into(bufs, cmsg_space)
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            if exc.errno == errno.EBADF:
-                raise EOFError from None
-            log.debug("udp: recv: %s", exc)
-            return None
-        seg = n
-        for level, kind, data in anc:
-            if level == _SOL_UDP and kind == _UDP_GRO and len(data) >= 2:
-                seg = int.from_bytes(data[:4] if len(data) >= 4 else data[:2],
-                                     sys.byteorder) or n
-        return n, seg, src[0]
-
-    def _udp_to_tun(self) -> None:
-        """Datagrams to the TUN; with ``UDP_GRO`` one ``recvmsg`` may carry many
-        same-sized datagrams back to back (the kernel says their size), cut apart here."""
+    def _receives(self, buf: bytearray,
+                  sync: Callable[[], None]) -> Iterator[tuple[int, int, str]]:
+        """(bytes, datagram size, source address) of each receive into ``buf`` until
+        stopped or the socket is closed; with ``UDP_GRO`` one receive may carry many
+        same-sized datagrams back to back (the kernel says their size). ``sync`` runs
+        before each wait (the counters)."""
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
-        recvmsg_into, write, tun = self.sock.recvmsg_into, os.write, self.tun
-        buf = bytearray(65536)
-        view = memoryview(buf)
-        bufs = [buf]
-        cmsg_space = socket.CMSG_SPACE(4)
-        received = nbytes = 0
-        drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
+        recvmsg_into, bufs, cmsg_space = self.sock.recvmsg_into, [buf], socket.CMSG_SPACE(4)
         while not self._stop.is_set():
-            self.rx_packets += received
-            self.rx_bytes += nbytes
-            self._count(drops)
-            received = nbytes = 0
+            sync()
             if not poller.poll(_POLL_MS):
                 continue
             for _ in range(_BATCH):
                 try:
-                    got = self._recv(recvmsg_into, bufs, cmsg_space)
-                except EOFError:
-                    return
-                if got is None:
+                    n, anc, _flags, src = recvmsg_into(bufs, cmsg_space)
+                except BlockingIOError:
                     break
-                n, seg, src = got
-                for o in range(0, n, seg):
-                    m = min(seg, n - o)
-                    packet = self._inner(view[o:o + m], src, drops)
-                    if packet is None:
-                        continue
-                    try:
-                        write(tun, packet)
-                        received += 1
-                        nbytes += len(packet)
-                    except OSError as exc:
-                        drops[Drop.TUN_WRITE_ERROR] += 1
-                        log.debug("udp: tun write: %s", exc)
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        return
+                    log.debug("udp: recv: %s", exc)
+                    break
+                seg = n
+                for level, kind, data in anc:
+                    if level == _SOL_UDP and kind == _UDP_GRO and len(data) >= 2:
+                        seg = int.from_bytes(data[:4] if len(data) >= 4 else data[:2],
+                                             sys.byteorder) or n
+                yield n, seg, src[0]
+
+    def _udp_to_tun(self) -> None:
+        """Datagrams to a plain TUN, one packet per write."""
+        write, tun = os.write, self.tun
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        counts = [0, 0]  # packets, bytes since last synced
+        drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
+
+        def sync() -> None:
+            self.rx_packets += counts[0]
+            self.rx_bytes += counts[1]
+            counts[0] = counts[1] = 0
+            self._count(drops)
+
+        for n, seg, src in self._receives(buf, sync):
+            for o in range(0, n, seg):
+                packet = self._inner(view[o:o + min(seg, n - o)], src, drops)
+                if packet is None:
+                    continue
+                try:
+                    write(tun, packet)
+                    counts[0] += 1
+                    counts[1] += len(packet)
+                except OSError as exc:
+                    drops[Drop.TUN_WRITE_ERROR] += 1
+                    log.debug("udp: tun write: %s", exc)
 
     def _inner(self, datagram: memoryview, src: str,
                drops: dict[Drop, int]) -> bytes | memoryview | None:
@@ -581,52 +583,30 @@ class Forwarder:
         (``udpgso.Reassembly``) and written as the super-packet they carry; flannel
         datagrams that are consecutive segments of one TCP flow are joined
         (``udpgso.coalesce``) and written as one; anything else one packet per call."""
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        recvmsg_into = self.sock.recvmsg_into
         buf = bytearray(65536)
         view = memoryview(buf)
         arr = np.frombuffer(buf, dtype=np.uint8)
-        bufs = [buf]
         rx = _VnetRx(self)
-        cmsg_space = socket.CMSG_SPACE(4)
-        while not self._stop.is_set():
-            self.rx_packets += rx.packets
-            self.rx_bytes += rx.nbytes
-            rx.drops[Drop.CHUNK_LOST] += rx.reasm.lost
-            self.offload["rx", "reassembled"] += rx.reassembled
-            self.offload["rx", "coalesced"] += rx.coalesced
-            rx.packets = rx.nbytes = rx.reasm.lost = rx.reassembled = rx.coalesced = 0
-            self._count(rx.drops)
-            if not poller.poll(_POLL_MS):
+        for n, seg, src in self._receives(buf, rx.sync):
+            chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC
+            if not chunked.any():
+                rx.datagrams(view, arr, n, seg, src)
                 continue
-            for _ in range(_BATCH):
-                try:
-                    got = self._recv(recvmsg_into, bufs, cmsg_space)
-                except EOFError:
-                    return
-                if got is None:
-                    break
-                n, seg, src = got
-                chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC
-                if not chunked.any():
-                    rx.datagrams(view, arr, n, seg, src)
-                    continue
-                if chunked.all():
-                    rx.chunks(arr, n, seg, src)
-                    continue
-                i = 0  # runs of one kind (GRO may join a chunk run and a datagram)
-                while i < len(chunked):
-                    kind = bool(chunked[i])
-                    j = i + 1
-                    while j < len(chunked) and bool(chunked[j]) == kind:
-                        j += 1
-                    o, e = i * seg, min(j * seg, n)
-                    if kind:
-                        rx.chunks(arr[o:e], e - o, seg, src)
-                    else:
-                        rx.datagrams(view[o:e], arr[o:e], e - o, seg, src)
-                    i = j
+            if chunked.all():
+                rx.chunks(arr, n, seg, src)
+                continue
+            i = 0  # runs of one kind (GRO may join a chunk run and a datagram)
+            while i < len(chunked):
+                kind = bool(chunked[i])
+                j = i + 1
+                while j < len(chunked) and bool(chunked[j]) == kind:
+                    j += 1
+                o, e = i * seg, min(j * seg, n)
+                if kind:
+                    rx.chunks(arr[o:e], e - o, seg, src)
+                else:
+                    rx.datagrams(view[o:e], arr[o:e], e - o, seg, src)
+                i = j
 
     def families(self) -> list[metrics.Family]:
         """The forwarder's counters as Prometheus families (rendered by flanneld's /metrics)."""
@@ -673,6 +653,17 @@ class _VnetRx:
         self.obuf = bytearray(udpgso.VNET_HDR_LEN + 2 * 65536)
         self.oview = memoryview(self.obuf)
         self.oarr = np.frombuffer(self.obuf, dtype=np.uint8)
+
+    def sync(self) -> None:
+        """Hand the counters to the forwarder (before each wait)."""
+        fwd = self.fwd
+        fwd.rx_packets += self.packets
+        fwd.rx_bytes += self.nbytes
+        self.drops[Drop.CHUNK_LOST] += self.reasm.lost
+        fwd.offload["rx", "reassembled"] += self.reassembled
+        fwd.offload["rx", "coalesced"] += self.coalesced
+        self.packets = self.nbytes = self.reasm.lost = self.reassembled = self.coalesced = 0
+        fwd._count(self.drops)
 
     def _write(self, data: Sequence[bytes | memoryview], packets: int,
                nbytes: int) -> None:

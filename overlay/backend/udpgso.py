@@ -352,6 +352,9 @@ class Reassembly:
     def feed(self, src: str, buf: Bytes, n: int, seg: int) -> list[Bytes]:
         """The super-packets (views, valid until the next ``feed``) completed by the
         chunk datagrams ``buf[:n]`` (``seg`` bytes each, the last maybe shorter)."""
+        whole = self._whole(src, buf, n, seg)
+        if whole is not None:
+            return [whole]
         m = -(-n // seg)
         full = n // seg
         hdrs = np.empty((m, CHUNK_HDR), dtype=np.uint8)
@@ -381,6 +384,31 @@ class Reassembly:
                 done.append(got)
             i = j
         return done
+
+    def _whole(self, src: str, buf: Bytes, n: int, seg: int) -> Bytes | None:
+        """The common case in a few operations: ``buf[:n]`` is exactly one whole
+        chunked super-packet and nothing is pending from ``src``."""
+        if src in self._partial or n <= CHUNK_HDR or buf[0] != CHUNK_MAGIC or buf[1] != 0:
+            return None
+        k = int(buf[2])
+        last = n - (k - 1) * seg
+        if k < 1 or not CHUNK_HDR < last <= seg:
+            return None
+        want = _CHUNK_TEMPLATE[:k].copy()
+        want[:, 2:8] = buf[2:8]
+        rows = buf[:(k - 1) * seg].reshape(k - 1, seg)
+        tail = (k - 1) * seg
+        if (rows[:, :CHUNK_HDR] != want[:k - 1]).any() or (
+                buf[tail:tail + CHUNK_HDR] != want[k - 1]).any():
+            return None
+        data = self._bufs.get(src)
+        if data is None:
+            return None  # the general path allocates it
+        cs = seg - CHUNK_HDR
+        data[:(k - 1) * cs].reshape(k - 1, cs)[:] = rows[:, CHUNK_HDR:]
+        size = (k - 1) * cs + last - CHUNK_HDR
+        data[(k - 1) * cs:size] = buf[tail + CHUNK_HDR:n]
+        return data[:size]
 
     def _drop(self, src: str) -> None:
         if self._partial.pop(src, None) is not None:
