@@ -230,6 +230,13 @@ def test_check_detects_a_missing_ipv6_address(env: Env) -> None:
         d.check("chk", ns)
     assert err.value.code == 103 and "fd00:10:244:5::2" in err.value.error["msg"]
     d.delete("chk", ns)
+    d.add("chk", ns)
+    subprocess.run(["ip", "-n", env.ns_of(ns), "-6", "route", "del", "fd00:10:244::/56"],
+                   check=True)
+    with pytest.raises(CniFailure) as err:
+        d.check("chk", ns)
+    assert err.value.code == 103 and "route to fd00:10:244::/56" in err.value.error["msg"]
+    d.delete("chk", ns)
 
 
 def test_ipmasq_for_both_families_follows_containers(env: Env) -> None:
