@@ -306,6 +306,7 @@ _CHUNK_TEMPLATE = np.zeros((MAX_CHUNKS, CHUNK_HDR), dtype=np.uint8)
 _CHUNK_TEMPLATE[:, 0] = CHUNK_MAGIC
 _CHUNK_TEMPLATE[:, 1] = np.arange(MAX_CHUNKS, dtype=np.uint8)
 _CHUNK_TEMPLATE.flags.writeable = False
+_MAX_SOURCES = 64  # reassembly buffers kept (128 KiB each: 8 MiB at most)
 
 
 def chunk_count(size: int, dgram: int) -> int:
@@ -427,7 +428,7 @@ class Reassembly:
             return None
         data = self._bufs.get(src)
         if data is None:
-            if len(self._bufs) >= 1024:  # sources gone: forget the oldest buffer
+            if len(self._bufs) >= _MAX_SOURCES:  # forget the oldest source's buffer
                 old = next(iter(self._bufs))
                 del self._bufs[old]
                 self._partial.pop(old, None)
