@@ -82,7 +82,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
                "traffic to its addresses no container holds is dropped here instead of "
                "following the default route (the bridge's own route still wins)")
     p.add_bool("vxlan-ingress-members-only", "drop VXLAN/udp datagrams to the backend's port "
-               "from any address that holds no lease (nftables table ip weft_ingress; "
+               "from any address that holds no lease (nftables table inet weft_ingress; "
                "vxlan and udp backends); =false turns it off and removes the table",
                default=True)
     p.add_bool("iptables-forward-rules", "accept the cluster network in iptables' FORWARD "

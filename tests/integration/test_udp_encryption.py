@@ -32,7 +32,8 @@ def test_encrypted_udp(tmp_path: Path) -> None:
         for name in ("h1", "h2"):
             c.start(name)
         assert c.hosts["h1"].mtu == 1500 - 28 - 34
-        assert c.hosts["h1"].lease.backend_data == {"Encryption": "chacha20poly1305-v1"}
+        assert c.hosts["h1"].lease.backend_data == {"Encryption": "chacha20poly1305-v1",
+                                                    "Chunks": "v1"}
         c.config = {"Type": "udp"}  # h3 does not encrypt
         c.start("h3")
         reports = c.reconcile_all()
