@@ -76,8 +76,19 @@ def test_ipv6_only_key_keeps_flannel_zero_ipv4_half() -> None:
                   public_ipv6=ME6, backend_v6_data=VXLAN6)
     assert lease_key(P, lease) == "/coreos.com/network/subnets/0.0.0.0-0&fd00:9:0:2::-64"
     assert encode_lease(lease) == (b'{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:198:18::11",'
-                                   b'"BackendType":"vxlan","BackendData":null,'
+                                   b'"BackendType":"vxlan",'
                                    b'"BackendV6Data":{"VNI":1,"VtepMAC":"0e:11:22:33:44:66"}}')
+
+
+def test_empty_backend_fields_are_left_out_as_flannel_omitempty() -> None:
+    """flannel's LeaseAttrs: BackendType/BackendData/BackendV6Data are omitempty."""
+    hostgw = Lease(N("10.9.0.64/26"), A("10.0.0.1"), "host-gw", {})
+    assert encode_lease(hostgw) == (b'{"PublicIP":"10.0.0.1","PublicIPv6":null,'
+                                    b'"BackendType":"host-gw"}')
+    udp = Lease(N("10.9.0.64/26"), A("10.0.0.1"), "", {})
+    assert encode_lease(udp) == b'{"PublicIP":"10.0.0.1","PublicIPv6":null}'
+    back = decode_lease(f"{P}/subnets/10.9.0.64-26", encode_lease(udp))
+    assert (back.backend_type, dict(back.backend_data)) == ("", {})
 
 
 @pytest.mark.parametrize(("leaf", "want6"), [
