@@ -788,8 +788,8 @@ def _host_json(sb: Sandbox, row: HostRow, leases: dict[str, int | None] | None
             "lease": state, "lease_ttl": ttl,
             "vtep_mac": None if row.vtep_mac == "-" else row.vtep_mac,
             "containers": [{"name": c.name, "ip": c.ip.split("/")[0] or None,
-                            "ip6": c.ip6.split("/")[0] or None, "dns": c.dns,
-                            "netns": c.netns}
+                            **({"ip6": c.ip6.split("/")[0]} if c.ip6 else {}),  # --ipv6
+                            "dns": c.dns, "netns": c.netns}
                            for c in sb.state.containers if c.host == row.host]}
 
 
