@@ -120,14 +120,20 @@ class MembersOnly:
         want = frozenset(members)
         if want == self._members:
             return False
-        if self._members is None or not await self._exists():
-            self._base = (self.dropped_packets, self.dropped_bytes)
-            await run_nft(self.nft, ["-f", "-"], render(self.port, want, self.table))
-            log.info("ingress: only %d lease holders may send to udp port %d (table %s %s)",
-                     len(want), self.port, FAMILY, self.table)
-        else:
-            await run_nft(self.nft, ["-f", "-"], render_members(want, self.table))
-            log.debug("ingress: members now %s", ", ".join(map(str, sorted(want))))
+        # One nft run per join/leave (it sits on the join path before the routes): the
+        # sets are replaced directly; only when that fails (the table is gone) is the
+        # whole table written again.
+        if self._members is not None:
+            rc, _ = await run_nft(self.nft, ["-f", "-"], render_members(want, self.table),
+                                  check=False)
+            if rc == 0:
+                log.debug("ingress: members now %s", ", ".join(map(str, sorted(want))))
+                self._members = want
+                return True
+        self._base = (self.dropped_packets, self.dropped_bytes)
+        await run_nft(self.nft, ["-f", "-"], render(self.port, want, self.table))
+        log.info("ingress: only %d lease holders may send to udp port %d (table %s %s)",
+                 len(want), self.port, FAMILY, self.table)
         self._members = want
         return True
 

@@ -66,8 +66,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           metavar="IFACE")
     p.add("iface-regex", "regex matched against interface addresses, then names; repeatable; "
           "used when -iface is not given", repeat=True, metavar="REGEX")
-    p.add("iface-can-reach", "use the interface that routes to this address (when neither "
-          "-iface nor -iface-regex is given)", metavar="IP")
+    p.add("iface-can-reach", "use the interface that routes to this address, IPv4 or IPv6 "
+          "(when neither -iface nor -iface-regex is given)", metavar="IP")
     p.add("public-ip", "IP address other hosts reach this one at (NAT) [default: the "
           "interface's address]", metavar="IP")
     p.add("public-ipv6", "IPv6 address other hosts reach this one at, advertised as the "
@@ -184,13 +184,16 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         parser.error(f"-log-format {args.log_format!r}: must be one of {', '.join(LOG_FORMATS)}")
     if not 0 <= args.healthz_port <= 65535:
         parser.error(f"-healthz-port {args.healthz_port}: not a port")
-    for flag in ("public_ip", "iface_can_reach"):
-        value = getattr(args, flag)
-        if value:
-            try:
-                ipaddress.IPv4Address(value)
-            except ValueError:
-                parser.error(f"-{flag.replace('_', '-')} {value!r}: not an IPv4 address")
+    if args.public_ip:
+        try:
+            ipaddress.IPv4Address(args.public_ip)
+        except ValueError:
+            parser.error(f"-public-ip {args.public_ip!r}: not an IPv4 address")
+    if args.iface_can_reach:
+        try:
+            ipaddress.ip_address(args.iface_can_reach)
+        except ValueError:
+            parser.error(f"-iface-can-reach {args.iface_can_reach!r}: not an IP address")
     if args.public_ipv6:
         try:
             ipaddress.IPv6Address(args.public_ipv6)
@@ -332,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ext = discover(args.iface or (), args.iface_regex or (),
                        ipaddress.IPv4Address(args.public_ip) if args.public_ip else None,
-                       ipaddress.IPv4Address(args.iface_can_reach) if args.iface_can_reach
+                       ipaddress.ip_address(args.iface_can_reach) if args.iface_can_reach
                        else None,
                        ipaddress.IPv6Address(args.public_ipv6) if args.public_ipv6 else None)
     except InterfaceError as exc:

@@ -31,6 +31,7 @@ from overlay.config import (
     DEFAULT_SUBNET_FILE,
     ConfigError,
     build_network_json,
+    check_daemon_support,
     check_network_config,
     parse_network_config,
 )
@@ -132,8 +133,16 @@ async def _store(args: argparse.Namespace) -> Store:
     return await connect(store_config(args, FLANNELD_STORE_ENV))
 
 
+def _check_family_options(args: argparse.Namespace) -> None:
+    """Combinations of family options ``build_network_json`` would write but no host runs."""
+    if args.ipv6_subnet_len and not args.ipv6_network:
+        raise ConfigError("IPv6SubnetLen", "--ipv6-subnet-len needs --ipv6-network "
+                          "(IPv6SubnetLen without EnableIPv6/IPv6Network is never used)")
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     try:
+        _check_family_options(args)
         obj = build_network_json(args.network, args.subnet_len, args.backend, args.vni,
                                  args.port, args.direct_routing, args.subnet_min,
                                  args.subnet_max, ipv6_network=args.ipv6_network,
@@ -151,6 +160,11 @@ def cmd_set(args: argparse.Namespace) -> int:
         return 2
 
     new = check_network_config(obj)
+    try:  # valid for flannel hosts, but no flanneld (weft's or flannel's) could run it
+        check_daemon_support(new)
+    except ConfigError as exc:
+        sys.stderr.write(f"weftctl network set: {exc}\n")
+        return 2
 
     async def go() -> int:
         store = await _store(args)

@@ -128,20 +128,40 @@ def test_choose_picks_both_halves_and_reuses_both() -> None:
         Reason.REUSED, mine.subnet, mine.ipv6_subnet, mine)
 
 
-def test_ipv4_only_lease_is_stale_once_ipv6_is_enabled() -> None:
+@pytest.mark.parametrize("previous", [N("10.9.0.128/26"), None],
+                         ids=["subnet-file", "old-lease-only"])
+def test_turning_ipv6_on_keeps_the_ipv4_subnet(previous: N | None) -> None:
+    """The IPv4-only lease is stale (replaced by a dual-stack one), but its IPv4 half
+    stays: pods keep their addresses when a cluster goes dual-stack."""
     old = Lease(N("10.9.0.128/26"), ME, "vxlan", VXLAN)  # written before EnableIPv6
-    got = choose_subnet(DUAL, [old], ME, random.Random(1), previous=old.subnet)
+    other = _dual("10.9.0.64/26", "fd00:9:0:1::/64", "198.18.0.12")
+    got = choose_subnet(DUAL, [old, other], ME, random.Random(1), previous=previous)
     assert got.stale == (old,)
-    assert got.reason is Reason.RANDOM and got.subnet6 is not None
+    assert (got.reason, got.subnet) == (Reason.PREVIOUS, old.subnet)
+    assert got.subnet6 is not None and got.subnet6 != other.ipv6_subnet
 
 
-def test_previous_pair_reused_only_when_both_fit_and_are_free() -> None:
+def test_turning_ipv4_off_keeps_the_ipv6_subnet() -> None:
+    old = _dual("10.9.0.128/26", "fd00:9:0:3::/64", str(ME))
+    old = Lease(old.subnet, ME, "vxlan", VXLAN, ipv6_subnet=old.ipv6_subnet, public_ipv6=ME6)
+    got = choose_subnet(V6ONLY, [old], A("0.0.0.0"), random.Random(1), public_ipv6=ME6)
+    assert got.stale == (old,)
+    assert (got.reason, got.subnet, got.subnet6) == (
+        Reason.PREVIOUS, N("0.0.0.0/0"), old.ipv6_subnet)
+
+
+def test_previous_halves_count_each_on_its_own() -> None:
     prev, prev6 = N("10.9.0.192/26"), N6("fd00:9:0:2::/64")
     got = choose_subnet(DUAL, [], ME, random.Random(1), prev, previous6=prev6)
     assert (got.reason, got.subnet, got.subnet6) == (Reason.PREVIOUS, prev, prev6)
     taken6 = [_dual("10.9.0.64/26", "fd00:9:0:2::/64", "198.18.0.12")]
     got = choose_subnet(DUAL, taken6, ME, random.Random(1), prev, previous6=prev6)
-    assert got.reason is Reason.RANDOM and got.subnet6 != prev6
+    assert (got.reason, got.subnet) == (Reason.PREVIOUS, prev)  # IPv4 half kept
+    assert got.subnet6 not in (None, prev6)  # IPv6 half drawn again
+    taken4 = [_dual("10.9.0.192/26", "fd00:9:0:1::/64", "198.18.0.12")]
+    got = choose_subnet(DUAL, taken4, ME, random.Random(1), prev, previous6=prev6)
+    assert (got.reason, got.subnet6) == (Reason.PREVIOUS, prev6)
+    assert got.subnet != prev
 
 
 def test_ipv6_full_names_the_ipv6_network() -> None:
