@@ -168,9 +168,12 @@ class DnsServer:
         forwarder_on = self.forwarder is not None
         if forwarder_on or self.config.stubzones:
             self._pool = ThreadPoolExecutor(8, thread_name_prefix="dnsd-forward")
-        log.info("dnsd listening on %s:%s (udp+tcp), forwarding %s, stub zones %s",
-                 self.config.host, self.port, "on" if forwarder_on else "off",
-                 "on" if self.config.stubzones else "off")
+        host = str(self.udp.getsockname()[0])
+        where = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        if host == "::" and not self.udp.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+            where += " (IPv4 and IPv6)"
+        log.info("dnsd listening on %s (udp+tcp), forwarding %s, stub zones %s", where,
+                 "on" if forwarder_on else "off", "on" if self.config.stubzones else "off")
         udp_loop: Callable[[], None] = self._udp_loop
         if self.config.batch and batchio.available():
             try:

@@ -57,6 +57,7 @@ def test_wildcard_addr_answers_over_both_families(netns: str, addr: str,
             for proto in ("+notcp", "+tcp"):
                 out = _dig(netns, server, proto)
                 assert "status:" in out, (server, proto, out, log.read_text()[-1500:])
+        assert f"listening on [::]:{PORT} (IPv4 and IPv6)" in log.read_text()
     finally:
         proc.terminate()
         proc.wait(10)
