@@ -121,7 +121,11 @@ def ensure_bridge(nl: Netlink, name: str, gateways: Sequence[tuple[Addr, Net]], 
     ``keep`` are the other gateways the configuration has (never stale).
 
     IPv6 also gets accept_ra=0 (the reference bridge: we own its routes), IPv6
-    enabled on it, and its gateway without DAD, so containers reach it at once.
+    enabled on it, and DAD off on it (accept_dad=0) with its gateway added without
+    DAD: the kernel sends no neighbour solicitation for a forwarded packet (from
+    another host) while the bridge's link-local address is tentative, which it is
+    for a second or more after the first port comes up; containers must be
+    reachable from other hosts the moment ADD returns.
     """
     link = nl.get_link(name)
     if link is None:
@@ -137,7 +141,8 @@ def ensure_bridge(nl: Netlink, name: str, gateways: Sequence[tuple[Addr, Net]], 
         nl.set_up(link.index)
     if any(isinstance(gw, IPv6) for gw, _ in gateways):
         failed = dict(write_sysctls([(f"net/ipv6/conf/{name}/disable_ipv6", "0"),
-                                     (f"net/ipv6/conf/{name}/accept_ra", "0")]))
+                                     (f"net/ipv6/conf/{name}/accept_ra", "0"),
+                                     (f"net/ipv6/conf/{name}/accept_dad", "0")]))
         if f"net/ipv6/conf/{name}/disable_ipv6" in failed:
             raise KernelError(f"cannot enable IPv6 on bridge {name}: "
                               f"{failed[f'net/ipv6/conf/{name}/disable_ipv6']}", 1)

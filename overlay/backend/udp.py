@@ -566,6 +566,11 @@ class _VnetRx:
         view, arr = self.view, self.arr
         try:
             for n, seg, src in self.fwd._receive_batch(self.bufs, self.cmsg_space):
+                if self.buf[0] == udpgso.CHUNK_MAGIC:
+                    whole = self.reasm.whole(src, arr, n, seg)  # the common case, first
+                    if whole is not None:
+                        self._deliver(whole.data, src)
+                        continue
                 chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC
                 if not chunked.any():
                     self.datagrams(view, arr, n, seg, src)
@@ -613,23 +618,26 @@ class _VnetRx:
     def chunks(self, arr: udpgso.Bytes, n: int, seg: int, src: str) -> None:
         """Chunk datagrams: each super-packet they complete (opened first when
         encrypting) is written whole."""
-        crypto = self.fwd.crypto
         for packet in self.reasm.feed(src, arr, n, seg):
-            data: bytes | memoryview = packet.data
-            if crypto is not None:
-                opened = crypto.open(data, src)
-                if isinstance(opened, Drop):
-                    self.drops[opened] += 1
-                    continue
-                data = opened
-            elif len(data) and data[0] == _SEALED:
-                self.drops[Drop.ENCRYPTED] += 1
-                continue
-            if len(data) < udpgso.VNET_HDR_LEN + 20 or data[udpgso.VNET_HDR_LEN] >> 4 != 4:
-                self.drops[Drop.MALFORMED] += 1
-                continue
-            self._write([data], 1, len(data) - udpgso.VNET_HDR_LEN)
-            self.reassembled += 1
+            self._deliver(packet.data, src)
+
+    def _deliver(self, data: bytes | memoryview, src: str) -> None:
+        """A reassembled super-packet (sealed when encrypting) to the TUN."""
+        crypto = self.fwd.crypto
+        if crypto is not None:
+            opened = crypto.open(data, src)
+            if isinstance(opened, Drop):
+                self.drops[opened] += 1
+                return
+            data = opened
+        elif len(data) and data[0] == _SEALED:
+            self.drops[Drop.ENCRYPTED] += 1
+            return
+        if len(data) < udpgso.VNET_HDR_LEN + 20 or data[udpgso.VNET_HDR_LEN] >> 4 != 4:
+            self.drops[Drop.MALFORMED] += 1
+            return
+        self._write([data], 1, len(data) - udpgso.VNET_HDR_LEN)
+        self.reassembled += 1
 
     def datagrams(self, view: memoryview, arr: udpgso.Bytes, n: int, seg: int,
                   src: str) -> None:

@@ -73,7 +73,10 @@ def word_sum(data: Bytes) -> int:
     """The ones'-complement sum (unfolded) of ``data`` as big-endian 16-bit words, an
     odd last byte padded with zero (RFC 1071)."""
     n = len(data)
-    s = int(data[:n & ~1].view(">u2").sum(dtype=np.uint64)) if n > 1 else 0
+    if n <= 256:  # ACKs and other small packets: cheaper without numpy
+        b = data.tobytes() + (b"\0" if n & 1 else b"")
+        return sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s = int(data[:n & ~1].view(">u2").sum(dtype=np.uint64))
     return s + (int(data[n - 1]) << 8 if n & 1 else 0)
 
 
@@ -353,7 +356,7 @@ class Reassembly:
     def feed(self, src: str, buf: Bytes, n: int, seg: int) -> list[Bytes]:
         """The super-packets (views, valid until the next ``feed``) completed by the
         chunk datagrams ``buf[:n]`` (``seg`` bytes each, the last maybe shorter)."""
-        whole = self._whole(src, buf, n, seg)
+        whole = self.whole(src, buf, n, seg)
         if whole is not None:
             return [whole]
         m = -(-n // seg)
@@ -386,7 +389,7 @@ class Reassembly:
             i = j
         return done
 
-    def _whole(self, src: str, buf: Bytes, n: int, seg: int) -> Bytes | None:
+    def whole(self, src: str, buf: Bytes, n: int, seg: int) -> Bytes | None:
         """The common case in a few operations: ``buf[:n]`` is exactly one whole
         chunked super-packet and nothing is pending from ``src``."""
         if src in self._partial or n <= CHUNK_HDR or buf[0] != CHUNK_MAGIC or buf[1] != 0:
