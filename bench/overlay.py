@@ -136,6 +136,18 @@ class Injector:
         self.proc.wait()
 
 
+def warm_up(inj: Injector, monitors: Sequence[RouteMonitor], key: str, value: str,
+            dst: str) -> None:
+    """One unmeasured join: every ``ip monitor`` is subscribed (a loaded machine may start
+    one late and miss the first event) and every flanneld has run a reconcile pass."""
+    inj.call({"op": "put", "key": key, "value": value})
+    deadline = time.monotonic() + 15
+    while not all(dst in m.seen for m in monitors):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"warm-up join: route {dst} not on all hosts in 15 s")
+        time.sleep(0.01)
+
+
 class RouteMonitor:
     """``ip monitor route`` in one namespace; records when each destination first appears."""
 
@@ -243,6 +255,8 @@ def bench_convergence(store: str, joins: int, tmp: Path) -> dict[str, float]:
             inj = Injector(tb.underlay_ns, c.endpoint)
             monitors = [RouteMonitor(h.netns) for h in tb.hosts.values()]
             time.sleep(0.3)
+            subnet, key, value = fake_peer(joins)
+            warm_up(inj, monitors, key, value, subnet)
             lat: list[float] = []
             for i in range(joins):
                 subnet, key, value = fake_peer(i)
@@ -288,6 +302,8 @@ def bench_convergence6(store: str, joins: int, tmp: Path) -> dict[str, float]:
             inj = Injector(tb.underlay_ns, c.endpoint)
             monitors = [RouteMonitor(h.netns) for h in tb.hosts.values()]
             time.sleep(0.3)
+            _, subnet6, key, value = fake_peer6(joins)
+            warm_up(inj, monitors, key, value, subnet6)
             lat6: list[float] = []
             lat4: list[float] = []
             for i in range(joins):

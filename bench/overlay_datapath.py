@@ -53,11 +53,23 @@ from tests.backend_driver import (  # noqa: E402
     lease_from_json,
 )
 
-SCENARIOS = ("underlay", "hand-vxlan", "weft-vxlan", "hand-host-gw", "weft-host-gw", "weft-udp",
-             "weft-udp-enc")
-PAIRS = (("weft-vxlan", "hand-vxlan"), ("weft-host-gw", "hand-host-gw"),
-         ("weft-udp", "hand-vxlan"),  # udp against kernel VXLAN under the same contention
-         ("weft-udp-enc", "weft-udp"))  # encryption's cost (goal >= 0.5)
+# udp rows (issue 16): weft's forwarder step by step, each flow against a kernel VXLAN
+# flow under the same contention, and a naive loop for scale
+UDP_SCENARIOS = ("weft-udp", "weft-udp-seg", "weft-udp-plain", "weft-udp-enc", "naive-udp")
+UDP_NOTES = {
+    "weft-udp": "TUN offloads, weft chunks between weft hosts (the default)",
+    "weft-udp-seg": "TUN offloads, flannel's format (as to a flannel host)",
+    "weft-udp-plain": "WEFT_UDP_OFFLOAD=0: one packet per TUN read/write",
+    "weft-udp-enc": "encrypted: one seal per super-packet, in weft chunks",
+    "naive-udp": "naive single-threaded select loop, bench/naive_tunudp.py",
+}
+UDP_PAIRS = (*((k, "hand-vxlan") for k in UDP_SCENARIOS),
+             ("weft-udp-enc", "weft-udp"))  # encryption's cost
+UDP_GOALS = {"ratio:weft-udp/hand-vxlan": 0.3, "ratio:weft-udp-enc/weft-udp": 0.5}
+CPU: dict[str, list[tuple[float, float]]] = {}  # udp kind -> (tx, rx) CPU s per Gbit
+SCENARIOS = ("underlay", "hand-vxlan", "weft-vxlan", "hand-host-gw", "weft-host-gw",
+             *UDP_SCENARIOS)
+PAIRS = (("weft-vxlan", "hand-vxlan"), ("weft-host-gw", "hand-host-gw"), *UDP_PAIRS)
 # IPv6 rows (v6-kernel's): each pair compares weft with flannel's layout by hand
 SCENARIOS_V6 = ("hand-vxlan-v6", "weft-vxlan-v6", "hand-host-gw-v6", "weft-host-gw-v6")
 PAIRS_V6 = (("weft-vxlan-v6", "hand-vxlan-v6"), ("weft-host-gw-v6", "hand-host-gw-v6"))
@@ -142,6 +154,10 @@ def _weft(tb: Testbed, btype: str, pair: Pair, v6: bool = False) -> Iterator[int
     (``udp-enc``: udp with Encryption, a fresh key in a temporary file; ``v6``: an
     IPv6-only network, prepare_v6 only, leases with flannel's 0.0.0.0/0 IPv4 half)."""
     config: dict[str, object] = {}
+    chunks = btype != "udp-seg"  # udp-seg: leases without "Chunks" (flannel's format)
+    plain = btype == "udp-plain"  # the driver inherits WEFT_UDP_OFFLOAD=0
+    if btype in ("udp-seg", "udp-plain"):
+        btype = "udp"
     if btype == "udp-enc":
         key = Path(f"/tmp/weft-bench-{secrets.token_hex(4)}.key")
         key.write_text(secrets.token_hex(32))
@@ -154,15 +170,25 @@ def _weft(tb: Testbed, btype: str, pair: Pair, v6: bool = False) -> Iterator[int
     mtu = 1500
     try:
         for i, name in enumerate(pair, 1):
-            d = DriverProcess(tb.hosts[name].netns, btype, "eth0", network=NETWORK,
-                              config=config, python=sys.executable,
-                              network6=NETWORK6 if v6 else None)
+            saved = os.environ.get("WEFT_UDP_OFFLOAD")
+            if plain:
+                os.environ["WEFT_UDP_OFFLOAD"] = "0"
+            try:
+                d = DriverProcess(tb.hosts[name].netns, btype, "eth0", network=NETWORK,
+                                  config=config, python=sys.executable,
+                                  network6=NETWORK6 if v6 else None)
+            finally:
+                if plain:
+                    os.environ.pop("WEFT_UDP_OFFLOAD")
+                    if saved is not None:
+                        os.environ["WEFT_UDP_OFFLOAD"] = saved
             drivers.append(d)
             ready = d.call({"op": "prepare_v6" if v6 else "prepare"})
             mtu = int(ready["mtu"])
+            data = {k: v for k, v in ready["data"].items() if chunks or k != "Chunks"}
             lease: dict[str, object] = {
                 "subnet": str(_subnet(i)), "public_ip": _public(tb, name, False),
-                "type": lease_backend_type(btype), "data": ready["data"]}
+                "type": lease_backend_type(btype), "data": data}
             if v6:
                 lease.update({"subnet": "0.0.0.0/0", "public_ip": "0.0.0.0", "data": {},
                               "subnet6": str(_subnet6(i)), "public_ip6": _public(tb, name, v6),
@@ -201,6 +227,45 @@ def _flow6(tb: Testbed, kind: str, pair: Pair, stack: contextlib.ExitStack
     return c2.netns, c1.netns, target
 
 
+@contextlib.contextmanager
+def _naive(tb: Testbed, pair: Pair) -> Iterator[int]:
+    """The naive TUN <-> UDP loop (bench/naive_tunudp.py) on both hosts of ``pair``."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for i, name in enumerate(pair, 1):
+            peers = [f"--peer={_subnet(j)}={tb.hosts[p].ip}" for j, p in enumerate(pair, 1)
+                     if p != name]
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", tb.hosts[name].netns, sys.executable,
+                 str(_ROOT / "bench" / "naive_tunudp.py"), "--local", str(tb.hosts[name].ip),
+                 "--address", str(_subnet(i).network_address), "--network", NETWORK,
+                 "--mtu", "1472", *peers], stdout=subprocess.PIPE, text=True)
+            procs.append(proc)
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"naive loop on {name} did not start")
+        yield 1472
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _ticks(netns: str) -> int:
+    """CPU time (clock ticks) used so far by the processes of namespace ``netns`` (a
+    host's: its forwarder; iperf3 runs in the containers' namespaces)."""
+    total = 0
+    for pid in subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                              check=False).stdout.split():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime, all threads
+    return total
+
+
 def _flow(tb: Testbed, kind: str, pair: Pair, stack: contextlib.ExitStack) -> tuple[str, str, str]:
     """Program ``kind`` on ``pair``; return (server netns, client netns, target address)."""
     if kind in SCENARIOS_V6:
@@ -208,7 +273,9 @@ def _flow(tb: Testbed, kind: str, pair: Pair, stack: contextlib.ExitStack) -> tu
     a, b = pair
     if kind == "underlay":
         return tb.hosts[b].netns, tb.hosts[a].netns, str(tb.hosts[b].ip)
-    if kind == "hand-vxlan":
+    if kind == "naive-udp":
+        mtu = stack.enter_context(_naive(tb, pair))
+    elif kind == "hand-vxlan":
         mtu = _hand_vxlan(tb, pair)
     elif kind == "hand-host-gw":
         mtu = _hand_hostgw(tb, pair)
@@ -223,8 +290,12 @@ def _flow(tb: Testbed, kind: str, pair: Pair, stack: contextlib.ExitStack) -> tu
 
 
 def _iperf(tb: Testbed, flows: Sequence[tuple[str, str, str]], seconds: float,
-           streams: int) -> list[float]:
-    """Gbit/s received per flow; all flows at once, clients and servers on different cores."""
+           streams: int, cpu: list[tuple[float, float]] | None = None) -> list[float]:
+    """Gbit/s received per flow; all flows at once, clients and servers on different cores.
+    ``cpu`` receives, per flow, the CPU seconds per Gbit of the processes in the sending
+    and in the receiving container's host namespace (the forwarders)."""
+    host_of = {c.netns: tb.hosts[name.split("/")[0]].netns for name, c in tb.containers.items()}
+    sides = [(host_of.get(cli, cli), host_of.get(srv, srv)) for srv, cli, _ in flows]
     cs, cc = _cores()
     servers = [subprocess.Popen(["ip", "netns", "exec", srv, "taskset", "-c", cs, "iperf3",
                                  "-s", "-1", "-p", str(PORT)], stdout=subprocess.DEVNULL,
@@ -239,6 +310,7 @@ def _iperf(tb: Testbed, flows: Sequence[tuple[str, str, str]], seconds: float,
                 if f":{PORT}" in ss:
                     break
                 time.sleep(0.05)
+        before = [(_ticks(tx), _ticks(rx)) for tx, rx in sides]
         clients = [subprocess.Popen(["ip", "netns", "exec", cli, "taskset", "-c", cc, "iperf3",
                                      "-c", target, "-p", str(PORT), "-t", str(seconds), "-P",
                                      str(streams), "-J"], stdout=subprocess.PIPE,
@@ -249,6 +321,11 @@ def _iperf(tb: Testbed, flows: Sequence[tuple[str, str, str]], seconds: float,
             stdout, _ = c.communicate(timeout=seconds + 30)
             result = json.loads(stdout)
             out.append(float(result["end"]["sum_received"]["bits_per_second"]) / 1e9)
+        if cpu is not None:
+            hz = os.sysconf("SC_CLK_TCK")
+            for (tx, rx), (tx0, rx0), gbps in zip(sides, before, out, strict=True):
+                gbit = max(gbps * seconds, 1e-9)
+                cpu.append(((_ticks(tx) - tx0) / hz / gbit, (_ticks(rx) - rx0) / hz / gbit))
         return out
     finally:
         for p in [*clients, *servers]:
@@ -266,7 +343,11 @@ def measure(kind: str, seconds: float = 4, streams: int = 1) -> float:
         raise ValueError(f"unknown scenario {kind!r}; one of {ALL_SCENARIOS}")
     with open_testbed(2, ipv6=kind in SCENARIOS_V6) as tb, contextlib.ExitStack() as stack:
         flow = _flow(tb, kind, ("h1", "h2"), stack)
-        return _iperf(tb, [flow], seconds, streams)[0]
+        cpu: list[tuple[float, float]] = []
+        gbps = _iperf(tb, [flow], seconds, streams, cpu)[0]
+        if kind in UDP_SCENARIOS:
+            CPU.setdefault(kind, []).append(cpu[0])
+        return gbps
 
 
 def measure_pair(a: str, b: str, seconds: float = 4, streams: int = 1) -> tuple[float, float]:
@@ -277,8 +358,23 @@ def measure_pair(a: str, b: str, seconds: float = 4, streams: int = 1) -> tuple[
     with open_testbed(4, ipv6=a in SCENARIOS_V6 or b in SCENARIOS_V6) as tb, \
             contextlib.ExitStack() as stack:
         flows = [_flow(tb, a, ("h1", "h2"), stack), _flow(tb, b, ("h3", "h4"), stack)]
-        ga, gb = _iperf(tb, flows, seconds, streams)
+        cpu: list[tuple[float, float]] = []
+        ga, gb = _iperf(tb, flows, seconds, streams, cpu)
+        for k, used in zip((a, b), cpu, strict=True):
+            if k in UDP_SCENARIOS:
+                CPU.setdefault(k, []).append(used)
         return ga, gb
+
+
+def _udp_cpu(kinds: Sequence[str]) -> dict[str, float]:
+    """``cpu-tx:<kind>`` / ``cpu-rx:<kind>``: median forwarder CPU seconds per Gbit on the
+    sending / receiving host, for the udp kinds measured."""
+    out = {}
+    for k in kinds:
+        if CPU.get(k):
+            out[f"cpu-tx:{k}"] = statistics.median(tx for tx, _ in CPU[k])
+            out[f"cpu-rx:{k}"] = statistics.median(rx for _, rx in CPU[k])
+    return out
 
 
 def run(seconds: float = 4, rounds: int = 3, streams: int = 1,
@@ -306,6 +402,7 @@ def run(seconds: float = 4, rounds: int = 3, streams: int = 1,
             samples[k].append(measure(k, seconds, streams))
     out = {k: statistics.median(v) for k, v in samples.items() if v}
     out.update({k: statistics.median(v) for k, v in paired.items()})
+    out.update(_udp_cpu(kinds))
     vx = "weft-vxlan"
     if mode == "concurrent" and vx in kinds and "underlay" in kinds:
         vx = "weft-vxlan-alone"  # the informational ratios compare flows measured alone
@@ -331,15 +428,25 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args.seconds, args.rounds, args.streams, tuple(args.only), args.mode)
     alone = {"underlay", "weft-vxlan-alone"}
     for k, v in res.items():
-        if k.startswith("ratio:"):
-            goal = "  (goal >= 0.3)" if k == "ratio:weft-udp/hand-vxlan" else \
-                "  (goal >= 0.5)" if k == "ratio:weft-udp-enc/weft-udp" else \
-                "  (goal >= 0.95)" if "hand" in k.split("/")[1] and "weft" in k else ""
+        if k.startswith("cpu-rx:"):
+            continue
+        if k.startswith("cpu-tx:"):
+            kind = k.removeprefix("cpu-tx:")
+            print(f"{'cpu/Gbit ' + kind:36s} tx {v:5.2f} s, rx {res['cpu-rx:' + kind]:5.2f} s"
+                  "  (forwarder CPU seconds per Gbit, sending / receiving host)")
+        elif k.startswith("ratio:"):
+            a, b = k.removeprefix("ratio:").split("/")
+            goal = f"  (goal >= {UDP_GOALS[k]})" if k in UDP_GOALS else \
+                "  (goal >= 0.95)" if a.removeprefix("weft-") == b.removeprefix("hand-") else ""
             print(f"{k:36s} {v:6.3f}x{goal}")
         else:
             note = "  (alone)" if args.mode == "sequential" or k in alone else \
                 "  (per flow, two flows at once)"
-            print(f"{k:36s} {v:6.2f} Gbit/s{note}")
+            print(f"{k:36s} {v:6.2f} Gbit/s{note}"
+                  + (f"  [{UDP_NOTES[k]}]" if k in UDP_NOTES else ""))
+    if any(k.startswith("cpu-tx:") for k in res):
+        print("(kernel VXLAN's work runs in softirq, charged to the iperf3 processes: no "
+              "forwarder CPU to show)")
     print(f"(iperf3 {args.seconds:g} s x {args.streams} stream(s), {args.mode}, medians over "
           f"{args.rounds} rounds, {time.monotonic() - started:.0f} s total)")
     return 0

@@ -121,7 +121,11 @@ def ensure_bridge(nl: Netlink, name: str, gateways: Sequence[tuple[Addr, Net]], 
     ``keep`` are the other gateways the configuration has (never stale).
 
     IPv6 also gets accept_ra=0 (the reference bridge: we own its routes), IPv6
-    enabled on it, and its gateway without DAD, so containers reach it at once.
+    enabled on it, and DAD off on it (accept_dad=0) with its gateway added without
+    DAD: the kernel sends no neighbour solicitation for a forwarded packet (from
+    another host) while the bridge's link-local address is tentative, which it is
+    for a second or more after the first port comes up; containers must be
+    reachable from other hosts the moment ADD returns.
     """
     link = nl.get_link(name)
     if link is None:
@@ -137,7 +141,8 @@ def ensure_bridge(nl: Netlink, name: str, gateways: Sequence[tuple[Addr, Net]], 
         nl.set_up(link.index)
     if any(isinstance(gw, IPv6) for gw, _ in gateways):
         failed = dict(write_sysctls([(f"net/ipv6/conf/{name}/disable_ipv6", "0"),
-                                     (f"net/ipv6/conf/{name}/accept_ra", "0")]))
+                                     (f"net/ipv6/conf/{name}/accept_ra", "0"),
+                                     (f"net/ipv6/conf/{name}/accept_dad", "0")]))
         if f"net/ipv6/conf/{name}/disable_ipv6" in failed:
             raise KernelError(f"cannot enable IPv6 on bridge {name}: "
                               f"{failed[f'net/ipv6/conf/{name}/disable_ipv6']}", 1)
@@ -482,6 +487,18 @@ def _prev_ips(prev: dict[str, Any] | None) -> list[Addr]:
     return [ip for ip in addrs if ip is not None]
 
 
+def _prev_routes(prev: dict[str, Any]) -> list[Net]:
+    """prevResult's route destinations; malformed entries are skipped."""
+    out: list[Net] = []
+    for r in _prev_list(prev, "routes"):
+        if isinstance(r, dict) and isinstance(r.get("dst"), str):
+            try:
+                out.append(parse_net(r["dst"], strict=False))
+            except ValueError:
+                continue
+    return out
+
+
 def _prev_container_ips(prev: dict[str, Any], ifname: str) -> tuple[list[Addr], str | None]:
     """prevResult's addresses of ``ifname`` (entries without an interface index count as
     its, as runtimes read them) and its MAC."""
@@ -524,7 +541,8 @@ def check(env: Env, conf: NetConf, log: Log) -> None:
     if hv is None or hv.master != bridge.index:
         raise CheckFailedError(f"host interface {host_name} is missing or not on "
                                f"{conf.bridge}")
-    versions = sorted({family_of(ip) for ip in held})
+    want_routes = _prev_routes(conf.prev_result)
+    versions = sorted({family_of(ip) for ip in held} | {family_of(d) for d in want_routes})
     family = {4: AF_INET, 6: AF_INET6}
     nsfd = open_netns(env.netns)
     try:
@@ -551,6 +569,11 @@ def check(env: Env, conf: NetConf, log: Log) -> None:
         if conf.is_default_gateway and not any(dl == 0 and oif == c.index
                                                for _, dl, _, oif in routes[v]):
             raise CheckFailedError(f"{env.ifname} in {env.netns} has no IPv{v} default route")
+    for dst in want_routes:  # as the reference's ValidateExpectedRoute: each dst is there
+        have = routes[family_of(dst)]
+        if not any(d == dst.network_address.packed and dl == dst.prefixlen
+                   for d, dl, _, _ in have):
+            raise CheckFailedError(f"{env.netns} lacks the prevResult route to {dst}")
     log.debug("CHECK %s/%s ok", env.container_id, env.ifname)
 
 

@@ -1,7 +1,8 @@
 """IPv6 addresses and networks for the exec'd path, beside ``cni.ip4`` (no ``ipaddress``).
 
-The same small immutable value types as ``cni.ip4`` (``value``, ``packed``,
-``+ int``, ordering, ``Net6.parse(strict=False)``, ``in``), with the text form
+The same small immutable value types as ``cni.ip4`` (on its ``Address`` and
+``Network`` bases: ``value``, ``packed``, ``+ int``, ordering,
+``Net6.parse(strict=False)``, ``in``), with the text form
 Go's ``net.IP.String`` and Python's ``ipaddress`` both produce (RFC 5952:
 lowercase, no leading zeros, the first longest run of two or more zero groups
 as ``::``). host-local names its store files with that form, so a file written
@@ -14,9 +15,8 @@ by either plugin is found by the other. A unit test checks both against
 
 from __future__ import annotations
 
-from cni.ip4 import IPv4, Net4, parse_interface
+from cni.ip4 import Address, IPv4, Net4, Network, parse_interface
 
-_FULL = (1 << 128) - 1
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -82,27 +82,16 @@ def _format(value: int) -> str:
     return f"{head}::{tail}"
 
 
-class IPv6:
-    """One IPv6 address; ordered, hashable, ``+ int`` moves along the address space."""
+class IPv6(Address):
+    """One IPv6 address."""
 
-    __slots__ = ("value",)
+    __slots__ = ()
 
-    def __init__(self, value: int) -> None:
-        if not 0 <= value <= _FULL:
-            raise ValueError(f"{value} is outside the IPv6 address space")
-        self.value = value
+    BITS = 128
 
     @classmethod
     def parse(cls, text: str) -> IPv6:
         return cls(_parse(text.strip()))
-
-    @classmethod
-    def from_packed(cls, data: bytes) -> IPv6:
-        return cls(int.from_bytes(data, "big"))
-
-    @property
-    def packed(self) -> bytes:
-        return self.value.to_bytes(16, "big")
 
     @property
     def is_link_local(self) -> bool:
@@ -111,50 +100,14 @@ class IPv6:
     def __str__(self) -> str:
         return _format(self.value)
 
-    def __repr__(self) -> str:
-        return f"IPv6('{self}')"
 
-    def __int__(self) -> int:
-        return self.value
+class Net6(Network):
+    """An IPv6 network."""
 
-    def __add__(self, n: int) -> IPv6:
-        return IPv6(self.value + n)
+    __slots__ = ()
 
-    def __sub__(self, n: int) -> IPv6:
-        return IPv6(self.value - n)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, IPv6) and other.value == self.value
-
-    def __hash__(self) -> int:
-        return hash(("IPv6", self.value))
-
-    def __lt__(self, other: IPv6) -> bool:
-        return self.value < other.value
-
-    def __le__(self, other: IPv6) -> bool:
-        return self.value <= other.value
-
-    def __gt__(self, other: IPv6) -> bool:
-        return self.value > other.value
-
-    def __ge__(self, other: IPv6) -> bool:
-        return self.value >= other.value
-
-
-class Net6:
-    """An IPv6 network ``address/prefixlen`` (host bits always zero)."""
-
-    __slots__ = ("network_address", "prefixlen")
-
-    def __init__(self, address: IPv6, prefixlen: int, strict: bool = True) -> None:
-        if not 0 <= prefixlen <= 128:
-            raise ValueError(f"prefix length {prefixlen} is not in 0..128")
-        mask = (_FULL << (128 - prefixlen)) & _FULL
-        if strict and address.value & ~mask & _FULL:
-            raise ValueError(f"{address}/{prefixlen} has host bits set")
-        self.network_address = IPv6(address.value & mask)
-        self.prefixlen = prefixlen
+    ADDRESS = IPv6
+    network_address: IPv6
 
     @classmethod
     def parse(cls, text: str, strict: bool = True) -> Net6:
@@ -166,32 +119,12 @@ class Net6:
         return cls(IPv6.parse(addr), int(plen), strict)
 
     @property
-    def mask(self) -> int:
-        return (_FULL << (128 - self.prefixlen)) & _FULL
-
-    @property
     def broadcast_address(self) -> IPv6:
         """The last address (IPv6 has no broadcast; the name matches ``Net4``)."""
-        return IPv6(self.network_address.value | (~self.mask & _FULL))
-
-    def __contains__(self, ip: object) -> bool:
-        return isinstance(ip, IPv6) and (ip.value & self.mask) == self.network_address.value
+        return IPv6(self._last())
 
     def overlaps(self, other: Net6) -> bool:
         return other.network_address in self or self.network_address in other
-
-    def __str__(self) -> str:
-        return f"{self.network_address}/{self.prefixlen}"
-
-    def __repr__(self) -> str:
-        return f"Net6('{self}')"
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Net6) and other.network_address == self.network_address
-                and other.prefixlen == self.prefixlen)
-
-    def __hash__(self) -> int:
-        return hash(("Net6", self.network_address.value, self.prefixlen))
 
 
 def parse_interface6(text: str) -> tuple[IPv6, Net6]:

@@ -298,7 +298,8 @@ async def serve(cfg: DnsdConfig, explicit: frozenset[str], stop: asyncio.Event,
     try:
         daemon = Daemon(cfg)
     except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", cfg.host, cfg.port, exc)
+        log.error("cannot listen on %s:%s: %s", f"[{cfg.host}]" if ":" in cfg.host else cfg.host,
+                  cfg.port, exc)
         if late is not None:
             late.cancel()
             await asyncio.gather(late, return_exceptions=True)

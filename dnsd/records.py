@@ -62,11 +62,18 @@ _INT_FIELDS = {"port": 65535, "priority": 65535, "weight": 65535, "ttl": 2**31 -
 
 
 def parse_ip(host: str) -> IPAddress | None:
-    """``host`` as an IP address, or None when it is a name."""
+    """``host`` as an IP address, or None when it is a name.
+
+    An IPv4-mapped IPv6 address (``::ffff:10.0.0.7``) is its IPv4 address, as SkyDNS and
+    CoreDNS read a host (``net.ParseIP(host).To4() != nil`` makes an A record).
+    """
     try:
-        return ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def decode(key: str, raw: bytes) -> Service:

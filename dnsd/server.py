@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import errno
 import functools
 import logging
 import socket
@@ -80,6 +81,47 @@ STUB_TIMEOUT = 2.0  # per upstream try (SkyDNS's -rtimeout default)
 Reply = Callable[[bytes], None]
 
 
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def _listen(host: str, port: int) -> tuple[socket.socket, socket.socket, int]:
+    """The UDP and TCP listeners on ``host:port`` (port 0: a free one, the same for both).
+
+    A wildcard host (``:53``, ``0.0.0.0:53``, ``[::]:53``) listens on every address of
+    both families, as SkyDNS does (Go's ``net.ListenUDP("udp", ":53")`` opens one IPv6
+    socket that also takes IPv4); without IPv6 in the kernel it stays IPv4.
+    """
+    if host in WILDCARDS:
+        try:
+            return _bind(socket.AF_INET6, "::", port, dual=True)
+        except OSError as exc:
+            if host == "::" or exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+        host = "0.0.0.0"
+    return _bind(socket.AF_INET6 if ":" in host else socket.AF_INET, host, port, dual=False)
+
+
+def _bind(family: int, host: str, port: int, *, dual: bool
+          ) -> tuple[socket.socket, socket.socket, int]:
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    tcp = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if dual:
+            for s in (udp, tcp):
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        udp.bind((host, port))
+        bound: int = udp.getsockname()[1]
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((host, bound))
+        tcp.listen(128)
+    except OSError:
+        udp.close()
+        tcp.close()
+        raise
+    return udp, tcp, bound
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -112,19 +154,7 @@ class DnsServer:
         self._pool: ThreadPoolExecutor | None = None
         self._tcp_conns: set[socket.socket] = set()
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        self.udp = socket.socket(family, socket.SOCK_DGRAM)
-        self.tcp = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            self.udp.bind((config.host, config.port))
-            port = self.udp.getsockname()[1]
-            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.tcp.bind((config.host, port))
-            self.tcp.listen(128)
-        except OSError:
-            self.udp.close()
-            self.tcp.close()
-            raise
+        self.udp, self.tcp, port = _listen(config.host, config.port)
         self.port: int = port
         m = self.metrics
         m.server = server_label(config.host, port)
@@ -138,9 +168,12 @@ class DnsServer:
         forwarder_on = self.forwarder is not None
         if forwarder_on or self.config.stubzones:
             self._pool = ThreadPoolExecutor(8, thread_name_prefix="dnsd-forward")
-        log.info("dnsd listening on %s:%s (udp+tcp), forwarding %s, stub zones %s",
-                 self.config.host, self.port, "on" if forwarder_on else "off",
-                 "on" if self.config.stubzones else "off")
+        host = str(self.udp.getsockname()[0])
+        where = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        if host == "::" and not self.udp.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+            where += " (IPv4 and IPv6)"
+        log.info("dnsd listening on %s (udp+tcp), forwarding %s, stub zones %s", where,
+                 "on" if forwarder_on else "off", "on" if self.config.stubzones else "off")
         udp_loop: Callable[[], None] = self._udp_loop
         if self.config.batch and batchio.available():
             try:

@@ -121,7 +121,8 @@ ForwardFactory = Callable[[NetworkConfig], Sequence[Masquerade]]
 class IngressGuard(Protocol):
     """Members-only ingress on the backend's UDP port (overlay.ingress provides it)."""
 
-    async def update(self, members: Iterable[ipaddress.IPv4Address]) -> bool:
+    async def update(self, members: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]
+                     ) -> bool:
         """Allow exactly ``members`` (installing the guard if needed); True if changed."""
         ...
 
@@ -532,7 +533,7 @@ class Flanneld:
             peers = self.peers()
             if self._ingress is not None:  # before the routes: no blackout on join
                 try:
-                    await self._ingress.update(p.public_ip for p in peers if has_ipv4(p))
+                    await self._ingress.update(ingress_members(peers))
                 except Exception as exc:  # boundary: nft failing must not stop the overlay
                     log.error("updating the ingress members failed (retried on the next "
                               "reconcile): %s", exc)
@@ -817,6 +818,18 @@ def peer_view(lease: Lease, own: Lease, config: NetworkConfig, backend: str,
         if view.public_ipv6 == public_ip6:
             return "it names our own public IPv6 (a stale lease of ours?)"
     return view
+
+
+def ingress_members(peers: Iterable[Lease]
+                    ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The outer source addresses the peers' tunnels come from: each half's PublicIP."""
+    members: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for p in peers:
+        if has_ipv4(p):
+            members.append(p.public_ip)
+        if p.ipv6_subnet is not None and p.public_ipv6 is not None:
+            members.append(p.public_ipv6)
+    return members
 
 
 def backoff(attempt: int) -> float:

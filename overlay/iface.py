@@ -170,14 +170,14 @@ def default_route_interface() -> str | None:
     return _route_dev("show", "default") or _route_dev("show", "default", family="-6")
 
 
-def route_interface(dest: ipaddress.IPv4Address) -> str | None:
+def route_interface(dest: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """The interface the kernel would use to reach ``dest`` (``ip route get``), or None."""
-    return _route_dev("get", str(dest))
+    return _route_dev("get", str(dest), family=f"-{dest.version}")
 
 
 def discover(iface: Sequence[str] = (), iface_regex: Sequence[str] = (),
              public_ip: ipaddress.IPv4Address | None = None,
-             can_reach: ipaddress.IPv4Address | None = None,
+             can_reach: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None,
              public_ipv6: ipaddress.IPv6Address | None = None) -> ExternalInterface:
     """Read this namespace's interfaces and choose (the shell around ``choose``).
 

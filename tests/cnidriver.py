@@ -25,7 +25,10 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from overlay.testbed import Testbed
 
 
 def vkey(v: str) -> tuple[int, ...]:
@@ -329,6 +332,42 @@ def weft_conflist(tmp: Path, version: str = "1.1.0", name: str = "weftnet",
     return {"cniVersion": version, "name": name, "plugins": [plugin, *(extra_plugins or [])]}
 
 
+class CniHost:
+    """Host namespace ``h1`` of a testbed with weft installed in ``tmp/bin`` and a
+    subnet.env (``write_subnet_env``'s keywords), plus helpers to make containers."""
+
+    def __init__(self, tb: Testbed, tmp: Path, **subnet_env: Any) -> None:
+        self.tb = tb
+        self.tmp = tmp
+        self.host = tb.hosts["h1"]
+        self.bin = tmp / "bin"
+        install_weft(self.bin)
+        write_subnet_env(tmp / "subnet.env", **subnet_env)
+        self.n = 0
+
+    def driver(self, version: str = "1.1.0", **kw: Any) -> CniDriver:
+        """A runtime for weft's conflist (``extra_plugins`` chained after it, from Debian's
+        /usr/lib/cni); other keywords go into weft's netconf."""
+        extra = kw.pop("extra_plugins", None)
+        conf = weft_conflist(self.tmp, version, extra_plugins=extra, **kw)
+        return CniDriver(conf, [str(self.bin), "/usr/lib/cni"], self.host.netns,
+                         self.tmp / "cache")
+
+    def container(self) -> str:
+        """A fresh container namespace on h1 (path), for the plugin to wire."""
+        self.n += 1
+        return self.tb.add_container("h1", f"c{self.n}").netns_path
+
+    @staticmethod
+    def ns_of(path: str) -> str:
+        return path.rsplit("/", 1)[1]
+
+    def state(self) -> tuple[list[str], list[str], str]:
+        """What a failed command must leave unchanged: IPAM files, host links, nft rules."""
+        return (ipam_files(self.tmp), host_links(self.host.netns),
+                nft_ruleset(self.host.netns))
+
+
 def host_links(netns: str) -> list[str]:
     out = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True,
                          text=True, check=True).stdout
@@ -338,7 +377,7 @@ def host_links(netns: str) -> list[str]:
 def ipam_files(tmp: Path, name: str = "weftnet") -> list[str]:
     d = tmp / "ipam" / name
     return sorted(p.name for p in d.iterdir()
-                  if p.name[0] in "0123456789abcdef:" and p.name != "lock") if d.exists() else []
+                  if p.name[0] in "0123456789abcdef:") if d.exists() else []
 
 
 def nft_ruleset(netns: str) -> str:

@@ -21,7 +21,13 @@ from typing import Any
 
 from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
 from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel, converge
-from overlay.backend.plan import IPAddress, desired_hostgw, lease_half, merge_reports
+from overlay.backend.plan import (
+    IPAddress,
+    LeaseId,
+    desired_hostgw,
+    lease_half,
+    merge_reports,
+)
 from overlay.lease.model import Lease
 
 log = logging.getLogger(__name__)
@@ -89,13 +95,16 @@ class HostGwBackend:
     def _reconcile(self, k: Kernel, peers: Sequence[Lease]) -> ReconcileReport:
         own = self._own
         report = ReconcileReport()
+        owners: frozenset[LeaseId] = frozenset()
         if self._v4 and (own is None or lease_half(own, 4) is not None):
-            report = converge(k, desired_hostgw(own, peers, self.ext.name), None,
-                              self.network, "host-gw")
+            plan = desired_hostgw(own, peers, self.ext.name)
+            report = converge(k, plan, None, self.network, "host-gw")
+            owners = plan.owners
         if self._v6 and (own is None or own.ipv6_subnet is not None):
-            report = merge_reports(report, converge(
-                k, desired_hostgw(own, peers, self.ext.name, family=6), None, self.network6,
-                "host-gw-v6", family=6))
+            plan6 = desired_hostgw(own, peers, self.ext.name, family=6)
+            owners |= plan6.owners
+            report = merge_reports(report, converge(k, plan6, None, self.network6,
+                                                    "host-gw-v6", family=6), len(owners))
         return report
 
     async def reconcile(self, peers: Sequence[Lease]) -> ReconcileReport:

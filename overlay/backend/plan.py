@@ -61,6 +61,7 @@ BLACKHOLE_METRIC = 1024
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LeaseId = tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]  # a lease's subnet pair
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -128,6 +129,7 @@ class Plan:
     state: KernelState
     problems: tuple[PeerProblem, ...] = ()
     peers: int = 0  # peers that contributed entries
+    owners: frozenset[LeaseId] = frozenset()  # those peers (to count a dual-stack one once)
 
 
 class OpKind(enum.Enum):
@@ -167,6 +169,7 @@ class Half:
     subnet: IPNetwork
     public_ip: IPAddress
     data: Mapping[str, Any]
+    owner: LeaseId  # the lease it is a half of
 
 
 def lease_half(lease: Lease, family: int) -> Half | None:
@@ -179,10 +182,12 @@ def lease_half(lease: Lease, family: int) -> Half | None:
     if family == 4:
         if lease.subnet.prefixlen == 0:
             return None
-        return Half(lease.subnet, lease.public_ip, lease.backend_data)
+        return Half(lease.subnet, lease.public_ip, lease.backend_data,
+                    (lease.subnet, lease.ipv6_subnet))
     if lease.ipv6_subnet is None or lease.public_ipv6 is None:
         return None
-    return Half(lease.ipv6_subnet, lease.public_ipv6, lease.backend_v6_data)
+    return Half(lease.ipv6_subnet, lease.public_ipv6, lease.backend_v6_data,
+                (lease.subnet, lease.ipv6_subnet))
 
 
 def normalize_mac(value: object) -> str | None:
@@ -255,11 +260,11 @@ def desired_vxlan(own: Lease | None, peers: Sequence[Lease], s: VxlanSettings) -
     routes: set[Route] = set()
     halves, problems = _peers(own, peers, ("vxlan",), s.family)
     field_name = "BackendData" if s.family == 4 else "BackendV6Data"
-    count = 0
+    owners: set[LeaseId] = set()
     for h in halves:
         if s.direct_routing and is_direct(h.public_ip, s.ext_networks):
             routes.add(Route(h.subnet, s.ext_device, h.public_ip))
-            count += 1
+            owners.add(h.owner)
             continue
         mac = normalize_mac(h.data.get("VtepMAC"))
         if mac is None:
@@ -271,9 +276,9 @@ def desired_vxlan(own: Lease | None, peers: Sequence[Lease], s: VxlanSettings) -
         neighs.add(Neigh(gw, mac))
         fdbs.add(Fdb(mac, h.public_ip))
         routes.add(Route(h.subnet, s.device, gw, onlink=True))
-        count += 1
+        owners.add(h.owner)
     return Plan(KernelState(frozenset(neighs), frozenset(fdbs), frozenset(routes)),
-                tuple(problems), count)
+                tuple(problems), len(owners), frozenset(owners))
 
 
 def desired_hostgw(own: Lease | None, peers: Sequence[Lease], ext_device: str,
@@ -282,7 +287,8 @@ def desired_hostgw(own: Lease | None, peers: Sequence[Lease], ext_device: str,
     ``<peer v6 subnet> via <peer PublicIPv6>``)."""
     halves, problems = _peers(own, peers, ("host-gw",), family)
     routes = {Route(h.subnet, ext_device, h.public_ip) for h in halves}
-    return Plan(KernelState(routes=frozenset(routes)), tuple(problems), len(routes))
+    return Plan(KernelState(routes=frozenset(routes)), tuple(problems), len(halves),
+                frozenset(h.owner for h in halves))
 
 
 def desired_udp(network: ipaddress.IPv4Network, device: str) -> Plan:
@@ -364,11 +370,11 @@ def diff(desired: KernelState, observed: KernelState) -> tuple[Op, ...]:
     return tuple(ops)
 
 
-def merge_reports(a: ReconcileReport, b: ReconcileReport) -> ReconcileReport:
-    """One report for a backend's two halves (``peers``: the larger half's count, so a
-    dual-stack peer counts once)."""
+def merge_reports(a: ReconcileReport, b: ReconcileReport, peers: int) -> ReconcileReport:
+    """One report for a backend's two halves; ``peers`` counts each peer lease once
+    (``len(plan4.owners | plan6.owners)``)."""
     return ReconcileReport(a.added + b.added, a.removed + b.removed, a.changed + b.changed,
-                           (*a.errors, *b.errors), max(a.peers, b.peers))
+                           (*a.errors, *b.errors), peers)
 
 
 def summarize(ops: Sequence[Op], errors: Sequence[str], problems: Sequence[PeerProblem],

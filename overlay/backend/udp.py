@@ -11,9 +11,10 @@ both publish ``"Chunks": "v1"`` in their lease's BackendData, TCP super-packets
 travel as weft chunks instead (``udpgso``: no segmenting, no checksums in Python);
 everything else, and every datagram to a flannel host, stays in flannel's format.
 
-Forwarder: two threads, one per direction, each blocking in ``poll`` on one
-descriptor and then draining it; the GIL is released in every system call, so
-the directions overlap on two cores. With offloads (the default;
+Forwarder: with offloads, one thread waiting on the TUN and the socket at once
+(``_vnet_loop``: after a write to the TUN it reads the TUN again at once, for the
+ACK that write usually caused); without, two threads, one per direction, each
+blocking in ``poll`` on one descriptor and then draining it. With offloads (the default;
 ``WEFT_UDP_OFFLOAD=0`` in flanneld's environment turns them all off) the TUN has
 ``IFF_VNET_HDR`` + TSO4/CSUM: one read returns a TCP super-packet of up to 64 KiB,
 which leaves as chunks or as MSS-sized segments (``udpgso.segment``) in one or two
@@ -40,7 +41,8 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -78,6 +80,8 @@ _GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS
 _GSO_BYTES = 65_000  # one GSO send stays below the 64 KiB IP limit
 _UDP_MAX = 65_507  # the largest UDP payload (one GSO send)
 _POLL_MS = 200
+_KEY_CHECK_S = 1.0  # how often the key files are looked at
+_PLAIN_VNET = udpgso.vnet_header()  # no offload asked for this packet
 
 PeerTable = dict[int, dict[int, tuple[str, int]]]  # prefixlen -> {net int -> addr}
 
@@ -186,6 +190,9 @@ class _Batch:
         self.sent = self.nbytes = 0  # datagrams and inner bytes out, since last taken
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
 
+    def drops_pending(self) -> bool:
+        return any(self.drops.values())
+
     def add(self, data: bytes | memoryview, plain: int, addr: tuple[str, int]) -> None:
         n = len(data)
         if self.count and (addr != self.addr or n > self.seg):  # does not join the batch
@@ -250,6 +257,17 @@ class _Batch:
             self.send(data[o:e], seg, c, inner * (e - o) // total if c < count else inner, addr)
 
 
+def _stamp(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((0, 0, 0))
+    return tuple(out)
+
+
 def _lookup(masks: list[tuple[int, dict[int, tuple[str, int]]]],
             dst: int) -> tuple[str, int] | None:
     for mask, nets in masks:
@@ -268,7 +286,7 @@ class Forwarder:
 
     def __init__(self, tun: int, sock: socket.socket, path_mtu: int = 65_535,
                  offload: bool = False, crypto: Crypto | None = None,
-                 vnet: bool = False) -> None:
+                 vnet: bool = False, key_files: Sequence[str] = ()) -> None:
         self.tun = tun
         self.sock = sock
         self.table: PeerTable = {}
@@ -282,15 +300,17 @@ class Forwarder:
             (("tx", "chunked"), ("tx", "segmented"), ("rx", "reassembled"), ("rx", "coalesced")),
             0)
         self.crypto = crypto  # seal/open every datagram
+        self.key_files = tuple(key_files)  # re-read when they change (a roll, no restart)
+        self.key_reloads = 0
+        self._key_stamp = _stamp(self.key_files)
+        self._key_checked = time.monotonic()
         self.gso = offload  # UDP_SEGMENT sends (off again if the kernel refuses)
         self.vnet = vnet
         self.chunk_peers: frozenset[str] = frozenset()  # PublicIPs taking weft chunks
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._tun_to_udp_vnet if vnet else self._tun_to_udp,
-                             name="udp-tx", daemon=True),
-            threading.Thread(target=self._udp_to_tun_vnet if vnet else self._udp_to_tun,
-                             name="udp-rx", daemon=True)]
+        self._threads = [threading.Thread(target=self._vnet_loop, name="udp", daemon=True)] \
+            if vnet else [threading.Thread(target=self._tun_to_udp, name="udp-tx", daemon=True),
+                          threading.Thread(target=self._udp_to_tun, name="udp-rx", daemon=True)]
 
     @property
     def dropped(self) -> int:
@@ -303,11 +323,34 @@ class Forwarder:
                 local[reason] = 0
 
     def _take_tx(self, batch: _Batch, icmp: int) -> None:
+        if self.key_files and time.monotonic() - self._key_checked >= _KEY_CHECK_S:
+            self._check_keys()
+        if not (batch.sent or icmp or batch.drops_pending()):
+            return
         self.tx_packets += batch.sent
         self.tx_bytes += batch.nbytes
         self.icmp_sent += icmp
         batch.sent = batch.nbytes = 0
         self._count(batch.drops)
+
+    def _check_keys(self) -> None:
+        """Re-read the key files if they changed (mtime, size or inode); keeps the
+        current keys when they cannot be read (e.g. half written)."""
+        self._key_checked = time.monotonic()
+        stamp = _stamp(self.key_files)
+        if stamp == self._key_stamp or self.crypto is None:
+            return
+        try:
+            keys = load_keys(self.key_files)
+        except KeyFileError as exc:
+            log.warning("udp: key files changed but cannot be used (%s); keeping the "
+                        "current keys", exc)
+            return
+        self._key_stamp = stamp
+        resealed = self.crypto.rekey(keys)
+        self.key_reloads += 1
+        log.info("udp: key files re-read: %d key(s)%s", len(keys),
+                 ", sealing with the first one (new session)" if resealed else "")
 
     def start(self) -> None:
         for t in self._threads:
@@ -366,153 +409,85 @@ class Forwarder:
                           n, addr)
             batch.flush()
 
-    def _tun_to_udp_vnet(self) -> None:
-        """TUN with offloads: a TCP super-packet (up to 64 KiB) per read, cut into
-        MSS-sized segments by ``udpgso.segment`` and sent in one or two ``UDP_SEGMENT``
-        calls; partial checksums completed; other packets batch as on a plain TUN."""
+    def _vnet_loop(self) -> None:
+        """With TUN offloads, one thread serves both directions: it waits on the TUN and
+        the socket at once, and after writing to the TUN reads it again at once (the ACK
+        a container sends for what it just got is usually there already), so a round
+        trip costs fewer wake-ups and no GIL hand-over between threads."""
+        tx, rx = _VnetTx(self), _VnetRx(self)
         poller = select.poll()
         poller.register(self.tun, select.POLLIN)
-        readv, writev, tun = os.readv, os.writev, self.tun
-        crypto = self.crypto
-        batch = _Batch(self)
-        drops = batch.drops
-        rbuf = bytearray(udpgso.VNET_HDR_LEN + 65536)
-        rview = memoryview(rbuf)
-        rarr = np.frombuffer(rbuf, dtype=np.uint8)
-        pkt = rview[udpgso.VNET_HDR_LEN:]
-        parr = rarr[udpgso.VNET_HDR_LEN:]
-        sbuf = bytearray(2 * 65536)  # segments of one super-packet
-        sview = memoryview(sbuf)
-        sarr = np.frombuffer(sbuf, dtype=np.uint8)
-        plain_hdr = udpgso.vnet_header()
-        icmp = ident = chunked = segmented = 0
+        sfd = self.sock.fileno()
+        poller.register(sfd, select.POLLIN)
         while not self._stop.is_set():
-            self._take_tx(batch, icmp)
-            self.offload["tx", "chunked"] += chunked
-            self.offload["tx", "segmented"] += segmented
-            icmp = chunked = segmented = 0
-            if not poller.poll(_POLL_MS):
-                continue
-            masks, source, path_mtu = self._masks(), self.source, self.path_mtu
-            for _ in range(_BATCH):
-                try:
-                    n = readv(tun, [rview]) - udpgso.VNET_HDR_LEN
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno == errno.EBADF:
-                        return
-                    log.debug("udp: tun read: %s", exc)
-                    break
-                if n < 20:
-                    drops[Drop.MALFORMED] += 1
-                    continue
-                flags, gso_type, _, mss, cstart, coff = udpgso.parse_vnet(rbuf)
-                h = 0
-                if gso_type != udpgso.GSO_NONE:
-                    h = udpgso.tcp_header_len(parr, n) if (
-                        gso_type & ~udpgso.GSO_ECN) == udpgso.GSO_TCPV4 else 0
-                    if h == 0 or mss == 0:
-                        drops[Drop.MALFORMED] += 1
-                        continue
-                elif flags & udpgso.F_NEEDS_CSUM and not udpgso.complete_csum(
-                        parr, n, cstart, coff):
-                    drops[Drop.MALFORMED] += 1
-                    continue
-                addr = _lookup(masks, int.from_bytes(pkt[16:20], "big"))
-                # a super-packet is judged by its first segment (each is h + mss long)
-                reason, answer = egress(pkt, min(n, h + mss) if h else n, addr is not None,
-                                        path_mtu, source)
-                if reason is not None or addr is None:
-                    drops[reason or Drop.NO_ROUTE] += 1
-                    if answer is not None:
-                        try:
-                            writev(tun, [plain_hdr, answer])
-                            icmp += 1
-                        except OSError as exc:
-                            log.debug("udp: tun write (icmp): %s", exc)
-                    continue
-                if not h:
-                    batch.add(crypto.seal(pkt[:n], addr[0]) if crypto is not None
-                              else pkt[:n], n, addr)
-                    continue
-                if crypto is None and addr[0] in self.chunk_peers and udpgso.chunk_count(
-                        udpgso.VNET_HDR_LEN + n, path_mtu):  # weft peer: no segmenting
-                    ident = (ident + 1) & 0xFFFFFFFF
-                    size = udpgso.chunk(rarr, udpgso.VNET_HDR_LEN + n, path_mtu, ident, sarr)
-                    batch.send_run(sview[:size], path_mtu, -(-size // path_mtu), n, addr)
-                    chunked += 1
-                    continue
-                segmented += 1
-                k = udpgso.segment(parr, n, mss, sarr)
-                width, total = h + mss, n + (k - 1) * h
-                if crypto is None:
-                    batch.send_run(sview[:total], width, k, total, addr)
-                    continue
-                for o in range(0, total, width):
-                    seg = sview[o:min(o + width, total)]
-                    batch.add(crypto.seal(seg, addr[0]), len(seg), addr)
-            batch.flush()
+            tx.sync()
+            rx.sync()
+            for fd, _ in poller.poll(_POLL_MS):
+                if fd == sfd and not rx.drain():
+                    return
+                if not tx.drain():
+                    return
 
-    def _recv(self, recvmsg_into: Any, bufs: list[bytearray],
-              cmsg_space: int) -> tuple[int, int, str] | None:
-        """One (GRO) receive: (bytes, datagram size, source address); None when the
-        socket is drained or failing; raises EOFError once the socket is closed."""
-        try:
-            n, anc, _flags, src = recvmsg_into(bufs, cmsg_space)
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            if exc.errno == errno.EBADF:
-                raise EOFError from None
-            log.debug("udp: recv: %s", exc)
-            return None
-        seg = n
-        for level, kind, data in anc:
-            if level == _SOL_UDP and kind == _UDP_GRO and len(data) >= 2:
-                seg = int.from_bytes(data[:4] if len(data) >= 4 else data[:2],
-                                     sys.byteorder) or n
-        return n, seg, src[0]
+    def _receive_batch(self, bufs: list[bytearray],
+                       cmsg_space: int) -> Iterator[tuple[int, int, str]]:
+        """(bytes, datagram size, source address) of up to ``_BATCH`` receives, until the
+        socket is drained; with ``UDP_GRO`` one receive may carry many same-sized
+        datagrams back to back (the kernel says their size). Raises EOFError once the
+        socket is closed."""
+        recvmsg_into = self.sock.recvmsg_into
+        for _ in range(_BATCH):
+            try:
+                n, anc, _flags, src = recvmsg_into(bufs, cmsg_space)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    raise EOFError from None
+                log.debug("udp: recv: %s", exc)
+                return
+            seg = n
+            for level, kind, data in anc:
+                if level == _SOL_UDP and kind == _UDP_GRO and len(data) >= 2:
+                    seg = int.from_bytes(data[:4] if len(data) >= 4 else data[:2],
+                                         sys.byteorder) or n
+            yield n, seg, src[0]
 
     def _udp_to_tun(self) -> None:
-        """Datagrams to the TUN; with ``UDP_GRO`` one ``recvmsg`` may carry many
-        same-sized datagrams back to back (the kernel says their size), cut apart here."""
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        recvmsg_into, write, tun = self.sock.recvmsg_into, os.write, self.tun
+        """Datagrams to a plain TUN, one packet per write."""
+        write, tun = os.write, self.tun
         buf = bytearray(65536)
         view = memoryview(buf)
-        bufs = [buf]
-        cmsg_space = socket.CMSG_SPACE(4)
-        received = nbytes = 0
+        counts = [0, 0]  # packets, bytes since last synced
         drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
-        while not self._stop.is_set():
-            self.rx_packets += received
-            self.rx_bytes += nbytes
+
+        def sync() -> None:
+            self.rx_packets += counts[0]
+            self.rx_bytes += counts[1]
+            counts[0] = counts[1] = 0
             self._count(drops)
-            received = nbytes = 0
+
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        bufs, cmsg_space = [buf], socket.CMSG_SPACE(4)
+        while not self._stop.is_set():
+            sync()
             if not poller.poll(_POLL_MS):
                 continue
-            for _ in range(_BATCH):
-                try:
-                    got = self._recv(recvmsg_into, bufs, cmsg_space)
-                except EOFError:
-                    return
-                if got is None:
-                    break
-                n, seg, src = got
-                for o in range(0, n, seg):
-                    m = min(seg, n - o)
-                    packet = self._inner(view[o:o + m], src, drops)
-                    if packet is None:
-                        continue
-                    try:
-                        write(tun, packet)
-                        received += 1
-                        nbytes += len(packet)
-                    except OSError as exc:
-                        drops[Drop.TUN_WRITE_ERROR] += 1
-                        log.debug("udp: tun write: %s", exc)
+            try:
+                for n, seg, src in self._receive_batch(bufs, cmsg_space):
+                    for o in range(0, n, seg):
+                        packet = self._inner(view[o:o + min(seg, n - o)], src, drops)
+                        if packet is None:
+                            continue
+                        try:
+                            write(tun, packet)
+                            counts[0] += 1
+                            counts[1] += len(packet)
+                        except OSError as exc:
+                            drops[Drop.TUN_WRITE_ERROR] += 1
+                            log.debug("udp: tun write: %s", exc)
+            except EOFError:
+                return
 
     def _inner(self, datagram: memoryview, src: str,
                drops: dict[Drop, int]) -> bytes | memoryview | None:
@@ -531,61 +506,6 @@ class Forwarder:
             drops[Drop.MALFORMED] += 1
             return None
         return packet
-
-    def _udp_to_tun_vnet(self) -> None:
-        """Datagrams to a TUN with offloads, by kind: weft chunks are reassembled
-        (``udpgso.Reassembly``) and written as the super-packet they carry; flannel
-        datagrams that are consecutive segments of one TCP flow are joined
-        (``udpgso.coalesce``) and written as one; anything else one packet per call."""
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        recvmsg_into = self.sock.recvmsg_into
-        buf = bytearray(65536)
-        view = memoryview(buf)
-        arr = np.frombuffer(buf, dtype=np.uint8)
-        bufs = [buf]
-        rx = _VnetRx(self)
-        cmsg_space = socket.CMSG_SPACE(4)
-        while not self._stop.is_set():
-            self.rx_packets += rx.packets
-            self.rx_bytes += rx.nbytes
-            rx.drops[Drop.CHUNK_LOST] += rx.reasm.lost
-            self.offload["rx", "reassembled"] += rx.reassembled
-            self.offload["rx", "coalesced"] += rx.coalesced
-            rx.packets = rx.nbytes = rx.reasm.lost = rx.reassembled = rx.coalesced = 0
-            self._count(rx.drops)
-            if not poller.poll(_POLL_MS):
-                continue
-            for _ in range(_BATCH):
-                try:
-                    got = self._recv(recvmsg_into, bufs, cmsg_space)
-                except EOFError:
-                    return
-                if got is None:
-                    break
-                n, seg, src = got
-                if self.crypto is not None:
-                    rx.sealed(view, n, seg, src)
-                    continue
-                chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC
-                if not chunked.any():
-                    rx.flannel(view, arr, n, seg, src)
-                    continue
-                if chunked.all():
-                    rx.chunks(arr, n, seg, src)
-                    continue
-                i = 0  # runs of one kind (GRO may join a chunk run and a datagram)
-                while i < len(chunked):
-                    kind = bool(chunked[i])
-                    j = i + 1
-                    while j < len(chunked) and bool(chunked[j]) == kind:
-                        j += 1
-                    o, e = i * seg, min(j * seg, n)
-                    if kind:
-                        rx.chunks(arr[o:e], e - o, seg, src)
-                    else:
-                        rx.flannel(view[o:e], arr[o:e], e - o, seg, src)
-                    i = j
 
     def families(self) -> list[metrics.Family]:
         """The forwarder's counters as Prometheus families (rendered by flanneld's /metrics)."""
@@ -610,6 +530,9 @@ class Forwarder:
                             "(flannel datagrams joined).",
                             self.offload,
                             labels=("direction", "kind")),
+            metrics.counter("weft_udp_key_reloads_total",
+                            "Times the udp forwarder re-read changed key files "
+                            "(Encryption.KeyFile) without a restart.", self.key_reloads),
             metrics.counter("weft_udp_icmp_sent_total",
                             "ICMP errors (unreachable, time exceeded, fragmentation "
                             "needed) the udp forwarder sent back.", self.icmp_sent),
@@ -617,8 +540,11 @@ class Forwarder:
 
 
 class _VnetRx:
-    """What the receive thread writes to a TUN with offloads (see ``_udp_to_tun_vnet``);
-    counts packets, bytes and drops until the thread takes them."""
+    """What the forwarder writes to a TUN with offloads (see ``_vnet_loop``): weft
+    chunks reassembled (``udpgso.Reassembly``) and written as the super-packet they
+    carry; flannel datagrams that are consecutive segments of one TCP flow joined
+    (``udpgso.coalesce``) and written as one; anything else one packet per call.
+    Counts packets, bytes and drops until ``sync``."""
 
     def __init__(self, fwd: Forwarder) -> None:
         self.fwd = fwd
@@ -629,6 +555,55 @@ class _VnetRx:
         self.obuf = bytearray(udpgso.VNET_HDR_LEN + 2 * 65536)
         self.oview = memoryview(self.obuf)
         self.oarr = np.frombuffer(self.obuf, dtype=np.uint8)
+        self.buf = bytearray(65536)
+        self.view = memoryview(self.buf)
+        self.arr = np.frombuffer(self.buf, dtype=np.uint8)
+        self.bufs = [self.buf]
+        self.cmsg_space = socket.CMSG_SPACE(4)
+
+    def drain(self) -> bool:
+        """Up to ``_BATCH`` receives written to the TUN; False once the socket is closed."""
+        view, arr = self.view, self.arr
+        try:
+            for n, seg, src in self.fwd._receive_batch(self.bufs, self.cmsg_space):
+                if self.buf[0] == udpgso.CHUNK_MAGIC:
+                    whole = self.reasm.whole(src, arr, n, seg)  # the common case, first
+                    if whole is not None:
+                        self._deliver(whole.data, src)
+                        continue
+                chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC
+                if not chunked.any():
+                    self.datagrams(view, arr, n, seg, src)
+                    continue
+                if chunked.all():
+                    self.chunks(arr, n, seg, src)
+                    continue
+                i = 0  # runs of one kind (GRO may join a chunk run and a datagram)
+                while i < len(chunked):
+                    kind = bool(chunked[i])
+                    j = i + 1
+                    while j < len(chunked) and bool(chunked[j]) == kind:
+                        j += 1
+                    o, e = i * seg, min(j * seg, n)
+                    if kind:
+                        self.chunks(arr[o:e], e - o, seg, src)
+                    else:
+                        self.datagrams(view[o:e], arr[o:e], e - o, seg, src)
+                    i = j
+        except EOFError:
+            return False
+        return True
+
+    def sync(self) -> None:
+        """Hand the counters to the forwarder (before each wait)."""
+        fwd = self.fwd
+        fwd.rx_packets += self.packets
+        fwd.rx_bytes += self.nbytes
+        self.drops[Drop.CHUNK_LOST] += self.reasm.lost
+        fwd.offload["rx", "reassembled"] += self.reassembled
+        fwd.offload["rx", "coalesced"] += self.coalesced
+        self.packets = self.nbytes = self.reasm.lost = self.reassembled = self.coalesced = 0
+        fwd._count(self.drops)
 
     def _write(self, data: Sequence[bytes | memoryview], packets: int,
                nbytes: int) -> None:
@@ -641,9 +616,36 @@ class _VnetRx:
             log.debug("udp: tun write: %s", exc)
 
     def chunks(self, arr: udpgso.Bytes, n: int, seg: int, src: str) -> None:
+        """Chunk datagrams: each super-packet they complete (opened first when
+        encrypting) is written whole."""
         for packet in self.reasm.feed(src, arr, n, seg):
-            self._write([packet.data], 1, len(packet) - udpgso.VNET_HDR_LEN)
-            self.reassembled += 1
+            self._deliver(packet.data, src)
+
+    def _deliver(self, data: bytes | memoryview, src: str) -> None:
+        """A reassembled super-packet (sealed when encrypting) to the TUN."""
+        crypto = self.fwd.crypto
+        if crypto is not None:
+            opened = crypto.open(data, src)
+            if isinstance(opened, Drop):
+                self.drops[opened] += 1
+                return
+            data = opened
+        elif len(data) and data[0] == _SEALED:
+            self.drops[Drop.ENCRYPTED] += 1
+            return
+        if len(data) < udpgso.VNET_HDR_LEN + 20 or data[udpgso.VNET_HDR_LEN] >> 4 != 4:
+            self.drops[Drop.MALFORMED] += 1
+            return
+        self._write([data], 1, len(data) - udpgso.VNET_HDR_LEN)
+        self.reassembled += 1
+
+    def datagrams(self, view: memoryview, arr: udpgso.Bytes, n: int, seg: int,
+                  src: str) -> None:
+        """Datagrams of flannel's format, sealed or not."""
+        if self.fwd.crypto is not None:
+            self.sealed(view, n, seg, src)
+        else:
+            self.flannel(view, arr, n, seg, src)
 
     def sealed(self, view: memoryview, n: int, seg: int, src: str) -> None:
         """Encrypted datagrams: each opened, then the plaintexts handled as flannel's."""
@@ -683,6 +685,109 @@ class _VnetRx:
                                                                    self.drops)
             if packet is not None:
                 self._write([self.plain_hdr, packet], 1, m)
+
+
+class _VnetTx:
+    """What the forwarder reads from a TUN with offloads (see ``_vnet_loop``): a TCP
+    super-packet (up to 64 KiB) per read leaves as weft chunks or as MSS-sized
+    segments (``udpgso``) in one or two ``UDP_SEGMENT`` calls; partial checksums are
+    completed; other packets batch as on a plain TUN."""
+
+    def __init__(self, fwd: Forwarder) -> None:
+        self.fwd = fwd
+        self.batch = _Batch(fwd)
+        self.rbuf = bytearray(udpgso.VNET_HDR_LEN + 65536)
+        self.rview = memoryview(self.rbuf)
+        self.rarr = np.frombuffer(self.rbuf, dtype=np.uint8)
+        self.sbuf = bytearray(2 * 65536)  # segments or chunks of one super-packet
+        self.sview = memoryview(self.sbuf)
+        self.sarr = np.frombuffer(self.sbuf, dtype=np.uint8)
+        self.icmp = self.ident = self.chunked = self.segmented = 0
+
+    def sync(self) -> None:
+        """Hand the counters to the forwarder (before each wait)."""
+        fwd = self.fwd
+        fwd._take_tx(self.batch, self.icmp)
+        fwd.offload["tx", "chunked"] += self.chunked
+        fwd.offload["tx", "segmented"] += self.segmented
+        self.icmp = self.chunked = self.segmented = 0
+
+    def drain(self) -> bool:
+        """Up to ``_BATCH`` reads sent; False once the TUN is closed."""
+        fwd, batch = self.fwd, self.batch
+        readv, writev, tun, crypto = os.readv, os.writev, fwd.tun, fwd.crypto
+        drops = batch.drops
+        rbuf, rview, rarr = self.rbuf, self.rview, self.rarr
+        pkt, parr = rview[udpgso.VNET_HDR_LEN:], rarr[udpgso.VNET_HDR_LEN:]
+        sview, sarr = self.sview, self.sarr
+        plain_hdr = _PLAIN_VNET
+        masks, source, path_mtu = fwd._masks(), fwd.source, fwd.path_mtu
+        for _ in range(_BATCH):
+            try:
+                n = readv(tun, [rview]) - udpgso.VNET_HDR_LEN
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    return False
+                log.debug("udp: tun read: %s", exc)
+                break
+            if n < 20:
+                drops[Drop.MALFORMED] += 1
+                continue
+            flags, gso_type, _, mss, cstart, coff = udpgso.parse_vnet(rbuf)
+            h = 0
+            if gso_type != udpgso.GSO_NONE:
+                h = udpgso.tcp_header_len(parr, n) if (
+                    gso_type & ~udpgso.GSO_ECN) == udpgso.GSO_TCPV4 else 0
+                if h == 0 or mss == 0:
+                    drops[Drop.MALFORMED] += 1
+                    continue
+            elif flags & udpgso.F_NEEDS_CSUM and not udpgso.complete_csum(
+                    parr, n, cstart, coff):
+                drops[Drop.MALFORMED] += 1
+                continue
+            addr = _lookup(masks, int.from_bytes(pkt[16:20], "big"))
+            # a super-packet is judged by its first segment (each is h + mss long)
+            reason, answer = egress(pkt, min(n, h + mss) if h else n, addr is not None,
+                                    path_mtu, source)
+            if reason is not None or addr is None:
+                drops[reason or Drop.NO_ROUTE] += 1
+                if answer is not None:
+                    try:
+                        writev(tun, [plain_hdr, answer])
+                        self.icmp += 1
+                    except OSError as exc:
+                        log.debug("udp: tun write (icmp): %s", exc)
+                continue
+            if not h:
+                batch.add(crypto.seal(pkt[:n], addr[0]) if crypto is not None
+                          else pkt[:n], n, addr)
+                continue
+            whole = udpgso.VNET_HDR_LEN + n
+            if addr[0] in fwd.chunk_peers and udpgso.chunk_count(
+                    whole + (OVERHEAD if crypto else 0), path_mtu):  # no segmenting
+                self.ident = ident = (self.ident + 1) & 0xFFFFFFFF
+                if crypto is None:
+                    size = udpgso.chunk(rarr, whole, path_mtu, ident, sarr)
+                else:  # one seal for the whole super-packet, opened whole
+                    sealed = crypto.seal(rview[:whole], addr[0])
+                    size = udpgso.chunk(np.frombuffer(sealed, dtype=np.uint8), len(sealed),
+                                        path_mtu, ident, sarr)
+                batch.send_run(sview[:size], path_mtu, -(-size // path_mtu), n, addr)
+                self.chunked += 1
+                continue
+            self.segmented += 1
+            k = udpgso.segment(parr, n, mss, sarr)
+            width, total = h + mss, n + (k - 1) * h
+            if crypto is None:
+                batch.send_run(sview[:total], width, k, total, addr)
+                continue
+            for o in range(0, total, width):
+                seg = sview[o:min(o + width, total)]
+                batch.add(crypto.seal(seg, addr[0]), len(seg), addr)
+        batch.flush()
+        return True
 
 
 class UdpBackend:
@@ -750,7 +855,7 @@ class UdpBackend:
                     log.info("udp: no UDP GRO (%s); one datagram per receive", exc)
             self._sock = sock
             self._fwd = Forwarder(self._tun, sock, self.mtu, offload=offload, crypto=crypto,
-                                  vnet=offload)
+                                  vnet=offload, key_files=self.config.key_files)
             self._fwd.start()
             log.info("udp: %s open, forwarding on %s:%s", self.device, self.ext.ip,
                      self.config.port)
@@ -764,9 +869,8 @@ class UdpBackend:
             k.set_link(link.index, mtu=mtu, up=True)
 
         await self._k.run(setup)
-        if self.config.key_files:
-            return {"Encryption": SUITE}
-        return {"Chunks": udpgso.CHUNKS} if self._fwd.vnet else {}
+        data = {"Encryption": SUITE} if self.config.key_files else {}
+        return {**data, "Chunks": udpgso.CHUNKS} if self._fwd.vnet else data
 
     async def attach(self, own: Lease) -> None:
         self._own = own

@@ -34,8 +34,9 @@ import hashlib
 import ipaddress
 import os
 import struct
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -53,6 +54,7 @@ OVERHEAD = HEADER + TAG
 WINDOW = 1024
 SUITE = "chacha20poly1305-v1"  # what an encrypting host publishes in its lease
 _INFO = b"weft-udp-v1"
+RETIRED_GRACE_S = 10.0  # a key dropped from the key files still opens this long
 _MAX_SESSIONS = 4096  # cached (source, session) ciphers and windows
 
 
@@ -134,10 +136,13 @@ class Crypto:
     seals, the rx thread only opens."""
 
     def __init__(self, keys: Sequence[bytes], me: ipaddress.IPv4Address,
-                 session: bytes | None = None) -> None:
+                 session: bytes | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not keys:
             raise ValueError("no key")
         self.keys = {key_id(k): k for k in keys}
+        self._retired: dict[int, tuple[bytes, float]] = {}  # key id -> (key, opens until)
+        self._clock = clock
         self.seal_key = keys[0]
         self.seal_id = key_id(keys[0])
         self.me = me
@@ -145,6 +150,28 @@ class Crypto:
         self._tx: dict[str, _Tx] = {}
         self._rx: OrderedDict[tuple[str, int, bytes],
                               tuple[ChaCha20Poly1305, ReplayWindow]] = OrderedDict()
+
+    def rekey(self, keys: Sequence[bytes]) -> bool:
+        """Take new key-file contents (a roll without restart); called by the sealing
+        thread. A new sealing key starts a new session (fresh per-peer keys, counters
+        from 0); datagrams sealed with any of ``keys`` open from now on. True if the
+        sealing key changed. A key no longer in the files still opens for
+        ``RETIRED_GRACE_S`` (hosts re-read their files at different moments)."""
+        if not keys:
+            raise ValueError("no key")
+        now = self._clock()
+        fresh = {key_id(k): k for k in keys}
+        retired = {kid: kept for kid, kept in self._retired.items()
+                   if kid not in fresh and kept[1] > now}
+        retired.update((kid, (k, now + RETIRED_GRACE_S)) for kid, k in self.keys.items()
+                       if kid not in fresh)
+        self._retired, self.keys = retired, fresh
+        if keys[0] == self.seal_key:
+            return False
+        self.seal_key, self.seal_id = keys[0], key_id(keys[0])
+        self._tx = {}
+        self.session = os.urandom(8)
+        return True
 
     def seal(self, plain: bytes | memoryview, dst: str) -> bytes:
         """``plain`` sealed for the peer at PublicIP ``dst``."""
@@ -164,7 +191,10 @@ class Crypto:
         kid, session, counter = struct.unpack("!B8sQ", data[1:HEADER])
         key = self.keys.get(kid)
         if key is None:
-            return Drop.AUTH_FAILED
+            kept = self._retired.get(kid)
+            if kept is None or kept[1] <= self._clock():
+                return Drop.AUTH_FAILED
+            key = kept[0]
         slot = (src, kid, session)
         state = self._rx.get(slot)
         if state is None:

@@ -52,6 +52,7 @@ from overlay.backend.netlink import (
 )
 from overlay.backend.plan import (
     IPNetwork,
+    LeaseId,
     VxlanSettings,
     derive_vtep_mac,
     desired_vxlan,
@@ -221,19 +222,22 @@ class VxlanBackend:
     def _reconcile(self, k: Kernel, peers: Sequence[Lease]) -> ReconcileReport:
         own = self._own
         report = ReconcileReport()
+        owners: frozenset[LeaseId] = frozenset()
         if self._index and (own is None or lease_half(own, 4) is not None):
             self._index = self._relink(k, self._spec(), self._index, self.vtep_mac)
             settings = VxlanSettings(self.device, self.ext.name, self._direct_nets(k, 4),
                                      self.config.direct_routing)
-            report = converge(k, desired_vxlan(own, peers, settings), self.device,
-                              self.network, "vxlan")
+            plan = desired_vxlan(own, peers, settings)
+            report = converge(k, plan, self.device, self.network, "vxlan")
+            owners = plan.owners
         if self._index6 and (own is None or own.ipv6_subnet is not None):
             self._index6 = self._relink(k, self._spec6(), self._index6, self.vtep_mac6)
             settings6 = VxlanSettings(self.device6, self.ext.name, self._direct_nets(k, 6),
                                       self.config.direct_routing, family=6)
-            report = merge_reports(report, converge(
-                k, desired_vxlan(own, peers, settings6), self.device6, self.network6,
-                "vxlan-v6", family=6))
+            plan6 = desired_vxlan(own, peers, settings6)
+            owners |= plan6.owners
+            report = merge_reports(report, converge(k, plan6, self.device6, self.network6,
+                                                    "vxlan-v6", family=6), len(owners))
         self._set_addresses(k)
         return report
 

@@ -66,13 +66,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
           metavar="IFACE")
     p.add("iface-regex", "regex matched against interface addresses, then names; repeatable; "
           "used when -iface is not given", repeat=True, metavar="REGEX")
-    p.add("iface-can-reach", "use the interface that routes to this address (when neither "
-          "-iface nor -iface-regex is given)", metavar="IP")
+    p.add("iface-can-reach", "use the interface that routes to this address, IPv4 or IPv6 "
+          "(when neither -iface nor -iface-regex is given)", metavar="IP")
     p.add("public-ip", "IP address other hosts reach this one at (NAT) [default: the "
           "interface's address]", metavar="IP")
     p.add("public-ipv6", "IPv6 address other hosts reach this one at, advertised as the "
-          "lease's PublicIPv6 in dual-stack networks [default: the interface's first global "
-          "IPv6 address]", metavar="IP6")
+          "lease's PublicIPv6 in dual-stack and IPv6-only networks (EnableIPv6) [default: "
+          "the interface's first global IPv6 address]", metavar="IP6")
     p.add("subnet-file", "file the leased subnet is written to", default=str(DEFAULT_SUBNET_FILE),
           metavar="PATH")
     p.add_bool("ip-masq", "masquerade traffic leaving the overlay network (nftables)")
@@ -82,7 +82,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
                "traffic to its addresses no container holds is dropped here instead of "
                "following the default route (the bridge's own route still wins)")
     p.add_bool("vxlan-ingress-members-only", "drop VXLAN/udp datagrams to the backend's port "
-               "from any address that holds no lease (nftables table ip weft_ingress; "
+               "from any address that holds no lease (nftables table inet weft_ingress; "
                "vxlan and udp backends); =false turns it off and removes the table",
                default=True)
     p.add_bool("iptables-forward-rules", "accept the cluster network in iptables' FORWARD "
@@ -184,13 +184,16 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str] | None = N
         parser.error(f"-log-format {args.log_format!r}: must be one of {', '.join(LOG_FORMATS)}")
     if not 0 <= args.healthz_port <= 65535:
         parser.error(f"-healthz-port {args.healthz_port}: not a port")
-    for flag in ("public_ip", "iface_can_reach"):
-        value = getattr(args, flag)
-        if value:
-            try:
-                ipaddress.IPv4Address(value)
-            except ValueError:
-                parser.error(f"-{flag.replace('_', '-')} {value!r}: not an IPv4 address")
+    if args.public_ip:
+        try:
+            ipaddress.IPv4Address(args.public_ip)
+        except ValueError:
+            parser.error(f"-public-ip {args.public_ip!r}: not an IPv4 address")
+    if args.iface_can_reach:
+        try:
+            ipaddress.ip_address(args.iface_can_reach)
+        except ValueError:
+            parser.error(f"-iface-can-reach {args.iface_can_reach!r}: not an IP address")
     if args.public_ipv6:
         try:
             ipaddress.IPv6Address(args.public_ipv6)
@@ -332,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ext = discover(args.iface or (), args.iface_regex or (),
                        ipaddress.IPv4Address(args.public_ip) if args.public_ip else None,
-                       ipaddress.IPv4Address(args.iface_can_reach) if args.iface_can_reach
+                       ipaddress.ip_address(args.iface_can_reach) if args.iface_can_reach
                        else None,
                        ipaddress.IPv6Address(args.public_ipv6) if args.public_ipv6 else None)
     except InterfaceError as exc:
@@ -341,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("using interface %s (%s), public IP %s, MTU %d", ext.name, ext.ip, ext.public_ip,
              ext.mtu)
     if ext.public_ipv6 is not None:
-        log.info("public IPv6 %s (advertised in dual-stack networks)", ext.public_ipv6)
+        log.info("public IPv6 %s (advertised in networks with EnableIPv6)", ext.public_ipv6)
     return run_until_signalled(amain(cfg, store_cfg, ext))
 
 

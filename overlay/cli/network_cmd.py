@@ -31,6 +31,7 @@ from overlay.config import (
     DEFAULT_SUBNET_FILE,
     ConfigError,
     build_network_json,
+    check_daemon_support,
     check_network_config,
     parse_network_config,
 )
@@ -132,8 +133,16 @@ async def _store(args: argparse.Namespace) -> Store:
     return await connect(store_config(args, FLANNELD_STORE_ENV))
 
 
+def _check_family_options(args: argparse.Namespace) -> None:
+    """Combinations of family options ``build_network_json`` would write but no host runs."""
+    if args.ipv6_subnet_len and not args.ipv6_network:
+        raise ConfigError("IPv6SubnetLen", "--ipv6-subnet-len needs --ipv6-network "
+                          "(IPv6SubnetLen without EnableIPv6/IPv6Network is never used)")
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     try:
+        _check_family_options(args)
         obj = build_network_json(args.network, args.subnet_len, args.backend, args.vni,
                                  args.port, args.direct_routing, args.subnet_min,
                                  args.subnet_max, ipv6_network=args.ipv6_network,
@@ -151,6 +160,11 @@ def cmd_set(args: argparse.Namespace) -> int:
         return 2
 
     new = check_network_config(obj)
+    try:  # valid for flannel hosts, but no flanneld (weft's or flannel's) could run it
+        check_daemon_support(new)
+    except ConfigError as exc:
+        sys.stderr.write(f"weftctl network set: {exc}\n")
+        return 2
 
     async def go() -> int:
         store = await _store(args)
@@ -209,10 +223,19 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def format_leases(rows: Sequence[dict[str, Any]]) -> str:
-    """A fixed-width table of lease rows (pure, for tests)."""
-    header = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "TTL")
-    lines = [header] + [(r["subnet"], r["public_ip"], r["backend"], r["vtep_mac"],
-                         r["ttl"]) for r in rows]
+    """A fixed-width table of lease rows (pure, for tests); IPv6 columns appear when a
+    lease has an IPv6 half (an IPv6-only lease's IPv4 columns read ``-``)."""
+    header: tuple[str, ...] = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "TTL")
+    lines: list[tuple[str, ...]] = [
+        (r["subnet"], r["public_ip"], r["backend"], r["vtep_mac"], r["ttl"]) for r in rows]
+    if any(r.get("ipv6_subnet") for r in rows):
+        header = ("SUBNET", "PUBLIC IP", "IPV6 SUBNET", "PUBLIC IPV6", "BACKEND", "VTEP MAC",
+                  "TTL")
+        lines = [("-" if r["subnet"] == "0.0.0.0/0" else r["subnet"],
+                  "-" if r["public_ip"] == "0.0.0.0" else r["public_ip"],
+                  r.get("ipv6_subnet") or "-", r.get("public_ipv6") or "-", r["backend"],
+                  r["vtep_mac"], r["ttl"]) for r in rows]
+    lines = [header, *lines]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                    + "\n" for line in lines)
@@ -246,13 +269,18 @@ def cmd_leases(args: argparse.Namespace) -> int:
                                  "backend": "(malformed)", "vtep_mac": "-",
                                  "ttl": _ttl_text(ttl), "error": exc.reason})
                     continue
-                mac = lease.backend_data.get("VtepMAC") or "-"
+                mac = (lease.backend_data.get("VtepMAC")
+                       or lease.backend_v6_data.get("VtepMAC") or "-")
                 rows.append({"subnet": str(lease.subnet), "public_ip": str(lease.public_ip),
                              "backend": lease.backend_type or "-", "vtep_mac": str(mac),
-                             "ttl": _ttl_text(ttl), "ttl_seconds": ttl})
+                             "ttl": _ttl_text(ttl), "ttl_seconds": ttl,
+                             "ipv6_subnet": None if lease.ipv6_subnet is None
+                             else str(lease.ipv6_subnet),
+                             "public_ipv6": None if lease.public_ipv6 is None
+                             else str(lease.public_ipv6)})
         finally:
             await store.close()
-        rows.sort(key=lambda r: _sort_key(r["subnet"]))
+        rows.sort(key=lambda r: (_sort_key(r["subnet"]), str(r.get("ipv6_subnet") or "")))
         if args.json:
             for r in rows:
                 sys.stdout.write(json.dumps(r) + "\n")

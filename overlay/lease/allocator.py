@@ -10,9 +10,14 @@
    are collected and one is picked with the injected ``random.Random``.
 
 With IPv6 enabled (flannel's allocateSubnet) the same order picks the IPv6
-subnet too: a reused lease must fit in both families (``fits6``), a previous pair
-is taken only when both halves fit and are free, and a random pick draws each
-family from its own first ``CANDIDATES`` free subnets. In an IPv6-only network
+subnet too: a reused lease must fit in both families (``fits6``), and a random
+pick draws each family from its own first ``CANDIDATES`` free subnets. The
+previous subnets count per half: a half that fits and is free is kept, the
+other drawn at random. A lease of ours that no longer fits (stale) still
+names a previous half when the subnet file does not, and its subnets are not
+"taken" by anyone else: so a host whose network turns dual-stack keeps its
+IPv4 subnet (its pods keep their addresses) and gains an IPv6 one, and the
+reverse. In an IPv6-only network
 the IPv4 half is flannel's zero 0.0.0.0/0 and a host is known by its PublicIPv6.
 
 No subnet left raises ``NetworkFullError``. The function never touches the
@@ -54,7 +59,7 @@ class NetworkFullError(LeaseError, RuntimeError):
 
 class Reason(enum.Enum):
     REUSED = "reusing the lease with our PublicIP"
-    PREVIOUS = "the previous subnet from the subnet file is free"
+    PREVIOUS = "the previous subnet (subnet file or our old lease) is free"
     RANDOM = "picked a random free subnet"
 
 
@@ -92,9 +97,9 @@ def choose_subnet(
         mine = [le for le in leases if public_ipv6 is not None
                 and le.public_ipv6 == public_ipv6]
 
-    def fits(le: Lease) -> bool:
-        return (not config.enable_ipv4 or config.fits(le.subnet)) and config.fits6(
-            le.ipv6_subnet)
+    def fits(le: Lease) -> bool:  # an IPv6-only network wants the zero IPv4 half
+        fits4 = config.fits(le.subnet) if config.enable_ipv4 else not le.subnet.prefixlen
+        return fits4 and config.fits6(le.ipv6_subnet)
 
     stale = tuple(le for le in mine if not fits(le))
     fitting = sorted((le for le in mine if fits(le)),
@@ -107,30 +112,34 @@ def choose_subnet(
         keep = fitting[0]
         return Choice(keep.subnet, Reason.REUSED, keep, stale + tuple(fitting[1:]),
                       keep.ipv6_subnet)
-    # 0.0.0.0/0 is an IPv6-only lease's zero IPv4 half, not an IPv4 subnet in use
-    taken = {le.subnet for le in leases if le.subnet.prefixlen} | {
+    # 0.0.0.0/0 is an IPv6-only lease's zero IPv4 half, not an IPv4 subnet in use;
+    # our stale leases are deleted before the write, so their subnets are free for us
+    others = [le for le in leases if not any(le is st for st in stale)]
+    taken = {le.subnet for le in others if le.subnet.prefixlen} | {
         a for a in avoid if a.prefixlen}
-    taken6 = {le.ipv6_subnet for le in leases if le.ipv6_subnet is not None} | set(avoid6)
-    prev_ok = (not config.enable_ipv4
-               or (previous is not None and config.fits(previous) and previous not in taken))
-    prev6_ok = not config.enable_ipv6 or (config.fits6(previous6) and previous6 not in taken6)
-    if (previous is not None or previous6 is not None) and prev_ok and prev6_ok:
-        return Choice(previous if config.enable_ipv4 and previous is not None
-                      else config.network, Reason.PREVIOUS, None, stale,
-                      previous6 if config.enable_ipv6 else None)
+    taken6 = {le.ipv6_subnet for le in others if le.ipv6_subnet is not None} | set(avoid6)
+    if previous is None:
+        previous = next((le.subnet for le in stale if le.subnet.prefixlen
+                         and config.fits(le.subnet)), None)
+    if previous6 is None:
+        previous6 = next((le.ipv6_subnet for le in stale if le.ipv6_subnet is not None
+                          and config.enable_ipv6 and config.fits6(le.ipv6_subnet)), None)
+    prev_ok = (config.enable_ipv4 and previous is not None and config.fits(previous)
+               and previous not in taken and not any(previous.overlaps(t) for t in taken))
+    prev6_ok = (config.enable_ipv6 and previous6 is not None and config.fits6(previous6)
+                and not any(previous6.overlaps(t) for t in taken6))
     subnet = config.network  # IPv6-only: flannel's zero IPv4 half
+    if prev_ok or prev6_ok:
+        if prev_ok:
+            assert previous is not None
+            subnet = previous
+        elif config.enable_ipv4:
+            subnet = _random4(config, taken, rng, len(leases))
+        subnet6 = previous6 if prev6_ok else (
+            choose_subnet6(config, taken6, rng, len(leases)) if config.enable_ipv6 else None)
+        return Choice(subnet, Reason.PREVIOUS, None, stale, subnet6)
     if config.enable_ipv4:
-        odd = _odd(taken, config)
-        free: list[ipaddress.IPv4Network] = []
-        for cand in ipnet.subnets_between(config.subnet_min, config.subnet_max,
-                                          config.subnet_len):
-            if cand not in taken and not any(cand.overlaps(t) for t in odd):
-                free.append(cand)
-                if len(free) >= CANDIDATES:
-                    break
-        if not free:
-            raise NetworkFullError(config, len(leases))
-        subnet = rng.choice(free)
+        subnet = _random4(config, taken, rng, len(leases))
     subnet6 = choose_subnet6(config, taken6, rng, len(leases)) if config.enable_ipv6 else None
     return Choice(subnet, Reason.RANDOM, None, stale, subnet6)
 
@@ -153,6 +162,22 @@ def choose_subnet6(config: NetworkConfig, taken: Collection[ipaddress.IPv6Networ
                 break
     if not free:
         raise NetworkFullError(config, leased, ipv6=True)
+    return rng.choice(free)
+
+
+def _random4(config: NetworkConfig, taken: set[ipaddress.IPv4Network], rng: random.Random,
+             leased: int) -> ipaddress.IPv4Network:
+    """A random IPv4 subnet among the first ``CANDIDATES`` free ones (flannel's scan)."""
+    odd = _odd(taken, config)
+    free: list[ipaddress.IPv4Network] = []
+    for cand in ipnet.subnets_between(config.subnet_min, config.subnet_max,
+                                      config.subnet_len):
+        if cand not in taken and not any(cand.overlaps(t) for t in odd):
+            free.append(cand)
+            if len(free) >= CANDIDATES:
+                break
+    if not free:
+        raise NetworkFullError(config, leased)
     return rng.choice(free)
 
 

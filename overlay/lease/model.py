@@ -11,8 +11,10 @@ subnets, the IPv6 one as Go prints it (RFC 5952, lowercase, ``::``):
 flannel's ``omitempty``). IPv6-only leases keep flannel's zero IPv4 half:
 ``0.0.0.0-0&fd00:10:244:3::-64`` with ``"PublicIP":"0.0.0.0"``.
 
-``encode_lease`` emits flannel's field order and spacing-free JSON so a flannel
-host reading our value (and vice versa) sees exactly what it would write itself.
+``encode_lease`` emits flannel's field order, its omitempty fields (BackendType,
+BackendData, BackendV6Data left out when empty) and spacing-free JSON so a
+flannel host reading our value (and vice versa) sees exactly what it would write
+itself.
 Decoding is strict about what routing depends on (PublicIP must be an IPv4
 address, PublicIPv6 null or an IPv6 address) and lenient about everything else
 (unknown fields are ignored).
@@ -146,10 +148,15 @@ def encode_lease(lease: Lease) -> bytes:
     value: dict[str, Any] = {
         "PublicIP": str(lease.public_ip),
         "PublicIPv6": None if lease.public_ipv6 is None else str(lease.public_ipv6),
-        "BackendType": lease.backend_type,
-        "BackendData": dict(lease.backend_data) if lease.backend_data else None,
     }
-    if lease.backend_v6_data:  # flannel: `json:",omitempty"`
+    # flannel's LeaseAttrs: BackendType, BackendData and BackendV6Data are
+    # `json:",omitempty"` (udp's empty type, host-gw's and IPv6-only vxlan's absent
+    # BackendData are left out); PublicIPv6 is not (null stays)
+    if lease.backend_type:
+        value["BackendType"] = lease.backend_type
+    if lease.backend_data:
+        value["BackendData"] = dict(lease.backend_data)
+    if lease.backend_v6_data:
         value["BackendV6Data"] = dict(lease.backend_v6_data)
     return json.dumps(value, separators=(",", ":")).encode()
 

@@ -70,7 +70,8 @@ def _network6(text: str) -> ipaddress.IPv6Network:
 def _up(args: argparse.Namespace) -> int:
     options = Options(hosts=args.hosts, store=args.store, backend=args.backend,
                       state_dir=_state_dir(args), lease_ttl=args.lease_ttl,
-                      network=args.network, ipv6=args.ipv6, network6=args.network6)
+                      network=args.network, ipv6=args.ipv6 or args.network6 is not None,
+                      network6=args.network6 or NETWORK6)
     return cluster.up(options, sys.stdout)
 
 
@@ -159,9 +160,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="dual-stack: IPv6 underlay (fd00:198:18::/64) and overlay (EnableIPv6, "
                         "--network6); the proof pings and digs (AAAA) over IPv6 too "
                         "(vxlan or host-gw)")
-    p.add_argument("--network6", type=_network6, default=NETWORK6, metavar="CIDR",
-                   help=f"the overlay's IPv6Network with --ipv6 (default {NETWORK6}; must lie "
-                        "in fd00::/8 or 2001:db8::/32)")
+    p.add_argument("--network6", type=_network6, default=None, metavar="CIDR",
+                   help=f"the overlay's IPv6Network; implies --ipv6 (default {NETWORK6}; must "
+                        "lie in fd00::/8 or 2001:db8::/32)")
     p.set_defaults(func=_guard(_up))
 
     p = sub.add_parser("status", parents=[common],

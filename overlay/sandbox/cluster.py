@@ -458,15 +458,18 @@ class Sandbox:
         rows = []
         for h in self.state.hosts:
             env_path = subnet_file(self.host_site(h))
-            subnet = "-"
+            subnet, subnet6 = "-", ""
             if env_path.exists():
-                subnet = subnetfile.parse_vars(env_path.read_text()).get("FLANNEL_SUBNET", "-")
+                env_vars = subnetfile.parse_vars(env_path.read_text())
+                subnet = env_vars.get("FLANNEL_SUBNET", "-")
+                subnet6 = env_vars.get("FLANNEL_IPV6_SUBNET", "")
             containers = " ".join(
                 f"{c.name} {c.ip.split('/')[0] or '-'}"
                 + (f" {c.ip6.split('/')[0]}" if c.ip6 else "") + f" {c.dns}"
                 for c in self.state.containers if c.host == h.name) or "-"
             lease = lease_column(subnet, leases) if with_leases else ""
-            rows.append(HostRow(h.name, h.ip, subnet, vtep_mac(h.netns), containers, lease))
+            rows.append(HostRow(h.name, h.ip, subnet, vtep_mac(h.netns), containers, lease,
+                                subnet6))
         return rows
 
     def live_leases(self) -> dict[str, int | None] | None:
@@ -781,10 +784,12 @@ def _host_json(sb: Sandbox, row: HostRow, leases: dict[str, int | None] | None
     state, ttl = lease_state(row.subnet, leases)
     return {"host": row.host, "underlay_ip": row.ip,
             "subnet": None if row.subnet == "-" else row.subnet,
+            "subnet6": row.subnet6 or None,
             "lease": state, "lease_ttl": ttl,
             "vtep_mac": None if row.vtep_mac == "-" else row.vtep_mac,
-            "containers": [{"name": c.name, "ip": c.ip.split("/")[0] or None, "dns": c.dns,
-                            "netns": c.netns}
+            "containers": [{"name": c.name, "ip": c.ip.split("/")[0] or None,
+                            **({"ip6": c.ip6.split("/")[0]} if c.ip6 else {}),  # --ipv6
+                            "dns": c.dns, "netns": c.netns}
                            for c in sb.state.containers if c.host == row.host]}
 
 

@@ -506,6 +506,7 @@ class HostRow:
     vtep_mac: str
     containers: str
     lease: str = ""  # lease_column(); "" when not asked (``up``)
+    subnet6: str = ""  # FLANNEL_IPV6_SUBNET (``up --ipv6``), "" without
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -519,6 +520,9 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def host_table(rows: Sequence[HostRow]) -> str:
+    if any(r.subnet6 for r in rows):  # --ipv6: the IPv6 half beside the IPv4 one
+        rows = [HostRow(r.host, r.ip, f"{r.subnet} {r.subnet6 or '-'}", r.vtep_mac,
+                        r.containers, r.lease) for r in rows]
     if any(r.lease for r in rows):
         return render_table(("host", "underlay ip", "subnet", "lease", "vtep mac", "containers"),
                             [(r.host, r.ip, r.subnet, r.lease, r.vtep_mac, r.containers)

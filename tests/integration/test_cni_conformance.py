@@ -16,17 +16,15 @@ from typing import Any
 
 import pytest
 
-from overlay.testbed import Testbed, open_testbed
+from overlay.testbed import open_testbed
 from tests.cnidriver import (
-    CniDriver,
     CniFailure,
+    CniHost,
     host_links,
-    install_weft,
     ipam_files,
     nft_ruleset,
     validate_error,
     validate_result,
-    weft_conflist,
     write_subnet_env,
 )
 
@@ -35,37 +33,12 @@ pytestmark = pytest.mark.root
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
 
-class Env:
-    """One host namespace with weft installed, plus helpers to make containers."""
-
-    def __init__(self, tb: Testbed, tmp: Path) -> None:
-        self.tb = tb
-        self.tmp = tmp
-        self.host = tb.hosts["h1"]
-        self.bin = tmp / "bin"
-        install_weft(self.bin)
-        write_subnet_env(tmp / "subnet.env")
-        self.n = 0
-
-    def driver(self, version: str = "1.1.0", **kw: Any) -> CniDriver:
-        extra = kw.pop("extra_plugins", None)
-        conf = weft_conflist(self.tmp, version, extra_plugins=extra, **kw)
-        return CniDriver(conf, [str(self.bin), "/usr/lib/cni"], self.host.netns,
-                         self.tmp / "cache")
-
-    def container(self) -> str:
-        self.n += 1
-        return self.tb.add_container("h1", f"c{self.n}").netns_path
-
-    def ns_of(self, path: str) -> str:
-        return path.rsplit("/", 1)[1]
+class Env(CniHost):
+    """The plugin's host namespace (IPv4 subnet.env), plus the container address check."""
 
     def addr(self, netns_path: str, ifname: str = "eth0") -> str:
         return subprocess.run(["ip", "-n", self.ns_of(netns_path), "-o", "-4", "addr", "show",
                                "dev", ifname], capture_output=True, text=True).stdout
-
-    def state(self) -> tuple[list[str], list[str], str]:
-        return (ipam_files(self.tmp), host_links(self.host.netns), nft_ruleset(self.host.netns))
 
 
 @pytest.fixture

@@ -17,15 +17,13 @@ import pytest
 
 from overlay.testbed import Testbed, open_testbed
 from tests.cnidriver import (
-    CniDriver,
     CniFailure,
+    CniHost,
     host_links,
-    install_weft,
     ipam_files,
     nft_ruleset,
     validate_error,
     validate_result,
-    weft_conflist,
     write_subnet_env,
 )
 
@@ -36,27 +34,11 @@ SUB6 = "fd00:10:244:5::1/64"
 GW6 = "fd00:10:244:5::1"
 
 
-class Env:
+class Env(CniHost):
+    """The plugin's host namespace on a dual-stack subnet.env."""
+
     def __init__(self, tb: Testbed, tmp: Path) -> None:
-        self.tb = tb
-        self.tmp = tmp
-        self.host = tb.hosts["h1"]
-        self.bin = tmp / "bin"
-        install_weft(self.bin)
-        write_subnet_env(tmp / "subnet.env", subnet6=SUB6)
-        self.n = 0
-
-    def driver(self, version: str = "1.1.0", **kw: Any) -> CniDriver:
-        return CniDriver(weft_conflist(self.tmp, version, **kw), [str(self.bin)],
-                         self.host.netns, self.tmp / "cache")
-
-    def container(self) -> str:
-        self.n += 1
-        return self.tb.add_container("h1", f"c{self.n}").netns_path
-
-    @staticmethod
-    def ns_of(path: str) -> str:
-        return path.rsplit("/", 1)[1]
+        super().__init__(tb, tmp, subnet6=SUB6)
 
     def ip(self, netns: str, *args: str) -> str:
         return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True,
@@ -64,10 +46,6 @@ class Env:
 
     def sysctl(self, netns: str, key: str) -> str:
         return self.tb.exec(netns, ["cat", f"/proc/sys/{key}"]).stdout.strip()
-
-    def state(self) -> tuple[list[str], list[str], str]:
-        return (ipam_files(self.tmp), host_links(self.host.netns),
-                nft_ruleset(self.host.netns))
 
 
 @pytest.fixture
@@ -109,7 +87,11 @@ def test_dual_stack_add_check_del_each_version(env: Env, version: str) -> None:
     assert f"fd00:10:244::/56 via {GW6} dev eth0" in routes6
     assert env.sysctl(cns, "net/ipv6/conf/eth0/accept_dad") == "0"
     host = env.host.netns
-    assert f"{GW6}/64" in env.ip(host, "-6", "addr", "show", "dev", "cni0")
+    bridge6 = env.ip(host, "-6", "addr", "show", "dev", "cni0")
+    # neither the gateway nor the link-local address (the source of the bridge's
+    # neighbour solicitations for forwarded packets) is tentative
+    assert f"{GW6}/64" in bridge6 and "fe80::" in bridge6 and "tentative" not in bridge6
+    assert env.sysctl(host, "net/ipv6/conf/cni0/accept_dad") == "0"
     assert env.sysctl(host, "net/ipv6/conf/cni0/accept_ra") == "0"
     assert env.sysctl(host, "net/ipv6/conf/all/forwarding") == "1"
     files = ipam_files(env.tmp)
@@ -229,6 +211,13 @@ def test_check_detects_a_missing_ipv6_address(env: Env) -> None:
     with pytest.raises(CniFailure) as err:
         d.check("chk", ns)
     assert err.value.code == 103 and "fd00:10:244:5::2" in err.value.error["msg"]
+    d.delete("chk", ns)
+    d.add("chk", ns)
+    subprocess.run(["ip", "-n", env.ns_of(ns), "-6", "route", "del", "fd00:10:244::/56"],
+                   check=True)
+    with pytest.raises(CniFailure) as err:
+        d.check("chk", ns)
+    assert err.value.code == 103 and "route to fd00:10:244::/56" in err.value.error["msg"]
     d.delete("chk", ns)
 
 

@@ -112,10 +112,12 @@ def test_restart_under_a_ping6_flood_loses_nothing(cluster2: Cluster) -> None:
 def test_stale_ipv6_peer_is_removed_at_start(cluster2: Cluster) -> None:
     c = cluster2
     _set(c, "host-gw", "v6only")
-    for h in ("h1", "h2"):
-        c.start(h)
+    # h2 finds its interface as the one routing to an IPv6 address (-iface-can-reach)
+    c.start("h1")
+    c.start("h2", iface=None, extra=["-iface-can-reach", str(c.tb.underlay_ip6)])
     for h in ("h1", "h2"):
         c.wait_ready(h)
+    assert "using interface eth0" in c.log("h2").read_text()
     s2 = c.env("h2").ipv6_subnet
     assert s2 is not None
     deadline = time.monotonic() + 10

@@ -91,3 +91,38 @@ def test_a_join_under_ping_loses_nothing(tmp_path: Path) -> None:
             assert asyncio.run(guard.poll())[0] == 0
         finally:
             asyncio.run(guard.remove())
+
+
+SPOOF6 = """
+import sys
+from scapy.all import send
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import IPv6
+src, dst, port, n = sys.argv[1:5]
+send(IPv6(src=src, dst=dst) / UDP(sport=40000, dport=int(port)) / (b"\\x08" + bytes(15)),
+     count=int(n), verbose=False)
+"""
+
+
+def test_vxlan_over_ipv6_from_a_non_member_is_dropped_and_the_old_table_goes() -> None:
+    with open_testbed(3, ipv6=True) as tb:
+        h1, h2, h3 = (tb.hosts[n] for n in ("h1", "h2", "h3"))
+        assert h1.ip6 and h2.ip6 and h3.ip6
+        # an earlier release's IPv4-only table must not outlive the upgrade
+        tb.exec(h1.netns, ["nft", "add", "table", "ip", "weft_ingress"])
+        guard = MembersOnly("vxlan", 8472, nft=("ip", "netns", "exec", h1.netns, "nft"))
+        try:
+            asyncio.run(guard.update([h2.ip, h2.ip6]))
+            tables = tb.exec(h1.netns, ["nft", "list", "tables"]).stdout
+            assert "table inet weft_ingress" in tables and "table ip weft_ingress" not in tables
+            for src, n in ((h3, 4), (h2, 3)):  # h3 holds no lease; h2 does
+                tb.exec(src.netns, [sys.executable, "-c", SPOOF6, str(src.ip6), str(h1.ip6),
+                                    "8472", str(n)])
+            assert asyncio.run(guard.poll())[0] == 4  # only the non-member's, over IPv6
+            asyncio.run(guard.update([h2.ip]))  # h2's IPv6 half left: its datagrams drop too
+            tb.exec(h2.netns, [sys.executable, "-c", SPOOF6, str(h2.ip6), str(h1.ip6),
+                               "8472", "2"])
+            assert asyncio.run(guard.poll())[0] == 6
+        finally:
+            assert asyncio.run(guard.remove())
+        assert "weft_ingress" not in tb.exec(h1.netns, ["nft", "list", "tables"]).stdout

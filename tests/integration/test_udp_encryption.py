@@ -1,9 +1,12 @@
 """udp encryption on the netns testbed: ciphertext on the wire, pings through, a plaintext
-peer and a peer with another key refused (never a plaintext fallback)."""
+peer and a peer with another key refused (never a plaintext fallback), a key roll
+without restart under a ping flood."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,8 @@ def test_encrypted_udp(tmp_path: Path) -> None:
         for name in ("h1", "h2"):
             c.start(name)
         assert c.hosts["h1"].mtu == 1500 - 28 - 34
-        assert c.hosts["h1"].lease.backend_data == {"Encryption": "chacha20poly1305-v1"}
+        assert c.hosts["h1"].lease.backend_data == {"Encryption": "chacha20poly1305-v1",
+                                                    "Chunks": "v1"}
         c.config = {"Type": "udp"}  # h3 does not encrypt
         c.start("h3")
         reports = c.reconcile_all()
@@ -52,3 +56,69 @@ def test_encrypted_udp(tmp_path: Path) -> None:
         text = c.hosts["h1"].driver.call({"op": "metrics"})["text"]
         assert metric_value(text, 'weft_udp_dropped_total{reason="auth_failed"}') >= 1
         assert ping_matrix(tb, ["h1", "h2"]) == []
+
+
+def _put(path: Path, key: bytes) -> None:
+    """Replace a key file as an operator's tooling would (write aside, rename over)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(key.hex())
+    tmp.replace(path)
+
+
+def test_key_roll_without_restart_under_ping_flood_loses_nothing(tmp_path: Path) -> None:
+    first, second = tmp_path / "first.key", tmp_path / "second.key"
+    old, new = os.urandom(32), os.urandom(32)
+    _put(first, old)
+    _put(second, old)
+    enc = {"Type": "udp", "Encryption": {"KeyFile": [str(first), str(second)]}}
+    with open_testbed(2) as tb, cluster(tb, "udp", enc, log_dir=tmp_path) as c:
+        for name in ("h1", "h2"):
+            c.start(name)
+        c.reconcile_all()
+        assert ping_matrix(tb, ["h1", "h2"]) == []
+        h1c = tb.containers["h1/c"].netns
+        flood = subprocess.Popen(["ip", "netns", "exec", h1c, "ping", "-q", "-i", "0.005",
+                                  "-c", "3000", "-W", "2", "10.244.2.2"],
+                                 stdout=subprocess.PIPE, text=True)
+
+        def reloads() -> list[float]:
+            return [metric_value(h.driver.call({"op": "metrics"})["text"],
+                                 "weft_udp_key_reloads_total") for h in c.hosts.values()]
+
+        def roll(first_key: bytes, second_key: bytes) -> None:
+            """Both files rewritten, one after the other (no host sees them change at
+            once: a key dropped in between keeps opening for the grace period)."""
+            before = reloads()
+            _put(first, first_key)
+            _put(second, second_key)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                now = reloads()
+                if all(n > b for n, b in zip(now, before, strict=True)):
+                    time.sleep(1.2)  # a host may have read the first file alone: once more
+                    return
+                time.sleep(0.1)
+            raise AssertionError(f"key files not re-read: {before} -> {reloads()}")
+
+        try:
+            time.sleep(1)
+            roll(old, new)  # 1: every host opens both, still seals with the old key
+            roll(new, old)  # 2: every host seals with the new key
+            roll(new, new)  # 3: the old key is gone (opens for the grace period only)
+            out = flood.communicate(timeout=60)[0]
+        finally:
+            if flood.poll() is None:
+                flood.kill()
+                flood.wait()
+        assert " 0% packet loss" in out, out
+        for h in c.hosts.values():
+            text = h.driver.call({"op": "metrics"})["text"]
+            for reason in ("auth_failed", "replay"):
+                assert metric_value(text, f'weft_udp_dropped_total{{reason="{reason}"}}') == 0
+        # the old key no longer opens anything: a host still holding only it is refused
+        _put(tmp_path / "stale.key", old)
+        c.config = {"Type": "udp", "Encryption": {"KeyFile": str(tmp_path / "stale.key")}}
+        c.stop("h2")
+        c.start("h2")
+        c.reconcile_all()
+        assert not tb.wait_ping(h1c, "10.244.2.2", within=2)

@@ -304,3 +304,18 @@ def test_peer_view(config: NetworkConfig, lease: Lease, want: tuple[str, str | N
     assert (str(got.subnet), None if got.ipv6_subnet is None else str(got.ipv6_subnet)) == want
     if got.ipv6_subnet is None:
         assert got.public_ipv6 is None and not got.backend_v6_data
+
+
+async def test_turning_a_network_dual_stack_keeps_each_hosts_ipv4_subnet(rig: Rig) -> None:
+    await rig.store.put(CONFIG, b'{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}')
+    d, _, task = await rig.running(11)
+    before = d.own
+    assert before is not None and before.ipv6_subnet is None
+    await rig.stop(task)
+    await rig.store.put(CONFIG, DUAL)  # then every flanneld restarts, as flannel needs
+    d2, _, _ = await rig.running(11, seed=77)
+    after = d2.own
+    assert after is not None and after.subnet == before.subnet  # pods keep their IPv4
+    assert after.ipv6_subnet is not None
+    assert await rig.stored(before) is None  # the IPv4-only key is replaced
+    assert await rig.stored(after) is not None

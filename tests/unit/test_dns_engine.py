@@ -99,6 +99,12 @@ CASES = [
     Case("a-on-v6-only-is-nodata", RAILS, "a.ipv6.west.skydns.local.", RType.A),
     Case("aaaa-on-v4-only-is-nodata", RAILS, "1.rails.production.east.skydns.local.",
          RType.AAAA),
+    # SkyDNS/CoreDNS take a host by net.ParseIP(host).To4(): an IPv4-mapped IPv6 address
+    # (::ffff:a.b.c.d) is an A record, never an AAAA
+    Case("v4-mapped-host-is-an-a-record", {"m.skydns.local.": {"host": "::ffff:10.0.0.7"}},
+         "m.skydns.local.", RType.A, answer=["m.skydns.local. 3600 A 10.0.0.7"]),
+    Case("v4-mapped-host-has-no-aaaa", {"m.skydns.local.": {"host": "::ffff:10.0.0.7"}},
+         "m.skydns.local.", RType.AAAA),
     Case("a-duplicate-ips-collapsed",
          {"x.dup.skydns.local.": {"host": "10.1.1.1"},
           "y.dup.skydns.local.": {"host": "10.1.1.1"}},

@@ -66,3 +66,10 @@ def test_the_daemon_names_the_family_the_interface_lacks(config: object, e: Exte
         check_interface(config, e)  # type: ignore[arg-type]
     assert info.value.field == field
     assert "eth0" in str(info.value)
+
+
+def test_iface_can_reach_takes_an_ipv6_address() -> None:
+    from overlay.cli.flanneld import parse_args
+
+    args, _, _ = parse_args(["-iface-can-reach", "fd00:198:18::1"], {})
+    assert args.iface_can_reach == "fd00:198:18::1"

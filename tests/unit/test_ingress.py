@@ -22,22 +22,30 @@ from tests.fakeclock import FakeClock
 from tests.unit.test_daemon import CONFIG, GOOD, FakeBackend, until
 
 A = ipaddress.IPv4Address
+A6 = ipaddress.IPv6Address
 
 
 def test_render_drops_non_members_on_the_port_only() -> None:
-    text = render(8472, [A("198.18.0.13"), A("198.18.0.12")])
+    text = render(8472, [A("198.18.0.13"), A("198.18.0.12"), A6("fd00:198:18::12")])
+    assert "table inet weft_ingress {}\ndelete table inet weft_ingress\n" in text
+    # the IPv4-only table of earlier releases goes in the same transaction
     assert "table ip weft_ingress {}\ndelete table ip weft_ingress\n" in text
     assert "elements = { 198.18.0.12, 198.18.0.13 }" in text
+    assert "elements = { fd00:198:18::12 }" in text
     assert 'udp dport 8472 ip saddr != @members counter name "dropped" drop' in text
+    assert 'udp dport 8472 ip6 saddr != @members6 counter name "dropped" drop' in text
     assert "priority raw; policy accept;" in text
     assert "elements" not in render(8285, [])  # an empty set is still a set: all dropped
 
 
-def test_render_members_replaces_the_set_in_one_script() -> None:
-    assert render_members([A("10.0.0.2"), A("10.0.0.1")]) == (
-        "flush set ip weft_ingress members\n"
-        "add element ip weft_ingress members { 10.0.0.1, 10.0.0.2 }\n")
-    assert render_members([]) == "flush set ip weft_ingress members\n"
+def test_render_members_replaces_the_sets_in_one_script() -> None:
+    assert render_members([A("10.0.0.2"), A("10.0.0.1"), A6("fd00::1")]) == (
+        "flush set inet weft_ingress members\n"
+        "add element inet weft_ingress members { 10.0.0.1, 10.0.0.2 }\n"
+        "flush set inet weft_ingress members6\n"
+        "add element inet weft_ingress members6 { fd00::1 }\n")
+    assert render_members([]) == ("flush set inet weft_ingress members\n"
+                                  "flush set inet weft_ingress members6\n")
 
 
 def test_parse_counter() -> None:
@@ -153,3 +161,18 @@ async def test_flag_off_removes_a_left_over_guard_and_never_installs_one(
     await run_daemon(tmp_path, False, log)
     assert log[0] == "remove"
     assert not [e for e in log if e.startswith("members")]
+
+
+def test_members_are_each_halfs_public_address() -> None:
+    from overlay.daemon import ingress_members
+
+    net = ipaddress.IPv4Network
+    v4 = Lease(net("10.244.1.0/24"), A("198.18.0.11"), "vxlan")
+    dual = Lease(net("10.244.2.0/24"), A("198.18.0.12"), "vxlan",
+                 ipv6_subnet=ipaddress.IPv6Network("fd00:10:244:2::/64"),
+                 public_ipv6=A6("fd00:198:18::12"))
+    v6only = Lease(net("0.0.0.0/0"), A("0.0.0.0"), "vxlan",
+                   ipv6_subnet=ipaddress.IPv6Network("fd00:10:244:3::/64"),
+                   public_ipv6=A6("fd00:198:18::13"))
+    assert ingress_members([v4, dual, v6only]) == [
+        A("198.18.0.11"), A("198.18.0.12"), A6("fd00:198:18::12"), A6("fd00:198:18::13")]

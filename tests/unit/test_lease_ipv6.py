@@ -76,8 +76,19 @@ def test_ipv6_only_key_keeps_flannel_zero_ipv4_half() -> None:
                   public_ipv6=ME6, backend_v6_data=VXLAN6)
     assert lease_key(P, lease) == "/coreos.com/network/subnets/0.0.0.0-0&fd00:9:0:2::-64"
     assert encode_lease(lease) == (b'{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:198:18::11",'
-                                   b'"BackendType":"vxlan","BackendData":null,'
+                                   b'"BackendType":"vxlan",'
                                    b'"BackendV6Data":{"VNI":1,"VtepMAC":"0e:11:22:33:44:66"}}')
+
+
+def test_empty_backend_fields_are_left_out_as_flannel_omitempty() -> None:
+    """flannel's LeaseAttrs: BackendType/BackendData/BackendV6Data are omitempty."""
+    hostgw = Lease(N("10.9.0.64/26"), A("10.0.0.1"), "host-gw", {})
+    assert encode_lease(hostgw) == (b'{"PublicIP":"10.0.0.1","PublicIPv6":null,'
+                                    b'"BackendType":"host-gw"}')
+    udp = Lease(N("10.9.0.64/26"), A("10.0.0.1"), "", {})
+    assert encode_lease(udp) == b'{"PublicIP":"10.0.0.1","PublicIPv6":null}'
+    back = decode_lease(f"{P}/subnets/10.9.0.64-26", encode_lease(udp))
+    assert (back.backend_type, dict(back.backend_data)) == ("", {})
 
 
 @pytest.mark.parametrize(("leaf", "want6"), [
@@ -128,20 +139,40 @@ def test_choose_picks_both_halves_and_reuses_both() -> None:
         Reason.REUSED, mine.subnet, mine.ipv6_subnet, mine)
 
 
-def test_ipv4_only_lease_is_stale_once_ipv6_is_enabled() -> None:
+@pytest.mark.parametrize("previous", [N("10.9.0.128/26"), None],
+                         ids=["subnet-file", "old-lease-only"])
+def test_turning_ipv6_on_keeps_the_ipv4_subnet(previous: N | None) -> None:
+    """The IPv4-only lease is stale (replaced by a dual-stack one), but its IPv4 half
+    stays: pods keep their addresses when a cluster goes dual-stack."""
     old = Lease(N("10.9.0.128/26"), ME, "vxlan", VXLAN)  # written before EnableIPv6
-    got = choose_subnet(DUAL, [old], ME, random.Random(1), previous=old.subnet)
+    other = _dual("10.9.0.64/26", "fd00:9:0:1::/64", "198.18.0.12")
+    got = choose_subnet(DUAL, [old, other], ME, random.Random(1), previous=previous)
     assert got.stale == (old,)
-    assert got.reason is Reason.RANDOM and got.subnet6 is not None
+    assert (got.reason, got.subnet) == (Reason.PREVIOUS, old.subnet)
+    assert got.subnet6 is not None and got.subnet6 != other.ipv6_subnet
 
 
-def test_previous_pair_reused_only_when_both_fit_and_are_free() -> None:
+def test_turning_ipv4_off_keeps_the_ipv6_subnet() -> None:
+    old = _dual("10.9.0.128/26", "fd00:9:0:3::/64", str(ME))
+    old = Lease(old.subnet, ME, "vxlan", VXLAN, ipv6_subnet=old.ipv6_subnet, public_ipv6=ME6)
+    got = choose_subnet(V6ONLY, [old], A("0.0.0.0"), random.Random(1), public_ipv6=ME6)
+    assert got.stale == (old,)
+    assert (got.reason, got.subnet, got.subnet6) == (
+        Reason.PREVIOUS, N("0.0.0.0/0"), old.ipv6_subnet)
+
+
+def test_previous_halves_count_each_on_its_own() -> None:
     prev, prev6 = N("10.9.0.192/26"), N6("fd00:9:0:2::/64")
     got = choose_subnet(DUAL, [], ME, random.Random(1), prev, previous6=prev6)
     assert (got.reason, got.subnet, got.subnet6) == (Reason.PREVIOUS, prev, prev6)
     taken6 = [_dual("10.9.0.64/26", "fd00:9:0:2::/64", "198.18.0.12")]
     got = choose_subnet(DUAL, taken6, ME, random.Random(1), prev, previous6=prev6)
-    assert got.reason is Reason.RANDOM and got.subnet6 != prev6
+    assert (got.reason, got.subnet) == (Reason.PREVIOUS, prev)  # IPv4 half kept
+    assert got.subnet6 not in (None, prev6)  # IPv6 half drawn again
+    taken4 = [_dual("10.9.0.192/26", "fd00:9:0:1::/64", "198.18.0.12")]
+    got = choose_subnet(DUAL, taken4, ME, random.Random(1), prev, previous6=prev6)
+    assert (got.reason, got.subnet6) == (Reason.PREVIOUS, prev6)
+    assert got.subnet != prev
 
 
 def test_ipv6_full_names_the_ipv6_network() -> None:

@@ -42,3 +42,38 @@ def test_dual_stack_names_hold_a_and_aaaa_under_child_keys() -> None:
     v4 = ContainerRecord("c1", "h1", "ns", ip="10.244.3.2/24", dns="c1.h1.skydns.local")
     assert dns_records(v4) == [("c1.h1.skydns.local", "10.244.3.2"),
                                ("2.3.244.10.in-addr.arpa", "c1.h1.skydns.local")]
+
+
+def test_host_table_shows_the_ipv6_subnet_beside_the_ipv4_one() -> None:
+    from overlay.sandbox.model import HostRow, host_table
+
+    rows = [HostRow("h1", "198.18.0.11", "10.244.3.1/24", "0e:00:00:00:00:01", "c1",
+                    subnet6="fd00:10:244:3::1/64")]
+    _, row = host_table(rows).splitlines()
+    assert row.split()[:4] == ["h1", "198.18.0.11", "10.244.3.1/24", "fd00:10:244:3::1/64"]
+    v4 = host_table([HostRow("h1", "198.18.0.11", "10.244.3.1/24", "-", "c1")])
+    assert "fd00" not in v4
+
+
+def test_network6_implies_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from overlay.sandbox import cli, cluster
+
+    seen: list[Options] = []
+
+    def fake_up(options: Options, out: object) -> int:
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr(cluster, "up", fake_up)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    for argv, want in ((["up", "--network6", "2001:db8:7::/56"], N6("2001:db8:7::/56")),
+                       (["up", "--ipv6"], N6("fd00:10:244::/56")), (["up"], None)):
+        args = parser.parse_args(["sandbox", *argv, "--state-dir", "/nonexistent"])
+        assert args.func(args) == 0
+        got = seen.pop()
+        assert got.ipv6 == (want is not None)
+        if want is not None:
+            assert got.network6 == want

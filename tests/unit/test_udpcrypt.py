@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from overlay.backend import udpcrypt
 from overlay.backend.base import BackendConfigError
 from overlay.backend.udp import Forwarder, build_table, encryption_mismatch, parse_config
 from overlay.backend.udpcrypt import (
@@ -158,3 +159,19 @@ def run_sealed(rig: Rig) -> None:
         assert (fwd.drops[Drop.REPLAY], fwd.drops[Drop.PLAINTEXT], fwd.rx_packets) == (1, 1, 1)
     finally:
         fwd.stop()
+
+
+def test_rekey_seals_with_the_new_first_key_and_retires_old_keys_after_a_grace() -> None:
+    now = [100.0]
+    a = Crypto((K1,), A(H1), clock=lambda: now[0])
+    b = Crypto((K1,), A(H2), clock=lambda: now[0])
+    old_sealed = b.seal(PKT, H1)
+    assert not b.rekey((K1, K2))  # opens both, still seals with K1
+    assert b.rekey((K2, K1))  # seals with K2, in a new session
+    assert a.open(b.seal(PKT, H1), H2) is Drop.AUTH_FAILED  # a does not know K2 yet
+    a.rekey((K2,))  # a jumped straight to the new key: K1 kept for the grace only
+    assert a.open(b.seal(PKT, H1), H2) == PKT
+    assert a.open(old_sealed, H2) == PKT
+    now[0] += udpcrypt.RETIRED_GRACE_S + 1
+    assert a.open(b.seal(PKT, H1), H2) == PKT
+    assert a.open(Crypto((K1,), A(H2)).seal(PKT, H1), H2) is Drop.AUTH_FAILED

@@ -131,6 +131,12 @@ def test_chunks_round_trip_whole_and_datagram_by_datagram(size: int) -> None:
     r = udpgso.Reassembly()
     got = r.feed("198.18.0.1", arr(wire), n, dgram)
     assert [g.tobytes() for g in got] == [data]
+    got = r.feed("198.18.0.1", arr(wire), n, dgram)  # the source's buffer exists: fast path
+    assert [g.tobytes() for g in got] == [data]
+    bad = bytearray(wire)
+    bad[(n - 1) // dgram * dgram + 7] ^= 1  # the last chunk's id: not one whole packet
+    assert r.feed("198.18.0.1", arr(bad), n, dgram) == [] or n <= dgram
+    r.lost = 0
     # split across receives (two GSO sends, then one datagram at a time)
     cut = (n // dgram // 2) * dgram
     assert r.feed("a", arr(wire[:cut]), cut, dgram) == [] or cut == 0
