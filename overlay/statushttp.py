@@ -69,9 +69,12 @@ async def start_status_server(route: Route, host: str, port: int) -> asyncio.Ser
 
 
 async def start_http_server(route: AsyncRoute, host: str, port: int) -> asyncio.Server:
-    """Like ``start_status_server`` for a route that sees the query and may wait."""
-    server = await asyncio.start_server(
-        lambda r, w: _handle(route, r, w), host or "0.0.0.0", port)
+    """Like ``start_status_server`` for a route that sees the query and may wait.
+
+    ``::`` (IPv6's wildcard, e.g. dnsd's ``-addr [::]:53``) listens on every address of
+    both families, as the DNS socket beside it does (asyncio would make it IPv6-only)."""
+    bind: str | None = None if host.strip("[]") == "::" else (host or "0.0.0.0")
+    server = await asyncio.start_server(lambda r, w: _handle(route, r, w), bind, port)
     addr = server.sockets[0].getsockname()
     log.info("health/metrics listening on http://%s:%s", addr[0], addr[1])
     return server
