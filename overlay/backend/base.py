@@ -113,13 +113,14 @@ class BackendSpec:
     module: str  # defines parse_config(Mapping) -> settings and BACKEND_CLASS
     lease_type: str  # the BackendType written into this backend's leases
     options: tuple[str, ...] = ()  # `weftctl network set` options that apply to it
+    config_module: str = ""  # where parse_config lives when not in ``module`` (lighter)
 
 
 BACKENDS: Mapping[str, BackendSpec] = {
     "vxlan": BackendSpec("overlay.backend.vxlan", "vxlan", ("vni", "port", "direct-routing")),
     "host-gw": BackendSpec("overlay.backend.hostgw", "host-gw"),
     # flannel's udp backend leaves BackendType empty in its leases, so weft does too
-    "udp": BackendSpec("overlay.backend.udp", "", ("port",)),
+    "udp": BackendSpec("overlay.backend.udp", "", ("port",), "overlay.backend.udpconfig"),
 }
 
 # option -> the backends it applies to (flannel: VNI and DirectRouting are vxlan's,

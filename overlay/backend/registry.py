@@ -32,7 +32,7 @@ from overlay.backend.base import (
 )
 from overlay.backend.hostgw import HostGwConfig
 from overlay.backend.netlink import KernelThread
-from overlay.backend.udp import UdpConfig
+from overlay.backend.udpconfig import UdpConfig
 from overlay.backend.vxlan import VxlanConfig
 
 __all__ = ["BACKEND_TYPES", "DEFAULT_BACKEND", "BackendSettings", "lease_backend_type",
@@ -58,7 +58,8 @@ def parse_backend(type_: str | None, config: Mapping[str, Any] | None) -> Backen
     cfg: Mapping[str, Any] = config or {}
     if not isinstance(cfg, Mapping):
         raise BackendConfigError("", f"must be a JSON object, got {type(cfg).__name__}")
-    module = importlib.import_module(BACKENDS[_kind(type_, cfg)].module)
+    spec = BACKENDS[_kind(type_, cfg)]
+    module = importlib.import_module(spec.config_module or spec.module)
     settings: BackendSettings = module.parse_config(cfg)
     return settings
 

@@ -43,20 +43,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
+
+from overlay.backend.base import BackendError, ExternalInterface, ReconcileReport
+from overlay.backend.udpconfig import DEFAULT_UDP_PORT as DEFAULT_UDP_PORT
+from overlay.backend.udpconfig import UdpConfig, cpu_problem
+from overlay.backend.udpconfig import parse_config as parse_config  # BACKENDS' contract
+
+if (_cpu := cpu_problem()) is not None:  # numpy would die with SIGILL on import
+    raise BackendError(_cpu)
 
 import numpy as np
 
 from overlay import metrics
 from overlay.backend import udpgso
-from overlay.backend.base import (
-    BackendConfigError,
-    BackendError,
-    ExternalInterface,
-    ReconcileReport,
-    int_field,
-)
 from overlay.backend.netlink import Kernel, KernelThread, NetlinkKernel, converge
 from overlay.backend.plan import KernelState, Plan, Route, desired_udp
 from overlay.backend.udpcrypt import OVERHEAD, SUITE, Crypto, KeyFileError, load_keys
@@ -66,7 +67,6 @@ from overlay.lease.model import Lease
 log = logging.getLogger(__name__)
 
 UDP_OVERHEAD = 28
-DEFAULT_UDP_PORT = 8285
 TUN_DEVICE = "flannel0"
 _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
@@ -84,30 +84,6 @@ _KEY_CHECK_S = 1.0  # how often the key files are looked at
 _PLAIN_VNET = udpgso.vnet_header()  # no offload asked for this packet
 
 PeerTable = dict[int, dict[int, tuple[str, int]]]  # prefixlen -> {net int -> addr}
-
-
-@dataclass(frozen=True, slots=True)
-class UdpConfig:
-    port: int = DEFAULT_UDP_PORT
-    key_files: tuple[str, ...] = ()  # Encryption.KeyFile: encrypt when set (first seals)
-
-
-def parse_config(cfg: Mapping[str, Any]) -> UdpConfig:
-    """flannel's udp Backend field: Port (0 = 8285); weft's ``Encryption``:
-    ``{"KeyFile": PATH}`` or ``{"KeyFile": [NEW, OLD]}`` during a key roll."""
-    port = int_field(cfg, "Port", 0, 0, 65_535) or DEFAULT_UDP_PORT
-    enc = cfg.get("Encryption")
-    if enc is None:
-        return UdpConfig(port=port)
-    if not isinstance(enc, Mapping):
-        raise BackendConfigError("Encryption", f"must be an object, got {enc!r}")
-    files = enc.get("KeyFile")
-    paths = [files] if isinstance(files, str) else files
-    if not isinstance(paths, list) or not 1 <= len(paths) <= 2 or not all(
-            isinstance(p, str) and p.startswith("/") for p in paths):
-        raise BackendConfigError("Encryption.KeyFile", "must be an absolute path, or a list "
-                                 f"of two during a key roll, got {files!r}")
-    return UdpConfig(port=port, key_files=tuple(paths))
 
 
 def encryption_mismatch(peer: Lease, suite: str) -> str | None:

@@ -17,7 +17,7 @@ from overlay.backend.registry import (
     make_backend,
     parse_backend,
 )
-from overlay.backend.udp import UdpConfig
+from overlay.backend.udpconfig import UdpConfig
 from overlay.backend.vxlan import VxlanBackend, VxlanConfig
 from overlay.lease.model import Lease
 from tests.fakekernel import FakeKernel
