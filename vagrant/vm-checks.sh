@@ -345,7 +345,7 @@ vm_ip_of() { echo "$UNDERLAY.$((10 + ${1#vm}))"; }
 sched_name() {  # the name resolves (dig from c1 on vm1) to the unit's address, which serves
     local out
     out=$(retry 60 web_answer vm1 c1 "$WEB_ADDR") || { echo "$out"; return 1; }
-    [[ $out == "$WEB_ADDR vm2" ]] || { echo "$out"; return 1; }
+    [[ $out == "$WEB_ADDR $(x vm2 hostname)" ]] || { echo "$out"; return 1; }  # vm2 / weft2
     sched vm1 journal -n 3 web.service || return 1
     echo "web.$DOMAIN -> $WEB_ADDR from c1 on vm1, GET answered by vm2"
 }
@@ -357,7 +357,7 @@ sched_moved() {  # after vm2's power cut: web.service on vm3, its name follows
     echo "web.service active on vm3 $((SECONDS - POWEROFF_AT))s after the power cut"
     addr=${row##* }
     out=$(retry 120 web_answer vm1 c1 "$addr") || { echo "$out"; return 1; }
-    [[ $out == "$addr vm3" ]] || { echo "$out"; return 1; }
+    [[ $out == "$addr $(x vm3 hostname)" ]] || { echo "$out"; return 1; }
     sched vm1 list-units
     echo "web.$DOMAIN -> $addr (was $WEB_ADDR) $((SECONDS - POWEROFF_AT))s after the power cut; GET answered by vm3"
 }
