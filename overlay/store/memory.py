@@ -261,7 +261,11 @@ class MemoryStore:
                         yield batch
             while True:
                 try:
-                    rev, events = await asyncio.wait_for(q.get(), _WATCH_POLL_S)
+                    # not asyncio.wait_for: on 3.11 it returns the item and drops a cancel
+                    # that lands as the item arrives (a cancelled watcher kept watching:
+                    # the scheduler engine test hung ~1 run in 50 under load)
+                    async with asyncio.timeout(_WATCH_POLL_S):
+                        rev, events = await q.get()
                 except TimeoutError:
                     self.expire_leases()
                     continue
