@@ -33,12 +33,28 @@ class Upstream:
     seen: list[dnslib.DNSRecord] = field(default_factory=list)
 
 
+def _udp_and_tcp_on_one_port() -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP listener on the same free loopback port. The TCP side is bound
+    first: a free UDP port is often some TCP connection's local port (the ephemeral
+    ranges are shared), which made this fixture fail now and then with EADDRINUSE."""
+    for _ in range(50):
+        lsock = socket.create_server(("127.0.0.1", 0))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind(("127.0.0.1", lsock.getsockname()[1]))
+        except OSError:
+            sock.close()
+            lsock.close()
+            continue
+        return sock, lsock
+    raise AssertionError("no loopback port free for both UDP and TCP")
+
+
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     """Loopback upstream: UDP answers www.example.com. A 192.0.2.7 (else NXDOMAIN), TCP
     answers any name A 192.0.2.8, so a test can tell which transport was relayed."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
+    sock, lsock = _udp_and_tcp_on_one_port()
     sock.settimeout(0.2)
     up = Upstream(sock.getsockname()[1])
     stop = threading.Event()
@@ -59,7 +75,6 @@ def upstream() -> Iterator[Upstream]:
                 r.header.rcode = dnslib.RCODE.NXDOMAIN
             sock.sendto(r.pack(), addr)
 
-    lsock = socket.create_server(("127.0.0.1", up.port))
     lsock.settimeout(0.2)
 
     def serve_tcp() -> None:
