@@ -46,6 +46,7 @@ MIN_IPV6_NETWORK_PREFIX = 124  # flannel: "Minimum useful network prefix is /124
 MAX_IPV6_SUBNET_LEN = 126
 NO_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")  # flannel's zero Network when EnableIPv4 is false
 Addr = TypeVar("Addr", ipaddress.IPv4Address, ipaddress.IPv6Address)
+_Net = TypeVar("_Net", ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 
 def default_subnet_len(network: ipaddress.IPv4Network) -> int:
@@ -101,21 +102,30 @@ def check_network_config(obj: Mapping[str, Any]) -> NetworkConfig:
                          enable_ipv6, net6, len6, min6, max6)
 
 
+def _network_field(obj: Mapping[str, Any], key: str, parse: Callable[..., _Net],
+                   min_prefix: int, missing: str) -> _Net:
+    """``obj[key]`` as a network of ``parse``'s family, at least a /``min_prefix``."""
+    raw_net = obj.get(key)
+    if raw_net is None or raw_net == "":
+        raise ConfigError(key, missing)
+    if not isinstance(raw_net, str):
+        raise ConfigError(key, f"{raw_net!r} is not a string")
+    try:
+        network = parse(raw_net, strict=False)
+    except ValueError as exc:
+        version = 6 if parse is ipaddress.IPv6Network else 4
+        raise ConfigError(key, f"{raw_net!r} is not an IPv{version} network: {exc}") from None
+    if network.prefixlen > min_prefix:
+        raise ConfigError(key, f"{network} is too small; it must be a /{min_prefix} "
+                          "or larger")
+    return network
+
+
 def _check_ipv4(obj: Mapping[str, Any]) -> tuple[ipaddress.IPv4Network, int,
                                                    ipaddress.IPv4Address,
                                                    ipaddress.IPv4Address]:
-    raw_net = obj.get("Network")
-    if raw_net is None or raw_net == "":
-        raise ConfigError("Network", "missing (e.g. \"10.244.0.0/16\")")
-    if not isinstance(raw_net, str):
-        raise ConfigError("Network", f"{raw_net!r} is not a string")
-    try:
-        network = ipaddress.IPv4Network(raw_net, strict=False)
-    except ValueError as exc:
-        raise ConfigError("Network", f"{raw_net!r} is not an IPv4 network: {exc}") from None
-    if network.prefixlen > MIN_NETWORK_PREFIX:
-        raise ConfigError("Network", f"{network} is too small; it must be a "
-                          f"/{MIN_NETWORK_PREFIX} or larger")
+    network = _network_field(obj, "Network", ipaddress.IPv4Network, MIN_NETWORK_PREFIX,
+                             "missing (e.g. \"10.244.0.0/16\")")
 
     subnet_len = _int(obj, "SubnetLen") or default_subnet_len(network)
     lo, hi = network.prefixlen + 2, MAX_SUBNET_LEN
@@ -134,20 +144,9 @@ def _check_ipv6(obj: Mapping[str, Any]) -> tuple[ipaddress.IPv6Network, int,
                                                    ipaddress.IPv6Address,
                                                    ipaddress.IPv6Address]:
     """flannel's IPv6 rules (CheckNetworkConfig's EnableIPv6 half)."""
-    raw_net = obj.get("IPv6Network")
-    if raw_net is None or raw_net == "":
-        raise ConfigError("IPv6Network", "missing while EnableIPv6 is true (e.g. "
-                          "\"fd00:10:244::/56\")")
-    if not isinstance(raw_net, str):
-        raise ConfigError("IPv6Network", f"{raw_net!r} is not a string")
-    try:
-        network = ipaddress.IPv6Network(raw_net, strict=False)
-    except ValueError as exc:
-        raise ConfigError("IPv6Network", f"{raw_net!r} is not an IPv6 network: "
-                          f"{exc}") from None
-    if network.prefixlen > MIN_IPV6_NETWORK_PREFIX:
-        raise ConfigError("IPv6Network", f"{network} is too small; it must be a "
-                          f"/{MIN_IPV6_NETWORK_PREFIX} or larger")
+    network = _network_field(obj, "IPv6Network", ipaddress.IPv6Network,
+                             MIN_IPV6_NETWORK_PREFIX, "missing while EnableIPv6 is true "
+                             "(e.g. \"fd00:10:244::/56\")")
     subnet_len = _int(obj, "IPv6SubnetLen") or default_ipv6_subnet_len(network)
     lo, hi = network.prefixlen + 2, MAX_IPV6_SUBNET_LEN
     if not lo <= subnet_len <= hi:
