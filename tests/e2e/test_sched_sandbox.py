@@ -269,9 +269,14 @@ def test_stop_removes_the_process_its_netns_and_its_name(cluster: Cluster) -> No
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     until(lambda: not c.pids(), 10, "the unit's process gone")
     until(lambda: c.dig(f"e2e.{DOMAIN}", src) == [], 10, "its DNS record removed")
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     # (a killed host's leftovers stay until its agent starts again and cleans them up)
-    assert c.state.host(host).netns + "-e2e.service" not in listing.split(), listing
+    gone = c.state.host(host).netns + "-e2e.service"
+
+    def netns_gone() -> bool:  # the agent deletes it after the process and the record
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+        return gone not in listing.stdout.split()
+
+    until(netns_gone, 10, f"its network namespace {gone} removed")
 
 
 def test_leader_failover_elects_another_and_placement_goes_on(cluster: Cluster, tmp_path: Path
