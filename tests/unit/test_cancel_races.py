@@ -129,27 +129,17 @@ def _unit(monkeypatch: pytest.MonkeyPatch, signals: list[tuple[int, int]], *,
     return unit
 
 
-async def test_supervisor_stop_keeps_a_cancel_landing_as_the_process_exits(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    async def scenario() -> tuple[asyncio.Task[Any], Callable[[], None]]:
-        proc = FakeProc()
-        unit = _unit(monkeypatch, [], running=proc)
-        task = _start(unit.stop())
-        await settle()
-        return task, proc.exit
-
-    await assert_cancel_never_lost(scenario)
-
-
-async def test_supervisor_stop_keeps_a_cancel_landing_as_exec_stop_exits(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("exiting", ["the unit's process", "its ExecStop command"])
+async def test_supervisor_stop_keeps_a_cancel_landing_as_a_process_exits(
+        monkeypatch: pytest.MonkeyPatch, exiting: str) -> None:
     async def scenario() -> tuple[asyncio.Task[Any], Callable[[], None]]:
         proc, stopper = FakeProc(0), FakeProc(1)
-        unit = _unit(monkeypatch, [], running=proc, spawns=(stopper,),
-                     exec_stop=(ExecCommand(("true",)),))
+        with_stop = exiting.endswith("ExecStop command")
+        unit = _unit(monkeypatch, [], running=proc, spawns=(stopper,) if with_stop else (),
+                     exec_stop=(ExecCommand(("true",)),) if with_stop else ())
         task = _start(unit.stop())
         await settle()
-        return task, stopper.exit
+        return task, (stopper if with_stop else proc).exit
 
     await assert_cancel_never_lost(scenario)
 
