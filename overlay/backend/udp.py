@@ -548,6 +548,9 @@ class _VnetRx:
                         if whole is not None:
                             self._deliver(whole.data, src)
                         continue
+                if n == seg and self.buf[0] != udpgso.CHUNK_MAGIC:  # one datagram (an ACK)
+                    self.datagrams(view, arr, n, seg, src)
+                    continue
                 chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC
                 if not chunked.any():
                     self.datagrams(view, arr, n, seg, src)
