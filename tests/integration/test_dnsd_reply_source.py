@@ -11,6 +11,7 @@ must not stop the daemon."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -22,17 +23,17 @@ from pathlib import Path
 import pytest
 
 from overlay.store.embedded.launch import start_embedded
+from tests.dnsfuzz import run_dnsd
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(90)]
 
-DNSD = str(Path(__file__).resolve().parents[2] / ".venv/bin/dnsd")
 SERVER_V4 = ("198.18.77.1", "198.18.77.2")
 SERVER_V6 = ("fd00:198:77::1", "fd00:198:77::2")
 CLIENT_V4, CLIENT_V6 = "198.18.77.3", "fd00:198:77::3"
 BROADCAST = "198.18.77.255"
-DNS_PORT = 5353  # any port: nothing else listens in the test's own namespaces
-STORE_PORT = 2379
-NAME, ADDRESS = "web.skydns.local", "10.244.7.9"
+STORE_PORT = 2379  # any port: nothing else listens in the test's own namespaces
+ADDRESS = "10.244.7.9"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -70,25 +71,25 @@ def pair() -> Iterator[Pair]:
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 
 
-def _dig(ns: str, server: str, *args: str) -> str:
-    r = subprocess.run(["ip", "netns", "exec", ns, "dig", "-p", str(DNS_PORT), f"@{server}",
+def _dig(ns: str, server: str, port: str, *args: str) -> str:
+    r = subprocess.run(["ip", "netns", "exec", ns, "dig", "-p", port, f"@{server}",
                         "+time=1", "+tries=1", *args], capture_output=True, text=True,
                        timeout=10)
     return r.stdout + r.stderr
 
 
-# A client in the client namespace: junk, then one query to the broadcast address; prints
-# the source of the broadcast query's reply.
+# A client in the client namespace: malformed datagrams to each family, then one query to
+# the broadcast address; prints the source of that query's reply.
 _CLIENT = """
-import os, socket, struct, sys
+import socket, struct, sys
+from tests.dnsfuzz import malformed
 port = int(sys.argv[1])
-q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"\\x03web\\x06skydns\\x05local\\x00" \\
-    + struct.pack("!HH", 1, 1)
 for family, host in ((socket.AF_INET, sys.argv[2]), (socket.AF_INET6, sys.argv[3])):
     s = socket.socket(family, socket.SOCK_DGRAM)
-    for junk in (b"", b"\\x00", q[:11], q[:20], os.urandom(64), q + os.urandom(5000),
-                 b"\\xff" * 12 + b"\\x3f" * 40):
+    for junk in malformed(seed=family, count=300):
         s.sendto(junk, (host, port))
+q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"\\x03web\\x06skydns\\x05local\\x00" \\
+    + struct.pack("!HH", 1, 1)
 b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 b.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
 b.settimeout(3)
@@ -103,56 +104,48 @@ def test_wildcard_replies_come_from_the_queried_address(pair: Pair, extra: list[
                                                         tmp_path: Path) -> None:
     store = start_embedded(tmp_path / "store", port=STORE_PORT, netns=pair.server,
                            log=tmp_path / "store.log")
-    log = tmp_path / "dnsd.log"
-    proc = None
+    endpoint = f"http://127.0.0.1:{STORE_PORT}"
     try:
-        endpoint = f"http://127.0.0.1:{STORE_PORT}"
-        deadline = time.monotonic() + 30
-        key = "/skydns/" + "/".join(reversed(NAME.split(".")))
-        while subprocess.run(["ip", "netns", "exec", pair.server, "env", "ETCDCTL_API=3",
-                              "etcdctl", "--endpoints", endpoint, "put", key,
-                              f'{{"host":"{ADDRESS}"}}'],
-                             capture_output=True, timeout=10).returncode != 0:
-            assert time.monotonic() < deadline, (tmp_path / "store.log").read_text()
-            time.sleep(0.2)
-        with open(log, "wb") as sink:
-            proc = subprocess.Popen(["ip", "netns", "exec", pair.server, DNSD, "-addr",
-                                     f":{DNS_PORT}", "-etcd-endpoints", endpoint, *extra],
-                                    stdout=sink, stderr=subprocess.STDOUT)
-        while ADDRESS not in _dig(pair.server, "127.0.0.1", "+short", NAME):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        with run_dnsd(endpoint, tmp_path, *extra, host="", netns=pair.server,
+                      wait_ready=False) as d:
+            port = str(d.port)
+            name = d.name("web")
+            deadline = time.monotonic() + 30
+            while subprocess.run(["ip", "netns", "exec", pair.server, "env", "ETCDCTL_API=3",
+                                  "etcdctl", "--endpoints", endpoint, "put", d.key("web"),
+                                  f'{{"host":"{ADDRESS}"}}'],
+                                 capture_output=True, timeout=10).returncode != 0:
+                assert time.monotonic() < deadline, (tmp_path / "store.log").read_text()
+                time.sleep(0.2)
+            while ADDRESS not in _dig(pair.server, "127.0.0.1", port, "+short", name):
+                assert d.proc.poll() is None and time.monotonic() < deadline, \
+                    d.log.read_text()
+                time.sleep(0.1)
 
-        for server in (*SERVER_V4, *SERVER_V6):
-            for _ in range(3):  # the first from the slow path, then from the cache
-                out = _dig(pair.client, server, NAME, "A")
-                assert "unexpected source" not in out and ADDRESS in out, \
-                    (server, out, log.read_text()[-1500:])
-                assert f"SERVER: {server}#{DNS_PORT}" in out, out
-            # a name dnsd does not have: an NXDOMAIN, the slow path each time (not cached)
-            out = _dig(pair.client, server, "+short", f"gone{uuid.uuid4().hex[:6]}.skydns.local")
-            assert "unexpected source" not in out and "timed out" not in out, (server, out)
-            assert _dig(pair.client, server, "+short", "+tcp", NAME, "A").strip() == ADDRESS
+            for server in (*SERVER_V4, *SERVER_V6):
+                for _ in range(3):  # the first from the slow path, then from the cache
+                    out = _dig(pair.client, server, port, name, "A")
+                    assert "unexpected source" not in out and ADDRESS in out, \
+                        (server, out, d.log.read_text()[-1500:])
+                    assert f"SERVER: {server}#{port}" in out, out
+                # a name dnsd does not have: NXDOMAIN from the slow path each time
+                gone = d.name(f"gone{uuid.uuid4().hex[:6]}")
+                out = _dig(pair.client, server, port, "+short", gone)
+                assert "unexpected source" not in out and "timed out" not in out, (server, out)
+                assert _dig(pair.client, server, port, "+short", "+tcp", name).strip() == ADDRESS
 
-        script = tmp_path / "client.py"
-        script.write_text(_CLIENT)
-        r = subprocess.run(["ip", "netns", "exec", pair.client, sys.executable, str(script),
-                            str(DNS_PORT), SERVER_V4[1], SERVER_V6[0], BROADCAST],
-                           capture_output=True, text=True, timeout=20)
-        # the broadcast address cannot be a source: the reply comes from the route's pick
-        assert r.returncode == 0 and any(f"broadcast reply from {a} " in r.stdout
-                                         for a in SERVER_V4), \
-            (r.stdout, r.stderr, log.read_text()[-1500:])
-        for server in (SERVER_V4[1], SERVER_V6[0]):  # still answering, from the right place
-            assert _dig(pair.client, server, "+short", NAME, "A").strip() == ADDRESS
-        assert proc.poll() is None, log.read_text()
-        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+            script = tmp_path / "client.py"
+            script.write_text(_CLIENT)
+            r = subprocess.run(["ip", "netns", "exec", pair.client, sys.executable,
+                                str(script), port, SERVER_V4[1], SERVER_V6[0], BROADCAST],
+                               capture_output=True, text=True, timeout=30, cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+            # the broadcast address cannot be a source: the reply comes from the route's pick
+            assert r.returncode == 0 and any(f"broadcast reply from {a} " in r.stdout
+                                             for a in SERVER_V4), \
+                (r.stdout, r.stderr, d.log.read_text()[-1500:])
+            for server in (SERVER_V4[1], SERVER_V6[0]):  # still answering, from the right place
+                assert _dig(pair.client, server, port, "+short", name).strip() == ADDRESS
+            # run_dnsd checks on the way out that dnsd neither died nor logged a traceback
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         store.stop(kill=True)

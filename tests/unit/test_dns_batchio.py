@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -23,15 +24,17 @@ from dnsd.batchio import (
 pytestmark = pytest.mark.skipif(not available(), reason="needs Linux recvmmsg/sendmmsg")
 
 
-@pytest.fixture(params=[("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)],
-                ids=["v4", "v6"])
-def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket.socket]]:
-    host, family = request.param
+@contextlib.contextmanager
+def _bound(family: int, host: str, cfamily: int, target: str
+           ) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A server socket on ``host`` (IPv6: dual-stack) and a client on ``target``."""
     srv = socket.socket(family, socket.SOCK_DGRAM)
-    cli = socket.socket(family, socket.SOCK_DGRAM)
+    cli = socket.socket(cfamily, socket.SOCK_DGRAM)
     try:
+        if family == socket.AF_INET6:
+            srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         srv.bind((host, 0))
-        cli.bind((host, 0))
+        cli.bind((target, 0))
     except OSError:
         srv.close()
         cli.close()
@@ -42,6 +45,14 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket
     finally:
         srv.close()
         cli.close()
+
+
+@pytest.fixture(params=[("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)],
+                ids=["v4", "v6"])
+def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket.socket]]:
+    host, family = request.param
+    with _bound(family, host, family, host) as sockets:
+        yield sockets
 
 
 def test_batch_receive_and_reply(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -111,24 +122,9 @@ PKTINFO_CASES = [
 def info_pair(request: pytest.FixtureRequest
               ) -> Iterator[tuple[socket.socket, socket.socket, str]]:
     family, host, cfamily, target = request.param
-    srv = socket.socket(family, socket.SOCK_DGRAM)
-    cli = socket.socket(cfamily, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        srv.bind((host, 0))
-        cli.bind((target, 0))
-    except OSError:
-        srv.close()
-        cli.close()
-        pytest.skip(f"no {host} on this machine")
-    enable_pktinfo(srv)
-    cli.settimeout(2)
-    try:
+    with _bound(family, host, cfamily, target) as (srv, cli):
+        enable_pktinfo(srv)
         yield srv, cli, target
-    finally:
-        srv.close()
-        cli.close()
 
 
 def test_batch_replies_carry_the_queried_address(
