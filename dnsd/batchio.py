@@ -18,7 +18,8 @@ and every reply carries it back as its source, in the same cmsg on ``sendmsg``, 
 SkyDNS's miekg/dns does. A dual-stack IPv6 socket gets an IPV6_PKTINFO with the
 IPv4-mapped address for IPv4 clients, and the kernel takes that back for them too,
 so one cmsg layout serves both families. The interface index is cleared
-(``reply_control``): the source is pinned, the route still picks the way out. In
+(``reply_control``): the source is pinned, the route still picks the way out;
+except for an IPv6 link-local source, which the kernel takes only with its link. In
 the batch each slot has its own control buffer, and a queued reply points its
 header at its query's, so the fast path copies no address either. A reply whose
 source the kernel refuses (a query sent to a broadcast address) goes again
@@ -92,13 +93,19 @@ def available() -> bool:
 
 
 def decode_sockaddr(raw: bytes) -> tuple[str, int]:
-    """(host, port) of a raw sockaddr_in/sockaddr_in6."""
+    """(host, port) of a raw sockaddr_in/sockaddr_in6.
+
+    A scoped IPv6 address (link-local) keeps its zone as ``%<index>``, which
+    ``sendto`` takes back, so a reply to a link-local client finds its link.
+    """
     if len(raw) < 8:
         raise OSError(errno.EINVAL, f"sockaddr of {len(raw)} bytes")
     family = struct.unpack_from("=H", raw)[0]
     port = struct.unpack_from("!H", raw, 2)[0]
     if family == socket.AF_INET6:
-        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        scope = struct.unpack_from("=I", raw, 24)[0] if len(raw) >= 28 else 0
+        return (f"{host}%{scope}" if scope else host), port
     return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
 
 
@@ -116,15 +123,21 @@ def enable_pktinfo(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
 
 
+def _link_local(in6: bytes | memoryview, at: int = 0) -> bool:
+    """Whether the IPv6 address at ``at`` is link-local (fe80::/10)."""
+    return in6[at] == 0xFE and in6[at + 1] & 0xC0 == 0x80
+
+
 def reply_control(ancdata: Control) -> Control:
     """The cmsg that sends a reply from the address the query in ``ancdata`` went to.
 
-    The received pktinfo with its interface index cleared; anything else is left out.
+    The received pktinfo with its interface index cleared (kept for an IPv6
+    link-local address, valid on its link only); anything else is left out.
     """
     out: Control = []
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
-            out.append((level, kind, data[:16] + bytes(4)))
+            out.append((level, kind, data[:20] if _link_local(data) else data[:16] + bytes(4)))
         elif level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
             out.append((level, kind, bytes(4) + data[4:12]))
     return out
@@ -207,8 +220,10 @@ class BatchSocket:
         self._r32 = memoryview(self._rmsgs).cast("B").cast("I")
         self._r64 = memoryview(self._rmsgs).cast("B").cast("Q")
         # the interface index of slot i's pktinfo, as a 32-bit index into the buffers
-        self._c32 = memoryview(self.controls).cast("I")
+        self._cview = memoryview(self.controls)
+        self._c32 = self._cview.cast("I")
         self._ifindex = (CMSG_HEADER + _IFINDEX_AT.get(sock.family, 0)) // 4
+        self._v6 = sock.family == socket.AF_INET6
         self._s32v = memoryview(self._smsgs).cast("B").cast("I")
         self._s64v = memoryview(self._smsgs).cast("B").cast("Q")
         self._siov64 = memoryview(self._siov).cast("B").cast("Q")
@@ -285,7 +300,10 @@ class BatchSocket:
             self._s64v[j * s64 + self._off_control] = self._control_addr[slot]
             self._s64v[j * s64 + self._off_controllen] = \
                 self._r64[slot * s64 + self._off_controllen]
-            self._c32[slot * (CONTROL_SIZE // 4) + self._ifindex] = 0
+            at = slot * CONTROL_SIZE + CMSG_HEADER  # _link_local, inlined
+            cview = self._cview
+            if not self._v6 or cview[at] != 0xFE or cview[at + 1] & 0xC0 != 0x80:
+                self._c32[slot * (CONTROL_SIZE // 4) + self._ifindex] = 0
         self._queued = j + 1
         return True
 

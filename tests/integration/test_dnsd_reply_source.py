@@ -1,7 +1,8 @@
 """dnsd on a wildcard ``-addr`` replies from the address each query was sent to (as SkyDNS's
 miekg/dns does with IP_PKTINFO/IPV6_PKTINFO): a server with two addresses per family on one
-interface answers a client querying either one, over IPv4 and IPv6, on the batched and on
-the plain UDP loop, on the slow path and from the answer cache. Without it the kernel's
+interface answers a client querying either one, over IPv4 and IPv6 (and a link-local
+address), on the batched and on the plain UDP loop, on the slow path and from the answer
+cache. Without it the kernel's
 preferred source answers for both and dig drops one ("reply from unexpected source").
 
 A server and a client namespace joined by a veth pair, created and removed by the test; the
@@ -30,6 +31,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(90)]
 SERVER_V4 = ("198.18.77.1", "198.18.77.2")
 SERVER_V6 = ("fd00:198:77::1", "fd00:198:77::2")
 CLIENT_V4, CLIENT_V6 = "198.18.77.3", "fd00:198:77::3"
+SERVER_LL, CLIENT_LL = "fe80::77:1", "fe80::77:3"  # link-local: replies need the zone
 BROADCAST = "198.18.77.255"
 STORE_PORT = 2379  # any port: nothing else listens in the test's own namespaces
 ADDRESS = "10.244.7.9"
@@ -59,10 +61,11 @@ def pair() -> Iterator[Pair]:
             "peer", "name", "eth0", "netns", p.client)
         for addr in SERVER_V4:
             _ip("-n", p.server, "addr", "add", f"{addr}/24", "dev", "eth0")
-        for addr in SERVER_V6:
+        for addr in (*SERVER_V6, SERVER_LL):
             _ip("-n", p.server, "addr", "add", f"{addr}/64", "dev", "eth0", "nodad")
         _ip("-n", p.client, "addr", "add", f"{CLIENT_V4}/24", "dev", "eth0")
-        _ip("-n", p.client, "addr", "add", f"{CLIENT_V6}/64", "dev", "eth0", "nodad")
+        for addr in (CLIENT_V6, CLIENT_LL):
+            _ip("-n", p.client, "addr", "add", f"{addr}/64", "dev", "eth0", "nodad")
         for ns in (p.server, p.client):
             _ip("-n", ns, "link", "set", "eth0", "up")
         yield p
@@ -122,16 +125,17 @@ def test_wildcard_replies_come_from_the_queried_address(pair: Pair, extra: list[
                     d.log.read_text()
                 time.sleep(0.1)
 
-            for server in (*SERVER_V4, *SERVER_V6):
+            for server in (*SERVER_V4, *SERVER_V6, f"{SERVER_LL}%eth0"):
                 for _ in range(3):  # the first from the slow path, then from the cache
                     out = _dig(pair.client, server, port, name, "A")
                     assert "unexpected source" not in out and ADDRESS in out, \
                         (server, out, d.log.read_text()[-1500:])
-                    assert f"SERVER: {server}#{port}" in out, out
+                    assert f"SERVER: {server.split('%')[0]}" in out, out
                 # a name dnsd does not have: NXDOMAIN from the slow path each time
                 gone = d.name(f"gone{uuid.uuid4().hex[:6]}")
                 out = _dig(pair.client, server, port, "+short", gone)
-                assert "unexpected source" not in out and "timed out" not in out, (server, out)
+                assert "unexpected source" not in out and "timed out" not in out, \
+                    (server, out, d.log.read_text()[-1500:])
                 assert _dig(pair.client, server, port, "+short", "+tcp", name).strip() == ADDRESS
 
             script = tmp_path / "client.py"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -87,22 +88,41 @@ def test_decode_sockaddr_rejects_short_names() -> None:
         decode_sockaddr(b"")
 
 
+def _sockaddr_in6(host: str, port: int, scope: int) -> bytes:
+    return (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", port, 0)
+            + socket.inet_pton(socket.AF_INET6, host) + struct.pack("=I", scope))
+
+
+@pytest.mark.parametrize(("raw", "want"), [
+    (_sockaddr_in6("fe80::2", 5353, 3), ("fe80::2%3", 5353)),
+    (_sockaddr_in6("fd00::2", 53, 0), ("fd00::2", 53)),
+    (struct.pack("=H", socket.AF_INET) + struct.pack("!H", 53) + socket.inet_aton("10.0.0.1")
+     + bytes(8), ("10.0.0.1", 53)),
+], ids=["link-local-keeps-its-zone", "global", "v4"])
+def test_decode_sockaddr(raw: bytes, want: tuple[str, int]) -> None:
+    assert decode_sockaddr(raw) == want
+
+
 # -- replies from the queried address (IP_PKTINFO / IPV6_PKTINFO) ---------------------------
 
 V6_INFO = socket.inet_pton(socket.AF_INET6, "fd00::1") + (7).to_bytes(4, "little")
+LL_INFO = socket.inet_pton(socket.AF_INET6, "fe80::1") + (7).to_bytes(4, "little")
 V4_INFO = (7).to_bytes(4, "little") + socket.inet_aton("10.0.0.1") + socket.inet_aton("10.0.0.2")
 
 
 @pytest.mark.parametrize(("ancdata", "want"), [
     ([(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, V6_INFO)],
      [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, V6_INFO[:16] + bytes(4))]),
+    ([(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, LL_INFO)],
+     [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, LL_INFO)]),
     ([(socket.IPPROTO_IP, IP_PKTINFO, V4_INFO)],
      [(socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + V4_INFO[4:])]),
     ([(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, V6_INFO[:12])], []),
     ([(socket.IPPROTO_IP, IP_PKTINFO, V4_INFO[:8])], []),
     ([(socket.SOL_SOCKET, 29, b"\x00" * 16)], []),
     ([], []),
-], ids=["v6-ifindex-cleared", "v4-ifindex-cleared-spec-dst-kept", "short-v6", "short-v4",
+], ids=["v6-ifindex-cleared", "v6-link-local-keeps-its-ifindex",
+        "v4-ifindex-cleared-spec-dst-kept", "short-v6", "short-v4",
         "other-cmsg-dropped", "none"])
 def test_reply_control(ancdata: Control, want: Control) -> None:
     assert reply_control(ancdata) == want
