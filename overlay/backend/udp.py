@@ -543,10 +543,14 @@ class _VnetRx:
         try:
             for n, seg, src in self.fwd._receive_batch(self.bufs, self.cmsg_space):
                 if self.buf[0] == udpgso.CHUNK_MAGIC:
-                    whole = self.reasm.whole(src, arr, n, seg)  # the common case, first
-                    if whole is not None:
-                        self._deliver(whole.data, src)
+                    handled, whole = self.reasm.run(src, arr, n, seg)  # the common case
+                    if handled:
+                        if whole is not None:
+                            self._deliver(whole.data, src)
                         continue
+                if n == seg and self.buf[0] != udpgso.CHUNK_MAGIC:  # one datagram (an ACK)
+                    self.datagrams(view, arr, n, seg, src)
+                    continue
                 chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC
                 if not chunked.any():
                     self.datagrams(view, arr, n, seg, src)
