@@ -4,10 +4,8 @@ On Python 3.11 ``asyncio.wait_for`` returns the result instead when the operatio
 finishes in the same loop iteration as the cancel of the task awaiting it (fixed only
 in 3.12): a stopped scheduler engine kept running that way. Each place that waited
 with a timeout now uses ``asyncio.timeout`` (or ``asyncio.wait`` where the operation
-must outlive the wait). The tests below finish the awaited operation and cancel the
-waiting task 0, 1, 2... loop iterations apart, deterministically, and require the
-cancel to arrive; a second test per place checks that its timeout still fires. The
-last test keeps ``asyncio.wait_for`` out of the daemons' code.
+must outlive the wait). Per place: the race (tests/cancelrace.py) and a check that
+its timeout still fires. The last test keeps ``asyncio.wait_for`` out of the daemons.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,44 +29,16 @@ from overlay.sched.supervisor import Supervisor, _Unit
 from overlay.sched.unitfile import ExecCommand
 from overlay.store.api import StoreConfig
 from overlay.store.embedded import grpcwire
+from tests.cancelrace import assert_cancel_never_lost, settle, start
 
 ROOT = Path(__file__).resolve().parents[2]
-# (task, finish): the task is blocked in the awaited operation; finish() completes it
-Scenario = Callable[[], Awaitable[tuple["asyncio.Task[Any]", Callable[[], None]]]]
-
-
-async def settle(n: int = 5) -> None:
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-async def assert_cancel_never_lost(scenario: Scenario, spread: int = 6) -> None:
-    """For k in 0..spread-1: finish the operation, let k loop iterations pass, cancel.
-    A cancel that reached a task still running must end it as cancelled."""
-    for k in range(spread):
-        task, finish = await scenario()
-        assert not task.done(), "the scenario's task must be waiting when finish() runs"
-        finish()
-        await settle(k)
-        requested = task.cancel()
-        assert requested or k > 0, "k=0: the task cannot have finished yet"
-        try:
-            await task
-        except asyncio.CancelledError:
-            continue
-        assert not requested, (f"a cancel delivered {k} loop iteration(s) after the awaited "
-                               f"operation completed was swallowed")
-
-
-def _start(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-    return asyncio.get_running_loop().create_task(coro)
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="wait_for keeps the cancel from 3.12 on")
 async def test_the_check_catches_wait_for_on_3_11() -> None:
     async def scenario() -> tuple[asyncio.Task[Any], Callable[[], None]]:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        task = _start(asyncio.wait_for(fut, 5))
+        task = start(asyncio.wait_for(fut, 5))
         await settle()
         return task, lambda: fut.set_result(1)
 
@@ -125,7 +95,7 @@ def _unit(monkeypatch: pytest.MonkeyPatch, signals: list[tuple[int, int]], *,
     monkeypatch.setattr(supervisor, "_killpg", killpg)
     if running is not None:
         unit.proc = running  # type: ignore[assignment]
-        unit.task = _start(asyncio.Event().wait())  # as run() is, blocked on the process
+        unit.task = start(asyncio.Event().wait())  # as run() is, blocked on the process
     return unit
 
 
@@ -137,7 +107,7 @@ async def test_supervisor_stop_keeps_a_cancel_landing_as_a_process_exits(
         with_stop = exiting.endswith("ExecStop command")
         unit = _unit(monkeypatch, [], running=proc, spawns=(stopper,) if with_stop else (),
                      exec_stop=(ExecCommand(("true",)),) if with_stop else ())
-        task = _start(unit.stop())
+        task = start(unit.stop())
         await settle()
         return task, (stopper if with_stop else proc).exit
 
@@ -165,7 +135,7 @@ async def test_supervisor_keeps_a_cancel_landing_as_the_output_drains(
     async def scenario() -> tuple[asyncio.Task[Any], Callable[[], None]]:
         proc = FakeProc()
         unit = _unit(monkeypatch, [], spawns=(proc,))
-        task = _start(unit._run_to_exit(ExecCommand(("true",))))
+        task = start(unit._run_to_exit(ExecCommand(("true",))))
         await settle()
         proc.exit(0)  # the pipe stays open (a grandchild holds it) until finish()
         await settle()
@@ -192,7 +162,7 @@ async def test_journal_follow_keeps_a_cancel_landing_as_a_line_arrives(
         sup = Supervisor()
         unit = _unit(monkeypatch, [])
         sup._units[unit.spec.name] = unit
-        task = _start(sup.wait_lines(unit.spec.name, "0", 5))
+        task = start(sup.wait_lines(unit.spec.name, "0", 5))
         await settle()
         return task, lambda: unit.note("a line")
 
@@ -233,7 +203,7 @@ async def test_cni_exec_keeps_a_cancel_landing_as_the_plugin_exits(
             return proc
 
         monkeypatch.setattr(netattach.asyncio, "create_subprocess_exec", exec_)
-        task = _start(netattach._run(["weft"], b"{}"))
+        task = start(netattach._run(["weft"], b"{}"))
         await settle()
         return task, proc.finish
 
@@ -257,7 +227,7 @@ async def test_dnsd_config_read_keeps_a_cancel_landing_as_the_store_answers() ->
         async def read(cfg: StoreConfig, key: str) -> bytes | None:
             return await answer
 
-        task = _start(read_config_until_answered(StoreConfig(), "/skydns/config", read=read,
+        task = start(read_config_until_answered(StoreConfig(), "/skydns/config", read=read,
                                                  attempt_timeout=5))
         await settle()
         return task, lambda: answer.set_result(b"{}")
@@ -312,7 +282,7 @@ async def test_store_listener_stop_keeps_a_cancel_landing_as_it_closes() -> None
     async def scenario() -> tuple[asyncio.Task[Any], Callable[[], None]]:
         srv = grpcwire.Server({}, 1 << 20)
         slow = await _listening(srv)
-        task = _start(srv.stop())
+        task = start(srv.stop())
         await settle()
         return task, lambda: slow.closed.set_result(None)
 
@@ -332,7 +302,7 @@ async def test_store_listener_stop_still_gives_up_waiting(monkeypatch: pytest.Mo
 async def test_a_cancelled_store_listener_stop_still_counts_as_closed() -> None:
     srv = grpcwire.Server({}, 1 << 20)
     await _listening(srv)
-    task = _start(srv.stop())
+    task = start(srv.stop())
     await settle()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
