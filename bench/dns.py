@@ -4,14 +4,13 @@ Run: ``.venv/bin/python bench/dns.py [--seconds 10] [--names 200] [--rounds 2]``
 Starts a private etcd and registers NAMES services (A records); starts dnsd three
 times (default recvmmsg batching on 127.0.0.1; the same on a wildcard ``-addr :PORT``,
 whose replies carry the queried address as their source; and ``-udp-batch=false``)
-and Knot (``knotd``, one
-UDP worker, a zone file with the same names), all on free loopback ports and
-pinned to CPU 0; drives each with dnsperf pinned to CPU 1 for SECONDS (A queries
-for every name plus one missing name in ten), alternating servers for ROUNDS
-rounds so load from other work on the machine hits them alike. Prints every
-figure and the ratios to Knot. Processes and temp dirs are removed at the end,
-also on failure. Loopback only (dnsd-any listens on every address of the namespace,
-but only 127.0.0.1 is queried).
+and Knot (``knotd``, one UDP worker, a zone file with the same names), all on free
+loopback ports and pinned to CPU 0; drives each with dnsperf pinned to CPU 1 for
+SECONDS (A queries for every name plus one missing name in ten), alternating
+servers for ROUNDS rounds so load from other work on the machine hits them alike.
+Prints every figure, the ratios to Knot and the wildcard's to 127.0.0.1's.
+Processes and temp dirs are removed at the end, also on failure. Loopback only
+(dnsd-any listens on every address of the namespace, but only 127.0.0.1 is queried).
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ comes from a lease are cached for one second only, since their TTL ages.
 TCP: an accept thread and one thread per connection (bounded), each reading
 length-prefixed messages through the same handler. On a wildcard address each UDP
 reply leaves from the address its query was sent to (IP_PKTINFO/IPV6_PKTINFO, see
-``batchio``), in both loops and on the slow path; a forwarded answer too. Out-of-zone queries from
-allowed clients go to the forwarder on a small worker pool. With ``stubzones`` on,
-names inside a stub zone (``stubs``, swapped in by the shell after each index
-change) are relayed to that zone's nameservers for any client, before the cache
-and the engine are consulted, carrying SkyDNS's loop option; a stub query that
-already carries it is dropped unanswered, as SkyDNS does. Failures become
+``batchio``): in both loops, on the slow path, and for forwarded answers too.
+Out-of-zone queries from allowed clients go to the forwarder on a small worker
+pool. With ``stubzones`` on, names inside a stub zone (``stubs``, swapped in by
+the shell after each index change) are relayed to that zone's nameservers for any
+client, before the cache and the engine are consulted, carrying SkyDNS's loop
+option; a stub query that already carries it is dropped unanswered, as SkyDNS does. Failures become
 FORMERR (bad packet), SERVFAIL (handler error) or silence (unparseable header)
 at this boundary; nothing a client sends can stop the loops.
 """

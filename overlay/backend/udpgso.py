@@ -402,7 +402,8 @@ class Reassembly:
         m = -(-n // seg)  # datagrams in this receive
         tail = (m - 1) * seg
         last = n - tail
-        if k < 1 or idx + m > k or last <= CHUNK_HDR or (idx + m < k and last != seg):
+        if not 0 < k <= MAX_CHUNKS or idx + m > k or last <= CHUNK_HDR or (
+                idx + m < k and last != seg):
             return False, None
         if last == seg:
             heads = buf[:n].reshape(m, seg)[:, :CHUNK_HDR].tobytes()

@@ -193,3 +193,16 @@ def test_run_takes_each_gso_half_and_leaves_the_rest_to_feed() -> None:
     # a first half replacing an unfinished one (id 41's, still pending) counts it lost
     r.lost = 0
     assert r.run("a", arr(wire[:cut]), cut, dgram) == (True, None) and r.lost == 1
+
+
+def test_forged_chunk_headers_are_refused_not_raised() -> None:
+    """Counts and indexes beyond 64 chunks, zero counts, runts: never an exception."""
+    r = udpgso.Reassembly()
+    for idx, count in ((60, 200), (0, 0), (250, 255), (63, 64), (0, 65)):
+        wire = bytearray(os.urandom(3 * 1472))
+        for i in range(3):
+            wire[i * 1472:i * 1472 + 8] = bytes((udpgso.CHUNK_MAGIC, (idx + i) & 0xFF, count, 0,
+                                                 0, 0, 0, 9))
+        assert r.run("a", arr(bytes(wire)), len(wire), 1472)[0] is False or count == 64
+        r.feed("a", arr(bytes(wire)), len(wire), 1472)
+    assert r.run("a", arr(bytes((udpgso.CHUNK_MAGIC,) * 8)), 8, 1472)[0] is False
