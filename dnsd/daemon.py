@@ -84,7 +84,8 @@ async def read_config_until_answered(
     delay = first_delay
     while True:
         try:
-            return await asyncio.wait_for(read(store_cfg, key), attempt_timeout)
+            async with asyncio.timeout(attempt_timeout):
+                return await read(store_cfg, key)
         except ValueError:
             raise
         except Exception as exc:  # one attempt's boundary: any store trouble means retry

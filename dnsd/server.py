@@ -12,12 +12,14 @@ so a hit is never older than the last applied watch event. Answers whose TTL
 comes from a lease are cached for one second only, since their TTL ages.
 
 TCP: an accept thread and one thread per connection (bounded), each reading
-length-prefixed messages through the same handler. Out-of-zone queries from
-allowed clients go to the forwarder on a small worker pool. With ``stubzones`` on,
-names inside a stub zone (``stubs``, swapped in by the shell after each index
-change) are relayed to that zone's nameservers for any client, before the cache
-and the engine are consulted, carrying SkyDNS's loop option; a stub query that
-already carries it is dropped unanswered, as SkyDNS does. Failures become
+length-prefixed messages through the same handler. On a wildcard address each UDP
+reply leaves from the address its query was sent to (IP_PKTINFO/IPV6_PKTINFO, see
+``batchio``): in both loops, on the slow path, and for forwarded answers too.
+Out-of-zone queries from allowed clients go to the forwarder on a small worker
+pool. With ``stubzones`` on, names inside a stub zone (``stubs``, swapped in by
+the shell after each index change) are relayed to that zone's nameservers for any
+client, before the cache and the engine are consulted, carrying SkyDNS's loop
+option; a stub query that already carries it is dropped unanswered, as SkyDNS does. Failures become
 FORMERR (bad packet), SERVFAIL (handler error) or silence (unparseable header)
 at this boundary; nothing a client sends can stop the loops.
 """
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 from overlay.metrics import Histogram
 
 from . import batchio
-from .batchio import BatchSocket
+from .batchio import CONTROL_SIZE, BatchSocket, Control, enable_pktinfo, reply_control, send_from
 from .engine import Engine
 from .forward import Forwarder
 from .index import Index
@@ -156,6 +158,15 @@ class DnsServer:
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
         self.udp, self.tcp, port = _listen(config.host, config.port)
         self.port: int = port
+        # a wildcard socket answers for every address: reply from the one queried
+        self.pktinfo = False
+        if config.host in WILDCARDS:
+            try:
+                enable_pktinfo(self.udp)
+                self.pktinfo = True
+            except OSError as exc:
+                log.warning("cannot learn which address a UDP query was sent to (%s): "
+                            "replies leave from the address the route picks", exc)
         m = self.metrics
         m.server = server_label(config.host, port)
         m.family = "2" if family == socket.AF_INET6 else "1"
@@ -177,7 +188,8 @@ class DnsServer:
         udp_loop: Callable[[], None] = self._udp_loop
         if self.config.batch and batchio.available():
             try:
-                batch = BatchSocket(self.udp, slots=BATCH, bufsize=RECV_BUFFER)
+                batch = BatchSocket(self.udp, slots=BATCH, bufsize=RECV_BUFFER,
+                                    pktinfo=self.pktinfo)
             except (OSError, ValueError, TypeError) as exc:
                 log.warning("UDP batching unavailable (%s); using recvfrom/sendto", exc)
             else:
@@ -285,7 +297,10 @@ class DnsServer:
         """recvfrom/sendto, one datagram per system call (the portable loop)."""
         sock = self.udp
         recv = sock.recvfrom
+        recvmsg = sock.recvmsg
         send = sock.sendto
+        pktinfo = self.pktinfo
+        control: Control = []
         fast = self._fast
         metrics = self.metrics
         perf = time.perf_counter
@@ -296,7 +311,11 @@ class DnsServer:
             try:
                 # Queries bigger than this are cut and then fail to parse (FORMERR); a
                 # smaller buffer than 64K makes every recvfrom cheaper.
-                data, addr = recv(RECV_BUFFER)
+                if pktinfo:
+                    data, ancdata, _, addr = recvmsg(RECV_BUFFER, CONTROL_SIZE)
+                    control = reply_control(ancdata)
+                else:
+                    data, addr = recv(RECV_BUFFER)
             except OSError:
                 if stopping():
                     return
@@ -308,7 +327,10 @@ class DnsServer:
                 t0 = perf()
                 reply = fast(data)
                 if reply is not None:
-                    send(reply, addr)
+                    if control:
+                        send_from(sock, reply, addr, control)
+                    else:
+                        send(reply, addr)
                     took = perf() - t0
                     for h in timed:
                         h.observe(took)
@@ -316,14 +338,14 @@ class DnsServer:
                     if not tick & 15:
                         metrics.observe(took)
                     continue
-                self._slow(data, addr, False, _udp_reply(send, addr))
+                self._slow(data, addr, False, _udp_reply(sock, addr, control))
             except Exception:  # the boundary: never let one packet stop the loop
                 metrics.errors += 1
                 log.exception("udp: failed to answer a packet from %s", addr)
 
     def _udp_batch_loop(self, batch: BatchSocket) -> None:
         """recvmmsg/sendmmsg: up to BATCH datagrams per system call (Linux)."""
-        send = self.udp.sendto
+        sock = self.udp
         fast = self._fast
         metrics = self.metrics
         perf = time.perf_counter
@@ -348,10 +370,11 @@ class DnsServer:
                         if reply is not None and batch.queue(slot, reply):
                             continue
                         addr = batch.sender(slot)
+                        udp_reply = _udp_reply(sock, addr, batch.control(slot))
                         if reply is not None:
-                            send(reply, addr)
+                            udp_reply(reply)
                         else:
-                            self._slow(data, addr, False, _udp_reply(send, addr))
+                            self._slow(data, addr, False, udp_reply)
                     except Exception:  # the boundary: never let one packet stop the loop
                         metrics.errors += 1
                         log.exception("udp: failed to answer a packet")
@@ -584,10 +607,10 @@ def _zones_label(engine: Engine) -> str:
     return ",".join(".".join(z) + "." for z in engine.config.zones)
 
 
-def _udp_reply(send: Callable[[bytes, tuple[str, int]], int],
-               addr: tuple[str, int]) -> Reply:
+def _udp_reply(sock: socket.socket, addr: tuple[str, int], control: Control) -> Reply:
+    """Send to ``addr`` from the address ``control`` names (see ``batchio.send_from``)."""
     def reply(data: bytes) -> None:
-        send(data, addr)
+        send_from(sock, data, addr, control)
     return reply
 
 

@@ -377,11 +377,10 @@ class Flanneld:
         try:
             await asyncio.wait({watch, timer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for t in (watch, timer):
-                t.cancel()
-            for t in (watch, timer):
-                with contextlib.suppress(asyncio.CancelledError, StoreError):
-                    await t
+            await _cancel_and_wait(watch, timer)
+        for t in (watch, timer):  # a store error only ends the wait; anything else is a bug
+            if not t.cancelled() and not isinstance(t.exception(), StoreError | None):
+                t.result()
 
     async def _acquire(self, config: NetworkConfig, backend: Backend,
                        data: Mapping[str, Any], data6: Mapping[str, Any],
@@ -588,10 +587,7 @@ class Flanneld:
             try:
                 await asyncio.wait({lost, timer}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for t in (lost, timer):
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t
+                await _cancel_and_wait(lost, timer)
             state = self._require()
             if self._lost.is_set():
                 self._lost.clear()
@@ -835,6 +831,18 @@ def ingress_members(peers: Iterable[Lease]
 def backoff(attempt: int) -> float:
     """The delay before retry number ``attempt`` (0-based): STORE_BACKOFF, then its last."""
     return STORE_BACKOFF[min(attempt, len(STORE_BACKOFF) - 1)]
+
+
+async def _cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel ``tasks`` and return once they have ended. Not ``t.cancel()`` and ``await t``
+    under suppress(CancelledError): that also swallows a cancel of the caller landing
+    while ``t`` winds down, and flanneld then never stops (the stopped loop carries on)."""
+    for t in tasks:
+        t.cancel()
+    await asyncio.wait(tasks)
+    for t in tasks:  # seen (no "never retrieved" log); the caller may still look at it
+        if not t.cancelled():
+            t.exception()
 
 
 async def close_stream(stream: AsyncIterator[Any]) -> None:

@@ -85,6 +85,11 @@ class ForwardRules:
         if not self.command:
             self.command = ("ip6tables",) if self.network.version == 6 else ("iptables",)
 
+    @property
+    def tool(self) -> str:
+        """The iptables program ``command`` runs (its last word behind ``ip netns exec``)."""
+        return self.command[-1] if self.command[0] == "ip" else self.command[0]
+
     async def _run(self, *args: str, check: bool = True) -> tuple[int, str]:
         argv = (*self.command, "-w", "5", *args)
         try:
@@ -100,11 +105,10 @@ class ForwardRules:
 
     def available(self) -> bool:
         """False (logged once) when the host has no iptables tool to run."""
-        tool = self.command[-1] if self.command[0] == "ip" else self.command[0]
-        if shutil.which(tool) is not None:
+        if shutil.which(self.tool) is not None:
             return True
         if not self._missing_logged:
-            log.info("no %s on this host: no FORWARD accept rules needed or written", tool)
+            log.info("no %s on this host: no FORWARD accept rules needed or written", self.tool)
             self._missing_logged = True
         return False
 
@@ -126,8 +130,7 @@ class ForwardRules:
             await self._run("-A", CHAIN, *rule)
         if (await self._run("-C", "FORWARD", *JUMP, check=False))[0] != 0:
             await self._run("-A", "FORWARD", *JUMP)
-        log.info("%s: FORWARD accepts %s (chain %s)", self.command[-1] if
-                 self.command[0] == "ip" else self.command[0], self.network, CHAIN)
+        log.info("%s: FORWARD accepts %s (chain %s)", self.tool, self.network, CHAIN)
         return True
 
     async def remove(self) -> bool:

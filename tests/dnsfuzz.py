@@ -60,9 +60,11 @@ class Dnsd:
 @contextlib.contextmanager
 def run_dnsd(endpoint: str, tmp: Path, *extra: str, domain: str = "skydns.local.",
              wait_ready: bool = True, env: dict[str, str] | None = None,
-             log_path: Path | None = None, host: str = "127.0.0.1") -> Iterator[Dnsd]:
+             log_path: Path | None = None, host: str = "127.0.0.1",
+             netns: str | None = None) -> Iterator[Dnsd]:
     """The real daemon on free loopback ports with its own key prefix (``host`` "::1":
-    listening on IPv6 loopback)."""
+    listening on IPv6 loopback; "": the wildcard). ``netns``: run it in that network
+    namespace (then the caller waits for it: pass ``wait_ready=False``)."""
     port = free_port()
     mport = free_port()
     prefix = f"/skydns-test-{uuid.uuid4().hex[:8]}"
@@ -71,6 +73,8 @@ def run_dnsd(endpoint: str, tmp: Path, *extra: str, domain: str = "skydns.local.
     argv = [str(ROOT / ".venv/bin/dnsd"), f"-addr={bracketed}:{port}", "-etcd-endpoints",
             endpoint, "-path-prefix", prefix, "-domain", domain, "-metrics-port", str(mport),
             *extra]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 env=None if env is None else {**os.environ, **env})

@@ -63,6 +63,9 @@ rsync python3 busybox-static podman openssh-server sudo"
 log() { printf '[qemu-cluster %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$HERE/lib.sh"
+
 vm_ip() { echo "$UNDERLAY.$((10 + $1))"; }
 node_ips() {
     local i ips=()
@@ -320,16 +323,6 @@ cmd_exec() {  # exec VM [--timeout S] -- ARGV...
 
 # -- test -----------------------------------------------------------------------------
 
-root_snapshot() {  # what must not change in the root namespace
-    {
-        echo "== link"; ip -o link show | awk '{print $2, $3}'
-        echo "== addr"; ip -o addr show | awk '{print $2, $3, $4}'
-        echo "== route"; ip route show table all
-        echo "== route6"; ip -6 route show table all
-        echo "== nft"; nft list ruleset 2>/dev/null
-    }
-}
-
 cmd_test() {
     if [[ -f $STATE/env ]]; then
         WEFT_VM_CLUSTER=$CLUSTER WEFT_VM_STATE=$STATE WEFT_VM_LEASE_TTL=$LEASE_TTL \
@@ -346,13 +339,7 @@ cmd_test() {
     trap - EXIT
     cmd_down
     after=$(root_snapshot)
-    if [[ $before != "$after" ]]; then
-        log "FAIL: the root namespace changed:"
-        diff <(echo "$before") <(echo "$after") >&2 || true
-        rc=1
-    else
-        log "ok: root namespace links, addresses, routes and nft ruleset unchanged"
-    fi
+    root_unchanged "$before" "$after" || rc=1
     log "test: rc=$rc in $((SECONDS - t0))s"
     return $rc
 }

@@ -43,6 +43,9 @@ PATH_IN_VM=/opt/weft/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 log() { printf '[vagrant-cluster %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$HERE/lib.sh"
+
 load_state() {
     [[ -f $STATE/env ]] || die "cluster '$CLUSTER' is not up (no $STATE/env)"
     # shellcheck source=/dev/null
@@ -223,7 +226,7 @@ cmd_exec() {  # exec vmN [--timeout S] -- ARGV...: as root in weftN over Vagrant
 
 cmd_test() {
     local before after rc=0 t0=$SECONDS
-    before=$("$HERE/qemu-cluster.sh" snapshot)
+    before=$(root_snapshot)
     trap 'cmd_down' EXIT
     cmd_up
     log "running the checks"
@@ -233,14 +236,8 @@ cmd_test() {
     local t_down=$SECONDS
     cmd_down
     log "down took $((SECONDS - t_down))s"
-    after=$("$HERE/qemu-cluster.sh" snapshot)
-    if [[ $before != "$after" ]]; then
-        log "FAIL: the root namespace changed:"
-        diff <(echo "$before") <(echo "$after") >&2 || true
-        rc=1
-    else
-        log "ok: root namespace links, addresses, routes and nft ruleset unchanged"
-    fi
+    after=$(root_snapshot)
+    root_unchanged "$before" "$after" || rc=1
     log "test: rc=$rc in $((SECONDS - t0))s"
     return $rc
 }

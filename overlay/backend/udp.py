@@ -42,7 +42,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -81,6 +81,7 @@ _GSO_BYTES = 65_000  # one GSO send stays below the 64 KiB IP limit
 _UDP_MAX = 65_507  # the largest UDP payload (one GSO send)
 _POLL_MS = 200
 _KEY_CHECK_S = 1.0  # how often the key files are looked at
+_CRASH_LOG_S = 10.0  # at most one traceback this often when a forwarder bug repeats
 _PLAIN_VNET = udpgso.vnet_header()  # no offload asked for this packet
 
 PeerTable = dict[int, dict[int, tuple[str, int]]]  # prefixlen -> {net int -> addr}
@@ -284,9 +285,11 @@ class Forwarder:
         self.vnet = vnet
         self.chunk_peers: frozenset[str] = frozenset()  # PublicIPs taking weft chunks
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._vnet_loop, name="udp", daemon=True)] \
-            if vnet else [threading.Thread(target=self._tun_to_udp, name="udp-tx", daemon=True),
-                          threading.Thread(target=self._udp_to_tun, name="udp-rx", daemon=True)]
+        self._crash_logged = -_CRASH_LOG_S
+        loops = [("udp", self._vnet_loop)] if vnet else [("udp-tx", self._tun_to_udp),
+                                                         ("udp-rx", self._udp_to_tun)]
+        self._threads = [threading.Thread(target=self._guarded, args=(loop,), name=name,
+                                          daemon=True) for name, loop in loops]
 
     @property
     def dropped(self) -> int:
@@ -327,6 +330,23 @@ class Forwarder:
         self.key_reloads += 1
         log.info("udp: key files re-read: %d key(s)%s", len(keys),
                  ", sealing with the first one (new session)" if resealed else "")
+
+    def _guarded(self, loop: Callable[[], None]) -> None:
+        """Run ``loop`` until it returns (stopped, or its descriptor closed). An
+        exception is a forwarder bug some input hit: it is counted (``internal_error``)
+        and logged (at most every ``_CRASH_LOG_S``), and the loop starts over, so one
+        bad packet never leaves the data path dead until flanneld restarts."""
+        while not self._stop.is_set():
+            try:
+                loop()
+                return
+            except Exception:
+                self.drops[Drop.INTERNAL] += 1
+                now = time.monotonic()
+                if now - self._crash_logged >= _CRASH_LOG_S:
+                    self._crash_logged = now
+                    log.exception("udp: forwarder error (what it was handling is dropped; "
+                                  "forwarding goes on; please report this)")
 
     def start(self) -> None:
         for t in self._threads:
@@ -543,10 +563,14 @@ class _VnetRx:
         try:
             for n, seg, src in self.fwd._receive_batch(self.bufs, self.cmsg_space):
                 if self.buf[0] == udpgso.CHUNK_MAGIC:
-                    whole = self.reasm.whole(src, arr, n, seg)  # the common case, first
-                    if whole is not None:
-                        self._deliver(whole.data, src)
+                    handled, whole = self.reasm.run(src, arr, n, seg)  # the common case
+                    if handled:
+                        if whole is not None:
+                            self._deliver(whole.data, src)
                         continue
+                if n == seg and self.buf[0] != udpgso.CHUNK_MAGIC:  # one datagram (an ACK)
+                    self.datagrams(view, arr, n, seg, src)
+                    continue
                 chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC
                 if not chunked.any():
                     self.datagrams(view, arr, n, seg, src)

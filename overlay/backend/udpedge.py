@@ -44,6 +44,7 @@ class Drop(enum.Enum):
     PLAINTEXT = "plaintext_refused"  # encryption on here, a plaintext datagram came
     ENCRYPTED = "encrypted_refused"  # encryption off here, a sealed datagram came
     CHUNK_LOST = "chunk_lost"  # weft chunks: a super-packet missing a piece (or out of order)
+    INTERNAL = "internal_error"  # a forwarder bug some input hit: logged, forwarding goes on
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:

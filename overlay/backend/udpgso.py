@@ -309,6 +309,7 @@ _CHUNK_TEMPLATE = np.zeros((MAX_CHUNKS, CHUNK_HDR), dtype=np.uint8)
 _CHUNK_TEMPLATE[:, 0] = CHUNK_MAGIC
 _CHUNK_TEMPLATE[:, 1] = np.arange(MAX_CHUNKS, dtype=np.uint8)
 _CHUNK_TEMPLATE.flags.writeable = False
+_INDEXES = bytes(range(MAX_CHUNKS))
 _MAX_SOURCES = 64  # reassembly buffers kept (128 KiB each: 8 MiB at most)
 
 
@@ -356,9 +357,9 @@ class Reassembly:
     def feed(self, src: str, buf: Bytes, n: int, seg: int) -> list[Bytes]:
         """The super-packets (views, valid until the next ``feed``) completed by the
         chunk datagrams ``buf[:n]`` (``seg`` bytes each, the last maybe shorter)."""
-        whole = self.whole(src, buf, n, seg)
-        if whole is not None:
-            return [whole]
+        handled, done1 = self.run(src, buf, n, seg)
+        if handled:
+            return [] if done1 is None else [done1]
         m = -(-n // seg)
         full = n // seg
         hdrs = np.empty((m, CHUNK_HDR), dtype=np.uint8)
@@ -389,30 +390,68 @@ class Reassembly:
             i = j
         return done
 
-    def whole(self, src: str, buf: Bytes, n: int, seg: int) -> Bytes | None:
-        """The common case in a few operations: ``buf[:n]`` is exactly one whole
-        chunked super-packet and nothing is pending from ``src``."""
-        if src in self._partial or n <= CHUNK_HDR or buf[0] != CHUNK_MAGIC or buf[1] != 0:
-            return None
-        k = int(buf[2])
-        last = n - (k - 1) * seg
-        if k < 1 or not CHUNK_HDR < last <= seg:
-            return None
-        want = _CHUNK_TEMPLATE[:k].copy()
-        want[:, 2:8] = buf[2:8]
-        rows = buf[:(k - 1) * seg].reshape(k - 1, seg)
-        tail = (k - 1) * seg
-        if (rows[:, :CHUNK_HDR] != want[:k - 1]).any() or (
-                buf[tail:tail + CHUNK_HDR] != want[k - 1]).any():
-            return None
+    def run(self, src: str, buf: Bytes, n: int, seg: int) -> tuple[bool, Bytes | None]:
+        """The common case in a few operations: ``buf[:n]`` is one run of consecutive
+        chunks of one super-packet, starting it or continuing ``src``'s partial one
+        (each ``UDP_SEGMENT`` send arrives as one ``UDP_GRO`` receive; a 64 KiB
+        super-packet takes two). Returns (handled, the super-packet if this completed
+        it); not handled: ``feed``'s general path decides."""
+        if n <= CHUNK_HDR or buf[0] != CHUNK_MAGIC:
+            return False, None
+        idx, k = int(buf[1]), int(buf[2])
+        m = -(-n // seg)  # datagrams in this receive
+        tail = (m - 1) * seg
+        last = n - tail
+        if not 0 < k <= MAX_CHUNKS or idx + m > k or last <= CHUNK_HDR or (
+                idx + m < k and last != seg):
+            return False, None
+        if last == seg:
+            heads = buf[:n].reshape(m, seg)[:, :CHUNK_HDR].tobytes()
+        else:
+            heads = buf[:tail].reshape(m - 1, seg)[:, :CHUNK_HDR].tobytes() + buf[
+                tail:tail + CHUNK_HDR].tobytes()
+        ident = int.from_bytes(heads[4:8], "big")
+        st = self._partial.get(src)
+        if idx and (st is None or st.next != idx or st.count != k or st.ident != ident):
+            return False, None
+        want = bytearray(heads[:CHUNK_HDR] * m)  # every header the first's but its index
+        want[1::CHUNK_HDR] = _INDEXES[idx:idx + m]
+        if want != heads:
+            return False, None
+        rows = buf[:tail].reshape(m - 1, seg)
+        data = self._buffer(src)
+        if idx == 0:
+            if st is not None:
+                self.lost += 1  # a partial one never finished
+            filled = 0
+        else:
+            assert st is not None
+            filled = st.filled
+        cs = seg - CHUNK_HDR
+        if filled + (m - 1) * cs + last - CHUNK_HDR > len(data):
+            return False, None
+        data[filled:filled + (m - 1) * cs].reshape(m - 1, cs)[:] = rows[:, CHUNK_HDR:]
+        filled += (m - 1) * cs
+        data[filled:filled + last - CHUNK_HDR] = buf[tail + CHUNK_HDR:n]
+        filled += last - CHUNK_HDR
+        if idx + m == k:
+            self._partial.pop(src, None)
+            return True, data[:filled]
+        if st is None or idx == 0:
+            st = self._partial[src] = _Partial(ident, k)
+        st.next, st.filled = idx + m, filled
+        return True, None
+
+    def _buffer(self, src: str) -> Bytes:
+        """``src``'s reassembly buffer (kept for at most ``_MAX_SOURCES`` sources)."""
         data = self._bufs.get(src)
         if data is None:
-            return None  # the general path allocates it
-        cs = seg - CHUNK_HDR
-        data[:(k - 1) * cs].reshape(k - 1, cs)[:] = rows[:, CHUNK_HDR:]
-        size = (k - 1) * cs + last - CHUNK_HDR
-        data[(k - 1) * cs:size] = buf[tail + CHUNK_HDR:n]
-        return data[:size]
+            if len(self._bufs) >= _MAX_SOURCES:  # forget the oldest source's buffer
+                old = next(iter(self._bufs))
+                del self._bufs[old]
+                self._partial.pop(old, None)
+            data = self._bufs[src] = np.empty(2 * 65536, dtype=np.uint8)
+        return data
 
     def _drop(self, src: str) -> None:
         if self._partial.pop(src, None) is not None:
@@ -429,13 +468,7 @@ class Reassembly:
         elif st is None or (st.ident, st.count, st.next) != (ident, count, idx):
             self._drop(src)
             return None
-        data = self._bufs.get(src)
-        if data is None:
-            if len(self._bufs) >= _MAX_SOURCES:  # forget the oldest source's buffer
-                old = next(iter(self._bufs))
-                del self._bufs[old]
-                self._partial.pop(old, None)
-            data = self._bufs[src] = np.empty(2 * 65536, dtype=np.uint8)
+        data = self._buffer(src)
         cs = seg - CHUNK_HDR
         rows = min(j, n // seg) - i  # full datagrams in the run
         if st.filled + (j - i) * cs > len(data) or idx + (j - i) > count:

@@ -569,6 +569,7 @@ def _build(options: Options, out: Writer) -> int:
             state.hosts.append(HostRecord(name, host.netns, str(host.ip), str(hdir),
                                           str(host.ip6) if host.ip6 else ""))
         state.dns_ip = state.hosts[0].ip
+        state.dns_ip6 = state.hosts[0].ip6  # "" without --ipv6
         sb.save()
         progress.line(f"namespaces: underlay {tb.underlay_ns} (ul0 {tb.underlay_ip}/24"
                       + (f", {tb.underlay_ip6}/64" if options.ipv6 else "") + "), hosts "
@@ -644,7 +645,8 @@ def _containers(sb: Sandbox, progress: Progress) -> None:
         if sb.state.dns_ip:  # names resolve inside the container without @server
             etc = NETNS_ETC / c.netns
             etc.mkdir(parents=True, exist_ok=True)
-            (etc / "resolv.conf").write_text(resolv_conf(sb.state.dns_ip, DOMAIN))
+            (etc / "resolv.conf").write_text(
+                resolv_conf(sb.state.dns_ip, DOMAIN, sb.state.dns_ip6))
         run(["ip", "-n", c.netns, "link", "set", "lo", "up"])
         pairs.append((h, c))
 
@@ -728,14 +730,18 @@ def _proof(sb: Sandbox, out: Writer, progress: Progress) -> bool:
                   "hosts; skipped: " + "; ".join(sb.state.skipped) + ")\n")
     if any(d.name == "dnsd" for d in sb.state.daemons) and cs:
         src, target = cs[-1], cs[0]
-        asks = [("A", target.ip)] + ([("AAAA", target.ip6)] if target.ip6 else [])
-        for qtype, cidr in asks:
+        asks = [(sb.state.dns_ip, "A", target.ip)]
+        if target.ip6:  # --ipv6: the AAAA, asked over IPv4 and over IPv6
+            asks += [(sb.state.dns_ip, "AAAA", target.ip6)]
+            if sb.state.dns_ip6:
+                asks += [(sb.state.dns_ip6, "AAAA", target.ip6)]
+        for server, qtype, cidr in asks:
             want = cidr.split("/")[0]
-            proc = _until(["ip", "netns", "exec", src.netns, "dig", f"@{sb.state.dns_ip}",
+            proc = _until(["ip", "netns", "exec", src.netns, "dig", f"@{server}",
                            target.dns, qtype, "+time=2", "+tries=2", "+noall", "+answer",
                            "+stats"], _says(want), 5)
             good = good and want in proc.stdout
-            out.write(f"$ weftctl sandbox exec {src.ident} -- dig @{sb.state.dns_ip} "
+            out.write(f"$ weftctl sandbox exec {src.ident} -- dig @{server} "
                       f"{target.dns}" + (f" {qtype}" if qtype != "A" else "") + "\n")
             out.write(proc.stdout + proc.stderr)
     else:

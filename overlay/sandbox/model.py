@@ -237,7 +237,10 @@ def _flanneld_probes(ctx: Context, site: Site) -> Sequence[Probe]:
 
 
 def _dnsd_argv(ctx: Context, site: Site) -> list[str]:
-    return [str(ctx.bin_dir / "dnsd"), "-addr", f"{site.ip}:{DNS_PORT}", "-domain", DOMAIN,
+    # --ipv6: every address of h1, both families, on one socket (SkyDNS's ":53"); each
+    # reply leaves from the address queried, so a container may ask either family
+    addr = f"[::]:{DNS_PORT}" if ctx.options.ipv6 else f"{site.ip}:{DNS_PORT}"
+    return [str(ctx.bin_dir / "dnsd"), "-addr", addr, "-domain", DOMAIN,
             "-etcd-endpoints", ctx.endpoint, "-metrics-port", str(DNSD_METRICS_PORT)]
 
 
@@ -357,6 +360,7 @@ class State:
     skipped: list[str] = field(default_factory=list)  # steps absent from this build
     complete: bool = False
     store_endpoint: str = ""  # the store the daemons were moved to ("" = the sandbox's own)
+    dns_ip6: str = ""  # --ipv6: dnsd's IPv6 address (h1's), "" without
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -373,6 +377,7 @@ class State:
                 daemons=[DaemonRecord(**d) for d in raw["daemons"]],
                 skipped=list(raw.get("skipped", [])), complete=bool(raw.get("complete")),
                 store_endpoint=str(raw.get("store_endpoint", "")),
+                dns_ip6=str(raw.get("dns_ip6", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise SandboxError(where, f"unreadable sandbox state ({exc})") from exc
@@ -448,14 +453,16 @@ def dns_records(c: ContainerRecord) -> list[tuple[str, str]]:
     return out
 
 
-def resolv_conf(dns_ip: str, domain: str = DOMAIN) -> str:
+def resolv_conf(dns_ip: str, domain: str = DOMAIN, dns_ip6: str = "") -> str:
     """A container's /etc/resolv.conf: the sandbox's dnsd, the cluster domain as search.
 
+    ``dns_ip6`` (``--ipv6``) is the same dnsd over IPv6, listed after the IPv4 one.
     ``ndots:2`` sends ``c1.h2`` (one dot) through the search list first, so it
     resolves as ``c1.h2.skydns.local`` without a wasted out-of-zone query.
     """
+    servers = "".join(f"nameserver {ip}\n" for ip in (dns_ip, dns_ip6) if ip)
     return (f"# written by weftctl sandbox: the sandbox's dnsd\n"
-            f"nameserver {dns_ip}\nsearch {domain.rstrip('.')}\noptions ndots:2\n")
+            f"{servers}search {domain.rstrip('.')}\noptions ndots:2\n")
 
 
 LeaseState = Literal["none", "unknown", "expired", "live"]

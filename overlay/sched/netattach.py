@@ -128,7 +128,8 @@ async def _run(argv: list[str], stdin: bytes = b"", env: dict[str, str] | None =
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=env)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), _TIMEOUT)
+        async with asyncio.timeout(_TIMEOUT):
+            out, err = await proc.communicate(stdin)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

@@ -47,6 +47,7 @@ from overlay.sched.unitfile import ExecCommand
 log = logging.getLogger(__name__)
 
 RING_LINES = 1000
+DRAIN_S = 1.0  # how long an exited command's output may still be read
 # util-linux's setpriv sets the parent-death signal and execs the command: no preexec_fn,
 # which is unsafe in a process with threads (gRPC's)
 DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
@@ -114,8 +115,7 @@ class _Unit:
         pump = asyncio.create_task(self._pump(proc))
         try:
             code = await proc.wait()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(pump), 1.0)
+            await _drain(pump)
         finally:
             pump.cancel()
         return code
@@ -152,8 +152,7 @@ class _Unit:
                     self._set("active", "running")
                     pump = asyncio.create_task(self._pump(proc))
                     code = await proc.wait()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(pump), 1.0)
+                    await _drain(pump)
                     pump.cancel()
             if self.stopping:
                 break
@@ -179,24 +178,37 @@ class _Unit:
                 self._env.update(env_pid)
                 with contextlib.suppress(RunnerError):
                     stopper = await self._spawn(cmd)
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(stopper.wait(), self.spec.stop_timeout)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.spec.stop_timeout):
+                            await stopper.wait()
                     _killpg(stopper.pid, signal.SIGKILL)
             _killpg(proc.pid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), self.spec.stop_timeout)
+                async with asyncio.timeout(self.spec.stop_timeout):
+                    await proc.wait()
             except TimeoutError:
                 self.note(f"weft-agent: {self.spec.name} did not stop within "
                           f"{self.spec.stop_timeout:.0f} s; killing it")
             _killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), 2.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await proc.wait()
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            # not `await self.task` under suppress(CancelledError): that would also
+            # swallow a cancel of this stop() landing while the unit task winds down
+            await asyncio.wait([self.task])
+            if not self.task.cancelled():
+                self.task.result()  # a failure of run() surfaces here, as before
         self.proc = None
         self._set("inactive", "dead")
+
+
+async def _drain(pump: asyncio.Task[None]) -> None:
+    """Give the output pump ``DRAIN_S`` to read what the exited process left in the pipe
+    (a grandchild may hold it open: then the caller cancels the pump). asyncio.wait, not
+    wait_for(shield(pump)): on 3.11 wait_for drops a cancel that lands as the pump ends."""
+    await asyncio.wait([pump], timeout=DRAIN_S)
 
 
 def _killpg(pid: int, sig: int) -> None:
@@ -272,8 +284,9 @@ class Supervisor:
         unit = self._units.get(name)
         if unit is None or (cursor.isdigit() and unit.seq > int(cursor)):
             return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(unit.new_lines.wait(), timeout)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await unit.new_lines.wait()
 
     async def close(self) -> None:
         await asyncio.gather(*(self.stop(name) for name in list(self._units)))

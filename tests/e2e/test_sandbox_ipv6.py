@@ -1,5 +1,6 @@
 """End to end: `weftctl sandbox up --ipv6` builds a dual-stack cluster whose proof pings and
-digs over both families, and `down` leaves the root namespace as it was."""
+digs over both families (dnsd asked over IPv4 and over IPv6), and `down` leaves the root
+namespace as it was."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def test_sandbox_up_ipv6_proves_both_families(backend: str) -> None:
         assert f"ping -c 3 {c2.ip6.split('/')[0]}" in out
         assert out.count("3 received, 0% packet loss") >= 2, out  # IPv4 and IPv6
         assert f"AAAA\t{c1.ip6.split('/')[0]}" in out, out
+        # dnsd answers over IPv6 too ([::]:53), from the address queried
+        assert state.dns_ip6 == state.hosts[0].ip6.split("/")[0], state
+        assert f"dig @{state.dns_ip6} {c1.dns} AAAA" in out, out
+        assert f"SERVER: {state.dns_ip6}#53" in out, out
+        resolv = weftctl(state_dir, "exec", c2.ident, "--", "cat", "/etc/resolv.conf")
+        assert f"nameserver {state.dns_ip}\nnameserver {state.dns_ip6}\n" in resolv.stdout
         # the lease holds both halves, as flannel's dual-stack key
         leases = weftctl(state_dir, "exec", "underlay", "--", "etcdctl", "get", "--prefix",
                          "--keys-only", "/coreos.com/network/subnets/")

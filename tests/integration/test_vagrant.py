@@ -51,7 +51,7 @@ def test_vagrant_validate(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("script", ["provision.sh", "qemu-cluster.sh", "vm-checks.sh",
                                     "cni-container.sh", "vm/customize.sh",
-                                    "vagrant-cluster.sh"])
+                                    "vagrant-cluster.sh", "lib.sh"])
 def test_vagrant_scripts_pass_shellcheck(script: str) -> None:
     _need("shellcheck", "shellcheck")
     proc = subprocess.run(["shellcheck", "-x", str(VAGRANT / script)],
@@ -191,3 +191,16 @@ def test_vm_agent_runs_commands_dropped_into_its_channel(tmp_path: Path) -> None
     finally:
         agent.kill()
         agent.wait()
+
+
+def test_root_unchanged_says_whether_two_snapshots_differ() -> None:
+    # lib.sh's before/after check, shared by qemu-cluster.sh and vagrant-cluster.sh
+    proc = subprocess.run(["bash", "-c", f'log() {{ echo "$*"; }}; . {VAGRANT / "lib.sh"}; '
+                           'root_unchanged "$(printf "== link\\nlo")" "$(printf "== link\\nlo")"; '
+                           'echo "same rc=$?"; root_unchanged "== link" "$(printf "== link\\nx")"; '
+                           'echo "changed rc=$?"'],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.stdout.splitlines() == [
+        "ok: root namespace links, addresses, routes and nft ruleset unchanged", "same rc=0",
+        "FAIL: the root namespace changed:", "changed rc=1"]
+    assert "> x" in proc.stderr

@@ -22,6 +22,7 @@ from overlay.daemon import Flanneld
 from overlay.health import respond
 from overlay.lease.model import Lease, decode_lease, encode_lease, subnet_key
 from overlay.store.memory import MemoryStore
+from tests import cancelrace
 from tests.fakeclock import FakeClock, settle
 
 A = ipaddress.IPv4Address
@@ -115,6 +116,9 @@ class Harness:
 
     async def stop(self, task: asyncio.Task[None]) -> None:
         task.cancel()
+        # bounded: a flanneld that ignores its cancel fails the test rather than hanging it
+        await asyncio.wait([task], timeout=10)
+        assert task.done(), "flanneld did not stop when cancelled"
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -560,3 +564,25 @@ async def test_stale_delete_of_a_reacquired_key_is_not_a_new_loss(
     assert caplog.text.count("re-acquiring") == 1
     stored = await h.key(own.subnet)
     assert stored is not None and d.own is not None and stored.lease_id == d.own.lease_id
+
+
+async def test_a_cancel_landing_as_the_config_wait_ends_is_kept(h: Harness) -> None:
+    async def scenario() -> tuple[asyncio.Task[None], Callable[[], None]]:
+        d, _ = h.daemon()
+        task = cancelrace.start(d._wait_config_change(CONFIG.decode(), 0, 10))
+        await cancelrace.settle()
+        return task, lambda: h.clock.advance(10)
+
+    await cancelrace.assert_cancel_never_lost(scenario)
+
+
+async def test_flanneld_stops_when_the_stop_lands_as_a_renewal_comes_due(h: Harness) -> None:
+    # the renew loop used to swallow that cancel: the task group then waited for it forever
+    await h.store.put(CONFIG, GOOD)
+
+    async def scenario() -> tuple[asyncio.Task[None], Callable[[], None]]:
+        d, _, task = await h.running()
+        await cancelrace.settle()
+        return task, lambda: h.clock.advance(d.cfg.renew_interval())
+
+    await cancelrace.assert_cancel_never_lost(scenario, spread=10)

@@ -25,3 +25,10 @@ def test_the_jump_is_found_among_other_rules() -> None:
 def test_the_family_picks_the_tool() -> None:
     assert ForwardRules(ipaddress.IPv6Network("fd00::/56")).command == ("ip6tables",)
     assert ForwardRules(ipaddress.IPv4Network("10.0.0.0/8")).command == ("iptables",)
+
+
+def test_the_tool_is_named_behind_a_netns_wrapper() -> None:
+    net = ipaddress.IPv6Network("fd00::/56")
+    assert ForwardRules(net).tool == "ip6tables"
+    assert ForwardRules(net, command=("ip", "netns", "exec", "ns1", "ip6tables")).tool == \
+        "ip6tables"

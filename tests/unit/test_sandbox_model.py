@@ -71,6 +71,9 @@ SITE = Site("h2", "wabc-h2", ipaddress.IPv4Address("198.18.0.12"), Path("/state/
                       "-iface", "eth0", "-subnet-file", "/state/h2/subnet.env",
                       "-subnet-lease-ttl", "5"], id="flanneld-short-ttl"),
         pytest.param("dnsd", {}, ["/venv/bin/dnsd", "-addr", "198.18.0.12:53"], id="dnsd"),
+        # --ipv6: every address of both families; replies leave from the one queried
+        pytest.param("dnsd", {"ipv6": True}, ["/venv/bin/dnsd", "-addr", "[::]:53"],
+                     id="dnsd-ipv6"),
     ],
 )
 def test_argv_builders(daemon: str, kw: dict[str, object], expected: list[str]) -> None:
@@ -101,6 +104,8 @@ def _state() -> State:
 
 def test_state_round_trip() -> None:
     state = _state()
+    assert State.from_json(state.to_json()) == state
+    state.dns_ip6 = "fd00:198:18::11"  # --ipv6
     assert State.from_json(state.to_json()) == state
 
 
@@ -223,6 +228,8 @@ def test_container_resolv_conf_and_ptr_name() -> None:
     text = model.resolv_conf("198.18.0.11", "skydns.local.")
     assert text.splitlines()[1:] == ["nameserver 198.18.0.11", "search skydns.local",
                                      "options ndots:2"]
+    dual = model.resolv_conf("198.18.0.11", "skydns.local.", "fd00:198:18::11")
+    assert dual.splitlines()[1:3] == ["nameserver 198.18.0.11", "nameserver fd00:198:18::11"]
     assert model.reverse_name(ipaddress.IPv4Address("10.244.27.2")) == "2.27.244.10.in-addr.arpa"
 
 

@@ -161,3 +161,48 @@ def test_reassembly_drops_a_broken_sequence_and_keeps_the_next_packet() -> None:
     got = r.feed("a", arr(both), len(both), 1472)
     assert [g.tobytes() for g in got] == [packets[1]] and r.lost == 2
     assert udpgso.chunk_count(65_535, 576) == 0  # more than 64 chunks: flannel format
+
+
+def test_run_takes_each_gso_half_and_leaves_the_rest_to_feed() -> None:
+    """The fast path: a 64 KiB super-packet arrives as two receives (two UDP GSO
+    sends); each is taken in a few operations. A receive that does not continue the
+    partial packet (another id, a gap, a foreign datagram) is not taken."""
+    dgram, size = 1472, 65_546
+    data = os.urandom(size)
+    out = np.zeros(2 * 65536, dtype=np.uint8)
+    n = udpgso.chunk(arr(data), size, dgram, 41, out)
+    wire = out[:n].tobytes()
+    cut = 44 * dgram
+    r = udpgso.Reassembly()
+    assert r.run("a", arr(wire[:cut]), cut, dgram) == (True, None)
+    handled, got = r.run("a", arr(wire[cut:]), n - cut, dgram)
+    assert handled and got is not None and got.tobytes() == data and r.lost == 0
+    # the second half of another packet (id 42) does not continue id 41's first half
+    other = np.zeros(2 * 65536, dtype=np.uint8)
+    m = udpgso.chunk(arr(data), size, dgram, 42, other)
+    assert r.run("a", arr(wire[:cut]), cut, dgram) == (True, None)
+    assert r.run("a", other[cut:m], m - cut, dgram)[0] is False
+    # a gap: the first half again, then the tail without its first datagram
+    assert r.run("b", arr(wire[:cut]), cut, dgram) == (True, None)
+    assert r.run("b", arr(wire[cut + dgram:]), n - cut - dgram, dgram)[0] is False
+    # a header in the middle of the run changed: not taken, feed drops the packet
+    bad = bytearray(wire[:cut])
+    bad[3 * dgram + 1] ^= 1
+    assert r.run("c", arr(bytes(bad)), cut, dgram)[0] is False
+    assert r.feed("c", arr(bytes(bad)), cut, dgram) == []
+    # a first half replacing an unfinished one (id 41's, still pending) counts it lost
+    r.lost = 0
+    assert r.run("a", arr(wire[:cut]), cut, dgram) == (True, None) and r.lost == 1
+
+
+def test_forged_chunk_headers_are_refused_not_raised() -> None:
+    """Counts and indexes beyond 64 chunks, zero counts, runts: never an exception."""
+    r = udpgso.Reassembly()
+    for idx, count in ((60, 200), (0, 0), (250, 255), (63, 64), (0, 65)):
+        wire = bytearray(os.urandom(3 * 1472))
+        for i in range(3):
+            wire[i * 1472:i * 1472 + 8] = bytes((udpgso.CHUNK_MAGIC, (idx + i) & 0xFF, count, 0,
+                                                 0, 0, 0, 9))
+        assert r.run("a", arr(bytes(wire)), len(wire), 1472)[0] is False or count == 64
+        r.feed("a", arr(bytes(wire)), len(wire), 1472)
+    assert r.run("a", arr(bytes((udpgso.CHUNK_MAGIC,) * 8)), 8, 1472)[0] is False

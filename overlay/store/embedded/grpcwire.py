@@ -63,6 +63,7 @@ _MAX_WINDOW = 2**31 - 1
 _MAX_RECV_FRAME = 16_384  # we keep the protocol's default SETTINGS_MAX_FRAME_SIZE
 _CONN_WINDOW = 16 << 20
 _STREAM_WINDOW = 4 << 20
+_CLOSE_WAIT_S = 1.0  # stop(): how long the closing listener may take
 _MAX_HEADER_BLOCK = 64 << 10
 _MAX_DETAILS = 1024  # grpc-message is cut to this many characters
 _MAX_UNSENT = 256 << 20  # output a peer leaves unread before it is dropped
@@ -761,16 +762,19 @@ class Server:
         return bound
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._handshakes):
-                task.cancel()
-            for conn in list(self._connections):
-                conn.shutdown()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1)
-            self._server = None
-        self._closed.set()
+        server, self._server = self._server, None
+        try:
+            if server is not None:
+                server.close()
+                for task in list(self._handshakes):
+                    task.cancel()
+                for conn in list(self._connections):
+                    conn.shutdown()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CLOSE_WAIT_S):
+                        await server.wait_closed()
+        finally:  # a stop cancelled while waiting has still closed the listener
+            self._closed.set()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
