@@ -96,13 +96,23 @@ class Feed:
         self.status.error = why
 
     async def _session(self, store: Store) -> None:
-        """Follow until the watch or the probe fails; re-raise that failure."""
-        try:
-            async with asyncio.TaskGroup() as tg:  # the first failure cancels the other
-                tg.create_task(self._sync(store))
-                tg.create_task(self._probe(store))
-        except BaseExceptionGroup as group:
-            raise group.exceptions[0] from None
+        """Follow until the watch or the probe fails; re-raise that failure.
+
+        Not a TaskGroup: on Python 3.11 a TaskGroup whose child fails drops a cancel of
+        the feed landing at the same moment ("errors have priority"), and ``run`` would
+        then take the failure for an outage and reconnect forever (dnsd never stopped).
+        """
+        children = [asyncio.create_task(self._sync(store)),
+                    asyncio.create_task(self._probe(store))]
+        try:  # the first failure ends the other
+            done, _ = await asyncio.wait(children, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for t in children:
+                t.cancel()
+            await asyncio.wait(children)
+        for t in done:
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                raise exc
 
     async def _sync(self, store: Store) -> None:
         while True:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from dnsd.engine import Engine, EngineConfig
-from dnsd.feed import Feed
+from dnsd.feed import PROBE_FAILURES, Feed
 from dnsd.index import Index
 from dnsd.keys import split_name
 from dnsd.message import Question, Rcode, RType
@@ -144,6 +144,36 @@ async def test_store_down_keeps_answering_and_reconnects() -> None:
                      "reconnect and catch up")
     finally:
         task.cancel()
+
+
+async def test_a_cancel_landing_with_a_failed_probe_stops_the_feed() -> None:
+    class CancelOnProbe(Flaky):
+        """The probe's last failure cancels ``victim`` at the same moment."""
+
+        victim: asyncio.Task[None] | None = None
+        failures = 0
+
+        async def get(self, key: bytes):  # type: ignore[no-untyped-def]
+            if self.down:
+                self.failures += 1
+                if self.failures == PROBE_FAILURES and self.victim is not None:
+                    self.victim.cancel()
+            return await super().get(key)
+
+    store = CancelOnProbe()
+    feed, _, _ = _feed(store, probe=0.01)
+    task = asyncio.create_task(feed.run())
+    try:
+        async with asyncio.timeout(2):
+            await feed.synced_event.wait()
+        store.victim, store.down = task, True
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done, "the feed took the failure for an outage and kept reconnecting"
+        assert task.cancelled()
+    finally:
+        store.victim = None
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
 
 
 def test_bad_values_are_counted_not_fatal() -> None:
