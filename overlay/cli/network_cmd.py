@@ -80,6 +80,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--port", type=int, help="VXLAN/UDP port [8472 for vxlan, 8285 for udp]")
     s.add_argument("--direct-routing", action="store_true",
                    help="vxlan: plain routes to peers on the same L2 network")
+    s.add_argument("--encryption-key-file", action="append", default=[], metavar="PATH",
+                   help="udp: encrypt with the 32-byte cluster key in PATH on every host "
+                        "(Encryption.KeyFile; the key itself never goes into the store); "
+                        "twice during a key roll, the new key first")
     s.add_argument("--force", action="store_true",
                    help="write even when live leases fall outside the new network or their "
                         "hosts run another backend (they keep their old subnets until "
@@ -140,6 +144,21 @@ def _check_family_options(args: argparse.Namespace) -> None:
                           "(IPv6SubnetLen without EnableIPv6/IPv6Network is never used)")
 
 
+def _add_encryption(obj: dict[str, Any], backend: str, key_files: list[str]) -> None:
+    """``--encryption-key-file``: the udp backend's ``Encryption`` object (one path, or
+    a list of two during a roll); the files are read by flanneld on each host."""
+    if not key_files:
+        return
+    if backend != "udp":
+        raise ConfigError("Encryption", f"--encryption-key-file: only the udp backend "
+                          f"encrypts (the {backend} backend sends what the kernel sends)")
+    if len(key_files) > 2:
+        raise ConfigError("Encryption", "--encryption-key-file: at most two files (the new "
+                          "key and the old one, during a roll)")
+    obj["Backend"]["Encryption"] = {
+        "KeyFile": key_files[0] if len(key_files) == 1 else list(key_files)}
+
+
 def cmd_set(args: argparse.Namespace) -> int:
     try:
         _check_family_options(args)
@@ -147,6 +166,7 @@ def cmd_set(args: argparse.Namespace) -> int:
                                  args.port, args.direct_routing, args.subnet_min,
                                  args.subnet_max, ipv6_network=args.ipv6_network,
                                  ipv6_subnet_len=args.ipv6_subnet_len, ipv4=not args.no_ipv4)
+        _add_encryption(obj, args.backend, args.encryption_key_file)
     except ConfigError as exc:
         sys.stderr.write(f"weftctl network set: {exc}\n")
         return 2

@@ -71,7 +71,7 @@ def _up(args: argparse.Namespace) -> int:
     options = Options(hosts=args.hosts, store=args.store, backend=args.backend,
                       state_dir=_state_dir(args), lease_ttl=args.lease_ttl,
                       network=args.network, ipv6=args.ipv6 or args.network6 is not None,
-                      network6=args.network6 or NETWORK6)
+                      network6=args.network6 or NETWORK6, encrypt=args.encrypt)
     return cluster.up(options, sys.stdout)
 
 
@@ -163,6 +163,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--network6", type=_network6, default=None, metavar="CIDR",
                    help=f"the overlay's IPv6Network; implies --ipv6 (default {NETWORK6}; must "
                         "lie in fd00::/8 or 2001:db8::/32)")
+    p.add_argument("--encrypt", action="store_true",
+                   help="udp backend only: encrypt the data path with a fresh cluster key "
+                        "(written to the state dir, removed by down)")
     p.set_defaults(func=_guard(_up))
 
     p = sub.add_parser("status", parents=[common],

@@ -29,6 +29,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -79,6 +80,7 @@ STATE_FILE = "state.json"
 NETNS_ETC = Path("/etc/netns")  # `ip netns exec NS` bind-mounts /etc/netns/NS/* over /etc/*
 PARALLEL = 4  # concurrent one-shot commands (CNI ADD, DNS writes) on a small machine
 LOCK_FILE = "lock"
+CLUSTER_KEY_FILE = "cluster.key"  # up --encrypt: the udp backend's key
 
 
 def bin_dir() -> Path:
@@ -280,7 +282,8 @@ class Sandbox:
                        lease_ttl=int(str(o["lease_ttl"])),
                        network=ipaddress.IPv4Network(str(o["network"])),
                        ipv6=bool(o.get("ipv6", False)),
-                       network6=ipaddress.IPv6Network(str(o.get("network6", NETWORK6))))
+                       network6=ipaddress.IPv6Network(str(o.get("network6", NETWORK6))),
+                       encrypt=bool(o.get("encrypt", False)))
 
     @property
     def context(self) -> Context:
@@ -379,16 +382,32 @@ class Sandbox:
             raise SandboxError(" ".join(argv[:3]), (proc.stderr or proc.stdout).strip())
         return proc.stdout
 
+    def cluster_key(self) -> Path:
+        """``up --encrypt``: the udp backend's cluster key, written once (0600, 32 random
+        bytes in hex) in the state dir, which every host's flanneld reads (the hosts
+        share this machine's filesystem); ``down`` removes it with the state dir."""
+        path = self.state_dir / CLUSTER_KEY_FILE
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        return path.resolve()
+
     def write_network_config(self) -> str:
         o = self.options
         ctx = self.context
+        key = [str(self.cluster_key())] if o.encrypt else []
         if _module_present("overlay.cli.network_cmd"):
             v6 = ["--ipv6-network", str(o.network6)] if o.ipv6 else []
             self.in_underlay([str(ctx.bin_dir / "weftctl"), "network", "set",
                               "--network", str(o.network), *v6, "--backend", o.backend,
+                              *(f"--encryption-key-file={k}" for k in key),
                               "-etcd-endpoints", ctx.endpoint])
             return "weftctl network set"
-        config = json.dumps({"Network": str(o.network), "Backend": {"Type": o.backend}})
+        backend: dict[str, object] = {"Type": o.backend}
+        if key:
+            backend["Encryption"] = {"KeyFile": key[0]}
+        config = json.dumps({"Network": str(o.network), "Backend": backend})
         self.in_underlay(["etcdctl", "--endpoints", ctx.endpoint, "put",
                           "/coreos.com/network/config", config])
         return "etcdctl put (weftctl network set is not in this build yet)"
@@ -549,6 +568,8 @@ def _build(options: Options, out: Writer) -> int:
     tb = Testbed(ipv6=options.ipv6)
     extra: dict[str, object] = (
         {"ipv6": True, "network6": str(options.network6)} if options.ipv6 else {})
+    if options.encrypt:
+        extra["encrypt"] = True
     state = State(
         tag=tb.tag,
         options={"hosts": options.hosts, "store": options.store, "backend": options.backend,
@@ -558,7 +579,8 @@ def _build(options: Options, out: Writer) -> int:
     sb = Sandbox(options.state_dir, state)
     sb.save()  # recorded before anything exists, so a crash can always be cleaned up
     progress.line(f"weft sandbox {tb.tag}: {options.hosts} hosts, {options.store} store, "
-                  f"{options.backend} backend, lease TTL {options.lease_ttl} s, "
+                  f"{options.backend} backend{' (encrypted)' if options.encrypt else ''}, "
+                  f"lease TTL {options.lease_ttl} s, "
                   f"state in {options.state_dir}")
     try:
         tb.build(options.hosts)

@@ -91,6 +91,7 @@ class Options:
     network: ipaddress.IPv4Network = NETWORK
     ipv6: bool = False  # dual-stack underlay and overlay (``up --ipv6``)
     network6: ipaddress.IPv6Network = NETWORK6
+    encrypt: bool = False  # udp with Encryption (``up --encrypt``): a fresh cluster key
 
     def check(self) -> Options:
         if not 1 <= self.hosts <= MAX_HOSTS:
@@ -107,6 +108,9 @@ class Options:
         if self.network.prefixlen > 28:
             raise BadOptionError("--network", f"{self.network} is too small (flannel needs /28 "
                                  "or larger)")
+        if self.encrypt and self.backend != "udp":
+            raise BadOptionError("--encrypt", f"only the udp backend encrypts; got --backend "
+                                 f"{self.backend}")
         if self.lease_ttl < 2:
             raise BadOptionError("--lease-ttl", f"must be at least 2 s, got {self.lease_ttl}")
         if self.ipv6:
