@@ -78,6 +78,7 @@ INF = float("inf")
 MAX_TCP_CONNECTIONS = 128
 TCP_IDLE_SECONDS = 10.0
 ROTATIONS = 8
+CONTROLS_LIMIT = 256  # remembered reply cmsgs in the plain loop (one per local address)
 STUB_TIMEOUT = 2.0  # per upstream try (SkyDNS's -rtimeout default)
 
 Reply = Callable[[bytes], None]
@@ -301,6 +302,8 @@ class DnsServer:
         send = sock.sendto
         pktinfo = self.pktinfo
         control: Control = []
+        # the reply cmsg per received pktinfo: a few (one per local address), built once
+        controls: dict[bytes, Control] = {}
         fast = self._fast
         metrics = self.metrics
         perf = time.perf_counter
@@ -313,7 +316,13 @@ class DnsServer:
                 # smaller buffer than 64K makes every recvfrom cheaper.
                 if pktinfo:
                     data, ancdata, _, addr = recvmsg(RECV_BUFFER, CONTROL_SIZE)
-                    control = reply_control(ancdata)
+                    key = ancdata[0][2] if ancdata else b""
+                    got = controls.get(key)
+                    if got is None:
+                        if len(controls) >= CONTROLS_LIMIT:
+                            controls.clear()
+                        got = controls[key] = reply_control(ancdata)
+                    control = got
                 else:
                     data, addr = recv(RECV_BUFFER)
             except OSError:

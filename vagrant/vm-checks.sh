@@ -12,6 +12,8 @@
 #           WEFT_VM_UNDERLAY: the VMs' /24, vmN at .1N [198.18.0]; WEFT_VM_DEV: its NIC [eth0]
 #           WEFT_VM_ONLY: a regex; run only the checks whose names match it (and the
 #           containers, which the others use) -- to rerun some on a running cluster
+#           WEFT_VM_LOGS: a directory; the restart-under-flood check keeps its timestamped
+#           ping output, the restart window and vm1/vm2's flanneld journals there
 # Exit status: 0 when every check passed; prints "N passed, N failed" last.
 set -uo pipefail
 
@@ -147,17 +149,55 @@ dns_across() {  # a name registered on vm1 resolves from a container on vm3
     [[ $got == "${CIP[1]}" ]]
 }
 
+lost_probes() {  # ping -D -O output on stdin: the probes never answered and the ICMP errors,
+    # as runs of "first..last seq (time of the first miss .. of the last)"
+    awk '/ bytes from /  {split($0, a, "icmp_seq="); split(a[2], b, " "); ok[b[1]] = 1; next}
+         /no answer yet/ {seq = $NF; sub(/.*=/, "", seq); miss[seq] = substr($1, 2, length($1) - 2); next}
+         /^\[[0-9.]+\] From / {print "icmp error: " $0}
+         END {
+             for (s = 1; s <= 100000; s++) {
+                 if ((s in miss) && !(s in ok)) {
+                     if (!run) {first = s; t0 = miss[s]; run = 1}
+                     last = s; t1 = miss[s]; n++
+                 } else if (run && s > last) {
+                     printf "lost seq %d..%d (%d) at %s .. %s\n", first, last, last - first + 1, t0, t1
+                     run = 0
+                 }
+             }
+             printf "%d probes never answered\n", n
+         }'
+}
+
 restart_under_flood() {  # restart flanneld on vm2 while c1 floods c2: no loss, same subnet
-    local before after ping_out pid
+    # -D -O: every unanswered probe and ICMP error is printed with its time, so a loss can be
+    # laid against the restart window and the journals (kept in $WEFT_VM_LOGS when set)
+    local before after ping_out pid window vm
     before=$(subnet_of vm2)
-    x vm1 ip netns exec c1 ping -n -q -i 0.01 -c 3000 -W 2 "${CIP[2]}" >"$TMP/flood" 2>&1 &
+    x vm1 ip netns exec c1 ping -D -O -n -i 0.01 -c 3000 -W 2 "${CIP[2]}" >"$TMP/flood" 2>&1 &
     pid=$!
     sleep 5
-    x vm2 systemctl restart flanneld || return 1
+    window=$(xs vm2 'date +%s.%N; systemctl restart flanneld; date +%s.%N') || return 1
     x vm2 systemctl is-active flanneld || return 1
     wait "$pid"
-    ping_out=$(cat "$TMP/flood")
+    ping_out=$(grep -v ' bytes from ' "$TMP/flood")
     after=$(subnet_of vm2)
+    if [[ -n ${WEFT_VM_LOGS:-} ]]; then
+        mkdir -p "$WEFT_VM_LOGS"
+        cp "$TMP/flood" "$WEFT_VM_LOGS/restart-flood.txt"
+        echo "$window" >"$WEFT_VM_LOGS/restart-window.txt"
+        for vm in vm1 vm2; do
+            x "$vm" journalctl -u flanneld -o short-precise --no-pager --since=-3min \
+                >"$WEFT_VM_LOGS/restart-flanneld-$vm.txt"
+        done
+    fi
+    echo "restart (vm2 clock): $(paste -sd' ' <<<"$window" | awk '{printf "%.3f .. %.3f", $1, $2}')"
+    lost_probes <"$TMP/flood"
+    if ! grep -q ' 0% packet loss' <<<"$ping_out"; then  # what the daemons said meanwhile
+        for vm in vm1 vm2; do
+            x "$vm" journalctl -u flanneld -p warning -o short-precise --no-pager \
+                --since="@$((${window%%.*} - 5))" | sed "s/^/$vm: /" | tail -5
+        done
+    fi
     echo "$ping_out" | tail -2
     echo "vm2 subnet before $before, after $after"
     [[ $before == "$after" && -n $before ]] && grep -q ' 0% packet loss' <<<"$ping_out"

@@ -69,6 +69,19 @@ class Cluster:
         time.sleep(down_for)
         self._start_store()
 
+    @contextlib.contextmanager
+    def store_frozen(self, frozen: bool | float = True) -> Iterator[None]:
+        """The store process stopped (SIGSTOP: connections stay open, nothing answers)
+        inside the block, resumed on leaving it, also on failure; a no-op if falsy."""
+        if not frozen:
+            yield
+            return
+        os.kill(self.store.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.store.proc.pid, signal.SIGCONT)
+
     # -- store access (from the underlay namespace) ---------------------------
 
     def etcdctl(self, *args: str, check: bool = True) -> str:
