@@ -128,7 +128,12 @@ def _show_name(state: State, out: Writer, where: str, skip: set[str], address: s
         time.sleep(0.3)
     out.write(f"$ weftctl sandbox exec c1.{obs_host} -- dig @{state.dns_ip} web.{DOMAIN} +short"
               f"   # from {obs_host}, the unit runs on {where}\n{chr(10).join(got) or '(none)'}\n")
+    # "running" means the unit's process started: give its server the rest of ``within``
+    # to listen (seconds on a loaded machine), as the name had
     answer = _get(netns, address)
+    while not answer.startswith("200") and time.monotonic() - t0 < within:
+        time.sleep(0.3)
+        answer = _get(netns, address)
     out.write(f"$ weftctl sandbox exec c1.{obs_host} -- curl http://{address}:{WEB_PORT}/\n"
               f"{answer or '(no answer)'}\n")
     out.flush()

@@ -13,6 +13,7 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,18 @@ class AuthEtcd:
                                      stderr=subprocess.DEVNULL)
         if not wait_tcp("127.0.0.1", self.port, 15):
             raise RuntimeError(f"etcd did not start on {self.endpoint}")
+        # the port opens before the member has elected itself leader: an etcdctl put right
+        # after a restart failed with exit 2 (bad connection) under load. Wait for an answer
+        # (as the user: with auth on, an anonymous health check reads "user name is empty";
+        # with auth off, etcd ignores the credentials).
+        deadline = time.monotonic() + 30
+        while subprocess.run(["etcdctl", f"--endpoints={self.endpoint}", "--command-timeout=2s",
+                              f"--user={USER}:{PASSWORD}", "endpoint", "health"],
+                             capture_output=True, timeout=30,
+                             env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd on {self.endpoint} did not become healthy")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
