@@ -51,6 +51,11 @@ class FakeClock:
             if not fut.done():
                 fut.set_result(None)
 
+    def step_wall(self, seconds: float) -> None:
+        """Step the wall clock alone (NTP correcting it, an operator's ``date -s``);
+        the monotonic clock and the sleepers do not move."""
+        self._wall += seconds
+
     async def tick(self, seconds: float) -> None:
         """Move ``seconds`` ahead one due deadline at a time, letting woken tasks run."""
         if seconds < 0:

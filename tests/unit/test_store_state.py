@@ -66,6 +66,32 @@ def test_lease_expired_while_down_is_revoked_on_start(tmp_path: Path) -> None:
     s.close()
 
 
+def test_a_wall_clock_step_expires_no_lease_while_running(tmp_path: Path) -> None:
+    """Running leases count monotonic time, as etcd's lessor does: NTP stepping the
+    clock an hour ahead (a bad RTC corrected) expires nothing; the persisted deadline
+    follows the wall clock, so after a restart the lease has what it had left."""
+    wall = FakeClock()
+    s = reopen(tmp_path / "db", wall)
+    lease, _ = s.grant(30)
+    s.put(PutOp(b"/k", b"v", lease=lease))
+    s.commit()
+    wall.step_wall(3600)
+    assert s.expire_leases() == 0 and s.get(b"/k") is not None
+    assert s.time_to_live(lease)[0] == 30
+    wall.advance(10)
+    assert s.keepalive(lease) == 30  # persisted: a wall deadline 30 s from the new now
+    nxt = s.next_expiry_in()
+    assert nxt is not None and nxt == pytest.approx(30)
+    s.commit()
+    s.close()
+    wall.advance(5)
+    s = reopen(tmp_path / "db", wall)
+    assert s.get(b"/k") is not None and s.time_to_live(lease)[0] == 25
+    wall.advance(26)
+    assert s.expire_leases() == 1 and s.get(b"/k") is None
+    s.close()
+
+
 def test_keepalive_deadline_is_persisted(tmp_path: Path) -> None:
     wall = FakeClock()
     s = reopen(tmp_path / "db", wall)

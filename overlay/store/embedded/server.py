@@ -25,7 +25,6 @@ import asyncio
 import logging
 import sqlite3
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -659,9 +658,8 @@ class EmbeddedServer:
     async def _expire_loop(self) -> None:
         assert self.state is not None and self.service is not None
         while True:
-            deadline = self.state.next_deadline()
-            delay = _LEASE_TICK_S if deadline is None else min(
-                _LEASE_TICK_S, max(0.0, deadline - time.time()) + 0.01)
+            due = self.state.next_expiry_in()
+            delay = _LEASE_TICK_S if due is None else min(_LEASE_TICK_S, max(0.0, due) + 0.01)
             await asyncio.sleep(delay)
             if self.state.expire_leases():
                 self.service.committer.kick()

@@ -16,8 +16,10 @@ Theory of operation (sans-IO; the gRPC server in ``server.py`` drives it):
   (put, delete that removed something, transaction with writes, lease
   revocation that deleted keys) takes the next revision; a transaction's writes
   share one. The revision is persisted, so it keeps rising across restarts.
-* Leases carry a wall-clock deadline (persisted), so a lease whose TTL ran out
-  while the server was down is revoked at start-up, deleting its keys.
+* Leases run on the monotonic clock, as etcd's lessor does, so a step of the wall
+  clock (NTP correcting a bad RTC) expires nothing; each is persisted with its
+  wall-clock deadline, so a lease whose TTL ran out while the server was down is
+  revoked at start-up, deleting its keys.
 * ``compact(rev)`` drops history before ``rev`` (keeping each key's value as of
   ``rev``); ``auto_compact`` does it periodically keeping ``retain`` revisions.
 """
@@ -266,7 +268,9 @@ class State:
         retain: int = DEFAULT_RETAIN,
     ) -> None:
         self.path = Path(path)
-        self._now = (clock or SystemClock()).now  # lease deadlines are wall-clock (persisted)
+        clock = clock or SystemClock()
+        self._mono = clock.monotonic  # running lease deadlines
+        self._wall = clock.now  # persisted lease deadlines (they outlive the process)
         self._rng = rng or random.Random()
         self.retain = retain
         # the committer writes from one worker thread while this thread applies
@@ -333,9 +337,9 @@ class State:
                 self._history.setdefault(key, []).append((rev, kv))
             self._events.setdefault(rev, []).append(ev)
             self.revision = max(self.revision, rev)
-        now = self._now()
+        offset = self._mono() - self._wall()  # wall-clock deadline -> monotonic one
         for lid, ttl, deadline in self._db.execute("SELECT id, ttl, deadline FROM leases"):
-            self.leases[lid] = LeaseState(lid, ttl, deadline)
+            self.leases[lid] = LeaseState(lid, ttl, deadline + offset)
         for kv in self._current.values():
             if kv.lease:
                 le = self.leases.get(kv.lease)
@@ -344,7 +348,6 @@ class State:
         expired = self.expire_leases()
         if expired:
             log.info("store: %d lease(s) expired while the server was down", expired)
-        del now
         self.commit()
 
     # -- memory image -------------------------------------------------------------
@@ -593,17 +596,17 @@ class State:
             lease = self._rng.randrange(1, 1 << 63)
             while lease in self.leases:
                 lease = self._rng.randrange(1, 1 << 63)
-        le = LeaseState(lease, ttl, self._now() + ttl)
+        le = LeaseState(lease, ttl, self._mono() + ttl)
         self.leases[lease] = le
-        self._lease_rows.append((lease, ttl, le.deadline))
+        self._lease_rows.append((lease, ttl, self._persisted(le.deadline)))
         return lease, ttl
 
     def keepalive(self, lease: int) -> int:
         le = self.leases.get(lease)
-        if le is None or le.deadline <= self._now():
+        if le is None or le.deadline <= self._mono():
             raise LeaseNotFoundError(lease)
-        le.deadline = self._now() + le.ttl
-        self._lease_rows.append((lease, le.ttl, le.deadline))
+        le.deadline = self._mono() + le.ttl
+        self._lease_rows.append((lease, le.ttl, self._persisted(le.deadline)))
         return le.ttl
 
     def revoke(self, lease: int) -> int:
@@ -622,14 +625,20 @@ class State:
         le = self.leases.get(lease)
         if le is None:
             return -1, 0, ()
-        remaining = max(0, math.floor(le.deadline - self._now()))
+        remaining = max(0, math.floor(le.deadline - self._mono()))
         return remaining, le.ttl, tuple(sorted(le.keys))
 
-    def next_deadline(self) -> float | None:
-        return min((le.deadline for le in self.leases.values()), default=None)
+    def _persisted(self, deadline: float) -> float:
+        """The wall-clock time of the monotonic ``deadline`` (what the leases table holds)."""
+        return deadline - self._mono() + self._wall()
+
+    def next_expiry_in(self) -> float | None:
+        """Seconds until the next lease runs out (None: no leases)."""
+        first = min((le.deadline for le in self.leases.values()), default=None)
+        return None if first is None else first - self._mono()
 
     def expire_leases(self) -> int:
-        now = self._now()
+        now = self._mono()
         due = [lid for lid, le in self.leases.items() if le.deadline <= now]
         for lid in due:
             log.debug("store: lease %x expired", lid)
