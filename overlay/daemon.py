@@ -348,8 +348,10 @@ class Flanneld:
                     check_daemon_support(config)
                     check_interface(config, self.ext)
                     backend = self.backend_factory(config, self.ext)
-                    if last_problem is not None:
-                        log.info("network config is now valid: %s", config.network)
+                    if last_problem is not None:  # say what was wrong is over
+                        log.info("%s: %s", "store reachable again, network config"
+                                 if last_problem.startswith("store unavailable")
+                                 else "network config is now valid", config.network)
                     return config, backend
                 except (ConfigError, BackendConfigError) as exc:
                     problem = f"invalid network config at {key}: {exc}; waiting for a fix"

@@ -340,6 +340,37 @@ class FlakyWatchStore(MemoryStore):
             yield batch
 
 
+class DownAtFirstStore(MemoryStore):
+    """The first ``fails`` reads of the config key fail as an unreachable store would."""
+
+    def __init__(self, clock: FakeClock, fails: int) -> None:
+        super().__init__(clock)
+        self.fails = fails
+
+    async def get(self, key: bytes) -> Any:
+        if key == CONFIG and self.fails > 0:
+            from overlay.store.api import StoreUnavailableError
+
+            self.fails -= 1
+            raise StoreUnavailableError("connection refused")
+        return await super().get(key)
+
+
+async def test_a_store_outage_while_waiting_for_config_is_not_called_a_bad_config(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "overlay.daemon")
+    h.store = DownAtFirstStore(h.clock, fails=1)
+    await h.store.put(CONFIG, GOOD)
+    d, _ = h.daemon()
+    h.start(d)
+    await until(lambda: "store unavailable" in caplog.text or h.clock.sleepers > 0,
+                "the failed read")
+    await h.clock.tick(5)
+    await ready(h, d)
+    assert "store reachable again, network config: 10.244.0.0/16" in caplog.text
+    assert "is now valid" not in caplog.text
+
+
 @pytest.mark.parametrize("error", ["unavailable", "compacted"])
 async def test_watch_failure_relists_and_diffs(h: Harness, error: str) -> None:
     from overlay.store.api import CompactedError, StoreUnavailableError
