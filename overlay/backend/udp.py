@@ -81,7 +81,6 @@ _GSO_BYTES = 65_000  # one GSO send stays below the 64 KiB IP limit
 _UDP_MAX = 65_507  # the largest UDP payload (one GSO send)
 _POLL_MS = 200
 _KEY_CHECK_S = 1.0  # how often the key files are looked at
-_SYNC_S = 0.05  # the offload loop hands its counters over at most this often
 _CRASH_LOG_S = 10.0  # at most one traceback this often when a forwarder bug repeats
 _PLAIN_VNET = udpgso.vnet_header()  # no offload asked for this packet
 
@@ -416,13 +415,9 @@ class Forwarder:
         poller.register(self.tun, select.POLLIN)
         sfd = self.sock.fileno()
         poller.register(sfd, select.POLLIN)
-        synced = 0.0
         while not self._stop.is_set():
-            now = time.monotonic()
-            if now - synced >= _SYNC_S:  # counters to the forwarder, not per wake-up
-                synced = now
-                tx.sync()
-                rx.sync()
+            tx.sync()
+            rx.sync()
             for fd, _ in poller.poll(_POLL_MS):
                 if fd == sfd and not rx.drain():
                     return
