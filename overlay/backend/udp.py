@@ -568,7 +568,7 @@ class _VnetRx:
                         if whole is not None:
                             self._deliver(whole.data, src)
                         continue
-                if n == seg and self.buf[0] != udpgso.CHUNK_MAGIC:  # one datagram (an ACK)
+                elif n == seg:  # one datagram, not a chunk (an ACK): no numpy scan
                     self.datagrams(view, arr, n, seg, src)
                     continue
                 chunked = arr[0:n:seg] == udpgso.CHUNK_MAGIC

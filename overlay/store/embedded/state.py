@@ -207,7 +207,7 @@ class Batch:
 class LeaseState:
     id: int
     ttl: int
-    deadline: float  # wall clock
+    deadline: float  # monotonic clock (the leases table holds the wall-clock time)
     keys: set[bytes] = field(default_factory=set)
 
 
